@@ -1,0 +1,71 @@
+"""runstate.engine: the write side (events, names, state machines, the event log)."""
+
+from runstate.engine._artifacts import ArtifactStore as ArtifactStore
+from runstate.engine._connection import open_nats as open_nats
+from runstate.engine._connection import provision as provision
+from runstate.engine._events import ArtifactRecord as ArtifactRecord
+from runstate.engine._events import ArtifactsRecorded as ArtifactsRecorded
+from runstate.engine._events import Event as Event
+from runstate.engine._events import ExceptionInfo as ExceptionInfo
+from runstate.engine._events import ForeachFrame as ForeachFrame
+from runstate.engine._events import Heartbeat as Heartbeat
+from runstate.engine._events import MetadataEntry as MetadataEntry
+from runstate.engine._events import MetadataRecorded as MetadataRecorded
+from runstate.engine._events import RunCreated as RunCreated
+from runstate.engine._events import RunStateChanged as RunStateChanged
+from runstate.engine._events import RunTagsChanged as RunTagsChanged
+from runstate.engine._events import TaskAttemptStateChanged as TaskAttemptStateChanged
+from runstate.engine._events import TaskCreated as TaskCreated
+from runstate.engine._events import decode_commit as decode_commit
+from runstate.engine._events import encode_commit as encode_commit
+from runstate.engine._events import register_upcaster as register_upcaster
+from runstate.engine._log import Commit as Commit
+from runstate.engine._log import EventLog as EventLog
+from runstate.engine._log import Pipeline as Pipeline
+from runstate.engine._log import Receipt as Receipt
+from runstate.engine._log import StoredCommit as StoredCommit
+from runstate.engine._names import Pathspec as Pathspec
+from runstate.engine._names import Subjects as Subjects
+from runstate.engine._names import parse_pathspec as parse_pathspec
+from runstate.engine._settings import Settings as Settings
+from runstate.engine._states import RunState as RunState
+from runstate.engine._states import TaskState as TaskState
+from runstate.engine._worker import RunHandle as RunHandle
+from runstate.engine._worker import TaskHandle as TaskHandle
+from runstate.engine._worker import Writer as Writer
+
+__all__ = [
+    "ArtifactRecord",
+    "ArtifactStore",
+    "ArtifactsRecorded",
+    "Commit",
+    "Event",
+    "EventLog",
+    "ExceptionInfo",
+    "ForeachFrame",
+    "Heartbeat",
+    "MetadataEntry",
+    "MetadataRecorded",
+    "Pathspec",
+    "Pipeline",
+    "Receipt",
+    "RunCreated",
+    "RunHandle",
+    "RunState",
+    "RunStateChanged",
+    "RunTagsChanged",
+    "Settings",
+    "StoredCommit",
+    "Subjects",
+    "TaskAttemptStateChanged",
+    "TaskCreated",
+    "TaskHandle",
+    "TaskState",
+    "Writer",
+    "decode_commit",
+    "encode_commit",
+    "open_nats",
+    "parse_pathspec",
+    "provision",
+    "register_upcaster",
+]

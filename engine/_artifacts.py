@@ -1,0 +1,114 @@
+"""Artifact values: encode as JSON or pickle, inline or in the object store by sha256."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import pickle
+from typing import Any
+
+import nats.js.errors
+import orjson
+from nats.aio.client import Client as NATS
+
+from runstate.engine._events import ArtifactRecord
+from runstate.engine._names import Subjects, check_artifact_name
+from runstate.engine._settings import Settings
+from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
+
+__all__ = ["ArtifactStore", "encode_value"]
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _is_plain_json(value: Any, depth: int = 0) -> bool:
+    """True if ``value`` survives a JSON round trip unchanged (no tuples, sets, objects)."""
+    if depth > 64:
+        return False
+    if isinstance(value, _JSON_SCALARS):
+        return not (isinstance(value, float) and value != value)  # NaN is not JSON
+    if type(value) is list:
+        return all(_is_plain_json(item, depth + 1) for item in value)
+    if type(value) is dict:
+        return all(
+            type(key) is str and _is_plain_json(item, depth + 1) for key, item in value.items()
+        )
+    return False
+
+
+def encode_value(value: Any) -> tuple[str, bytes]:
+    """Return ``(codec, bytes)``: JSON for plain JSON values, pickle for anything else."""
+    if _is_plain_json(value):
+        return "json", orjson.dumps(value)
+    return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class ArtifactStore:
+    """Puts artifact values where they belong and loads them back.
+
+    Values up to ``settings.inline_artifact_limit`` bytes travel inside the
+    event; larger ones go to the ``<prefix>_blobs`` object store under their
+    sha256, so equal values are stored once.
+    """
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._bucket = Subjects(settings.prefix).blobs_bucket
+        self._store: Any = None
+
+    async def _object_store(self) -> Any:
+        if self._store is None:
+            self._store = await self._nc.jetstream().object_store(self._bucket)
+        return self._store
+
+    async def record(self, name: str, value: Any) -> ArtifactRecord:
+        """Encode ``value`` and return the record to put in an ``ArtifactsRecorded`` event."""
+        check_artifact_name(name)
+        codec, data = encode_value(value)
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) <= self._settings.inline_artifact_limit:
+            inline: Any = value if codec == "json" else base64.b64encode(data).decode("ascii")
+            return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, inline=inline)  # type: ignore[arg-type]
+        store = await self._object_store()
+        try:
+            await store.get_info(sha)
+        except nats.js.errors.ObjectNotFoundError:
+            await store.put(sha, data)
+        return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, ref=sha)  # type: ignore[arg-type]
+
+    async def load_bytes(self, record: ArtifactRecord) -> bytes:
+        """The encoded bytes of an artifact, from the event or the object store."""
+        if record.ref is None:
+            if record.codec == "json":
+                return orjson.dumps(record.inline)
+            return base64.b64decode(str(record.inline))
+        store = await self._object_store()
+        try:
+            result = await store.get(record.ref)
+        except nats.js.errors.ObjectNotFoundError:
+            raise NotFound(
+                f"artifact {record.name}: blob {record.ref} is missing from {self._bucket}"
+            ) from None
+        data: bytes = result.data
+        return data
+
+    async def load(self, record: ArtifactRecord) -> Any:
+        """The artifact's Python value; pickles only if ``settings.trust_pickles``."""
+        if record.codec == "json":
+            if record.ref is None:
+                return record.inline
+            return orjson.loads(await self.load_bytes(record))
+        if not self._settings.trust_pickles:
+            raise UnsafeArtifact(
+                f"artifact {record.name} is a pickle and this client does not trust pickles; "
+                "set trust_pickles=True (RUNSTATE_TRUST_PICKLES=1) only for stores you trust"
+            )
+        data = await self.load_bytes(record)
+        try:
+            return pickle.loads(data)  # noqa: S301 - gated by trust_pickles
+        except Exception as exc:
+            raise RunstateError(
+                f"artifact {record.name} could not be unpickled here ({type(exc).__name__}: {exc}); "
+                "is the code that defined its class importable?"
+            ) from None

@@ -1,0 +1,216 @@
+"""Connecting to NATS and provisioning the streams runstate needs."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import nats
+import nats.errors
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+
+from runstate.engine._names import Subjects
+from runstate.engine._settings import Settings
+from runstate.engine.errors import (
+    ConfigurationError,
+    JetStreamDisabled,
+    RunstateError,
+    ServerTooOld,
+    Unavailable,
+)
+
+__all__ = ["MIN_SERVER_VERSION", "open_nats", "provision"]
+
+log = structlog.get_logger("runstate.connection")
+
+MIN_SERVER_VERSION = (2, 11, 0)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_ca is None and settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.tls_ca) if settings.tls_ca is not None else None
+    )
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+async def open_nats(settings: Settings, url: str | None = None, *, name: str = "runstate") -> NATS:
+    """Connect to NATS, check the server is 2.11+ with JetStream, and return the connection.
+
+    ``url`` overrides ``settings.nats_url`` (one URL, or several separated by commas).
+    The connection reconnects forever; writes retry within ``settings.retry_budget``.
+    Raises ``Unavailable`` (cannot connect), ``ServerTooOld`` or ``JetStreamDisabled``.
+    """
+    target = url or settings.nats_url
+    if not target:
+        raise ConfigurationError("no NATS URL: pass url= or set RUNSTATE_NATS_URL")
+    servers = [part.strip() for part in target.split(",") if part.strip()]
+
+    async def _on_error(exc: Exception) -> None:
+        log.debug("nats.error", error=str(exc))
+
+    async def _on_disconnect() -> None:
+        log.info("nats.disconnected")
+
+    async def _on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    options: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.25,
+        "connect_timeout": 2,
+        "error_cb": _on_error,
+        "disconnected_cb": _on_disconnect,
+        "reconnected_cb": _on_reconnect,
+    }
+    if settings.credentials is not None:
+        options["user_credentials"] = str(settings.credentials)
+    tls = _tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
+    try:
+        nc = await nats.connect(**options)
+    except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+        raise Unavailable(
+            f"cannot connect to NATS at {target}: {exc or type(exc).__name__}; "
+            "is the server running? (runstate server starts one)"
+        ) from None
+    try:
+        await _check_server(nc)
+    except BaseException:
+        await nc.close()
+        raise
+    return nc
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    core = text.split("-", 1)[0]
+    parts = [int(p) for p in core.split(".")[:3] if p.isdigit()]
+    while len(parts) < 3:
+        parts.append(0)
+    return (parts[0], parts[1], parts[2])
+
+
+async def _check_server(nc: NATS) -> None:
+    version = _parse_version(nc.connected_server_version.__str__().removeprefix("<nats server v").rstrip(">"))
+    if version < MIN_SERVER_VERSION:
+        shown = ".".join(map(str, version))
+        raise ServerTooOld(
+            f"NATS server {shown} is too old: runstate needs 2.11 or newer "
+            "(for the wildcard expected-subject-sequence header); upgrade nats-server"
+        )
+    try:
+        reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+    except nats.errors.NoRespondersError:
+        raise JetStreamDisabled(
+            "JetStream is not enabled on this NATS server; start it with -js "
+            "or add a jetstream block to its config"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise Unavailable("the NATS server did not answer a JetStream request within 2s") from None
+    info = orjson.loads(reply.data)
+    if "error" in info:
+        raise JetStreamDisabled(f"JetStream is not available: {info['error'].get('description')}")
+
+
+async def jetstream_api(nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    """Call a JetStream API subject with a JSON body and return the decoded reply."""
+    payload = orjson.dumps(body) if body is not None else b""
+    try:
+        reply = await nc.request(subject, payload, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise JetStreamDisabled("JetStream did not answer; is it enabled on this server?") from None
+    except nats.errors.TimeoutError:
+        raise Unavailable(f"JetStream did not answer {subject} within {timeout}s") from None
+    result: dict[str, Any] = orjson.loads(reply.data)
+    return result
+
+
+def stream_configs(settings: Settings) -> list[dict[str, Any]]:
+    """The stream configurations runstate needs, as JetStream API JSON."""
+    subjects = Subjects(settings.prefix)
+    window_ns = int(settings.duplicate_window * 1e9)
+    common = {"storage": "file", "num_replicas": settings.replicas, "retention": "limits"}
+    return [
+        {
+            **common,
+            "name": subjects.events_stream,
+            "subjects": [subjects.all_events],
+            "duplicate_window": window_ns,
+            "allow_direct": True,
+            "allow_atomic": True,
+            "discard": "new",
+        },
+        {
+            **common,
+            "name": subjects.heartbeats_stream,
+            "subjects": [subjects.all_heartbeats],
+            "max_msgs_per_subject": 1,
+            "allow_direct": True,
+            "discard": "old",
+        },
+        {
+            **common,
+            "name": subjects.counters_stream,
+            "subjects": [subjects.all_counters],
+            "allow_msg_counter": True,
+            "duplicate_window": window_ns,
+            "allow_direct": True,
+        },
+        {
+            **common,
+            "name": subjects.deadletter_stream,
+            "subjects": [subjects.all_deadletters],
+            "allow_direct": True,
+        },
+    ]
+
+
+async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
+    name = config["name"]
+    reply = await jetstream_api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
+    error = reply.get("error")
+    if error is None:
+        return
+    if error.get("err_code") == 10058:  # exists with a different configuration
+        reply = await jetstream_api(nc, f"$JS.API.STREAM.UPDATE.{name}", config)
+        error = reply.get("error")
+        if error is None:
+            return
+    raise RunstateError(
+        f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
+    )
+
+
+async def provision(nc: NATS, settings: Settings) -> None:
+    """Create the streams, key-value and object buckets runstate uses; idempotent."""
+    for config in stream_configs(settings):
+        await _ensure_stream(nc, config)
+    subjects = Subjects(settings.prefix)
+    js = nc.jetstream()
+    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+
+    try:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.idempotency_bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=settings.replicas,
+            )
+        )
+        await js.create_object_store(
+            subjects.blobs_bucket,
+            ObjectStoreConfig(storage=StorageType.FILE, replicas=settings.replicas),
+        )
+    except nats.js.errors.APIError as exc:
+        raise RunstateError(f"cannot create buckets: {exc.description}") from None
+    log.debug("provisioned", prefix=settings.prefix, replicas=settings.replicas)

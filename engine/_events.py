@@ -1,0 +1,344 @@
+"""The event envelope, its typed payloads, commits and schema upcasting.
+
+A message on the events stream is a *commit*: a JSON array of one or more
+events of one entity. Every event carries the same envelope (``id``,
+``type``, ``schema_version``, ``occurred_at``, ``pathspec``, ``attempt``,
+``actor``) and a payload whose shape the ``type`` decides.
+
+Adding an optional field is backward compatible. A breaking change bumps
+``schema_version`` for that type and registers an upcaster with
+``register_upcaster`` so that old events in the log keep replaying.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeAlias
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+
+from runstate.engine._states import RunState, TaskState
+from runstate.engine.errors import InvalidEvent
+
+__all__ = [
+    "ArtifactRecord",
+    "ArtifactsRecorded",
+    "Event",
+    "ExceptionInfo",
+    "ForeachFrame",
+    "Heartbeat",
+    "MetadataEntry",
+    "MetadataRecorded",
+    "RunCreated",
+    "RunStateChanged",
+    "RunTagsChanged",
+    "TaskAttemptStateChanged",
+    "TaskCreated",
+    "decode_commit",
+    "encode_commit",
+    "new_event_id",
+    "register_upcaster",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (time-ordered) as a string."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76
+    value |= ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+# -- payload parts ---------------------------------------------------------
+
+
+class ForeachFrame(_Model):
+    """One level of a foreach: the step that fanned out, this task's index, and how many."""
+
+    step: str
+    index: int
+    num_splits: int | None = None
+    value: str | None = None
+
+
+class ExceptionInfo(_Model):
+    """What a failed attempt raised."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class ArtifactRecord(_Model):
+    """One artifact: its value inline (small) or a reference into the object store."""
+
+    name: str
+    sha256: str
+    size: int
+    codec: Literal["json", "pickle"]
+    inline: JsonValue = None
+    ref: str | None = None
+
+    @property
+    def is_inline(self) -> bool:
+        return self.ref is None
+
+
+class MetadataEntry(_Model):
+    name: str
+    value: str
+    type: str = "str"
+
+
+# -- payloads ---------------------------------------------------------------
+
+
+class RunCreatedPayload(_Model):
+    flow: str
+    run_id: str
+    state: RunState = RunState.PENDING
+    parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    system_tags: list[str] = Field(default_factory=list)
+    user: str | None = None
+    idempotency_key: str | None = None
+    scheduled_at: datetime | None = None
+    script_name: str | None = None
+
+
+class RunStateChangedPayload(_Model):
+    state: RunState
+    label: str | None = None
+    message: str | None = None
+    resume: bool = False
+
+
+class RunTagsChangedPayload(_Model):
+    add: list[str] = Field(default_factory=list)
+    remove: list[str] = Field(default_factory=list)
+    replace: list[str] | None = None
+
+
+class TaskCreatedPayload(_Model):
+    step: str
+    task_id: str
+    foreach_index: int | None = None
+    foreach_stack: list[ForeachFrame] = Field(default_factory=list)
+    parent_tasks: list[str] = Field(default_factory=list)
+    runtime_name: str | None = None
+    environment_info: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class TaskAttemptStatePayload(_Model):
+    state: TaskState
+    label: str | None = None
+    message: str | None = None
+    exception: ExceptionInfo | None = None
+
+
+class ArtifactsRecordedPayload(_Model):
+    artifacts: list[ArtifactRecord]
+
+
+class MetadataRecordedPayload(_Model):
+    entries: list[MetadataEntry]
+
+
+class HeartbeatPayload(_Model):
+    worker: str | None = None
+
+
+# -- events -----------------------------------------------------------------
+
+
+class _Envelope(_Model):
+    id: str = Field(default_factory=new_event_id)
+    schema_version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+    pathspec: str
+    attempt: int | None = None
+    actor: str | None = None
+
+
+class RunCreated(_Envelope):
+    type: Literal["run.created"] = "run.created"
+    payload: RunCreatedPayload
+
+
+class RunStateChanged(_Envelope):
+    type: Literal["run.state_changed"] = "run.state_changed"
+    payload: RunStateChangedPayload
+
+
+class RunTagsChanged(_Envelope):
+    type: Literal["run.tags_changed"] = "run.tags_changed"
+    payload: RunTagsChangedPayload
+
+
+class TaskCreated(_Envelope):
+    type: Literal["task.created"] = "task.created"
+    payload: TaskCreatedPayload
+
+
+class TaskAttemptStateChanged(_Envelope):
+    type: Literal["task.state_changed"] = "task.state_changed"
+    payload: TaskAttemptStatePayload
+
+
+class ArtifactsRecorded(_Envelope):
+    type: Literal["task.artifacts_recorded"] = "task.artifacts_recorded"
+    payload: ArtifactsRecordedPayload
+
+
+class MetadataRecorded(_Envelope):
+    type: Literal["task.metadata_recorded"] = "task.metadata_recorded"
+    payload: MetadataRecordedPayload
+
+
+class Heartbeat(_Envelope):
+    type: Literal["heartbeat"] = "heartbeat"
+    payload: HeartbeatPayload = Field(default_factory=HeartbeatPayload)
+
+
+Event: TypeAlias = Annotated[
+    RunCreated
+    | RunStateChanged
+    | RunTagsChanged
+    | TaskCreated
+    | TaskAttemptStateChanged
+    | ArtifactsRecorded
+    | MetadataRecorded
+    | Heartbeat,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[_Envelope]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        RunCreated,
+        RunStateChanged,
+        RunTagsChanged,
+        TaskCreated,
+        TaskAttemptStateChanged,
+        ArtifactsRecorded,
+        MetadataRecorded,
+        Heartbeat,
+    )
+}
+
+# The current schema version of each type; bumped with an upcaster.
+CURRENT_VERSION: dict[str, int] = dict.fromkeys(EVENT_TYPES, 1)
+
+Upcaster: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+_COMMIT = TypeAdapter(list[Event])
+_ONE = TypeAdapter(Event)
+
+
+def register_upcaster(event_type: str, from_version: int, upcaster: Upcaster) -> None:
+    """Register ``upcaster`` to turn a ``from_version`` event of ``event_type`` into the next.
+
+    The upcaster takes and returns the raw event dict; it must set
+    ``schema_version`` to ``from_version + 1``. ``CURRENT_VERSION`` of the
+    type becomes at least ``from_version + 1``.
+    """
+    _UPCASTERS[(event_type, from_version)] = upcaster
+    CURRENT_VERSION[event_type] = max(CURRENT_VERSION.get(event_type, 1), from_version + 1)
+
+
+def unregister_upcaster(event_type: str, from_version: int) -> None:
+    """Remove an upcaster (for tests) and recompute the type's current version."""
+    _UPCASTERS.pop((event_type, from_version), None)
+    versions = [v + 1 for (t, v) in _UPCASTERS if t == event_type]
+    CURRENT_VERSION[event_type] = max([1, *versions])
+
+
+def _upcast(raw: dict[str, Any]) -> dict[str, Any]:
+    event_type = raw.get("type")
+    version = raw.get("schema_version", 1)
+    if not isinstance(event_type, str) or not isinstance(version, int):
+        return raw
+    current = CURRENT_VERSION.get(event_type, 1)
+    while version < current:
+        upcaster = _UPCASTERS.get((event_type, version))
+        if upcaster is None:
+            raise InvalidEvent(
+                f"no upcaster for {event_type} v{version}; register one with register_upcaster"
+            )
+        raw = upcaster(raw)
+        new_version = raw.get("schema_version")
+        if new_version != version + 1:
+            raise InvalidEvent(f"upcaster for {event_type} v{version} did not set schema_version")
+        version = new_version
+    if version > current:
+        raise InvalidEvent(
+            f"{event_type} v{version} is newer than this runstate understands (v{current}); upgrade"
+        )
+    return raw
+
+
+def encode_commit(events: Sequence[Event]) -> bytes:
+    """Serialise a commit (one or more events) to compact JSON bytes."""
+    if not events:
+        raise InvalidEvent("a commit needs at least one event")
+    return _COMMIT.dump_json(list(events), exclude_defaults=False, by_alias=True)
+
+
+def decode_commit(data: bytes) -> list[Event]:
+    """Parse a commit, upcasting old schema versions; raise ``InvalidEvent`` if malformed."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"commit is not JSON: {exc}") from None
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise InvalidEvent("a commit is a non-empty JSON array of events")
+    if _UPCASTERS:
+        raw = [_upcast(item) if isinstance(item, dict) else item for item in raw]
+    else:
+        for item in raw:
+            if isinstance(item, dict) and item.get("schema_version", 1) != 1:
+                _upcast(item)  # raises for a version this build does not know
+    try:
+        return _COMMIT.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidEvent(f"invalid event at {where}: {first['msg']}") from None
+
+
+def decode_event(data: bytes | dict[str, Any]) -> Event:
+    """Parse a single event (a heartbeat value, or one element of a commit)."""
+    try:
+        raw = orjson.loads(data) if isinstance(data, bytes | bytearray) else data
+        return _ONE.validate_python(_upcast(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"event is not JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidEvent(f"invalid event at {where}: {first['msg']}") from None
+
+
+def encode_event(event: Event) -> bytes:
+    return _ONE.dump_json(event)

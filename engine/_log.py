@@ -1,0 +1,607 @@
+"""The event log: append commits to JetStream with optimistic concurrency and idempotency.
+
+A commit is one message holding one or more events of one entity (a run's
+``.r`` subject or one task's subject). Every append may name the version it
+expects, the stream sequence of the entity's last commit (0 for "no commit
+yet"); a mismatch is a ``ConflictError`` carrying the current version. The
+commit's id is its ``Nats-Msg-Id`` so a retried append is stored once.
+
+nats-server checks the expected sequence *before* de-duplication, so a retry
+whose first try was stored (but whose ack was lost) comes back as a conflict
+at a sequence that holds our own commit; ``_send`` recognises that case and
+returns the original receipt instead of a conflict.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from runstate.engine._events import Event, decode_commit, encode_commit, new_event_id
+from runstate.engine._names import Pathspec, Subjects, parse_pathspec
+from runstate.engine._settings import Settings
+from runstate.engine.errors import (
+    ConflictError,
+    InvalidEvent,
+    InvalidName,
+    PayloadTooLarge,
+    RunstateError,
+    Unavailable,
+)
+
+__all__ = ["Commit", "EventLog", "Receipt", "StoredCommit"]
+
+log = structlog.get_logger("runstate.log")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionReconnectingError,
+    TimeoutError,
+)
+_CONFLICT_CODES = frozenset({10071, 10164})
+# "JetStream not temporarily available", "stream offline", "leader changed",
+# "insufficient resources" while a cluster elects a leader.
+_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137})
+_HEADER_OVERHEAD = 512
+ATOMIC_BATCH_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that a commit is in the log: its stream sequence and commit id.
+
+    ``sequence`` is the entity's new version and the ``after=`` value that
+    makes a later read see this write.
+    """
+
+    sequence: int
+    subject: str
+    commit_id: str
+    events: int = 1
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Events of one entity to append together, with the version they expect."""
+
+    events: Sequence[Event]
+    expected_version: int | None = None
+    #: check the version over all subjects of the run (``<flow>.<run>.>``)
+    across_run: bool = False
+    commit_id: str = field(default_factory=new_event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCommit:
+    """A commit read back from the log."""
+
+    sequence: int
+    subject: str
+    events: list[Event]
+    commit_id: str | None = None
+
+
+def _conflict_sequence(description: str) -> int:
+    # "wrong last sequence: 42"
+    tail = description.rsplit(":", 1)[-1].strip()
+    return int(tail) if tail.isdigit() else -1
+
+
+class EventLog:
+    """Appends commits to the events stream and reads them back.
+
+    One ``EventLog`` per NATS connection; it is safe to share between tasks.
+    """
+
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self._nc = nc
+        self._settings = settings
+        self.subjects = Subjects(settings.prefix)
+        self._stream = self.subjects.events_stream
+        self._js = nc.jetstream()
+
+    @property
+    def nc(self) -> NATS:
+        return self._nc
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    # -- subjects ----------------------------------------------------------
+
+    def subject_of(self, events: Sequence[Event]) -> tuple[str, Pathspec]:
+        """Return the subject and entity of a commit; all events must share one entity."""
+        if not events:
+            raise InvalidEvent("a commit needs at least one event")
+        pathspec = events[0].pathspec
+        for event in events[1:]:
+            if event.pathspec != pathspec:
+                raise InvalidEvent(
+                    f"a commit holds events of one entity: {pathspec} and {event.pathspec} differ"
+                )
+        path = parse_pathspec(pathspec, min_depth=2, max_depth=4)
+        if path.depth == 3:
+            raise InvalidName(f"events belong to a run or a task, not to the step {pathspec}")
+        if path.task is not None:
+            assert path.run is not None and path.step is not None
+            return self.subjects.task(path.flow, path.run, path.step, path.task), path
+        assert path.run is not None
+        return self.subjects.run(path.flow, path.run), path
+
+    def _headers(self, commit: Commit, path: Pathspec) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": commit.commit_id}
+        if commit.expected_version is not None:
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(commit.expected_version)
+            if commit.across_run:
+                assert path.run is not None
+                headers["Nats-Expected-Last-Subject-Sequence-Subject"] = self.subjects.run_all(
+                    path.flow, path.run
+                )
+        return headers
+
+    def _encode(self, commit: Commit) -> tuple[str, Pathspec, bytes, dict[str, str]]:
+        subject, path = self.subject_of(commit.events)
+        data = encode_commit(commit.events)
+        limit = self._nc.max_payload - _HEADER_OVERHEAD
+        if len(data) > limit:
+            raise PayloadTooLarge(
+                f"commit for {path} is {len(data)} bytes, over the server's limit of {limit}; "
+                "store large values as artifacts (they go to the object store) or split the commit"
+            )
+        return subject, path, data, self._headers(commit, path)
+
+    # -- append ------------------------------------------------------------
+
+    async def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        across_run: bool = False,
+        commit_id: str | None = None,
+    ) -> Receipt:
+        """Append one commit and wait for JetStream to store it.
+
+        ``expected_version`` is the entity's last sequence (0: no commit yet),
+        or None for no check. Transient faults are retried with the same
+        commit id for ``settings.retry_budget`` seconds. Raises
+        ``ConflictError``, ``PayloadTooLarge``, ``InvalidEvent`` or ``Unavailable``.
+        """
+        batch = [events] if not isinstance(events, Sequence) else list(events)
+        commit = Commit(
+            batch, expected_version, across_run, commit_id or new_event_id()
+        )
+        subject, path, data, headers = self._encode(commit)
+        return await self._send(subject, data, headers, commit, str(path))
+
+    async def append_commit(self, commit: Commit) -> Receipt:
+        """Append a prepared ``Commit``; see ``append``."""
+        subject, path, data, headers = self._encode(commit)
+        return await self._send(subject, data, headers, commit, str(path))
+
+    async def _send(
+        self, subject: str, data: bytes, headers: dict[str, str], commit: Commit, entity: str
+    ) -> Receipt:
+        deadline = time.monotonic() + self._settings.retry_budget
+        delay = 0.05
+        tries = 0
+        while True:
+            tries += 1
+            remaining = deadline - time.monotonic()
+            try:
+                msg = await self._nc.request(
+                    subject,
+                    data,
+                    timeout=max(0.05, min(self._settings.request_timeout, remaining)),
+                    headers=headers,
+                )
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(
+                        f"could not append to {entity} within {self._settings.retry_budget:.0f}s "
+                        f"({type(exc).__name__}); nothing is lost: retry with commit id "
+                        f"{commit.commit_id}",
+                        commit_id=commit.commit_id,
+                    ) from None
+                log.debug("append.retry", entity=entity, error=type(exc).__name__, tries=tries)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable(
+                    f"the NATS connection is closed; {entity} was not appended",
+                    commit_id=commit.commit_id,
+                ) from None
+            reply = orjson.loads(msg.data)
+            error = reply.get("error")
+            if error is None:
+                return Receipt(
+                    reply["seq"], subject, commit.commit_id, len(commit.events),
+                    bool(reply.get("duplicate", False)),
+                )
+            code = error.get("err_code")
+            if code in _CONFLICT_CODES:
+                current = _conflict_sequence(str(error.get("description", "")))
+                if tries > 1 and await self._holds_commit(current, commit.commit_id):
+                    return Receipt(current, subject, commit.commit_id, len(commit.events), True)
+                raise ConflictError(entity, commit.expected_version or 0, current)
+            if code in _TRANSIENT_CODES or error.get("code") == 503:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(
+                        f"JetStream kept refusing {entity}: {error.get('description')}",
+                        commit_id=commit.commit_id,
+                    )
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            raise RunstateError(
+                f"JetStream refused the append to {entity}: {error.get('description')} "
+                f"(code {code})"
+            )
+
+    async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
+        """True if the message at ``sequence`` is the commit ``commit_id``."""
+        if sequence <= 0:
+            return False
+        try:
+            msg = await self._js.get_msg(self._stream, seq=sequence, direct=True)
+        except (nats.js.errors.NotFoundError, *_TRANSIENT):
+            return False
+        return bool(msg.headers and msg.headers.get("Nats-Msg-Id") == commit_id)
+
+    def pipeline(self, max_in_flight: int = 2048) -> Pipeline:
+        """Return a ``Pipeline`` for many appends in flight, confirmed together."""
+        return Pipeline(self, max_in_flight)
+
+    async def append_atomic(self, commits: Sequence[Commit]) -> list[Receipt]:
+        """Append commits of several entities as one JetStream atomic batch: all or none.
+
+        Each commit keeps its own expected version; if any check fails nothing
+        is stored and ``ConflictError`` is raised. At most 1000 commits.
+        """
+        if not commits:
+            return []
+        if len(commits) > ATOMIC_BATCH_LIMIT:
+            raise PayloadTooLarge(
+                f"an atomic batch holds at most {ATOMIC_BATCH_LIMIT} commits, not {len(commits)}"
+            )
+        encoded = [self._encode(commit) for commit in commits]
+        deadline = time.monotonic() + self._settings.retry_budget
+        delay = 0.05
+        tries = 0
+        while True:
+            tries += 1
+            batch_id = new_event_id()
+            try:
+                reply = await self._publish_batch(batch_id, encoded)
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(
+                        f"could not append an atomic batch within the retry budget ({type(exc).__name__})"
+                    ) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            error = reply.get("error")
+            if error is None:
+                last = int(reply["seq"])
+                first = last - len(commits) + 1
+                return [
+                    Receipt(first + i, subject, commit.commit_id, len(commit.events))
+                    for i, (commit, (subject, _, _, _)) in enumerate(zip(commits, encoded, strict=True))
+                ]
+            code = error.get("err_code")
+            if code in _CONFLICT_CODES:
+                current = _conflict_sequence(str(error.get("description", "")))
+                if tries > 1:
+                    stored = await self._find_stored_batch(commits, encoded)
+                    if stored is not None:
+                        return stored
+                raise ConflictError("atomic batch", -1, current)
+            if code in _TRANSIENT_CODES or error.get("code") == 503:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(f"JetStream kept refusing the batch: {error.get('description')}")
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            raise RunstateError(
+                f"JetStream refused the atomic batch: {error.get('description')} (code {code})"
+            )
+
+    async def _publish_batch(
+        self, batch_id: str, encoded: list[tuple[str, Pathspec, bytes, dict[str, str]]]
+    ) -> dict[str, Any]:
+        last = len(encoded)
+        for index, (subject, _, data, headers) in enumerate(encoded[:-1], start=1):
+            await self._nc.publish(
+                subject,
+                data,
+                headers={**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)},
+            )
+        subject, _, data, headers = encoded[-1]
+        msg = await self._nc.request(
+            subject,
+            data,
+            timeout=self._settings.request_timeout,
+            headers={
+                **headers,
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(last),
+                "Nats-Batch-Commit": "1",
+            },
+        )
+        result: dict[str, Any] = orjson.loads(msg.data)
+        return result
+
+    async def _find_stored_batch(
+        self, commits: Sequence[Commit], encoded: list[tuple[str, Pathspec, bytes, dict[str, str]]]
+    ) -> list[Receipt] | None:
+        subject = encoded[-1][0]
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except (nats.js.errors.NotFoundError, *_TRANSIENT):
+            return None
+        if not (msg.headers and msg.headers.get("Nats-Msg-Id") == commits[-1].commit_id):
+            return None
+        last = int(msg.seq)
+        first = last - len(commits) + 1
+        return [
+            Receipt(first + i, enc[0], commit.commit_id, len(commit.events), True)
+            for i, (commit, enc) in enumerate(zip(commits, encoded, strict=True))
+        ]
+
+    # -- counters ------------------------------------------------------------
+
+    async def increment(self, subject: str, by: int = 1) -> int:
+        """Atomically add ``by`` to a JetStream counter subject and return the new value."""
+        msg_id = new_event_id()
+        deadline = time.monotonic() + self._settings.retry_budget
+        delay = 0.05
+        while True:
+            try:
+                msg = await self._nc.request(
+                    subject,
+                    b"",
+                    timeout=self._settings.request_timeout,
+                    headers={"Nats-Incr": f"+{by}", "Nats-Msg-Id": msg_id},
+                )
+            except _TRANSIENT:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(f"could not increment {subject} within the retry budget") from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            reply = orjson.loads(msg.data)
+            if "error" in reply:
+                raise RunstateError(f"counter {subject} refused: {reply['error'].get('description')}")
+            if "val" not in reply:
+                # a duplicate: the counter's value at that message
+                stored = await self._js.get_msg(
+                    self.subjects.counters_stream, seq=int(reply["seq"]), direct=True
+                )
+                return int(orjson.loads(stored.data)["val"])
+            return int(reply["val"])
+
+    # -- reading -----------------------------------------------------------
+
+    async def last_sequence(self, subject: str) -> int:
+        """The sequence of the last commit on a (literal) subject, 0 if none."""
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return 0
+        return int(msg.seq)
+
+    async def stream_last_sequence(self) -> int:
+        """The last sequence of the events stream (0 when empty)."""
+        info = await self._js.stream_info(self._stream)
+        return int(info.state.last_seq)
+
+    async def read(
+        self,
+        subject_filter: str | None = None,
+        *,
+        start: int = 1,
+        limit: int | None = None,
+        batch: int = 512,
+    ) -> AsyncIterator[StoredCommit]:
+        """Yield stored commits matching ``subject_filter`` from sequence ``start``, oldest first.
+
+        Stops at the end of the log as it was when reading began. Commits
+        that cannot be decoded raise ``InvalidEvent`` naming their sequence.
+        """
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start),
+            filter_subject=subject_filter or self.subjects.all_events,
+            mem_storage=True,
+            inactive_threshold=10.0,
+        )
+        sub = await self._js.pull_subscribe(
+            subject_filter or self.subjects.all_events, durable=None, stream=self._stream, config=config
+        )
+        try:
+            info = await sub.consumer_info()
+            pending = int(info.num_pending)
+            count = 0
+            wanted = pending if limit is None else min(pending, limit)
+            while count < wanted:
+                msgs = await sub.fetch(min(batch, wanted - count), timeout=self._settings.request_timeout)
+                for msg in msgs:
+                    yield self._stored(msg)
+                    count += 1
+                    if count >= wanted:
+                        break
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    def _stored(self, msg: Msg) -> StoredCommit:
+        seq = int(msg.metadata.sequence.stream)
+        try:
+            events = decode_commit(msg.data)
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"commit at sequence {seq} on {msg.subject}: {exc.message}") from None
+        commit_id = msg.headers.get("Nats-Msg-Id") if msg.headers else None
+        return StoredCommit(seq, msg.subject, events, commit_id)
+
+    async def read_entity(self, subject: str) -> list[StoredCommit]:
+        """All commits of one entity subject (a run header or a task), oldest first."""
+        if await self.last_sequence(subject) == 0:
+            return []
+        return [commit async for commit in self.read(subject)]
+
+
+class Pipeline:
+    """Many appends in flight at once, confirmed together by ``flush``.
+
+    ``append`` returns as soon as the commit is sent (waiting only when
+    ``max_in_flight`` commits await their acks); ``flush`` waits for every
+    ack and returns the receipts in append order. A commit whose ack does not
+    come is re-sent with its commit id through ``EventLog.append``'s retry.
+    Errors (conflicts, refusals) are raised by ``flush`` as the first one met;
+    every other commit's outcome is in ``results``.
+    """
+
+    def __init__(self, log: EventLog, max_in_flight: int) -> None:
+        self._log = log
+        self._nc = log.nc
+        self._limit = anyio.Semaphore(max_in_flight)
+        self._tokens = itertools.count()
+        self._inbox = ""
+        self._sub: Any = None
+        self._entries: list[_PipelineEntry] = []
+        self._waiting: dict[str, _PipelineEntry] = {}
+        self._all_done = anyio.Event()
+        self._all_done.set()
+
+    async def __aenter__(self) -> Pipeline:
+        self._inbox = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if exc_info[0] is None:
+                await self.flush()
+        finally:
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+                self._sub = None
+
+    async def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        across_run: bool = False,
+        commit_id: str | None = None,
+    ) -> None:
+        """Send one commit without waiting for its ack; see ``EventLog.append``."""
+        batch = [events] if not isinstance(events, Sequence) else list(events)
+        commit = Commit(batch, expected_version, across_run, commit_id or new_event_id())
+        await self.append_commit(commit)
+
+    async def append_commit(self, commit: Commit) -> None:
+        if self._sub is None:
+            raise RuntimeError("use the pipeline as 'async with log.pipeline() as p:'")
+        subject, path, data, headers = self._log._encode(commit)
+        await self._limit.acquire()
+        token = str(next(self._tokens))
+        entry = _PipelineEntry(commit, subject, str(path), data, headers, time.monotonic())
+        self._entries.append(entry)
+        self._waiting[token] = entry
+        if self._all_done.is_set():
+            self._all_done = anyio.Event()
+        try:
+            await self._nc.publish(subject, data, reply=f"{self._inbox}.{token}", headers=headers)
+        except _TRANSIENT:
+            pass  # flush re-sends it
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        entry = self._waiting.pop(token, None)
+        if entry is None:
+            return
+        self._limit.release()
+        if not msg.data:  # a status message (no responders): re-sent by flush
+            entry.needs_resend = True
+        else:
+            reply = orjson.loads(msg.data)
+            error = reply.get("error")
+            if error is None:
+                entry.receipt = Receipt(
+                    reply["seq"], entry.subject, entry.commit.commit_id, len(entry.commit.events),
+                    bool(reply.get("duplicate", False)),
+                )
+            elif error.get("err_code") in _CONFLICT_CODES:
+                entry.error = ConflictError(
+                    entry.entity,
+                    entry.commit.expected_version or 0,
+                    _conflict_sequence(str(error.get("description", ""))),
+                )
+            else:
+                entry.needs_resend = True
+        if not self._waiting:
+            self._all_done.set()
+
+    @property
+    def results(self) -> list[Receipt | RunstateError | None]:
+        return [entry.receipt or entry.error for entry in self._entries]
+
+    async def flush(self) -> list[Receipt]:
+        """Wait for every commit sent so far; return their receipts in order."""
+        with anyio.move_on_after(self._log.settings.request_timeout):
+            await self._all_done.wait()
+        for token, entry in list(self._waiting.items()):
+            self._waiting.pop(token, None)
+            self._limit.release()
+            entry.needs_resend = True
+        self._all_done.set()
+        for entry in self._entries:
+            if entry.needs_resend and entry.receipt is None and entry.error is None:
+                try:
+                    entry.receipt = await self._log._send(
+                        entry.subject, entry.data, entry.headers, entry.commit, entry.entity
+                    )
+                except ConflictError as exc:
+                    entry.error = exc
+        entries, self._entries = self._entries, []
+        for entry in entries:
+            if entry.error is not None:
+                raise entry.error
+        return [entry.receipt for entry in entries if entry.receipt is not None]
+
+
+@dataclass(slots=True)
+class _PipelineEntry:
+    commit: Commit
+    subject: str
+    entity: str
+    data: bytes
+    headers: dict[str, str]
+    sent_at: float
+    receipt: Receipt | None = None
+    error: RunstateError | None = None
+    needs_resend: bool = False
+

@@ -1,0 +1,214 @@
+"""Every error runstate raises, in one tree.
+
+::
+
+    RunstateError
+    ├── InvalidName            a flow/step/run/task name or pathspec is malformed
+    ├── InvalidEvent           an event or commit does not match the schema
+    ├── PayloadTooLarge        a commit or artifact is over the configured limit
+    ├── IllegalTransition      a state change the state machine does not allow
+    ├── ConflictError          someone else appended to the entity first
+    ├── NotFound               no object at that pathspec
+    ├── NotInNamespace         the object exists but is outside the current namespace
+    ├── BadFilter              a list query with an unknown field, operator or value
+    ├── Timeout                a bounded wait ran out (``after=`` reads, requests)
+    ├── Unavailable            NATS could not be reached within the retry budget
+    ├── ServerTooOld           the NATS server lacks features runstate needs
+    ├── JetStreamDisabled      the NATS server runs without JetStream
+    ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
+    └── ConfigurationError     settings that cannot work together
+
+Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
+``PayloadTooLarge``, ``IllegalTransition``, ``BadFilter``) are raised before
+anything is sent. Errors caused by something outside (``Unavailable``,
+``Timeout``) leave every acknowledged write in place: a write either has a
+receipt or may be retried with the same commit id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadFilter",
+    "ConfigurationError",
+    "ConflictError",
+    "IllegalTransition",
+    "InvalidEvent",
+    "InvalidName",
+    "JetStreamDisabled",
+    "NotFound",
+    "NotInNamespace",
+    "PayloadTooLarge",
+    "RunstateError",
+    "ServerTooOld",
+    "Timeout",
+    "Unavailable",
+    "UnsafeArtifact",
+    "error_from_wire",
+]
+
+
+class RunstateError(Exception):
+    """The base of every runstate error."""
+
+    code: str = "runstate_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_wire(self) -> dict[str, Any]:
+        """Return the error as a JSON-able dict, for error replies over NATS."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class InvalidName(RunstateError, ValueError):
+    """A name or pathspec is malformed; nothing was sent."""
+
+    code = "invalid_name"
+
+
+class InvalidEvent(RunstateError, ValueError):
+    """An event or commit does not match the event schema."""
+
+    code = "invalid_event"
+
+
+class PayloadTooLarge(RunstateError, ValueError):
+    """A commit is larger than the server accepts; nothing was sent."""
+
+    code = "payload_too_large"
+
+
+class IllegalTransition(RunstateError):
+    """The state machine does not allow this change; nothing was appended."""
+
+    code = "illegal_transition"
+
+    def __init__(self, entity: str, from_state: str | None, to_state: str, reason: str = "") -> None:
+        shown = from_state if from_state is not None else "(new)"
+        message = f"{entity}: cannot go from {shown} to {to_state}"
+        if reason:
+            message += f" ({reason})"
+        super().__init__(message, entity=entity, from_state=from_state, to_state=to_state)
+        self.entity = entity
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class ConflictError(RunstateError):
+    """Another writer appended to the entity since the version this append expected.
+
+    ``current_version`` is the entity's version now; reload and decide again.
+    """
+
+    code = "conflict"
+
+    def __init__(self, entity: str, expected_version: int, current_version: int) -> None:
+        super().__init__(
+            f"{entity}: expected version {expected_version} but it is at {current_version}; "
+            "another writer changed it, reload and retry",
+            entity=entity,
+            expected_version=expected_version,
+            current_version=current_version,
+        )
+        self.entity = entity
+        self.expected_version = expected_version
+        self.current_version = current_version
+
+
+class NotFound(RunstateError, LookupError):
+    """There is no object at that pathspec (yet)."""
+
+    code = "not_found"
+
+
+class NotInNamespace(RunstateError):
+    """The object exists but is outside the current namespace; use namespace(None) to see all."""
+
+    code = "not_in_namespace"
+
+
+class BadFilter(RunstateError, ValueError):
+    """A list query names an unknown field or sort key, or a value of the wrong type."""
+
+    code = "bad_filter"
+
+
+class Timeout(RunstateError, TimeoutError):
+    """A bounded wait ran out before the condition held."""
+
+    code = "timeout"
+
+
+class Unavailable(RunstateError, ConnectionError):
+    """NATS (or the query service) could not be reached within the retry budget."""
+
+    code = "unavailable"
+
+
+class ServerTooOld(RunstateError):
+    """The NATS server is older than runstate needs (2.11 or newer)."""
+
+    code = "server_too_old"
+
+
+class JetStreamDisabled(RunstateError):
+    """The NATS server runs without JetStream; start it with -js or enable it in its config."""
+
+    code = "jetstream_disabled"
+
+
+class UnsafeArtifact(RunstateError):
+    """A pickled artifact was not loaded because this client does not trust pickles."""
+
+    code = "unsafe_artifact"
+
+
+class ConfigurationError(RunstateError, ValueError):
+    """Settings that cannot work together."""
+
+    code = "configuration_error"
+
+
+_BY_CODE: dict[str, type[RunstateError]] = {
+    cls.code: cls
+    for cls in (
+        RunstateError,
+        InvalidName,
+        InvalidEvent,
+        PayloadTooLarge,
+        NotFound,
+        NotInNamespace,
+        BadFilter,
+        Timeout,
+        Unavailable,
+        ServerTooOld,
+        JetStreamDisabled,
+        UnsafeArtifact,
+        ConfigurationError,
+    )
+}
+
+
+def error_from_wire(wire: dict[str, Any]) -> RunstateError:
+    """Rebuild an error sent as ``RunstateError.to_wire()``; unknown codes become the base."""
+    code = str(wire.get("code", "runstate_error"))
+    message = str(wire.get("message", "unknown error"))
+    details = wire.get("details") or {}
+    if code == "conflict":
+        return ConflictError(
+            str(details.get("entity", "?")),
+            int(details.get("expected_version", -1)),
+            int(details.get("current_version", -1)),
+        )
+    if code == "illegal_transition":
+        return IllegalTransition(
+            str(details.get("entity", "?")),
+            details.get("from_state"),
+            str(details.get("to_state", "?")),
+        )
+    cls = _BY_CODE.get(code, RunstateError)
+    return cls(message, **details)
