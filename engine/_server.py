@@ -254,6 +254,10 @@ class NatsServer:
                 # Another process took the port between our probe and the bind.
                 self._port = _free_ports(self.host, 1)[0]
                 continue
+            except BaseException:
+                # its own session keeps Ctrl-C from reaching it: stop it here
+                self.stop()
+                raise
             break
         self._port_fixed = True
         log.info(
@@ -460,7 +464,6 @@ class NatsCluster:
                 offsets = [(node, node.server._launch()) for node in self._nodes]
                 for node, offset in offsets:
                     node.server._await_ready(offset, deadline)
-                    node.server._port_fixed = True
                 self._await_meta_leader(range(self.size), deadline)
             except _PortInUse:
                 self.stop()
