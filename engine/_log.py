@@ -28,8 +28,17 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.nuid import NUID
 
-from runstate.engine._events import Event, decode_commit, encode_commit, new_event_id
+from runstate.engine._events import Event, decode_commit, encode_commit
+
+_nuid = NUID()
+
+
+def new_commit_id() -> str:
+    """A unique commit id (a NUID: 22 random base62 characters, cheap to make)."""
+    return _nuid.next().decode("ascii")
+
 from runstate.engine._names import Pathspec, Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -84,7 +93,7 @@ class Commit:
     expected_version: int | None = None
     #: check the version over all subjects of the run (``<flow>.<run>.>``)
     across_run: bool = False
-    commit_id: str = field(default_factory=new_event_id)
+    commit_id: str = field(default_factory=new_commit_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,7 @@ class EventLog:
         self.subjects = Subjects(settings.prefix)
         self._stream = self.subjects.events_stream
         self._js = nc.jetstream()
+        self._subject_cache: dict[str, tuple[str, Pathspec]] = {}
 
     @property
     def nc(self) -> NATS:
@@ -136,6 +146,16 @@ class EventLog:
                 raise InvalidEvent(
                     f"a commit holds events of one entity: {pathspec} and {event.pathspec} differ"
                 )
+        cached = self._subject_cache.get(pathspec)
+        if cached is not None:
+            return cached
+        result = self._entity_subject(pathspec)
+        if len(self._subject_cache) > 100_000:
+            self._subject_cache.clear()
+        self._subject_cache[pathspec] = result
+        return result
+
+    def _entity_subject(self, pathspec: str) -> tuple[str, Pathspec]:
         path = parse_pathspec(pathspec, min_depth=2, max_depth=4)
         if path.depth == 3:
             raise InvalidName(f"events belong to a run or a task, not to the step {pathspec}")
@@ -186,7 +206,7 @@ class EventLog:
         """
         batch = [events] if not isinstance(events, Sequence) else list(events)
         commit = Commit(
-            batch, expected_version, across_run, commit_id or new_event_id()
+            batch, expected_version, across_run, commit_id or new_commit_id()
         )
         subject, path, data, headers = self._encode(commit)
         return await self._send(subject, data, headers, commit, str(path))
@@ -239,7 +259,8 @@ class EventLog:
             code = error.get("err_code")
             if code in _CONFLICT_CODES:
                 current = _conflict_sequence(str(error.get("description", "")))
-                if tries > 1 and await self._holds_commit(current, commit.commit_id):
+                # A retry (ours, or the caller's after Unavailable) whose first try was stored.
+                if await self._holds_commit(current, commit.commit_id):
                     return Receipt(current, subject, commit.commit_id, len(commit.events), True)
                 raise ConflictError(entity, commit.expected_version or 0, current)
             if code in _TRANSIENT_CODES or error.get("code") == 503:
@@ -288,7 +309,7 @@ class EventLog:
         tries = 0
         while True:
             tries += 1
-            batch_id = new_event_id()
+            batch_id = new_commit_id()
             try:
                 reply = await self._publish_batch(batch_id, encoded)
             except _TRANSIENT as exc:
@@ -371,7 +392,7 @@ class EventLog:
 
     async def increment(self, subject: str, by: int = 1) -> int:
         """Atomically add ``by`` to a JetStream counter subject and return the new value."""
-        msg_id = new_event_id()
+        msg_id = new_commit_id()
         deadline = time.monotonic() + self._settings.retry_budget
         delay = 0.05
         while True:
@@ -486,7 +507,9 @@ class Pipeline:
     def __init__(self, log: EventLog, max_in_flight: int) -> None:
         self._log = log
         self._nc = log.nc
-        self._limit = anyio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._room = anyio.Event()
+        self._room.set()
         self._tokens = itertools.count()
         self._inbox = ""
         self._sub: Any = None
@@ -519,14 +542,16 @@ class Pipeline:
     ) -> None:
         """Send one commit without waiting for its ack; see ``EventLog.append``."""
         batch = [events] if not isinstance(events, Sequence) else list(events)
-        commit = Commit(batch, expected_version, across_run, commit_id or new_event_id())
+        commit = Commit(batch, expected_version, across_run, commit_id or new_commit_id())
         await self.append_commit(commit)
 
     async def append_commit(self, commit: Commit) -> None:
         if self._sub is None:
             raise RuntimeError("use the pipeline as 'async with log.pipeline() as p:'")
         subject, path, data, headers = self._log._encode(commit)
-        await self._limit.acquire()
+        while len(self._waiting) >= self._max_in_flight:
+            self._room = anyio.Event()
+            await self._room.wait()
         token = str(next(self._tokens))
         entry = _PipelineEntry(commit, subject, str(path), data, headers, time.monotonic())
         self._entries.append(entry)
@@ -543,7 +568,8 @@ class Pipeline:
         entry = self._waiting.pop(token, None)
         if entry is None:
             return
-        self._limit.release()
+        if not self._room.is_set():
+            self._room.set()
         if not msg.data:  # a status message (no responders): re-sent by flush
             entry.needs_resend = True
         else:
@@ -575,9 +601,9 @@ class Pipeline:
             await self._all_done.wait()
         for token, entry in list(self._waiting.items()):
             self._waiting.pop(token, None)
-            self._limit.release()
             entry.needs_resend = True
         self._all_done.set()
+        self._room.set()
         for entry in self._entries:
             if entry.needs_resend and entry.receipt is None and entry.error is None:
                 try:
