@@ -1,0 +1,410 @@
+"""``connect()`` and the ``Client``: reads, live subscriptions and the worker API in one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import nats.errors
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+
+from runstate.engine._connection import open_nats, provision
+from runstate.engine._log import EventLog, Receipt
+from runstate.engine._names import parse_pathspec
+from runstate.engine._settings import Settings
+from runstate.engine._states import RunState, TaskState
+from runstate.engine._worker import RunHandle, Writer
+from runstate.engine.errors import Timeout, Unavailable, error_from_wire
+from runstate.client import _namespace
+from runstate.projections._views import RunView
+
+if TYPE_CHECKING:
+    from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
+    from runstate.client._pages import Page
+    from runstate.client._watch import Change, EventRecord, Subscription
+
+__all__ = ["Client", "connect"]
+
+log = structlog.get_logger("runstate.client")
+
+After = int | Receipt | None
+
+
+def _after(after: After) -> int | None:
+    if after is None:
+        return None
+    if isinstance(after, Receipt):
+        return after.sequence
+    return int(after)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+class Client:
+    """A connection to runstate: snapshot reads, live subscriptions, and writes.
+
+    Get one with ``async with connect() as client:``. Reads go to the query
+    service; live subscriptions read the event stream directly; writes go
+    through the engine's ``Writer`` (``client.create_run``).
+    """
+
+    def __init__(self, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.log = EventLog(nc, settings)
+        self.writer = Writer(self.log)
+        self.subjects = self.log.subjects
+        self._namespace = namespace
+        #: sequence of the latest write made through this client (read-your-writes)
+        self.last_write: int = 0
+
+    # -- namespace -------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str | None:
+        """This client's namespace: its own if set, else the process-wide one."""
+        if self._namespace is _namespace.DEFAULT:
+            return _namespace.get_namespace()
+        result: str | None = self._namespace
+        return result
+
+    def with_namespace(self, ns: str | None) -> Client:
+        """A client sharing this connection that reads in namespace ``ns``."""
+        other = Client.__new__(Client)
+        other.__dict__.update(self.__dict__)
+        other._namespace = ns
+        return other
+
+    # -- requests ----------------------------------------------------------------
+
+    async def request(self, endpoint: str, body: Mapping[str, Any], *, timeout: float | None = None) -> Any:
+        """Call a query endpoint; return its result or raise its typed error."""
+        subject = f"{self.subjects.query_prefix}.{endpoint}"
+        payload = orjson.dumps({k: v for k, v in body.items() if v is not None}, default=_json_default)
+        wait = float(body.get("wait") or 5.0)
+        try:
+            msg = await self.nc.request(subject, payload, timeout=timeout or (wait + self.settings.request_timeout))
+        except nats.errors.NoRespondersError:
+            raise Unavailable(
+                "no query service is answering; start one with `runstate server` or `runstate projector`"
+            ) from None
+        except nats.errors.TimeoutError:
+            raise Timeout(f"the query service did not answer {endpoint} in time") from None
+        except nats.errors.ConnectionClosedError:
+            raise Unavailable("the NATS connection is closed") from None
+        if msg.headers and "Nats-Service-Error-Code" in msg.headers:
+            try:
+                wire = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                wire = {"message": msg.headers.get("Nats-Service-Error", "error")}
+            raise error_from_wire(wire)
+        return orjson.loads(msg.data)["result"]
+
+    def _read_after(self, after: After) -> int | None:
+        return _after(after)
+
+    # -- snapshot reads -----------------------------------------------------------
+
+    async def get(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Flow | Run | Step | Task | DataArtifact:
+        """The object at ``pathspec`` (flow, run, step, task or artifact)."""
+        from runstate.client._objects import object_from_reply
+
+        parse_pathspec(pathspec)
+        result = await self.request(
+            "get",
+            {"pathspec": pathspec, "attempt": attempt, "namespace": self.namespace, "after": _after(after)},
+        )
+        return object_from_reply(self, result, attempt)
+
+    async def flow(self, name: str, *, after: After = None) -> Flow:
+        from runstate.client._objects import Flow
+
+        obj = await self.get(name, after=after)
+        assert isinstance(obj, Flow)
+        return obj
+
+    async def run(self, pathspec: str, *, after: After = None) -> Run:
+        from runstate.client._objects import Run
+
+        parse_pathspec(pathspec, min_depth=2, max_depth=2)
+        obj = await self.get(pathspec, after=after)
+        assert isinstance(obj, Run)
+        return obj
+
+    async def step(self, pathspec: str, *, after: After = None) -> Step:
+        from runstate.client._objects import Step
+
+        parse_pathspec(pathspec, min_depth=3, max_depth=3)
+        obj = await self.get(pathspec, after=after)
+        assert isinstance(obj, Step)
+        return obj
+
+    async def task(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Task:
+        from runstate.client._objects import Task
+
+        parse_pathspec(pathspec, min_depth=4, max_depth=4)
+        obj = await self.get(pathspec, attempt=attempt, after=after)
+        assert isinstance(obj, Task)
+        return obj
+
+    async def artifact(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> DataArtifact:
+        from runstate.client._objects import DataArtifact
+
+        parse_pathspec(pathspec, min_depth=5, max_depth=5)
+        obj = await self.get(pathspec, attempt=attempt, after=after)
+        assert isinstance(obj, DataArtifact)
+        return obj
+
+    async def flows(self, *, after: After = None) -> list[Flow]:
+        """Every flow with a run in the current namespace."""
+        from runstate.client._objects import Flow, FlowInfo
+
+        result = await self.request("flows", {"namespace": self.namespace, "after": _after(after)})
+        return [Flow(self, FlowInfo.model_validate(item)) for item in result]
+
+    async def latest_run(self, flow: str, *, successful: bool = False, after: After = None) -> Run | None:
+        """The newest run of ``flow`` (the newest completed one with ``successful=True``)."""
+        from runstate.client._objects import Run
+        from runstate.engine.errors import NotFound
+
+        try:
+            result = await self.request(
+                "latest",
+                {"flow": flow, "successful": successful, "namespace": self.namespace, "after": _after(after)},
+            )
+        except NotFound:
+            return None
+        return Run(self, RunView.model_validate(result))
+
+    async def runs(
+        self,
+        flow: str | None = None,
+        *,
+        tags: Iterable[str] = (),
+        any_tags: Iterable[str] = (),
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        user: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        sort: str = "-created_at",
+        page_size: int = 50,
+        cursor: str | None = None,
+        after: After = None,
+    ) -> Page[Run]:
+        """One page of runs matching the filters, sorted (``"-created_at"``: newest first).
+
+        ``page.next_cursor`` fetches the next page; ``async for run in page.all()``
+        walks every page.
+        """
+        from runstate.client._objects import Run
+        from runstate.client._pages import Page
+
+        states = [state] if isinstance(state, str | RunState) else list(state or [])
+        body = {
+            "flow": flow,
+            "tags_all": list(tags),
+            "tags_any": list(any_tags),
+            "state": [RunState(s).value if s in RunState._value2member_map_ else s for s in states],
+            "user": user,
+            "created_after": _iso(created_after),
+            "created_before": _iso(created_before),
+            "finished_after": _iso(finished_after),
+            "finished_before": _iso(finished_before),
+            "parameters": dict(parameters or {}),
+            "namespace": self.namespace,
+            "sort": sort,
+            "limit": page_size,
+            "cursor": cursor,
+            "after": _after(after),
+        }
+        result = await self.request("runs", body)
+        items = [Run(self, RunView.model_validate_json(_raw(item))) for item in result["items"]]
+
+        async def fetch_next(next_cursor: str) -> Page[Run]:
+            return await self.runs(
+                flow, tags=tags, any_tags=any_tags, state=state, user=user,
+                created_after=created_after, created_before=created_before,
+                finished_after=finished_after, finished_before=finished_before,
+                parameters=parameters, sort=sort, page_size=page_size, cursor=next_cursor,
+            )
+
+        return Page(items, result["next_cursor"], fetch_next)
+
+    async def tasks(
+        self,
+        run: str,
+        step: str,
+        *,
+        state: TaskState | str | Iterable[TaskState | str] | None = None,
+        page_size: int = 100,
+        cursor: str | None = None,
+        after: After = None,
+    ) -> Page[Task]:
+        """One page of the tasks of ``step`` in ``run`` (optionally of some states)."""
+        from runstate.client._objects import Task
+        from runstate.client._pages import Page
+        from runstate.projections._views import TaskView
+
+        states = [state] if isinstance(state, str | TaskState) else list(state or [])
+        result = await self.request(
+            "tasks",
+            {
+                "run": run,
+                "step": step,
+                "state": [str(s) for s in states],
+                "limit": page_size,
+                "cursor": cursor,
+                "namespace": self.namespace,
+                "after": _after(after),
+            },
+        )
+        items = [Task(self, TaskView.model_validate_json(_raw(item))) for item in result["items"]]
+
+        async def fetch_next(next_cursor: str) -> Page[Task]:
+            return await self.tasks(run, step, state=state, page_size=page_size, cursor=next_cursor)
+
+        return Page(items, result["next_cursor"], fetch_next)
+
+    async def history(self, pathspec: str, *, start: int = 1, limit: int = 100) -> tuple[list[EventRecord], int | None]:
+        """One page of an object's event history from the stream, and the next start."""
+        from runstate.client._watch import EventRecord
+
+        result = await self.request("history", {"pathspec": pathspec, "start": start, "limit": limit})
+        return [EventRecord.from_wire(item) for item in result["items"]], result["next_start"]
+
+    async def status(self) -> dict[str, Any]:
+        """The answering replica's progress: ``applied`` sequence, events applied, dead letters."""
+        result: dict[str, Any] = await self.request("status", {})
+        return result
+
+    # -- live ---------------------------------------------------------------------
+
+    def watch(self, pathspec: str) -> Subscription[Change]:
+        """Iterate over the live state of a flow, run, step or task.
+
+        The first item is the current snapshot; each following item is one
+        applied event with the views it changed. No event is missed or
+        repeated, across reconnects too. Leaving the loop stops the consumer.
+        """
+        from runstate.client._watch import watch
+
+        return watch(self, pathspec)
+
+    def events(self, pathspec: str, *, since: int = 1, follow: bool = True) -> Subscription[EventRecord]:
+        """The raw events of an object from sequence ``since``, then live ones (``follow``)."""
+        from runstate.client._watch import events
+
+        return events(self, pathspec, since=since, follow=follow)
+
+    # -- writes -------------------------------------------------------------------
+
+    async def create_run(self, flow: str, **kwargs: Any) -> RunHandle:
+        """Create a run (see ``Writer.create_run``); its handle drives it through its states."""
+        handle = await self.writer.create_run(flow, **kwargs)
+        if handle.receipt is not None:
+            self.last_write = max(self.last_write, handle.receipt.sequence)
+        return handle
+
+    async def run_handle(self, pathspec: str) -> RunHandle:
+        """The writer's handle of an existing run (for orchestrators: cancel, resume, tags)."""
+        return await self.writer.run(pathspec)
+
+
+def _raw(item: Any) -> bytes:
+    return orjson.dumps(item)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"cannot send {type(value).__name__}")
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    data_dir: Path | str | None = None,
+    credentials: Path | str | None = None,
+    tls_ca: Path | str | None = None,
+    tls_cert: Path | str | None = None,
+    tls_key: Path | str | None = None,
+    prefix: str | None = None,
+    namespace: Any = _namespace.DEFAULT,
+    projector: bool | None = None,
+) -> AsyncIterator[Client]:
+    """Connect to runstate and yield a ``Client``.
+
+    With a URL (or ``RUNSTATE_NATS_URL``) it connects to that NATS. With
+    neither it starts (or joins) the embedded nats-server on ``data_dir``
+    and, when it started the server, runs a projector replica in-process,
+    so a script or notebook works with no set-up. ``projector=True`` forces
+    an in-process replica, ``False`` forbids one.
+    """
+    base = settings or Settings.from_env(
+        nats_url=url,
+        data_dir=data_dir,
+        credentials=credentials,
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        prefix=prefix,
+    )
+    if url is not None:
+        base = base.replace(nats_url=url)
+    _namespace.set_default_user(base.user)
+    async with _open(base, projector) as client:
+        if namespace is not _namespace.DEFAULT:
+            client._namespace = namespace
+        yield client
+
+
+@asynccontextmanager
+async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Client]:
+    from runstate.engine._server import ensure_embedded
+
+    embedded = None
+    if settings.nats_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        embedded = await anyio.to_thread.run_sync(ensure_embedded, settings.data_dir)
+        settings = settings.replace(nats_url=embedded.url)
+    try:
+        nc = await open_nats(settings)
+        try:
+            await provision(nc, settings)
+            client = Client(nc, settings)
+            run_replica = projector if projector is not None else bool(embedded and embedded.owned)
+            if run_replica:
+                from runstate.projections._runner import serve_replica
+
+                # Whoever owns the embedded server owns this store too (the server lock).
+                store = settings.data_dir / "views.sqlite3"
+                async with anyio.create_task_group() as tg:
+                    await tg.start(serve_replica, nc, settings, store)
+                    try:
+                        yield client
+                    finally:
+                        tg.cancel_scope.cancel()
+            else:
+                yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+    finally:
+        if embedded is not None:
+            await anyio.to_thread.run_sync(embedded.stop)
+

@@ -1,0 +1,317 @@
+"""Live subscriptions: a snapshot, then every change, none missed or repeated.
+
+The snapshot is read from the query service *after* a sequence ``as_of``
+(so whichever replica answers has applied at least that much); an ordered
+consumer then delivers the object's events from ``as_of + 1`` and they are
+folded with the projector's own reducers. A view already holding an event
+ignores it (folding is idempotent by position), so the hand-over neither
+misses nor repeats an event. On a NATS reconnect the ordered consumer
+resumes after the last sequence it delivered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import nats.errors
+import nats.js.errors
+
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
+from runstate.engine._names import Pathspec, parse_pathspec
+from runstate.engine.errors import InvalidEvent, NotFound, Timeout
+from runstate.projections._reducers import fold_run, fold_task, touched
+from runstate.projections._views import Position, RunView, TaskView
+
+if TYPE_CHECKING:
+    from runstate.client._client import Client
+    from runstate.client._objects import Run
+
+__all__ = ["Change", "EventRecord", "Subscription", "events", "wait_for_run", "watch"]
+
+ViewKey = tuple[str, str]
+
+T = TypeVar("T")
+
+
+class Subscription(Generic[T]):
+    """A live stream of items; use as ``async with client.watch(p) as changes: async for ...``.
+
+    Leaving the ``async with`` block (normally, by an exception, or by
+    cancellation) stops the consumer at once. Iterating without the block
+    also works, but then the consumer stops only when the iterator is
+    garbage-collected or ``aclose()`` is called.
+    """
+
+    def __init__(self, generator: AsyncGenerator[T, None]) -> None:
+        self._generator = generator
+
+    async def __aenter__(self) -> Subscription[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Subscription[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._generator.__anext__()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._generator.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event as stored: its stream sequence, index in its commit, and subject."""
+
+    sequence: int
+    index: int
+    subject: str
+    event: Event
+
+    @classmethod
+    def from_wire(cls, item: Mapping[str, Any]) -> EventRecord:
+        return cls(item["sequence"], item["index"], item["subject"], decode_event(item["event"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One step of a watch: the event applied (None for the first snapshot) and the views after it."""
+
+    event: Event | None
+    position: Position
+    views: Mapping[ViewKey, RunView | TaskView]
+    changed: tuple[ViewKey, ...] = field(default=())
+
+    @property
+    def sequence(self) -> int:
+        return self.position[0]
+
+    @property
+    def runs(self) -> list[RunView]:
+        return [v for k, v in self.views.items() if k[0] == "run"]  # type: ignore[misc]
+
+    @property
+    def tasks(self) -> list[TaskView]:
+        return [v for k, v in self.views.items() if k[0] == "task"]  # type: ignore[misc]
+
+    @property
+    def run(self) -> RunView | None:
+        """The run this change concerns (the first run changed, else the only run)."""
+        for kind, key in self.changed:
+            if kind == "run":
+                return self.views[(kind, key)]  # type: ignore[return-value]
+        runs = self.runs
+        if self.event is not None:
+            wanted = "/".join(self.event.pathspec.split("/")[:2])
+            view = self.views.get(("run", wanted))
+            if view is not None:
+                return view  # type: ignore[return-value]
+        return runs[0] if len(runs) == 1 else None
+
+    @property
+    def task(self) -> TaskView | None:
+        """The task this event changed, if it changed one this watch knows."""
+        if self.event is not None and ("task", self.event.pathspec) in self.views:
+            return self.views[("task", self.event.pathspec)]  # type: ignore[return-value]
+        return None
+
+
+async def _snapshot(client: Client, path: Pathspec, as_of: int) -> dict[ViewKey, RunView | TaskView]:
+    from runstate.client._objects import Run, Task
+
+    views: dict[ViewKey, RunView | TaskView] = {}
+    if path.run is None:
+        page = await client.runs(path.flow, page_size=200, after=as_of)
+        for run in page.items:
+            views[("run", run.pathspec)] = run.view
+        return views
+    try:
+        run = await client.get(path.run_pathspec, after=as_of)
+    except NotFound:
+        return views  # the run may be created while we watch
+    assert isinstance(run, Run)
+    views[("run", run.pathspec)] = run.view
+    if path.step is not None and path.task is None:
+        page = await client.tasks(path.run_pathspec, path.step, page_size=1000, after=as_of)
+        async for task in page.all():
+            views[("task", task.pathspec)] = task.view
+    elif path.task is not None:
+        try:
+            task = await client.get(path.task_pathspec, after=as_of)
+        except NotFound:
+            return views
+        assert isinstance(task, Task)
+        views[("task", task.pathspec)] = task.view
+    return views
+
+
+def _in_scope(path: Pathspec, key: ViewKey) -> bool:
+    kind, pathspec = key
+    if kind == "run":
+        if path.run is None:
+            return pathspec.startswith(path.flow + "/")
+        return pathspec == path.run_pathspec
+    if path.task is not None:
+        return pathspec == path.task_pathspec
+    if path.step is not None:
+        return pathspec.startswith(f"{path.run_pathspec}/{path.step}/")
+    return False  # flow and run watches follow runs; their step summaries carry task states
+
+
+class _Consumer:
+    """An ordered consumer feeding a memory stream; closed when the watch ends."""
+
+    def __init__(self, client: Client, subject: str, start: int) -> None:
+        self._client = client
+        self._subject = subject
+        self._start = start
+        self.send, self.receive = anyio.create_memory_object_stream[Msg](max_buffer_size=100_000)
+        self._sub: Any = None
+
+    async def __aenter__(self) -> _Consumer:
+        js = self._client.nc.jetstream()
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                self.send.send_nowait(msg)
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+
+        self._sub = await js.subscribe(
+            self._subject,
+            cb=on_msg,
+            stream=self._client.subjects.events_stream,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(1, self._start),
+                idle_heartbeat=2.0,
+                flow_control=True,
+            ),
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=512 * 1024 * 1024,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._sub is not None:
+                try:
+                    await self._sub.unsubscribe()
+                except (nats.errors.Error, nats.js.errors.Error):
+                    pass
+            self.send.close()
+            self.receive.close()
+
+
+def _sequence(msg: Msg) -> int:
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    return int(msg.metadata.sequence.stream)
+
+
+def watch(client: Client, pathspec: str) -> Subscription[Change]:
+    """See ``Client.watch``."""
+    return Subscription(_watch(client, pathspec))
+
+
+async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
+    path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
+    as_of = int((await client.status())["applied"])
+    views = await _snapshot(client, path, as_of)
+    subject = client.subjects.for_pathspec(path)
+    if path.step is not None or path.task is not None:
+        subject = client.subjects.run_all(path.flow, path.run or "")  # run header + the tasks
+    async with _Consumer(client, subject, as_of + 1) as consumer:
+        yield Change(None, (as_of, 0), dict(views))
+        last = as_of
+        async for msg in consumer.receive:
+            seq = _sequence(msg)
+            if seq <= last:
+                continue
+            last = seq
+            try:
+                commit = decode_commit(msg.data)
+            except InvalidEvent:
+                continue  # the projector dead-letters it; a watcher skips it the same way
+            for index, event in enumerate(commit):
+                position = (seq, index)
+                changed = []
+                for key in touched(event):
+                    if key not in views and not _creates(event, key, path):
+                        continue
+                    if not _in_scope(path, key) and key not in views:
+                        continue
+                    old = views.get(key)
+                    if key[0] == "run":
+                        new: RunView | TaskView | None = fold_run(old, event, position)  # type: ignore[arg-type]
+                    else:
+                        new = fold_task(old, event, position)  # type: ignore[arg-type]
+                    if new is not None and new is not old:
+                        views[key] = new
+                        changed.append(key)
+                if changed:
+                    yield Change(event, position, dict(views), tuple(changed))
+
+
+def _creates(event: Event, key: ViewKey, path: Pathspec) -> bool:
+    if key[0] == "run" and isinstance(event, RunCreated):
+        return _in_scope(path, key) or path.run is None
+    if key[0] == "task" and isinstance(event, TaskCreated) and key[1] == event.pathspec:
+        return _in_scope(path, key)
+    return False
+
+
+def events(client: Client, pathspec: str, *, since: int = 1, follow: bool = True) -> Subscription[EventRecord]:
+    """See ``Client.events``."""
+    return Subscription(_events(client, pathspec, since, follow))
+
+
+async def _events(client: Client, pathspec: str, since: int, follow: bool) -> AsyncGenerator[EventRecord, None]:
+    path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
+    subject = client.subjects.for_pathspec(path)
+    if not follow:
+        async for commit in client.log.read(subject, start=since):
+            for index, event in enumerate(commit.events):
+                yield EventRecord(commit.sequence, index, commit.subject, event)
+        return
+    async with _Consumer(client, subject, since) as consumer:
+        last = since - 1
+        async for msg in consumer.receive:
+            seq = _sequence(msg)
+            if seq <= last:
+                continue
+            last = seq
+            try:
+                commit = decode_commit(msg.data)
+            except InvalidEvent:
+                continue
+            for index, event in enumerate(commit):
+                yield EventRecord(seq, index, msg.subject, event)
+
+
+async def wait_for_run(client: Client, pathspec: str, timeout: float | None) -> Run:
+    """Watch the run until it is finished; ``Timeout`` if ``timeout`` passes first."""
+    from runstate.client._objects import Run
+
+    with anyio.move_on_after(timeout) as scope:
+        async with watch(client, pathspec) as changes:
+            async for change in changes:
+                view = change.views.get(("run", pathspec))
+                if isinstance(view, RunView) and view.finished:
+                    return Run(client, view)
+    assert scope.cancel_called
+    raise Timeout(f"run {pathspec} did not finish within {timeout:g}s")
+
+
+

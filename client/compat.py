@@ -1,0 +1,382 @@
+"""Metaflow's client API, blocking, over runstate: only the import line changes.
+
+::
+
+    from runstate.client.compat import Flow, Metaflow, Run, Step, Task, DataArtifact, namespace
+
+    run = Flow("Train").latest_successful_run
+    print(run["end"].task.data.accuracy)
+    for task in run["train"]:
+        print(task.index, task.data.accuracy)
+
+The first use connects (``RUNSTATE_NATS_URL``, else the embedded server)
+and keeps one async client running on a background event loop (an anyio
+blocking portal); every attribute that needs I/O calls into it. Use
+``compat.connect(url)`` first to choose the server, ``compat.close()`` to
+stop early (it is also done at exit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from datetime import datetime
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from runstate.client import _objects as aio
+from runstate.client._client import Client, connect as _connect
+from runstate.client._namespace import default_namespace, get_namespace, namespace
+from runstate.engine._events import ExceptionInfo
+
+from runstate.projections._views import MetadataView
+
+__all__ = [
+    "DataArtifact",
+    "Flow",
+    "Metaflow",
+    "Run",
+    "Step",
+    "Task",
+    "close",
+    "connect",
+    "default_namespace",
+    "get_namespace",
+    "namespace",
+]
+
+T = TypeVar("T")
+
+
+class _Session:
+    """One background event loop and one async client, shared by the whole process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stack: ExitStack | None = None
+        self.portal: BlockingPortal | None = None
+        self.client: Client | None = None
+
+    def open(self, url: str | None = None, **options: Any) -> Client:
+        with self._lock:
+            if self.client is not None:
+                return self.client
+            stack = ExitStack()
+            try:
+                portal = stack.enter_context(start_blocking_portal())
+                client = stack.enter_context(
+                    portal.wrap_async_context_manager(_connect(url, **options))
+                )
+            except BaseException:
+                stack.close()
+                raise
+            self._stack, self.portal, self.client = stack, portal, client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            stack, self._stack, self.portal, self.client = self._stack, None, None, None
+        if stack is not None:
+            stack.close()
+
+    def call(self, function: Any, *args: Any) -> Any:
+        self.open()
+        assert self.portal is not None
+        return self.portal.call(function, *args)
+
+    @property
+    def async_client(self) -> Client:
+        return self.open()
+
+
+_session = _Session()
+atexit.register(_session.close)
+
+
+def connect(url: str | None = None, **options: Any) -> None:
+    """Choose the server before first use (else ``RUNSTATE_NATS_URL`` or the embedded one)."""
+    _session.close()
+    _session.open(url, **options)
+
+
+def close() -> None:
+    """Stop the background client (it is restarted on next use)."""
+    _session.close()
+
+
+def _call(function: Any, *args: Any) -> Any:
+    return _session.call(function, *args)
+
+
+class _Wrapper:
+    _obj: Any
+
+    @property
+    def id(self) -> str:
+        return str(self._obj.id)
+
+    @property
+    def pathspec(self) -> str:
+        return str(self._obj.pathspec)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self.pathspec}')"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.pathspec))
+
+
+class Metaflow:
+    """Every flow in the current namespace."""
+
+    @property
+    def flows(self) -> list[Flow]:
+        return [Flow._wrap(f) for f in _call(_session.async_client.flows)]
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flows)
+
+    def __getitem__(self, name: str) -> Flow:
+        return Flow(name)
+
+
+class Flow(_Wrapper):
+    """All runs of a flow: ``Flow('Train').latest_successful_run``."""
+
+    def __init__(self, name: str, _obj: aio.Flow | None = None) -> None:
+        self._obj = _obj if _obj is not None else _call(_session.async_client.flow, name)
+
+    @classmethod
+    def _wrap(cls, obj: aio.Flow) -> Flow:
+        return cls(obj.id, obj)
+
+    @property
+    def latest_run(self) -> Run | None:
+        run = _call(self._obj.latest_run)
+        return Run._wrap(run) if run is not None else None
+
+    @property
+    def latest_successful_run(self) -> Run | None:
+        run = _call(self._obj.latest_successful_run)
+        return Run._wrap(run) if run is not None else None
+
+    def runs(self, *tags: str) -> Iterator[Run]:
+        """Runs carrying every tag in ``tags``, newest first, fetched a page at a time."""
+        client = _session.async_client
+        page = _call(lambda: client.runs(self.id, tags=tags))
+        while page is not None:
+            for run in page.items:
+                yield Run._wrap(run)
+            page = _call(page.next_page)
+
+    def __iter__(self) -> Iterator[Run]:
+        return self.runs()
+
+    def __getitem__(self, run_id: str | int) -> Run:
+        return Run(f"{self.id}/{run_id}")
+
+
+class Run(_Wrapper):
+    """One run: ``Run('Train/42')``; ``run['train']`` is a Step."""
+
+    def __init__(self, pathspec: str, _obj: aio.Run | None = None) -> None:
+        self._obj = _obj if _obj is not None else _call(_session.async_client.run, pathspec)
+
+    @classmethod
+    def _wrap(cls, obj: aio.Run) -> Run:
+        return cls(obj.pathspec, obj)
+
+    def __getattr__(self, name: str) -> Any:
+        # Plain snapshot attributes: state, created_at, finished, successful, tags, ...
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+    @property
+    def data(self) -> _Data | None:
+        task = self.end_task
+        return task.data if task is not None else None
+
+    @property
+    def end_task(self) -> Task | None:
+        task = _call(self._obj.end_task)
+        return Task._wrap(task) if task is not None else None
+
+    @property
+    def steps(self) -> list[Step]:
+        return [Step._wrap(s) for s in _call(self._obj.steps)]
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def __getitem__(self, step: str) -> Step:
+        return Step._wrap(_call(self._obj.step, step))
+
+    def __contains__(self, step: object) -> bool:
+        return step in self._obj
+
+    def add_tag(self, tag: str) -> None:
+        self._obj = _call(self._obj.add_tag, tag)
+
+    def add_tags(self, tags: list[str]) -> None:
+        self._obj = _call(self._obj.add_tags, *tags)
+
+    def remove_tag(self, tag: str) -> None:
+        self._obj = _call(self._obj.remove_tag, tag)
+
+    def remove_tags(self, tags: list[str]) -> None:
+        self._obj = _call(self._obj.remove_tags, *tags)
+
+    def replace_tag(self, old: str, new: str) -> None:
+        self._obj = _call(self._obj.replace_tag, old, new)
+
+    def replace_tags(self, old: list[str], new: list[str]) -> None:
+        self._obj = _call(self._obj.replace_tags, old, new)
+
+    def wait(self, timeout: float | None = None) -> Run:
+        return Run._wrap(_call(self._obj.wait, timeout))
+
+
+class Step(_Wrapper):
+    """A step: ``step.task`` (the first), iteration over all tasks."""
+
+    def __init__(self, pathspec: str, _obj: aio.Step | None = None) -> None:
+        self._obj = _obj if _obj is not None else _call(_session.async_client.step, pathspec)
+
+    @classmethod
+    def _wrap(cls, obj: aio.Step) -> Step:
+        return cls(obj.pathspec, obj)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+    @property
+    def task(self) -> Task | None:
+        task = _call(self._obj.task)
+        return Task._wrap(task) if task is not None else None
+
+    def tasks(self, state: str | None = None) -> list[Task]:
+        return [Task._wrap(t) for t in _call(self._obj.tasks, state)]
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks())
+
+    def __getitem__(self, task_id: str | int) -> Task:
+        return Task(f"{self.pathspec}/{task_id}")
+
+
+class Task(_Wrapper):
+    """A task: ``Task('Train/42/train/7', attempt=0)``; ``task.data.accuracy``."""
+
+    def __init__(self, pathspec: str, attempt: int | None = None, _obj: aio.Task | None = None) -> None:
+        if _obj is None:
+            _obj = _call(lambda: _session.async_client.task(pathspec, attempt=attempt))
+        self._obj = _obj
+
+    @classmethod
+    def _wrap(cls, obj: aio.Task) -> Task:
+        return cls(obj.pathspec, obj.attempt, obj)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+    @property
+    def data(self) -> _Data:
+        return _Data(self._obj.data)
+
+    @property
+    def artifacts(self) -> list[DataArtifact]:
+        return [DataArtifact._wrap(a) for a in self._obj.artifacts]
+
+    def __getitem__(self, name: str) -> DataArtifact:
+        return DataArtifact._wrap(self._obj[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._obj
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return iter(self.artifacts)
+
+    @property
+    def parent_tasks(self) -> list[Task]:
+        return [Task._wrap(t) for t in _call(self._obj.parent_tasks)]
+
+    @property
+    def child_tasks(self) -> list[Task]:
+        return [Task._wrap(t) for t in _call(self._obj.child_tasks)]
+
+    @property
+    def metadata(self) -> list[MetadataView]:
+        return self._obj.metadata  # type: ignore[no-any-return]
+
+    @property
+    def exception(self) -> ExceptionInfo | None:
+        return self._obj.exception  # type: ignore[no-any-return]
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return self._obj.finished_at  # type: ignore[no-any-return]
+
+
+class DataArtifact(_Wrapper):
+    """One artifact: ``DataArtifact('Train/42/train/7/model').data``."""
+
+    def __init__(self, pathspec: str, _obj: aio.DataArtifact | None = None) -> None:
+        self._obj = _obj if _obj is not None else _call(_session.async_client.artifact, pathspec)
+
+    @classmethod
+    def _wrap(cls, obj: aio.DataArtifact) -> DataArtifact:
+        return cls(obj.pathspec, obj)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
+    @property
+    def data(self) -> Any:
+        if self._obj.is_inline:
+            return self._obj.data
+        return _call(self._obj.load)
+
+
+class _Data:
+    """A task's artifacts by attribute; values in the object store are fetched on first access."""
+
+    def __init__(self, data: aio.Data) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._data:
+            return getattr(self._data, name)  # raises the helpful AttributeError
+        artifact = self._data.artifact(name)
+        if artifact.is_inline:
+            return artifact.data
+        return _call(artifact.load)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+

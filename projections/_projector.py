@@ -1,0 +1,315 @@
+"""The projector: fold the events stream into the read store, each event exactly once.
+
+It consumes the events stream with an ordered consumer from its checkpoint
++ 1, folds each batch with the pure reducers over a cache of views, and
+commits the changed views together with the new checkpoint in one SQLite
+transaction. Crash anywhere and the next start resumes from the last
+committed checkpoint: no acks are involved in being correct.
+
+The events stream has no gaps (nothing is ever deleted from it), so a
+delivery whose sequence is not ``applied + 1`` means the consumer skipped;
+the projector then re-subscribes from ``applied + 1``.
+
+Commits it cannot decode, and messages on events subjects that no runstate
+writer would produce, are dead-lettered (kept in the store and published on
+``<prefix>.dlq.<sequence>`` with the reason) and never stop the projector.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from runstate.engine._events import Event, decode_commit
+from runstate.engine._names import Subjects
+from runstate.engine._settings import Settings
+from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
+from runstate.projections._reducers import fold_run, fold_task, touched
+from runstate.projections._store import ReadStore
+from runstate.projections._views import RunView, TaskView
+
+__all__ = ["Projector"]
+
+log = structlog.get_logger("runstate.projector")
+
+ViewKey = tuple[str, str]
+
+
+class _ViewCache:
+    """The most recently used views; the projector is their only writer, so they stay true."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._views: OrderedDict[ViewKey, RunView | TaskView | None] = OrderedDict()
+
+    def __contains__(self, key: ViewKey) -> bool:
+        return key in self._views
+
+    def get(self, key: ViewKey) -> RunView | TaskView | None:
+        view = self._views.get(key)
+        self._views.move_to_end(key)
+        return view
+
+    def put(self, key: ViewKey, view: RunView | TaskView | None) -> None:
+        self._views[key] = view
+        self._views.move_to_end(key)
+        while len(self._views) > self._capacity:
+            self._views.popitem(last=False)
+
+    def clear(self) -> None:
+        self._views.clear()
+
+
+class Projector:
+    """Consumes the events stream into a ``ReadStore``.
+
+    ``applied`` is the last stream sequence whose effects are committed;
+    ``wait_for(seq)`` blocks until it reaches ``seq`` (for ``after=`` reads).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        settings: Settings,
+        store: ReadStore,
+        *,
+        batch_size: int = 5000,
+        cache_size: int = 200_000,
+        name: str = "projector",
+    ) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._store = store
+        self._subjects = Subjects(settings.prefix)
+        self._batch_size = batch_size
+        self._cache = _ViewCache(cache_size)
+        self.name = name
+        self.applied = store.checkpoint()
+        self._advanced = anyio.Event()
+        self._buffer: deque[Msg] = deque()
+        self._arrived = anyio.Event()
+        self._started = anyio.Event()
+        self.deadlettered = 0
+        self.events_applied = 0
+
+    @property
+    def store(self) -> ReadStore:
+        return self._store
+
+    async def wait_for(self, sequence: int, timeout: float = 5.0) -> None:
+        """Return once ``sequence`` is applied; ``Timeout`` after ``timeout`` seconds."""
+        if self.applied >= sequence:
+            return
+        with anyio.move_on_after(timeout):
+            while self.applied < sequence:
+                await self._advanced.wait()
+            return
+        raise Timeout(
+            f"this replica has applied up to sequence {self.applied}, not {sequence}, after "
+            f"waiting {timeout:g}s; the write may not exist yet, or the projector is behind"
+        )
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    async def run(self) -> None:
+        """Consume and apply forever (until cancelled). Re-subscribes after gaps or errors."""
+        while True:
+            sub = await self._subscribe(self.applied + 1)
+            self._started.set()
+            try:
+                await self._consume()
+            except _Resubscribe as exc:
+                log.info("projector.resubscribe", reason=str(exc), applied=self.applied)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await sub.unsubscribe()
+                    except (nats.errors.Error, nats.js.errors.Error):
+                        pass
+                self._buffer.clear()
+
+    async def _subscribe(self, start: int) -> Any:
+        js = self._nc.jetstream()
+
+        async def on_msg(msg: Msg) -> None:
+            self._buffer.append(msg)
+            if not self._arrived.is_set():
+                self._arrived.set()
+
+        delay = 0.1
+        while True:
+            try:
+                return await self._subscribe_once(js, on_msg, start)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("projector.subscribe_failed", error=str(exc), retry_in=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _subscribe_once(self, js: Any, on_msg: Any, start: int) -> Any:
+        from nats.js.api import ConsumerConfig
+
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            idle_heartbeat=2.0,
+            flow_control=True,
+        )
+        return await js.subscribe(
+            self._subjects.all_events,
+            cb=on_msg,
+            stream=self._subjects.events_stream,
+            ordered_consumer=True,
+            config=config,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=1024 * 1024 * 1024,
+        )
+
+    async def _consume(self) -> None:
+        while True:
+            if not self._buffer:
+                self._arrived = anyio.Event()
+                if not self._buffer:
+                    await self._arrived.wait()
+            batch: list[Msg] = []
+            while self._buffer and len(batch) < self._batch_size:
+                batch.append(self._buffer.popleft())
+            await self.apply_batch(batch)
+
+    # -- applying ----------------------------------------------------------------
+
+    async def apply_batch(self, msgs: list[Msg]) -> None:
+        """Fold a batch of delivered messages and commit it with the checkpoint."""
+        commits: list[tuple[int, list[Event]]] = []
+        deadletters: list[tuple[int, str, str, bytes]] = []
+        last = self.applied
+        for msg in msgs:
+            seq = _stream_sequence(msg)
+            if seq <= last:
+                continue  # delivered again after a consumer reset
+            if seq != last + 1:
+                if commits or deadletters:
+                    break  # apply what we have, then re-subscribe from there
+                raise _Resubscribe(f"expected sequence {last + 1}, got {seq}")
+            last = seq
+            try:
+                events = self._decode(msg)
+            except (InvalidEvent, InvalidName) as exc:
+                deadletters.append((seq, msg.subject, exc.message, bytes(msg.data)))
+                continue
+            commits.append((seq, events))
+        if last == self.applied:
+            return
+        runs, tasks = await self._fold(commits)
+        await anyio.to_thread.run_sync(
+            self._store.commit, runs, tasks, last, deadletters
+        )
+        for seq, subject, reason, data in deadletters:
+            await self._publish_deadletter(seq, subject, reason, data)
+        self.deadlettered += len(deadletters)
+        self.events_applied += sum(len(events) for _, events in commits)
+        self.applied = last
+        self._advanced.set()
+        self._advanced = anyio.Event()
+
+    def _decode(self, msg: Msg) -> list[Event]:
+        path = self._subjects.pathspec_of(msg.subject)
+        events = decode_commit(msg.data)
+        expected = str(path)
+        for event in events:
+            if event.pathspec != expected:
+                raise InvalidEvent(
+                    f"event {event.type} for {event.pathspec} was published on the subject of "
+                    f"{expected}; not written by runstate"
+                )
+            if path.task is None and not event.type.startswith("run."):
+                raise InvalidEvent(f"{event.type} on a run subject; not written by runstate")
+            if path.task is not None and not event.type.startswith("task."):
+                raise InvalidEvent(f"{event.type} on a task subject; not written by runstate")
+        return events
+
+    async def _fold(
+        self, commits: list[tuple[int, list[Event]]]
+    ) -> tuple[list[RunView], list[TaskView]]:
+        missing_runs: set[str] = set()
+        missing_tasks: set[str] = set()
+        for _, events in commits:
+            for event in events:
+                for kind, pathspec in touched(event):
+                    if (kind, pathspec) not in self._cache:
+                        (missing_runs if kind == "run" else missing_tasks).add(pathspec)
+        if missing_runs or missing_tasks:
+            loaded_runs, loaded_tasks = await anyio.to_thread.run_sync(
+                self._load, missing_runs, missing_tasks
+            )
+            for pathspec in missing_runs:
+                self._cache.put(("run", pathspec), loaded_runs.get(pathspec))
+            for pathspec in missing_tasks:
+                self._cache.put(("task", pathspec), loaded_tasks.get(pathspec))
+        dirty: dict[ViewKey, RunView | TaskView] = {}
+        cache = self._cache
+        for seq, events in commits:
+            for index, event in enumerate(events):
+                position = (seq, index)
+                for key in touched(event):
+                    view = dirty.get(key) or cache.get(key)
+                    if key[0] == "run":
+                        new = fold_run(view, event, position)  # type: ignore[arg-type]
+                    else:
+                        new = fold_task(view, event, position)  # type: ignore[arg-type]
+                    if new is not None and new is not view:
+                        dirty[key] = new
+                        cache.put(key, new)
+        runs = [v for k, v in dirty.items() if k[0] == "run"]
+        tasks = [v for k, v in dirty.items() if k[0] == "task"]
+        return runs, tasks  # type: ignore[return-value]
+
+    def _load(
+        self, runs: Iterable[str], tasks: Iterable[str]
+    ) -> tuple[dict[str, RunView], dict[str, TaskView]]:
+        return self._store.load_runs(list(runs)), self._store.load_tasks(list(tasks))
+
+    async def _publish_deadletter(self, seq: int, subject: str, reason: str, data: bytes) -> None:
+        log.warning("projector.deadletter", sequence=seq, subject=subject, reason=reason)
+        try:
+            await self._nc.publish(
+                self._subjects.deadletter(seq),
+                data,
+                headers={
+                    "Nats-Msg-Id": f"dlq-{seq}",
+                    "Runstate-Reason": reason[:1000],
+                    "Runstate-Subject": subject,
+                },
+            )
+        except nats.errors.Error as exc:  # the store keeps it; the subject is a courtesy
+            log.debug("projector.deadletter_publish_failed", error=str(exc))
+
+    async def rebuild(self) -> None:
+        """Forget every view and the checkpoint; the next ``run`` folds from sequence 1."""
+        await anyio.to_thread.run_sync(self._store.reset)
+        self._cache.clear()
+        self.applied = 0
+
+
+class _Resubscribe(Exception):
+    pass
+
+
+def _stream_sequence(msg: Msg) -> int:
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
+    # (or the 12-token form with domain and account hash)
+    reply = msg.reply
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    return int(tokens[-5]) if len(tokens) >= 12 else int(msg.metadata.sequence.stream)
+

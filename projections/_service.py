@@ -1,0 +1,306 @@
+"""The query service: a NATS micro service answering reads from this replica's store.
+
+All replicas join one queue group, so any of them answers and any one can
+die. The service answers ``$SRV.PING/INFO/STATS`` like every micro service.
+Errors come back as typed error replies (``RunstateError.to_wire()``), never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import BaseModel, ValidationError
+
+from runstate.engine._log import EventLog
+from runstate.engine._names import parse_pathspec
+from runstate.engine._settings import Settings
+from runstate.engine.errors import (
+    BadFilter,
+    InvalidEvent,
+    NotFound,
+    NotInNamespace,
+    RunstateError,
+)
+from runstate.projections._projector import Projector
+from runstate.projections._protocol import (
+    ENDPOINTS,
+    FlowsRequest,
+    GetRequest,
+    HistoryRequest,
+    LatestRequest,
+    RunsRequest,
+    StatusRequest,
+    StepsRequest,
+    TasksRequest,
+)
+from runstate.projections._queries import RunQuery, TaskQuery
+from runstate.projections._views import StepView, TaskView
+
+__all__ = ["QueryService"]
+
+log = structlog.get_logger("runstate.query")
+
+VERSION = "0.1.0"
+
+Handler = Callable[[Any], Awaitable[bytes]]
+
+
+def _result(raw_json: bytes) -> bytes:
+    return b'{"result":' + raw_json + b"}"
+
+
+def _dump(value: Any) -> bytes:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json().encode()
+    return orjson.dumps(value, default=_default)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+class QueryService:
+    """Answers the endpoints of ``runstate.projections._protocol`` from a projector's store."""
+
+    def __init__(self, nc: NATS, settings: Settings, projector: Projector, log: EventLog) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._projector = projector
+        self._store = projector.store
+        self._log = log
+        self._service: Service | None = None
+        self._handlers: dict[str, Handler] = {
+            "get": self._get,
+            "flows": self._flows,
+            "runs": self._runs,
+            "latest": self._latest,
+            "steps": self._steps,
+            "tasks": self._tasks,
+            "history": self._history,
+            "status": self._status,
+        }
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled."""
+        subjects = self._log.subjects
+        service = await add_service(
+            self._nc,
+            name=subjects.service_name,
+            version=VERSION,
+            description="runstate queries over the projected views",
+            queue_group=subjects.service_name,
+        )
+        self._service = service
+        group = service.add_group(name=subjects.query_prefix)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                for name in ENDPOINTS:
+                    await group.add_endpoint(name=name, handler=self._endpoint(name))
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await service.stop()
+
+    def _endpoint(self, name: str) -> Callable[[Request], Awaitable[None]]:
+        model = ENDPOINTS[name]
+        handler = self._handlers[name]
+
+        async def handle(request: Request) -> None:
+            try:
+                parsed = model.model_validate_json(request.data or b"{}")
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"]) or "request"
+                await self._error(request, BadFilter(f"bad {name} request: {where}: {first['msg']}"))
+                return
+            after = parsed.after
+            if after is not None and self._projector.applied < after:
+                assert self._task_group is not None
+                self._task_group.start_soon(self._answer, request, handler, parsed)
+                return
+            await self._answer(request, handler, parsed)
+
+        return handle
+
+    async def _answer(self, request: Request, handler: Handler, parsed: Any) -> None:
+        try:
+            if parsed.after is not None:
+                await self._projector.wait_for(parsed.after, parsed.wait)
+            body = await handler(parsed)
+        except RunstateError as exc:
+            await self._error(request, exc)
+            return
+        except Exception as exc:  # a bug: say so, without a traceback on the wire
+            log.exception("query.failed", subject=request.subject)
+            await self._error(request, RunstateError(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        await request.respond(body)
+
+    async def _error(self, request: Request, error: RunstateError) -> None:
+        await request.respond_error(
+            error.code, error.message[:200], data=orjson.dumps(error.to_wire(), default=str)
+        )
+
+    # -- endpoints -------------------------------------------------------------
+
+    def _check_namespace(self, run_pathspec: str, namespace: str | None) -> None:
+        if namespace is not None and not self._store.run_in_namespace(run_pathspec, namespace):
+            raise NotInNamespace(
+                f"{run_pathspec} is not in namespace {namespace!r}; "
+                "use namespace(None) to see every run"
+            )
+
+    async def _get(self, req: GetRequest) -> bytes:
+        path = parse_pathspec(req.pathspec)
+        if path.run is None:
+            flows = [f for f in self._store.list_flows(req.namespace) if f.name == path.flow]
+            if not flows:
+                raise NotFound(f"flow {path.flow} has no runs" + _ns(req.namespace))
+            return _result(b'{"kind":"flow","view":' + _dump(flows[0]) + b"}")
+        run_pathspec = path.run_pathspec
+        if path.step is None:
+            raw = self._store.get_run_json(run_pathspec)
+            if raw is None:
+                raise NotFound(f"run {run_pathspec} does not exist")
+            self._check_namespace(run_pathspec, req.namespace)
+            return _result(b'{"kind":"run","view":' + raw + b"}")
+        if path.task is None:
+            step = self._store.get_step(run_pathspec, path.step)
+            if step is None:
+                raise NotFound(f"step {path} does not exist")
+            self._check_namespace(run_pathspec, req.namespace)
+            return _result(b'{"kind":"step","view":' + _dump(step) + b"}")
+        task_pathspec = path.task_pathspec
+        if path.artifact is None and req.attempt is None:
+            raw = self._store.get_task_json(task_pathspec)
+            if raw is None:
+                raise NotFound(f"task {task_pathspec} does not exist")
+            self._check_namespace(run_pathspec, req.namespace)
+            return _result(b'{"kind":"task","view":' + raw + b"}")
+        task = self._store.get_task(task_pathspec)
+        if task is None:
+            raise NotFound(f"task {task_pathspec} does not exist")
+        self._check_namespace(run_pathspec, req.namespace)
+        if req.attempt is not None and task.attempt_view(req.attempt) is None:
+            raise NotFound(
+                f"task {task_pathspec} has no attempt {req.attempt} (attempts: 0..{task.attempt})"
+            )
+        if path.artifact is None:
+            return _result(b'{"kind":"task","view":' + _dump(task) + b"}")
+        artifacts = task.artifacts_of(req.attempt)
+        artifact = artifacts.get(path.artifact)
+        if artifact is None:
+            raise NotFound(
+                f"task {task_pathspec} has no artifact {path.artifact!r}"
+                + (f"; it has {sorted(artifacts)}" if artifacts else "")
+            )
+        return _result(b'{"kind":"artifact","view":' + _dump(artifact) + b"}")
+
+    async def _flows(self, req: FlowsRequest) -> bytes:
+        flows = self._store.list_flows(req.namespace)
+        return _result(b"[" + b",".join(_dump(f) for f in flows) + b"]")
+
+    async def _runs(self, req: RunsRequest) -> bytes:
+        fields = req.model_dump(exclude={"after", "wait"})
+        try:
+            query = RunQuery(**fields)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise BadFilter(f"{where}: {first['msg']}") from None
+        items, cursor = self._store.list_runs_json(query)
+        return _page(items, cursor)
+
+    async def _latest(self, req: LatestRequest) -> bytes:
+        view = self._store.latest_run(req.flow, successful=req.successful, namespace=req.namespace)
+        if view is None:
+            what = "successful run" if req.successful else "run"
+            raise NotFound(f"flow {req.flow} has no {what}" + _ns(req.namespace))
+        return _result(_dump(view))
+
+    async def _steps(self, req: StepsRequest) -> bytes:
+        path = parse_pathspec(req.run, min_depth=2, max_depth=2)
+        if self._store.get_run_json(str(path)) is None:
+            raise NotFound(f"run {path} does not exist")
+        self._check_namespace(str(path), req.namespace)
+        steps: list[StepView] = self._store.list_steps(str(path))
+        return _result(b"[" + b",".join(_dump(s) for s in steps) + b"]")
+
+    async def _tasks(self, req: TasksRequest) -> bytes:
+        path = parse_pathspec(req.run, min_depth=2, max_depth=2)
+        self._check_namespace(str(path), req.namespace)
+        try:
+            query = TaskQuery(run=str(path), step=req.step, state=req.state, limit=req.limit, cursor=req.cursor)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise BadFilter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        items, cursor = self._store.list_tasks_json(query)
+        if not items and req.cursor is None and self._store.get_step(str(path), req.step) is None:
+            raise NotFound(f"step {path}/{req.step} does not exist")
+        return _page(items, cursor)
+
+    async def _history(self, req: HistoryRequest) -> bytes:
+        path = parse_pathspec(req.pathspec, min_depth=1, max_depth=4)
+        subject = self._log.subjects.for_pathspec(path)
+        items: list[bytes] = []
+        last = req.start - 1
+        try:
+            async for commit in self._log.read(subject, start=req.start, limit=req.limit):
+                last = commit.sequence
+                for index, event in enumerate(commit.events):
+                    items.append(
+                        b'{"sequence":%d,"index":%d,"subject":%s,"event":%s}'
+                        % (commit.sequence, index, orjson.dumps(commit.subject), event.model_dump_json().encode())
+                    )
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"{exc.message}; see the dead letters for it") from None
+        next_start = last + 1 if len(items) and commit_count_reached(req.limit, items) else None
+        return _result(
+            b'{"items":[' + b",".join(items) + b'],"next_start":'
+            + (str(next_start).encode() if next_start else b"null") + b"}"
+        )
+
+    async def _status(self, req: StatusRequest) -> bytes:
+        return _result(
+            orjson.dumps(
+                {
+                    "applied": self._projector.applied,
+                    "events_applied": self._projector.events_applied,
+                    "deadlettered": self._projector.deadlettered,
+                    "name": self._projector.name,
+                }
+            )
+        )
+
+
+def commit_count_reached(limit: int, items: list[bytes]) -> bool:
+    return len(items) >= limit
+
+
+def _page(items: list[bytes], cursor: str | None) -> bytes:
+    return _result(
+        b'{"items":[' + b",".join(items) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
+    )
+
+
+def _ns(namespace: str | None) -> str:
+    return f" in namespace {namespace!r}" if namespace is not None else ""
+
+
+_ = TaskView
