@@ -1,5 +1,9 @@
 """runstate.engine: the write side (events, names, state machines, the event log)."""
 
+from runstate.engine._logging import configure_logging as configure_logging
+
+configure_logging()  # a no-op when the application configured structlog itself
+
 from runstate.engine._artifacts import ArtifactStore as ArtifactStore
 from runstate.engine._connection import open_nats as open_nats
 from runstate.engine._connection import provision as provision
@@ -62,6 +66,7 @@ __all__ = [
     "TaskHandle",
     "TaskState",
     "Writer",
+    "configure_logging",
     "decode_commit",
     "encode_commit",
     "open_nats",

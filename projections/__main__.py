@@ -1,0 +1,48 @@
+"""``python -m runstate.projections --nats URL --store PATH``: run one projector replica.
+
+The ``runstate projector`` command is the usual way; this entry point has no
+dependency on the client package (tests and minimal deployments use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import anyio
+
+from runstate.engine._connection import open_nats, provision
+from runstate.engine._settings import Settings
+from runstate.projections._runner import serve_replica
+
+
+async def _main(url: str, store: Path, name: str, rebuild: bool, heartbeat_timeout: float | None) -> None:
+    interval = min(5.0, heartbeat_timeout / 4) if heartbeat_timeout is not None else None
+    settings = Settings.from_env(
+        nats_url=url, heartbeat_timeout=heartbeat_timeout, heartbeat_interval=interval
+    )
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        await serve_replica(nc, settings, store, name=name, rebuild=rebuild)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m runstate.projections", description=__doc__)
+    parser.add_argument("--nats", required=True, help="NATS URL")
+    parser.add_argument("--store", required=True, type=Path, help="SQLite file of this replica")
+    parser.add_argument("--name", default="projector")
+    parser.add_argument("--rebuild", action="store_true", help="fold again from sequence 1")
+    parser.add_argument("--heartbeat-timeout", type=float, default=None)
+    args = parser.parse_args()
+    try:
+        anyio.run(_main, args.nats, args.store, args.name, args.rebuild, args.heartbeat_timeout)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

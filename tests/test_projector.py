@@ -1,0 +1,284 @@
+"""The projector, the query service and the reaper against a real nats-server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from runstate.client import connect
+from runstate.engine import (
+    EventLog,
+    RunCreated,
+    RunStateChanged,
+    Settings,
+    TaskAttemptStateChanged,
+    TaskCreated,
+    open_nats,
+    provision,
+)
+from runstate.engine._events import (
+    ArtifactRecord,
+    ArtifactsRecorded,
+    RunCreatedPayload,
+    RunStateChangedPayload,
+    TaskAttemptStatePayload,
+    TaskCreatedPayload,
+)
+from runstate.engine.errors import NotFound, Timeout
+from runstate.projections import serve_replica
+
+pytestmark = pytest.mark.anyio
+
+
+def _run_events(flow: str, run: int, tasks: int) -> list[list[Any]]:
+    """Commits of one complete run with ``tasks`` train tasks (each its own commit list)."""
+    spec = f"{flow}/{run}"
+    commits: list[list[Any]] = [
+        [RunCreated(pathspec=spec, payload=RunCreatedPayload(flow=flow, run_id=str(run), tags=["production"] if run % 2 == 0 else []))],
+        [RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="running"))],
+    ]
+    for k in range(tasks):
+        task = f"{spec}/train/{k + 1}"
+        commits.append([
+            TaskCreated(pathspec=task, attempt=0, payload=TaskCreatedPayload(step="train", task_id=str(k + 1), foreach_index=k)),
+            TaskAttemptStateChanged(pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="running")),
+        ])
+        commits.append([
+            ArtifactsRecorded(pathspec=task, attempt=0, payload={"artifacts": [ArtifactRecord(name="acc", sha256="0" * 64, size=4, codec="json", inline=k / 100)]}),
+            TaskAttemptStateChanged(pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="completed")),
+        ])
+    commits.append([RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="completed"))])
+    return commits
+
+
+async def _write_log(url: str, runs: int, tasks: int, flow: str = "Train") -> int:
+    """Write ``runs`` complete runs with the pipeline; return the last stream sequence."""
+    settings = Settings(nats_url=url)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        log = EventLog(nc, settings)
+        async with log.pipeline() as pipe:
+            for run in range(1, runs + 1):
+                for commit in _run_events(flow, run, tasks):
+                    await pipe.append(commit)
+            receipts = await pipe.flush()
+        return receipts[-1].sequence
+    finally:
+        await nc.close()
+
+
+def _replica_process(url: str, store: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "runstate.projections", "--nats", url, "--store", str(store), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _checkpoint(store: Path) -> int:
+    if not store.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'checkpoint'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _rows(store: Path) -> tuple[list[Any], list[Any]]:
+    with sqlite3.connect(store) as db:
+        runs = db.execute("SELECT pathspec, json FROM runs ORDER BY pathspec").fetchall()
+        tasks = db.execute("SELECT pathspec, json FROM tasks ORDER BY pathspec").fetchall()
+    return runs, tasks
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+@asynccontextmanager
+async def _replica(url: str, store: Path, **options: Any) -> AsyncIterator[Any]:
+    settings = options.pop("settings", None) or Settings(nats_url=url)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        async with anyio.create_task_group() as tg:
+            replica = await tg.start(lambda task_status: serve_replica(nc, settings, store, task_status=task_status, **options))
+            yield replica
+            tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
+
+
+async def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await anyio.sleep(0.02)
+
+
+async def test_projector_killed_mid_apply_resumes_to_the_rebuilt_views(
+    nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """kill -9 of a projector mid-log, then a restart, gives the views of a fresh rebuild row for row."""
+    last = await _write_log(nats_url, runs=120, tasks=40)
+    store = tmp_path / "killed.sqlite3"
+    proc = _replica_process(nats_url, store)
+    processes.append(proc)
+    await _wait_until(lambda: _checkpoint(store) > 0, 30, "the first checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    killed_at = _checkpoint(store)
+    assert 0 < killed_at < last, "the kill should land in the middle of the log"
+    proc = _replica_process(nats_url, store)
+    processes.append(proc)
+    await _wait_until(lambda: _checkpoint(store) == last, 60, "the restarted projector to catch up")
+    proc.terminate()
+    proc.wait(timeout=10)
+
+    fresh = tmp_path / "fresh.sqlite3"
+    async with _replica(nats_url, fresh, name="fresh") as replica:
+        await replica.projector.wait_for(last, timeout=60)
+    assert _rows(store) == _rows(fresh)
+    runs, tasks = _rows(fresh)
+    assert len(runs) == 120 and len(tasks) == 120 * 40
+
+
+async def test_two_replicas_answer_identically_and_survive_one_dying(
+    nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """Two replicas build identical stores; with one killed, every query is still answered."""
+    last = await _write_log(nats_url, runs=30, tasks=5)
+    stores = [tmp_path / "a.sqlite3", tmp_path / "b.sqlite3"]
+    for index, store in enumerate(stores):
+        processes.append(_replica_process(nats_url, store, "--name", f"r{index}"))
+    await _wait_until(lambda: all(_checkpoint(s) == last for s in stores), 60, "both replicas")
+    assert _rows(stores[0]) == _rows(stores[1])
+    processes[0].send_signal(signal.SIGKILL)
+    processes[0].wait(timeout=10)
+    async with connect(nats_url, projector=False, namespace=None) as client:
+        for run in range(1, 31):
+            view = await client.run(f"Train/{run}")
+            assert view.state == "completed"
+        status = await client.status()
+        assert status["name"] == "r1"
+
+
+async def test_malformed_messages_are_deadlettered_and_later_events_applied(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A malformed or foreign message on an events subject is set aside and never stops the projector."""
+    async with _replica(nats_url, tmp_path / "v.sqlite3") as replica:
+        settings = Settings(nats_url=nats_url)
+        nc = await open_nats(settings)
+        try:
+            js = nc.jetstream()
+            bad = await js.publish("rs.ev.Train.1.r", b"this is not json")
+            foreign = await js.publish(
+                "rs.ev.Train.1.r",
+                orjson.dumps([{"type": "task.state_changed", "pathspec": "Other/9/x/1", "payload": {"state": "running"}}]),
+            )
+            unknown_type = await js.publish("rs.ev.Train.1.r", orjson.dumps([{"type": "run.exploded", "pathspec": "Train/1"}]))
+            log = EventLog(nc, settings)
+            good = await log.append(_run_events("Train", 1, 0)[0])
+            await replica.projector.wait_for(good.sequence, timeout=10)
+            letters = replica.store.list_deadletters(10)
+            assert [d.sequence for d in letters] == [bad.seq, foreign.seq, unknown_type.seq]
+            assert "not JSON" in letters[0].reason
+            assert "not written by runstate" in letters[1].reason
+            dlq = await js.get_last_msg("RS_DEADLETTER", f"rs.dlq.{bad.seq}")
+            assert dlq.data == b"this is not json"
+            assert dlq.headers is not None and "Runstate-Reason" in dlq.headers
+        finally:
+            await nc.close()
+        async with connect(nats_url, projector=False, namespace=None) as client:
+            run = await client.run("Train/1", after=good)
+            assert run.state == "pending"
+
+
+async def test_after_sees_the_write_and_a_future_sequence_times_out(nats_url: str, tmp_path: Path) -> None:
+    """A read with after=<receipt> includes that write; a sequence far ahead times out clearly."""
+    async with _replica(nats_url, tmp_path / "v.sqlite3"), connect(nats_url, projector=False, namespace=None) as client:
+        run = await client.create_run("Train")
+        for _ in range(20):
+            receipt = await (await client.run_handle(run.pathspec)).add_tags(f"t{_}")
+            seen = await client.run(run.pathspec, after=receipt)
+            assert f"t{_}" in seen.tags
+        with pytest.raises(Timeout, match="applied up to sequence"):
+            await client.request("get", {"pathspec": run.pathspec, "after": 10**9, "wait": 0.3})
+        with pytest.raises(NotFound):
+            await client.run("Train/404")
+
+
+WORKER = """
+import anyio, sys
+from runstate.engine import Settings, open_nats, provision, EventLog, Writer
+async def main():
+    s = Settings(nats_url=sys.argv[1], heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    nc = await open_nats(s)
+    await provision(nc, s)
+    w = Writer(EventLog(nc, s))
+    run = await w.create_run("Reap")
+    await run.start()
+    async with run.task("train", 1) as task:
+        print(task.pathspec, flush=True)
+        await anyio.sleep_forever()
+anyio.run(main)
+"""
+
+
+async def test_reaper_marks_a_killed_workers_task_crashed_once(
+    nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    """A task whose worker was killed is marked crashed, once, even with two reaping replicas."""
+    worker = subprocess.Popen([sys.executable, "-c", WORKER, nats_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    processes.append(worker)
+    assert worker.stdout is not None
+    line = await anyio.to_thread.run_sync(worker.stdout.readline)
+    pathspec = line.decode().strip()
+    assert pathspec == "Reap/1/train/1"
+    await anyio.sleep(0.3)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    worker.stdout.close()
+
+    settings = Settings(nats_url=nats_url, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    async with (
+        _replica(nats_url, tmp_path / "a.sqlite3", settings=settings, name="a"),
+        _replica(nats_url, tmp_path / "b.sqlite3", settings=settings, name="b"),
+        connect(nats_url, projector=False, namespace=None) as client,
+    ):
+        deadline = time.monotonic() + 15
+        while True:
+            task = await client.task(pathspec)
+            if task.state == "crashed":
+                break
+            assert time.monotonic() < deadline, f"task still {task.state}"
+            await anyio.sleep(0.1)
+        await anyio.sleep(1.5)  # give both reapers more rounds to (not) crash it again
+        history = [r async for r in client.events(pathspec, follow=False)]
+        crashes = [r for r in history if r.event.type == "task.state_changed" and r.event.payload.state == "crashed"]
+        assert len(crashes) == 1
+        assert "no heartbeat" in (crashes[0].event.payload.message or "")
+        assert task.exception is None and task.label == "Crashed"
