@@ -1,0 +1,82 @@
+"""The write and read paths on a 3-node NATS cluster with streams of 3 replicas."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runstate.client import connect
+from runstate.engine import EventLog, Settings, Writer, open_nats, provision
+from runstate.engine._server import NatsCluster
+from runstate.engine.errors import Unavailable
+from runstate.projections import serve_replica
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_writes_survive_a_node_killed_under_load(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """Killing a cluster node while writers append loses no acknowledged event; writes go on."""
+    settings = Settings(nats_url=nats_cluster.url, replicas=3, retry_budget=30.0)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        writer = Writer(EventLog(nc, settings))
+        run = await writer.create_run("Cluster")
+        await run.start()
+        acknowledged: list[int] = []
+        failed = 0
+
+        async def write(worker: int) -> None:
+            nonlocal failed
+            for i in range(40):
+                try:
+                    task = await run.create_task("work", f"{worker}-{i}")
+                    assert task.receipt is not None
+                    acknowledged.append(task.receipt.sequence)
+                    acknowledged.append((await task.start()).sequence)
+                except Unavailable:
+                    failed += 1
+
+        async def kill_one() -> None:
+            await anyio.sleep(0.3)
+            nats_cluster.kill(2)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_one)
+            for worker in range(4):
+                tg.start_soon(write, worker)
+
+        assert failed == 0, "writes should ride out the loss of one node of three"
+        log = EventLog(nc, settings)
+        stored = {commit.sequence async for commit in log.read(log.subjects.run_all("Cluster", run.id))}
+        assert set(acknowledged) <= stored
+        assert len(stored) == 1 + 1 + 4 * 40 * 2
+        nats_cluster.restart(2)
+    finally:
+        await nc.close()
+
+
+async def test_a_replica_on_the_cluster_answers_reads(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """A projector replica on a clustered stream folds the log and answers through the query service."""
+    settings = Settings(nats_url=nats_cluster.url, replicas=3)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: serve_replica(nc, settings, tmp_path / "v.sqlite3", task_status=task_status))
+            async with connect(nats_cluster.url, settings=settings, projector=False, namespace=None) as client:
+                handle = await client.create_run("Cluster", tags=["production"])
+                async with handle.running():
+                    async with handle.task("only") as task:
+                        await task.save(answer=42)
+                started = time.monotonic()
+                run = await client.run(handle.pathspec, after=handle.receipt)
+                assert run.state == "completed" and "production" in run.tags
+                assert (await (await run["only"]).task()).data.answer == 42
+                assert time.monotonic() - started < 10
+            tg.cancel_scope.cancel()
+    finally:
+        await nc.close()
