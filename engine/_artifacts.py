@@ -69,13 +69,13 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         if len(data) <= self._settings.inline_artifact_limit:
             inline: Any = value if codec == "json" else base64.b64encode(data).decode("ascii")
-            return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, inline=inline)  # type: ignore[arg-type]
+            return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, inline=inline)
         store = await self._object_store()
         try:
             await store.get_info(sha)
         except nats.js.errors.ObjectNotFoundError:
             await store.put(sha, data)
-        return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, ref=sha)  # type: ignore[arg-type]
+        return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, ref=sha)
 
     async def load_bytes(self, record: ArtifactRecord) -> bytes:
         """The encoded bytes of an artifact, from the event or the object store."""
@@ -106,9 +106,9 @@ class ArtifactStore:
             )
         data = await self.load_bytes(record)
         try:
-            return pickle.loads(data)  # noqa: S301 - gated by trust_pickles
+            return pickle.loads(data)  # gated by trust_pickles above
         except Exception as exc:
             raise RunstateError(
-                f"artifact {record.name} could not be unpickled here ({type(exc).__name__}: {exc}); "
-                "is the code that defined its class importable?"
+                f"artifact {record.name} could not be unpickled here "
+                f"({type(exc).__name__}: {exc}); is the code that defined its class importable?"
             ) from None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-import nats
+import anyio
 import nats.errors
+import nats.js.errors
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
@@ -43,7 +45,8 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     """Connect to NATS, check the server is 2.11+ with JetStream, and return the connection.
 
     ``url`` overrides ``settings.nats_url`` (one URL, or several separated by commas).
-    The connection reconnects forever; writes retry within ``settings.retry_budget``.
+    The first connect keeps trying for ``settings.retry_budget`` seconds; once
+    connected the connection reconnects forever and writes retry within the budget.
     Raises ``Unavailable`` (cannot connect), ``ServerTooOld`` or ``JetStreamDisabled``.
     """
     target = url or settings.nats_url
@@ -51,7 +54,10 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         raise ConfigurationError("no NATS URL: pass url= or set RUNSTATE_NATS_URL")
     servers = [part.strip() for part in target.split(",") if part.strip()]
 
+    errors: list[Exception] = []  # the last one explains a failed first connect
+
     async def _on_error(exc: Exception) -> None:
+        errors[:] = [exc]
         log.debug("nats.error", error=str(exc))
 
     async def _on_disconnect() -> None:
@@ -76,12 +82,19 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     tls = _tls_context(settings)
     if tls is not None:
         options["tls"] = tls
+    nc = NATS()
     try:
-        nc = await nats.connect(**options)
+        # With max_reconnect_attempts=-1 nats-py retries the first connect forever
+        # too; bound it by the retry budget so a wrong URL fails instead of hanging.
+        with anyio.fail_after(settings.retry_budget):
+            await nc.connect(**options)
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+        await nc.close()
+        cause = errors[-1] if errors else exc
         raise Unavailable(
-            f"cannot connect to NATS at {target}: {exc or type(exc).__name__}; "
-            "is the server running? (runstate server starts one)"
+            f"cannot connect to NATS at {target} within {settings.retry_budget:g}s: "
+            f"{cause or type(cause).__name__}; is the server running? "
+            "(runstate server starts one)"
         ) from None
     try:
         await _check_server(nc)
@@ -100,7 +113,8 @@ def _parse_version(text: str) -> tuple[int, int, int]:
 
 
 async def _check_server(nc: NATS) -> None:
-    version = _parse_version(nc.connected_server_version.__str__().removeprefix("<nats server v").rstrip(">"))
+    shown_version = repr(nc.connected_server_version)  # "<nats server v2.15.1>"
+    version = _parse_version(shown_version.removeprefix("<nats server v").rstrip(">"))
     if version < MIN_SERVER_VERSION:
         shown = ".".join(map(str, version))
         raise ServerTooOld(
@@ -121,7 +135,12 @@ async def _check_server(nc: NATS) -> None:
         raise JetStreamDisabled(f"JetStream is not available: {info['error'].get('description')}")
 
 
-async def jetstream_api(nc: NATS, subject: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+async def jetstream_api(
+    nc: NATS,
+    subject: str,
+    body: dict[str, Any] | None = None,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a per-request timeout, as nc.request takes
+) -> dict[str, Any]:
     """Call a JetStream API subject with a JSON body and return the decoded reply."""
     payload = orjson.dumps(body) if body is not None else b""
     try:
@@ -196,8 +215,6 @@ async def provision(nc: NATS, settings: Settings) -> None:
         await _ensure_stream(nc, config)
     subjects = Subjects(settings.prefix)
     js = nc.jetstream()
-    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
-
     try:
         await js.create_key_value(
             KeyValueConfig(

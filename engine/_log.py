@@ -31,14 +31,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.nuid import NUID
 
 from runstate.engine._events import Event, decode_commit, encode_commit
-
-_nuid = NUID()
-
-
-def new_commit_id() -> str:
-    """A unique commit id (a NUID: 22 random base62 characters, cheap to make)."""
-    return _nuid.next().decode("ascii")
-
 from runstate.engine._names import Pathspec, Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -54,6 +46,13 @@ __all__ = ["Commit", "EventLog", "Receipt", "StoredCommit"]
 
 log = structlog.get_logger("runstate.log")
 
+_nuid = NUID()
+
+
+def new_commit_id() -> str:
+    """A unique commit id (a NUID: 22 random base62 characters, cheap to make)."""
+    return _nuid.next().decode("ascii")
+
 _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -62,10 +61,16 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.ConnectionReconnectingError,
     TimeoutError,
 )
+_NOT_FOUND_OR_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.js.errors.NotFoundError,
+    *_TRANSIENT,
+)
 _CONFLICT_CODES = frozenset({10071, 10164})
 # "JetStream not temporarily available", "stream offline", "leader changed",
 # "insufficient resources" while a cluster elects a leader.
 _TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137})
+# "atomic publish batch contains duplicate message id"
+_BATCH_DUPLICATE_CODE = 10201
 _HEADER_OVERHEAD = 512
 ATOMIC_BATCH_LIMIT = 1000
 
@@ -245,8 +250,10 @@ class EventLog:
                 delay = min(delay * 2, 1.0)
                 continue
             except nats.errors.ConnectionClosedError:
+                # the request may have reached the server before the close
                 raise Unavailable(
-                    f"the NATS connection is closed; {entity} was not appended",
+                    f"the NATS connection closed before {entity} was confirmed; nothing is "
+                    f"lost: retry with commit id {commit.commit_id} on a new connection",
                     commit_id=commit.commit_id,
                 ) from None
             reply = orjson.loads(msg.data)
@@ -266,7 +273,8 @@ class EventLog:
             if code in _TRANSIENT_CODES or error.get("code") == 503:
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
-                        f"JetStream kept refusing {entity}: {error.get('description')}",
+                        f"JetStream kept refusing {entity}: {error.get('description')}; "
+                        f"nothing is lost: retry with commit id {commit.commit_id}",
                         commit_id=commit.commit_id,
                     )
                 await anyio.sleep(delay)
@@ -278,13 +286,24 @@ class EventLog:
             )
 
     async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
-        """True if the message at ``sequence`` is the commit ``commit_id``."""
+        """True if the message at ``sequence`` is the commit ``commit_id``.
+
+        Asks the stream leader: a direct get may be answered by a replica that
+        has not stored ``sequence`` yet, which would turn our own stored commit
+        into a conflict. Raises ``Unavailable`` when it cannot tell.
+        """
         if sequence <= 0:
             return False
         try:
-            msg = await self._js.get_msg(self._stream, seq=sequence, direct=True)
-        except (nats.js.errors.NotFoundError, *_TRANSIENT):
+            msg = await self._js.get_msg(self._stream, seq=sequence)
+        except nats.js.errors.NotFoundError:
             return False
+        except _TRANSIENT as exc:
+            raise Unavailable(
+                f"could not check whether commit {commit_id} is at sequence {sequence} "
+                f"({type(exc).__name__}); nothing is lost: retry with commit id {commit_id}",
+                commit_id=commit_id,
+            ) from None
         return bool(msg.headers and msg.headers.get("Nats-Msg-Id") == commit_id)
 
     def pipeline(self, max_in_flight: int = 2048) -> Pipeline:
@@ -306,16 +325,15 @@ class EventLog:
         encoded = [self._encode(commit) for commit in commits]
         deadline = time.monotonic() + self._settings.retry_budget
         delay = 0.05
-        tries = 0
         while True:
-            tries += 1
             batch_id = new_commit_id()
             try:
                 reply = await self._publish_batch(batch_id, encoded)
             except _TRANSIENT as exc:
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
-                        f"could not append an atomic batch within the retry budget ({type(exc).__name__})"
+                        "could not append an atomic batch within the retry budget "
+                        f"({type(exc).__name__}); retry with the same commits (commit ids)"
                     ) from None
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -326,19 +344,28 @@ class EventLog:
                 first = last - len(commits) + 1
                 return [
                     Receipt(first + i, subject, commit.commit_id, len(commit.events))
-                    for i, (commit, (subject, _, _, _)) in enumerate(zip(commits, encoded, strict=True))
+                    for i, (commit, (subject, *_)) in enumerate(zip(commits, encoded, strict=True))
                 ]
             code = error.get("err_code")
-            if code in _CONFLICT_CODES:
+            if code in _CONFLICT_CODES or code == _BATCH_DUPLICATE_CODE:
+                # A retry (ours, or the caller's after Unavailable) whose first try was
+                # stored: within the duplicate window the server refuses the batch for its
+                # commit ids (10201), after it for the expected versions (10071).
+                stored = await self._find_stored_batch(commits, encoded)
+                if stored is not None:
+                    return stored
+                if code == _BATCH_DUPLICATE_CODE:
+                    raise RunstateError(
+                        "JetStream refused the atomic batch: some of its commit ids are already "
+                        "stored, but not as this batch; give new commits new ids"
+                    )
                 current = _conflict_sequence(str(error.get("description", "")))
-                if tries > 1:
-                    stored = await self._find_stored_batch(commits, encoded)
-                    if stored is not None:
-                        return stored
                 raise ConflictError("atomic batch", -1, current)
             if code in _TRANSIENT_CODES or error.get("code") == 503:
                 if time.monotonic() + delay >= deadline:
-                    raise Unavailable(f"JetStream kept refusing the batch: {error.get('description')}")
+                    raise Unavailable(
+                        f"JetStream kept refusing the batch: {error.get('description')}"
+                    )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
@@ -376,12 +403,12 @@ class EventLog:
     ) -> list[Receipt] | None:
         subject = encoded[-1][0]
         try:
-            msg = await self._js.get_last_msg(self._stream, subject, direct=True)
-        except (nats.js.errors.NotFoundError, *_TRANSIENT):
+            msg = await self._js.get_last_msg(self._stream, subject)  # the leader's view
+        except _NOT_FOUND_OR_TRANSIENT:
             return None
         if not (msg.headers and msg.headers.get("Nats-Msg-Id") == commits[-1].commit_id):
             return None
-        last = int(msg.seq)
+        last = int(msg.seq or 0)
         first = last - len(commits) + 1
         return [
             Receipt(first + i, enc[0], commit.commit_id, len(commit.events), True)
@@ -405,19 +432,31 @@ class EventLog:
                 )
             except _TRANSIENT:
                 if time.monotonic() + delay >= deadline:
-                    raise Unavailable(f"could not increment {subject} within the retry budget") from None
+                    raise Unavailable(
+                        f"could not increment {subject} within the retry budget"
+                    ) from None
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             reply = orjson.loads(msg.data)
-            if "error" in reply:
-                raise RunstateError(f"counter {subject} refused: {reply['error'].get('description')}")
+            error = reply.get("error")
+            if error is not None:
+                if error.get("err_code") in _TRANSIENT_CODES or error.get("code") == 503:
+                    if time.monotonic() + delay >= deadline:
+                        raise Unavailable(
+                            f"JetStream kept refusing to increment {subject}: "
+                            f"{error.get('description')}"
+                        )
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise RunstateError(f"counter {subject} refused: {error.get('description')}")
             if "val" not in reply:
-                # a duplicate: the counter's value at that message
+                # a duplicate: the counter's value at that message, from the leader
                 stored = await self._js.get_msg(
-                    self.subjects.counters_stream, seq=int(reply["seq"]), direct=True
+                    self.subjects.counters_stream, seq=int(reply["seq"])
                 )
-                return int(orjson.loads(stored.data)["val"])
+                return int(orjson.loads(stored.data or b"{}")["val"])
             return int(reply["val"])
 
     # -- reading -----------------------------------------------------------
@@ -428,7 +467,7 @@ class EventLog:
             msg = await self._js.get_last_msg(self._stream, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return 0
-        return int(msg.seq)
+        return int(msg.seq or 0)
 
     async def stream_last_sequence(self) -> int:
         """The last sequence of the events stream (0 when empty)."""
@@ -457,15 +496,20 @@ class EventLog:
             inactive_threshold=10.0,
         )
         sub = await self._js.pull_subscribe(
-            subject_filter or self.subjects.all_events, durable=None, stream=self._stream, config=config
+            subject_filter or self.subjects.all_events,
+            durable=None,
+            stream=self._stream,
+            config=config,
         )
         try:
             info = await sub.consumer_info()
-            pending = int(info.num_pending)
+            pending = int(info.num_pending or 0)
             count = 0
             wanted = pending if limit is None else min(pending, limit)
             while count < wanted:
-                msgs = await sub.fetch(min(batch, wanted - count), timeout=self._settings.request_timeout)
+                msgs = await sub.fetch(
+                    min(batch, wanted - count), timeout=self._settings.request_timeout
+                )
                 for msg in msgs:
                     yield self._stored(msg)
                     count += 1
@@ -482,7 +526,9 @@ class EventLog:
         try:
             events = decode_commit(msg.data)
         except InvalidEvent as exc:
-            raise InvalidEvent(f"commit at sequence {seq} on {msg.subject}: {exc.message}") from None
+            raise InvalidEvent(
+                f"commit at sequence {seq} on {msg.subject}: {exc.message}"
+            ) from None
         commit_id = msg.headers.get("Nats-Msg-Id") if msg.headers else None
         return StoredCommit(seq, msg.subject, events, commit_id)
 
@@ -514,6 +560,8 @@ class Pipeline:
         self._inbox = ""
         self._sub: Any = None
         self._entries: list[_PipelineEntry] = []
+        # the entries of the last flush, so ``results`` still has them after it raised
+        self._flushed: list[_PipelineEntry] = []
         self._waiting: dict[str, _PipelineEntry] = {}
         self._all_done = anyio.Event()
         self._all_done.set()
@@ -551,7 +599,11 @@ class Pipeline:
         subject, path, data, headers = self._log._encode(commit)
         while len(self._waiting) >= self._max_in_flight:
             self._room = anyio.Event()
-            await self._room.wait()
+            with anyio.move_on_after(self._log.settings.request_timeout) as waited:
+                await self._room.wait()
+            if waited.cancelled_caught:
+                # acks lost with a crashed server never come: re-send those commits
+                await self._resend_unconfirmed()
         token = str(next(self._tokens))
         entry = _PipelineEntry(commit, subject, str(path), data, headers, time.monotonic())
         self._entries.append(entry)
@@ -593,12 +645,33 @@ class Pipeline:
 
     @property
     def results(self) -> list[Receipt | RunstateError | None]:
-        return [entry.receipt or entry.error for entry in self._entries]
+        """The outcome of each commit of the last flush and of those sent since, in order."""
+        return [entry.receipt or entry.error for entry in (*self._flushed, *self._entries)]
 
     async def flush(self) -> list[Receipt]:
-        """Wait for every commit sent so far; return their receipts in order."""
+        """Wait for every commit sent so far; return their receipts in order.
+
+        Raises the first ``ConflictError`` met (every other outcome is in
+        ``results``), or ``Unavailable`` when NATS stays out of reach for the
+        retry budget: the unconfirmed commits are kept, and calling ``flush``
+        again re-sends them with their commit ids.
+        """
         with anyio.move_on_after(self._log.settings.request_timeout):
             await self._all_done.wait()
+        await self._resend_unconfirmed()
+        entries, self._entries = self._entries, []
+        self._flushed = entries
+        for entry in entries:
+            if entry.error is not None:
+                raise entry.error
+        return [entry.receipt for entry in entries if entry.receipt is not None]
+
+    async def _resend_unconfirmed(self) -> None:
+        """Re-send, one by one with their commit ids, the commits whose ack has not come.
+
+        Raises ``Unavailable`` naming every unconfirmed commit when NATS stays
+        out of reach for the retry budget.
+        """
         for token, entry in list(self._waiting.items()):
             self._waiting.pop(token, None)
             entry.needs_resend = True
@@ -612,11 +685,18 @@ class Pipeline:
                     )
                 except ConflictError as exc:
                     entry.error = exc
-        entries, self._entries = self._entries, []
-        for entry in entries:
-            if entry.error is not None:
-                raise entry.error
-        return [entry.receipt for entry in entries if entry.receipt is not None]
+                except Unavailable as exc:
+                    unconfirmed = [
+                        e.commit.commit_id
+                        for e in self._entries
+                        if e.receipt is None and e.error is None
+                    ]
+                    raise Unavailable(
+                        f"{len(unconfirmed)} pipelined commits are unconfirmed ({exc.message}); "
+                        "nothing is lost: call flush() again to re-send them with the same "
+                        "commit ids",
+                        commit_ids=unconfirmed,
+                    ) from None
 
 
 @dataclass(slots=True)

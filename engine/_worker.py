@@ -89,7 +89,9 @@ def _check_tags(tags: Iterable[str]) -> list[str]:
     result = []
     for tag in tags:
         if not isinstance(tag, str) or not tag or len(tag) > 256:
-            raise InvalidName(f"invalid tag {tag!r}: use a non-empty string of up to 256 characters")
+            raise InvalidName(
+                f"invalid tag {tag!r}: use a non-empty string of up to 256 characters"
+            )
         result.append(tag)
     return result
 
@@ -370,7 +372,8 @@ class RunHandle:
         )
         if protected:
             raise InvalidName(
-                f"system tags cannot be changed: {sorted(protected)}; they are set when the run is created"
+                f"system tags cannot be changed: {sorted(protected)}; "
+                "they are set when the run is created"
             )
         event = RunTagsChanged(pathspec=self.pathspec, actor=self._writer.user, payload=payload)
         for _ in range(_COMMUTING_RETRIES):
@@ -399,18 +402,23 @@ class RunHandle:
     ) -> TaskHandle:
         """Create a task of ``step`` (pending; running too with ``start=True``), one commit.
 
-        Without ``task_id`` the task gets the run's next integer id.
+        Without ``task_id`` the task gets the run's next integer id. Raises
+        ``ConflictError`` when a given ``task_id`` exists.
         """
         check_step_name(step)
-        tid = (
-            check_id(task_id, "task id")
-            if task_id is not None
-            else str(await self._writer.log.increment(self._task_counter()))
-        )
-        events = self._task_events(
-            step, tid, index, foreach_stack, parents, runtime_name, environment_info, start
-        )
-        receipt = await self._writer.log.append(events, expected_version=0)
+        given = check_id(task_id, "task id") if task_id is not None else None
+        while True:
+            tid = given or str(await self._writer.log.increment(self._task_counter()))
+            events = self._task_events(
+                step, tid, index, foreach_stack, parents, runtime_name, environment_info, start
+            )
+            try:
+                receipt = await self._writer.log.append(events, expected_version=0)
+            except ConflictError:
+                if given is not None:
+                    raise
+                continue  # someone gave this id explicitly; take the next
+            break
         handle = TaskHandle(self._writer, Pathspec(self.flow, self.id, step, tid), receipt.sequence)
         handle.state = TaskState.RUNNING if start else TaskState.PENDING
         handle.receipt = receipt
@@ -737,9 +745,16 @@ async def _heartbeating(writer: Writer, pathspec: str, enabled: bool) -> AsyncIt
                 log.debug("heartbeat.failed", pathspec=pathspec, error=str(exc))
             await anyio.sleep(interval)
 
+    # The block's exception is re-raised outside the task group: inside it, anyio
+    # would wrap it in an ExceptionGroup and callers could not catch it by type.
+    error: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(beat)
         try:
             yield
+        except Exception as exc:
+            error = exc
         finally:
             group.cancel_scope.cancel()
+    if error is not None:
+        raise error
