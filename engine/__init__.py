@@ -1,9 +1,5 @@
 """runstate.engine: the write side (events, names, state machines, the event log)."""
 
-from runstate.engine._logging import configure_logging as configure_logging
-
-configure_logging()  # a no-op when the application configured structlog itself
-
 from runstate.engine._artifacts import ArtifactStore as ArtifactStore
 from runstate.engine._connection import open_nats as open_nats
 from runstate.engine._connection import provision as provision
@@ -28,6 +24,7 @@ from runstate.engine._log import EventLog as EventLog
 from runstate.engine._log import Pipeline as Pipeline
 from runstate.engine._log import Receipt as Receipt
 from runstate.engine._log import StoredCommit as StoredCommit
+from runstate.engine._logging import configure_logging as configure_logging
 from runstate.engine._names import Pathspec as Pathspec
 from runstate.engine._names import Subjects as Subjects
 from runstate.engine._names import parse_pathspec as parse_pathspec
@@ -74,3 +71,5 @@ __all__ = [
     "provision",
     "register_upcaster",
 ]
+
+configure_logging()  # a no-op when the application configured structlog itself

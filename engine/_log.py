@@ -53,6 +53,7 @@ def new_commit_id() -> str:
     """A unique commit id (a NUID: 22 random base62 characters, cheap to make)."""
     return _nuid.next().decode("ascii")
 
+
 _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
@@ -210,9 +211,7 @@ class EventLog:
         ``ConflictError``, ``PayloadTooLarge``, ``InvalidEvent`` or ``Unavailable``.
         """
         batch = [events] if not isinstance(events, Sequence) else list(events)
-        commit = Commit(
-            batch, expected_version, across_run, commit_id or new_commit_id()
-        )
+        commit = Commit(batch, expected_version, across_run, commit_id or new_commit_id())
         subject, path, data, headers = self._encode(commit)
         return await self._send(subject, data, headers, commit, str(path))
 
@@ -260,7 +259,10 @@ class EventLog:
             error = reply.get("error")
             if error is None:
                 return Receipt(
-                    reply["seq"], subject, commit.commit_id, len(commit.events),
+                    reply["seq"],
+                    subject,
+                    commit.commit_id,
+                    len(commit.events),
                     bool(reply.get("duplicate", False)),
                 )
             code = error.get("err_code")
@@ -629,7 +631,10 @@ class Pipeline:
             error = reply.get("error")
             if error is None:
                 entry.receipt = Receipt(
-                    reply["seq"], entry.subject, entry.commit.commit_id, len(entry.commit.events),
+                    reply["seq"],
+                    entry.subject,
+                    entry.commit.commit_id,
+                    len(entry.commit.events),
                     bool(reply.get("duplicate", False)),
                 )
             elif error.get("err_code") in _CONFLICT_CODES:
@@ -710,4 +715,3 @@ class _PipelineEntry:
     receipt: Receipt | None = None
     error: RunstateError | None = None
     needs_resend: bool = False
-

@@ -11,7 +11,9 @@ import structlog
 __all__ = ["configure_logging"]
 
 
-def configure_logging(level: str | None = None, *, json: bool | None = None, force: bool = False) -> None:
+def configure_logging(
+    level: str | None = None, *, json: bool | None = None, force: bool = False
+) -> None:
     """Configure structlog for runstate unless the application already did.
 
     ``level`` defaults to ``RUNSTATE_LOG_LEVEL`` or ``info``; ``json`` defaults

@@ -51,9 +51,7 @@ def check_id(value: str | int, what: str = "id") -> str:
         raise InvalidName(f"invalid {what} {value!r}: give a string or an integer")
     text = str(value)
     if not _ID.fullmatch(text):
-        raise InvalidName(
-            f"invalid {what} {text!r}: use 1 to 64 letters, digits, '_' or '-'"
-        )
+        raise InvalidName(f"invalid {what} {text!r}: use 1 to 64 letters, digits, '_' or '-'")
     return text
 
 
@@ -121,10 +119,18 @@ def parse_pathspec(text: str, *, min_depth: int = 1, max_depth: int = 5) -> Path
     ``min_depth..max_depth`` (1 flow .. 5 artifact).
     """
     if not isinstance(text, str) or not text:
-        raise InvalidName(f"invalid pathspec {text!r}: expected Flow[/run[/step[/task[/artifact]]]]")
+        raise InvalidName(
+            f"invalid pathspec {text!r}: expected Flow[/run[/step[/task[/artifact]]]]"
+        )
     parts = text.split("/")
     if not min_depth <= len(parts) <= max_depth:
-        kinds = ("Flow", "Flow/run", "Flow/run/step", "Flow/run/step/task", "Flow/run/step/task/artifact")
+        kinds = (
+            "Flow",
+            "Flow/run",
+            "Flow/run/step",
+            "Flow/run/step/task",
+            "Flow/run/step/task/artifact",
+        )
         wanted = " or ".join(kinds[min_depth - 1 : max_depth])
         raise InvalidName(f"invalid pathspec {text!r}: expected {wanted}")
     flow = check_flow_name(parts[0])

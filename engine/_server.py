@@ -31,6 +31,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import structlog
+
 from runstate.engine.errors import ConfigurationError, Unavailable
 
 __all__ = [

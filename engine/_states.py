@@ -47,7 +47,9 @@ class TaskState(StrEnum):
         return self in _TASK_TERMINAL
 
 
-_RUN_TERMINAL = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.CRASHED})
+_RUN_TERMINAL = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.CRASHED}
+)
 _TASK_TERMINAL = frozenset(
     {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.CRASHED}
 )
@@ -60,7 +62,13 @@ _RUN_NEXT: dict[RunState, frozenset[RunState]] = {
         {RunState.PENDING, RunState.RUNNING, RunState.CANCELLED, RunState.CRASHED}
     ),
     RunState.PENDING: frozenset(
-        {RunState.RUNNING, RunState.CANCELLING, RunState.CANCELLED, RunState.FAILED, RunState.CRASHED}
+        {
+            RunState.RUNNING,
+            RunState.CANCELLING,
+            RunState.CANCELLED,
+            RunState.FAILED,
+            RunState.CRASHED,
+        }
     ),
     RunState.RUNNING: frozenset(
         {
@@ -160,5 +168,8 @@ def check_task_transition(
             raise IllegalTransition(label, None, new, "a new attempt starts pending")
         return
     raise IllegalTransition(
-        label, current, new, f"the latest attempt is {current_attempt}; the next is {current_attempt + 1}"
+        label,
+        current,
+        new,
+        f"the latest attempt is {current_attempt}; the next is {current_attempt + 1}",
     )

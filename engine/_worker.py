@@ -653,7 +653,9 @@ class TaskHandle:
         message: str | None = None
         if isinstance(error, BaseException):
             info = ExceptionInfo(
-                type=f"{type(error).__module__}.{type(error).__qualname__}".removeprefix("builtins."),
+                type=f"{type(error).__module__}.{type(error).__qualname__}".removeprefix(
+                    "builtins."
+                ),
                 message=str(error),
                 traceback="".join(tb.format_exception(error)),
             )

@@ -87,7 +87,9 @@ class IllegalTransition(RunstateError):
 
     code = "illegal_transition"
 
-    def __init__(self, entity: str, from_state: str | None, to_state: str, reason: str = "") -> None:
+    def __init__(
+        self, entity: str, from_state: str | None, to_state: str, reason: str = ""
+    ) -> None:
         shown = from_state if from_state is not None else "(new)"
         message = f"{entity}: cannot go from {shown} to {to_state}"
         if reason:

@@ -16,7 +16,9 @@ from runstate.engine._settings import Settings
 from runstate.projections._runner import serve_replica
 
 
-async def _main(url: str, store: Path, name: str, rebuild: bool, heartbeat_timeout: float | None) -> None:
+async def _main(
+    url: str, store: Path, name: str, rebuild: bool, heartbeat_timeout: float | None
+) -> None:
     interval = min(5.0, heartbeat_timeout / 4) if heartbeat_timeout is not None else None
     settings = Settings.from_env(
         nats_url=url, heartbeat_timeout=heartbeat_timeout, heartbeat_interval=interval

@@ -210,9 +210,7 @@ class Projector:
         if last == self.applied:
             return
         runs, tasks = await self._fold(commits)
-        await anyio.to_thread.run_sync(
-            self._store.commit, runs, tasks, last, deadletters
-        )
+        await anyio.to_thread.run_sync(self._store.commit, runs, tasks, last, deadletters)
         for seq, subject, reason, data in deadletters:
             await self._publish_deadletter(seq, subject, reason, data)
         self.deadlettered += len(deadletters)
@@ -312,4 +310,3 @@ def _stream_sequence(msg: Msg) -> int:
     if len(tokens) == 9:
         return int(tokens[5])
     return int(tokens[-5]) if len(tokens) >= 12 else int(msg.metadata.sequence.stream)
-

@@ -47,7 +47,9 @@ def crash_commit_id(pathspec: str, attempt: int | None) -> str:
 class Reaper:
     """Watches heartbeats and appends ``crashed`` for running entities gone silent."""
 
-    def __init__(self, nc: NATS, writer: Writer, *, timeout: float, interval: float | None = None) -> None:
+    def __init__(
+        self, nc: NATS, writer: Writer, *, timeout: float, interval: float | None = None
+    ) -> None:
         self._nc = nc
         self._writer = writer
         self._subjects = Subjects(writer.log.settings.prefix)

@@ -94,7 +94,9 @@ class QueryService:
         }
         self._task_group: anyio.abc.TaskGroup | None = None
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until cancelled."""
         subjects = self._log.subjects
         service = await add_service(
@@ -127,7 +129,9 @@ class QueryService:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "request"
-                await self._error(request, BadFilter(f"bad {name} request: {where}: {first['msg']}"))
+                await self._error(
+                    request, BadFilter(f"bad {name} request: {where}: {first['msg']}")
+                )
                 return
             after = parsed.after
             if after is not None and self._projector.applied < after:
@@ -148,7 +152,9 @@ class QueryService:
             return
         except Exception as exc:  # a bug: say so, without a traceback on the wire
             log.exception("query.failed", subject=request.subject)
-            await self._error(request, RunstateError(f"internal error: {type(exc).__name__}: {exc}"))
+            await self._error(
+                request, RunstateError(f"internal error: {type(exc).__name__}: {exc}")
+            )
             return
         await request.respond(body)
 
@@ -246,7 +252,9 @@ class QueryService:
         path = parse_pathspec(req.run, min_depth=2, max_depth=2)
         self._check_namespace(str(path), req.namespace)
         try:
-            query = TaskQuery(run=str(path), step=req.step, state=req.state, limit=req.limit, cursor=req.cursor)
+            query = TaskQuery(
+                run=str(path), step=req.step, state=req.state, limit=req.limit, cursor=req.cursor
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             raise BadFilter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -266,14 +274,22 @@ class QueryService:
                 for index, event in enumerate(commit.events):
                     items.append(
                         b'{"sequence":%d,"index":%d,"subject":%s,"event":%s}'
-                        % (commit.sequence, index, orjson.dumps(commit.subject), event.model_dump_json().encode())
+                        % (
+                            commit.sequence,
+                            index,
+                            orjson.dumps(commit.subject),
+                            event.model_dump_json().encode(),
+                        )
                     )
         except InvalidEvent as exc:
             raise InvalidEvent(f"{exc.message}; see the dead letters for it") from None
         next_start = last + 1 if len(items) and commit_count_reached(req.limit, items) else None
         return _result(
-            b'{"items":[' + b",".join(items) + b'],"next_start":'
-            + (str(next_start).encode() if next_start else b"null") + b"}"
+            b'{"items":['
+            + b",".join(items)
+            + b'],"next_start":'
+            + (str(next_start).encode() if next_start else b"null")
+            + b"}"
         )
 
     async def _status(self, req: StatusRequest) -> bytes:

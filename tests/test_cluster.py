@@ -17,7 +17,9 @@ from runstate.projections import serve_replica
 pytestmark = pytest.mark.anyio
 
 
-async def test_writes_survive_a_node_killed_under_load(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+async def test_writes_survive_a_node_killed_under_load(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
     """Killing a cluster node while writers append loses no acknowledged event; writes go on."""
     settings = Settings(nats_url=nats_cluster.url, replicas=3, retry_budget=30.0)
     nc = await open_nats(settings)
@@ -56,9 +58,13 @@ async def test_writes_survive_a_node_killed_under_load(nats_cluster: NatsCluster
             for worker in range(4):
                 tg.start_soon(write, worker)
 
-        assert killed.is_set() and failed == 0, "writes should ride out the loss of one node of three"
+        assert killed.is_set() and failed == 0, (
+            "writes should ride out the loss of one node of three"
+        )
         log = EventLog(nc, settings)
-        stored = {commit.sequence async for commit in log.read(log.subjects.run_all("Cluster", run.id))}
+        stored = {
+            commit.sequence async for commit in log.read(log.subjects.run_all("Cluster", run.id))
+        }
         assert set(acknowledged) <= stored
         assert len(stored) == 2 + len(acknowledged)
         nats_cluster.restart(2)
@@ -66,15 +72,23 @@ async def test_writes_survive_a_node_killed_under_load(nats_cluster: NatsCluster
         await nc.close()
 
 
-async def test_a_replica_on_the_cluster_answers_reads(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+async def test_a_replica_on_the_cluster_answers_reads(
+    nats_cluster: NatsCluster, tmp_path: Path
+) -> None:
     """A projector replica on a clustered stream folds the log and answers through the query service."""
     settings = Settings(nats_url=nats_cluster.url, replicas=3)
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
         async with anyio.create_task_group() as tg:
-            await tg.start(lambda task_status: serve_replica(nc, settings, tmp_path / "v.sqlite3", task_status=task_status))
-            async with connect(nats_cluster.url, settings=settings, projector=False, namespace=None) as client:
+            await tg.start(
+                lambda task_status: serve_replica(
+                    nc, settings, tmp_path / "v.sqlite3", task_status=task_status
+                )
+            )
+            async with connect(
+                nats_cluster.url, settings=settings, projector=False, namespace=None
+            ) as client:
                 handle = await client.create_run("Cluster", tags=["production"])
                 async with handle.running():
                     async with handle.task("only") as task:

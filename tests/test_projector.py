@@ -46,20 +46,51 @@ def _run_events(flow: str, run: int, tasks: int) -> list[list[Any]]:
     """Commits of one complete run with ``tasks`` train tasks (each its own commit list)."""
     spec = f"{flow}/{run}"
     commits: list[list[Any]] = [
-        [RunCreated(pathspec=spec, payload=RunCreatedPayload(flow=flow, run_id=str(run), tags=["production"] if run % 2 == 0 else []))],
+        [
+            RunCreated(
+                pathspec=spec,
+                payload=RunCreatedPayload(
+                    flow=flow, run_id=str(run), tags=["production"] if run % 2 == 0 else []
+                ),
+            )
+        ],
         [RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="running"))],
     ]
     for k in range(tasks):
         task = f"{spec}/train/{k + 1}"
-        commits.append([
-            TaskCreated(pathspec=task, attempt=0, payload=TaskCreatedPayload(step="train", task_id=str(k + 1), foreach_index=k)),
-            TaskAttemptStateChanged(pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="running")),
-        ])
-        commits.append([
-            ArtifactsRecorded(pathspec=task, attempt=0, payload={"artifacts": [ArtifactRecord(name="acc", sha256="0" * 64, size=4, codec="json", inline=k / 100)]}),
-            TaskAttemptStateChanged(pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="completed")),
-        ])
-    commits.append([RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="completed"))])
+        commits.append(
+            [
+                TaskCreated(
+                    pathspec=task,
+                    attempt=0,
+                    payload=TaskCreatedPayload(step="train", task_id=str(k + 1), foreach_index=k),
+                ),
+                TaskAttemptStateChanged(
+                    pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="running")
+                ),
+            ]
+        )
+        commits.append(
+            [
+                ArtifactsRecorded(
+                    pathspec=task,
+                    attempt=0,
+                    payload={
+                        "artifacts": [
+                            ArtifactRecord(
+                                name="acc", sha256="0" * 64, size=4, codec="json", inline=k / 100
+                            )
+                        ]
+                    },
+                ),
+                TaskAttemptStateChanged(
+                    pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="completed")
+                ),
+            ]
+        )
+    commits.append(
+        [RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="completed"))]
+    )
     return commits
 
 
@@ -82,7 +113,16 @@ async def _write_log(url: str, runs: int, tasks: int, flow: str = "Train") -> in
 
 def _replica_process(url: str, store: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runstate.projections", "--nats", url, "--store", str(store), *extra],
+        [
+            sys.executable,
+            "-m",
+            "runstate.projections",
+            "--nats",
+            url,
+            "--store",
+            str(store),
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -123,7 +163,11 @@ async def _replica(url: str, store: Path, **options: Any) -> AsyncIterator[Any]:
     try:
         await provision(nc, settings)
         async with anyio.create_task_group() as tg:
-            replica = await tg.start(lambda task_status: serve_replica(nc, settings, store, task_status=task_status, **options))
+            replica = await tg.start(
+                lambda task_status: serve_replica(
+                    nc, settings, store, task_status=task_status, **options
+                )
+            )
             yield replica
             tg.cancel_scope.cancel()
     finally:
@@ -197,9 +241,19 @@ async def test_malformed_messages_are_deadlettered_and_later_events_applied(
             bad = await js.publish("rs.ev.Train.1.r", b"this is not json")
             foreign = await js.publish(
                 "rs.ev.Train.1.r",
-                orjson.dumps([{"type": "task.state_changed", "pathspec": "Other/9/x/1", "payload": {"state": "running"}}]),
+                orjson.dumps(
+                    [
+                        {
+                            "type": "task.state_changed",
+                            "pathspec": "Other/9/x/1",
+                            "payload": {"state": "running"},
+                        }
+                    ]
+                ),
             )
-            unknown_type = await js.publish("rs.ev.Train.1.r", orjson.dumps([{"type": "run.exploded", "pathspec": "Train/1"}]))
+            unknown_type = await js.publish(
+                "rs.ev.Train.1.r", orjson.dumps([{"type": "run.exploded", "pathspec": "Train/1"}])
+            )
             log = EventLog(nc, settings)
             good = await log.append(_run_events("Train", 1, 0)[0])
             await replica.projector.wait_for(good.sequence, timeout=10)
@@ -217,9 +271,14 @@ async def test_malformed_messages_are_deadlettered_and_later_events_applied(
             assert run.state == "pending"
 
 
-async def test_after_sees_the_write_and_a_future_sequence_times_out(nats_url: str, tmp_path: Path) -> None:
+async def test_after_sees_the_write_and_a_future_sequence_times_out(
+    nats_url: str, tmp_path: Path
+) -> None:
     """A read with after=<receipt> includes that write; a sequence far ahead times out clearly."""
-    async with _replica(nats_url, tmp_path / "v.sqlite3"), connect(nats_url, projector=False, namespace=None) as client:
+    async with (
+        _replica(nats_url, tmp_path / "v.sqlite3"),
+        connect(nats_url, projector=False, namespace=None) as client,
+    ):
         run = await client.create_run("Train")
         for _ in range(20):
             receipt = await (await client.run_handle(run.pathspec)).add_tags(f"t{_}")
@@ -252,7 +311,9 @@ async def test_reaper_marks_a_killed_workers_task_crashed_once(
     nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """A task whose worker was killed is marked crashed, once, even with two reaping replicas."""
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, nats_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, nats_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     processes.append(worker)
     assert worker.stdout is not None
     line = await anyio.to_thread.run_sync(worker.stdout.readline)
@@ -278,7 +339,11 @@ async def test_reaper_marks_a_killed_workers_task_crashed_once(
             await anyio.sleep(0.1)
         await anyio.sleep(1.5)  # give both reapers more rounds to (not) crash it again
         history = [r async for r in client.events(pathspec, follow=False)]
-        crashes = [r for r in history if r.event.type == "task.state_changed" and r.event.payload.state == "crashed"]
+        crashes = [
+            r
+            for r in history
+            if r.event.type == "task.state_changed" and r.event.payload.state == "crashed"
+        ]
         assert len(crashes) == 1
         assert "no heartbeat" in (crashes[0].event.payload.message or "")
         assert task.exception is None and task.label == "Crashed"
