@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -14,14 +15,14 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 
+from runstate.client import _namespace
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._log import EventLog, Receipt
-from runstate.engine._names import parse_pathspec
+from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._worker import RunHandle, Writer
-from runstate.engine.errors import Timeout, Unavailable, error_from_wire
-from runstate.client import _namespace
+from runstate.engine.errors import NotFound, NotInNamespace, Timeout, Unavailable, error_from_wire
 from runstate.projections._views import RunView
 
 if TYPE_CHECKING:
@@ -56,7 +57,9 @@ class Client:
     through the engine's ``Writer`` (``client.create_run``).
     """
 
-    def __init__(self, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT) -> None:
+    def __init__(
+        self, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT
+    ) -> None:
         self.nc = nc
         self.settings = settings
         self.log = EventLog(nc, settings)
@@ -65,6 +68,8 @@ class Client:
         self._namespace = namespace
         #: sequence of the latest write made through this client (read-your-writes)
         self.last_write: int = 0
+        #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
+        self.read_wait: float = settings.request_timeout
 
     # -- namespace -------------------------------------------------------------
 
@@ -85,16 +90,32 @@ class Client:
 
     # -- requests ----------------------------------------------------------------
 
-    async def request(self, endpoint: str, body: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        """Call a query endpoint; return its result or raise its typed error."""
+    async def request(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a bound on one NATS request
+    ) -> Any:
+        """Call a query endpoint; return its result or raise its typed error.
+
+        A body with ``after`` also carries ``wait`` (default ``read_wait``):
+        how long the replica may wait to apply ``after`` before ``Timeout``.
+        """
         subject = f"{self.subjects.query_prefix}.{endpoint}"
-        payload = orjson.dumps({k: v for k, v in body.items() if v is not None}, default=_json_default)
-        wait = float(body.get("wait") or 5.0)
+        fields = {k: v for k, v in body.items() if v is not None}
+        if "after" in fields:
+            fields.setdefault("wait", self.read_wait)
+        payload = orjson.dumps(fields, default=_json_default)
+        wait = float(fields.get("wait") or 0.0)
         try:
-            msg = await self.nc.request(subject, payload, timeout=timeout or (wait + self.settings.request_timeout))
+            msg = await self.nc.request(
+                subject, payload, timeout=timeout or (wait + self.settings.request_timeout)
+            )
         except nats.errors.NoRespondersError:
             raise Unavailable(
-                "no query service is answering; start one with `runstate server` or `runstate projector`"
+                "no query service is answering; start one with `runstate server` or "
+                "`runstate projector`, or connect with projector=True"
             ) from None
         except nats.errors.TimeoutError:
             raise Timeout(f"the query service did not answer {endpoint} in time") from None
@@ -113,15 +134,32 @@ class Client:
 
     # -- snapshot reads -----------------------------------------------------------
 
-    async def get(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Flow | Run | Step | Task | DataArtifact:
-        """The object at ``pathspec`` (flow, run, step, task or artifact)."""
+    async def get(
+        self, pathspec: str, *, attempt: int | None = None, after: After = None
+    ) -> Flow | Run | Step | Task | DataArtifact:
+        """The object at ``pathspec`` (flow, run, step, task or artifact).
+
+        Raises ``InvalidName`` (malformed pathspec, nothing sent), ``NotFound``,
+        ``NotInNamespace``, ``Timeout`` (``after`` not applied in ``read_wait``)
+        or ``Unavailable`` (no query service answering).
+        """
         from runstate.client._objects import object_from_reply
 
-        parse_pathspec(pathspec)
-        result = await self.request(
-            "get",
-            {"pathspec": pathspec, "attempt": attempt, "namespace": self.namespace, "after": _after(after)},
-        )
+        path = parse_pathspec(pathspec)
+        namespace = self.namespace
+        body = {"pathspec": pathspec, "attempt": attempt, "namespace": namespace}
+        try:
+            result = await self.request("get", {**body, "after": _after(after)})
+        except NotFound:
+            # A flow is in a namespace when one of its runs is (Metaflow's rule):
+            # tell "elsewhere" from "nowhere" as runs, steps and tasks do.
+            if path.depth == 1 and namespace is not None:
+                await self.request("get", {**body, "namespace": None})  # NotFound if nowhere
+                raise NotInNamespace(
+                    f"flow {path.flow} has no runs in namespace {namespace!r}; "
+                    "use namespace(None) to see every run"
+                ) from None
+            raise
         return object_from_reply(self, result, attempt)
 
     async def flow(self, name: str, *, after: After = None) -> Flow:
@@ -155,7 +193,9 @@ class Client:
         assert isinstance(obj, Task)
         return obj
 
-    async def artifact(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> DataArtifact:
+    async def artifact(
+        self, pathspec: str, *, attempt: int | None = None, after: After = None
+    ) -> DataArtifact:
         from runstate.client._objects import DataArtifact
 
         parse_pathspec(pathspec, min_depth=5, max_depth=5)
@@ -170,15 +210,21 @@ class Client:
         result = await self.request("flows", {"namespace": self.namespace, "after": _after(after)})
         return [Flow(self, FlowInfo.model_validate(item)) for item in result]
 
-    async def latest_run(self, flow: str, *, successful: bool = False, after: After = None) -> Run | None:
+    async def latest_run(
+        self, flow: str, *, successful: bool = False, after: After = None
+    ) -> Run | None:
         """The newest run of ``flow`` (the newest completed one with ``successful=True``)."""
         from runstate.client._objects import Run
-        from runstate.engine.errors import NotFound
 
         try:
             result = await self.request(
                 "latest",
-                {"flow": flow, "successful": successful, "namespace": self.namespace, "after": _after(after)},
+                {
+                    "flow": flow,
+                    "successful": successful,
+                    "namespace": self.namespace,
+                    "after": _after(after),
+                },
             )
         except NotFound:
             return None
@@ -205,24 +251,29 @@ class Client:
         """One page of runs matching the filters, sorted (``"-created_at"``: newest first).
 
         ``page.next_cursor`` fetches the next page; ``async for run in page.all()``
-        walks every page.
+        walks every page, with the same filters and namespace as this one.
+        Raises ``BadFilter`` for an unknown sort key or state, a bad
+        ``page_size`` or a cursor from another query.
         """
         from runstate.client._objects import Run
         from runstate.client._pages import Page
 
+        # Materialised once: the next pages repeat exactly this query.
+        tags, any_tags = list(tags), list(any_tags)
         states = [state] if isinstance(state, str | RunState) else list(state or [])
+        namespace = self.namespace
         body = {
             "flow": flow,
-            "tags_all": list(tags),
-            "tags_any": list(any_tags),
-            "state": [RunState(s).value if s in RunState._value2member_map_ else s for s in states],
+            "tags_all": tags,
+            "tags_any": any_tags,
+            "state": [str(s) for s in states],
             "user": user,
             "created_after": _iso(created_after),
             "created_before": _iso(created_before),
             "finished_after": _iso(finished_after),
             "finished_before": _iso(finished_before),
             "parameters": dict(parameters or {}),
-            "namespace": self.namespace,
+            "namespace": namespace,
             "sort": sort,
             "limit": page_size,
             "cursor": cursor,
@@ -232,8 +283,8 @@ class Client:
         items = [Run(self, RunView.model_validate_json(_raw(item))) for item in result["items"]]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
-            return await self.runs(
-                flow, tags=tags, any_tags=any_tags, state=state, user=user,
+            return await self.with_namespace(namespace).runs(
+                flow, tags=tags, any_tags=any_tags, state=states, user=user,
                 created_after=created_after, created_before=created_before,
                 finished_after=finished_after, finished_before=finished_before,
                 parameters=parameters, sort=sort, page_size=page_size, cursor=next_cursor,
@@ -257,6 +308,7 @@ class Client:
         from runstate.projections._views import TaskView
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
+        namespace = self.namespace
         result = await self.request(
             "tasks",
             {
@@ -265,22 +317,27 @@ class Client:
                 "state": [str(s) for s in states],
                 "limit": page_size,
                 "cursor": cursor,
-                "namespace": self.namespace,
+                "namespace": namespace,
                 "after": _after(after),
             },
         )
         items = [Task(self, TaskView.model_validate_json(_raw(item))) for item in result["items"]]
 
         async def fetch_next(next_cursor: str) -> Page[Task]:
-            return await self.tasks(run, step, state=state, page_size=page_size, cursor=next_cursor)
+            return await self.with_namespace(namespace).tasks(
+                run, step, state=states, page_size=page_size, cursor=next_cursor
+            )
 
         return Page(items, result["next_cursor"], fetch_next)
 
-    async def history(self, pathspec: str, *, start: int = 1, limit: int = 100) -> tuple[list[EventRecord], int | None]:
+    async def history(
+        self, pathspec: str, *, start: int = 1, limit: int = 100
+    ) -> tuple[list[EventRecord], int | None]:
         """One page of an object's event history from the stream, and the next start."""
         from runstate.client._watch import EventRecord
 
-        result = await self.request("history", {"pathspec": pathspec, "start": start, "limit": limit})
+        body = {"pathspec": pathspec, "start": start, "limit": limit}
+        result = await self.request("history", body)
         return [EventRecord.from_wire(item) for item in result["items"]], result["next_start"]
 
     async def status(self) -> dict[str, Any]:
@@ -295,13 +352,18 @@ class Client:
 
         The first item is the current snapshot; each following item is one
         applied event with the views it changed. No event is missed or
-        repeated, across reconnects too. Leaving the loop stops the consumer.
+        repeated, across reconnects too. Use it as ``async with
+        client.watch(p) as changes:``; leaving the block stops the consumer.
+        A flow watch follows the flow's 200 newest runs of the namespace and
+        every run of the namespace created while it watches.
         """
         from runstate.client._watch import watch
 
         return watch(self, pathspec)
 
-    def events(self, pathspec: str, *, since: int = 1, follow: bool = True) -> Subscription[EventRecord]:
+    def events(
+        self, pathspec: str, *, since: int = 1, follow: bool = True
+    ) -> Subscription[EventRecord]:
         """The raw events of an object from sequence ``since``, then live ones (``follow``)."""
         from runstate.client._watch import events
 
@@ -391,8 +453,11 @@ async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Cli
             if run_replica:
                 from runstate.projections._runner import serve_replica
 
-                # Whoever owns the embedded server owns this store too (the server lock).
-                store = settings.data_dir / "views.sqlite3"
+                if embedded is not None:
+                    # Whoever owns the embedded server owns this store too (the server lock).
+                    store = settings.data_dir / "views.sqlite3"
+                else:
+                    store = await _replica_store(nc, settings)
                 async with anyio.create_task_group() as tg:
                     await tg.start(serve_replica, nc, settings, store)
                     try:
@@ -408,3 +473,16 @@ async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Cli
         if embedded is not None:
             await anyio.to_thread.run_sync(embedded.stop)
 
+
+async def _replica_store(nc: NATS, settings: Settings) -> Path:
+    """The read store of an in-process replica of the server at ``settings.nats_url``.
+
+    One file per events stream, named after the stream's creation time: a
+    store must never resume from a checkpoint taken on another server (the
+    data directory is shared by every server a user connects to), or on a
+    stream that has since been deleted and made again.
+    """
+    info = await nc.jetstream().stream_info(Subjects(settings.prefix).events_stream)
+    created = info.created.isoformat() if info.created is not None else settings.nats_url
+    digest = hashlib.sha256(f"{settings.prefix}|{created}".encode()).hexdigest()[:16]
+    return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"

@@ -19,7 +19,7 @@ class _Default:
 
 DEFAULT: Final = _Default()
 
-_current: str | None | _Default = DEFAULT
+_current: str | _Default | None = DEFAULT
 _default_user: str | None = None
 
 

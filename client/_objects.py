@@ -242,8 +242,11 @@ class Run(_Object):
         """A newer snapshot of this run."""
         return await self._client.run(self.pathspec, after=after)
 
-    async def wait(self, timeout: float | None = None) -> Run:
-        """Wait until the run finishes (completed, failed, cancelled or crashed); return it."""
+    async def wait(self, timeout: float | None = None) -> Run:  # noqa: ASYNC109 - Metaflow's shape
+        """Wait until the run finishes (completed, failed, cancelled or crashed); return it.
+
+        Raises ``Timeout`` if it has not finished after ``timeout`` seconds.
+        """
         from runstate.client._watch import wait_for_run
 
         return await wait_for_run(self._client, self.pathspec, timeout)
@@ -466,7 +469,8 @@ class Task(_Object):
 
     @property
     def artifacts(self) -> list[DataArtifact]:
-        return [DataArtifact(self._client, a) for a in self.view.artifacts_of(self._attempt).values()]
+        artifacts = self.view.artifacts_of(self._attempt).values()
+        return [DataArtifact(self._client, a) for a in artifacts]
 
     def __getitem__(self, name: str) -> DataArtifact:
         artifact = self.view.artifacts_of(self._attempt).get(name)
@@ -557,7 +561,7 @@ def _decode_inline(view: ArtifactView, trust_pickles: bool) -> Any:
             f"artifact {view.name} is a pickle and this client does not trust pickles; "
             "set trust_pickles=True only for stores you trust"
         )
-    return pickle.loads(base64.b64decode(str(view.inline)))  # noqa: S301 - gated above
+    return pickle.loads(base64.b64decode(str(view.inline)))  # gated by trust_pickles above
 
 
 class Data:

@@ -11,14 +11,13 @@ resumes after the last sequence it delivered.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import nats.errors
 import nats.js.errors
-
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -84,7 +83,7 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One step of a watch: the event applied (None for the first snapshot) and the views after it."""
+    """One step of a watch: the event applied (None for the snapshot) and the views after it."""
 
     event: Event | None
     position: Position
@@ -125,7 +124,9 @@ class Change:
         return None
 
 
-async def _snapshot(client: Client, path: Pathspec, as_of: int) -> dict[ViewKey, RunView | TaskView]:
+async def _snapshot(
+    client: Client, path: Pathspec, as_of: int
+) -> dict[ViewKey, RunView | TaskView]:
     from runstate.client._objects import Run, Task
 
     views: dict[ViewKey, RunView | TaskView] = {}
@@ -194,7 +195,7 @@ class _Consumer:
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                 opt_start_seq=max(1, self._start),
-                idle_heartbeat=2.0,
+                idle_heartbeat=1.0,  # a lost consumer is remade after two missed beats
                 flow_control=True,
             ),
             pending_msgs_limit=1_000_000,
@@ -204,13 +205,23 @@ class _Consumer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         with anyio.CancelScope(shield=True):
-            if self._sub is not None:
-                try:
-                    await self._sub.unsubscribe()
-                except (nats.errors.Error, nats.js.errors.Error):
-                    pass
             self.send.close()
             self.receive.close()
+            if self._sub is None:
+                return
+            try:
+                await self._sub.unsubscribe()
+            except (nats.errors.Error, nats.js.errors.Error):
+                pass
+            # Delete the server's consumer now rather than when its inactivity
+            # threshold runs out; bounded, so a lost connection cannot hold us here.
+            with anyio.move_on_after(self._client.settings.request_timeout):
+                try:
+                    await self._client.nc.jetstream().delete_consumer(
+                        self._client.subjects.events_stream, self._sub._consumer
+                    )
+                except (nats.errors.Error, nats.js.errors.Error):
+                    pass
 
 
 def _sequence(msg: Msg) -> int:
@@ -227,6 +238,7 @@ def watch(client: Client, pathspec: str) -> Subscription[Change]:
 
 async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
     path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
+    namespace = client.namespace
     as_of = int((await client.status())["applied"])
     views = await _snapshot(client, path, as_of)
     subject = client.subjects.for_pathspec(path)
@@ -248,7 +260,7 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
                 position = (seq, index)
                 changed = []
                 for key in touched(event):
-                    if key not in views and not _creates(event, key, path):
+                    if key not in views and not _creates(event, key, path, namespace):
                         continue
                     if not _in_scope(path, key) and key not in views:
                         continue
@@ -264,20 +276,28 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
                     yield Change(event, position, dict(views), tuple(changed))
 
 
-def _creates(event: Event, key: ViewKey, path: Pathspec) -> bool:
+def _creates(event: Event, key: ViewKey, path: Pathspec, namespace: str | None) -> bool:
+    """Whether ``event`` creates a view this watch should start following."""
     if key[0] == "run" and isinstance(event, RunCreated):
+        payload = event.payload
+        if namespace is not None and namespace not in (*payload.tags, *payload.system_tags):
+            return False  # the snapshot would not have shown it either
         return _in_scope(path, key) or path.run is None
     if key[0] == "task" and isinstance(event, TaskCreated) and key[1] == event.pathspec:
         return _in_scope(path, key)
     return False
 
 
-def events(client: Client, pathspec: str, *, since: int = 1, follow: bool = True) -> Subscription[EventRecord]:
+def events(
+    client: Client, pathspec: str, *, since: int = 1, follow: bool = True
+) -> Subscription[EventRecord]:
     """See ``Client.events``."""
     return Subscription(_events(client, pathspec, since, follow))
 
 
-async def _events(client: Client, pathspec: str, since: int, follow: bool) -> AsyncGenerator[EventRecord, None]:
+async def _events(
+    client: Client, pathspec: str, since: int, follow: bool
+) -> AsyncGenerator[EventRecord, None]:
     path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
     subject = client.subjects.for_pathspec(path)
     if not follow:
@@ -300,7 +320,9 @@ async def _events(client: Client, pathspec: str, since: int, follow: bool) -> As
                 yield EventRecord(seq, index, msg.subject, event)
 
 
-async def wait_for_run(client: Client, pathspec: str, timeout: float | None) -> Run:
+async def wait_for_run(
+    client: Client, pathspec: str, timeout: float | None  # noqa: ASYNC109 - Run.wait's
+) -> Run:
     """Watch the run until it is finished; ``Timeout`` if ``timeout`` passes first."""
     from runstate.client._objects import Run
 

@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from runstate.client import _objects as aio
-from runstate.client._client import Client, connect as _connect
+from runstate.client._client import Client
+from runstate.client._client import connect as _connect
 from runstate.client._namespace import default_namespace, get_namespace, namespace
 from runstate.engine._events import ExceptionInfo
-
 from runstate.projections._views import MetadataView
 
 __all__ = [
@@ -208,12 +208,18 @@ class Run(_Wrapper):
         task = _call(self._obj.end_task)
         return Task._wrap(task) if task is not None else None
 
-    @property
-    def steps(self) -> list[Step]:
-        return [Step._wrap(s) for s in _call(self._obj.steps)]
+    def steps(self, *tags: str) -> Iterator[Step]:
+        """The run's steps in the order they began (Metaflow's ``run.steps(*tags)``).
+
+        Steps carry their run's tags, so with ``tags`` the steps come only if
+        the run has every one of them.
+        """
+        if not set(tags) <= self._obj.tags:
+            return iter(())
+        return iter([Step._wrap(s) for s in _call(self._obj.steps)])
 
     def __iter__(self) -> Iterator[Step]:
-        return iter(self.steps)
+        return self.steps()
 
     def __getitem__(self, step: str) -> Step:
         return Step._wrap(_call(self._obj.step, step))
@@ -263,6 +269,12 @@ class Step(_Wrapper):
         task = _call(self._obj.task)
         return Task._wrap(task) if task is not None else None
 
+    @property
+    def environment_info(self) -> dict[str, Any]:
+        """The execution environment of the step's (first) task, as in Metaflow."""
+        task = self.task
+        return task.environment_info if task is not None else {}
+
     def tasks(self, state: str | None = None) -> list[Task]:
         return [Task._wrap(t) for t in _call(self._obj.tasks, state)]
 
@@ -276,7 +288,9 @@ class Step(_Wrapper):
 class Task(_Wrapper):
     """A task: ``Task('Train/42/train/7', attempt=0)``; ``task.data.accuracy``."""
 
-    def __init__(self, pathspec: str, attempt: int | None = None, _obj: aio.Task | None = None) -> None:
+    def __init__(
+        self, pathspec: str, attempt: int | None = None, _obj: aio.Task | None = None
+    ) -> None:
         if _obj is None:
             _obj = _call(lambda: _session.async_client.task(pathspec, attempt=attempt))
         self._obj = _obj
@@ -314,6 +328,12 @@ class Task(_Wrapper):
     @property
     def child_tasks(self) -> list[Task]:
         return [Task._wrap(t) for t in _call(self._obj.child_tasks)]
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """The tags of the task's run (in Metaflow a task carries its run's tags)."""
+        run = _call(_session.async_client.run, self._obj.run_pathspec)
+        return run.tags  # type: ignore[no-any-return]
 
     @property
     def metadata(self) -> list[MetadataView]:

@@ -105,7 +105,7 @@ class Projector:
     def store(self) -> ReadStore:
         return self._store
 
-    async def wait_for(self, sequence: int, timeout: float = 5.0) -> None:
+    async def wait_for(self, sequence: int, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - the bound is the API
         """Return once ``sequence`` is applied; ``Timeout`` after ``timeout`` seconds."""
         if self.applied >= sequence:
             return

@@ -35,8 +35,8 @@ view only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -69,7 +69,7 @@ from runstate.projections._views import (
     TaskView,
 )
 
-__all__ = ["ViewKey", "fold", "fold_run", "fold_task", "touched"]
+__all__ = ["ViewKey", "fold", "fold_run", "fold_task", "fold_view", "touched"]
 
 #: ("run", run pathspec) or ("task", task pathspec)
 ViewKey = tuple[str, str]
@@ -84,6 +84,8 @@ _RUNNING = TaskState.RUNNING
 
 # -- helpers -----------------------------------------------------------------
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 _setattr = object.__setattr__
 
 
@@ -94,7 +96,7 @@ def _replace(model: _M, update: dict[str, Any]) -> _M:
     private attributes, which views are; it runs several times per event.
     """
     cls = type(model)
-    new = cls.__new__(cls)
+    new = object.__new__(cls)
     values = model.__dict__.copy()
     values.update(update)
     fields_set = model.__pydantic_fields_set__
@@ -105,6 +107,21 @@ def _replace(model: _M, update: dict[str, Any]) -> _M:
     _setattr(new, "__pydantic_fields_set__", fields_set)
     _setattr(new, "__pydantic_private__", None)
     return new
+
+
+# Blank views that new ones are made from with ``_replace``: an event's
+# payload was validated when it was decoded, so a view made from it need not
+# be validated again (that would cost more than the rest of the fold).
+_BLANK_RUN = RunView(pathspec="", flow="", run_id="", state=RunState.PENDING, created_at=_EPOCH)
+_BLANK_STEP = StepSummary(name="", created_at=_EPOCH)
+_BLANK_TASK = TaskView(
+    pathspec="", flow="", run_id="", step="", task_id="", state=_PENDING, created_at=_EPOCH
+)
+_BLANK_ATTEMPT = AttemptView(attempt=0, state=_PENDING, created_at=_EPOCH)
+_BLANK_ARTIFACT = ArtifactView(
+    name="", task="", attempt=0, sha256="", size=0, codec="json", created_at=_EPOCH, sequence=0
+)
+_BLANK_METADATA = MetadataView(name="", value="", type="str", attempt=0, created_at=_EPOCH)
 
 
 def _reject(view: _V, event: Event, position: Position, reason: str) -> _V:
@@ -133,24 +150,13 @@ def fold_run(view: RunView | None, event: Event, position: Position) -> RunView 
     changes; artifacts, metadata and heartbeats do not change it.
     """
     if view is None:
-        if isinstance(event, RunCreated):
+        if type(event) is RunCreated:
             return _create_run(event, position)
         return None
     if position <= view.position:
         return view
-    if isinstance(event, TaskAttemptStateChanged):
-        return _run_task_state(view, event, position)
-    if isinstance(event, TaskCreated):
-        return _run_task_created(view, event, position)
-    if event.pathspec != view.pathspec:
-        return view
-    if isinstance(event, RunStateChanged):
-        return _run_state(view, event, position)
-    if isinstance(event, RunTagsChanged):
-        return _run_tags(view, event, position)
-    if isinstance(event, RunCreated):
-        return _reject(view, event, position, f"{view.pathspec}: the run exists already")
-    return view
+    step = _RUN_STEPS.get(type(event))
+    return view if step is None else step(view, event, position)
 
 
 def _create_run(event: RunCreated, position: Position) -> RunView | None:
@@ -164,32 +170,37 @@ def _create_run(event: RunCreated, position: Position) -> RunView | None:
         return None
     flow, run_id = pathspec.split("/")
     occurred_at = event.occurred_at
-    return RunView(
-        pathspec=pathspec,
-        flow=flow,
-        run_id=run_id,
-        run_number=int(run_id) if run_id.isascii() and run_id.isdigit() else None,
-        state=payload.state,
-        label=None,
-        message=None,
-        created_at=occurred_at,
-        started_at=occurred_at if payload.state is RunState.RUNNING else None,
-        finished_at=None,
-        user=payload.user,
-        tags=frozenset(payload.tags),
-        system_tags=frozenset(payload.system_tags),
-        parameters=payload.parameters,
-        script_name=payload.script_name,
-        scheduled_at=payload.scheduled_at,
-        idempotency_key=payload.idempotency_key,
-        steps=(),
-        end_task=None,
-        rejected=(),
-        position=position,
+    return _replace(
+        _BLANK_RUN,
+        {
+            "pathspec": pathspec,
+            "flow": flow,
+            "run_id": run_id,
+            "run_number": int(run_id) if run_id.isascii() and run_id.isdigit() else None,
+            "state": payload.state,
+            "created_at": occurred_at,
+            "started_at": occurred_at if payload.state is RunState.RUNNING else None,
+            "user": payload.user,
+            "tags": frozenset(payload.tags),
+            "system_tags": frozenset(payload.system_tags),
+            "parameters": payload.parameters,
+            "script_name": payload.script_name,
+            "scheduled_at": payload.scheduled_at,
+            "idempotency_key": payload.idempotency_key,
+            "position": position,
+        },
     )
 
 
+def _run_created_again(view: RunView, event: RunCreated, position: Position) -> RunView:
+    if event.pathspec != view.pathspec:
+        return view
+    return _reject(view, event, position, f"{view.pathspec}: the run exists already")
+
+
 def _run_state(view: RunView, event: RunStateChanged, position: Position) -> RunView:
+    if event.pathspec != view.pathspec:
+        return view
     payload = event.payload
     new = payload.state
     try:
@@ -212,6 +223,8 @@ def _run_state(view: RunView, event: RunStateChanged, position: Position) -> Run
 
 
 def _run_tags(view: RunView, event: RunTagsChanged, position: Position) -> RunView:
+    if event.pathspec != view.pathspec:
+        return view
     payload = event.payload
     tags = set(view.tags if payload.replace is None else payload.replace)
     tags.update(payload.add)
@@ -222,11 +235,14 @@ def _run_tags(view: RunView, event: RunTagsChanged, position: Position) -> RunVi
 
 
 def _step_index(view: RunView, event_pathspec: str) -> tuple[int, str, str] | None:
-    """Where the step of a task event of this run is in ``view.steps`` (-1: not yet)."""
-    parts = _split_task(event_pathspec)
-    if parts is None or parts[0] != view.pathspec:
+    """(index in ``view.steps`` or -1 if new, step, task id) of a task event of this run."""
+    prefix = view.pathspec + "/"
+    if not event_pathspec.startswith(prefix):
         return None
-    _, step, task_id = parts
+    parts = event_pathspec[len(prefix) :].split("/")
+    if len(parts) != 2:
+        return None
+    step, task_id = parts
     for i, summary in enumerate(view.steps):
         if summary.name == step:
             return i, step, task_id
@@ -239,11 +255,13 @@ def _run_task_created(view: RunView, event: TaskCreated, position: Position) -> 
         return view
     i, step, task_id = where
     if i < 0:
-        summary = StepSummary(
-            name=step,
-            created_at=event.occurred_at,
-            finished_at=None,
-            task_states={task_id: _PENDING},
+        summary = _replace(
+            _BLANK_STEP,
+            {
+                "name": step,
+                "created_at": event.occurred_at,
+                "task_states": {task_id: _PENDING},
+            },
         )
         steps = (*view.steps, summary)
     else:
@@ -284,8 +302,10 @@ def _run_task_state(view: RunView, event: TaskAttemptStateChanged, position: Pos
         return view
     states = {**summary.task_states, task_id: new}
     finished_at: datetime | None = None
-    # Newest tasks are the likeliest to be unfinished, so look at them first.
-    if new in _TERMINAL_TASK and all(s in _TERMINAL_TASK for s in reversed(states.values())):
+    # The newest tasks are the likeliest to be unfinished, so look at them first.
+    if new in _TERMINAL_TASK and not any(
+        s is _PENDING or s is _RUNNING for s in reversed(states.values())
+    ):
         finished_at = event.occurred_at
     summary = _replace(summary, {"task_states": states, "finished_at": finished_at})
     steps = (*view.steps[:i], summary, *view.steps[i + 1 :])
@@ -306,28 +326,21 @@ def fold_task(view: TaskView | None, event: Event, position: Position) -> TaskVi
     the task does not have yet is rejected.
     """
     if view is None:
-        if isinstance(event, TaskCreated):
+        if type(event) is TaskCreated:
             return _create_task(event, position)
         return None
     if position <= view.position:
         return view
-    if event.pathspec != view.pathspec:
-        if (
-            isinstance(event, TaskCreated)
-            and view.pathspec in event.payload.parent_tasks
-            and event.pathspec not in view.child_tasks
-        ):
-            children = (*view.child_tasks, event.pathspec)
-            return _replace(view, {"child_tasks": children, "position": position})
-        return view
-    if isinstance(event, TaskAttemptStateChanged):
-        return _task_state(view, event, position)
-    if isinstance(event, ArtifactsRecorded):
-        return _task_artifacts(view, event, position)
-    if isinstance(event, MetadataRecorded):
-        return _task_metadata(view, event, position)
-    if isinstance(event, TaskCreated):
+    step = _TASK_STEPS.get(type(event))
+    return view if step is None else step(view, event, position)
+
+
+def _task_created(view: TaskView, event: TaskCreated, position: Position) -> TaskView:
+    if event.pathspec == view.pathspec:
         return _reject(view, event, position, f"{view.pathspec}: the task exists already")
+    if view.pathspec in event.payload.parent_tasks and event.pathspec not in view.child_tasks:
+        children = (*view.child_tasks, event.pathspec)
+        return _replace(view, {"child_tasks": children, "position": position})
     return view
 
 
@@ -340,44 +353,30 @@ def _create_task(event: TaskCreated, position: Position) -> TaskView | None:
     flow, run_id = run.split("/")
     payload = event.payload
     occurred_at = event.occurred_at
-    first = AttemptView(
-        attempt=0,
-        state=_PENDING,
-        label=None,
-        message=None,
-        created_at=occurred_at,
-        started_at=None,
-        finished_at=None,
-        exception=None,
-    )
-    return TaskView(
-        pathspec=pathspec,
-        flow=flow,
-        run_id=run_id,
-        step=step,
-        task_id=task_id,
-        state=_PENDING,
-        label=None,
-        message=None,
-        attempt=0,
-        attempts=(first,),
-        created_at=occurred_at,
-        started_at=None,
-        finished_at=None,
-        foreach_index=payload.foreach_index,
-        foreach_stack=tuple(payload.foreach_stack),
-        parent_tasks=tuple(payload.parent_tasks),
-        child_tasks=(),
-        runtime_name=payload.runtime_name,
-        environment_info=payload.environment_info,
-        metadata=(),
-        artifacts=(),
-        rejected=(),
-        position=position,
+    first = _replace(_BLANK_ATTEMPT, {"created_at": occurred_at})
+    return _replace(
+        _BLANK_TASK,
+        {
+            "pathspec": pathspec,
+            "flow": flow,
+            "run_id": run_id,
+            "step": step,
+            "task_id": task_id,
+            "attempts": (first,),
+            "created_at": occurred_at,
+            "foreach_index": payload.foreach_index,
+            "foreach_stack": tuple(payload.foreach_stack),
+            "parent_tasks": tuple(payload.parent_tasks),
+            "runtime_name": payload.runtime_name,
+            "environment_info": payload.environment_info,
+            "position": position,
+        },
     )
 
 
 def _task_state(view: TaskView, event: TaskAttemptStateChanged, position: Position) -> TaskView:
+    if event.pathspec != view.pathspec:
+        return view
     payload = event.payload
     new = payload.state
     attempt = view.attempt if event.attempt is None else event.attempt
@@ -387,15 +386,18 @@ def _task_state(view: TaskView, event: TaskAttemptStateChanged, position: Positi
         return _reject(view, event, position, str(exc))
     occurred_at = event.occurred_at
     if attempt != view.attempt:  # a retry: the machine made it the next one, pending
-        latest = AttemptView(
-            attempt=attempt,
-            state=new,
-            label=payload.label,
-            message=payload.message,
-            created_at=occurred_at,
-            started_at=None,
-            finished_at=None,
-            exception=payload.exception,
+        latest = _replace(
+            _BLANK_ATTEMPT,
+            {
+                "attempt": attempt,
+                "state": new,
+                "label": payload.label,
+                "message": payload.message,
+                "created_at": occurred_at,
+                "started_at": None,
+                "finished_at": None,
+                "exception": payload.exception,
+            },
         )
         attempts = (*view.attempts, latest)
     else:
@@ -434,6 +436,8 @@ def _attempt_of(view: TaskView, event: ArtifactsRecorded | MetadataRecorded) -> 
 
 
 def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position) -> TaskView:
+    if event.pathspec != view.pathspec:
+        return view
     attempt = _attempt_of(view, event)
     if attempt is None:
         return _reject(
@@ -453,17 +457,20 @@ def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position
             continue
         seen.add(key)
         added.append(
-            ArtifactView(
-                name=record.name,
-                task=view.pathspec,
-                attempt=attempt,
-                sha256=record.sha256,
-                size=record.size,
-                codec=record.codec,
-                created_at=event.occurred_at,
-                sequence=sequence,
-                inline=record.inline,
-                ref=record.ref,
+            _replace(
+                _BLANK_ARTIFACT,
+                {
+                    "name": record.name,
+                    "task": view.pathspec,
+                    "attempt": attempt,
+                    "sha256": record.sha256,
+                    "size": record.size,
+                    "codec": record.codec,
+                    "created_at": event.occurred_at,
+                    "sequence": sequence,
+                    "inline": record.inline,
+                    "ref": record.ref,
+                },
             )
         )
     if not added:
@@ -472,6 +479,8 @@ def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position
 
 
 def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) -> TaskView:
+    if event.pathspec != view.pathspec:
+        return view
     attempt = _attempt_of(view, event)
     if attempt is None:
         return _reject(
@@ -482,19 +491,47 @@ def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) 
         return view
     occurred_at = event.occurred_at
     added = tuple(
-        MetadataView(
-            name=entry.name,
-            value=entry.value,
-            type=entry.type,
-            attempt=attempt,
-            created_at=occurred_at,
+        _replace(
+            _BLANK_METADATA,
+            {
+                "name": entry.name,
+                "value": entry.value,
+                "type": entry.type,
+                "attempt": attempt,
+                "created_at": occurred_at,
+            },
         )
         for entry in entries
     )
     return _replace(view, {"metadata": (*view.metadata, *added), "position": position})
 
 
+_RUN_STEPS: dict[type[Any], Callable[[RunView, Any, Position], RunView]] = {
+    TaskAttemptStateChanged: _run_task_state,
+    TaskCreated: _run_task_created,
+    RunStateChanged: _run_state,
+    RunTagsChanged: _run_tags,
+    RunCreated: _run_created_again,
+}
+_TASK_STEPS: dict[type[Any], Callable[[TaskView, Any, Position], TaskView]] = {
+    TaskAttemptStateChanged: _task_state,
+    ArtifactsRecorded: _task_artifacts,
+    MetadataRecorded: _task_metadata,
+    TaskCreated: _task_created,
+}
+
 # -- routing ---------------------------------------------------------------------
+
+# Which views an event type concerns: its run, its task, or both (and parents).
+_ROUTES: dict[type[Any], str] = {
+    RunCreated: "run",
+    RunStateChanged: "run",
+    RunTagsChanged: "run",
+    TaskCreated: "run+task",
+    TaskAttemptStateChanged: "run+task",
+    ArtifactsRecorded: "task",
+    MetadataRecorded: "task",
+}
 
 
 def touched(event: Event) -> list[ViewKey]:
@@ -506,23 +543,43 @@ def touched(event: Event) -> list[ViewKey]:
     task; heartbeats and malformed pathspecs touch nothing. Any view not
     listed is one ``fold_run``/``fold_task`` would return unchanged.
     """
+    route = _ROUTES.get(type(event))
     pathspec = event.pathspec
-    if isinstance(event, RunCreated | RunStateChanged | RunTagsChanged):
+    if route is None:
+        return []
+    if route == "run":
         return [("run", pathspec)] if pathspec.count("/") == 1 else []
-    if isinstance(event, ArtifactsRecorded | MetadataRecorded):
-        return [("task", pathspec)] if pathspec.count("/") == 3 else []
-    if not isinstance(event, TaskCreated | TaskAttemptStateChanged):
+    if pathspec.count("/") != 3:
         return []
-    parts = _split_task(pathspec)
-    if parts is None:
-        return []
-    keys: list[ViewKey] = [("run", parts[0]), ("task", pathspec)]
-    if isinstance(event, TaskCreated):
+    if route == "task":
+        return [("task", pathspec)]
+    keys: list[ViewKey] = [("run", pathspec.rsplit("/", 2)[0]), ("task", pathspec)]
+    if type(event) is TaskCreated:
         for parent in event.payload.parent_tasks:
             key = ("task", parent)
             if key not in keys:
                 keys.append(key)
     return keys
+
+
+def fold_view(
+    key: ViewKey, view: RunView | TaskView | None, event: Event, position: Position
+) -> RunView | TaskView | None:
+    """Fold one event into the view at ``key``, one of ``touched(event)``; return the next view.
+
+    ``fold_run`` or ``fold_task`` by the key's kind. A missing view (None) is
+    created only when ``key`` is the event's own entity: a ``TaskCreated``
+    does not create the view of a parent task it names.
+    """
+    if view is None:
+        if key[1] != event.pathspec:
+            return None
+        if key[0] == "run":
+            return fold_run(None, event, position)
+        return fold_task(None, event, position)
+    if isinstance(view, RunView):
+        return fold_run(view, event, position)
+    return fold_task(view, event, position)
 
 
 def fold(
@@ -536,13 +593,7 @@ def fold(
     for event, position in events:
         for key in touched(event):
             current = views.get(key)
-            if current is None and key[1] != event.pathspec:
-                continue  # a parent we do not hold: nothing to add a child to
-            new: RunView | TaskView | None
-            if key[0] == "run":
-                new = fold_run(current if isinstance(current, RunView) else None, event, position)
-            else:
-                new = fold_task(current if isinstance(current, TaskView) else None, event, position)
+            new = fold_view(key, current, event, position)
             if new is not None and new is not current:
                 views[key] = new
     return views

@@ -12,9 +12,13 @@ pinned by ``tests/test_store.py`` with EXPLAIN QUERY PLAN):
 
 - a run or task by pathspec: its primary key;
 - runs of a flow in sort order: ``runs_by_flow_<key>``, walked from the
-  cursor (keyset pagination, no OFFSET); without a flow ``runs_by_<key>``;
-- the latest (successful) run: ``runs_by_flow_state_created`` walked from
-  its newest end, so failed runs are never visited;
+  cursor (keyset pagination, no OFFSET); without a flow ``runs_by_<key>``
+  (but for ``run_number``: numbers count per flow, so across flows that
+  order is a sort of every run, not worth an index on every write);
+- the latest run: ``runs_by_flow_created_at`` from its newest end; the
+  latest successful run: ``runs_by_flow_state_created`` at state
+  ``completed``, so failed runs are never visited (in a namespace, the same
+  through ``run_tags_by_flow`` and ``run_tags_by_flow_state``);
 - runs with a tag or in a namespace: ``run_tags`` (one row per user or
   system tag, carrying the flow, state and created time) walked by tag (and
   flow, and state) in creation order, so "the first page of the production
@@ -24,6 +28,10 @@ pinned by ``tests/test_store.py`` with EXPLAIN QUERY PLAN):
   ``created_at``, the tag's runs are sorted in a temporary b-tree;
 - tasks of a step: ``tasks_in_order`` (run, step, foreach index, task
   number, task id), the task order.
+
+``commit`` reads the indexed columns of the rows it is about to replace
+and writes only what changed, so the most common update, a run whose step
+summary moved on, rewrites the run's JSON and no index entry.
 
 A value that is missing (a run not finished, a run or task id that is not a
 number, a task outside a foreach) is stored as ``MISSING``, the smallest
@@ -39,10 +47,12 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
+import orjson
 from pydantic import JsonValue
 
 from runstate.engine._states import RunState
@@ -99,7 +109,6 @@ CREATE INDEX runs_by_flow_run_number ON runs (flow, run_number, pathspec);
 CREATE INDEX runs_by_created_at ON runs (created_at, run_number, pathspec);
 CREATE INDEX runs_by_finished_at ON runs (finished_at, pathspec);
 CREATE INDEX runs_by_duration ON runs (duration, pathspec);
-CREATE INDEX runs_by_run_number ON runs (run_number, pathspec);
 
 CREATE TABLE run_tags (
     pathspec TEXT NOT NULL,
@@ -111,7 +120,8 @@ CREATE TABLE run_tags (
     PRIMARY KEY (pathspec, tag)
 ) WITHOUT ROWID;
 CREATE INDEX run_tags_by_flow ON run_tags (tag, flow, created_at, run_number, pathspec);
-CREATE INDEX run_tags_by_flow_state ON run_tags (tag, flow, state, created_at, run_number, pathspec);
+CREATE INDEX run_tags_by_flow_state
+    ON run_tags (tag, flow, state, created_at, run_number, pathspec);
 CREATE INDEX run_tags_by_created_at ON run_tags (tag, created_at, run_number, pathspec);
 
 CREATE TABLE run_params (
@@ -159,24 +169,31 @@ CREATE TABLE deadletters (
 
 _TABLES = ("meta", "runs", "run_tags", "run_params", "tasks", "flows", "deadletters")
 
-_UPSERT_RUN = """
-INSERT INTO runs (pathspec, flow, run_id, run_number, state, user, created_at, finished_at,
-                  duration, json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (pathspec) DO UPDATE SET
-    run_number = excluded.run_number, state = excluded.state, user = excluded.user,
-    created_at = excluded.created_at, finished_at = excluded.finished_at,
-    duration = excluded.duration, json = excluded.json
-"""
 
-_UPSERT_TASK = """
-INSERT INTO tasks (pathspec, run, step, task_id, state, foreach_index, task_number, created_at,
-                   json)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (pathspec) DO UPDATE SET
-    state = excluded.state, foreach_index = excluded.foreach_index,
-    created_at = excluded.created_at, json = excluded.json
-"""
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """How ``commit`` writes a table: a row is its key, compared columns, then written ones."""
+
+    name: str
+    keys: tuple[str, ...]
+    compared: tuple[str, ...]
+    written: tuple[str, ...] = ()
+
+
+_RUNS = _Table(
+    "runs",
+    ("pathspec",),
+    ("flow", "run_id", "run_number", "state", "user", "created_at", "finished_at", "duration"),
+    ("json",),
+)
+_RUN_TAGS = _Table("run_tags", ("pathspec", "tag"), ("flow", "state", "created_at", "run_number"))
+_RUN_PARAMS = _Table("run_params", ("pathspec", "name"), ("value",))
+_TASKS = _Table(
+    "tasks",
+    ("pathspec",),
+    ("run", "step", "task_id", "state", "foreach_index", "task_number", "created_at"),
+    ("json",),
+)
 
 #: sort key -> the columns that order it, ending in a unique one
 _RUN_ORDER: dict[str, tuple[str, ...]] = {
@@ -258,7 +275,8 @@ class ReadStore:
         try:
             yield
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # some errors end the transaction themselves
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
@@ -295,39 +313,36 @@ class ReadStore:
         ``deadletters`` are (sequence, subject, reason, data) of messages
         that could not be applied.
         """
-        latest_runs = {view.pathspec: view for view in runs}
-        latest_tasks = {view.pathspec: view for view in tasks}
-        run_rows = []
-        tag_rows = []
-        param_rows = []
-        for view in latest_runs.values():
+        run_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        tag_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        param_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        # the last view of a run in the batch wins, with its own tags and parameters
+        for view in {view.pathspec: view for view in runs}.values():
             row = _run_row(view)
-            run_rows.append(row)
-            pathspec, flow, _, number, state, _, created = row[:7]
+            run_rows[(view.pathspec,)] = row
+            flow, _, number, state, _, created = row[:6]
             for tag in view.tags | view.system_tags:
-                tag_rows.append((pathspec, tag, flow, state, created, number))
+                tag_rows[(view.pathspec, tag)] = (flow, state, created, number)
             for name, value in view.parameters.items():
-                param_rows.append((pathspec, name, _canonical_json(value)))
-        task_rows = [_task_row(view) for view in latest_tasks.values()]
+                param_rows[(view.pathspec, name)] = (_canonical_json(value),)
+        task_rows = {(view.pathspec,): _task_row(view) for view in tasks}
         now = _micros(datetime.now(UTC))
-        dead_rows = [(seq, subject, reason, data, now) for seq, subject, reason, data in deadletters]
-        stale = [(pathspec,) for pathspec in latest_runs]
+        dead_rows = [
+            (seq, subject, reason, data, now) for seq, subject, reason, data in deadletters
+        ]
+        run_pathspecs = [key[0] for key in run_rows]
         conn = self._writer
         with self._write_lock, self._transaction(conn):
-            if run_rows:
-                conn.executemany(_UPSERT_RUN, run_rows)
-                conn.executemany("DELETE FROM run_tags WHERE pathspec = ?", stale)
-                conn.executemany("DELETE FROM run_params WHERE pathspec = ?", stale)
-                conn.executemany(
-                    "INSERT INTO run_tags (pathspec, tag, flow, state, created_at, run_number) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    tag_rows,
-                )
-                conn.executemany(
-                    "INSERT INTO run_params (pathspec, name, value) VALUES (?, ?, ?)", param_rows
-                )
-            if task_rows:
-                conn.executemany(_UPSERT_TASK, task_rows)
+            # rows are compared with what is stored so only changed columns are written:
+            # most run updates change the JSON alone and then touch no index
+            for table, rows, pathspecs in (
+                (_RUNS, run_rows, run_pathspecs),
+                (_RUN_TAGS, tag_rows, run_pathspecs),
+                (_RUN_PARAMS, param_rows, run_pathspecs),
+                (_TASKS, task_rows, [key[0] for key in task_rows]),
+            ):
+                if pathspecs:
+                    _sync(conn, table, _stored(conn, table, pathspecs), rows)
             if dead_rows:
                 conn.executemany(
                     "INSERT OR REPLACE INTO deadletters (sequence, subject, reason, data, at) "
@@ -494,19 +509,8 @@ class ReadStore:
 
     def list_tasks_json(self, q: TaskQuery) -> tuple[list[bytes], str | None]:
         """One page of ``q`` as the stored JSON of each task, and the cursor of the next page."""
-        where = ["run = ?", "step = ?"]
-        args: list[Any] = [q.run, q.step]
-        if q.state:
-            where.append(f"state IN ({', '.join('?' * len(q.state))})")
-            args += [state.value for state in q.state]
-        if q.cursor is not None:
-            where.append("(foreach_index, task_number, task_id) > (?, ?, ?)")
-            args += decode_cursor(q.cursor, _TASK_SORT, len(_TASK_ORDER))
-        sql = (
-            f"SELECT json, {', '.join(_TASK_ORDER)} FROM tasks WHERE {' AND '.join(where)} "
-            f"ORDER BY {', '.join(_TASK_ORDER)} LIMIT ?"
-        )
-        return self._page(sql, [*args, q.limit + 1], q.limit, _TASK_SORT)
+        sql, args = _tasks_sql(q)
+        return self._page(sql, args, q.limit, _TASK_SORT)
 
     def list_tasks(self, q: TaskQuery) -> Page[TaskView]:
         """One page of the tasks of a step, in task order (see ``TaskQuery``)."""
@@ -540,6 +544,60 @@ class ReadStore:
             DeadLetter(sequence=seq, subject=subject, reason=reason, data=data, at=_time(at))
             for seq, subject, reason, data, at in rows
         ]
+
+
+def _stored(
+    conn: sqlite3.Connection, table: _Table, pathspecs: list[str]
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The key and compared columns of the stored rows of ``pathspecs``."""
+    columns = ", ".join(table.keys + table.compared)
+    width = len(table.keys)
+    stored: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for start in range(0, len(pathspecs), _CHUNK):
+        chunk = pathspecs[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT {columns} FROM {table.name} WHERE pathspec IN ({marks})", chunk
+        ):
+            stored[row[:width]] = row[width:]
+    return stored
+
+
+def _sync(
+    conn: sqlite3.Connection,
+    table: _Table,
+    stored: dict[tuple[Any, ...], tuple[Any, ...]],
+    rows: dict[tuple[Any, ...], tuple[Any, ...]],
+) -> None:
+    """Make the table's rows of these pathspecs ``rows``: insert, delete, update what changed.
+
+    An update sets only the compared columns that differ (and the written
+    ones), so SQLite rewrites only the indexes over those columns.
+    """
+    columns = table.compared + table.written
+    compared = range(len(table.compared))
+    always = tuple(range(len(table.compared), len(columns)))
+    match = " AND ".join(f"{key} = ?" for key in table.keys)
+    inserts = []
+    updates: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+    for key, values in rows.items():
+        old = stored.get(key)
+        if old is None:
+            inserts.append(key + values)
+            continue
+        changed = tuple(i for i in compared if old[i] != values[i]) + always
+        if changed:
+            updates.setdefault(changed, []).append(tuple(values[i] for i in changed) + key)
+    deletes = [key for key in stored if key not in rows]
+    if deletes:
+        conn.executemany(f"DELETE FROM {table.name} WHERE {match}", deletes)
+    if inserts:
+        names = ", ".join(table.keys + columns)
+        marks = ", ".join("?" * (len(table.keys) + len(columns)))
+        conn.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", inserts)
+    for changed, params in updates.items():
+        assignments = ", ".join(f"{columns[i]} = ?" for i in changed)
+        conn.executemany(f"UPDATE {table.name} SET {assignments} WHERE {match}", params)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -578,6 +636,7 @@ def _task_number(task_id: str) -> int:
 
 
 def _run_row(view: RunView) -> tuple[Any, ...]:
+    """The columns of ``_RUNS`` after the key."""
     created = _micros(view.created_at)
     if view.finished_at is None:
         finished = duration = MISSING
@@ -585,7 +644,6 @@ def _run_row(view: RunView) -> tuple[Any, ...]:
         finished = _micros(view.finished_at)
         duration = finished - _micros(view.started_at or view.created_at)
     return (
-        view.pathspec,
         view.flow,
         view.run_id,
         _number(view.run_number),
@@ -599,8 +657,8 @@ def _run_row(view: RunView) -> tuple[Any, ...]:
 
 
 def _task_row(view: TaskView) -> tuple[Any, ...]:
+    """The columns of ``_TASKS`` after the key."""
     return (
-        view.pathspec,
         f"{view.flow}/{view.run_id}",
         view.step,
         view.task_id,
@@ -614,7 +672,11 @@ def _task_row(view: TaskView) -> tuple[Any, ...]:
 
 def _canonical_json(value: JsonValue) -> str:
     """One text per JSON value, so parameters compare by equality of text (``1.0`` is ``1``)."""
-    return json.dumps(_normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    normal = _normalize(value)
+    try:
+        return orjson.dumps(normal, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits
+        return json.dumps(normal, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _normalize(value: JsonValue) -> JsonValue:
@@ -659,7 +721,9 @@ def _runs_sql(q: RunQuery) -> tuple[str, list[Any]]:
         where.append(f"{base}.state IN ({', '.join('?' * len(q.state))})")
         args += [state.value for state in q.state]
     for tag in tags:
-        where.append("EXISTS (SELECT 1 FROM run_tags AS x WHERE x.pathspec = r.pathspec AND x.tag = ?)")
+        where.append(
+            "EXISTS (SELECT 1 FROM run_tags AS x WHERE x.pathspec = r.pathspec AND x.tag = ?)"
+        )
         args.append(tag)
     if q.tags_any:
         marks = ", ".join("?" * len(q.tags_any))
@@ -699,5 +763,21 @@ def _runs_sql(q: RunQuery) -> tuple[str, list[Any]]:
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + f" ORDER BY {', '.join(f'{key} {direction}' for key in keys)} LIMIT ?"
     )
+    args.append(q.limit + 1)
+    return sql, args
+
+
+def _tasks_sql(q: TaskQuery) -> tuple[str, list[Any]]:
+    """The SELECT answering ``q``: the task's JSON then its order key, limit + 1 rows."""
+    where = ["run = ?", "step = ?"]
+    args: list[Any] = [q.run, q.step]
+    if q.state:
+        where.append(f"state IN ({', '.join('?' * len(q.state))})")
+        args += [state.value for state in q.state]
+    order = ", ".join(_TASK_ORDER)
+    if q.cursor is not None:
+        where.append(f"({order}) > (?, ?, ?)")
+        args += decode_cursor(q.cursor, _TASK_SORT, len(_TASK_ORDER))
+    sql = f"SELECT json, {order} FROM tasks WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
     args.append(q.limit + 1)
     return sql, args

@@ -75,7 +75,7 @@ async def test_writes_survive_a_node_killed_under_load(
 async def test_a_replica_on_the_cluster_answers_reads(
     nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:
-    """A projector replica on a clustered stream folds the log and answers through the query service."""
+    """A projector replica on clustered streams folds the log and answers queries."""
     settings = Settings(nats_url=nats_cluster.url, replicas=3)
     nc = await open_nats(settings)
     try:

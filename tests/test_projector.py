@@ -174,8 +174,8 @@ async def _replica(url: str, store: Path, **options: Any) -> AsyncIterator[Any]:
         await nc.close()
 
 
-async def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_until(predicate: Any, deadline_s: float, what: str) -> None:
+    deadline = time.monotonic() + deadline_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -185,7 +185,7 @@ async def _wait_until(predicate: Any, timeout: float, what: str) -> None:
 async def test_projector_killed_mid_apply_resumes_to_the_rebuilt_views(
     nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """kill -9 of a projector mid-log, then a restart, gives the views of a fresh rebuild row for row."""
+    """kill -9 of a projector mid-log, then a restart, equals a fresh rebuild row for row."""
     last = await _write_log(nats_url, runs=120, tasks=40)
     store = tmp_path / "killed.sqlite3"
     proc = _replica_process(nats_url, store)
@@ -232,7 +232,7 @@ async def test_two_replicas_answer_identically_and_survive_one_dying(
 async def test_malformed_messages_are_deadlettered_and_later_events_applied(
     nats_url: str, tmp_path: Path
 ) -> None:
-    """A malformed or foreign message on an events subject is set aside and never stops the projector."""
+    """A malformed or foreign message on an events subject is set aside; later events apply."""
     async with _replica(nats_url, tmp_path / "v.sqlite3") as replica:
         settings = Settings(nats_url=nats_url)
         nc = await open_nats(settings)
@@ -311,7 +311,7 @@ async def test_reaper_marks_a_killed_workers_task_crashed_once(
     nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """A task whose worker was killed is marked crashed, once, even with two reaping replicas."""
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
         [sys.executable, "-c", WORKER, nats_url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     processes.append(worker)
