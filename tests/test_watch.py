@@ -1,0 +1,414 @@
+"""Live subscriptions against a real nats-server: watch, events, run.wait, and clean exits.
+
+The central check: a watcher of a run sees each of the run's events exactly
+once and in log order, compared (as (sequence, index) positions) with the
+events read back from the stream, while 8 writers append concurrently, across
+a projector restart and across a NATS server restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from _workload import caught_up, drive_tasks, replica_client
+from nats.aio.client import Client as NATS
+
+from runstate.client import Change, Client, EventRecord, RunState, connect
+from runstate.engine._server import NatsServer
+from runstate.engine.errors import Timeout
+from runstate.projections import Replica, RunView, serve_replica
+
+pytestmark = pytest.mark.anyio
+
+Position = tuple[int, int]
+
+WRITERS = 8
+TASKS_PER_WRITER = 8
+
+
+@dataclass
+class Watcher:
+    """What one watcher of a run saw: its snapshot, every change after it, the final view."""
+
+    pathspec: str
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    snapshot: Change | None = None
+    seen: list[Position] = field(default_factory=list)
+    final: RunView | None = None
+
+    async def follow(self, client: Client) -> None:
+        """Watch the run until it is finished."""
+        async with client.watch(self.pathspec) as changes:
+            async for change in changes:
+                if change.event is None:
+                    self.snapshot = change
+                    self.ready.set()
+                    continue
+                self.seen.append(change.position)
+                view = change.views.get(("run", self.pathspec))
+                if isinstance(view, RunView) and view.finished:
+                    self.final = view
+                    break
+        self.done.set()
+
+    @property
+    def snapshot_position(self) -> Position:
+        assert self.snapshot is not None
+        view = self.snapshot.views.get(("run", self.pathspec))
+        return view.position if view is not None else (0, 0)
+
+
+async def positions(client: Client, pathspec: str) -> list[Position]:
+    """The (sequence, index) of every event of ``pathspec`` in the stream, oldest first."""
+    async with client.events(pathspec, follow=False) as records:
+        return [(record.sequence, record.index) async for record in records]
+
+
+async def writers(url: str, tmp_path: Path, pathspec: str, *, pause: float = 0.0) -> None:
+    """Eight writers, each on its own connection, drive their own tasks of the run."""
+
+    async def one(number: int) -> None:
+        async with connect(url, projector=False, data_dir=tmp_path) as client:
+            handle = await client.run_handle(pathspec)
+            ids = [f"w{number}-{i}" for i in range(TASKS_PER_WRITER)]
+            await drive_tasks(handle, "work", ids, retry_every=3, pause=pause)
+
+    async with anyio.create_task_group() as group:
+        for number in range(WRITERS):
+            group.start_soon(one, number)
+
+
+def assert_exactly_once(seen: list[Position], expected: list[Position]) -> None:
+    assert len(set(seen)) == len(seen), "a change was delivered twice"
+    assert seen == sorted(seen), "changes arrived out of log order"
+    missing = sorted(set(expected) - set(seen))
+    extra = sorted(set(seen) - set(expected))
+    assert not missing and not extra, f"missing {missing[:5]}, unexpected {extra[:5]}"
+    assert seen == expected
+
+
+async def expect_final_run(client: Client, watcher: Watcher, pathspec: str, total: int) -> None:
+    """The watcher's folded view equals the projector's, and every task is accounted for."""
+    assert watcher.final is not None and watcher.final.state is RunState.COMPLETED
+    stored = await client.run(pathspec, after=watcher.final.position[0])
+    assert stored.view.model_dump(mode="json") == watcher.final.model_dump(mode="json")
+    assert stored.progress == (total, total)
+
+
+@asynccontextmanager
+async def replica(client: Client, store: Path) -> AsyncIterator[Replica]:
+    """A projector replica on ``store``, stopped when the block exits."""
+    async with anyio.create_task_group() as group:
+        yield await group.start(serve_replica, client.nc, client.settings, store)
+        group.cancel_scope.cancel()
+
+
+# -- exactly once ------------------------------------------------------------------------
+
+
+async def test_watcher_sees_every_transition_once_with_8_writers(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A run's watcher sees each event once, in order, while 8 writers append concurrently."""
+    pathspec = "WatchFlow/1"
+    watcher = Watcher(pathspec)
+    with anyio.fail_after(30):
+        async with replica_client(nats_url, tmp_path) as client, anyio.create_task_group() as tg:
+            tg.start_soon(watcher.follow, client)
+            await watcher.ready.wait()
+            run = await client.create_run("WatchFlow", run_id="1")
+            await run.start()
+            await writers(nats_url, tmp_path, pathspec)
+            await run.complete()
+            await watcher.done.wait()
+            expected = await positions(client, pathspec)
+            assert len(expected) > 2 * WRITERS * TASKS_PER_WRITER
+            assert_exactly_once(watcher.seen, expected)
+            await expect_final_run(client, watcher, pathspec, WRITERS * TASKS_PER_WRITER)
+
+
+async def test_watchers_survive_a_projector_restart(nats_url: str, tmp_path: Path) -> None:
+    """Across a projector restart mid-stream, watchers still see each event exactly once."""
+    pathspec = "WatchFlow/7"
+    first, second = Watcher(pathspec), Watcher(pathspec)
+    store = tmp_path / "views.sqlite3"
+    written = anyio.Event()
+    with anyio.fail_after(30):
+        async with (
+            connect(nats_url, projector=False, data_dir=tmp_path) as client,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def write_all() -> None:
+                await writers(nats_url, tmp_path, pathspec, pause=0.1)
+                written.set()
+
+            async with replica(client, store) as before:
+                tg.start_soon(first.follow, client)
+                await first.ready.wait()
+                run = await client.create_run("WatchFlow", run_id="7")
+                await run.start()
+                tg.start_soon(write_all)
+                await anyio.sleep(0.3)
+                applied_before = before.projector.applied
+            stopped_at = await client.log.stream_last_sequence()
+            await anyio.sleep(0.2)  # writes go on with no projector at all
+            async with replica(client, store) as after:
+                assert after.projector.applied >= applied_before  # resumed, not rebuilt
+                restarted_at = await client.log.stream_last_sequence()
+                assert restarted_at > stopped_at and not written.is_set()
+                tg.start_soon(second.follow, client)
+                await second.ready.wait()
+                await written.wait()
+                await run.complete()
+                await first.done.wait()
+                await second.done.wait()
+                expected = await positions(client, pathspec)
+                assert_exactly_once(first.seen, expected)
+                since = second.snapshot_position
+                assert since > (0, 0)
+                assert_exactly_once(second.seen, [p for p in expected if p > since])
+                assert len(second.seen) > WRITERS  # it joined while the writers were busy
+                total = WRITERS * TASKS_PER_WRITER
+                await expect_final_run(client, first, pathspec, total)
+                await expect_final_run(client, second, pathspec, total)
+
+
+async def test_watcher_survives_a_nats_restart(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A NATS kill and restart mid-stream: writers retry, the watcher sees every event once."""
+    pathspec = "WatchFlow/9"
+    watcher = Watcher(pathspec)
+    written = anyio.Event()
+    with anyio.fail_after(30):
+        async with (
+            replica_client(nats_server.url, tmp_path) as client,
+            anyio.create_task_group() as tg,
+        ):
+            client.read_wait = 20  # the replica's own consumer takes seconds to notice the restart
+
+            async def write_all() -> None:
+                await writers(nats_server.url, tmp_path, pathspec, pause=0.1)
+                written.set()
+
+            tg.start_soon(watcher.follow, client)
+            await watcher.ready.wait()
+            run = await client.create_run("WatchFlow", run_id="9")
+            await run.start()
+            tg.start_soon(write_all)
+            await anyio.sleep(0.3)
+            killed_at = await client.log.stream_last_sequence()
+            await anyio.to_thread.run_sync(nats_server.kill)
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(nats_server.restart)
+            assert not written.is_set()
+            await written.wait()
+            await run.complete()
+            await watcher.done.wait()
+            expected = await positions(client, pathspec)
+            assert expected[-1][0] > killed_at + WRITERS  # the writers went on after the restart
+            assert_exactly_once(watcher.seen, expected)
+            await expect_final_run(client, watcher, pathspec, WRITERS * TASKS_PER_WRITER)
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+async def test_events_since_goes_from_history_into_live(nats_url: str, tmp_path: Path) -> None:
+    """events(since=) replays history from that sequence, then delivers new events live."""
+    async with replica_client(nats_url, tmp_path) as client:
+        run = await client.create_run("EventsFlow")
+        await run.start()
+        task = await run.create_task("work", "a", start=True)
+        middle = (await task.complete()).sequence
+        await run.add_tag("history")
+        history = await positions(client, run.pathspec)
+        assert len(history) == 6  # created, running, task created+running, completed, tag
+        records: list[EventRecord] = []
+        with anyio.fail_after(10):
+            async with client.events(run.pathspec, since=middle) as events:
+                async for record in events:
+                    records.append(record)
+                    if record.sequence == history[-1][0]:
+                        await run.complete()  # written while we listen
+                    if record.event.type == "run.state_changed" and record.sequence > middle:
+                        break
+        got = [(r.sequence, r.index) for r in records]
+        assert got[:2] == [p for p in history if p[0] >= middle]
+        assert len(got) == 3 and got[2][0] > history[-1][0]
+        assert [r.event.type for r in records] == [
+            "task.state_changed", "run.tags_changed", "run.state_changed"
+        ]
+        assert records[0].subject.endswith(".t.work.a") and records[1].subject.endswith(".r")
+        assert records[2].event.payload.state is RunState.COMPLETED  # type: ignore[union-attr]
+        final = await positions(client, run.pathspec)
+        assert final == history + got[2:]
+        items, _ = await client.history(run.pathspec)
+        assert [(r.sequence, r.index) for r in items] == final
+
+
+async def test_events_without_follow_stop_at_the_end(nats_url: str, tmp_path: Path) -> None:
+    """events(follow=False) yields the stored events from since and then ends."""
+    async with replica_client(nats_url, tmp_path) as client:
+        run = await client.create_run("EventsFlow")
+        await run.start()
+        await run.create_task("work", "a", start=True)
+        with anyio.fail_after(5):
+            everything = await positions(client, run.pathspec)
+            async with client.events(run.pathspec, since=everything[1][0], follow=False) as ev:
+                tail = [(r.sequence, r.index) async for r in ev]
+            task_only = await positions(client, f"{run.pathspec}/work/a")
+        assert everything[1:] == tail and len(everything) == 4
+        assert task_only == everything[2:]
+
+
+# -- run.wait ----------------------------------------------------------------------------
+
+
+async def test_run_wait_returns_when_finished(nats_url: str, tmp_path: Path) -> None:
+    """run.wait() returns the finished run once it is terminal, and at once if it already is."""
+    async with replica_client(nats_url, tmp_path) as client, anyio.create_task_group() as tg:
+        handle = await client.create_run("WaitFlow")
+        await handle.start()
+        run = await client.run(handle.pathspec, after=handle.receipt)
+
+        async def finish_later() -> None:
+            await anyio.sleep(0.3)
+            await handle.fail("out of memory")
+
+        tg.start_soon(finish_later)
+        with anyio.fail_after(5):
+            done = await run.wait(timeout=4)
+            assert done.state is RunState.FAILED and done.finished
+            assert done.message == "out of memory"
+            again = await done.wait(timeout=1)
+            assert again.state is RunState.FAILED
+
+
+async def test_run_wait_times_out_while_running(nats_url: str, tmp_path: Path) -> None:
+    """run.wait(timeout=) raises Timeout naming the run if it does not finish in time."""
+    async with replica_client(nats_url, tmp_path) as client:
+        handle = await client.create_run("WaitFlow")
+        await handle.start()
+        run = await client.run(handle.pathspec, after=handle.receipt)
+        with anyio.fail_after(5), pytest.raises(Timeout, match=handle.pathspec):
+            await run.wait(timeout=0.3)
+        assert (await run.refresh()).state is RunState.RUNNING
+
+
+# -- leaving the block stops the consumer ------------------------------------------------
+
+
+async def consumers(client: Client) -> int:
+    js = client.nc.jetstream()
+    return len(await js.consumers_info(client.subjects.events_stream))
+
+
+def subscriptions(nc: NATS) -> int:
+    return len(nc._subs)
+
+
+async def test_leaving_a_watch_stops_its_consumer(nats_url: str, tmp_path: Path) -> None:
+    """Leaving `async with client.watch()` by break, exception or cancel drops its subscription."""
+    async with replica_client(nats_url, tmp_path) as client:
+        run = await client.create_run("StopFlow")
+        await caught_up(client)
+        subs, cons = subscriptions(client.nc), await consumers(client)
+
+        async def inside(change: Change) -> None:
+            assert change.event is None
+            assert subscriptions(client.nc) == subs + 1
+            assert await consumers(client) == cons + 1
+
+        async with client.watch(run.pathspec) as changes:
+            async for change in changes:
+                await inside(change)
+                break
+        assert subscriptions(client.nc) == subs and await consumers(client) == cons
+
+        with pytest.raises(LookupError, match="boom"):
+            async with client.watch(run.pathspec) as changes:
+                async for change in changes:
+                    await inside(change)
+                    raise LookupError("boom")
+        assert subscriptions(client.nc) == subs and await consumers(client) == cons
+
+        with anyio.move_on_after(0.5) as scope:
+            async with client.watch(run.pathspec) as changes:
+                async for change in changes:
+                    await inside(change)
+        assert scope.cancelled_caught
+        assert subscriptions(client.nc) == subs and await consumers(client) == cons
+
+        await leave_events(client, run.pathspec, lambda: subscriptions(client.nc) == subs + 1)
+        assert subscriptions(client.nc) == subs and await consumers(client) == cons
+
+
+async def leave_events(client: Client, pathspec: str, subscribed: Callable[[], bool]) -> None:
+    with anyio.move_on_after(0.5):
+        async with client.events(pathspec) as events:
+            async for _ in events:
+                assert subscribed()
+
+
+# -- what a watch covers -----------------------------------------------------------------
+
+
+async def test_flow_watch_follows_new_runs_of_its_namespace(nats_url: str, tmp_path: Path) -> None:
+    """A flow watch shows runs created while watching, but not those of other namespaces."""
+    async with replica_client(nats_url, tmp_path) as client:
+        mine = await client.create_run("ScopeFlow")
+        await caught_up(client)
+        with anyio.fail_after(10):
+            async with client.watch("ScopeFlow") as changes:
+                snapshot = await anext(changes)
+                assert list(snapshot.views) == [("run", mine.pathspec)]
+                await client.create_run("ScopeFlow", user="bob")  # user:bob, not user:<me>
+                new = await client.create_run("ScopeFlow")
+                created = await anext(changes)
+                assert created.changed == (("run", new.pathspec),)
+                assert created.run is not None and created.run.pathspec == new.pathspec
+                await mine.start()
+                started = await anext(changes)
+                assert started.changed == (("run", mine.pathspec),)
+                assert started.run is not None and started.run.state is RunState.RUNNING
+                assert len(started.runs) == 2
+
+
+async def test_task_and_step_watches_follow_their_tasks(nats_url: str, tmp_path: Path) -> None:
+    """A task watch shows its task's data, state and children; a step watch new tasks."""
+    async with replica_client(nats_url, tmp_path) as client:
+        run = await client.create_run("ScopeFlow")
+        await run.start()
+        task = await run.create_task("work", "a", start=True)
+        await caught_up(client)
+        pathspec = task.pathspec
+        with anyio.fail_after(10):
+            async with (
+                client.watch(pathspec) as on_task,
+                client.watch(f"{run.pathspec}/work") as on_step,
+            ):
+                first = await anext(on_task)
+                assert first.task is None and ("task", pathspec) in first.views
+                assert [t.pathspec for t in (await anext(on_step)).tasks] == [pathspec]
+                await task.save(loss=0.5)
+                saved = await anext(on_task)
+                assert saved.changed == (("task", pathspec),) and saved.task is not None
+                assert [a.name for a in saved.task.artifacts] == ["loss"]
+                await task.complete()
+                done = await anext(on_task)
+                assert set(done.changed) == {("run", run.pathspec), ("task", pathspec)}
+                assert done.task is not None and done.task.state == "completed"
+                child = await run.create_task("work", "b", parents=[task])
+                linked = await anext(on_task)
+                assert linked.views[("task", pathspec)].child_tasks == (child.pathspec,)
+                assert ("task", child.pathspec) not in linked.views
+                for _ in range(3):  # the step watch: save, complete, then the new task
+                    step_change = await anext(on_step)
+                assert ("task", child.pathspec) in step_change.changed
+                assert sorted(t.pathspec for t in step_change.tasks) == [pathspec, child.pathspec]
