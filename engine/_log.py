@@ -503,8 +503,10 @@ class EventLog:
             stream=self._stream,
             config=config,
         )
+        consumer_name: str | None = None
         try:
             info = await sub.consumer_info()
+            consumer_name = info.name
             pending = int(info.num_pending or 0)
             count = 0
             wanted = pending if limit is None else min(pending, limit)
@@ -518,10 +520,14 @@ class EventLog:
                     if count >= wanted:
                         break
         finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                try:
+                    await sub.unsubscribe()
+                    if consumer_name is not None:
+                        # An ephemeral consumer would otherwise linger until its inactivity timeout.
+                        await self._js.delete_consumer(self._stream, consumer_name)
+                except (nats.errors.Error, nats.js.errors.Error):
+                    pass
 
     def _stored(self, msg: Msg) -> StoredCommit:
         seq = int(msg.metadata.sequence.stream)

@@ -161,7 +161,7 @@ class Projector:
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start,
-            idle_heartbeat=2.0,
+            idle_heartbeat=1.0,
             flow_control=True,
         )
         return await js.subscribe(

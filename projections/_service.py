@@ -175,10 +175,15 @@ class QueryService:
     async def _get(self, req: GetRequest) -> bytes:
         path = parse_pathspec(req.pathspec)
         if path.run is None:
-            flows = [f for f in self._store.list_flows(req.namespace) if f.name == path.flow]
-            if not flows:
-                raise NotFound(f"flow {path.flow} has no runs" + _ns(req.namespace))
-            return _result(b'{"kind":"flow","view":' + _dump(flows[0]) + b"}")
+            flow = self._store.get_flow(path.flow, req.namespace)
+            if flow is None:
+                if req.namespace is not None and self._store.get_flow(path.flow) is not None:
+                    raise NotInNamespace(
+                        f"flow {path.flow} has no runs in namespace {req.namespace!r}; "
+                        "use namespace(None) to see every run"
+                    )
+                raise NotFound(f"flow {path.flow} has no runs")
+            return _result(b'{"kind":"flow","view":' + _dump(flow) + b"}")
         run_pathspec = path.run_pathspec
         if path.step is None:
             raw = self._store.get_run_json(run_pathspec)
