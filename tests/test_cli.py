@@ -1,0 +1,500 @@
+"""The ``runstate`` command line: each command as a subprocess against a real server.
+
+One ``runstate server`` subprocess (module-scoped) holds a few runs of the
+flow ``Cli`` written through the Python API; the read commands run against
+it with ``--nats``. The demo and the server's own start/stop run on their
+own data directories. The live view is checked by rendering ``LiveBoard``
+into rich's recording console.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from runstate.client import connect
+from runstate.client._cli import cli
+from runstate.client._render import LiveBoard
+from runstate.client._watch import Change
+from runstate.engine._events import (
+    ForeachFrame,
+    RunCreated,
+    RunCreatedPayload,
+    RunStateChanged,
+    RunStateChangedPayload,
+    TaskAttemptStateChanged,
+    TaskAttemptStatePayload,
+    TaskCreated,
+    TaskCreatedPayload,
+)
+from runstate.engine._server import NatsServer
+from runstate.engine._states import RunState, TaskState
+from runstate.projections._reducers import fold_run
+from runstate.projections._views import RunView
+
+pytestmark = pytest.mark.anyio  # for the async tests; the others ignore it
+
+RUNSTATE = [sys.executable, "-m", "runstate.client._cli"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTATE_")}
+    env.update(COLUMNS="200", RUNSTATE_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+    return env
+
+
+def runstate(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``runstate ARGS`` to completion and return its result."""
+    return subprocess.run(
+        [*RUNSTATE, *args], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
+
+
+class Running:
+    """A ``runstate`` subprocess whose stdout lines are read as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*RUNSTATE, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 20) -> re.Match[str]:
+        """The first stdout line matching ``pattern``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern!r} in {self.lines}")
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                stderr = self.process.stderr.read() if self.process.stderr else ""
+                raise AssertionError(f"exited before {pattern!r}: {self.lines} {stderr}")
+            self.lines.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Send ``sig`` and return the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@dataclass
+class Written:
+    """What the module's server holds: the flow ``Cli`` with two runs."""
+
+    url: str
+    flaky_task: str  # Cli/1/train/<id>: attempt 0 failed with ValueError, attempt 1 completed
+    end_task: str  # Cli/1/end/<id>: artifacts model (json) and weights (pickle)
+
+
+async def _write_runs(url: str) -> tuple[str, str]:
+    async with connect(url, projector=False, namespace=None) as client:
+        run = await client.create_run("Cli", parameters={"lr": 0.1}, tags=["production"])
+        async with run.running():
+            async with run.task("start") as start:
+                await start.save(config={"lr": 0.1})
+                await start.record_metadata(host="test-host")
+            tasks = await run.foreach("train", 3, parents=[start])
+            for task in tasks:
+                try:
+                    async with task.attempting():
+                        if task.index == 1 and task.attempt == 0:
+                            raise ValueError("bad batch 7")
+                        await task.save(metrics={"loss": 0.1 * (task.index or 0)})
+                except ValueError:
+                    await task.retry()
+                    async with task.attempting():
+                        await task.save(metrics={"loss": 0.5})
+            async with run.task("end", parents=tasks) as end:
+                await end.save(model={"layers": [4, 2]}, weights=complex(1, 2))
+        failing = await client.create_run("Cli")
+        with pytest.raises(RuntimeError):
+            async with failing.running():
+                raise RuntimeError("out of disk")
+        return tasks[1].pathspec, end.pathspec
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
+    """A ``runstate server`` subprocess holding the runs Cli/1 (completed) and Cli/2 (failed)."""
+    data_dir = tmp_path_factory.mktemp("cli-server")
+    server = Running("server", "--data-dir", str(data_dir))
+    try:
+        url = server.wait_for(r"ready: (nats://\S+)").group(1)
+        flaky, end = anyio.run(_write_runs, url)
+        yield Written(url, flaky, end)
+    finally:
+        server.stop()
+
+
+# -- help and usage ------------------------------------------------------------
+
+
+def test_every_command_explains_itself_with_an_example() -> None:
+    """``--help`` of the group lists every command; each command's help has an example."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("server", "projector", "demo", "runs", "show", "watch", "events"):
+        assert command in result.output
+        help_text = runner.invoke(cli, [command, "--help"]).output
+        assert "Example" in help_text, command
+
+
+def test_a_bad_option_value_is_a_usage_error() -> None:
+    """An unknown state is refused by click with exit status 2, before connecting."""
+    result = runstate("runs", "--state", "sleeping", "--nats", "nats://127.0.0.1:1")
+    assert result.returncode == 2
+    assert "sleeping" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- errors --------------------------------------------------------------------
+
+
+def test_a_malformed_pathspec_exits_2_with_one_line() -> None:
+    """A bad pathspec is one ``error:`` line on stderr and exit status 2, no traceback."""
+    result = runstate("show", "Cli/1/../x", "--nats", "nats://127.0.0.1:1")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: invalid step name '..'")
+    assert result.stdout == ""
+
+
+def test_an_unreachable_nats_exits_1_quickly() -> None:
+    """A NATS nobody listens on: one clear line, exit status 1, within a few seconds."""
+    started = time.monotonic()
+    result = runstate("runs", "--nats", "nats://127.0.0.1:1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: cannot connect to NATS at nats://127.0.0.1:1")
+    assert time.monotonic() - started < 10
+
+
+def test_an_unknown_run_exits_2(written: Written) -> None:
+    """A well-formed pathspec naming nothing is NotFound: exit status 2, one line."""
+    result = runstate("show", "Cli/99", "--nats", written.url)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: run Cli/99 does not exist"
+
+
+# -- reads -----------------------------------------------------------------------
+
+
+def test_runs_lists_newest_first(written: Written) -> None:
+    """``runs FLOW`` is a table of runs, newest first, with states and tags."""
+    result = runstate("--nats", written.url, "runs", "Cli")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["run", "state", "created", "duration", "user", "tags", "progress"]
+    assert lines[1].startswith("Cli/2") and "failed" in lines[1]
+    assert lines[2].startswith("Cli/1") and "completed" in lines[2] and "production" in lines[2]
+    assert "5/5 tasks" in lines[2]
+
+
+def test_runs_filters_and_prints_json(written: Written) -> None:
+    """``--tag``, ``--state`` and ``--json`` select runs and print their views."""
+    tagged = runstate("runs", "Cli", "--tag", "production", "--json", "--nats", written.url)
+    assert tagged.returncode == 0, tagged.stderr
+    assert [run["pathspec"] for run in json.loads(tagged.stdout)] == ["Cli/1"]
+    failed = runstate("runs", "--state", "failed", "--json", "--nats", written.url)
+    views = json.loads(failed.stdout)
+    assert [(run["pathspec"], run["state"]) for run in views] == [("Cli/2", "failed")]
+    none = runstate("runs", "Cli", "--user", "nobody", "--nats", written.url)
+    assert none.returncode == 0 and "no runs match" in none.stdout
+
+
+def test_show_run_is_a_tree_of_steps_and_tasks(written: Written) -> None:
+    """``show RUN`` lists each step with its tasks, states and retries."""
+    result = runstate("show", "Cli/1", "--nats", written.url)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0].startswith("Cli/1  completed")
+    for step in ("start", "train", "end"):
+        assert re.search(rf"── {step}  completed", out), out
+    assert "attempt 1 (earlier: 0 failed)" in out
+    assert "parameters: lr=0.1" in out
+
+
+def test_show_task_has_attempts_exception_metadata_and_artifacts(written: Written) -> None:
+    """``show TASK --attempt 0`` shows the failed attempt's exception and traceback."""
+    failed = runstate("show", written.flaky_task, "--attempt", "0", "--nats", written.url)
+    assert failed.returncode == 0, failed.stderr
+    assert "attempt 0 of 2" in failed.stdout
+    assert "0  failed" in failed.stdout and "ValueError: bad batch 7" in failed.stdout
+    assert "Traceback (most recent call last)" in failed.stdout
+    latest = runstate("show", written.end_task, "--nats", written.url)
+    assert "model  json" in latest.stdout and "{'layers': [4, 2]}" in latest.stdout
+    assert "weights  pickle" in latest.stdout and "(1+2j)" in latest.stdout
+    assert "parents: Cli/1/train/" in latest.stdout
+
+
+def test_show_artifact_prints_its_value_and_json_prints_the_view(written: Written) -> None:
+    """``show ARTIFACT`` prints the value; ``--json`` prints the object's view."""
+    value = runstate("show", f"{written.end_task}/model", "--nats", written.url)
+    assert value.returncode == 0, value.stderr
+    assert "{'layers': [4, 2]}" in value.stdout
+    view = runstate("show", "Cli/1", "--json", "--nats", written.url)
+    data = json.loads(view.stdout)
+    assert data["pathspec"] == "Cli/1" and data["state"] == "completed"
+
+
+def test_events_prints_the_history_with_sequences(written: Written) -> None:
+    """``events RUN`` prints every event in order; ``--json`` one object a line; ``--since``."""
+    result = runstate("events", "Cli/1", "--nats", written.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "run.created" in lines[0] and "Cli/1" in lines[0]
+    assert "→ failed (" not in result.stdout  # only the task failed, not the run
+    assert any("ValueError: bad batch 7" in line for line in lines)
+    assert "→ completed" in lines[-1]
+    records = [
+        json.loads(line)
+        for line in runstate("events", "Cli/1", "--json", "--nats", written.url).stdout.splitlines()
+    ]
+    sequences = [r["sequence"] for r in records]
+    assert sequences == sorted(sequences) and records[0]["event"]["type"] == "run.created"
+    later = runstate(
+        "events", "Cli/1", "--json", "--since", str(sequences[-1]), "--nats", written.url
+    )
+    assert [json.loads(line)["sequence"] for line in later.stdout.splitlines()] == [sequences[-1]]
+
+
+async def test_events_follow_prints_new_events_until_interrupted(written: Written) -> None:
+    """``events --follow`` prints new events as they are written; Ctrl-C exits 0."""
+    follow = Running("events", "Follow", "--follow", "--nats", written.url)
+    try:
+        async with connect(written.url, projector=False) as client:
+            await client.create_run("Follow", tags=["followed"])
+        await anyio.to_thread.run_sync(follow.wait_for, r"run\.created\s+Follow/1 .*tags followed")
+    finally:
+        assert await anyio.to_thread.run_sync(follow.stop, signal.SIGINT) == 0
+
+
+def test_watch_of_a_finished_run_prints_it_and_exits(written: Written) -> None:
+    """``watch`` of a run already finished shows its final state and exits 0 (not a tty)."""
+    result = runstate("watch", "Cli/1", "--nats", written.url, timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        line for line in result.stdout.splitlines() if line.startswith("Cli/1  completed")
+    ]
+    assert "train: 3 completed" in result.stdout
+
+
+async def test_watch_follows_a_run_until_it_finishes(written: Written) -> None:
+    """``watch RUN`` prints each event as it happens and exits 0 when the run ends."""
+    async with connect(written.url, projector=False) as client:
+        run = await client.create_run("Watched")
+        watcher = Running("watch", run.pathspec, "--nats", written.url)
+        try:
+            await anyio.to_thread.run_sync(watcher.wait_for, r"^Watched/1  pending")
+            async with run.running():
+                async with run.task("only"):
+                    pass
+            status = await anyio.to_thread.run_sync(watcher.process.wait, 20)
+            await anyio.to_thread.run_sync(watcher.wait_for, r"^Watched/1  completed")
+            assert status == 0
+            assert any("→ running" in line for line in watcher.lines)
+            assert any("Watched/1/only/1" in line for line in watcher.lines)
+        finally:
+            watcher.close()
+
+
+# -- the live view ----------------------------------------------------------------
+
+
+def _changes() -> list[Change]:
+    """A run going running, fanning out three train tasks: two complete, one fails."""
+    events = [
+        RunCreated(pathspec="Train/1", payload=RunCreatedPayload(flow="Train", run_id="1")),
+        RunStateChanged(pathspec="Train/1", payload=RunStateChangedPayload(state=RunState.RUNNING)),
+    ]
+    for i in range(3):
+        frame = ForeachFrame(step="train", index=i, num_splits=3)
+        pathspec = f"Train/1/train/{i + 1}"
+        events.append(
+            TaskCreated(
+                pathspec=pathspec,
+                attempt=0,
+                payload=TaskCreatedPayload(
+                    step="train", task_id=str(i + 1), foreach_index=i, foreach_stack=[frame]
+                ),
+            )
+        )
+        events.append(
+            TaskAttemptStateChanged(
+                pathspec=pathspec,
+                attempt=0,
+                payload=TaskAttemptStatePayload(state=TaskState.RUNNING),
+            )
+        )
+    for i, state in enumerate([TaskState.COMPLETED, TaskState.COMPLETED, TaskState.FAILED]):
+        events.append(
+            TaskAttemptStateChanged(
+                pathspec=f"Train/1/train/{i + 1}",
+                attempt=0,
+                payload=TaskAttemptStatePayload(state=state, message="boom" if i == 2 else None),
+            )
+        )
+    view: RunView | None = None
+    changes = []
+    for sequence, event in enumerate(events, start=1):
+        view = fold_run(view, event, (sequence, 0))
+        assert view is not None
+        key = ("run", "Train/1")
+        changes.append(Change(event, (sequence, 0), {key: view}, (key,)))
+    return changes
+
+
+def _render(board: LiveBoard) -> str:
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(board)
+    return console.export_text()
+
+
+def test_live_board_shows_run_state_steps_counts_and_events() -> None:
+    """The live view shows the run's state, its step with counts by state, and the latest events."""
+    board = LiveBoard("watching Train/1")
+    changes = _changes()
+    for change in changes[:5]:
+        board.apply(change)
+    early = _render(board)
+    assert re.search(r"Train/1\s+running", early)
+    assert re.search(r"└ train\s+running .* 1 running · 1 pending", early), early
+    for change in changes[5:]:
+        board.apply(change)
+    text = _render(board)
+    assert re.search(r"└ train\s+failed .* 2 completed · 1 failed", text), text
+    assert "latest events" in text and "→ failed: boom" in text
+    assert f"{len(changes)} updates" in text
+
+
+def test_live_board_hides_runs_from_before_it_started() -> None:
+    """With ``since``, runs created earlier are not shown (the demo shows only its own)."""
+    changes = _changes()
+    created = changes[0].views[("run", "Train/1")].created_at  # type: ignore[union-attr]
+    board = LiveBoard("demo", since=created.replace(year=created.year + 1))
+    for change in changes:
+        board.apply(change)
+    assert "no runs yet" in _render(board)
+
+
+# -- server, projector, demo ------------------------------------------------------
+
+
+async def test_server_answers_queries_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """``server`` prints its URL, answers, refuses a twin, and on SIGTERM exits 0 cleaning up."""
+    server = Running("server", "--data-dir", str(tmp_path))
+    try:
+        ready = await anyio.to_thread.run_sync(server.wait_for, r"ready: (nats://\S+)")
+        url = ready.group(1)
+        assert (tmp_path / "server.json").exists()
+        async with connect(url, projector=False) as client:
+            run = await client.create_run("Served", tags=["x"])
+            read = await client.run(run.pathspec, after=run.receipt)
+            assert (read.pathspec, read.state) == ("Served/1", RunState.PENDING)
+        second = await anyio.to_thread.run_sync(runstate, "server", "--data-dir", str(tmp_path))
+        assert second.returncode == 1
+        assert f"error: a runstate server already runs on {tmp_path} at {url}" in second.stderr
+    finally:
+        status = await anyio.to_thread.run_sync(server.stop, signal.SIGTERM)
+    assert status == 0
+    assert not (tmp_path / "server.json").exists()
+    assert (tmp_path / "views.sqlite3").exists()
+
+
+async def test_projector_serves_queries_against_a_given_nats(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """``projector --nats URL --store PATH`` runs a replica that answers, until SIGTERM."""
+    store = tmp_path / "replica.sqlite3"
+    replica = Running("projector", "--nats", nats_server.url, "--store", str(store), "--name", "r1")
+    try:
+        await anyio.to_thread.run_sync(replica.wait_for, r"replica ready")
+        async with connect(nats_server.url, projector=False) as client:
+            assert (await client.status())["name"] == "r1"
+    finally:
+        assert await anyio.to_thread.run_sync(replica.stop) == 0
+    assert store.exists()
+
+
+def test_demo_finishes_by_itself_and_what_it_wrote_is_readable(tmp_path: Path) -> None:
+    """``demo --no-live`` on its own embedded server ends by itself; runs/show read its runs."""
+    data_dir = str(tmp_path / "demo")
+    result = runstate(
+        "demo",
+        "--data-dir",
+        data_dir,
+        "--duration",
+        "40",
+        "--runs",
+        "2",
+        "--tasks",
+        "3",
+        "--workers",
+        "3",
+        "--no-live",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "all runs finished" in out, out
+    assert re.search(r"runs: 2\s+1 completed · 1 failed", out), out
+    assert "the reaper marked Train/1/train/3 crashed" in out
+    assert f"runstate --data-dir {data_dir} show Train/1" in out
+    listed = runstate("runs", "--json", "--data-dir", data_dir)
+    assert listed.returncode == 0, listed.stderr
+    states = {run["pathspec"]: run["state"] for run in json.loads(listed.stdout)}
+    assert states == {"Train/1": "completed", "Evaluate/1": "failed"}
+    shown = runstate("show", "Train/1/train/3", "--data-dir", data_dir)
+    assert "crashed (Crashed)" in shown.stdout and "worker = " in shown.stdout
