@@ -61,7 +61,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         log.debug("nats.error", error=str(exc))
 
     async def _on_disconnect() -> None:
-        log.info("nats.disconnected")
+        log.debug("nats.disconnected")
 
     async def _on_reconnect() -> None:
         log.info("nats.reconnected")
@@ -93,7 +93,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         cause = errors[-1] if errors else exc
         raise Unavailable(
             f"cannot connect to NATS at {target} within {settings.retry_budget:g}s: "
-            f"{cause or type(cause).__name__}; is the server running? "
+            f"{str(cause) or type(cause).__name__}; is the server running? "
             "(runstate server starts one)"
         ) from None
     try:

@@ -118,7 +118,9 @@ class Reaper:
         try:
             if path.task is not None:
                 task = await self._writer.task(pathspec)
-                if task.state not in (TaskState.RUNNING, TaskState.PENDING):
+                # Only a running attempt heartbeats; a pending one (say, awaiting its
+                # retry) has nothing to be silent about.
+                if task.state is not TaskState.RUNNING:
                     return None
                 event: Any = TaskAttemptStateChanged(
                     pathspec=pathspec,
@@ -131,7 +133,7 @@ class Reaper:
                 version, attempt = task.version, task.attempt
             else:
                 run = await self._writer.run(pathspec)
-                if run.state not in (RunState.RUNNING, RunState.PENDING, RunState.CANCELLING):
+                if run.state not in (RunState.RUNNING, RunState.CANCELLING):
                     return None
                 event = RunStateChanged(
                     pathspec=pathspec,
