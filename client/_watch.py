@@ -24,7 +24,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine.errors import InvalidEvent, NotFound, Timeout
-from runstate.projections._reducers import fold_run, fold_task, touched
+from runstate.projections._reducers import fold_view, touched
 from runstate.projections._views import Position, RunView, TaskView
 
 if TYPE_CHECKING:
@@ -265,10 +265,7 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
                     if not _in_scope(path, key) and key not in views:
                         continue
                     old = views.get(key)
-                    if key[0] == "run":
-                        new: RunView | TaskView | None = fold_run(old, event, position)  # type: ignore[arg-type]
-                    else:
-                        new = fold_task(old, event, position)  # type: ignore[arg-type]
+                    new = fold_view(key, old, event, position)
                     if new is not None and new is not old:
                         views[key] = new
                         changed.append(key)

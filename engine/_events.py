@@ -20,7 +20,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import InvalidEvent
@@ -177,6 +185,18 @@ class _Envelope(_Model):
     attempt: int | None = None
     actor: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _stamp_current_version(cls, data: Any) -> Any:
+        # A new event is written at its type's current schema version (bumped by
+        # register_upcaster); stored events always carry theirs explicitly.
+        if isinstance(data, dict) and "schema_version" not in data:
+            event_type = data.get("type") or cls.model_fields["type"].default
+            version = CURRENT_VERSION.get(event_type, 1)
+            if version != 1:
+                data = {**data, "schema_version": version}
+        return data
+
 
 class RunCreated(_Envelope):
     type: Literal["run.created"] = "run.created"
@@ -284,7 +304,12 @@ def _upcast(raw: dict[str, Any]) -> dict[str, Any]:
             raise InvalidEvent(
                 f"no upcaster for {event_type} v{version}; register one with register_upcaster"
             )
-        raw = upcaster(raw)
+        try:
+            raw = upcaster(raw)
+        except Exception as exc:
+            raise InvalidEvent(
+                f"upcaster for {event_type} v{version} failed: {type(exc).__name__}: {exc}"
+            ) from None
         new_version = raw.get("schema_version")
         if new_version != version + 1:
             raise InvalidEvent(f"upcaster for {event_type} v{version} did not set schema_version")
@@ -331,6 +356,8 @@ def decode_event(data: bytes | dict[str, Any]) -> Event:
     """Parse a single event (a heartbeat value, or one element of a commit)."""
     try:
         raw = orjson.loads(data) if isinstance(data, bytes | bytearray) else data
+        if not isinstance(raw, dict):
+            raise InvalidEvent(f"an event is a JSON object, not {type(raw).__name__}")
         return _ONE.validate_python(_upcast(raw))
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"event is not JSON: {exc}") from None

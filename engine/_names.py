@@ -213,12 +213,11 @@ class Subjects:
     def pathspec_of(self, subject: str) -> Pathspec:
         """Map an events subject back to the pathspec of its run or task."""
         parts = subject.split(".")
-        prefix_len = len(self.prefix.split("."))
-        tail = parts[prefix_len:]
-        if len(tail) == 4 and tail[0] == "ev" and tail[3] == "r":
-            return Pathspec(tail[1], tail[2])
-        if len(tail) == 6 and tail[0] == "ev" and tail[3] == "t":
-            return Pathspec(tail[1], tail[2], tail[4], tail[5])
+        if parts[0] == self.prefix and len(parts) > 1 and parts[1] == "ev":
+            if len(parts) == 5 and parts[4] == "r":
+                return parse_pathspec(f"{parts[2]}/{parts[3]}")
+            if len(parts) == 7 and parts[4] == "t":
+                return parse_pathspec(f"{parts[2]}/{parts[3]}/{parts[5]}/{parts[6]}")
         raise InvalidName(f"{subject!r} is not a runstate events subject")
 
     @property

@@ -33,7 +33,7 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
-from runstate.projections._reducers import fold_run, fold_task, touched
+from runstate.projections._reducers import fold_view, touched
 from runstate.projections._store import ReadStore
 from runstate.projections._views import RunView, TaskView
 
@@ -56,7 +56,8 @@ class _ViewCache:
 
     def get(self, key: ViewKey) -> RunView | TaskView | None:
         view = self._views.get(key)
-        self._views.move_to_end(key)
+        if view is not None:
+            self._views.move_to_end(key)
         return view
 
     def put(self, key: ViewKey, view: RunView | TaskView | None) -> None:
@@ -260,10 +261,7 @@ class Projector:
                 position = (seq, index)
                 for key in touched(event):
                     view = dirty.get(key) or cache.get(key)
-                    if key[0] == "run":
-                        new = fold_run(view, event, position)  # type: ignore[arg-type]
-                    else:
-                        new = fold_task(view, event, position)  # type: ignore[arg-type]
+                    new = fold_view(key, view, event, position)
                     if new is not None and new is not view:
                         dirty[key] = new
                         cache.put(key, new)

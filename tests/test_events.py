@@ -242,7 +242,6 @@ def test_older_schema_version_without_upcaster() -> None:
         decode_commit(orjson.dumps([raw]))
 
 
-@pytest.mark.xfail(reason="engine/_events.py decode_event crashes on a JSON non-object (reported)")
 def test_decode_event_refuses_a_non_object() -> None:
     """A single event that is not a JSON object is InvalidEvent."""
     with pytest.raises(InvalidEvent):
@@ -361,3 +360,34 @@ def test_state_events_round_trip(
         payload=TaskAttemptStatePayload(state=state, label=label, message=message),
     )
     assert decode_commit(encode_commit([event])) == [event]
+
+
+def test_new_events_are_stamped_with_the_current_schema_version() -> None:
+    """After an upcaster raises a type's version, newly made events carry that version."""
+    from runstate.engine._events import CURRENT_VERSION, register_upcaster, unregister_upcaster
+
+    register_upcaster("task.metadata_recorded", 1, lambda raw: {**raw, "schema_version": 2})
+    try:
+        assert CURRENT_VERSION["task.metadata_recorded"] == 2
+        event = MetadataRecorded(pathspec="F/1/s/1", payload={"entries": []})
+        assert event.schema_version == 2
+        assert decode_commit(encode_commit([event]))[0].schema_version == 2
+    finally:
+        unregister_upcaster("task.metadata_recorded", 1)
+
+
+def test_a_failing_upcaster_is_an_invalid_event() -> None:
+    """An exception inside an upcaster surfaces as InvalidEvent naming the upcaster."""
+    from runstate.engine._events import register_upcaster, unregister_upcaster
+
+    def broken(raw: dict[str, object]) -> dict[str, object]:
+        raise KeyError("entries")
+
+    event = MetadataRecorded(pathspec="F/1/s/1", payload={"entries": []})
+    data = encode_commit([event])
+    register_upcaster("task.metadata_recorded", 1, broken)
+    try:
+        with pytest.raises(InvalidEvent, match="upcaster for task.metadata_recorded v1 failed"):
+            decode_commit(data)
+    finally:
+        unregister_upcaster("task.metadata_recorded", 1)

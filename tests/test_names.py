@@ -214,7 +214,6 @@ def test_pathspec_of_refuses_other_subjects() -> None:
             s.pathspec_of(bad)
 
 
-@pytest.mark.xfail(reason="engine/_names.py pathspec_of ignores the prefix tokens (reported)")
 def test_pathspec_of_checks_the_prefix() -> None:
     """A subject under another prefix is not one of this prefix's events subjects."""
     with pytest.raises(InvalidName):
