@@ -387,7 +387,7 @@ def test_a_failing_upcaster_is_an_invalid_event() -> None:
     data = encode_commit([event])
     register_upcaster("task.metadata_recorded", 1, broken)
     try:
-        with pytest.raises(InvalidEvent, match="upcaster for task.metadata_recorded v1 failed"):
+        with pytest.raises(InvalidEvent, match=r"upcaster for task\.metadata_recorded v1 failed"):
             decode_commit(data)
     finally:
         unregister_upcaster("task.metadata_recorded", 1)
