@@ -347,3 +347,22 @@ async def test_reaper_marks_a_killed_workers_task_crashed_once(
         assert len(crashes) == 1
         assert "no heartbeat" in (crashes[0].event.payload.message or "")
         assert task.exception is None and task.label == "Crashed"
+
+
+async def test_reaper_leaves_a_task_awaiting_its_retry_alone(nats_url: str, tmp_path: Path) -> None:
+    """A failed attempt waiting (pending) for its retry is not crashed, however long it waits."""
+    settings = Settings(nats_url=nats_url, heartbeat_interval=0.1, heartbeat_timeout=0.4)
+    async with (
+        _replica(nats_url, tmp_path / "v.sqlite3", settings=settings) as replica,
+        connect(nats_url, settings=settings, projector=False, namespace=None) as client,
+    ):
+        run = await client.create_run("Reap")
+        await run.start()
+        task = await run.create_task("train", start=True)
+        await task.heartbeat()
+        await task.fail("transient")
+        receipt = await task.retry()
+        await anyio.sleep(1.5)  # several reaper rounds past the timeout
+        assert replica.reaper.crashed == []
+        view = await client.task(task.pathspec, after=receipt)
+        assert view.state == "pending" and view.attempt == 1
