@@ -124,6 +124,7 @@ class Projector:
 
     async def run(self) -> None:
         """Consume and apply forever (until cancelled). Re-subscribes after gaps or errors."""
+        await self._check_stream()
         while True:
             sub = await self._subscribe(self.applied + 1)
             self._started.set()
@@ -138,6 +139,25 @@ class Projector:
                     except (nats.errors.Error, nats.js.errors.Error):
                         pass
                 self._buffer.clear()
+
+    async def _check_stream(self) -> None:
+        """Rebuild when the store was folded from another events stream (deleted and made again,
+        or another server's): its checkpoint would mean nothing here."""
+        info = await self._nc.jetstream().stream_info(self._subjects.events_stream)
+        created = info.created
+        identity = int(created.timestamp() * 1_000_000) if created is not None else 0
+        known = await anyio.to_thread.run_sync(self._store.stream_identity)
+        last = int(info.state.last_seq)
+        if (known is not None and known != identity) or self.applied > last:
+            log.warning(
+                "projector.store_from_another_stream",
+                checkpoint=self.applied,
+                stream_last_sequence=last,
+                action="rebuilding from sequence 1",
+            )
+            await self.rebuild()
+        if known != identity:
+            await anyio.to_thread.run_sync(self._store.set_stream_identity, identity)
 
     async def _subscribe(self, start: int) -> Any:
         js = self._nc.jetstream()

@@ -355,6 +355,19 @@ class ReadStore:
         """The last stream sequence the stored views include; 0 for a new store."""
         return int(self._read("SELECT value FROM meta WHERE key = 'checkpoint'")[0][0])
 
+    def stream_identity(self) -> int | None:
+        """The creation time (µs) of the events stream these views were folded from, if recorded."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'stream_created'")
+        return int(rows[0][0]) if rows else None
+
+    def set_stream_identity(self, created_us: int) -> None:
+        """Record which events stream (by creation time) this store follows."""
+        with self._write_lock, self._transaction(self._writer):
+            self._writer.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_created', ?)",
+                (created_us,),
+            )
+
     def load_runs(self, pathspecs: Iterable[str]) -> dict[str, RunView]:
         """The stored runs among ``pathspecs`` (missing ones are left out), for the projector."""
         return {

@@ -366,3 +366,24 @@ async def test_reaper_leaves_a_task_awaiting_its_retry_alone(nats_url: str, tmp_
         assert replica.reaper.crashed == []
         view = await client.task(task.pathspec, after=receipt)
         assert view.state == "pending" and view.attempt == 1
+
+
+async def test_a_store_from_another_stream_is_rebuilt(nats_server: Any, tmp_path: Path) -> None:
+    """A replica whose store was folded from a deleted-and-recreated stream rebuilds instead of resuming."""
+    url = nats_server.url
+    store = tmp_path / "v.sqlite3"
+    last = await _write_log(url, runs=3, tasks=2)
+    async with _replica(url, store) as replica:
+        await replica.projector.wait_for(last)
+    settings = Settings(nats_url=url)
+    nc = await open_nats(settings)
+    try:
+        await nc.jetstream().delete_stream("RS_EVENTS")
+    finally:
+        await nc.close()
+    fresh_last = await _write_log(url, runs=1, tasks=1, flow="Other")
+    assert fresh_last < last
+    async with _replica(url, store) as replica:
+        await replica.projector.wait_for(fresh_last, timeout=10)
+        assert replica.store.get_run("Train/1") is None
+        assert replica.store.get_run("Other/1") is not None
