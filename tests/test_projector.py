@@ -369,7 +369,7 @@ async def test_reaper_leaves_a_task_awaiting_its_retry_alone(nats_url: str, tmp_
 
 
 async def test_a_store_from_another_stream_is_rebuilt(nats_server: Any, tmp_path: Path) -> None:
-    """A replica whose store was folded from a deleted-and-recreated stream rebuilds instead of resuming."""
+    """A store folded from a deleted-and-recreated stream is rebuilt, not resumed."""
     url = nats_server.url
     store = tmp_path / "v.sqlite3"
     last = await _write_log(url, runs=3, tasks=2)
