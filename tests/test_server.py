@@ -19,6 +19,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
+
 from runstate.engine import _server
 from runstate.engine._server import (
     CLUSTER_CONF_TEMPLATE,
