@@ -63,7 +63,7 @@ class _Object:
         return f"{type(self).__name__}('{self.pathspec}')"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.pathspec == self.pathspec
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.pathspec))
@@ -493,7 +493,7 @@ class Task(_Object):
 
 def _record(view: ArtifactView) -> ArtifactRecord:
     return ArtifactRecord(
-        name=view.name, sha256=view.sha256, size=view.size, codec=view.codec,  # type: ignore[arg-type]
+        name=view.name, sha256=view.sha256, size=view.size, codec=view.codec,
         inline=view.inline, ref=view.ref,
     )
 
@@ -610,7 +610,9 @@ class Data:
         return {name: await artifact.load() for name, artifact in self._artifacts.items()}
 
 
-def object_from_reply(client: Client, result: dict[str, Any], attempt: int | None) -> Any:
+def object_from_reply(
+    client: Client, result: dict[str, Any], attempt: int | None
+) -> Flow | Run | Step | Task | DataArtifact:
     """Build the object for a ``get`` reply ``{"kind": ..., "view": ...}``."""
     kind = result["kind"]
     view = result["view"]

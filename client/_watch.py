@@ -131,9 +131,9 @@ async def _snapshot(
 
     views: dict[ViewKey, RunView | TaskView] = {}
     if path.run is None:
-        page = await client.runs(path.flow, page_size=200, after=as_of)
-        for run in page.items:
-            views[("run", run.pathspec)] = run.view
+        runs = await client.runs(path.flow, page_size=200, after=as_of)
+        for listed in runs.items:
+            views[("run", listed.pathspec)] = listed.view
         return views
     try:
         run = await client.get(path.run_pathspec, after=as_of)
@@ -142,9 +142,9 @@ async def _snapshot(
     assert isinstance(run, Run)
     views[("run", run.pathspec)] = run.view
     if path.step is not None and path.task is None:
-        page = await client.tasks(path.run_pathspec, path.step, page_size=1000, after=as_of)
-        async for task in page.all():
-            views[("task", task.pathspec)] = task.view
+        tasks = await client.tasks(path.run_pathspec, path.step, page_size=1000, after=as_of)
+        async for listed_task in tasks.all():
+            views[("task", listed_task.pathspec)] = listed_task.view
     elif path.task is not None:
         try:
             task = await client.get(path.task_pathspec, after=as_of)
@@ -310,10 +310,10 @@ async def _events(
                 continue
             last = seq
             try:
-                commit = decode_commit(msg.data)
+                decoded = decode_commit(msg.data)
             except InvalidEvent:
                 continue
-            for index, event in enumerate(commit):
+            for index, event in enumerate(decoded):
                 yield EventRecord(seq, index, msg.subject, event)
 
 

@@ -126,7 +126,7 @@ class _Wrapper:
         return f"{type(self).__name__}('{self.pathspec}')"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.pathspec == self.pathspec  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.pathspec == self.pathspec
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.pathspec))
