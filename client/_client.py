@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -459,7 +460,11 @@ async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Cli
                 else:
                     store = await _replica_store(nc, settings)
                 async with anyio.create_task_group() as tg:
-                    await tg.start(serve_replica, nc, settings, store)
+                    replica = await tg.start(serve_replica, nc, settings, store)
+                    # Let the first reads of this process see what earlier ones wrote.
+                    caught_up = await client.log.stream_last_sequence()
+                    with anyio.move_on_after(max(settings.request_timeout, 30.0)):
+                        await replica.projector.wait_for(caught_up, timeout=math.inf)
                     try:
                         yield client
                     finally:
