@@ -1443,6 +1443,38 @@ async def _raw_ordered_latency(
     return samples
 
 
+#: nats-server 2.15 allows this many consumers on a stream that sets no limit itself
+SERVER_DEFAULT_MAX_CONSUMERS = 1000
+
+
+async def _make_room_for_consumers(nc: NATS, subjects: Subjects, needed: int) -> str | None:
+    """Raise the events stream's consumer limit to ``needed`` if it is lower; say so.
+
+    Every watch is an ordered consumer, and nats-server 2.15 caps a stream
+    that sets no ``max_consumers`` at 1,000 consumers (error 10026).
+    """
+    from runstate.engine._connection import jetstream_api
+
+    name = subjects.events_stream
+    info = await jetstream_api(nc, f"$JS.API.STREAM.INFO.{name}")
+    config = info["config"]
+    limit = int(config.get("max_consumers", -1))
+    effective = limit if limit > 0 else SERVER_DEFAULT_MAX_CONSUMERS
+    if effective >= needed:
+        return None
+    config["max_consumers"] = needed * 2
+    reply = await jetstream_api(nc, f"$JS.API.STREAM.UPDATE.{name}", config)
+    if "error" in reply:
+        raise RuntimeError(f"cannot raise max_consumers of {name}: {reply['error']}")
+    return (
+        f"the events stream allows {effective} consumers (max_consumers={limit}: nats-server "
+        f"2.15's default of {SERVER_DEFAULT_MAX_CONSUMERS} per stream applies when a stream sets "
+        f"none, and runstate's provision() sets none); every watch is an ordered consumer, so "
+        f"{needed - 16} watched runs would fail with 'maximum consumers limit reached' (10026). "
+        f"The benchmark raised it to {needed * 2} to measure the latency"
+    )
+
+
 async def bench_live(place: _Place, p: BenchParams, report: Report) -> None:
     """Append-to-watcher latency: 1 watcher, many watchers on one run, many runs watched."""
     async with _replica(place, p.projector), _client(place) as client:
@@ -1494,6 +1526,9 @@ async def bench_live(place: _Place, p: BenchParams, report: Report) -> None:
             )
 
         if p.watch_runs > 0:
+            note = await _make_room_for_consumers(client.nc, client.subjects, p.watch_runs + 16)
+            if note:
+                report.notes.append(note)
             _say(f"live: creating and watching {p.watch_runs} runs")
             handles = [await client.create_run(FLOW) for _ in range(p.watch_runs)]
             await _wait_applied(client, max(h.version for h in handles))
@@ -1658,7 +1693,7 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
         written = time.perf_counter() - started
     report.notes.append(
         f"catch-up log: {events:,} events in {commits:,} commits (workload runs with artifacts "
-        f"and metadata, up to {p.events_per_commit} events a commit), written in {written:.1f}s "
+        f"and metadata; at most {p.events_per_commit} per commit), written in {written:.1f}s "
         f"({events / written:,.0f} events/s); the projector runs in this process"
     )
     rates: list[float] = []
@@ -1911,6 +1946,11 @@ _QUICK = {
     "--scale-runs",
     type=click.IntRange(0),
     help="reads: runs of the scale phase, 0 to skip [100000].",
+)
+@click.option(
+    "--scale-task-runs",
+    type=click.IntRange(1),
+    help="reads: runs of the scale phase with the full task set [5].",
 )
 @click.option("--changes", type=click.IntRange(1), help="live: changes per figure [200].")
 @click.option("--watchers", type=click.IntRange(0), help="live: watchers on one run [100].")
