@@ -493,8 +493,10 @@ async def _serve_replica(url: str, prefix: str, store: str) -> None:
 def _replica_main(argv: Sequence[str]) -> None:
     """``python -m runstate.client._bench _replica URL PREFIX STORE``: serve until stdin closes."""
     from runstate.engine._logging import configure_logging
+    from runstate.projections._runner import tune_gc_for_projection
 
     configure_logging("warning", force=True)
+    tune_gc_for_projection()  # as `runstate server` and `runstate projector` do
     url, prefix, store = argv
     anyio.run(_serve_replica, url, prefix, store)
 
@@ -1575,10 +1577,19 @@ async def bench_live(place: _Place, p: BenchParams, report: Report) -> None:
 async def _catch_up(
     place: _Place, store_path: Path, last: int, total_events: int
 ) -> tuple[float, list[float]]:
-    """Time a fresh projector from start to ``applied == last``; overall and windowed rates."""
+    """Time a fresh projector from start to ``applied == last``; overall and windowed rates.
+
+    The projector runs in this process with the garbage-collector thresholds
+    that `runstate server`/`runstate projector` set for themselves.
+    """
+    import gc
+
     from runstate.projections._projector import Projector
+    from runstate.projections._runner import tune_gc_for_projection
     from runstate.projections._store import ReadStore
 
+    thresholds = gc.get_threshold()
+    tune_gc_for_projection()
     store = ReadStore(store_path)
     try:
         async with _connection(place) as nc, anyio.create_task_group() as tg:
@@ -1596,6 +1607,7 @@ async def _catch_up(
             applied_events = projector.events_applied
             tg.cancel_scope.cancel()
     finally:
+        gc.set_threshold(*thresholds)
         store.close()
     marks.append((finished, applied_events))
     windows = [

@@ -11,6 +11,7 @@ resumes after the last sequence it delivered.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -224,6 +225,27 @@ class _Consumer:
                     pass
 
 
+_DECODED_CACHE = 4096
+
+
+def _decode(client: Client, sequence: int, data: bytes) -> list[Event]:
+    """Decode a commit once per client, however many of its watches receive it.
+
+    Events are immutable, so watches may share them; the cache keeps the most
+    recent commits by stream sequence. Raises ``InvalidEvent`` like ``decode_commit``.
+    """
+    cache: OrderedDict[int, list[Event]] | None = client.__dict__.get("_decoded")
+    if cache is None:
+        cache = client.__dict__["_decoded"] = OrderedDict()
+    events = cache.get(sequence)
+    if events is None:
+        events = decode_commit(data)
+        cache[sequence] = events
+        if len(cache) > _DECODED_CACHE:
+            cache.popitem(last=False)
+    return events
+
+
 def _sequence(msg: Msg) -> int:
     tokens = msg.reply.split(".")
     if len(tokens) == 9:
@@ -253,7 +275,7 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
                 continue
             last = seq
             try:
-                commit = decode_commit(msg.data)
+                commit = _decode(client, seq, msg.data)
             except InvalidEvent:
                 continue  # the projector dead-letters it; a watcher skips it the same way
             for index, event in enumerate(commit):
@@ -310,7 +332,7 @@ async def _events(
                 continue
             last = seq
             try:
-                decoded = decode_commit(msg.data)
+                decoded = _decode(client, seq, msg.data)
             except InvalidEvent:
                 continue
             for index, event in enumerate(decoded):
@@ -318,7 +340,9 @@ async def _events(
 
 
 async def wait_for_run(
-    client: Client, pathspec: str, timeout: float | None  # noqa: ASYNC109 - Run.wait's
+    client: Client,
+    pathspec: str,
+    timeout: float | None,  # noqa: ASYNC109 - Run.wait's
 ) -> Run:
     """Watch the run until it is finished; ``Timeout`` if ``timeout`` passes first."""
     from runstate.client._objects import Run
@@ -331,6 +355,3 @@ async def wait_for_run(
                     return Run(client, view)
     assert scope.cancel_called
     raise Timeout(f"run {pathspec} did not finish within {timeout:g}s")
-
-
-

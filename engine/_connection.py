@@ -167,6 +167,7 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
             "allow_direct": True,
             "allow_atomic": True,
             "discard": "new",
+            "max_consumers": settings.max_consumers,
         },
         {
             **common,

@@ -13,22 +13,14 @@ Adding an optional field is backward compatible. A breaking change bumps
 from __future__ import annotations
 
 import os
+import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
 import orjson
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    JsonValue,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import InvalidEvent
@@ -59,16 +51,29 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_rng = random.Random(os.urandom(32))
+_random_bits = _rng.getrandbits
+# A forked child must not repeat its parent's sequence.
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
+
+
 def new_event_id() -> str:
-    """A UUIDv7 (time-ordered) as a string."""
+    """A UUIDv7 (time-ordered) as a string.
+
+    The random bits come from a PRNG seeded from the OS once per process: event
+    ids must be unique, not unguessable, and a syscall per event is measurable.
+    """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    rand = _random_bits(74)
+    value = (
+        (ms & 0xFFFFFFFFFFFF) << 80
+        | 0x7 << 76
+        | (rand >> 62) << 64
+        | 0b10 << 62
+        | (rand & 0x3FFFFFFFFFFFFFFF)
+    )
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class _Model(BaseModel):
@@ -184,18 +189,6 @@ class _Envelope(_Model):
     pathspec: str
     attempt: int | None = None
     actor: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _stamp_current_version(cls, data: Any) -> Any:
-        # A new event is written at its type's current schema version (bumped by
-        # register_upcaster); stored events always carry theirs explicitly.
-        if isinstance(data, dict) and "schema_version" not in data:
-            event_type = data.get("type") or cls.model_fields["type"].default
-            version = CURRENT_VERSION.get(event_type, 1)
-            if version != 1:
-                data = {**data, "schema_version": version}
-        return data
 
 
 class RunCreated(_Envelope):
@@ -325,7 +318,17 @@ def encode_commit(events: Sequence[Event]) -> bytes:
     """Serialise a commit (one or more events) to compact JSON bytes."""
     if not events:
         raise InvalidEvent("a commit needs at least one event")
-    return _COMMIT.dump_json(list(events), exclude_defaults=False, by_alias=True)
+    batch = list(events)
+    if _UPCASTERS:
+        # The models always have the current shape (old events are upcast when
+        # read), so an event is written at its type's current schema version.
+        batch = [
+            event
+            if event.schema_version == CURRENT_VERSION.get(event.type, 1)
+            else event.model_copy(update={"schema_version": CURRENT_VERSION.get(event.type, 1)})
+            for event in batch
+        ]
+    return _COMMIT.dump_json(batch, exclude_defaults=False, by_alias=True)
 
 
 def decode_commit(data: bytes) -> list[Event]:

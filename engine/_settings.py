@@ -60,6 +60,9 @@ class Settings:
     retry_budget: float = 30.0
     #: seconds a request waits for one reply
     request_timeout: float = 5.0
+    #: consumers the events stream allows: every live watch and projector replica is one.
+    #: nats-server 2.15 defaults to 1,000 and no longer accepts -1 for "unlimited".
+    max_consumers: int = 100_000
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)

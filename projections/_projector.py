@@ -101,6 +101,7 @@ class Projector:
         self._started = anyio.Event()
         self.deadlettered = 0
         self.events_applied = 0
+        self._entities: dict[str, tuple[str, str]] = {}
 
     @property
     def store(self) -> ReadStore:
@@ -240,20 +241,30 @@ class Projector:
         self._advanced.set()
         self._advanced = anyio.Event()
 
+    def _entity(self, subject: str) -> tuple[str, str]:
+        """The pathspec and event-type prefix (``run.``/``task.``) a subject may carry."""
+        entity = self._entities.get(subject)
+        if entity is None:
+            path = self._subjects.pathspec_of(subject)
+            entity = (str(path), "run." if path.task is None else "task.")
+            if len(self._entities) >= 100_000:
+                self._entities.clear()
+            self._entities[subject] = entity
+        return entity
+
     def _decode(self, msg: Msg) -> list[Event]:
-        path = self._subjects.pathspec_of(msg.subject)
+        expected, kind = self._entity(msg.subject)
         events = decode_commit(msg.data)
-        expected = str(path)
         for event in events:
             if event.pathspec != expected:
                 raise InvalidEvent(
                     f"event {event.type} for {event.pathspec} was published on the subject of "
                     f"{expected}; not written by runstate"
                 )
-            if path.task is None and not event.type.startswith("run."):
-                raise InvalidEvent(f"{event.type} on a run subject; not written by runstate")
-            if path.task is not None and not event.type.startswith("task."):
-                raise InvalidEvent(f"{event.type} on a task subject; not written by runstate")
+            if not event.type.startswith(kind):
+                raise InvalidEvent(
+                    f"{event.type} on a {kind[:-1]} subject; not written by runstate"
+                )
         return events
 
     async def _fold(

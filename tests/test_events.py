@@ -363,14 +363,15 @@ def test_state_events_round_trip(
 
 
 def test_new_events_are_stamped_with_the_current_schema_version() -> None:
-    """After an upcaster raises a type's version, newly made events carry that version."""
+    """After an upcaster raises a type's version, new events are written at that version."""
     from runstate.engine._events import CURRENT_VERSION, register_upcaster, unregister_upcaster
 
     register_upcaster("task.metadata_recorded", 1, lambda raw: {**raw, "schema_version": 2})
     try:
         assert CURRENT_VERSION["task.metadata_recorded"] == 2
         event = MetadataRecorded(pathspec="F/1/s/1", payload={"entries": []})
-        assert event.schema_version == 2
+        stored = orjson.loads(encode_commit([event]))
+        assert stored[0]["schema_version"] == 2
         assert decode_commit(encode_commit([event]))[0].schema_version == 2
     finally:
         unregister_upcaster("task.metadata_recorded", 1)
@@ -391,3 +392,26 @@ def test_a_failing_upcaster_is_an_invalid_event() -> None:
             decode_commit(data)
     finally:
         unregister_upcaster("task.metadata_recorded", 1)
+
+
+def test_event_ids_are_unique_uuid7_and_differ_after_fork() -> None:
+    """Event ids are version-7 UUIDs, unique, and a forked child does not repeat its parent's."""
+    import os
+    import uuid
+
+    from runstate.engine._events import new_event_id
+
+    ids = [new_event_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids[:100])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_event_id()
+    assert child not in ids

@@ -388,3 +388,28 @@ async def test_connection_survives_a_server_restart(
     second = await log.append(note("F/1", "after"), expected_version=first.sequence)
 
     assert second.sequence == first.sequence + 1
+
+
+async def test_events_stream_allows_more_than_a_thousand_consumers(nats_url: str) -> None:
+    """Over 1,000 consumers (watchers) fit on the events stream, past nats-server 2.15's default."""
+    from nats.js.api import ConsumerConfig
+
+    settings = Settings(nats_url=nats_url)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        js = nc.jetstream()
+
+        async def add(i: int) -> None:
+            config = ConsumerConfig(
+                filter_subject=f"rs.ev.Watch.{i}.>", inactive_threshold=30, mem_storage=True
+            )
+            await js.add_consumer("RS_EVENTS", config)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1001):
+                tg.start_soon(add, i)
+        info = await js.stream_info("RS_EVENTS")
+        assert info.state.consumer_count == 1001
+    finally:
+        await nc.close()
