@@ -23,7 +23,7 @@ from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._worker import RunHandle, Writer
-from runstate.engine.errors import NotFound, NotInNamespace, Timeout, Unavailable, error_from_wire
+from runstate.engine.errors import NotFound, Timeout, Unavailable, error_from_wire
 from runstate.projections._views import RunView
 
 if TYPE_CHECKING:
@@ -130,9 +130,6 @@ class Client:
             raise error_from_wire(wire)
         return orjson.loads(msg.data)["result"]
 
-    def _read_after(self, after: After) -> int | None:
-        return _after(after)
-
     # -- snapshot reads -----------------------------------------------------------
 
     async def get(
@@ -146,22 +143,14 @@ class Client:
         """
         from runstate.client._objects import object_from_reply
 
-        path = parse_pathspec(pathspec)
-        namespace = self.namespace
-        body = {"pathspec": pathspec, "attempt": attempt, "namespace": namespace}
-        try:
-            result = await self.request("get", {**body, "after": _after(after)})
-        except NotFound:
-            # A flow is in a namespace when one of its runs is (Metaflow's rule):
-            # tell "elsewhere" from "nowhere" as runs, steps and tasks do.
-            if path.depth == 1 and namespace is not None:
-                await self.request("get", {**body, "namespace": None})  # NotFound if nowhere
-                raise NotInNamespace(
-                    f"flow {path.flow} has no runs in namespace {namespace!r}; "
-                    "use namespace(None) to see every run"
-                ) from None
-            raise
-        return object_from_reply(self, result, attempt)
+        parse_pathspec(pathspec)
+        body = {
+            "pathspec": pathspec,
+            "attempt": attempt,
+            "namespace": self.namespace,
+            "after": _after(after),
+        }
+        return object_from_reply(self, await self.request("get", body), attempt)
 
     async def flow(self, name: str, *, after: After = None) -> Flow:
         from runstate.client._objects import Flow

@@ -21,7 +21,7 @@ import traceback as tb
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import nats.js.errors
@@ -68,9 +68,6 @@ from runstate.engine._states import (
     check_task_transition,
 )
 from runstate.engine.errors import ConflictError, InvalidName, NotFound
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["RunHandle", "TaskHandle", "Writer"]
 

@@ -88,7 +88,7 @@ class TasksRequest(_Request):
 
 
 class HistoryRequest(_Request):
-    """The events of an object, oldest first, read from the stream."""
+    """The events of an object, oldest first, read from the stream: ``limit`` commits a page."""
 
     pathspec: str
     start: int = 1

@@ -43,7 +43,7 @@ from runstate.projections._protocol import (
     TasksRequest,
 )
 from runstate.projections._queries import RunQuery, TaskQuery
-from runstate.projections._views import StepView, TaskView
+from runstate.projections._views import StepView
 
 __all__ = ["QueryService"]
 
@@ -273,9 +273,11 @@ class QueryService:
         subject = self._log.subjects.for_pathspec(path)
         items: list[bytes] = []
         last = req.start - 1
+        commits = 0
         try:
             async for commit in self._log.read(subject, start=req.start, limit=req.limit):
                 last = commit.sequence
+                commits += 1
                 for index, event in enumerate(commit.events):
                     items.append(
                         b'{"sequence":%d,"index":%d,"subject":%s,"event":%s}'
@@ -288,7 +290,8 @@ class QueryService:
                     )
         except InvalidEvent as exc:
             raise InvalidEvent(f"{exc.message}; see the dead letters for it") from None
-        next_start = last + 1 if len(items) and commit_count_reached(req.limit, items) else None
+        # A full page may have more after it; a short one reached the end of the log.
+        next_start = last + 1 if commits == req.limit else None
         return _result(
             b'{"items":['
             + b",".join(items)
@@ -310,10 +313,6 @@ class QueryService:
         )
 
 
-def commit_count_reached(limit: int, items: list[bytes]) -> bool:
-    return len(items) >= limit
-
-
 def _page(items: list[bytes], cursor: str | None) -> bytes:
     return _result(
         b'{"items":[' + b",".join(items) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
@@ -323,5 +322,3 @@ def _page(items: list[bytes], cursor: str | None) -> bytes:
 def _ns(namespace: str | None) -> str:
     return f" in namespace {namespace!r}" if namespace is not None else ""
 
-
-_ = TaskView

@@ -387,3 +387,26 @@ async def test_a_store_from_another_stream_is_rebuilt(nats_server: Any, tmp_path
         await replica.projector.wait_for(fresh_last, timeout=10)
         assert replica.store.get_run("Train/1") is None
         assert replica.store.get_run("Other/1") is not None
+
+
+async def test_history_pages_through_an_objects_events(nats_url: str, tmp_path: Path) -> None:
+    """The history endpoint returns an object's events oldest first, a page of commits at a time."""
+    last = await _write_log(nats_url, runs=2, tasks=3)
+    async with (
+        _replica(nats_url, tmp_path / "v.sqlite3") as replica,
+        connect(nats_url, projector=False, namespace=None) as client,
+    ):
+        await replica.projector.wait_for(last)
+        seen: list[tuple[int, int]] = []
+        start: int | None = 1
+        pages = 0
+        while start is not None:
+            records, start = await client.history("Train/2", start=start, limit=3)
+            seen.extend((r.sequence, r.index) for r in records)
+            assert all(r.event.pathspec.startswith("Train/2") for r in records)
+            pages += 1
+        expected = [
+            (r.sequence, r.index) async for r in client.events("Train/2", follow=False)
+        ]
+        assert seen == expected and len(seen) == 2 + 3 * 4 + 1
+        assert pages == 4  # 9 commits, 3 a page, then an empty last page
