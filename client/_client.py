@@ -274,10 +274,19 @@ class Client:
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
             return await self.with_namespace(namespace).runs(
-                flow, tags=tags, any_tags=any_tags, state=states, user=user,
-                created_after=created_after, created_before=created_before,
-                finished_after=finished_after, finished_before=finished_before,
-                parameters=parameters, sort=sort, page_size=page_size, cursor=next_cursor,
+                flow,
+                tags=tags,
+                any_tags=any_tags,
+                state=states,
+                user=user,
+                created_after=created_after,
+                created_before=created_before,
+                finished_after=finished_after,
+                finished_before=finished_before,
+                parameters=parameters,
+                sort=sort,
+                page_size=page_size,
+                cursor=next_cursor,
             )
 
         return Page(items, result["next_cursor"], fetch_next)

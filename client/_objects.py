@@ -493,8 +493,12 @@ class Task(_Object):
 
 def _record(view: ArtifactView) -> ArtifactRecord:
     return ArtifactRecord(
-        name=view.name, sha256=view.sha256, size=view.size, codec=view.codec,
-        inline=view.inline, ref=view.ref,
+        name=view.name,
+        sha256=view.sha256,
+        size=view.size,
+        codec=view.codec,
+        inline=view.inline,
+        ref=view.ref,
     )
 
 
@@ -627,4 +631,3 @@ def object_from_reply(
     if kind == "artifact":
         return DataArtifact(client, ArtifactView.model_validate(view))
     raise RunstateError(f"unknown object kind {kind!r} in reply")
-

@@ -397,6 +397,3 @@ class _Data:
 
     def __repr__(self) -> str:
         return repr(self._data)
-
-
-

@@ -43,6 +43,9 @@ log = structlog.get_logger("runstate.projector")
 
 ViewKey = tuple[str, str]
 
+#: commits folded between two chances for the query service to answer
+_YIELD_EVERY = 256
+
 
 class _ViewCache:
     """The most recently used views; the projector is their only writer, so they stay true."""
@@ -84,7 +87,7 @@ class Projector:
         store: ReadStore,
         *,
         batch_size: int = 5000,
-        cache_size: int = 200_000,
+        cache_size: int = 20_000,
         name: str = "projector",
     ) -> None:
         self._nc = nc
@@ -270,34 +273,47 @@ class Projector:
     async def _fold(
         self, commits: list[tuple[int, list[Event]]]
     ) -> tuple[list[RunView], list[TaskView]]:
-        missing_runs: set[str] = set()
-        missing_tasks: set[str] = set()
+        # Every view this batch touches, held here for the whole batch: the LRU
+        # cache only saves store reads between batches and may evict at any time.
+        views: dict[ViewKey, RunView | TaskView | None] = {}
+        missing_runs: list[str] = []
+        missing_tasks: list[str] = []
+        cache = self._cache
         for _, events in commits:
             for event in events:
-                for kind, pathspec in touched(event):
-                    if (kind, pathspec) not in self._cache:
-                        (missing_runs if kind == "run" else missing_tasks).add(pathspec)
+                for key in touched(event):
+                    if key in views:
+                        continue
+                    if key in cache:
+                        views[key] = cache.get(key)
+                    else:
+                        views[key] = None
+                        (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
         if missing_runs or missing_tasks:
             loaded_runs, loaded_tasks = await anyio.to_thread.run_sync(
                 self._load, missing_runs, missing_tasks
             )
-            for pathspec in missing_runs:
-                self._cache.put(("run", pathspec), loaded_runs.get(pathspec))
-            for pathspec in missing_tasks:
-                self._cache.put(("task", pathspec), loaded_tasks.get(pathspec))
-        dirty: dict[ViewKey, RunView | TaskView] = {}
-        cache = self._cache
-        for seq, events in commits:
+            for pathspec, run in loaded_runs.items():
+                views[("run", pathspec)] = run
+            for pathspec, task in loaded_tasks.items():
+                views[("task", pathspec)] = task
+        dirty: set[ViewKey] = set()
+        for number, (seq, events) in enumerate(commits, start=1):
+            if number % _YIELD_EVERY == 0:
+                # The query service shares this event loop: let it answer meanwhile.
+                await anyio.sleep(0)
             for index, event in enumerate(events):
                 position = (seq, index)
                 for key in touched(event):
-                    view = dirty.get(key) or cache.get(key)
+                    view = views[key]
                     new = fold_view(key, view, event, position)
                     if new is not None and new is not view:
-                        dirty[key] = new
-                        cache.put(key, new)
-        runs = [v for k, v in dirty.items() if k[0] == "run"]
-        tasks = [v for k, v in dirty.items() if k[0] == "task"]
+                        views[key] = new
+                        dirty.add(key)
+        for key, view in views.items():
+            cache.put(key, view)
+        runs = [views[k] for k in dirty if k[0] == "run"]
+        tasks = [views[k] for k in dirty if k[0] == "task"]
         return runs, tasks  # type: ignore[return-value]
 
     def _load(

@@ -321,4 +321,3 @@ def _page(items: list[bytes], cursor: str | None) -> bytes:
 
 def _ns(namespace: str | None) -> str:
     return f" in namespace {namespace!r}" if namespace is not None else ""
-

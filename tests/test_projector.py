@@ -405,8 +405,32 @@ async def test_history_pages_through_an_objects_events(nats_url: str, tmp_path: 
             seen.extend((r.sequence, r.index) for r in records)
             assert all(r.event.pathspec.startswith("Train/2") for r in records)
             pages += 1
-        expected = [
-            (r.sequence, r.index) async for r in client.events("Train/2", follow=False)
-        ]
+        expected = [(r.sequence, r.index) async for r in client.events("Train/2", follow=False)]
         assert seen == expected and len(seen) == 2 + 3 * 4 + 1
         assert pages == 4  # 9 commits, 3 a page, then an empty last page
+
+
+async def test_a_batch_wider_than_the_view_cache_loses_nothing(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A batch touching more views than the projector caches folds every event all the same."""
+    from runstate.projections import Projector, ReadStore
+
+    last = await _write_log(nats_url, runs=4, tasks=30)
+    settings = Settings(nats_url=nats_url)
+    nc = await open_nats(settings)
+    small, fresh = ReadStore(tmp_path / "small.sqlite3"), ReadStore(tmp_path / "fresh.sqlite3")
+    try:
+        async with anyio.create_task_group() as tg:
+            narrow = Projector(nc, settings, small, cache_size=5, batch_size=10_000)
+            wide = Projector(nc, settings, fresh)
+            tg.start_soon(narrow.run)
+            tg.start_soon(wide.run)
+            await narrow.wait_for(last, timeout=30)
+            await wide.wait_for(last, timeout=30)
+            tg.cancel_scope.cancel()
+    finally:
+        small.close()
+        fresh.close()
+        await nc.close()
+    assert _rows(tmp_path / "small.sqlite3") == _rows(tmp_path / "fresh.sqlite3")
