@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import nats.errors
 import nats.js.errors
 import structlog
@@ -301,7 +302,7 @@ class Projector:
         for number, (seq, events) in enumerate(commits, start=1):
             if number % _YIELD_EVERY == 0:
                 # The query service shares this event loop: let it answer meanwhile.
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             for index, event in enumerate(events):
                 position = (seq, index)
                 for key in touched(event):
