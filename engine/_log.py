@@ -14,7 +14,9 @@ returns the original receipt instead of a conflict.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -46,12 +48,81 @@ __all__ = ["Commit", "EventLog", "Receipt", "StoredCommit"]
 
 log = structlog.get_logger("runstate.log")
 
-_nuid = NUID()
+
+class _CommitIds:
+    """Unique commit ids: a random per-process prefix and a counter (renewed after fork)."""
+
+    def __init__(self) -> None:
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = NUID().next().decode("ascii")[:16]
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+_commit_ids = _CommitIds()
 
 
 def new_commit_id() -> str:
-    """A unique commit id (a NUID: 22 random base62 characters, cheap to make)."""
-    return _nuid.next().decode("ascii")
+    """A commit id unique across processes (16 random characters and a counter)."""
+    return _commit_ids.next()
+
+
+class _Replies:
+    """Request/reply over one wildcard reply subscription, for the write path.
+
+    nats-py's ``request`` makes a NUID token, reads ``os.urandom`` and wraps
+    the wait in ``asyncio.wait_for`` for every call: a quarter of a writer's
+    CPU per transition. Here a token is a counter and a reply resolves a future.
+    """
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = ""
+        self._sub: Any = None
+        self._tokens = itertools.count()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._lock = anyio.Lock()
+
+    async def _start(self) -> None:
+        async with self._lock:
+            if self._sub is None:
+                self._prefix = self._nc.new_inbox()
+                self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def request(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> Msg:
+        """Send and wait for the reply; nats-py's errors for no responders and timeouts."""
+        if self._sub is None:
+            await self._start()
+        token = str(next(self._tokens))
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            await self._nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
+            with anyio.fail_after(timeout):
+                msg = await future
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+        finally:
+            self._waiting.pop(token, None)
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        return msg
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -65,6 +136,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 _NOT_FOUND_OR_TRANSIENT: tuple[type[BaseException], ...] = (
     nats.js.errors.NotFoundError,
     *_TRANSIENT,
+)
+_READ_TRANSIENT: tuple[type[BaseException], ...] = (
+    *_TRANSIENT,
+    nats.js.errors.ServiceUnavailableError,
 )
 _CONFLICT_CODES = frozenset({10071, 10164})
 # "JetStream not temporarily available", "stream offline", "leader changed",
@@ -131,6 +206,7 @@ class EventLog:
         self._stream = self.subjects.events_stream
         self._js = nc.jetstream()
         self._subject_cache: dict[str, tuple[str, Pathspec]] = {}
+        self._replies = _Replies(nc)
 
     @property
     def nc(self) -> NATS:
@@ -230,11 +306,11 @@ class EventLog:
             tries += 1
             remaining = deadline - time.monotonic()
             try:
-                msg = await self._nc.request(
+                msg = await self._replies.request(
                     subject,
                     data,
+                    headers,
                     timeout=max(0.05, min(self._settings.request_timeout, remaining)),
-                    headers=headers,
                 )
             except _TRANSIENT as exc:
                 if time.monotonic() + delay >= deadline:
@@ -497,12 +573,25 @@ class EventLog:
             mem_storage=True,
             inactive_threshold=10.0,
         )
-        sub = await self._js.pull_subscribe(
-            subject_filter or self.subjects.all_events,
-            durable=None,
-            stream=self._stream,
-            config=config,
-        )
+        deadline = time.monotonic() + self._settings.retry_budget
+        delay = 0.05
+        while True:
+            try:
+                sub = await self._js.pull_subscribe(
+                    subject_filter or self.subjects.all_events,
+                    durable=None,
+                    stream=self._stream,
+                    config=config,
+                )
+                break
+            except _READ_TRANSIENT:
+                if time.monotonic() + delay >= deadline:
+                    raise Unavailable(
+                        f"could not start reading {subject_filter or 'the log'} within "
+                        f"{self._settings.retry_budget:.0f}s; is the stream available?"
+                    ) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
         consumer_name: str | None = None
         try:
             info = await sub.consumer_info()
@@ -511,9 +600,19 @@ class EventLog:
             count = 0
             wanted = pending if limit is None else min(pending, limit)
             while count < wanted:
-                msgs = await sub.fetch(
-                    min(batch, wanted - count), timeout=self._settings.request_timeout
-                )
+                try:
+                    msgs = await sub.fetch(
+                        min(batch, wanted - count), timeout=self._settings.request_timeout
+                    )
+                except _TRANSIENT:
+                    # The messages exist (num_pending said so): a cluster may be
+                    # electing a leader. Ask again within the retry budget.
+                    if time.monotonic() >= deadline:
+                        raise Unavailable(
+                            f"could not read {subject_filter or 'the log'} within "
+                            f"{self._settings.retry_budget:.0f}s; is the stream available?"
+                        ) from None
+                    continue
                 for msg in msgs:
                     yield self._stored(msg)
                     count += 1

@@ -82,6 +82,12 @@ def _system_tags(user: str, extra: Iterable[str]) -> list[str]:
     return tags
 
 
+def _check_texts(*values: object) -> None:
+    for value in values:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"a label or message is a string, not {type(value).__name__}")
+
+
 def _check_tags(tags: Iterable[str]) -> list[str]:
     result = []
     for tag in tags:
@@ -621,11 +627,16 @@ class TaskHandle:
         new = TaskState(state)
         number = self.attempt if attempt is None else attempt
         check_task_transition(self.pathspec, self.attempt, self.state, number, new)
-        event = TaskAttemptStateChanged(
+        _check_texts(label, message)
+        if exception is not None and not isinstance(exception, ExceptionInfo):
+            raise TypeError("exception must be an ExceptionInfo; use fail(exc) for an exception")
+        # Every value is checked above, so the event skips pydantic's validation:
+        # this is the hot path of every worker.
+        event = TaskAttemptStateChanged.model_construct(
             pathspec=self.pathspec,
             attempt=number,
             actor=self._writer.user,
-            payload=TaskAttemptStatePayload(
+            payload=TaskAttemptStatePayload.model_construct(
                 state=new, label=label, message=message, exception=exception
             ),
         )
