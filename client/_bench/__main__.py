@@ -1,0 +1,14 @@
+"""``python -m runstate.client._bench``: the command standalone, or a projector replica."""
+
+from __future__ import annotations
+
+import sys
+
+from runstate.client._bench._command import bench
+from runstate.client._bench._harness import _replica_main
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_replica":
+        _replica_main(sys.argv[2:])
+    else:
+        bench(prog_name="runstate bench")

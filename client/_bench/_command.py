@@ -1,0 +1,221 @@
+"""The ``runstate bench`` command: run the chosen benchmarks and print their report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import click
+
+from runstate.client._bench._append import bench_append
+from runstate.client._bench._facade import bench_facade
+from runstate.client._bench._harness import _Place, _place
+from runstate.client._bench._live import bench_live
+from runstate.client._bench._params import BenchParams
+from runstate.client._bench._projection import bench_projection
+from runstate.client._bench._reads import bench_reads
+from runstate.client._bench._report import (
+    Report,
+    _as_json,
+    _load,
+    _print_rich,
+    machine_info,
+    markdown,
+)
+from runstate.client._bench._workload import bench_workload
+
+BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection")
+
+
+_PARAMETERS = {
+    "append": ("repeat", "messages", "batch_events", "atomic_batch", "in_flight"),
+    "workload": ("repeat", "runs", "tasks", "writers", "projector"),
+    "reads": ("runs", "tasks", "writers", "calls", "scale_runs", "scale_task_runs", "projector"),
+    "facade": ("calls",),
+    "live": ("changes", "watchers", "watch_runs", "projector"),
+    "projection": (
+        "events",
+        "events_per_commit",
+        "tasks",
+        "catchup_repeat",
+        "lag_rate",
+        "lag_seconds",
+        "projector",
+    ),
+}
+
+
+_ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
+    "append": bench_append,
+    "workload": bench_workload,
+    "reads": bench_reads,
+    "live": bench_live,
+    "projection": bench_projection,
+}
+
+
+def run_benchmark(name: str, params: BenchParams) -> Report:
+    """Run one benchmark on its own server (or prefix) and return its report."""
+    report = Report(name, params.for_report(*_PARAMETERS[name]))
+    report.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    report.load_before = _load()
+    click.echo(f"{name}: starting (load {report.load_before[0]})", err=True)
+    started = time.perf_counter()
+    with _place(params.nats) as place:
+        if name == "facade":
+            bench_facade(place, params, report)
+        else:
+            anyio.run(_ASYNC[name], place, params, report)
+    report.duration_s = time.perf_counter() - started
+    report.load_after = _load()
+    return report
+
+
+def run_benchmarks(names: Sequence[str], params: BenchParams) -> dict[str, Any]:
+    """Run benchmarks in order; return the whole report as a JSON-ready dict."""
+    machine = machine_info()
+    reports = [run_benchmark(name, params) for name in names]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine, "nats_server": reports[0].server_version if reports else "?"},
+        "reports": reports,
+    }
+
+
+def _writers(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        result = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter("give writer counts separated by commas, e.g. 1,8,64") from None
+    if not result or min(result) < 1:
+        raise click.BadParameter("writer counts must be at least 1")
+    return result
+
+
+_QUICK = {
+    "repeat": 5,
+    "messages": 5000,
+    "scale_runs": 10_000,
+    "calls": 200,
+    "events": 100_000,
+    "catchup_repeat": 1,
+    "lag_seconds": 5.0,
+}
+
+
+@click.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("benchmarks", nargs=-1, type=click.Choice([*BENCHMARKS, "all"]))
+@click.option(
+    "--nats",
+    "nats_url",
+    metavar="URL",
+    help="Use this NATS server (a fresh prefix) instead of starting one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--markdown", "as_markdown", is_flag=True, help="Print the report as Markdown tables."
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Smaller defaults: 5 repetitions, 10,000-run scale, 100,000-event log.",
+)
+@click.option(
+    "--repeat", type=click.IntRange(1), help="Repetitions of each throughput figure [20]."
+)
+@click.option(
+    "--projector",
+    type=click.Choice(["process", "inprocess"]),
+    help="Where the replica runs [process].",
+)
+@click.option("--messages", type=click.IntRange(1), help="append: messages per sample [20000].")
+@click.option(
+    "--batch-events", type=click.IntRange(1), help="append: events per batched commit [10]."
+)
+@click.option(
+    "--atomic-batch", type=click.IntRange(1, 1000), help="append: commits per atomic batch [500]."
+)
+@click.option(
+    "--in-flight", type=click.IntRange(1), help="append: publishes in flight, both sides [2048]."
+)
+@click.option("--runs", "-R", type=click.IntRange(1), help="workload/reads: runs R [20].")
+@click.option("--tasks", "-T", type=click.IntRange(1), help="train foreach tasks T [50].")
+@click.option(
+    "--writers", "-W", callback=_writers, help="workload: writer counts, e.g. 1,8,64 [1,8,64]."
+)
+@click.option("--calls", type=click.IntRange(1), help="reads/facade: calls per figure [200].")
+@click.option(
+    "--scale-runs",
+    type=click.IntRange(0),
+    help="reads: runs of the scale phase, 0 to skip [100000].",
+)
+@click.option(
+    "--scale-task-runs",
+    type=click.IntRange(1),
+    help="reads: runs of the scale phase with the full task set [5].",
+)
+@click.option("--changes", type=click.IntRange(1), help="live: changes per figure [200].")
+@click.option("--watchers", type=click.IntRange(0), help="live: watchers on one run [100].")
+@click.option(
+    "--watch-runs",
+    type=click.IntRange(0),
+    help="live: runs watched at once, 0 to skip [0; WORKLOAD: 1000].",
+)
+@click.option(
+    "--events", type=click.IntRange(1), help="projection: events in the catch-up log [1000000]."
+)
+@click.option(
+    "--events-per-commit",
+    type=click.IntRange(1),
+    help="projection: events per commit of that log [1].",
+)
+@click.option("--catchup-repeat", type=click.IntRange(1), help="projection: catch-ups timed [3].")
+@click.option(
+    "--lag-rate", type=click.IntRange(1), help="projection: steady append rate, events/s [5000]."
+)
+@click.option(
+    "--lag-seconds",
+    type=click.FloatRange(0),
+    help="projection: seconds of steady load, 0 to skip [10].",
+)
+def bench(
+    benchmarks: tuple[str, ...],
+    nats_url: str | None,
+    as_json: bool,
+    as_markdown: bool,
+    quick: bool,
+    **options: Any,
+) -> None:
+    """Measure runstate on the standard workload (see docs/benchmarks.md).
+
+    BENCHMARKS: append, workload, reads, facade, live, projection, or all (the default).
+    """
+    from runstate.engine._logging import configure_logging
+
+    configure_logging("warning", force=True)
+    params = BenchParams(nats=nats_url)
+    if quick:
+        for key, value in _QUICK.items():
+            setattr(params, key, value)
+    for key, value in options.items():
+        if value is not None:
+            setattr(params, key, value)
+    names = (
+        list(BENCHMARKS)
+        if not benchmarks or "all" in benchmarks
+        else list(dict.fromkeys(benchmarks))
+    )
+    result = run_benchmarks(names, params)
+    if as_json:
+        click.echo(_as_json(result))
+    elif as_markdown:
+        click.echo(markdown(result))
+    else:
+        _print_rich(result)

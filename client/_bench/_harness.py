@@ -1,0 +1,218 @@
+"""Where a benchmark runs: the server or prefix, connections, the replica, the client."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import nats.errors
+import nats.js.errors
+from anyio.streams.buffered import BufferedByteReceiveStream
+from nats.aio.client import Client as NATS
+
+from runstate.client._bench._params import ProjectorMode
+from runstate.engine._connection import open_nats, provision
+from runstate.engine._log import new_commit_id
+from runstate.engine._names import Subjects
+from runstate.engine._settings import Settings
+from runstate.engine.errors import Timeout
+
+
+def _server_version(nc: NATS) -> str:
+    return str(nc.connected_server_version).removeprefix("<nats server v").rstrip(">")
+
+
+def _say(message: str) -> None:
+    """Progress, on stderr so that ``--json`` output stays clean."""
+    click.echo(f"  {message}", err=True)
+
+
+@dataclass
+class _Place:
+    """Where a benchmark runs: a NATS URL, a subject prefix, a scratch directory."""
+
+    url: str
+    prefix: str
+    tmp: Path
+    owned: bool
+
+    def settings(self) -> Settings:
+        return Settings(nats_url=self.url, prefix=self.prefix, data_dir=self.tmp / "data")
+
+
+@contextlib.contextmanager
+def _place(url: str | None) -> Iterator[_Place]:
+    """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``."""
+    from runstate.engine._server import NatsServer
+
+    with tempfile.TemporaryDirectory(prefix="runstate-bench-") as scratch:
+        tmp = Path(scratch)
+        if url is not None:
+            place = _Place(url, f"bench{new_commit_id()[:8]}", tmp, owned=False)
+            try:
+                yield place
+            finally:
+                anyio.run(_delete_streams, place)
+            return
+        server = NatsServer(tmp / "nats")
+        server.start()
+        try:
+            yield _Place(server.url, "rs", tmp, owned=True)
+        finally:
+            server.stop()
+
+
+async def _delete_streams(place: _Place) -> None:
+    settings = place.settings()
+    subjects = Subjects(settings.prefix)
+    nc = await open_nats(settings)
+    try:
+        js = nc.jetstream()
+        for name in (
+            subjects.events_stream,
+            subjects.heartbeats_stream,
+            subjects.counters_stream,
+            subjects.deadletter_stream,
+            f"KV_{subjects.idempotency_bucket}",
+            f"OBJ_{subjects.blobs_bucket}",
+        ):
+            with contextlib.suppress(nats.js.errors.Error, nats.errors.Error):
+                await js.delete_stream(name)
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def _connection(place: _Place) -> AsyncIterator[NATS]:
+    settings = place.settings()
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        yield nc
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> AsyncIterator[None]:
+    """A projector replica (projector + query service, no reaper) beside the benchmark.
+
+    ``process``: its own OS process, as deployed (``runstate projector``);
+    ``inprocess``: a task on this event loop, with its own NATS connection.
+    """
+    store = place.tmp / f"{name}.sqlite3"
+    if mode == "inprocess":
+        from runstate.projections._runner import serve_replica
+
+        async with _connection(place) as nc, anyio.create_task_group() as tg:
+            await tg.start(
+                functools.partial(serve_replica, nc, place.settings(), store, reaper=False)
+            )
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        return
+    log_path = place.tmp / f"{name}.stderr"
+    with log_path.open("wb") as errors:
+        process = await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "runstate.client._bench",
+                "_replica",
+                place.url,
+                place.prefix,
+                str(store),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        try:
+            with anyio.fail_after(60):
+                line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 100)
+        except (anyio.EndOfStream, anyio.IncompleteRead, TimeoutError):
+            line = b""
+        if line.strip() != b"ready":
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the projector replica did not start:\n{tail}")
+        yield
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.stdin is not None:
+                await process.stdin.aclose()  # the replica exits when its stdin closes
+            with anyio.move_on_after(10):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+
+
+async def _serve_replica(url: str, prefix: str, store: str) -> None:
+    from runstate.projections._runner import serve_replica
+
+    settings = Settings(nats_url=url, prefix=prefix, data_dir=Path(store).parent)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(functools.partial(serve_replica, nc, settings, store, reaper=False))
+            print("ready", flush=True)
+            await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+            tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+
+
+def _replica_main(argv: Sequence[str]) -> None:
+    """``python -m runstate.client._bench _replica URL PREFIX STORE``: serve until stdin closes."""
+    from runstate.engine._logging import configure_logging
+    from runstate.projections._runner import tune_gc_for_projection
+
+    configure_logging("warning", force=True)
+    tune_gc_for_projection()  # as `runstate server` and `runstate projector` do
+    url, prefix, store = argv
+    anyio.run(_serve_replica, url, prefix, store)
+
+
+@contextlib.asynccontextmanager
+async def _client(place: _Place) -> AsyncIterator[Any]:
+    from runstate.client._client import connect
+
+    async with connect(place.url, settings=place.settings(), projector=False) as client:
+        yield client
+
+
+async def _wait_applied(client: Any, sequence: int) -> None:
+    """Wait (up to 10 minutes) until the replica answering ``client`` has applied ``sequence``."""
+    with anyio.fail_after(600):
+        while True:
+            status = await client.status()
+            if int(status["applied"]) >= sequence:
+                return
+            await anyio.sleep(0.05)
+
+
+async def _read_after(client: Any, pathspec: str, sequence: int) -> None:
+    """A read that returns once ``sequence`` is queryable (retried past the 5 s bound)."""
+    while True:
+        try:
+            await client.run(pathspec, after=sequence)
+            return
+        except Timeout:
+            continue

@@ -1,0 +1,47 @@
+"""The standard workload's parameters: every benchmark's, with their defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+FLOW = "Train"
+
+
+ProjectorMode = Literal["process", "inprocess"]
+
+
+@dataclass
+class BenchParams:
+    """Every parameter of every benchmark, with the standard workload's defaults."""
+
+    nats: str | None = None
+    repeat: int = 20
+    projector: ProjectorMode = "process"
+    # append
+    messages: int = 20_000
+    batch_events: int = 10
+    atomic_batch: int = 500
+    in_flight: int = 2048
+    # workload (and the write phase of reads)
+    runs: int = 20
+    tasks: int = 50
+    writers: tuple[int, ...] = (1, 8, 64)
+    # reads, facade
+    calls: int = 200
+    scale_runs: int = 100_000
+    scale_task_runs: int = 5
+    # live
+    changes: int = 200
+    watchers: int = 100
+    watch_runs: int = 0
+    # projection
+    events: int = 1_000_000
+    events_per_commit: int = 1
+    catchup_repeat: int = 3
+    lag_rate: int = 5000
+    lag_seconds: float = 10.0
+
+    def for_report(self, *names: str) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in names}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}

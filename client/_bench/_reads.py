@@ -1,0 +1,160 @@
+"""The ``reads`` benchmark: reads (a)-(d) through the async client, at R and at scale."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+from runstate.client._bench._events import _append_all, _commits, _EventFactory
+from runstate.client._bench._harness import (
+    _client,
+    _Place,
+    _replica,
+    _say,
+    _server_version,
+    _wait_applied,
+)
+from runstate.client._bench._params import FLOW, BenchParams
+from runstate.client._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client._bench._workload import write_workload
+from runstate.engine._events import Event
+from runstate.engine._states import RunState
+
+NOTE_METRIC_READS = "read (e), one task's metric history, is not implemented in runstate yet"
+
+
+async def _time_calls(
+    calls: int, call: Callable[[int], Awaitable[Any]], warmup: int = 20
+) -> list[float]:
+    for i in range(warmup):
+        await call(i)
+    samples = []
+    for i in range(calls):
+        started = time.perf_counter()
+        await call(i)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def _read_figures(
+    client: Any,
+    report: Report,
+    p: BenchParams,
+    tag: str,
+    label: str,
+    runs: Sequence[str],
+    task_runs: Sequence[str],
+    targets: tuple[float, float, float, float],
+) -> None:
+    async def get_run(i: int) -> None:
+        run = await client.run(runs[i % len(runs)])
+        assert run.state is not None
+
+    async def latest(i: int) -> None:
+        run = await client.latest_run(FLOW, successful=True)
+        assert run is not None
+
+    async def by_tag(i: int) -> None:
+        page = await client.runs(FLOW, tags=["production"], page_size=10)
+        assert page.items
+
+    async def tasks(i: int) -> None:
+        page = await client.tasks(
+            task_runs[i % len(task_runs)], "train", page_size=min(1000, max(p.tasks, 1))
+        )
+        states = [t.state async for t in page.all()]
+        assert len(states) == p.tasks
+
+    for key, what, call, target in (
+        ("get_run", "(a) one run by pathspec", get_run, targets[0]),
+        ("latest_successful", "(b) latest successful run of Train", latest, targets[1]),
+        ("runs_by_tag", "(c) runs tagged production, newest first, page of 10", by_tag, targets[2]),
+        ("tasks_of_step", f"(d) all {p.tasks} tasks of the train step", tasks, targets[3]),
+    ):
+        samples = await _time_calls(p.calls, call)
+        report.add(
+            Figure(
+                f"{tag}_{key}_ms",
+                f"{what} ({label})",
+                "ms",
+                _ms(samples),
+                target=Target("median", "<", target),
+            )
+        )
+        _say(f"reads {label}: {what}: p50 {quantile(_ms(samples), 0.5):.2f} ms")
+
+
+async def _write_scale(
+    client: Any, p: BenchParams, first_id: int
+) -> tuple[list[str], list[str], int]:
+    """``scale_runs`` finished runs (one 3-event commit each), a few with full task sets."""
+    factory = _EventFactory(client.settings.user)
+    count = p.scale_runs
+    with_tasks = (
+        {
+            first_id + (count - 1) * j // max(1, p.scale_task_runs - 1)
+            for j in range(p.scale_task_runs)
+        }
+        if p.scale_task_runs
+        else set()
+    )
+
+    def commits() -> Iterator[list[Event]]:
+        for number in range(first_id, first_id + count):
+            rid = str(number)
+            if number in with_tasks:
+                yield from _commits(factory.workload_run(number, rid, p.tasks), 1)
+                continue
+            # every 7th run fails, and so do the newest two: "latest successful" must skip them
+            failed = number % 7 == 0 or number >= first_id + count - 2
+            yield [
+                factory.run_created(rid, production=number % 2 == 0),
+                factory.run_state(rid, RunState.RUNNING),
+                factory.run_state(rid, RunState.FAILED if failed else RunState.COMPLETED),
+            ]
+
+    _, _, last = await _append_all(client.log, commits(), limit_events=math.inf)
+    runs = [f"{FLOW}/{n}" for n in range(first_id, first_id + count)]
+    return runs, [f"{FLOW}/{n}" for n in sorted(with_tasks)], last
+
+
+async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
+    """Reads (a)-(d) through the async client after the write phase, at R and at scale."""
+    report.notes.append(NOTE_METRIC_READS)
+    async with _replica(place, p.projector), _client(place) as client:
+        report.server_version = _server_version(client.nc)
+        _say(f"reads: writing {p.runs} workload runs")
+        result = await write_workload(client.writer, p.runs, p.tasks, max(p.writers))
+        await _wait_applied(client, result.last_sequence)
+        await _read_figures(
+            client,
+            report,
+            p,
+            "r",
+            f"R={p.runs}",
+            result.run_pathspecs,
+            result.run_pathspecs,
+            (2.0, 2.0, 2.0, 2.0),
+        )
+        if p.scale_runs <= 0:
+            return
+        _say(f"reads: writing {p.scale_runs:,} runs with pipelined appends")
+        started = time.perf_counter()
+        runs, task_runs, last = await _write_scale(client, p, first_id=1_000_000)
+        written = time.perf_counter() - started
+        await _wait_applied(client, last)
+        caught_up = time.perf_counter() - started
+        report.notes.append(
+            f"scale phase: {p.scale_runs:,} more runs (one commit of 3 events each; "
+            f"{p.scale_task_runs} with the full task set) written in {written:.1f}s, "
+            f"queryable after {caught_up:.1f}s"
+        )
+        label = f"R={p.scale_runs + p.runs:,}"
+        random.seed(7)
+        sample = random.sample(runs, min(len(runs), 5000))
+        await _read_figures(
+            client, report, p, "scale", label, sample, task_runs, (1.0, 2.0, 3.0, 3.0)
+        )
