@@ -114,6 +114,13 @@ def _call(function: Any, *args: Any) -> Any:
 class _Wrapper:
     _obj: Any
 
+    def __getattr__(self, name: str) -> Any:
+        # The snapshot's plain attributes (state, created_at, finished, tags, ...)
+        # need no I/O: read them from the async object.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._obj, name)
+
     @property
     def id(self) -> str:
         return str(self._obj.id)
@@ -192,12 +199,6 @@ class Run(_Wrapper):
     def _wrap(cls, obj: aio.Run) -> Run:
         return cls(obj.pathspec, obj)
 
-    def __getattr__(self, name: str) -> Any:
-        # Plain snapshot attributes: state, created_at, finished, successful, tags, ...
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._obj, name)
-
     @property
     def data(self) -> _Data | None:
         task = self.end_task
@@ -259,11 +260,6 @@ class Step(_Wrapper):
     def _wrap(cls, obj: aio.Step) -> Step:
         return cls(obj.pathspec, obj)
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._obj, name)
-
     @property
     def task(self) -> Task | None:
         task = _call(self._obj.task)
@@ -298,11 +294,6 @@ class Task(_Wrapper):
     @classmethod
     def _wrap(cls, obj: aio.Task) -> Task:
         return cls(obj.pathspec, obj.attempt, obj)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._obj, name)
 
     @property
     def data(self) -> _Data:
@@ -357,11 +348,6 @@ class DataArtifact(_Wrapper):
     @classmethod
     def _wrap(cls, obj: aio.DataArtifact) -> DataArtifact:
         return cls(obj.pathspec, obj)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._obj, name)
 
     @property
     def data(self) -> Any:
