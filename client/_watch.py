@@ -12,19 +12,20 @@ resumes after the last sequence it delivered.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import nats.errors
 import nats.js.errors
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
-from runstate.engine.errors import InvalidEvent, NotFound, Timeout
+from runstate.engine.errors import InvalidEvent, NotFound, RunstateError, Timeout
 from runstate.projections._reducers import fold_view, touched
 from runstate.projections._views import Position, RunView, TaskView
 
@@ -170,27 +171,27 @@ def _in_scope(path: Pathspec, key: ViewKey) -> bool:
 
 
 class _Consumer:
-    """An ordered consumer feeding a memory stream; closed when the watch ends."""
+    """An ordered consumer from ``start`` whose messages go to ``on_msg``; stopped on exit."""
 
-    def __init__(self, client: Client, subject: str, start: int) -> None:
+    def __init__(
+        self, client: Client, subject: str, start: int, on_msg: Callable[[Msg], None]
+    ) -> None:
         self._client = client
         self._subject = subject
         self._start = start
-        self.send, self.receive = anyio.create_memory_object_stream[Msg](max_buffer_size=100_000)
+        self._on_msg = on_msg
         self._sub: Any = None
 
     async def __aenter__(self) -> _Consumer:
         js = self._client.nc.jetstream()
+        on_msg = self._on_msg
 
-        async def on_msg(msg: Msg) -> None:
-            try:
-                self.send.send_nowait(msg)
-            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass
+        async def deliver(msg: Msg) -> None:
+            on_msg(msg)
 
         self._sub = await js.subscribe(
             self._subject,
-            cb=on_msg,
+            cb=deliver,
             stream=self._client.subjects.events_stream,
             ordered_consumer=True,
             config=ConsumerConfig(
@@ -206,8 +207,6 @@ class _Consumer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         with anyio.CancelScope(shield=True):
-            self.send.close()
-            self.receive.close()
             if self._sub is None:
                 return
             try:
@@ -223,6 +222,84 @@ class _Consumer:
                     )
                 except (nats.errors.Error, nats.js.errors.Error):
                     pass
+
+
+#: messages a watch may fall behind its feed before it is stopped with an error
+_WATCH_BUFFER = 100_000
+
+
+class _Feed:
+    """One consumer of a subject filter, shared by every watch of it in one client.
+
+    A hundred watches of one run cost one consumer and one delivery per
+    commit, not a hundred. ``delivered`` is the last stream sequence handed
+    to the watches: a watch that joins takes it as its cut, reads its
+    snapshot ``after`` it, and gets every later commit from the feed.
+    """
+
+    def __init__(self, client: Client, subject: str) -> None:
+        self.client = client
+        self.subject = subject
+        self.delivered = 0
+        self.watches: set[MemoryObjectSendStream[Msg]] = set()
+        self.overflowed: set[MemoryObjectSendStream[Msg]] = set()
+        self._consumer: _Consumer | None = None
+
+    async def open(self, start: int) -> None:
+        self.delivered = start - 1
+        self._consumer = _Consumer(self.client, self.subject, start, self._dispatch)
+        await self._consumer.__aenter__()
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.__aexit__(None, None, None)
+
+    def _dispatch(self, msg: Msg) -> None:
+        seq = _sequence(msg)
+        if seq <= self.delivered:
+            return  # delivered again after the ordered consumer reset itself
+        self.delivered = seq
+        for send in list(self.watches):
+            try:
+                send.send_nowait(msg)
+            except anyio.WouldBlock:
+                # Never drop silently: this watch ends with an error instead.
+                self.overflowed.add(send)
+                self.watches.discard(send)
+                send.close()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self.watches.discard(send)
+
+
+async def _join(
+    client: Client, subject: str
+) -> tuple[_Feed, MemoryObjectSendStream[Msg], MemoryObjectReceiveStream[Msg]]:
+    """Register a new watch on the client's feed of ``subject``, opening the feed if needed."""
+    feeds: dict[str, _Feed] = client.__dict__.setdefault("_feeds", {})
+    lock: anyio.Lock = client.__dict__.setdefault("_feeds_lock", anyio.Lock())
+    async with lock:
+        feed = feeds.get(subject)
+        if feed is None:
+            feed = _Feed(client, subject)
+            # Start where the query service is: the first snapshot is taken after it.
+            await feed.open(int((await client.status())["applied"]) + 1)
+            feeds[subject] = feed
+        send, receive = anyio.create_memory_object_stream[Msg](max_buffer_size=_WATCH_BUFFER)
+        feed.watches.add(send)
+        return feed, send, receive
+
+
+async def _leave(client: Client, feed: _Feed, send: MemoryObjectSendStream[Msg]) -> None:
+    """Unregister a watch; the last one to leave stops the feed's consumer."""
+    with anyio.CancelScope(shield=True):
+        lock: anyio.Lock = client.__dict__["_feeds_lock"]
+        async with lock:
+            feed.watches.discard(send)
+            feed.overflowed.discard(send)
+            send.close()
+            if not feed.watches and client.__dict__["_feeds"].get(feed.subject) is feed:
+                del client.__dict__["_feeds"][feed.subject]
+                await feed.close()
 
 
 _DECODED_CACHE = 4096
@@ -261,15 +338,18 @@ def watch(client: Client, pathspec: str) -> Subscription[Change]:
 async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
     path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
     namespace = client.namespace
-    as_of = int((await client.status())["applied"])
-    views = await _snapshot(client, path, as_of)
     subject = client.subjects.for_pathspec(path)
     if path.step is not None or path.task is not None:
         subject = client.subjects.run_all(path.flow, path.run or "")  # run header + the tasks
-    async with _Consumer(client, subject, as_of + 1) as consumer:
+    # Join first, then cut: every commit after the cut reaches this watch, and
+    # the snapshot, read after the cut, holds every commit up to it.
+    feed, send, receive = await _join(client, subject)
+    try:
+        as_of = feed.delivered
+        views = await _snapshot(client, path, as_of)
         yield Change(None, (as_of, 0), dict(views))
         last = as_of
-        async for msg in consumer.receive:
+        async for msg in receive:
             seq = _sequence(msg)
             if seq <= last:
                 continue
@@ -293,6 +373,14 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
                         changed.append(key)
                 if changed:
                     yield Change(event, position, dict(views), tuple(changed))
+        if send in feed.overflowed:
+            raise RunstateError(
+                f"the watch of {pathspec} fell more than {_WATCH_BUFFER:,} commits behind and "
+                "was stopped; read its changes faster, or watch again from a new snapshot"
+            )
+    finally:
+        receive.close()
+        await _leave(client, feed, send)
 
 
 def _creates(event: Event, key: ViewKey, path: Pathspec, namespace: str | None) -> bool:
@@ -324,19 +412,41 @@ async def _events(
             for index, event in enumerate(commit.events):
                 yield EventRecord(commit.sequence, index, commit.subject, event)
         return
-    async with _Consumer(client, subject, since) as consumer:
-        last = since - 1
-        async for msg in consumer.receive:
-            seq = _sequence(msg)
-            if seq <= last:
-                continue
-            last = seq
-            try:
-                decoded = _decode(client, seq, msg.data)
-            except InvalidEvent:
-                continue
-            for index, event in enumerate(decoded):
-                yield EventRecord(seq, index, msg.subject, event)
+    send, receive = anyio.create_memory_object_stream[Msg](max_buffer_size=_WATCH_BUFFER)
+    overflowed = False
+
+    def deliver(msg: Msg) -> None:
+        nonlocal overflowed
+        try:
+            send.send_nowait(msg)
+        except anyio.WouldBlock:
+            overflowed = True  # never drop silently: the stream ends with an error
+            send.close()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    try:
+        async with _Consumer(client, subject, since, deliver):
+            last = since - 1
+            async for msg in receive:
+                seq = _sequence(msg)
+                if seq <= last:
+                    continue
+                last = seq
+                try:
+                    decoded = _decode(client, seq, msg.data)
+                except InvalidEvent:
+                    continue
+                for index, event in enumerate(decoded):
+                    yield EventRecord(seq, index, msg.subject, event)
+            if overflowed:
+                raise RunstateError(
+                    f"the event stream of {pathspec} fell more than {_WATCH_BUFFER:,} commits "
+                    "behind and was stopped; read faster, or start again with since="
+                )
+    finally:
+        send.close()
+        receive.close()
 
 
 async def wait_for_run(

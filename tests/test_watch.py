@@ -242,7 +242,9 @@ async def test_events_since_goes_from_history_into_live(nats_url: str, tmp_path:
         assert got[:2] == [p for p in history if p[0] >= middle]
         assert len(got) == 3 and got[2][0] > history[-1][0]
         assert [r.event.type for r in records] == [
-            "task.state_changed", "run.tags_changed", "run.state_changed"
+            "task.state_changed",
+            "run.tags_changed",
+            "run.state_changed",
         ]
         assert records[0].subject.endswith(".t.work.a") and records[1].subject.endswith(".r")
         assert records[2].event.payload.state is RunState.COMPLETED  # type: ignore[union-attr]
@@ -412,3 +414,60 @@ async def test_task_and_step_watches_follow_their_tasks(nats_url: str, tmp_path:
                     step_change = await anext(on_step)
                 assert ("task", child.pathspec) in step_change.changed
                 assert sorted(t.pathspec for t in step_change.tasks) == [pathspec, child.pathspec]
+
+
+async def test_watches_of_one_run_share_one_consumer_and_each_sees_every_change_once(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """Many watches of a run share one consumer; each, a late one too, sees each change once."""
+    async with replica_client(nats_url, tmp_path, namespace=None) as client:
+        run = await client.create_run("Shared")
+        await run.start()
+        stream = client.subjects.events_stream
+        seen: dict[int, list[tuple[int, int]]] = {}
+        # where each watch's snapshot stands: later events must each come once
+        cuts: dict[int, tuple[int, int]] = {}
+        ready = anyio.Event()
+        joined = 0
+
+        async def watch(number: int, stop_after: int | None = None) -> None:
+            nonlocal joined
+            async with client.watch(run.pathspec) as changes:
+                async for change in changes:
+                    if change.event is None:
+                        # a snapshot taken before the replica had the run holds nothing
+                        cuts[number] = change.run.position if change.run else (0, 0)
+                        joined += 1
+                        if joined == 5:
+                            ready.set()
+                        continue
+                    seen.setdefault(number, []).append(change.position)
+                    if stop_after is not None and len(seen[number]) >= stop_after:
+                        return
+                    if change.run is not None and change.run.finished:
+                        return
+
+        async with anyio.create_task_group() as tg:
+            for number in range(4):
+                tg.start_soon(watch, number)
+            tg.start_soon(watch, 4, 3)  # leaves early: the others must go on
+            await ready.wait()
+            info = await client.nc.jetstream().stream_info(stream)
+            assert info.state.consumer_count == 2  # the replica's projector and one shared feed
+            for k in range(6):
+                task = await run.create_task("work", start=True)
+                await task.complete()
+                if k == 2:
+                    tg.start_soon(watch, 5)  # joins after some changes were delivered
+            await run.complete()
+
+        log = [
+            (record.sequence, record.index)
+            async for record in client.events(run.pathspec, follow=False)
+        ]
+        for number in (0, 1, 2, 3, 5):
+            expected = [position for position in log if position > cuts[number]]
+            assert seen[number] == expected, number
+        assert seen[4] == [position for position in log if position > cuts[4]][:3]
+        info = await client.nc.jetstream().stream_info(stream)
+        assert info.state.consumer_count == 1  # the feed left with its last watch
