@@ -29,7 +29,7 @@ import orjson
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.nuid import NUID
 
 from runstate.engine._events import Event, decode_commit, encode_commit
@@ -47,6 +47,17 @@ from runstate.engine.errors import (
 __all__ = ["Commit", "EventLog", "Receipt", "StoredCommit"]
 
 log = structlog.get_logger("runstate.log")
+
+
+def header(msg: Msg | RawStreamMsg, name: str) -> str | None:
+    """A message header's value; nats-py gives lists instead of strings when the
+    optional ``fast_mail_parser`` is installed, so take the first."""
+    if not msg.headers:
+        return None
+    value: Any = msg.headers.get(name)
+    if isinstance(value, list):
+        return str(value[0]) if value else None
+    return value if value is None else str(value)
 
 
 class _CommitIds:
@@ -120,7 +131,7 @@ class _Replies:
             raise nats.errors.TimeoutError from None
         finally:
             self._waiting.pop(token, None)
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+        if not msg.data and header(msg, "Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
 
@@ -382,7 +393,7 @@ class EventLog:
                 f"({type(exc).__name__}); nothing is lost: retry with commit id {commit_id}",
                 commit_id=commit_id,
             ) from None
-        return bool(msg.headers and msg.headers.get("Nats-Msg-Id") == commit_id)
+        return header(msg, "Nats-Msg-Id") == commit_id
 
     def pipeline(self, max_in_flight: int = 2048) -> Pipeline:
         """Return a ``Pipeline`` for many appends in flight, confirmed together."""
@@ -484,7 +495,7 @@ class EventLog:
             msg = await self._js.get_last_msg(self._stream, subject)  # the leader's view
         except _NOT_FOUND_OR_TRANSIENT:
             return None
-        if not (msg.headers and msg.headers.get("Nats-Msg-Id") == commits[-1].commit_id):
+        if header(msg, "Nats-Msg-Id") != commits[-1].commit_id:
             return None
         last = int(msg.seq or 0)
         first = last - len(commits) + 1
@@ -636,7 +647,7 @@ class EventLog:
             raise InvalidEvent(
                 f"commit at sequence {seq} on {msg.subject}: {exc.message}"
             ) from None
-        commit_id = msg.headers.get("Nats-Msg-Id") if msg.headers else None
+        commit_id = header(msg, "Nats-Msg-Id")
         return StoredCommit(seq, msg.subject, events, commit_id)
 
     async def read_entity(self, subject: str) -> list[StoredCommit]:

@@ -413,3 +413,17 @@ async def test_events_stream_allows_more_than_a_thousand_consumers(nats_url: str
         assert info.state.consumer_count == 1001
     finally:
         await nc.close()
+
+
+def test_header_reads_plain_and_list_valued_headers() -> None:
+    """Header values come as strings, or as lists when nats-py uses fast_mail_parser."""
+    from nats.aio.msg import Msg
+
+    from runstate.engine._log import header
+
+    plain = Msg(_client=None, subject="s", headers={"Nats-Msg-Id": "abc"})  # type: ignore[arg-type]
+    listed = Msg(_client=None, subject="s", headers={"Nats-Msg-Id": ["abc"]})  # type: ignore[arg-type]
+    bare = Msg(_client=None, subject="s")  # type: ignore[arg-type]
+    assert header(plain, "Nats-Msg-Id") == header(listed, "Nats-Msg-Id") == "abc"
+    assert header(bare, "Nats-Msg-Id") is None
+    assert header(plain, "Status") is None
