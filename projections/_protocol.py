@@ -10,11 +10,10 @@ A reply is JSON: ``{"result": ...}`` on success; an error reply carries the
 
 from __future__ import annotations
 
-from datetime import datetime
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
-
-from runstate.engine._states import RunState, TaskState
+from runstate.engine._states import TaskState
+from runstate.projections._queries import RunQuery
 
 __all__ = [
     "ENDPOINTS",
@@ -50,21 +49,11 @@ class FlowsRequest(_Request):
     namespace: str | None = None
 
 
-class RunsRequest(_Request):
-    flow: str | None = None
-    tags_all: list[str] = Field(default_factory=list)
-    tags_any: list[str] = Field(default_factory=list)
-    state: list[RunState] = Field(default_factory=list)
-    user: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    finished_after: datetime | None = None
-    finished_before: datetime | None = None
-    parameters: dict[str, JsonValue] = Field(default_factory=dict)
-    namespace: str | None = None
-    sort: str = "-created_at"
-    limit: int = 50
-    cursor: str | None = None
+class RunsRequest(RunQuery):
+    """A ``RunQuery`` (the same fields, checked the same way) sent to the query service."""
+
+    after: int | None = None
+    wait: float = Field(default=5.0, gt=0, le=60)
 
 
 class LatestRequest(_Request):
@@ -100,7 +89,7 @@ class StatusRequest(_Request):
 
 
 #: endpoint name -> request model; the subject is ``<prefix>.q.<name>``
-ENDPOINTS: dict[str, type[_Request]] = {
+ENDPOINTS: dict[str, type[_Request] | type[RunsRequest]] = {
     "get": GetRequest,
     "flows": FlowsRequest,
     "runs": RunsRequest,

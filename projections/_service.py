@@ -42,7 +42,7 @@ from runstate.projections._protocol import (
     StepsRequest,
     TasksRequest,
 )
-from runstate.projections._queries import RunQuery, TaskQuery
+from runstate.projections._queries import TaskQuery
 from runstate.projections._views import StepView
 
 __all__ = ["QueryService"]
@@ -126,6 +126,9 @@ class QueryService:
         async def handle(request: Request) -> None:
             try:
                 parsed = model.model_validate_json(request.data or b"{}")
+            except RunstateError as exc:  # a query model that checks itself (RunsRequest)
+                await self._error(request, exc)
+                return
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"]) or "request"
@@ -228,14 +231,7 @@ class QueryService:
         return _result(b"[" + b",".join(_dump(f) for f in flows) + b"]")
 
     async def _runs(self, req: RunsRequest) -> bytes:
-        fields = req.model_dump(exclude={"after", "wait"})
-        try:
-            query = RunQuery(**fields)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise BadFilter(f"{where}: {first['msg']}") from None
-        items, cursor = self._store.list_runs_json(query)
+        items, cursor = self._store.list_runs_json(req)
         return _page(items, cursor)
 
     async def _latest(self, req: LatestRequest) -> bytes:
@@ -256,13 +252,9 @@ class QueryService:
     async def _tasks(self, req: TasksRequest) -> bytes:
         path = parse_pathspec(req.run, min_depth=2, max_depth=2)
         self._check_namespace(str(path), req.namespace)
-        try:
-            query = TaskQuery(
-                run=str(path), step=req.step, state=req.state, limit=req.limit, cursor=req.cursor
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise BadFilter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        query = TaskQuery(  # raises BadFilter itself
+            run=str(path), step=req.step, state=req.state, limit=req.limit, cursor=req.cursor
+        )
         items, cursor = self._store.list_tasks_json(query)
         if not items and req.cursor is None and self._store.get_step(str(path), req.step) is None:
             raise NotFound(f"step {path}/{req.step} does not exist")
