@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
@@ -43,6 +43,7 @@ __all__ = [
     "encode_commit",
     "new_event_id",
     "register_upcaster",
+    "replace_fields",
     "utcnow",
 ]
 
@@ -78,6 +79,31 @@ def new_event_id() -> str:
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+_setattr = object.__setattr__
+
+
+def replace_fields(model: _M, update: dict[str, Any]) -> _M:
+    """``model.model_copy(update=update)`` without its generic overhead, and unvalidated.
+
+    The same steps as pydantic's ``model_copy`` for a model without extra or
+    private attributes (events and views): for hot paths whose values are
+    checked already, such as a worker's transitions and the reducers' folds.
+    """
+    cls = type(model)
+    new = object.__new__(cls)
+    values = model.__dict__.copy()
+    values.update(update)
+    fields_set = model.__pydantic_fields_set__
+    if not fields_set.issuperset(update):
+        fields_set = fields_set | update.keys()
+    _setattr(new, "__dict__", values)
+    _setattr(new, "__pydantic_extra__", None)
+    _setattr(new, "__pydantic_fields_set__", fields_set)
+    _setattr(new, "__pydantic_private__", None)
+    return new
 
 
 # -- payload parts ---------------------------------------------------------
@@ -328,7 +354,11 @@ def encode_commit(events: Sequence[Event]) -> bytes:
             else event.model_copy(update={"schema_version": CURRENT_VERSION.get(event.type, 1)})
             for event in batch
         ]
-    return _COMMIT.dump_json(batch, exclude_defaults=False, by_alias=True)
+        return _COMMIT.dump_json(batch, exclude_defaults=False, by_alias=True)
+    # Each event by its own class's serializer: the same bytes as the list adapter's
+    # without matching every event against the union (a writer's hot path)
+    parts = [event.__pydantic_serializer__.to_json(event) for event in batch]
+    return b"[" + b",".join(parts) + b"]"
 
 
 def decode_commit(data: bytes) -> list[Event]:

@@ -20,7 +20,7 @@ import hashlib
 import traceback as tb
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -52,6 +52,9 @@ from runstate.engine._events import (
     decode_commit,
     encode_commit,
     encode_event,
+    new_event_id,
+    replace_fields,
+    utcnow,
 )
 from runstate.engine._log import Commit, EventLog, Receipt, StoredCommit
 from runstate.engine._names import (
@@ -72,6 +75,14 @@ from runstate.engine.errors import ConflictError, InvalidName, NotFound
 __all__ = ["RunHandle", "TaskHandle", "Writer"]
 
 log = structlog.get_logger("runstate.worker")
+
+# What a task's transitions are made from (see TaskHandle.transition): its fields are replaced
+_TRANSITION = TaskAttemptStateChanged(
+    id="",
+    occurred_at=datetime(1970, 1, 1, tzinfo=UTC),
+    pathspec="",
+    payload=TaskAttemptStatePayload(state=TaskState.PENDING),
+)
 
 _COMMUTING_RETRIES = 16
 
@@ -632,13 +643,19 @@ class TaskHandle:
             raise TypeError("exception must be an ExceptionInfo; use fail(exc) for an exception")
         # Every value is checked above, so the event skips pydantic's validation:
         # this is the hot path of every worker.
-        event = TaskAttemptStateChanged.model_construct(
-            pathspec=self.pathspec,
-            attempt=number,
-            actor=self._writer.user,
-            payload=TaskAttemptStatePayload.model_construct(
-                state=new, label=label, message=message, exception=exception
-            ),
+        event = replace_fields(
+            _TRANSITION,
+            {
+                "id": new_event_id(),
+                "occurred_at": utcnow(),
+                "pathspec": self.pathspec,
+                "attempt": number,
+                "actor": self._writer.user,
+                "payload": replace_fields(
+                    _TRANSITION.payload,
+                    {"state": new, "label": label, "message": message, "exception": exception},
+                ),
+            },
         )
         receipt = await self._append(event)
         self.attempt, self.state = number, new

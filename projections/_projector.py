@@ -44,8 +44,16 @@ log = structlog.get_logger("runstate.projector")
 
 ViewKey = tuple[str, str]
 
+#: a delivered message: (stream sequence, subject, data)
+Delivery = tuple[int, str, bytes]
+
 #: commits folded between two chances for the query service to answer
 _YIELD_EVERY = 256
+
+#: batches of at most this many commits read and write the store on the event loop
+#: thread: a hop to a worker thread and back costs more than their SQLite work, and
+#: adds its wake-ups to the latency of every ``after=`` read under steady load
+_INLINE_COMMITS = 64
 
 
 class _ViewCache:
@@ -100,7 +108,10 @@ class Projector:
         self.name = name
         self.applied = store.checkpoint()
         self._advanced = anyio.Event()
-        self._buffer: deque[Msg] = deque()
+        # (stream sequence, subject, data) of delivered messages not applied yet: plain
+        # tuples, which the garbage collector stops scanning, unlike nats-py's Msg
+        # objects (during a catch-up hundreds of thousands wait here)
+        self._buffer: deque[Delivery] = deque()
         self._arrived = anyio.Event()
         self._started = anyio.Event()
         self.deadlettered = 0
@@ -168,7 +179,7 @@ class Projector:
         js = self._nc.jetstream()
 
         async def on_msg(msg: Msg) -> None:
-            self._buffer.append(msg)
+            self._buffer.append((_stream_sequence(msg), msg.subject, msg.data))
             if not self._arrived.is_set():
                 self._arrived.set()
 
@@ -206,20 +217,19 @@ class Projector:
                 self._arrived = anyio.Event()
                 if not self._buffer:
                     await self._arrived.wait()
-            batch: list[Msg] = []
+            batch: list[Delivery] = []
             while self._buffer and len(batch) < self._batch_size:
                 batch.append(self._buffer.popleft())
             await self.apply_batch(batch)
 
     # -- applying ----------------------------------------------------------------
 
-    async def apply_batch(self, msgs: list[Msg]) -> None:
+    async def apply_batch(self, deliveries: list[Delivery]) -> None:
         """Fold a batch of delivered messages and commit it with the checkpoint."""
         commits: list[tuple[int, list[Event]]] = []
         deadletters: list[tuple[int, str, str, bytes]] = []
         last = self.applied
-        for msg in msgs:
-            seq = _stream_sequence(msg)
+        for seq, subject, data in deliveries:
             if seq <= last:
                 continue  # delivered again after a consumer reset
             if seq != last + 1:
@@ -228,15 +238,19 @@ class Projector:
                 raise _Resubscribe(f"expected sequence {last + 1}, got {seq}")
             last = seq
             try:
-                events = self._decode(msg)
+                events = self._decode(subject, data)
             except (InvalidEvent, InvalidName) as exc:
-                deadletters.append((seq, msg.subject, exc.message, bytes(msg.data)))
+                deadletters.append((seq, subject, exc.message, bytes(data)))
                 continue
             commits.append((seq, events))
         if last == self.applied:
             return
-        runs, tasks = await self._fold(commits)
-        await anyio.to_thread.run_sync(self._store.commit, runs, tasks, last, deadletters)
+        inline = len(commits) + len(deadletters) <= _INLINE_COMMITS
+        runs, tasks = await self._fold(commits, inline)
+        if inline:
+            self._store.commit(runs, tasks, last, deadletters)
+        else:
+            await anyio.to_thread.run_sync(self._store.commit, runs, tasks, last, deadletters)
         for seq, subject, reason, data in deadletters:
             await self._publish_deadletter(seq, subject, reason, data)
         self.deadlettered += len(deadletters)
@@ -256,9 +270,9 @@ class Projector:
             self._entities[subject] = entity
         return entity
 
-    def _decode(self, msg: Msg) -> list[Event]:
-        expected, kind = self._entity(msg.subject)
-        events = decode_commit(msg.data)
+    def _decode(self, subject: str, data: bytes) -> list[Event]:
+        expected, kind = self._entity(subject)
+        events = decode_commit(data)
         for event in events:
             if event.pathspec != expected:
                 raise InvalidEvent(
@@ -272,7 +286,7 @@ class Projector:
         return events
 
     async def _fold(
-        self, commits: list[tuple[int, list[Event]]]
+        self, commits: list[tuple[int, list[Event]]], inline: bool = False
     ) -> tuple[list[RunView], list[TaskView]]:
         # Every view this batch touches, held here for the whole batch: the LRU
         # cache only saves store reads between batches and may evict at any time.
@@ -291,9 +305,12 @@ class Projector:
                         views[key] = None
                         (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
         if missing_runs or missing_tasks:
-            loaded_runs, loaded_tasks = await anyio.to_thread.run_sync(
-                self._load, missing_runs, missing_tasks
-            )
+            if inline:
+                loaded_runs, loaded_tasks = self._load(missing_runs, missing_tasks)
+            else:
+                loaded_runs, loaded_tasks = await anyio.to_thread.run_sync(
+                    self._load, missing_runs, missing_tasks
+                )
             for pathspec, run in loaded_runs.items():
                 views[("run", pathspec)] = run
             for pathspec, task in loaded_tasks.items():

@@ -39,8 +39,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
 from runstate.engine._events import (
     ArtifactsRecorded,
     Event,
@@ -50,6 +48,7 @@ from runstate.engine._events import (
     RunTagsChanged,
     TaskAttemptStateChanged,
     TaskCreated,
+    replace_fields,
 )
 from runstate.engine._states import (
     RunState,
@@ -75,7 +74,6 @@ __all__ = ["ViewKey", "fold", "fold_run", "fold_task", "fold_view", "touched"]
 ViewKey = tuple[str, str]
 
 _V = TypeVar("_V", RunView, TaskView)
-_M = TypeVar("_M", bound=BaseModel)
 
 _TERMINAL_TASK = frozenset(state for state in TaskState if state.terminal)
 _PENDING = TaskState.PENDING
@@ -86,28 +84,7 @@ _RUNNING = TaskState.RUNNING
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_setattr = object.__setattr__
-
-
-def _replace(model: _M, update: dict[str, Any]) -> _M:
-    """``model.model_copy(update=update)`` without its generic overhead.
-
-    The same steps as pydantic's ``model_copy`` for a model without extra or
-    private attributes, which views are; it runs several times per event.
-    """
-    cls = type(model)
-    new = object.__new__(cls)
-    values = model.__dict__.copy()
-    values.update(update)
-    fields_set = model.__pydantic_fields_set__
-    if not fields_set.issuperset(update):
-        fields_set = fields_set | update.keys()
-    _setattr(new, "__dict__", values)
-    _setattr(new, "__pydantic_extra__", None)
-    _setattr(new, "__pydantic_fields_set__", fields_set)
-    _setattr(new, "__pydantic_private__", None)
-    return new
-
+_replace = replace_fields
 
 # Blank views that new ones are made from with ``_replace``: an event's
 # payload was validated when it was decoded, so a view made from it need not

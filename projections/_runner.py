@@ -37,7 +37,7 @@ def tune_gc_for_projection() -> None:
     """
     gc.collect()
     gc.freeze()  # what is alive now (modules, schemas) is never scanned again
-    gc.set_threshold(20_000, 20, 100)
+    gc.set_threshold(5_000, 1_000, 10)
 
 
 @dataclass

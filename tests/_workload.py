@@ -130,8 +130,16 @@ async def write_training_run(
     if final is RunState.FAILED:
         await join.fail(_diverged("join found no usable model"))
         receipt = await run.fail("join failed")
-        return WrittenRun(run, receipt, start.pathspec, [t.pathspec for t in trains],
-                          join.pathspec, "", retried, accuracies)
+        return WrittenRun(
+            run,
+            receipt,
+            start.pathspec,
+            [t.pathspec for t in trains],
+            join.pathspec,
+            "",
+            retried,
+            accuracies,
+        )
     await join.save(accuracy=max(accuracies), result="joined")
     await join.complete()
 
@@ -140,8 +148,16 @@ async def write_training_run(
     receipt = await end.complete()
     if final is not None:
         receipt = await run.transition(final)
-    return WrittenRun(run, receipt, start.pathspec, [t.pathspec for t in trains],
-                      join.pathspec, end.pathspec, retried, accuracies)
+    return WrittenRun(
+        run,
+        receipt,
+        start.pathspec,
+        [t.pathspec for t in trains],
+        join.pathspec,
+        end.pathspec,
+        retried,
+        accuracies,
+    )
 
 
 async def drive_tasks(
@@ -184,4 +200,3 @@ async def caught_up(client: Client) -> int:
 def replica_client(url: str, data_dir: Path, **options: Any) -> AbstractAsyncContextManager[Client]:
     """``connect(url, projector=True)`` with the replica's store under ``data_dir``."""
     return connect(url, projector=True, data_dir=data_dir, **options)
-

@@ -71,7 +71,10 @@ async def _write_world(url: str, data_dir: Path) -> World:
         middle = datetime.now(UTC)
         await anyio.sleep(0.01)
         runs["3"] = await write_training_run(
-            client, FLOW, tags=["adhoc"], parameters={"lr": 0.1, "epochs": 1},
+            client,
+            FLOW,
+            tags=["adhoc"],
+            parameters={"lr": 0.1, "epochs": 1},
             final=RunState.FAILED,
         )
         runs["4"] = await write_training_run(client, FLOW, tags=["nightly", "gpu"], final=None)
@@ -256,7 +259,9 @@ async def test_task_lineage_and_foreach_index(client: Client, world: World) -> N
     assert [t.pathspec for t in await start.child_tasks()] == written.train
     assert [t.pathspec for t in await join.parent_tasks()] == written.train
     assert [p.data.result for p in await join.parent_tasks()] == [
-        "branch-0", "branch-1", "branch-2"
+        "branch-0",
+        "branch-1",
+        "branch-2",
     ]
     assert [t.pathspec for t in await join.child_tasks()] == [written.end]
     branch = await client.task(written.train[2])

@@ -378,9 +378,7 @@ async def test_nothing_listening_raises_unavailable_within_the_retry_budget(
     assert time.monotonic() - started < 5.0
 
 
-async def test_connection_survives_a_server_restart(
-    nats_server: NatsServer, log: EventLog
-) -> None:
+async def test_connection_survives_a_server_restart(nats_server: NatsServer, log: EventLog) -> None:
     """After a clean restart the same EventLog reconnects and appends continue the stream."""
     first = await log.append(note("F/1", "before"))
     await anyio.to_thread.run_sync(nats_server.restart)

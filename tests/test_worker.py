@@ -597,4 +597,3 @@ async def test_commuting_ops_retry_after_a_concurrent_write_but_transitions_conf
     await run.start()
     with pytest.raises(ConflictError):
         await stale_run.start()
-

@@ -1,4 +1,4 @@
-"""``python -m runstate.client._bench``: the command standalone, or a projector replica."""
+"""``python -m runstate.client._bench``: the command standalone, a projector replica, or a load."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import sys
 
 from runstate.client._bench._command import bench
 from runstate.client._bench._harness import _replica_main
+from runstate.client._bench._projection import _load_main
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_replica":
         _replica_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
+        _load_main(sys.argv[2:])
     else:
         bench(prog_name="runstate bench")

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runstate.client._bench._events import _append_all, _EventFactory, _log_commits
 from runstate.client._bench._harness import (
@@ -22,7 +27,9 @@ from runstate.client._bench._harness import (
 )
 from runstate.client._bench._params import BenchParams
 from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.engine._connection import open_nats
 from runstate.engine._log import EventLog
+from runstate.engine._settings import Settings
 
 
 async def _catch_up(
@@ -69,57 +76,139 @@ async def _catch_up(
     return applied_events / (finished - started), windows
 
 
+def _load_commits(user: str, rate: int, seconds: float, tasks: int) -> list[list[Any]]:
+    """The load's commits, built before the clock starts (workers are other machines'
+    processes: building their events is not the system's work)."""
+    factory = _EventFactory(user)
+    count = int(rate * seconds * 1.2) + 1000
+    return list(itertools.islice(_log_commits(factory, tasks, 1, first_run=1), count))
+
+
+async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds: float) -> int:
+    """Append ``rate`` events/s for ``seconds``, pipelined; the number of events appended."""
+    source = iter(commits)
+    sent = 0
+    started = last_flush = time.perf_counter()
+    async with log.pipeline(4096) as pipe:
+        while (now := time.perf_counter()) - started < seconds:
+            due = int((now - started) * rate)
+            while sent < due:
+                commit = next(source)
+                await pipe.append(commit)
+                sent += len(commit)
+            if now - last_flush >= 0.5:
+                await pipe.flush()
+                last_flush = now
+            await anyio.sleep(0.002)
+    return sent
+
+
+async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: int) -> None:
+    import gc
+
+    settings = Settings(nats_url=url, prefix=prefix)
+    commits = _load_commits(settings.user, rate, seconds, tasks)
+    # A steady load: collections walking the prebuilt commits would pause it and
+    # make it send in bursts
+    gc.collect()
+    gc.freeze()
+    nc = await open_nats(settings)
+    try:
+        log = EventLog(nc, settings)
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.buffer.readline)
+        started = time.perf_counter()
+        sent = await _run_load(log, commits, rate, seconds)
+        print(f"sent {sent} {time.perf_counter() - started}", flush=True)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await nc.close()
+
+
+def _load_main(argv: Sequence[str]) -> None:
+    """``python -m runstate.client._bench _load URL PREFIX RATE SECONDS TASKS``.
+
+    Prints ``ready`` once connected with its commits built, starts on a line on
+    stdin, and prints ``sent <events> <seconds>`` when done.
+    """
+    from runstate.engine._logging import configure_logging
+
+    configure_logging("warning", force=True)
+    url, prefix, rate, seconds, tasks = argv
+    anyio.run(_serve_load, url, prefix, int(rate), float(seconds), int(tasks))
+
+
+@contextlib.asynccontextmanager
+async def _load_process(place: _Place, p: BenchParams) -> AsyncIterator[Any]:
+    """The steady load as its own process (as writers are), ready to start."""
+    args = [place.url, place.prefix, str(p.lag_rate), str(p.lag_seconds), str(p.tasks)]
+    log_path = place.tmp / "load.stderr"
+    with log_path.open("wb") as errors:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "runstate.client._bench", "_load", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+    try:
+        assert process.stdout is not None
+        lines = BufferedByteReceiveStream(process.stdout)
+        try:
+            with anyio.fail_after(120):
+                line = await lines.receive_until(b"\n", 100)
+        except (anyio.EndOfStream, anyio.IncompleteRead, TimeoutError):
+            line = b""
+        if line.strip() != b"ready":
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the load generator did not start:\n{tail}")
+        yield process, lines
+    finally:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(p.lag_seconds + 30):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.aclose()
+
+
+#: the probe's runs are numbered from here, apart from the load's
+_PROBE_FIRST_RUN = 1_000_000
+
+
 async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
-    async with _replica(place, p.projector, name="lag"), _client(place) as client:
+    async with (
+        _replica(place, p.projector, name="lag"),
+        _client(place) as client,
+        _load_process(place, p) as (load, load_out),
+    ):
         log = client.log
-        factory = _EventFactory(client.settings.user)
-        source = _log_commits(factory, p.tasks, 1, first_run=1)
-        first = next(source)
+        probe_source = _log_commits(
+            _EventFactory(client.settings.user), p.tasks, 1, first_run=_PROBE_FIRST_RUN
+        )
+        first = next(probe_source)
         receipt = await log.append(first)
         await _wait_applied(client, receipt.sequence)
-        # This process is the load generator and the probe: keep its own garbage
-        # collections (of the log it has written) out of the measured latency.
+        # Keep this process's own garbage collections out of the measured latency.
         import gc
 
         gc.collect()
         gc.freeze()
         samples: list[tuple[float, float]] = []
-        sent = 0
-        done = False
+        assert load.stdin is not None
+        await load.stdin.send(b"go\n")
         started = time.perf_counter()
-
-        async def load() -> None:
-            nonlocal sent, done
-            last_flush = started
-            async with log.pipeline(4096) as pipe:
-                while (now := time.perf_counter()) - started < p.lag_seconds:
-                    due = int((now - started) * p.lag_rate)
-                    while sent < due:
-                        commit = next(source)
-                        await pipe.append(commit)
-                        sent += len(commit)
-                    if now - last_flush >= 0.5:
-                        await pipe.flush()
-                        last_flush = now
-                    await anyio.sleep(0.002)
-            done = True
-
-        async def probe() -> None:
-            nonlocal sent
-            while not done:
-                await anyio.sleep(0.02)
-                commit = next(source)
-                sent += len(commit)
-                t0 = time.perf_counter()
-                receipt = await log.append(commit)
-                pathspec = "/".join(commit[0].pathspec.split("/")[:2])
-                await _read_after(client, pathspec, receipt.sequence)
-                samples.append((t0 - started, time.perf_counter() - t0))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(load)
-            tg.start_soon(probe)
-        elapsed = time.perf_counter() - started
+        while time.perf_counter() - started < p.lag_seconds:
+            await anyio.sleep(0.02)
+            commit = next(probe_source)
+            t0 = time.perf_counter()
+            receipt = await log.append(commit)
+            pathspec = "/".join(commit[0].pathspec.split("/")[:2])
+            await _read_after(client, pathspec, receipt.sequence)
+            samples.append((t0 - started, time.perf_counter() - t0))
+        with anyio.fail_after(p.lag_seconds + 30):
+            done = (await load_out.receive_until(b"\n", 200)).split()
+        sent, elapsed = int(done[1]), float(done[2])
     warm = min(1.0, p.lag_seconds / 5)
     lags = [lag for at, lag in samples if at >= warm]
     report.add(
@@ -135,7 +224,7 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
     report.add(
         Figure(
             "lag_rate_events_per_s",
-            "rate actually appended during the lag test",
+            "rate the load process actually appended during the lag test",
             "events/s",
             [sent / elapsed],
             True,
@@ -143,7 +232,8 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
     )
     report.notes.append(
         f"lag: {len(lags)} probes (one every 20 ms, the first {warm:g}s dropped as warm-up) "
-        f"over {p.lag_seconds:g}s of 1-event commits at {p.lag_rate:,} events/s; "
+        f"over {p.lag_seconds:g}s of 1-event commits at {p.lag_rate:,} events/s appended by "
+        f"a separate load process (its events built before the clock starts); "
         f"projector: {p.projector}"
     )
 
