@@ -363,6 +363,16 @@ def encode_commit(events: Sequence[Event]) -> bytes:
 
 def decode_commit(data: bytes) -> list[Event]:
     """Parse a commit, upcasting old schema versions; raise ``InvalidEvent`` if malformed."""
+    if not _UPCASTERS:
+        # The common case in one pass of pydantic's own JSON parser; anything else
+        # (an old version, a bare object, an error to explain) takes the path below.
+        try:
+            events = _COMMIT.validate_json(data)
+        except ValidationError:
+            pass
+        else:
+            if events and all(event.schema_version == 1 for event in events):
+                return events
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -47,7 +47,7 @@ ViewKey = tuple[str, str]
 #: a delivered message: (stream sequence, subject, data)
 Delivery = tuple[int, str, bytes]
 
-#: commits folded between two chances for the query service to answer
+#: events folded between two chances for the query service to answer
 _YIELD_EVERY = 256
 
 #: batches of at most this many commits read and write the store on the event loop
@@ -294,9 +294,13 @@ class Projector:
         missing_runs: list[str] = []
         missing_tasks: list[str] = []
         cache = self._cache
-        for _, events in commits:
-            for event in events:
-                for key in touched(event):
+        # (event, position, the views it touches), worked out once for both passes
+        items: list[tuple[Event, tuple[int, int], list[ViewKey]]] = []
+        for seq, events in commits:
+            for index, event in enumerate(events):
+                keys = touched(event)
+                items.append((event, (seq, index), keys))
+                for key in keys:
                     if key in views:
                         continue
                     if key in cache:
@@ -316,18 +320,16 @@ class Projector:
             for pathspec, task in loaded_tasks.items():
                 views[("task", pathspec)] = task
         dirty: set[ViewKey] = set()
-        for number, (seq, events) in enumerate(commits, start=1):
+        for number, (event, position, keys) in enumerate(items, start=1):
             if number % _YIELD_EVERY == 0:
                 # The query service shares this event loop: let it answer meanwhile.
                 await anyio.lowlevel.checkpoint()
-            for index, event in enumerate(events):
-                position = (seq, index)
-                for key in touched(event):
-                    view = views[key]
-                    new = fold_view(key, view, event, position)
-                    if new is not None and new is not view:
-                        views[key] = new
-                        dirty.add(key)
+            for key in keys:
+                view = views[key]
+                new = fold_view(key, view, event, position)
+                if new is not None and new is not view:
+                    views[key] = new
+                    dirty.add(key)
         for key, view in views.items():
             cache.put(key, view)
         runs = [views[k] for k in dirty if k[0] == "run"]

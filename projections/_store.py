@@ -210,6 +210,28 @@ _TASK_ORDER = ("foreach_index", "task_number", "task_id")
 _TASK_SORT = "task"
 
 
+@dataclass(frozen=True, slots=True)
+class _RunSide:
+    """What a run's rows in ``run_tags`` and ``run_params`` are made from.
+
+    Views keep the very same tag sets and parameter dict from one version to
+    the next until they change, so identity tells "unchanged" cheaply; the
+    references held here keep those objects (and their ids) alive.
+    """
+
+    tags: frozenset[str]
+    system_tags: frozenset[str]
+    parameters: dict[str, Any]
+    tag_columns: tuple[Any, ...]
+
+    def same_tags(self, other: _RunSide) -> bool:
+        return (
+            self.tags is other.tags
+            and self.system_tags is other.system_tags
+            and self.tag_columns == other.tag_columns
+        )
+
+
 class _Checkpointer:
     """Checkpoints a WAL database from its own connection and thread, twice a second.
 
@@ -259,6 +281,8 @@ class ReadStore:
         self._writer.execute("PRAGMA synchronous = NORMAL")
         self._ensure_schema()
         self._write_lock = threading.Lock()
+        # what the tag and parameter rows of recently written runs were made from
+        self._run_sides: dict[str, _RunSide] = {}
         self._checkpointer: _Checkpointer | None = None
         if memory:
             # a second connection to ":memory:" would be another, empty database
@@ -357,15 +381,29 @@ class ReadStore:
         run_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         tag_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         param_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        tag_runs: list[str] = []
+        param_runs: list[str] = []
+        written = self._run_sides
+        sides: dict[str, _RunSide] = {}
         # the last view of a run in the batch wins, with its own tags and parameters
         for view in {view.pathspec: view for view in runs}.values():
             row = _run_row(view)
             run_rows[(view.pathspec,)] = row
             flow, _, number, state, _, created = row[:6]
-            for tag in view.tags | view.system_tags:
-                tag_rows[(view.pathspec, tag)] = (flow, state, created, number)
-            for name, value in view.parameters.items():
-                param_rows[(view.pathspec, name)] = (_canonical_json(value),)
+            side = _RunSide(
+                view.tags, view.system_tags, view.parameters, (flow, state, created, number)
+            )
+            sides[view.pathspec] = side
+            # most commits of a run change neither: its tag and parameter rows stay as they are
+            last = written.get(view.pathspec)
+            if last is None or not last.same_tags(side):
+                tag_runs.append(view.pathspec)
+                for tag in view.tags | view.system_tags:
+                    tag_rows[(view.pathspec, tag)] = side.tag_columns
+            if last is None or last.parameters is not side.parameters:
+                param_runs.append(view.pathspec)
+                for name, value in view.parameters.items():
+                    param_rows[(view.pathspec, name)] = (_canonical_json(value),)
         task_rows = {(view.pathspec,): _task_row(view) for view in tasks}
         now = _micros(datetime.now(UTC))
         dead_rows = [
@@ -378,8 +416,8 @@ class ReadStore:
             # most run updates change the JSON alone and then touch no index
             for table, rows, pathspecs in (
                 (_RUNS, run_rows, run_pathspecs),
-                (_RUN_TAGS, tag_rows, run_pathspecs),
-                (_RUN_PARAMS, param_rows, run_pathspecs),
+                (_RUN_TAGS, tag_rows, tag_runs),
+                (_RUN_PARAMS, param_rows, param_runs),
                 (_TASKS, task_rows, [key[0] for key in task_rows]),
             ):
                 if pathspecs:
@@ -391,6 +429,9 @@ class ReadStore:
                     dead_rows,
                 )
             conn.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'", (checkpoint,))
+        if len(written) > 50_000:
+            written.clear()
+        written.update(sides)
 
     def checkpoint(self) -> int:
         """The last stream sequence the stored views include; 0 for a new store."""
@@ -439,6 +480,7 @@ class ReadStore:
         """Forget every view, dead letter and the checkpoint (before a rebuild from the log)."""
         with self._write_lock, self._transaction(self._writer):
             self._create(self._writer)
+            self._run_sides.clear()
 
     # -- reading: objects by pathspec --------------------------------------------
 

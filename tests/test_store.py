@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import JsonValue
 
+from runstate.engine._events import replace_fields
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import BadFilter
 from runstate.projections._queries import (
@@ -216,6 +217,31 @@ def test_upsert_replaces_run_and_its_tags_and_parameters(store: ReadStore) -> No
     assert ids(store.list_runs(RunQuery(state=[RunState.COMPLETED]))) == []
     assert store.latest_run("Train", successful=True) is None
     assert store.list_flows() == [FlowSummary(name="Train", run_count=1, last_created_at=T0)]
+
+
+def test_tag_and_parameter_rows_follow_versions_that_share_their_sets(store: ReadStore) -> None:
+    """Versions of a run made by the reducers share unchanged tag sets and parameters; the
+    store skips rewriting those rows then, yet the rows follow every state and tag change,
+    a failed commit, and a reset."""
+    first = make_run(tags={"a"}, parameters={"x": 1}, state=RunState.RUNNING)
+    store.commit([first], [], 1)
+    moved = replace_fields(first, {"position": (2, 0), "message": "still going"})
+    store.commit([moved], [], 2)
+    assert ids(store.list_runs(RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == ["Train/1"]
+    failed = replace_fields(moved, {"state": RunState.FAILED, "position": (3, 0)})
+    store.commit([failed], [], 3)
+    assert ids(store.list_runs(RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == []
+    assert ids(store.list_runs(RunQuery(tags_all=["a"], state=[RunState.FAILED]))) == ["Train/1"]
+    retagged = replace_fields(failed, {"tags": frozenset({"b"}), "parameters": {"x": 2}})
+    with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
+        store.commit([retagged], [], 4, [(4, "s", "r", object())])  # type: ignore[list-item]
+    assert ids(store.list_runs(RunQuery(tags_all=["a"]))) == ["Train/1"]
+    store.commit([retagged], [], 4)
+    assert ids(store.list_runs(RunQuery(tags_all=["a"]))) == []
+    assert ids(store.list_runs(RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
+    store.reset()
+    store.commit([retagged], [], 1)
+    assert ids(store.list_runs(RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
 
 
 def test_last_view_of_a_run_in_one_commit_wins(store: ReadStore) -> None:
