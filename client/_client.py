@@ -270,7 +270,7 @@ class Client:
             "after": _after(after),
         }
         result = await self.request("runs", body)
-        items = [Run(self, RunView.model_validate_json(_raw(item))) for item in result["items"]]
+        items = [Run(self, RunView.model_validate(item)) for item in result["items"]]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
             return await self.with_namespace(namespace).runs(
@@ -320,7 +320,7 @@ class Client:
                 "after": _after(after),
             },
         )
-        items = [Task(self, TaskView.model_validate_json(_raw(item))) for item in result["items"]]
+        items = [Task(self, TaskView.model_validate(item)) for item in result["items"]]
 
         async def fetch_next(next_cursor: str) -> Page[Task]:
             return await self.with_namespace(namespace).tasks(
@@ -380,10 +380,6 @@ class Client:
     async def run_handle(self, pathspec: str) -> RunHandle:
         """The writer's handle of an existing run (for orchestrators: cancel, resume, tags)."""
         return await self.writer.run(pathspec)
-
-
-def _raw(item: Any) -> bytes:
-    return orjson.dumps(item)
 
 
 def _json_default(value: Any) -> Any:

@@ -232,39 +232,6 @@ class _RunSide:
         )
 
 
-class _Checkpointer:
-    """Checkpoints a WAL database from its own connection and thread, twice a second.
-
-    Passive checkpoints never wait for the writer or the readers: the
-    projector's commits go on appending to the log meanwhile, and the log
-    starts over from its beginning once a checkpoint has copied all of it.
-    """
-
-    INTERVAL = 0.5
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="runstate-store-checkpoint", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping.wait(self.INTERVAL):
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:  # busy or closing: the next round tries again
-                    continue
-        finally:
-            self._conn.close()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-
-
 class ReadStore:
     """The projected views in one SQLite file (or ``":memory:"``, for tests).
 
@@ -283,7 +250,6 @@ class ReadStore:
         self._write_lock = threading.Lock()
         # what the tag and parameter rows of recently written runs were made from
         self._run_sides: dict[str, _RunSide] = {}
-        self._checkpointer: _Checkpointer | None = None
         if memory:
             # a second connection to ":memory:" would be another, empty database
             self._reader = self._writer
@@ -292,11 +258,6 @@ class ReadStore:
             self._reader = self._connect()
             self._reader.execute("PRAGMA query_only = ON")
             self._read_lock = threading.Lock()
-            # WAL checkpoints (copying the log back into the database, with its
-            # fsyncs) run beside the projector instead of inside whichever commit
-            # crosses the threshold, where they stalled the commit for many ms
-            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
-            self._checkpointer = _Checkpointer(self._connect())
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -345,8 +306,6 @@ class ReadStore:
 
     def close(self) -> None:
         """Close both connections; the store is unusable afterwards."""
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         with self._write_lock:
             self._writer.close()
         if self._reader is not self._writer:
