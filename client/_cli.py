@@ -401,7 +401,7 @@ async def _serve(
     """Run the embedded server (without a URL) and a replica, until cancelled."""
     from runstate.engine._connection import open_nats, provision
     from runstate.engine._server import EmbeddedHandle, ensure_embedded
-    from runstate.projections._runner import serve_replica, tune_gc_for_projection
+    from runstate.projections._runner import serve_replica
 
     embedded: EmbeddedHandle | None = None
     if settings.nats_url is None:
@@ -427,10 +427,15 @@ async def _serve(
                 await provision(nc, settings)
                 async with anyio.create_task_group() as tg:
                     if replica:
-                        tune_gc_for_projection()  # this process is a dedicated replica
                         await tg.start(
                             functools.partial(
-                                serve_replica, nc, settings, store, name=name, rebuild=rebuild
+                                serve_replica,
+                                nc,
+                                settings,
+                                store,
+                                name=name,
+                                rebuild=rebuild,
+                                dedicated=True,  # this process exists for the replica
                             )
                         )
                     _announce(settings, embedded, store if replica else None)

@@ -13,7 +13,7 @@ import anyio
 
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._settings import Settings
-from runstate.projections._runner import serve_replica, tune_gc_for_projection
+from runstate.projections._runner import serve_replica
 
 
 async def _main(
@@ -26,7 +26,7 @@ async def _main(
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
-        await serve_replica(nc, settings, store, name=name, rebuild=rebuild)
+        await serve_replica(nc, settings, store, name=name, rebuild=rebuild, dedicated=True)
     finally:
         with anyio.CancelScope(shield=True):
             await nc.close()
@@ -40,7 +40,6 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true", help="fold again from sequence 1")
     parser.add_argument("--heartbeat-timeout", type=float, default=None)
     args = parser.parse_args()
-    tune_gc_for_projection()
     try:
         anyio.run(_main, args.nats, args.store, args.name, args.rebuild, args.heartbeat_timeout)
     except KeyboardInterrupt:

@@ -170,7 +170,9 @@ async def _serve_replica(url: str, prefix: str, store: str) -> None:
     try:
         await provision(nc, settings)
         async with anyio.create_task_group() as tg:
-            await tg.start(functools.partial(serve_replica, nc, settings, store, reaper=False))
+            await tg.start(
+                functools.partial(serve_replica, nc, settings, store, reaper=False, dedicated=True)
+            )
             print("ready", flush=True)
             await anyio.to_thread.run_sync(sys.stdin.buffer.read)
             tg.cancel_scope.cancel()
@@ -182,10 +184,8 @@ async def _serve_replica(url: str, prefix: str, store: str) -> None:
 def _replica_main(argv: Sequence[str]) -> None:
     """``python -m runstate.client._bench _replica URL PREFIX STORE``: serve until stdin closes."""
     from runstate.engine._logging import configure_logging
-    from runstate.projections._runner import tune_gc_for_projection
 
     configure_logging("warning", force=True)
-    tune_gc_for_projection()  # as `runstate server` and `runstate projector` do
     url, prefix, store = argv
     anyio.run(_serve_replica, url, prefix, store)
 

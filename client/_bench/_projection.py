@@ -37,13 +37,13 @@ async def _catch_up(
 ) -> tuple[float, list[float]]:
     """Time a fresh projector from start to ``applied == last``; overall and windowed rates.
 
-    The projector runs in this process with the garbage-collector thresholds
+    The projector runs in this process with the garbage-collector policy
     that `runstate server`/`runstate projector` set for themselves.
     """
     import gc
 
     from runstate.projections._projector import Projector
-    from runstate.projections._runner import tune_gc_for_projection
+    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._store import ReadStore
 
     thresholds = gc.get_threshold()
@@ -53,6 +53,7 @@ async def _catch_up(
         async with _connection(place) as nc, anyio.create_task_group() as tg:
             projector = Projector(nc, place.settings(), store)
             started = time.perf_counter()
+            tg.start_soon(keep_heap_frozen)
             tg.start_soon(projector.run)
             window = max(1, total_events // 20)
             marks: list[tuple[float, int]] = [(started, 0)]
@@ -66,6 +67,7 @@ async def _catch_up(
             tg.cancel_scope.cancel()
     finally:
         gc.set_threshold(*thresholds)
+        gc.unfreeze()
         store.close()
     marks.append((finished, applied_events))
     windows = [
