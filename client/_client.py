@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import nats.errors
 import orjson
 import structlog
 from nats.aio.client import Client as NATS
+from pydantic import BaseModel
 
 from runstate.client import _namespace
 from runstate.engine._connection import open_nats, provision
@@ -24,7 +25,7 @@ from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._worker import RunHandle, Writer
 from runstate.engine.errors import NotFound, Timeout, Unavailable, error_from_wire
-from runstate.projections._views import RunView
+from runstate.projections._views import RunView, TaskView
 
 if TYPE_CHECKING:
     from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
@@ -103,6 +104,19 @@ class Client:
         A body with ``after`` also carries ``wait`` (default ``read_wait``):
         how long the replica may wait to apply ``after`` before ``Timeout``.
         """
+        return orjson.loads(await self._request(endpoint, body, timeout))["result"]
+
+    async def _request_page(self, endpoint: str, body: Mapping[str, Any], page: type[_P]) -> _P:
+        """A list endpoint's page, validated from the reply's bytes in one pass."""
+        return page.model_validate_json(await self._request(endpoint, body, None))
+
+    async def _request(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        timeout: float | None,  # noqa: ASYNC109 - a bound on one NATS request
+    ) -> bytes:
+        """The reply's bytes, ``{"result": ...}``; an error reply raises its typed error."""
         subject = f"{self.subjects.query_prefix}.{endpoint}"
         fields = {k: v for k, v in body.items() if v is not None}
         if "after" in fields:
@@ -128,7 +142,7 @@ class Client:
             except orjson.JSONDecodeError:
                 wire = {"message": msg.headers.get("Nats-Service-Error", "error")}
             raise error_from_wire(wire)
-        return orjson.loads(msg.data)["result"]
+        return msg.data
 
     # -- snapshot reads -----------------------------------------------------------
 
@@ -269,8 +283,8 @@ class Client:
             "cursor": cursor,
             "after": _after(after),
         }
-        result = await self.request("runs", body)
-        items = [Run(self, RunView.model_validate(item)) for item in result["items"]]
+        result = (await self._request_page("runs", body, _RunsReply)).result
+        items = [Run(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
             return await self.with_namespace(namespace).runs(
@@ -289,7 +303,7 @@ class Client:
                 cursor=next_cursor,
             )
 
-        return Page(items, result["next_cursor"], fetch_next)
+        return Page(items, result.next_cursor, fetch_next)
 
     async def tasks(
         self,
@@ -304,30 +318,32 @@ class Client:
         """One page of the tasks of ``step`` in ``run`` (optionally of some states)."""
         from runstate.client._objects import Task
         from runstate.client._pages import Page
-        from runstate.projections._views import TaskView
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
         namespace = self.namespace
-        result = await self.request(
-            "tasks",
-            {
-                "run": run,
-                "step": step,
-                "state": [str(s) for s in states],
-                "limit": page_size,
-                "cursor": cursor,
-                "namespace": namespace,
-                "after": _after(after),
-            },
-        )
-        items = [Task(self, TaskView.model_validate(item)) for item in result["items"]]
+        result = (
+            await self._request_page(
+                "tasks",
+                {
+                    "run": run,
+                    "step": step,
+                    "state": [str(s) for s in states],
+                    "limit": page_size,
+                    "cursor": cursor,
+                    "namespace": namespace,
+                    "after": _after(after),
+                },
+                _TasksReply,
+            )
+        ).result
+        items = [Task(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Task]:
             return await self.with_namespace(namespace).tasks(
                 run, step, state=states, page_size=page_size, cursor=next_cursor
             )
 
-        return Page(items, result["next_cursor"], fetch_next)
+        return Page(items, result.next_cursor, fetch_next)
 
     async def history(
         self, pathspec: str, *, start: int = 1, limit: int = 100
@@ -485,3 +501,24 @@ async def _replica_store(nc: NATS, settings: Settings) -> Path:
     created = info.created.isoformat() if info.created is not None else settings.nats_url
     digest = hashlib.sha256(f"{settings.prefix}|{created}".encode()).hexdigest()[:16]
     return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"
+
+
+class _RunsPage(BaseModel):
+    items: list[RunView]
+    next_cursor: str | None = None
+
+
+class _RunsReply(BaseModel):
+    result: _RunsPage
+
+
+class _TasksPage(BaseModel):
+    items: list[TaskView]
+    next_cursor: str | None = None
+
+
+class _TasksReply(BaseModel):
+    result: _TasksPage
+
+
+_P = TypeVar("_P", bound=BaseModel)
