@@ -29,6 +29,11 @@ log = structlog.get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 
+# "JetStream not temporarily available", "insufficient resources", "leader changed",
+# "stream offline", "expected last sequence per subject temporarily unavailable":
+# what a cluster answers while it elects its leaders
+_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
+
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_ca is None and settings.tls_cert is None:
@@ -97,7 +102,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
             "(runstate server starts one)"
         ) from None
     try:
-        await _check_server(nc)
+        await _check_server(nc, settings.retry_budget)
     except BaseException:
         await nc.close()
         raise
@@ -112,7 +117,7 @@ def _parse_version(text: str) -> tuple[int, int, int]:
     return (parts[0], parts[1], parts[2])
 
 
-async def _check_server(nc: NATS) -> None:
+async def _check_server(nc: NATS, budget: float) -> None:
     shown_version = repr(nc.connected_server_version)  # "<nats server v2.15.1>"
     version = _parse_version(shown_version.removeprefix("<nats server v").rstrip(">"))
     if version < MIN_SERVER_VERSION:
@@ -121,18 +126,33 @@ async def _check_server(nc: NATS) -> None:
             f"NATS server {shown} is too old: runstate needs 2.11 or newer "
             "(for the wildcard expected-subject-sequence header); upgrade nats-server"
         )
-    try:
-        reply = await nc.request("$JS.API.INFO", b"", timeout=2)
-    except nats.errors.NoRespondersError:
-        raise JetStreamDisabled(
-            "JetStream is not enabled on this NATS server; start it with -js "
-            "or add a jetstream block to its config"
-        ) from None
-    except nats.errors.TimeoutError:
-        raise Unavailable("the NATS server did not answer a JetStream request within 2s") from None
-    info = orjson.loads(reply.data)
-    if "error" in info:
-        raise JetStreamDisabled(f"JetStream is not available: {info['error'].get('description')}")
+    # A cluster that has just started answers late, or "temporarily unavailable",
+    # until it has elected its JetStream leader: ask again within the budget.
+    deadline = anyio.current_time() + budget
+    delay = 0.1
+    while True:
+        try:
+            reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+        except nats.errors.NoRespondersError:
+            raise JetStreamDisabled(
+                "JetStream is not enabled on this NATS server; start it with -js "
+                "or add a jetstream block to its config"
+            ) from None
+        except nats.errors.TimeoutError:
+            problem = "the NATS server did not answer a JetStream request within 2s"
+        else:
+            info = orjson.loads(reply.data)
+            error = info.get("error")
+            if error is None:
+                return
+            if error.get("err_code") not in _TRANSIENT_CODES and error.get("code") != 503:
+                raise JetStreamDisabled(f"JetStream is not available: {error.get('description')}")
+            problem = f"JetStream is not available yet: {error.get('description')}"
+        if anyio.current_time() + delay >= deadline:
+            raise Unavailable(f"{problem} (asked for {budget:g}s)")
+        log.info("connect.jetstream_not_ready", problem=problem, retry_in=delay)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def jetstream_api(
@@ -194,6 +214,10 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+class _NotYet(Exception):
+    """A transient refusal, to be retried."""
+
+
 async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
     name = config["name"]
     reply = await jetstream_api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
@@ -205,15 +229,14 @@ async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
         error = reply.get("error")
         if error is None:
             return
+    if error.get("err_code") in _TRANSIENT_CODES or error.get("code") == 503:
+        raise _NotYet(f"{error.get('description')} (code {error.get('err_code')})")
     raise RunstateError(
         f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
     )
 
 
-async def provision(nc: NATS, settings: Settings) -> None:
-    """Create the streams, key-value and object buckets runstate uses; idempotent."""
-    for config in stream_configs(settings):
-        await _ensure_stream(nc, config)
+async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
     subjects = Subjects(settings.prefix)
     js = nc.jetstream()
     try:
@@ -229,6 +252,39 @@ async def provision(nc: NATS, settings: Settings) -> None:
             subjects.blobs_bucket,
             ObjectStoreConfig(storage=StorageType.FILE, replicas=settings.replicas),
         )
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise _NotYet(str(exc)) from None
     except nats.js.errors.APIError as exc:
+        if exc.err_code in _TRANSIENT_CODES:
+            raise _NotYet(str(exc.description)) from None
         raise RunstateError(f"cannot create buckets: {exc.description}") from None
+    except nats.errors.TimeoutError:
+        raise _NotYet("JetStream did not answer in time") from None
+
+
+async def provision(nc: NATS, settings: Settings) -> None:
+    """Create the streams, key-value and object buckets runstate uses; idempotent.
+
+    A cluster that is still electing its leaders (it times out, or says
+    JetStream is temporarily unavailable) is asked again for up to
+    ``settings.retry_budget`` seconds; then ``Unavailable``.
+    """
+    deadline = anyio.current_time() + settings.retry_budget
+    delay = 0.1
+    while True:
+        try:
+            for config in stream_configs(settings):
+                await _ensure_stream(nc, config)
+            await _ensure_buckets(nc, settings)
+        except (_NotYet, Unavailable) as exc:
+            if anyio.current_time() + delay >= deadline:
+                raise Unavailable(
+                    f"JetStream is not ready to create runstate's streams after "
+                    f"{settings.retry_budget:g}s: {exc}"
+                ) from None
+            log.info("provision.retry", reason=str(exc), retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        break
     log.debug("provisioned", prefix=settings.prefix, replicas=settings.replicas)

@@ -159,10 +159,12 @@ _READ_TRANSIENT: tuple[type[BaseException], ...] = (
     *_TRANSIENT,
     nats.js.errors.ServiceUnavailableError,
 )
+# "wrong last sequence: <seq>", and the same without the sequence
 _CONFLICT_CODES = frozenset({10071, 10164})
 # "JetStream not temporarily available", "stream offline", "leader changed",
-# "insufficient resources" while a cluster elects a leader.
-_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137})
+# "insufficient resources" while a cluster elects a leader, and "expected last
+# sequence per subject temporarily unavailable" from a stream leader just elected.
+_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
 # "atomic publish batch contains duplicate message id"
 _BATCH_DUPLICATE_CODE = 10201
 _HEADER_OVERHEAD = 512
@@ -362,6 +364,10 @@ class EventLog:
             code = error.get("err_code")
             if code in _CONFLICT_CODES:
                 current = _conflict_sequence(str(error.get("description", "")))
+                if current < 0:
+                    # the form without the sequence (a stream leader, on a cluster):
+                    # what matters is the entity's last commit, so ask for it
+                    current = await self._last_sequence(subject, commit.commit_id)
                 # A retry (ours, or the caller's after Unavailable) whose first try was stored.
                 if await self._holds_commit(current, commit.commit_id):
                     return Receipt(current, subject, commit.commit_id, len(commit.events), True)
@@ -380,6 +386,20 @@ class EventLog:
                 f"JetStream refused the append to {entity}: {error.get('description')} "
                 f"(code {code})"
             )
+
+    async def _last_sequence(self, subject: str, commit_id: str) -> int:
+        """The stream sequence of the last message on ``subject`` (0: none), from the leader."""
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject)
+        except nats.js.errors.NotFoundError:
+            return 0
+        except _TRANSIENT as exc:
+            raise Unavailable(
+                f"could not read the last commit on {subject} to check for commit {commit_id} "
+                f"({type(exc).__name__}); nothing is lost: retry with commit id {commit_id}",
+                commit_id=commit_id,
+            ) from None
+        return int(msg.seq or 0)
 
     async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
         """True if the message at ``sequence`` is the commit ``commit_id``.
