@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import nats.errors
@@ -25,6 +25,7 @@ from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._worker import RunHandle, Writer
 from runstate.engine.errors import NotFound, Timeout, Unavailable, error_from_wire
+from runstate.projections._queries import Page as ViewPage
 from runstate.projections._views import RunView, TaskView
 
 if TYPE_CHECKING:
@@ -106,9 +107,11 @@ class Client:
         """
         return orjson.loads(await self._request(endpoint, body, timeout))["result"]
 
-    async def _request_page(self, endpoint: str, body: Mapping[str, Any], page: type[_P]) -> _P:
-        """A list endpoint's page, validated from the reply's bytes in one pass."""
-        return page.model_validate_json(await self._request(endpoint, body, None))
+    async def _request_page(
+        self, endpoint: str, body: Mapping[str, Any], reply: type[_PageReply[_V]]
+    ) -> ViewPage[_V]:
+        """A list endpoint's page of views."""
+        return reply.model_validate_json(await self._request(endpoint, body, None)).result
 
     async def _request(
         self,
@@ -283,7 +286,7 @@ class Client:
             "cursor": cursor,
             "after": _after(after),
         }
-        result = (await self._request_page("runs", body, _RunsReply)).result
+        result = await self._request_page("runs", body, _RUNS_REPLY)
         items = [Run(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
@@ -321,21 +324,19 @@ class Client:
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
         namespace = self.namespace
-        result = (
-            await self._request_page(
-                "tasks",
-                {
-                    "run": run,
-                    "step": step,
-                    "state": [str(s) for s in states],
-                    "limit": page_size,
-                    "cursor": cursor,
-                    "namespace": namespace,
-                    "after": _after(after),
-                },
-                _TasksReply,
-            )
-        ).result
+        result = await self._request_page(
+            "tasks",
+            {
+                "run": run,
+                "step": step,
+                "state": [str(s) for s in states],
+                "limit": page_size,
+                "cursor": cursor,
+                "namespace": namespace,
+                "after": _after(after),
+            },
+            _TASKS_REPLY,
+        )
         items = [Task(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Task]:
@@ -503,22 +504,14 @@ async def _replica_store(nc: NATS, settings: Settings) -> Path:
     return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"
 
 
-class _RunsPage(BaseModel):
-    items: list[RunView]
-    next_cursor: str | None = None
+_V = TypeVar("_V", RunView, TaskView)
 
 
-class _RunsReply(BaseModel):
-    result: _RunsPage
+class _PageReply(BaseModel, Generic[_V]):
+    """A list endpoint's reply, validated from its bytes in one pass."""
+
+    result: ViewPage[_V]
 
 
-class _TasksPage(BaseModel):
-    items: list[TaskView]
-    next_cursor: str | None = None
-
-
-class _TasksReply(BaseModel):
-    result: _TasksPage
-
-
-_P = TypeVar("_P", bound=BaseModel)
+_RUNS_REPLY = _PageReply[RunView]
+_TASKS_REPLY = _PageReply[TaskView]

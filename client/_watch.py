@@ -12,7 +12,8 @@ resumes after the last sequence it delivered.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -330,6 +331,25 @@ def _sequence(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
+async def _new_commits(
+    client: Client, receive: AsyncIterable[Msg], last: int
+) -> AsyncGenerator[tuple[int, Msg, list[Event]], None]:
+    """(sequence, message, events) of each commit delivered after ``last``, once.
+
+    Commits that do not decode are skipped, as the projector dead-letters them.
+    """
+    async for msg in receive:
+        seq = _sequence(msg)
+        if seq <= last:
+            continue
+        last = seq
+        try:
+            commit = _decode(client, seq, msg.data)
+        except InvalidEvent:
+            continue
+        yield seq, msg, commit
+
+
 def watch(client: Client, pathspec: str) -> Subscription[Change]:
     """See ``Client.watch``."""
     return Subscription(_watch(client, pathspec))
@@ -348,31 +368,13 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
         as_of = feed.delivered
         views = await _snapshot(client, path, as_of)
         yield Change(None, (as_of, 0), dict(views))
-        last = as_of
-        async for msg in receive:
-            seq = _sequence(msg)
-            if seq <= last:
-                continue
-            last = seq
-            try:
-                commit = _decode(client, seq, msg.data)
-            except InvalidEvent:
-                continue  # the projector dead-letters it; a watcher skips it the same way
-            for index, event in enumerate(commit):
-                position = (seq, index)
-                changed = []
-                for key in touched(event):
-                    if key not in views and not _creates(event, key, path, namespace):
-                        continue
-                    if not _in_scope(path, key) and key not in views:
-                        continue
-                    old = views.get(key)
-                    new = fold_view(key, old, event, position)
-                    if new is not None and new is not old:
-                        views[key] = new
-                        changed.append(key)
-                if changed:
-                    yield Change(event, position, dict(views), tuple(changed))
+        async with aclosing(_new_commits(client, receive, as_of)) as commits:
+            async for seq, _, commit in commits:
+                for index, event in enumerate(commit):
+                    position = (seq, index)
+                    changed = _fold_into(views, event, position, path, namespace)
+                    if changed:
+                        yield Change(event, position, dict(views), changed)
         if send in feed.overflowed:
             raise RunstateError(
                 f"the watch of {pathspec} fell more than {_WATCH_BUFFER:,} commits behind and "
@@ -393,6 +395,28 @@ def _creates(event: Event, key: ViewKey, path: Pathspec, namespace: str | None) 
     if key[0] == "task" and isinstance(event, TaskCreated) and key[1] == event.pathspec:
         return _in_scope(path, key)
     return False
+
+
+def _fold_into(
+    views: dict[ViewKey, RunView | TaskView],
+    event: Event,
+    position: tuple[int, int],
+    path: Pathspec,
+    namespace: str | None,
+) -> tuple[ViewKey, ...]:
+    """Fold ``event`` into the views a watch of ``path`` holds or takes in; the keys it changed."""
+    changed: list[ViewKey] = []
+    for key in touched(event):
+        if key not in views and not _creates(event, key, path, namespace):
+            continue
+        if not _in_scope(path, key) and key not in views:
+            continue
+        old = views.get(key)
+        new = fold_view(key, old, event, position)
+        if new is not None and new is not old:
+            views[key] = new
+            changed.append(key)
+    return tuple(changed)
 
 
 def events(
@@ -426,17 +450,11 @@ async def _events(
             pass
 
     try:
-        async with _Consumer(client, subject, since, deliver):
-            last = since - 1
-            async for msg in receive:
-                seq = _sequence(msg)
-                if seq <= last:
-                    continue
-                last = seq
-                try:
-                    decoded = _decode(client, seq, msg.data)
-                except InvalidEvent:
-                    continue
+        async with (
+            _Consumer(client, subject, since, deliver),
+            aclosing(_new_commits(client, receive, since - 1)) as commits,
+        ):
+            async for seq, msg, decoded in commits:
                 for index, event in enumerate(decoded):
                     yield EventRecord(seq, index, msg.subject, event)
             if overflowed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -32,7 +33,12 @@ MIN_SERVER_VERSION = (2, 11, 0)
 # "JetStream not temporarily available", "insufficient resources", "leader changed",
 # "stream offline", "expected last sequence per subject temporarily unavailable":
 # what a cluster answers while it elects its leaders
-_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
+TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
+
+
+def transient_api_error(error: dict[str, Any]) -> bool:
+    """Whether a JetStream API error reply (its ``error`` object) is worth asking again."""
+    return error.get("err_code") in TRANSIENT_CODES or error.get("code") == 503
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -126,33 +132,49 @@ async def _check_server(nc: NATS, budget: float) -> None:
             f"NATS server {shown} is too old: runstate needs 2.11 or newer "
             "(for the wildcard expected-subject-sequence header); upgrade nats-server"
         )
-    # A cluster that has just started answers late, or "temporarily unavailable",
-    # until it has elected its JetStream leader: ask again within the budget.
+    await _patiently(budget, "JetStream is not ready", lambda: _jetstream_info(nc))
+
+
+async def _jetstream_info(nc: NATS) -> None:
+    try:
+        reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+    except nats.errors.NoRespondersError:
+        raise JetStreamDisabled(
+            "JetStream is not enabled on this NATS server; start it with -js "
+            "or add a jetstream block to its config"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise _NotYet("the NATS server did not answer a JetStream request within 2s") from None
+    error = orjson.loads(reply.data).get("error")
+    if error is None:
+        return
+    if not transient_api_error(error):
+        raise JetStreamDisabled(f"JetStream is not available: {error.get('description')}")
+    raise _NotYet(f"JetStream is not available yet: {error.get('description')}")
+
+
+class _NotYet(Exception):
+    """A transient refusal, to be retried."""
+
+
+async def _patiently(budget: float, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
+    """Run ``attempt`` until it stops failing transiently; ``Unavailable`` after ``budget`` s.
+
+    A cluster that has just started (or lost its leader) answers late, or
+    "temporarily unavailable", until it has elected its JetStream leaders.
+    """
     deadline = anyio.current_time() + budget
     delay = 0.1
     while True:
         try:
-            reply = await nc.request("$JS.API.INFO", b"", timeout=2)
-        except nats.errors.NoRespondersError:
-            raise JetStreamDisabled(
-                "JetStream is not enabled on this NATS server; start it with -js "
-                "or add a jetstream block to its config"
-            ) from None
-        except nats.errors.TimeoutError:
-            problem = "the NATS server did not answer a JetStream request within 2s"
-        else:
-            info = orjson.loads(reply.data)
-            error = info.get("error")
-            if error is None:
-                return
-            if error.get("err_code") not in _TRANSIENT_CODES and error.get("code") != 503:
-                raise JetStreamDisabled(f"JetStream is not available: {error.get('description')}")
-            problem = f"JetStream is not available yet: {error.get('description')}"
-        if anyio.current_time() + delay >= deadline:
-            raise Unavailable(f"{problem} (asked for {budget:g}s)")
-        log.info("connect.jetstream_not_ready", problem=problem, retry_in=delay)
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+            await attempt()
+            return
+        except (_NotYet, Unavailable) as exc:
+            if anyio.current_time() + delay >= deadline:
+                raise Unavailable(f"{what} after {budget:g}s: {exc}") from None
+            log.info("jetstream.not_ready", what=what, reason=str(exc), retry_in=delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def jetstream_api(
@@ -214,10 +236,6 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
-class _NotYet(Exception):
-    """A transient refusal, to be retried."""
-
-
 async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
     name = config["name"]
     reply = await jetstream_api(nc, f"$JS.API.STREAM.CREATE.{name}", config)
@@ -229,7 +247,7 @@ async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
         error = reply.get("error")
         if error is None:
             return
-    if error.get("err_code") in _TRANSIENT_CODES or error.get("code") == 503:
+    if transient_api_error(error):
         raise _NotYet(f"{error.get('description')} (code {error.get('err_code')})")
     raise RunstateError(
         f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
@@ -255,7 +273,7 @@ async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
     except nats.js.errors.ServiceUnavailableError as exc:
         raise _NotYet(str(exc)) from None
     except nats.js.errors.APIError as exc:
-        if exc.err_code in _TRANSIENT_CODES:
+        if exc.err_code in TRANSIENT_CODES:
             raise _NotYet(str(exc.description)) from None
         raise RunstateError(f"cannot create buckets: {exc.description}") from None
     except nats.errors.TimeoutError:
@@ -269,22 +287,13 @@ async def provision(nc: NATS, settings: Settings) -> None:
     JetStream is temporarily unavailable) is asked again for up to
     ``settings.retry_budget`` seconds; then ``Unavailable``.
     """
-    deadline = anyio.current_time() + settings.retry_budget
-    delay = 0.1
-    while True:
-        try:
-            for config in stream_configs(settings):
-                await _ensure_stream(nc, config)
-            await _ensure_buckets(nc, settings)
-        except (_NotYet, Unavailable) as exc:
-            if anyio.current_time() + delay >= deadline:
-                raise Unavailable(
-                    f"JetStream is not ready to create runstate's streams after "
-                    f"{settings.retry_budget:g}s: {exc}"
-                ) from None
-            log.info("provision.retry", reason=str(exc), retry_in=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            continue
-        break
+
+    async def attempt() -> None:
+        for config in stream_configs(settings):
+            await _ensure_stream(nc, config)
+        await _ensure_buckets(nc, settings)
+
+    await _patiently(
+        settings.retry_budget, "JetStream is not ready for runstate's streams", attempt
+    )
     log.debug("provisioned", prefix=settings.prefix, replicas=settings.replicas)

@@ -32,6 +32,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.nuid import NUID
 
+from runstate.engine._connection import transient_api_error
 from runstate.engine._events import Event, decode_commit, encode_commit
 from runstate.engine._names import Pathspec, Subjects, parse_pathspec
 from runstate.engine._settings import Settings
@@ -161,10 +162,6 @@ _READ_TRANSIENT: tuple[type[BaseException], ...] = (
 )
 # "wrong last sequence: <seq>", and the same without the sequence
 _CONFLICT_CODES = frozenset({10071, 10164})
-# "JetStream not temporarily available", "stream offline", "leader changed",
-# "insufficient resources" while a cluster elects a leader, and "expected last
-# sequence per subject temporarily unavailable" from a stream leader just elected.
-_TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
 # "atomic publish batch contains duplicate message id"
 _BATCH_DUPLICATE_CODE = 10201
 _HEADER_OVERHEAD = 512
@@ -366,13 +363,16 @@ class EventLog:
                 current = _conflict_sequence(str(error.get("description", "")))
                 if current < 0:
                     # the form without the sequence (a stream leader, on a cluster):
-                    # what matters is the entity's last commit, so ask for it
-                    current = await self._last_sequence(subject, commit.commit_id)
+                    # what matters is the entity's last commit, so read it
+                    current, last_id = await self._last_commit(subject, commit.commit_id)
+                    ours = last_id == commit.commit_id
+                else:
+                    ours = await self._holds_commit(current, commit.commit_id)
                 # A retry (ours, or the caller's after Unavailable) whose first try was stored.
-                if await self._holds_commit(current, commit.commit_id):
+                if ours:
                     return Receipt(current, subject, commit.commit_id, len(commit.events), True)
                 raise ConflictError(entity, commit.expected_version or 0, current)
-            if code in _TRANSIENT_CODES or error.get("code") == 503:
+            if transient_api_error(error):
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
                         f"JetStream kept refusing {entity}: {error.get('description')}; "
@@ -387,19 +387,23 @@ class EventLog:
                 f"(code {code})"
             )
 
-    async def _last_sequence(self, subject: str, commit_id: str) -> int:
-        """The stream sequence of the last message on ``subject`` (0: none), from the leader."""
+    async def _last_commit(self, subject: str, commit_id: str) -> tuple[int, str | None]:
+        """(sequence, commit id) of the last message on ``subject`` ((0, None): none).
+
+        Asks the stream leader, as ``_holds_commit`` does, and raises
+        ``Unavailable`` when it cannot tell.
+        """
         try:
             msg = await self._js.get_last_msg(self._stream, subject)
         except nats.js.errors.NotFoundError:
-            return 0
+            return 0, None
         except _TRANSIENT as exc:
             raise Unavailable(
                 f"could not read the last commit on {subject} to check for commit {commit_id} "
                 f"({type(exc).__name__}); nothing is lost: retry with commit id {commit_id}",
                 commit_id=commit_id,
             ) from None
-        return int(msg.seq or 0)
+        return int(msg.seq or 0), header(msg, "Nats-Msg-Id")
 
     async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
         """True if the message at ``sequence`` is the commit ``commit_id``.
@@ -477,7 +481,7 @@ class EventLog:
                     )
                 current = _conflict_sequence(str(error.get("description", "")))
                 raise ConflictError("atomic batch", -1, current)
-            if code in _TRANSIENT_CODES or error.get("code") == 503:
+            if transient_api_error(error):
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
                         f"JetStream kept refusing the batch: {error.get('description')}"
@@ -557,7 +561,7 @@ class EventLog:
             reply = orjson.loads(msg.data)
             error = reply.get("error")
             if error is not None:
-                if error.get("err_code") in _TRANSIENT_CODES or error.get("code") == 503:
+                if transient_api_error(error):
                     if time.monotonic() + delay >= deadline:
                         raise Unavailable(
                             f"JetStream kept refusing to increment {subject}: "

@@ -18,8 +18,8 @@ writer would produce, are dead-lettered (kept in the store and published on
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -247,10 +247,7 @@ class Projector:
             return
         inline = len(commits) + len(deadletters) <= _INLINE_COMMITS
         runs, tasks = await self._fold(commits, inline)
-        if inline:
-            self._store.commit(runs, tasks, last, deadletters)
-        else:
-            await anyio.to_thread.run_sync(self._store.commit, runs, tasks, last, deadletters)
+        await _in_store(inline, self._store.commit, runs, tasks, last, deadletters)
         for seq, subject, reason, data in deadletters:
             await self._publish_deadletter(seq, subject, reason, data)
         self.deadlettered += len(deadletters)
@@ -309,12 +306,9 @@ class Projector:
                         views[key] = None
                         (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
         if missing_runs or missing_tasks:
-            if inline:
-                loaded_runs, loaded_tasks = self._load(missing_runs, missing_tasks)
-            else:
-                loaded_runs, loaded_tasks = await anyio.to_thread.run_sync(
-                    self._load, missing_runs, missing_tasks
-                )
+            loaded_runs, loaded_tasks = await _in_store(
+                inline, self._load, missing_runs, missing_tasks
+            )
             for pathspec, run in loaded_runs.items():
                 views[("run", pathspec)] = run
             for pathspec, task in loaded_tasks.items():
@@ -365,6 +359,14 @@ class Projector:
 
 class _Resubscribe(Exception):
     pass
+
+
+_T = TypeVar("_T")
+
+
+async def _in_store(inline: bool, work: Callable[..., _T], *args: Any) -> _T:
+    """Run store ``work`` here (``inline``, see ``_INLINE_COMMITS``) or in a worker thread."""
+    return work(*args) if inline else await anyio.to_thread.run_sync(work, *args)
 
 
 def _stream_sequence(msg: Msg) -> int:

@@ -84,9 +84,7 @@ _RUNNING = TaskState.RUNNING
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_replace = replace_fields
-
-# Blank views that new ones are made from with ``_replace``: an event's
+# Blank views that new ones are made from with ``replace_fields``: an event's
 # payload was validated when it was decoded, so a view made from it need not
 # be validated again (that would cost more than the rest of the fold).
 _BLANK_RUN = RunView(pathspec="", flow="", run_id="", state=RunState.PENDING, created_at=_EPOCH)
@@ -103,7 +101,7 @@ _BLANK_METADATA = MetadataView(name="", value="", type="str", attempt=0, created
 
 def _reject(view: _V, event: Event, position: Position, reason: str) -> _V:
     rejection = Rejection(sequence=position[0], index=position[1], type=event.type, reason=reason)
-    return _replace(view, {"rejected": (*view.rejected, rejection), "position": position})
+    return replace_fields(view, {"rejected": (*view.rejected, rejection), "position": position})
 
 
 def _split_task(pathspec: str) -> tuple[str, str, str] | None:
@@ -147,7 +145,7 @@ def _create_run(event: RunCreated, position: Position) -> RunView | None:
         return None
     flow, run_id = pathspec.split("/")
     occurred_at = event.occurred_at
-    return _replace(
+    return replace_fields(
         _BLANK_RUN,
         {
             "pathspec": pathspec,
@@ -196,7 +194,7 @@ def _run_state(view: RunView, event: RunStateChanged, position: Position) -> Run
         update["finished_at"] = event.occurred_at
     elif payload.resume:
         update["finished_at"] = None
-    return _replace(view, update)
+    return replace_fields(view, update)
 
 
 def _run_tags(view: RunView, event: RunTagsChanged, position: Position) -> RunView:
@@ -208,7 +206,7 @@ def _run_tags(view: RunView, event: RunTagsChanged, position: Position) -> RunVi
     tags.difference_update(payload.remove)
     if tags == view.tags:
         return view
-    return _replace(view, {"tags": frozenset(tags), "position": position})
+    return replace_fields(view, {"tags": frozenset(tags), "position": position})
 
 
 def _step_index(view: RunView, event_pathspec: str) -> tuple[int, str, str] | None:
@@ -232,7 +230,7 @@ def _run_task_created(view: RunView, event: TaskCreated, position: Position) -> 
         return view
     i, step, task_id = where
     if i < 0:
-        summary = _replace(
+        summary = replace_fields(
             _BLANK_STEP,
             {
                 "name": step,
@@ -245,7 +243,7 @@ def _run_task_created(view: RunView, event: TaskCreated, position: Position) -> 
         summary = view.steps[i]
         if task_id in summary.task_states:
             return view  # a repeated creation: the task view records it as rejected
-        summary = _replace(
+        summary = replace_fields(
             summary,
             {"task_states": {**summary.task_states, task_id: _PENDING}, "finished_at": None},
         )
@@ -253,7 +251,7 @@ def _run_task_created(view: RunView, event: TaskCreated, position: Position) -> 
     update: dict[str, object] = {"steps": steps, "position": position}
     if step == "end" and view.end_task is None:
         update["end_task"] = event.pathspec
-    return _replace(view, update)
+    return replace_fields(view, update)
 
 
 def _summary_accepts(current: TaskState, attempt: int | None, new: TaskState) -> bool:
@@ -284,9 +282,9 @@ def _run_task_state(view: RunView, event: TaskAttemptStateChanged, position: Pos
         s is _PENDING or s is _RUNNING for s in reversed(states.values())
     ):
         finished_at = event.occurred_at
-    summary = _replace(summary, {"task_states": states, "finished_at": finished_at})
+    summary = replace_fields(summary, {"task_states": states, "finished_at": finished_at})
     steps = (*view.steps[:i], summary, *view.steps[i + 1 :])
-    return _replace(view, {"steps": steps, "position": position})
+    return replace_fields(view, {"steps": steps, "position": position})
 
 
 # -- tasks ---------------------------------------------------------------------
@@ -317,7 +315,7 @@ def _task_created(view: TaskView, event: TaskCreated, position: Position) -> Tas
         return _reject(view, event, position, f"{view.pathspec}: the task exists already")
     if view.pathspec in event.payload.parent_tasks and event.pathspec not in view.child_tasks:
         children = (*view.child_tasks, event.pathspec)
-        return _replace(view, {"child_tasks": children, "position": position})
+        return replace_fields(view, {"child_tasks": children, "position": position})
     return view
 
 
@@ -330,8 +328,8 @@ def _create_task(event: TaskCreated, position: Position) -> TaskView | None:
     flow, run_id = run.split("/")
     payload = event.payload
     occurred_at = event.occurred_at
-    first = _replace(_BLANK_ATTEMPT, {"created_at": occurred_at})
-    return _replace(
+    first = replace_fields(_BLANK_ATTEMPT, {"created_at": occurred_at})
+    return replace_fields(
         _BLANK_TASK,
         {
             "pathspec": pathspec,
@@ -363,7 +361,7 @@ def _task_state(view: TaskView, event: TaskAttemptStateChanged, position: Positi
         return _reject(view, event, position, str(exc))
     occurred_at = event.occurred_at
     if attempt != view.attempt:  # a retry: the machine made it the next one, pending
-        latest = _replace(
+        latest = replace_fields(
             _BLANK_ATTEMPT,
             {
                 "attempt": attempt,
@@ -390,9 +388,9 @@ def _task_state(view: TaskView, event: TaskAttemptStateChanged, position: Positi
             update["finished_at"] = occurred_at
         if payload.exception is not None:
             update["exception"] = payload.exception
-        latest = _replace(latest, update)
+        latest = replace_fields(latest, update)
         attempts = (*view.attempts[:-1], latest)
-    return _replace(
+    return replace_fields(
         view,
         {
             "state": new,
@@ -434,7 +432,7 @@ def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position
             continue
         seen.add(key)
         added.append(
-            _replace(
+            replace_fields(
                 _BLANK_ARTIFACT,
                 {
                     "name": record.name,
@@ -452,7 +450,7 @@ def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position
         )
     if not added:
         return view
-    return _replace(view, {"artifacts": (*view.artifacts, *added), "position": position})
+    return replace_fields(view, {"artifacts": (*view.artifacts, *added), "position": position})
 
 
 def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) -> TaskView:
@@ -468,7 +466,7 @@ def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) 
         return view
     occurred_at = event.occurred_at
     added = tuple(
-        _replace(
+        replace_fields(
             _BLANK_METADATA,
             {
                 "name": entry.name,
@@ -480,7 +478,7 @@ def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) 
         )
         for entry in entries
     )
-    return _replace(view, {"metadata": (*view.metadata, *added), "position": position})
+    return replace_fields(view, {"metadata": (*view.metadata, *added), "position": position})
 
 
 _RUN_STEPS: dict[type[Any], Callable[[RunView, Any, Position], RunView]] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
@@ -10,7 +11,7 @@ from runstate.client._bench._events import _EventFactory
 from runstate.client._bench._harness import _connection, _Place, _say, _server_version
 from runstate.client._bench._params import FLOW, BenchParams
 from runstate.client._bench._report import Figure, Report, Target
-from runstate.engine._events import encode_commit
+from runstate.engine._events import Event, encode_commit
 from runstate.engine._log import Commit, EventLog, new_commit_id
 from runstate.engine._states import TaskState
 
@@ -51,21 +52,14 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
             await raw_js.publish_async_completed()
             return n / (time.perf_counter() - started)
 
-        async def pipelined() -> float:
+        async def pipelined(commits: Sequence[Event | Sequence[Event]], events: int) -> float:
+            """Events/s of appending ``commits`` (``events`` events in all) through a pipeline."""
             await _purge(nc, stream)
             started = time.perf_counter()
             async with log.pipeline(p.in_flight) as pipe:
-                for event in singles:
-                    await pipe.append(event)
-            return n / (time.perf_counter() - started)
-
-        async def batched() -> float:
-            await _purge(nc, stream)
-            started = time.perf_counter()
-            async with log.pipeline(p.in_flight) as pipe:
-                for batch in batches:
-                    await pipe.append(batch)
-            return len(batches) * k / (time.perf_counter() - started)
+                for commit in commits:
+                    await pipe.append(commit)
+            return events / (time.perf_counter() - started)
 
         async def atomic() -> float:
             await _purge(nc, stream)
@@ -75,7 +69,7 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
                 await log.append_atomic([Commit([e]) for e in atomic_events[first : first + size]])
             return n / (time.perf_counter() - started)
 
-        await pipelined()  # warm-up: connections, subject cache, JIT-free but page cache
+        await pipelined(singles, n)  # warm-up: connections, subject cache, JIT-free but page cache
         rates: dict[str, list[float]] = {
             name: [] for name in ("raw", "raw_ids", "single", "batched", "atomic")
         }
@@ -85,8 +79,8 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
             _say(f"append: repetition {rep + 1}/{p.repeat}")
             rates["raw"].append(await raw(False))
             rates["raw_ids"].append(await raw(True))
-            rates["single"].append(await pipelined())
-            rates["batched"].append(await batched())
+            rates["single"].append(await pipelined(singles, n))
+            rates["batched"].append(await pipelined(batches, len(batches) * k))
             rates["atomic"].append(await atomic())
             ratios.append(rates["single"][-1] / rates["raw"][-1])
             batch_ratios.append(rates["batched"][-1] / rates["raw"][-1])

@@ -16,6 +16,7 @@ import anyio
 import click
 import nats.errors
 import nats.js.errors
+from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client as NATS
 
@@ -123,38 +124,52 @@ async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> A
             finally:
                 tg.cancel_scope.cancel()
         return
+    # the replica exits when its stdin closes
+    async with _child(place, "_replica", [place.url, place.prefix, str(store)], name, 60, 10):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _child(
+    place: _Place,
+    role: str,
+    args: Sequence[str],
+    name: str,
+    ready_within: float,
+    stop_within: float,
+) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
+    """``python -m runstate.client._bench ROLE ARGS...`` once it has printed ``ready``.
+
+    Yields the process and its stdout. Its stderr goes to ``<tmp>/<name>.stderr``
+    and is shown if it does not start within ``ready_within`` seconds. On exit
+    its stdin is closed and it has ``stop_within`` seconds to end before it is
+    killed.
+    """
     log_path = place.tmp / f"{name}.stderr"
     with log_path.open("wb") as errors:
         process = await anyio.open_process(
-            [
-                sys.executable,
-                "-m",
-                "runstate.client._bench",
-                "_replica",
-                place.url,
-                place.prefix,
-                str(store),
-            ],
+            [sys.executable, "-m", "runstate.client._bench", role, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
         )
     try:
-        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout is not None
+        lines = BufferedByteReceiveStream(process.stdout)
         try:
-            with anyio.fail_after(60):
-                line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 100)
+            with anyio.fail_after(ready_within):
+                line = await lines.receive_until(b"\n", 100)
         except (anyio.EndOfStream, anyio.IncompleteRead, TimeoutError):
             line = b""
         if line.strip() != b"ready":
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the projector replica did not start:\n{tail}")
-        yield
+            raise RuntimeError(f"the benchmark's {role.strip('_')} process did not start:\n{tail}")
+        yield process, lines
     finally:
         with anyio.CancelScope(shield=True):
             if process.stdin is not None:
-                await process.stdin.aclose()  # the replica exits when its stdin closes
-            with anyio.move_on_after(10):
+                await process.stdin.aclose()
+            with anyio.move_on_after(stop_within):
                 await process.wait()
             if process.returncode is None:
                 process.kill()

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runstate.client._bench._events import _append_all, _EventFactory, _log_commits
 from runstate.client._bench._harness import (
+    _child,
     _client,
     _connection,
     _Place,
@@ -118,7 +117,8 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
     try:
         log = EventLog(nc, settings)
         print("ready", flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.buffer.readline)
+        if not (await anyio.to_thread.run_sync(sys.stdin.buffer.readline)).strip():
+            return  # stdin closed: the benchmark stopped before the load began
         started = time.perf_counter()
         sent = await _run_load(log, commits, rate, seconds)
         print(f"sent {sent} {time.perf_counter() - started}", flush=True)
@@ -140,40 +140,6 @@ def _load_main(argv: Sequence[str]) -> None:
     anyio.run(_serve_load, url, prefix, int(rate), float(seconds), int(tasks))
 
 
-@contextlib.asynccontextmanager
-async def _load_process(place: _Place, p: BenchParams) -> AsyncIterator[Any]:
-    """The steady load as its own process (as writers are), ready to start."""
-    args = [place.url, place.prefix, str(p.lag_rate), str(p.lag_seconds), str(p.tasks)]
-    log_path = place.tmp / "load.stderr"
-    with log_path.open("wb") as errors:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "runstate.client._bench", "_load", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
-    try:
-        assert process.stdout is not None
-        lines = BufferedByteReceiveStream(process.stdout)
-        try:
-            with anyio.fail_after(120):
-                line = await lines.receive_until(b"\n", 100)
-        except (anyio.EndOfStream, anyio.IncompleteRead, TimeoutError):
-            line = b""
-        if line.strip() != b"ready":
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the load generator did not start:\n{tail}")
-        yield process, lines
-    finally:
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(p.lag_seconds + 30):
-                await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            await process.aclose()
-
-
 #: the probe's runs are numbered from here, apart from the load's
 _PROBE_FIRST_RUN = 1_000_000
 
@@ -182,7 +148,14 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
     async with (
         _replica(place, p.projector, name="lag"),
         _client(place) as client,
-        _load_process(place, p) as (load, load_out),
+        _child(
+            place,
+            "_load",
+            [place.url, place.prefix, str(p.lag_rate), str(p.lag_seconds), str(p.tasks)],
+            "load",
+            ready_within=120,
+            stop_within=p.lag_seconds + 30,
+        ) as (load, load_out),
     ):
         log = client.log
         probe_source = _log_commits(
