@@ -221,6 +221,9 @@ class Projector:
             while self._buffer and len(batch) < self._batch_size:
                 batch.append(self._buffer.popleft())
             await self.apply_batch(batch)
+            # Let the reads waiting for what was just applied (``after=``) answer
+            # before the next batch, which may already be waiting, is folded.
+            await anyio.lowlevel.checkpoint()
 
     # -- applying ----------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,13 @@ from runstate.projections._queries import (
     TaskQuery,
     encode_cursor,
 )
-from runstate.projections._store import MISSING, ReadStore, _runs_sql, _tasks_sql
+from runstate.projections._store import (
+    _WAL_HARD_LIMIT,
+    MISSING,
+    ReadStore,
+    _runs_sql,
+    _tasks_sql,
+)
 from runstate.projections._views import RunView, StepSummary, StepView, TaskView
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -290,6 +298,54 @@ def test_checkpoint_and_views_persist_across_reopen(tmp_path: Path) -> None:
         assert store.checkpoint() == 42
         assert store.get_run("Train/1") == make_run()
         assert store.get_task("Train/1/train/1") == make_task()
+
+
+def _checkpoint_in_database_file(path: Path) -> int | None:
+    """The checkpoint as the database file alone has it (immutable mode ignores the WAL)."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'checkpoint'").fetchone()
+    except sqlite3.DatabaseError:
+        return None  # the file holds no pages yet
+    finally:
+        conn.close()
+    return None if row is None else int(row[0])
+
+
+def test_commits_reach_the_database_file_without_the_writer_checkpointing(
+    tmp_path: Path,
+) -> None:
+    """The store's checkpointer thread copies committed pages out of the WAL.
+
+    The writer's automatic checkpoint is off, so without the thread the file
+    would keep the schema's empty state until the WAL grew to its limit.
+    """
+    path = tmp_path / "store.db"
+    with ReadStore(path) as store:
+        assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for number in range(1, 21):
+            store.commit([make_run(number=number)], [], number)
+        deadline = time.monotonic() + 10
+        while _checkpoint_in_database_file(path) != 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _checkpoint_in_database_file(path) == 20
+        assert store.checkpoint() == 20
+
+
+def test_writer_copies_the_wal_itself_when_the_checkpointer_is_behind(tmp_path: Path) -> None:
+    """Past the WAL's hard limit with pages left uncopied, the next commit copies them."""
+    path = tmp_path / "store.db"
+    with ReadStore(path) as store:
+        checkpoints = store._checkpoints
+        assert checkpoints is not None
+        checkpoints._state = (_WAL_HARD_LIMIT, 0)  # as if the thread had fallen behind
+        assert checkpoints.behind()
+        store.commit([make_run()], [], 7)
+        # the writer's own checkpoint ran, after the commit: nothing is left to copy
+        assert not checkpoints.behind()
+        pages, copied = checkpoints._state
+        assert pages == copied > 0
+        assert _checkpoint_in_database_file(path) == 7
 
 
 def test_store_of_another_schema_version_starts_empty(tmp_path: Path) -> None:
