@@ -360,18 +360,7 @@ class EventLog:
                 )
             code = error.get("err_code")
             if code in _CONFLICT_CODES:
-                current = _conflict_sequence(str(error.get("description", "")))
-                if current < 0:
-                    # the form without the sequence (a stream leader, on a cluster):
-                    # what matters is the entity's last commit, so read it
-                    current, last_id = await self._last_commit(subject, commit.commit_id)
-                    ours = last_id == commit.commit_id
-                else:
-                    ours = await self._holds_commit(current, commit.commit_id)
-                # A retry (ours, or the caller's after Unavailable) whose first try was stored.
-                if ours:
-                    return Receipt(current, subject, commit.commit_id, len(commit.events), True)
-                raise ConflictError(entity, commit.expected_version or 0, current)
+                return await self._settle_conflict(subject, entity, commit, error)
             if transient_api_error(error):
                 if time.monotonic() + delay >= deadline:
                     raise Unavailable(
@@ -404,6 +393,28 @@ class EventLog:
                 commit_id=commit_id,
             ) from None
         return int(msg.seq or 0), header(msg, "Nats-Msg-Id")
+
+    async def _settle_conflict(
+        self, subject: str, entity: str, commit: Commit, error: dict[str, Any]
+    ) -> Receipt:
+        """The receipt of ``commit`` if the entity's last commit is this very commit,
+        else ``ConflictError``.
+
+        The server checks the expected version before de-duplication, so a retry
+        (ours, or the caller's after ``Unavailable``) whose first try was stored
+        meets a conflict with itself.
+        """
+        current = _conflict_sequence(str(error.get("description", "")))
+        if current < 0:
+            # the form without the sequence (a stream leader, on a cluster):
+            # what matters is the entity's last commit, so read it
+            current, last_id = await self._last_commit(subject, commit.commit_id)
+            ours = last_id == commit.commit_id
+        else:
+            ours = await self._holds_commit(current, commit.commit_id)
+        if ours:
+            return Receipt(current, subject, commit.commit_id, len(commit.events), True)
+        raise ConflictError(entity, commit.expected_version or 0, current)
 
     async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
         """True if the message at ``sequence`` is the commit ``commit_id``.
@@ -785,11 +796,7 @@ class Pipeline:
                     bool(reply.get("duplicate", False)),
                 )
             elif error.get("err_code") in _CONFLICT_CODES:
-                entry.error = ConflictError(
-                    entry.entity,
-                    entry.commit.expected_version or 0,
-                    _conflict_sequence(str(error.get("description", ""))),
-                )
+                entry.conflict = error  # settled by flush: it may be this commit's own retry
             else:
                 entry.needs_resend = True
         if not self._waiting:
@@ -811,6 +818,15 @@ class Pipeline:
         with anyio.move_on_after(self._log.settings.request_timeout):
             await self._all_done.wait()
         await self._resend_unconfirmed()
+        for entry in self._entries:
+            if entry.conflict is not None:
+                try:
+                    entry.receipt = await self._log._settle_conflict(
+                        entry.subject, entry.entity, entry.commit, entry.conflict
+                    )
+                except ConflictError as exc:
+                    entry.error = exc
+                entry.conflict = None
         entries, self._entries = self._entries, []
         self._flushed = entries
         for entry in entries:
@@ -862,3 +878,5 @@ class _PipelineEntry:
     receipt: Receipt | None = None
     error: RunstateError | None = None
     needs_resend: bool = False
+    # the server's conflict error, until flush tells a real conflict from our own retry
+    conflict: dict[str, Any] | None = None

@@ -154,6 +154,29 @@ async def test_retried_append_with_expected_version_returns_the_original_receipt
     assert caught.value.current_version == 2
 
 
+async def test_pipelined_retry_with_expected_version_returns_the_original_receipt(
+    log: EventLog,
+) -> None:
+    """Through a pipeline too, a commit already stored under its id is not a conflict with itself;
+    another commit at the same expected version is."""
+    await log.append(note("F/1/s/1", "before"))
+    first = await log.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+
+    async with log.pipeline() as pipe:
+        await pipe.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+        await pipe.append(note("F/2/s/1", "other"), commit_id="commit-o")
+        receipts = await pipe.flush()
+        await pipe.append(note("F/1/s/1", "b"), expected_version=1, commit_id="commit-b")
+        with pytest.raises(ConflictError) as caught:
+            await pipe.flush()
+
+    assert receipts[0].duplicate
+    assert receipts[0].sequence == first.sequence == 2
+    assert receipts[1].sequence == 3
+    assert caught.value.current_version == 2
+    assert await message_count(log) == 3
+
+
 # -- refusals: nothing is sent ----------------------------------------------------
 
 
