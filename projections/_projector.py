@@ -17,11 +17,14 @@ writer would produce, are dead-lettered (kept in the store and published on
 
 from __future__ import annotations
 
+import subprocess
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import nats.errors
 import nats.js.errors
@@ -34,6 +37,7 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
+from runstate.projections._feeder import FeederError, FrameReader, encode_request
 from runstate.projections._reducers import fold_view, touched
 from runstate.projections._store import ReadStore
 from runstate.projections._views import RunView, TaskView
@@ -55,6 +59,9 @@ _YIELD_EVERY = 256
 #: a catch-up of a long log otherwise held most of the log in memory (0.8 GB for
 #: 1,000,000 events), since nats-py answers flow control as soon as it hands a message on
 _BUFFER_LIMIT = 50_000
+
+#: events behind the stream's end from which a catch-up goes through a feeder process
+_FEED_FROM = 50_000
 
 #: batches of at most this many commits read and write the store on the event loop
 #: thread: a hop to a worker thread and back costs more than their SQLite work, and
@@ -104,6 +111,8 @@ class Projector:
         batch_size: int = 5000,
         cache_size: int = 20_000,
         buffer_limit: int = _BUFFER_LIMIT,
+        feeder: Sequence[str] | None = None,
+        feed_from: int = _FEED_FROM,
         name: str = "projector",
     ) -> None:
         self._nc = nc
@@ -124,6 +133,11 @@ class Projector:
         self._sub: Any = None
         #: times the consumer was stopped because ``buffer_limit`` deliveries were held
         self.pauses = 0
+        # the command of a feeder process for long backlogs (see ``_feeder``), or None
+        self._feeder = list(feeder) if feeder is not None else None
+        self._feed_from = feed_from
+        #: deliveries received through a feeder process
+        self.fed = 0
         self._started = anyio.Event()
         self.deadlettered = 0
         self.events_applied = 0
@@ -153,6 +167,8 @@ class Projector:
         """Consume and apply forever (until cancelled). Re-subscribes after gaps or errors."""
         await self._check_stream()
         while True:
+            if self._feeder is not None:
+                await self._catch_up_through_feeder()
             self._sub = await self._subscribe(self.applied + 1)
             self._started.set()
             try:
@@ -163,6 +179,79 @@ class Projector:
                 with anyio.CancelScope(shield=True):
                     await self._unsubscribe()
                 self._buffer.clear()
+
+    async def _catch_up_through_feeder(self) -> None:
+        """Apply a backlog of ``feed_from`` or more events through a feeder process.
+
+        Whatever goes wrong with the feeder only ends this early: the
+        projector's own consumer goes on from what was applied.
+        """
+        try:
+            info = await self._nc.jetstream().stream_info(self._subjects.events_stream)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            return
+        last = int(info.state.last_seq)
+        if last - self.applied < self._feed_from:
+            return
+        self._started.set()
+        log.info("projector.feeding", start=self.applied + 1, stop=last)
+        try:
+            await self._feed(self.applied + 1, last)
+        except (FeederError, OSError) as exc:
+            log.warning("projector.feeder_failed", error=str(exc), applied=self.applied)
+        finally:
+            self._buffer.clear()
+
+    async def _feed(self, start: int, stop: int) -> None:
+        assert self._feeder is not None
+        feed = _Feed()
+        process = await anyio.open_process(
+            self._feeder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        )
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            await process.stdin.send(encode_request(self._settings, start, stop))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_feeder, process.stdout, feed)
+                try:
+                    await self._consume(feed)
+                except _Resubscribe as exc:  # a gap: not what a feeder writes
+                    feed.error = FeederError(str(exc))
+                tg.cancel_scope.cancel()
+        finally:
+            # all it wrote is applied (or it failed): nothing more is wanted from it
+            with anyio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+        if feed.error is not None:
+            raise feed.error
+        if self.applied < stop:
+            raise FeederError(f"the feeder stopped after sequence {self.applied} of {stop}")
+
+    async def _read_feeder(self, stdout: anyio.abc.ByteReceiveStream, feed: _Feed) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                while len(self._buffer) >= self._buffer_limit:
+                    feed.room = anyio.Event()
+                    await feed.room.wait()
+                try:
+                    chunk = await stdout.receive(1 << 20)
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    if reader.partial:
+                        raise FeederError("the feeder's output ends inside a frame") from None
+                    return
+                deliveries = reader.feed(chunk)
+                if deliveries:
+                    self._buffer.extend(deliveries)
+                    self.fed += len(deliveries)
+                    self._arrived.set()
+        except FeederError as exc:
+            feed.error = exc
+        finally:
+            feed.over = True
+            self._arrived.set()
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
@@ -242,20 +331,26 @@ class Projector:
             pending_bytes_limit=1024 * 1024 * 1024,
         )
 
-    async def _consume(self) -> None:
+    async def _consume(self, feed: _Feed | None = None) -> None:
+        """Apply deliveries as they arrive: for ever, or until ``feed`` is over and applied."""
         while True:
             if not self._buffer:
+                if feed is not None and feed.over:
+                    return
                 self._arrived = anyio.Event()
-                if not self._buffer:
+                if not self._buffer and not (feed is not None and feed.over):
                     await self._arrived.wait()
-            batch: list[Delivery] = []
-            while self._buffer and len(batch) < self._batch_size:
-                batch.append(self._buffer.popleft())
+                continue
+            take = self._buffer.popleft
+            batch = [take() for _ in range(min(len(self._buffer), self._batch_size))]
             await self.apply_batch(batch)
             # Let the reads waiting for what was just applied (``after=``) answer
             # before the next batch, which may already be waiting, is folded.
             await anyio.lowlevel.checkpoint()
-            await self._hold_back()
+            if feed is None:
+                await self._hold_back()
+            else:
+                feed.room.set()
 
     # -- applying ----------------------------------------------------------------
 
@@ -394,6 +489,16 @@ class Projector:
 
 class _Resubscribe(Exception):
     pass
+
+
+@dataclass(slots=True)
+class _Feed:
+    """A feeder's progress, between the task reading its frames and the one applying them."""
+
+    over: bool = False
+    error: FeederError | None = None
+    #: set when the projector has applied a batch (the reader waits for it when full)
+    room: anyio.Event = field(default_factory=anyio.Event)
 
 
 _T = TypeVar("_T")

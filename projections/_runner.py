@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from runstate.engine._log import EventLog
 from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
+from runstate.projections._feeder import feeder_command
 from runstate.projections._projector import Projector
 from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
@@ -111,7 +112,9 @@ async def serve_replica(
     store = ReadStore(store_path)
     try:
         event_log = EventLog(nc, settings)
-        projector = Projector(nc, settings, store, name=name)
+        # a process of its own may start processes of its own: a feeder for long backlogs
+        feeder = feeder_command() if dedicated else None
+        projector = Projector(nc, settings, store, name=name, feeder=feeder)
         if rebuild:
             await projector.rebuild()
         service = QueryService(nc, settings, projector, event_log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -38,6 +39,7 @@ from runstate.engine._events import (
 )
 from runstate.engine.errors import NotFound, Timeout
 from runstate.projections import serve_replica
+from runstate.projections._feeder import feeder_command
 
 pytestmark = pytest.mark.anyio
 
@@ -466,3 +468,60 @@ async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
     assert unpaused.pauses == 0
     assert paused.events_applied == unpaused.events_applied
     assert _rows(tmp_path / "held.sqlite3") == _rows(tmp_path / "free.sqlite3")
+
+
+async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
+    from runstate.projections import Projector, ReadStore
+
+    settings = Settings(nats_url=nats_url)
+    last = await EventLog(nc := await open_nats(settings), settings).stream_last_sequence()
+    views = ReadStore(store)
+    try:
+        async with anyio.create_task_group() as tg:
+            projector = Projector(nc, settings, views, **options)
+            tg.start_soon(projector.run)
+            await projector.wait_for(last, timeout=60)
+            tg.cancel_scope.cancel()
+    finally:
+        views.close()
+        await nc.close()
+    return projector
+
+
+_FEEDER = feeder_command()
+
+
+@pytest.mark.parametrize(
+    ("command", "fed_all"),
+    [
+        pytest.param(_FEEDER, True, id="feeder"),
+        # the feeder's output cut off inside a frame: what came whole is applied
+        pytest.param(
+            ["sh", "-c", f"{shlex.join(_FEEDER)} | head -c 40000"],
+            False,
+            id="cut-short",
+        ),
+        pytest.param(
+            [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'x' * 64)"],
+            False,
+            id="garbage",
+        ),
+        pytest.param(["/nonexistent/feeder"], False, id="missing"),
+    ],
+)
+async def test_a_backlog_through_a_feeder_folds_what_the_projector_alone_folds(
+    nats_url: str, tmp_path: Path, command: list[str], fed_all: bool
+) -> None:
+    """Through a feeder process, or after it fails in any way (its own consumer goes on from
+    what was applied), the projector folds the same views as without one."""
+    last = await _write_log(nats_url, runs=4, tasks=30)
+    alone = await _fold_log(nats_url, tmp_path / "alone.sqlite3")
+    fed = await _fold_log(nats_url, tmp_path / "fed.sqlite3", feeder=command, feed_from=1)
+
+    assert alone.fed == 0
+    if fed_all:
+        assert fed.fed == last
+    else:
+        assert fed.fed < last
+    assert fed.events_applied == alone.events_applied
+    assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")

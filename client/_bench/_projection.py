@@ -37,10 +37,11 @@ async def _catch_up(
     """Time a fresh projector from start to ``applied == last``; overall and windowed rates.
 
     The projector runs in this process with the garbage-collector policy
-    that `runstate server`/`runstate projector` set for themselves.
+    and the feeder process that `runstate server`/`runstate projector` use.
     """
     import gc
 
+    from runstate.projections._feeder import feeder_command
     from runstate.projections._projector import Projector
     from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._store import ReadStore
@@ -50,7 +51,7 @@ async def _catch_up(
     store = ReadStore(store_path)
     try:
         async with _connection(place) as nc, anyio.create_task_group() as tg:
-            projector = Projector(nc, place.settings(), store)
+            projector = Projector(nc, place.settings(), store, feeder=feeder_command())
             started = time.perf_counter()
             tg.start_soon(keep_heap_frozen)
             tg.start_soon(projector.run)
@@ -228,7 +229,8 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
     report.notes.append(
         f"catch-up log: {events:,} events in {commits:,} commits (workload runs with artifacts "
         f"and metadata; at most {p.events_per_commit} per commit), written in {written:.1f}s "
-        f"({events / written:,.0f} events/s); the projector runs in this process"
+        f"({events / written:,.0f} events/s); the projector runs in this process, its "
+        f"feeder in another, as in a replica process"
     )
     rates: list[float] = []
     windows: list[float] = []
