@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +110,9 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
     import gc
 
     settings = Settings(nats_url=url, prefix=prefix)
+    # Writers are other machines' processes: on this machine the load yields the CPU to
+    # the system under test (nats-server, the replica, the probe) when both want it.
+    os.nice(10)
     commits = _load_commits(settings.user, rate, seconds, tasks)
     # A steady load: collections walking the prebuilt commits would pause it and
     # make it send in bursts
