@@ -16,11 +16,13 @@ from pathlib import Path
 import anyio
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
 
 from runstate.engine import _server
+from runstate.engine._connection import TRANSIENT_CODES
 from runstate.engine._server import (
     CLUSTER_CONF_TEMPLATE,
     NatsCluster,
@@ -45,12 +47,32 @@ async def connect(servers: str | Sequence[str]) -> Client:
     )
 
 
+async def add_stream_patiently(nc: Client, name: str, replicas: int) -> None:
+    """Create stream ``name`` on ``<name>.>``, asking again while a young cluster's JetStream
+    leaders settle (a request may time out then; creating the same stream twice is a no-op)."""
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await nc.jetstream().add_stream(
+                    name=name, subjects=[f"{name}.>"], num_replicas=replicas
+                )
+                return
+            except nats.errors.TimeoutError:
+                pass
+            except nats.js.errors.ServiceUnavailableError:
+                pass
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in TRANSIENT_CODES:
+                    raise
+            await anyio.sleep(0.2)
+
+
 async def publish_numbers(url: str, stream: str, numbers: range, *, replicas: int = 1) -> None:
     """Create ``stream`` on ``<stream>.>`` if needed and publish each number with an ack."""
     nc = await connect(url)
     try:
         js = nc.jetstream()
-        await js.add_stream(name=stream, subjects=[f"{stream}.>"], num_replicas=replicas)
+        await add_stream_patiently(nc, stream, replicas)
         for n in numbers:
             ack = await js.publish(f"{stream}.n", str(n).encode())
             assert ack.seq == n
@@ -322,7 +344,7 @@ async def test_replicated_stream_survives_losing_a_node(nats_cluster: NatsCluste
     nc = await connect(nats_cluster.urls)
     try:
         js = nc.jetstream()
-        await js.add_stream(name="HA", subjects=["HA.>"], num_replicas=3)
+        await add_stream_patiently(nc, "HA", 3)
         for n in range(1, 11):
             await js.publish("HA.n", str(n).encode())
         info = await stream_info_when_ready(nc, "HA", 3)
