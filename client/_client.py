@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -126,10 +127,24 @@ class Client:
             fields.setdefault("wait", self.read_wait)
         payload = orjson.dumps(fields, default=_json_default)
         wait = float(fields.get("wait") or 0.0)
+        # "No responders" can pass: a replica's interest reaches the other nodes of a
+        # cluster a moment after it subscribes, and a restarted replica comes back.
+        give_up = time.monotonic() + _NO_RESPONDERS_PATIENCE
+        delay = 0.02
         try:
-            msg = await self.nc.request(
-                subject, payload, timeout=timeout or (wait + self.settings.request_timeout)
-            )
+            while True:
+                try:
+                    msg = await self.nc.request(
+                        subject,
+                        payload,
+                        timeout=timeout or (wait + self.settings.request_timeout),
+                    )
+                    break
+                except nats.errors.NoRespondersError:
+                    if time.monotonic() + delay > give_up:
+                        raise
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.25)
         except nats.errors.NoRespondersError:
             raise Unavailable(
                 "no query service is answering; start one with `runstate server` or "
@@ -503,6 +518,9 @@ async def _replica_store(nc: NATS, settings: Settings) -> Path:
     digest = hashlib.sha256(f"{settings.prefix}|{created}".encode()).hexdigest()[:16]
     return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"
 
+
+#: seconds a query asks again while NATS says no service is there to answer it
+_NO_RESPONDERS_PATIENCE = 1.0
 
 _V = TypeVar("_V", RunView, TaskView)
 

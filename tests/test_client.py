@@ -574,6 +574,26 @@ async def test_no_query_service_raises_unavailable(nats_url: str, tmp_path: Path
                 await client.runs()
 
 
+async def test_a_query_waits_briefly_for_a_service_that_is_coming(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A read sent just before a replica's service subscribes is answered, not Unavailable
+    (on a cluster, a service's interest reaches the other nodes a moment late)."""
+    from runstate.projections import serve_replica
+
+    async with connect(nats_url, projector=False, data_dir=tmp_path) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def replica_soon() -> None:
+                await anyio.sleep(0.3)
+                await serve_replica(client.nc, client.settings, tmp_path / "v.sqlite3")
+
+            tg.start_soon(replica_soon)
+            with anyio.fail_after(10):
+                assert await client.flows() == []
+            tg.cancel_scope.cancel()
+
+
 async def test_client_against_the_fixture_server(nats_url: str, tmp_path: Path) -> None:
     """connect(url, projector=True) on a fresh server: write a run, then read it back at once."""
     async with connect(nats_url, projector=True, data_dir=tmp_path) as client:
