@@ -412,65 +412,8 @@ async def test_history_pages_through_an_objects_events(nats_url: str, tmp_path: 
         assert pages == 4  # 9 commits, 3 a page, then an empty last page
 
 
-async def test_a_batch_wider_than_the_view_cache_loses_nothing(
-    nats_url: str, tmp_path: Path
-) -> None:
-    """A batch touching more views than the projector caches folds every event all the same."""
-    from runstate.projections import Projector, ReadStore
-
-    last = await _write_log(nats_url, runs=4, tasks=30)
-    settings = Settings(nats_url=nats_url)
-    nc = await open_nats(settings)
-    small, fresh = ReadStore(tmp_path / "small.sqlite3"), ReadStore(tmp_path / "fresh.sqlite3")
-    try:
-        async with anyio.create_task_group() as tg:
-            narrow = Projector(nc, settings, small, cache_size=5, batch_size=10_000)
-            wide = Projector(nc, settings, fresh)
-            tg.start_soon(narrow.run)
-            tg.start_soon(wide.run)
-            await narrow.wait_for(last, timeout=30)
-            await wide.wait_for(last, timeout=30)
-            tg.cancel_scope.cancel()
-    finally:
-        small.close()
-        fresh.close()
-        await nc.close()
-    assert _rows(tmp_path / "small.sqlite3") == _rows(tmp_path / "fresh.sqlite3")
-
-
-async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
-    nats_url: str, tmp_path: Path
-) -> None:
-    """A projector holding ``buffer_limit`` deliveries stops its consumer, resumes after the
-    last one held, and folds the same views as one that never stopped."""
-    from runstate.projections import Projector, ReadStore
-
-    last = await _write_log(nats_url, runs=10, tasks=30)
-    settings = Settings(nats_url=nats_url)
-    nc = await open_nats(settings)
-    held, free = ReadStore(tmp_path / "held.sqlite3"), ReadStore(tmp_path / "free.sqlite3")
-    try:
-        async with anyio.create_task_group() as tg:
-            # small batches, so deliveries pile up while each is folded
-            paused = Projector(nc, settings, held, batch_size=20, buffer_limit=50)
-            unpaused = Projector(nc, settings, free)
-            tg.start_soon(paused.run)
-            tg.start_soon(unpaused.run)
-            await paused.wait_for(last, timeout=60)
-            await unpaused.wait_for(last, timeout=60)
-            tg.cancel_scope.cancel()
-    finally:
-        held.close()
-        free.close()
-        await nc.close()
-    assert last > 600
-    assert paused.pauses >= 2
-    assert unpaused.pauses == 0
-    assert paused.events_applied == unpaused.events_applied
-    assert _rows(tmp_path / "held.sqlite3") == _rows(tmp_path / "free.sqlite3")
-
-
 async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
+    """A projector with ``options`` that has folded the whole log into ``store``."""
     from runstate.projections import Projector, ReadStore
 
     settings = Settings(nats_url=nats_url)
@@ -486,6 +429,32 @@ async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
         views.close()
         await nc.close()
     return projector
+
+
+async def test_a_batch_wider_than_the_view_cache_loses_nothing(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A batch touching more views than the projector caches folds every event all the same."""
+    await _write_log(nats_url, runs=4, tasks=30)
+    await _fold_log(nats_url, tmp_path / "small.sqlite3", cache_size=5, batch_size=10_000)
+    await _fold_log(nats_url, tmp_path / "fresh.sqlite3")
+    assert _rows(tmp_path / "small.sqlite3") == _rows(tmp_path / "fresh.sqlite3")
+
+
+async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """A projector holding ``buffer_limit`` deliveries stops its consumer, resumes after the
+    last one held, and folds the same views as one that never stopped."""
+    last = await _write_log(nats_url, runs=10, tasks=30)
+    # small batches, so deliveries pile up while each is folded
+    paused = await _fold_log(nats_url, tmp_path / "held.sqlite3", batch_size=20, buffer_limit=50)
+    unpaused = await _fold_log(nats_url, tmp_path / "free.sqlite3")
+    assert last > 600
+    assert paused.pauses >= 2
+    assert unpaused.pauses == 0
+    assert paused.events_applied == unpaused.events_applied
+    assert _rows(tmp_path / "held.sqlite3") == _rows(tmp_path / "free.sqlite3")
 
 
 _FEEDER = feeder_command()
