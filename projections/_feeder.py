@@ -103,11 +103,10 @@ def _write_all(fd: int, data: bytes) -> None:
 async def _feed(settings: Settings, start: int, stop: int) -> None:
     """Write the frames of sequences ``start``..``stop`` to stdout, in order."""
     from nats.aio.msg import Msg
-    from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from runstate.engine._connection import open_nats
     from runstate.engine._names import Subjects
-    from runstate.projections._projector import _stream_sequence
+    from runstate.projections._projector import _stream_sequence, subscribe_events
 
     subjects = Subjects(settings.prefix)
     out = sys.stdout.fileno()
@@ -141,18 +140,7 @@ async def _feed(settings: Settings, start: int, stop: int) -> None:
 
     nc = await open_nats(settings, name="runstate-feeder")
     try:
-        sub = await nc.jetstream().subscribe(
-            subjects.all_events,
-            cb=on_msg,
-            stream=subjects.events_stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start,
-                idle_heartbeat=1.0,
-                flow_control=True,
-            ),
-        )
+        sub = await subscribe_events(nc.jetstream(), subjects, on_msg, start)
         await done.wait()
         await sub.unsubscribe()
         if failed:

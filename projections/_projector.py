@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -306,30 +306,11 @@ class Projector:
         delay = 0.1
         while True:
             try:
-                return await self._subscribe_once(js, on_msg, start)
+                return await subscribe_events(js, self._subjects, on_msg, start)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.warning("projector.subscribe_failed", error=str(exc), retry_in=delay)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-
-    async def _subscribe_once(self, js: Any, on_msg: Any, start: int) -> Any:
-        from nats.js.api import ConsumerConfig
-
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            idle_heartbeat=1.0,
-            flow_control=True,
-        )
-        return await js.subscribe(
-            self._subjects.all_events,
-            cb=on_msg,
-            stream=self._subjects.events_stream,
-            ordered_consumer=True,
-            config=config,
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=1024 * 1024 * 1024,
-        )
 
     async def _consume(self, feed: _Feed | None = None) -> None:
         """Apply deliveries as they arrive: for ever, or until ``feed`` is over and applied."""
@@ -507,6 +488,30 @@ _T = TypeVar("_T")
 async def _in_store(inline: bool, work: Callable[..., _T], *args: Any) -> _T:
     """Run store ``work`` here (``inline``, see ``_INLINE_COMMITS``) or in a worker thread."""
     return work(*args) if inline else await anyio.to_thread.run_sync(work, *args)
+
+
+async def subscribe_events(
+    js: Any, subjects: Subjects, on_msg: Callable[[Msg], Awaitable[None]], start: int
+) -> Any:
+    """An ordered consumer of every events subject from stream sequence ``start``
+    (the projector's, and its feeder's)."""
+    from nats.js.api import ConsumerConfig
+
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
+        idle_heartbeat=1.0,
+        flow_control=True,
+    )
+    return await js.subscribe(
+        subjects.all_events,
+        cb=on_msg,
+        stream=subjects.events_stream,
+        ordered_consumer=True,
+        config=config,
+        pending_msgs_limit=1_000_000,
+        pending_bytes_limit=1024 * 1024 * 1024,
+    )
 
 
 def _stream_sequence(msg: Msg) -> int:
