@@ -145,30 +145,33 @@ def check_task_transition(
     ``pending``, and follow an unsuccessful attempt; an existing attempt moves
     only along the machine; earlier attempts are closed.
     """
-    label = f"{entity} attempt {attempt}"
     if current_attempt is None or current is None:
         if attempt != 0 or new is not TaskState.PENDING:
-            raise IllegalTransition(label, None, new, "a task starts as attempt 0, pending")
+            raise IllegalTransition(
+                f"{entity} attempt {attempt}", None, new, "a task starts as attempt 0, pending"
+            )
         return
     if attempt == current_attempt:
         if new not in _TASK_NEXT[current]:
             reason = "the attempt has finished" if current.terminal else ""
-            raise IllegalTransition(label, current, new, reason)
+            raise IllegalTransition(f"{entity} attempt {attempt}", current, new, reason)
         return
     if attempt == current_attempt + 1:
         if current not in _RETRYABLE:
             raise IllegalTransition(
-                label,
+                f"{entity} attempt {attempt}",
                 current,
                 new,
                 f"attempt {current_attempt} is {current}; only a failed, cancelled or crashed "
                 "attempt may be retried",
             )
         if new is not TaskState.PENDING:
-            raise IllegalTransition(label, None, new, "a new attempt starts pending")
+            raise IllegalTransition(
+                f"{entity} attempt {attempt}", None, new, "a new attempt starts pending"
+            )
         return
     raise IllegalTransition(
-        label,
+        f"{entity} attempt {attempt}",
         current,
         new,
         f"the latest attempt is {current_attempt}; the next is {current_attempt + 1}",

@@ -76,23 +76,29 @@ class _ViewCache:
         self._capacity = capacity
         self._views: OrderedDict[ViewKey, RunView | TaskView | None] = OrderedDict()
 
-    def __contains__(self, key: ViewKey) -> bool:
-        return key in self._views
+    def lookup(self, key: ViewKey) -> RunView | TaskView | _Missing | None:
+        """The cached view (None: known not to exist) or ``MISSING``; ``put`` keeps recency."""
+        return self._views.get(key, MISSING)
 
-    def get(self, key: ViewKey) -> RunView | TaskView | None:
-        view = self._views.get(key)
-        if view is not None:
-            self._views.move_to_end(key)
-        return view
-
-    def put(self, key: ViewKey, view: RunView | TaskView | None) -> None:
-        self._views[key] = view
-        self._views.move_to_end(key)
-        while len(self._views) > self._capacity:
-            self._views.popitem(last=False)
+    def put(self, views: dict[ViewKey, RunView | TaskView | None]) -> None:
+        """Cache these views as the most recently used, evicting the least recently used."""
+        cached = self._views
+        move_to_end = cached.move_to_end
+        for key, view in views.items():
+            cached[key] = view
+            move_to_end(key)
+        for _ in range(len(cached) - self._capacity):
+            cached.popitem(last=False)
 
     def clear(self) -> None:
         self._views.clear()
+
+
+class _Missing:
+    """Not in the cache (whereas a cached None is a view known not to exist)."""
+
+
+MISSING = _Missing()
 
 
 class Projector:
@@ -401,7 +407,7 @@ class Projector:
         views: dict[ViewKey, RunView | TaskView | None] = {}
         missing_runs: list[str] = []
         missing_tasks: list[str] = []
-        cache = self._cache
+        lookup = self._cache.lookup
         # (event, position, the views it touches), worked out once for both passes
         items: list[tuple[Event, tuple[int, int], list[ViewKey]]] = []
         for seq, events in commits:
@@ -411,11 +417,12 @@ class Projector:
                 for key in keys:
                     if key in views:
                         continue
-                    if key in cache:
-                        views[key] = cache.get(key)
-                    else:
+                    view = lookup(key)
+                    if view is MISSING:
                         views[key] = None
                         (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
+                    else:
+                        views[key] = view  # type: ignore[assignment]
         if missing_runs or missing_tasks:
             loaded_runs, loaded_tasks = await _in_store(
                 inline, self._load, missing_runs, missing_tasks
@@ -435,8 +442,7 @@ class Projector:
                 if new is not None and new is not view:
                     views[key] = new
                     dirty.add(key)
-        for key, view in views.items():
-            cache.put(key, view)
+        self._cache.put(views)
         runs = [views[k] for k in dirty if k[0] == "run"]
         tasks = [views[k] for k in dirty if k[0] == "task"]
         return runs, tasks  # type: ignore[return-value]

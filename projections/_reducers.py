@@ -277,11 +277,11 @@ def _run_task_state(view: RunView, event: TaskAttemptStateChanged, position: Pos
         return view
     states = {**summary.task_states, task_id: new}
     finished_at: datetime | None = None
-    # The newest tasks are the likeliest to be unfinished, so look at them first.
-    if new in _TERMINAL_TASK and not any(
-        s is _PENDING or s is _RUNNING for s in reversed(states.values())
-    ):
-        finished_at = event.occurred_at
+    if new in _TERMINAL_TASK:
+        # ``in`` over the values compares in C, identity first (states are enum members)
+        waiting = states.values()
+        if _PENDING not in waiting and _RUNNING not in waiting:
+            finished_at = event.occurred_at
     summary = replace_fields(summary, {"task_states": states, "finished_at": finished_at})
     steps = (*view.steps[:i], summary, *view.steps[i + 1 :])
     return replace_fields(view, {"steps": steps, "position": position})
@@ -552,9 +552,9 @@ def fold_view(
         if key[0] == "run":
             return fold_run(None, event, position)
         return fold_task(None, event, position)
-    if isinstance(view, RunView):
-        return fold_run(view, event, position)
-    return fold_task(view, event, position)
+    if key[0] == "run":
+        return fold_run(view, event, position)  # type: ignore[arg-type]
+    return fold_task(view, event, position)  # type: ignore[arg-type]
 
 
 def fold(
