@@ -194,3 +194,34 @@ def test_markdown_shows_every_figure_and_marks_misses() -> None:
     assert "| `ok_ms` | fast | ms |" in text and "| yes |" in text
     assert "| `slow_ms` | slow | ms |" in text and "MISSED" in text
     assert "writers=[1, 8, 64]" in text
+
+
+def test_lag_load_and_probe_write_runs_of_their_own() -> None:
+    """The lag test's load and probe write new runs, never the catch-up log's.
+
+    A load that wrote the log's runs again would have every event rejected
+    by the reducers (the run exists already), which is not the workload.
+    """
+    import itertools
+
+    from runstate.client._bench._events import _log_commits
+    from runstate.client._bench._projection import (
+        _LOAD_FIRST_RUN,
+        _PROBE_FIRST_RUN,
+        _load_commits,
+    )
+
+    def runs(commits: Any) -> set[str]:
+        return {commit[0].pathspec.split("/")[1] for commit in commits}
+
+    # the default catch-up log: 1,000,000 events of workload runs numbered from 1
+    factory = _EventFactory("bench")
+    shortest = min(len(list(factory.workload_run(n, str(n), 50))) for n in range(1, 11))
+    log = {str(n) for n in range(1, 1_000_000 // shortest + 2)}
+    load = runs(_load_commits("bench", 5_000, 10.0, 50))
+    probe = runs(
+        itertools.islice(_log_commits(_EventFactory("bench"), 50, 1, _PROBE_FIRST_RUN), 600)
+    )
+    assert min(map(int, load)) == _LOAD_FIRST_RUN
+    assert not log & load and not log & probe and not load & probe
+    assert max(map(int, log)) < _PROBE_FIRST_RUN < _LOAD_FIRST_RUN

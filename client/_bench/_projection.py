@@ -79,12 +79,20 @@ async def _catch_up(
     return applied_events / (finished - started), windows
 
 
+#: the probe's runs are numbered from here, and the load's from ``_LOAD_FIRST_RUN``: apart
+#: from each other and from the catch-up log's runs (numbered from 1), so that every
+#: event of the lag test is a new run's (a load that wrote the log's runs again would be
+#: an unending flood of transitions the reducers reject, not the workload)
+_PROBE_FIRST_RUN = 1_000_000
+_LOAD_FIRST_RUN = 2_000_000
+
+
 def _load_commits(user: str, rate: int, seconds: float, tasks: int) -> list[list[Any]]:
     """The load's commits, built before the clock starts (workers are other machines'
     processes: building their events is not the system's work)."""
     factory = _EventFactory(user)
     count = int(rate * seconds * 1.2) + 1000
-    return list(itertools.islice(_log_commits(factory, tasks, 1, first_run=1), count))
+    return list(itertools.islice(_log_commits(factory, tasks, 1, first_run=_LOAD_FIRST_RUN), count))
 
 
 async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds: float) -> int:
@@ -143,10 +151,6 @@ def _load_main(argv: Sequence[str]) -> None:
     configure_logging("warning", force=True)
     url, prefix, rate, seconds, tasks = argv
     anyio.run(_serve_load, url, prefix, int(rate), float(seconds), int(tasks))
-
-
-#: the probe's runs are numbered from here, apart from the load's
-_PROBE_FIRST_RUN = 1_000_000
 
 
 async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
