@@ -83,8 +83,8 @@ class _ViewCache:
         self._views: OrderedDict[ViewKey, RunView | TaskView | None] = OrderedDict()
 
     def lookup(self, key: ViewKey) -> RunView | TaskView | _Missing | None:
-        """The cached view (None: known not to exist) or ``MISSING``; ``put`` keeps recency."""
-        return self._views.get(key, MISSING)
+        """The cached view (None: known not to exist) or ``_MISSING``; ``put`` keeps recency."""
+        return self._views.get(key, _MISSING)
 
     def put(self, views: dict[ViewKey, RunView | TaskView | None]) -> None:
         """Cache these views as the most recently used, evicting the least recently used."""
@@ -104,7 +104,7 @@ class _Missing:
     """Not in the cache (whereas a cached None is a view known not to exist)."""
 
 
-MISSING = _Missing()
+_MISSING = _Missing()
 
 
 class Projector:
@@ -148,7 +148,6 @@ class Projector:
         # the command of a feeder process for long backlogs (see ``_feeder``), or None
         self._feeder = list(feeder) if feeder is not None else None
         self._feed_from = feed_from
-        self._inline_commits = _INLINE_COMMITS
         #: deliveries received through a feeder process
         self.fed = 0
         self._started = anyio.Event()
@@ -208,14 +207,12 @@ class Projector:
             return
         self._started.set()
         log.info("projector.feeding", start=self.applied + 1, stop=last)
-        self._inline_commits = _FEED_INLINE_COMMITS
         try:
             await self._feed(self.applied + 1, last)
         except (FeederError, OSError) as exc:
             log.warning("projector.feeder_failed", error=str(exc), applied=self.applied)
         finally:
             self._buffer.clear()
-            self._inline_commits = _INLINE_COMMITS
 
     async def _feed(self, start: int, stop: int) -> None:
         assert self._feeder is not None
@@ -329,6 +326,7 @@ class Projector:
 
     async def _consume(self, feed: _Feed | None = None) -> None:
         """Apply deliveries as they arrive: for ever, or until ``feed`` is over and applied."""
+        inline_commits = _INLINE_COMMITS if feed is None else _FEED_INLINE_COMMITS
         while True:
             if not self._buffer:
                 if feed is not None and feed.over:
@@ -339,7 +337,7 @@ class Projector:
                 continue
             take = self._buffer.popleft
             batch = [take() for _ in range(min(len(self._buffer), self._batch_size))]
-            await self.apply_batch(batch)
+            await self.apply_batch(batch, inline_commits=inline_commits)
             # Let the reads waiting for what was just applied (``after=``) answer
             # before the next batch, which may already be waiting, is folded.
             await anyio.lowlevel.checkpoint()
@@ -350,8 +348,14 @@ class Projector:
 
     # -- applying ----------------------------------------------------------------
 
-    async def apply_batch(self, deliveries: list[Delivery]) -> None:
-        """Fold a batch of delivered messages and commit it with the checkpoint."""
+    async def apply_batch(
+        self, deliveries: list[Delivery], *, inline_commits: int = _INLINE_COMMITS
+    ) -> None:
+        """Fold a batch of delivered messages and commit it with the checkpoint.
+
+        A batch of at most ``inline_commits`` commits reads and writes the
+        store on the event loop, a longer one in a worker thread.
+        """
         commits: list[tuple[int, list[Event]]] = []
         deadletters: list[tuple[int, str, str, bytes]] = []
         last = self.applied
@@ -371,7 +375,7 @@ class Projector:
             commits.append((seq, events))
         if last == self.applied:
             return
-        inline = len(commits) + len(deadletters) <= self._inline_commits
+        inline = len(commits) + len(deadletters) <= inline_commits
         runs, tasks = await self._fold(commits, inline)
         await _in_store(inline, self._store.commit, runs, tasks, last, deadletters)
         for seq, subject, reason, data in deadletters:
@@ -427,7 +431,7 @@ class Projector:
                     if key in views:
                         continue
                     view = lookup(key)
-                    if view is MISSING:
+                    if view is _MISSING:
                         views[key] = None
                         (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
                     else:

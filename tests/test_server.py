@@ -16,13 +16,12 @@ from pathlib import Path
 import anyio
 import nats
 import nats.errors
-import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
 
 from runstate.engine import _server
-from runstate.engine._connection import TRANSIENT_CODES
+from runstate.engine._connection import _ensure_stream, _patiently
 from runstate.engine._server import (
     CLUSTER_CONF_TEMPLATE,
     NatsCluster,
@@ -48,23 +47,10 @@ async def connect(servers: str | Sequence[str]) -> Client:
 
 
 async def add_stream_patiently(nc: Client, name: str, replicas: int) -> None:
-    """Create stream ``name`` on ``<name>.>``, asking again while a young cluster's JetStream
-    leaders settle (a request may time out then; creating the same stream twice is a no-op)."""
-    with anyio.fail_after(30):
-        while True:
-            try:
-                await nc.jetstream().add_stream(
-                    name=name, subjects=[f"{name}.>"], num_replicas=replicas
-                )
-                return
-            except nats.errors.TimeoutError:
-                pass
-            except nats.js.errors.ServiceUnavailableError:
-                pass
-            except nats.js.errors.APIError as exc:
-                if exc.err_code not in TRANSIENT_CODES:
-                    raise
-            await anyio.sleep(0.2)
+    """Create stream ``name`` on ``<name>.>`` as runstate creates its own: asking again while
+    a young cluster's JetStream leaders settle (creating the same stream twice is a no-op)."""
+    config = {"name": name, "subjects": [f"{name}.>"], "num_replicas": replicas}
+    await _patiently(30, f"stream {name}", lambda: _ensure_stream(nc, config))
 
 
 async def publish_numbers(url: str, stream: str, numbers: range, *, replicas: int = 1) -> None:
