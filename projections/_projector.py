@@ -38,7 +38,7 @@ from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
 from runstate.projections._feeder import FeederError, FrameReader, encode_request
-from runstate.projections._reducers import fold_view, touched
+from runstate.projections._reducers import FoldBatch, touched
 from runstate.projections._store import ReadStore
 from runstate.projections._views import RunView, TaskView
 
@@ -444,20 +444,17 @@ class Projector:
                 views[("run", pathspec)] = run
             for pathspec, task in loaded_tasks.items():
                 views[("task", pathspec)] = task
-        dirty: set[ViewKey] = set()
+        batch = FoldBatch(views)
         for number, (event, position, keys) in enumerate(items, start=1):
             if number % _YIELD_EVERY == 0:
                 # The query service shares this event loop: let it answer meanwhile.
                 await anyio.lowlevel.checkpoint()
-            for key in keys:
-                view = views[key]
-                new = fold_view(key, view, event, position)
-                if new is not None and new is not view:
-                    views[key] = new
-                    dirty.add(key)
+            batch.add(event, position, keys)
+        changed = batch.changed()
+        views.update(changed)
         self._cache.put(views)
-        runs = [views[k] for k in dirty if k[0] == "run"]
-        tasks = [views[k] for k in dirty if k[0] == "task"]
+        runs = [view for key, view in changed.items() if key[0] == "run"]
+        tasks = [view for key, view in changed.items() if key[0] == "task"]
         return runs, tasks  # type: ignore[return-value]
 
     def _load(

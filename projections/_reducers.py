@@ -18,6 +18,14 @@ Three rules every reducer keeps:
 - An event the state machine refuses (written by a foreign or old writer) is
   appended to the view's ``rejected`` and changes nothing else.
 
+Views are immutable, so a reducer works on a draft: a copy of the view's
+fields that events change in place, made a view again at the end.
+``FoldBatch`` keeps one draft per view for a whole batch of events (the
+projector's), so a view touched by many events of the batch is copied once,
+not once per event; ``fold_run``/``fold_task``/``fold_view`` are a batch of
+one event. The properties in the tests check that any batching folds to the
+same views.
+
 How a run view follows its tasks' states: a ``RunView`` keeps each task's
 latest state (``StepSummary.task_states``) but not its attempt number, so it
 checks a task change against the task machine trusting the attempt number
@@ -35,9 +43,9 @@ view only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from runstate.engine._events import (
     ArtifactsRecorded,
@@ -48,7 +56,7 @@ from runstate.engine._events import (
     RunTagsChanged,
     TaskAttemptStateChanged,
     TaskCreated,
-    replace_fields,
+    construct_fields,
 )
 from runstate.engine._states import (
     RunState,
@@ -68,40 +76,115 @@ from runstate.projections._views import (
     TaskView,
 )
 
-__all__ = ["ViewKey", "fold", "fold_run", "fold_task", "fold_view", "touched"]
+__all__ = ["FoldBatch", "ViewKey", "fold", "fold_run", "fold_task", "fold_view", "touched"]
 
 #: ("run", run pathspec) or ("task", task pathspec)
 ViewKey = tuple[str, str]
-
-_V = TypeVar("_V", RunView, TaskView)
 
 _TERMINAL_TASK = frozenset(state for state in TaskState if state.terminal)
 _PENDING = TaskState.PENDING
 _RUNNING = TaskState.RUNNING
 
 
-# -- helpers -----------------------------------------------------------------
+# -- drafts ----------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Blank views that new ones are made from with ``replace_fields``: an event's
-# payload was validated when it was decoded, so a view made from it need not
-# be validated again (that would cost more than the rest of the fold).
-_BLANK_RUN = RunView(pathspec="", flow="", run_id="", state=RunState.PENDING, created_at=_EPOCH)
-_BLANK_STEP = StepSummary(name="", created_at=_EPOCH)
-_BLANK_TASK = TaskView(
+# The fields of blank views, which new ones are made from: an event's payload was
+# validated when it was decoded, so a view made from it need not be validated
+# again (that would cost more than the rest of the fold).
+_RUN_FIELDS = RunView(
+    pathspec="", flow="", run_id="", state=RunState.PENDING, created_at=_EPOCH
+).__dict__
+_TASK_FIELDS = TaskView(
     pathspec="", flow="", run_id="", step="", task_id="", state=_PENDING, created_at=_EPOCH
-)
-_BLANK_ATTEMPT = AttemptView(attempt=0, state=_PENDING, created_at=_EPOCH)
-_BLANK_ARTIFACT = ArtifactView(
-    name="", task="", attempt=0, sha256="", size=0, codec="json", created_at=_EPOCH, sequence=0
-)
-_BLANK_METADATA = MetadataView(name="", value="", type="str", attempt=0, created_at=_EPOCH)
+).__dict__
+_ATTEMPT_FIELDS = AttemptView(attempt=0, state=_PENDING, created_at=_EPOCH).__dict__
 
 
-def _reject(view: _V, event: Event, position: Position, reason: str) -> _V:
-    rejection = Rejection(sequence=position[0], index=position[1], type=event.type, reason=reason)
-    return replace_fields(view, {"rejected": (*view.rejected, rejection), "position": position})
+class _Draft:
+    """One view being folded: a copy of its fields that events change in place.
+
+    A draft is made from a view (or None: the view does not exist yet) and
+    becomes a view again once, with ``view()``, however many events were
+    applied to it: a view is copied once per batch rather than once per
+    event. Tuple fields that events append to are lists meanwhile.
+    """
+
+    __slots__ = ("base", "changed", "fields", "lists", "pathspec")
+
+    #: the event type that creates a view of this kind
+    creator: type[Any]
+    #: event type -> how it changes a draft of this kind
+    steps: dict[type[Any], Callable[[Any, Any, Position], None]]
+    view_type: type[RunView] | type[TaskView]
+
+    def __init__(self, pathspec: str, view: RunView | TaskView | None) -> None:
+        self.base = view
+        self.pathspec = pathspec
+        #: the view's fields, None while there is no view
+        self.fields: dict[str, Any] | None = None if view is None else view.__dict__.copy()
+        self.lists: dict[str, list[Any]] = {}
+        self.changed = False
+
+    def apply(self, event: Event, position: Position) -> None:
+        fields = self.fields
+        if fields is None:
+            if type(event) is self.creator and event.pathspec == self.pathspec:
+                self.create(event, position)
+            return
+        if position <= fields["position"]:
+            return  # folded already
+        step = self.steps.get(type(event))
+        if step is not None:
+            step(self, event, position)
+
+    def create(self, event: Any, position: Position) -> None:
+        raise NotImplementedError
+
+    def view(self) -> RunView | TaskView | None:
+        """The view after the events applied: the very one the draft was made from if none
+        changed it. Call it once, after the last event."""
+        if not self.changed:
+            return self.base
+        fields = self.fields
+        assert fields is not None
+        self.finish(fields)
+        for name, items in self.lists.items():
+            fields[name] = tuple(items)
+        return construct_fields(self.view_type, fields)
+
+    def finish(self, fields: dict[str, Any]) -> None:
+        """Turn parts kept as drafts of their own back into views."""
+
+    def list(self, name: str) -> list[Any]:
+        """The tuple field ``name`` as a list to change."""
+        items = self.lists.get(name)
+        if items is None:
+            assert self.fields is not None
+            items = self.lists[name] = list(self.fields[name])
+        return items
+
+    def current(self, name: str) -> Sequence[Any]:
+        """The tuple field ``name`` as it is now, to read."""
+        items = self.lists.get(name)
+        if items is None:
+            assert self.fields is not None
+            return self.fields[name]  # type: ignore[no-any-return]
+        return items
+
+    def mark(self, position: Position) -> None:
+        """The event at ``position`` changed the view."""
+        assert self.fields is not None
+        self.fields["position"] = position
+        self.changed = True
+
+    def reject(self, event: Event, position: Position, reason: str) -> None:
+        rejection = Rejection(
+            sequence=position[0], index=position[1], type=event.type, reason=reason
+        )
+        self.list("rejected").append(rejection)
+        self.mark(position)
 
 
 def _split_task(pathspec: str) -> tuple[str, str, str] | None:
@@ -115,39 +198,32 @@ def _split_task(pathspec: str) -> tuple[str, str, str] | None:
 # -- runs ----------------------------------------------------------------------
 
 
-def fold_run(view: RunView | None, event: Event, position: Position) -> RunView | None:
-    """Fold one event into a run's view; return the next view.
+class _RunDraft(_Draft):
+    """A run's draft. Steps it changes are dicts of their fields until ``view()``."""
 
-    ``view`` is None before the run's ``RunCreated``: that event creates the
-    view (of ``event.pathspec``) and any other leaves it None. A
-    ``RunCreated`` whose initial state the machine refuses creates nothing.
-    The run view follows its own events and its tasks' creation and state
-    changes; artifacts, metadata and heartbeats do not change it.
-    """
-    if view is None:
-        if type(event) is RunCreated:
-            return _create_run(event, position)
-        return None
-    if position <= view.position:
-        return view
-    step = _RUN_STEPS.get(type(event))
-    return view if step is None else step(view, event, position)
+    __slots__ = ("step_list", "step_names")
 
+    creator = RunCreated
+    view_type = RunView
 
-def _create_run(event: RunCreated, position: Position) -> RunView | None:
-    pathspec = event.pathspec
-    if pathspec.count("/") != 1:
-        return None
-    payload = event.payload
-    try:
-        check_run_transition(pathspec, None, payload.state)
-    except IllegalTransition:
-        return None
-    flow, run_id = pathspec.split("/")
-    occurred_at = event.occurred_at
-    return replace_fields(
-        _BLANK_RUN,
-        {
+    def __init__(self, pathspec: str, view: RunView | TaskView | None) -> None:
+        super().__init__(pathspec, view)
+        self.step_list: list[StepSummary | dict[str, Any]] | None = None
+        self.step_names: dict[str, int] = {}
+
+    def create(self, event: RunCreated, position: Position) -> None:
+        pathspec = event.pathspec
+        if pathspec.count("/") != 1:
+            return
+        payload = event.payload
+        try:
+            check_run_transition(pathspec, None, payload.state)
+        except IllegalTransition:
+            return  # a RunCreated the machine refuses creates nothing
+        flow, run_id = pathspec.split("/")
+        occurred_at = event.occurred_at
+        self.fields = {
+            **_RUN_FIELDS,
             "pathspec": pathspec,
             "flow": flow,
             "run_id": run_id,
@@ -162,96 +238,118 @@ def _create_run(event: RunCreated, position: Position) -> RunView | None:
             "script_name": payload.script_name,
             "scheduled_at": payload.scheduled_at,
             "idempotency_key": payload.idempotency_key,
-            "position": position,
-        },
-    )
+        }
+        self.mark(position)
+
+    def finish(self, fields: dict[str, Any]) -> None:
+        if self.step_list is not None:
+            fields["steps"] = tuple(
+                construct_fields(StepSummary, step) if type(step) is dict else step
+                for step in self.step_list
+            )
+
+    def steps_now(self) -> list[StepSummary | dict[str, Any]]:
+        steps = self.step_list
+        if steps is None:
+            assert self.fields is not None
+            steps = self.step_list = list(self.fields["steps"])
+            self.step_names = {summary.name: i for i, summary in enumerate(steps)}  # type: ignore[union-attr]
+        return steps
+
+    def step_of(self, event_pathspec: str) -> tuple[int, str, str] | None:
+        """(index of its step, or -1 if new; step; task id) of a task event of this run."""
+        prefix = self.pathspec + "/"
+        if not event_pathspec.startswith(prefix):
+            return None
+        parts = event_pathspec[len(prefix) :].split("/")
+        if len(parts) != 2:
+            return None
+        step, task_id = parts
+        self.steps_now()
+        return self.step_names.get(step, -1), step, task_id
+
+    def step_draft(self, i: int) -> dict[str, Any]:
+        """Step ``i`` as a dict of its fields, to change."""
+        steps = self.steps_now()
+        step = steps[i]
+        if type(step) is dict:
+            return step
+        fields = step.__dict__.copy()
+        fields["task_states"] = dict(fields["task_states"])
+        steps[i] = fields
+        return fields
 
 
-def _run_created_again(view: RunView, event: RunCreated, position: Position) -> RunView:
-    if event.pathspec != view.pathspec:
-        return view
-    return _reject(view, event, position, f"{view.pathspec}: the run exists already")
+def _run_created_again(draft: _RunDraft, event: RunCreated, position: Position) -> None:
+    if event.pathspec == draft.pathspec:
+        draft.reject(event, position, f"{draft.pathspec}: the run exists already")
 
 
-def _run_state(view: RunView, event: RunStateChanged, position: Position) -> RunView:
-    if event.pathspec != view.pathspec:
-        return view
+def _run_state(draft: _RunDraft, event: RunStateChanged, position: Position) -> None:
+    if event.pathspec != draft.pathspec:
+        return
+    fields = draft.fields
+    assert fields is not None
     payload = event.payload
     new = payload.state
     try:
-        check_run_transition(view.pathspec, view.state, new, resume=payload.resume)
+        check_run_transition(draft.pathspec, fields["state"], new, resume=payload.resume)
     except IllegalTransition as exc:
-        return _reject(view, event, position, str(exc))
-    update: dict[str, object] = {
-        "state": new,
-        "label": payload.label,
-        "message": payload.message,
-        "position": position,
-    }
-    if new is RunState.RUNNING and view.started_at is None:
-        update["started_at"] = event.occurred_at
+        draft.reject(event, position, str(exc))
+        return
+    fields["state"] = new
+    fields["label"] = payload.label
+    fields["message"] = payload.message
+    if new is RunState.RUNNING and fields["started_at"] is None:
+        fields["started_at"] = event.occurred_at
     if new.terminal:
-        update["finished_at"] = event.occurred_at
+        fields["finished_at"] = event.occurred_at
     elif payload.resume:
-        update["finished_at"] = None
-    return replace_fields(view, update)
+        fields["finished_at"] = None
+    draft.mark(position)
 
 
-def _run_tags(view: RunView, event: RunTagsChanged, position: Position) -> RunView:
-    if event.pathspec != view.pathspec:
-        return view
+def _run_tags(draft: _RunDraft, event: RunTagsChanged, position: Position) -> None:
+    if event.pathspec != draft.pathspec:
+        return
+    fields = draft.fields
+    assert fields is not None
     payload = event.payload
-    tags = set(view.tags if payload.replace is None else payload.replace)
+    tags = set(fields["tags"] if payload.replace is None else payload.replace)
     tags.update(payload.add)
     tags.difference_update(payload.remove)
-    if tags == view.tags:
-        return view
-    return replace_fields(view, {"tags": frozenset(tags), "position": position})
+    if tags != fields["tags"]:
+        fields["tags"] = frozenset(tags)
+        draft.mark(position)
 
 
-def _step_index(view: RunView, event_pathspec: str) -> tuple[int, str, str] | None:
-    """(index in ``view.steps`` or -1 if new, step, task id) of a task event of this run."""
-    prefix = view.pathspec + "/"
-    if not event_pathspec.startswith(prefix):
-        return None
-    parts = event_pathspec[len(prefix) :].split("/")
-    if len(parts) != 2:
-        return None
-    step, task_id = parts
-    for i, summary in enumerate(view.steps):
-        if summary.name == step:
-            return i, step, task_id
-    return -1, step, task_id
-
-
-def _run_task_created(view: RunView, event: TaskCreated, position: Position) -> RunView:
-    where = _step_index(view, event.pathspec)
+def _run_task_created(draft: _RunDraft, event: TaskCreated, position: Position) -> None:
+    where = draft.step_of(event.pathspec)
     if where is None:
-        return view
+        return
     i, step, task_id = where
     if i < 0:
-        summary = replace_fields(
-            _BLANK_STEP,
+        steps = draft.steps_now()
+        draft.step_names[step] = len(steps)
+        steps.append(
             {
                 "name": step,
                 "created_at": event.occurred_at,
+                "finished_at": None,
                 "task_states": {task_id: _PENDING},
-            },
+            }
         )
-        steps = (*view.steps, summary)
     else:
-        summary = view.steps[i]
-        if task_id in summary.task_states:
-            return view  # a repeated creation: the task view records it as rejected
-        summary = replace_fields(
-            summary,
-            {"task_states": {**summary.task_states, task_id: _PENDING}, "finished_at": None},
-        )
-        steps = (*view.steps[:i], summary, *view.steps[i + 1 :])
-    update: dict[str, object] = {"steps": steps, "position": position}
-    if step == "end" and view.end_task is None:
-        update["end_task"] = event.pathspec
-    return replace_fields(view, update)
+        summary = draft.step_draft(i)
+        if task_id in summary["task_states"]:
+            return  # a repeated creation: the task view records it as rejected
+        summary["task_states"][task_id] = _PENDING
+        summary["finished_at"] = None
+    fields = draft.fields
+    assert fields is not None
+    if step == "end" and fields["end_task"] is None:
+        fields["end_task"] = event.pathspec
+    draft.mark(position)
 
 
 def _summary_accepts(current: TaskState, attempt: int | None, new: TaskState) -> bool:
@@ -265,29 +363,236 @@ def _summary_accepts(current: TaskState, attempt: int | None, new: TaskState) ->
     return True
 
 
-def _run_task_state(view: RunView, event: TaskAttemptStateChanged, position: Position) -> RunView:
-    where = _step_index(view, event.pathspec)
+def _run_task_state(draft: _RunDraft, event: TaskAttemptStateChanged, position: Position) -> None:
+    where = draft.step_of(event.pathspec)
     if where is None or where[0] < 0:
-        return view
+        return
     i, _, task_id = where
-    summary = view.steps[i]
-    current = summary.task_states.get(task_id)
+    summary = draft.step_draft(i)
+    states = summary["task_states"]
+    current = states.get(task_id)
     new = event.payload.state
     if current is None or not _summary_accepts(current, event.attempt, new):
-        return view
-    states = {**summary.task_states, task_id: new}
+        return
+    states[task_id] = new
     finished_at: datetime | None = None
     if new in _TERMINAL_TASK:
         # ``in`` over the values compares in C, identity first (states are enum members)
         waiting = states.values()
         if _PENDING not in waiting and _RUNNING not in waiting:
             finished_at = event.occurred_at
-    summary = replace_fields(summary, {"task_states": states, "finished_at": finished_at})
-    steps = (*view.steps[:i], summary, *view.steps[i + 1 :])
-    return replace_fields(view, {"steps": steps, "position": position})
+    summary["finished_at"] = finished_at
+    draft.mark(position)
+
+
+_RunDraft.steps = {
+    TaskAttemptStateChanged: _run_task_state,
+    TaskCreated: _run_task_created,
+    RunStateChanged: _run_state,
+    RunTagsChanged: _run_tags,
+    RunCreated: _run_created_again,
+}
+
+
+def fold_run(view: RunView | None, event: Event, position: Position) -> RunView | None:
+    """Fold one event into a run's view; return the next view.
+
+    ``view`` is None before the run's ``RunCreated``: that event creates the
+    view (of ``event.pathspec``) and any other leaves it None. A
+    ``RunCreated`` whose initial state the machine refuses creates nothing.
+    The run view follows its own events and its tasks' creation and state
+    changes; artifacts, metadata and heartbeats do not change it.
+    """
+    draft = _RunDraft(event.pathspec if view is None else view.pathspec, view)
+    draft.apply(event, position)
+    return draft.view()  # type: ignore[return-value]
 
 
 # -- tasks ---------------------------------------------------------------------
+
+
+class _TaskDraft(_Draft):
+    """A task's draft. Attempts it changes are dicts of their fields until ``view()``."""
+
+    __slots__ = ()
+
+    creator = TaskCreated
+    view_type = TaskView
+
+    def create(self, event: TaskCreated, position: Position) -> None:
+        pathspec = event.pathspec
+        parts = _split_task(pathspec)
+        if parts is None:
+            return
+        run, step, task_id = parts
+        flow, run_id = run.split("/")
+        payload = event.payload
+        occurred_at = event.occurred_at
+        self.fields = {
+            **_TASK_FIELDS,
+            "pathspec": pathspec,
+            "flow": flow,
+            "run_id": run_id,
+            "step": step,
+            "task_id": task_id,
+            "created_at": occurred_at,
+            "foreach_index": payload.foreach_index,
+            "foreach_stack": tuple(payload.foreach_stack),
+            "parent_tasks": tuple(payload.parent_tasks),
+            "runtime_name": payload.runtime_name,
+            "environment_info": payload.environment_info,
+        }
+        self.lists["attempts"] = [{**_ATTEMPT_FIELDS, "created_at": occurred_at}]
+        self.mark(position)
+
+    def finish(self, fields: dict[str, Any]) -> None:
+        attempts = self.lists.get("attempts")
+        if attempts is not None and type(attempts[-1]) is dict:
+            # only the latest attempt changes
+            attempts[-1] = construct_fields(AttemptView, attempts[-1])
+
+    def attempt_of(self, event: ArtifactsRecorded | MetadataRecorded) -> int | None:
+        assert self.fields is not None
+        latest = self.fields["attempt"]
+        attempt = latest if event.attempt is None else event.attempt
+        return attempt if 0 <= attempt <= latest else None
+
+
+def _task_created(draft: _TaskDraft, event: TaskCreated, position: Position) -> None:
+    if event.pathspec == draft.pathspec:
+        draft.reject(event, position, f"{draft.pathspec}: the task exists already")
+    elif draft.pathspec in event.payload.parent_tasks:
+        if event.pathspec not in draft.current("child_tasks"):
+            draft.list("child_tasks").append(event.pathspec)
+            draft.mark(position)
+
+
+def _task_state(draft: _TaskDraft, event: TaskAttemptStateChanged, position: Position) -> None:
+    if event.pathspec != draft.pathspec:
+        return
+    fields = draft.fields
+    assert fields is not None
+    payload = event.payload
+    new = payload.state
+    current = fields["attempt"]
+    attempt = current if event.attempt is None else event.attempt
+    try:
+        check_task_transition(draft.pathspec, current, fields["state"], attempt, new)
+    except IllegalTransition as exc:
+        draft.reject(event, position, str(exc))
+        return
+    occurred_at = event.occurred_at
+    attempts = draft.list("attempts")
+    if attempt != current:  # a retry: the machine made it the next one, pending
+        if type(attempts[-1]) is dict:
+            attempts[-1] = construct_fields(AttemptView, attempts[-1])
+        latest = {
+            **_ATTEMPT_FIELDS,
+            "attempt": attempt,
+            "state": new,
+            "label": payload.label,
+            "message": payload.message,
+            "created_at": occurred_at,
+            "exception": payload.exception,
+        }
+        attempts.append(latest)
+    else:
+        latest = attempts[-1]
+        if type(latest) is not dict:
+            latest = attempts[-1] = latest.__dict__.copy()
+        latest["state"] = new
+        latest["label"] = payload.label
+        latest["message"] = payload.message
+        if new is _RUNNING:
+            latest["started_at"] = occurred_at
+        elif new in _TERMINAL_TASK:
+            latest["finished_at"] = occurred_at
+        if payload.exception is not None:
+            latest["exception"] = payload.exception
+    fields["state"] = new
+    fields["label"] = payload.label
+    fields["message"] = payload.message
+    fields["attempt"] = attempt
+    fields["started_at"] = latest["started_at"]
+    fields["finished_at"] = latest["finished_at"]
+    draft.mark(position)
+
+
+def _task_artifacts(draft: _TaskDraft, event: ArtifactsRecorded, position: Position) -> None:
+    if event.pathspec != draft.pathspec:
+        return
+    attempt = draft.attempt_of(event)
+    if attempt is None:
+        draft.reject(event, position, f"{draft.pathspec} has no attempt {event.attempt} (yet)")
+        return
+    sequence = position[0]
+    # An identical record can only be in this commit, at the end of the list.
+    seen: set[tuple[str, int, str]] = set()
+    for existing in reversed(draft.current("artifacts")):
+        if existing.sequence != sequence:
+            break
+        seen.add((existing.name, existing.attempt, existing.sha256))
+    added: list[ArtifactView] = []
+    for record in event.payload.artifacts:
+        key = (record.name, attempt, record.sha256)
+        if key in seen:
+            continue
+        seen.add(key)
+        added.append(
+            construct_fields(
+                ArtifactView,
+                {
+                    "name": record.name,
+                    "task": draft.pathspec,
+                    "attempt": attempt,
+                    "sha256": record.sha256,
+                    "size": record.size,
+                    "codec": record.codec,
+                    "created_at": event.occurred_at,
+                    "sequence": sequence,
+                    "inline": record.inline,
+                    "ref": record.ref,
+                },
+            )
+        )
+    if added:
+        draft.list("artifacts").extend(added)
+        draft.mark(position)
+
+
+def _task_metadata(draft: _TaskDraft, event: MetadataRecorded, position: Position) -> None:
+    if event.pathspec != draft.pathspec:
+        return
+    attempt = draft.attempt_of(event)
+    if attempt is None:
+        draft.reject(event, position, f"{draft.pathspec} has no attempt {event.attempt} (yet)")
+        return
+    entries = event.payload.entries
+    if not entries:
+        return
+    occurred_at = event.occurred_at
+    draft.list("metadata").extend(
+        construct_fields(
+            MetadataView,
+            {
+                "name": entry.name,
+                "value": entry.value,
+                "type": entry.type,
+                "attempt": attempt,
+                "created_at": occurred_at,
+            },
+        )
+        for entry in entries
+    )
+    draft.mark(position)
+
+
+_TaskDraft.steps = {
+    TaskAttemptStateChanged: _task_state,
+    ArtifactsRecorded: _task_artifacts,
+    MetadataRecorded: _task_metadata,
+    TaskCreated: _task_created,
+}
 
 
 def fold_task(view: TaskView | None, event: Event, position: Position) -> TaskView | None:
@@ -300,200 +605,13 @@ def fold_task(view: TaskView | None, event: Event, position: Position) -> TaskVi
     Artifacts and metadata name an attempt (default: the current one); one
     the task does not have yet is rejected.
     """
-    if view is None:
-        if type(event) is TaskCreated:
-            return _create_task(event, position)
-        return None
-    if position <= view.position:
-        return view
-    step = _TASK_STEPS.get(type(event))
-    return view if step is None else step(view, event, position)
+    draft = _TaskDraft(event.pathspec if view is None else view.pathspec, view)
+    draft.apply(event, position)
+    return draft.view()  # type: ignore[return-value]
 
 
-def _task_created(view: TaskView, event: TaskCreated, position: Position) -> TaskView:
-    if event.pathspec == view.pathspec:
-        return _reject(view, event, position, f"{view.pathspec}: the task exists already")
-    if view.pathspec in event.payload.parent_tasks and event.pathspec not in view.child_tasks:
-        children = (*view.child_tasks, event.pathspec)
-        return replace_fields(view, {"child_tasks": children, "position": position})
-    return view
+_DRAFTS: dict[str, type[_RunDraft] | type[_TaskDraft]] = {"run": _RunDraft, "task": _TaskDraft}
 
-
-def _create_task(event: TaskCreated, position: Position) -> TaskView | None:
-    pathspec = event.pathspec
-    parts = _split_task(pathspec)
-    if parts is None:
-        return None
-    run, step, task_id = parts
-    flow, run_id = run.split("/")
-    payload = event.payload
-    occurred_at = event.occurred_at
-    first = replace_fields(_BLANK_ATTEMPT, {"created_at": occurred_at})
-    return replace_fields(
-        _BLANK_TASK,
-        {
-            "pathspec": pathspec,
-            "flow": flow,
-            "run_id": run_id,
-            "step": step,
-            "task_id": task_id,
-            "attempts": (first,),
-            "created_at": occurred_at,
-            "foreach_index": payload.foreach_index,
-            "foreach_stack": tuple(payload.foreach_stack),
-            "parent_tasks": tuple(payload.parent_tasks),
-            "runtime_name": payload.runtime_name,
-            "environment_info": payload.environment_info,
-            "position": position,
-        },
-    )
-
-
-def _task_state(view: TaskView, event: TaskAttemptStateChanged, position: Position) -> TaskView:
-    if event.pathspec != view.pathspec:
-        return view
-    payload = event.payload
-    new = payload.state
-    attempt = view.attempt if event.attempt is None else event.attempt
-    try:
-        check_task_transition(view.pathspec, view.attempt, view.state, attempt, new)
-    except IllegalTransition as exc:
-        return _reject(view, event, position, str(exc))
-    occurred_at = event.occurred_at
-    if attempt != view.attempt:  # a retry: the machine made it the next one, pending
-        latest = replace_fields(
-            _BLANK_ATTEMPT,
-            {
-                "attempt": attempt,
-                "state": new,
-                "label": payload.label,
-                "message": payload.message,
-                "created_at": occurred_at,
-                "started_at": None,
-                "finished_at": None,
-                "exception": payload.exception,
-            },
-        )
-        attempts = (*view.attempts, latest)
-    else:
-        latest = view.attempts[-1]
-        update: dict[str, object] = {
-            "state": new,
-            "label": payload.label,
-            "message": payload.message,
-        }
-        if new is _RUNNING:
-            update["started_at"] = occurred_at
-        elif new in _TERMINAL_TASK:
-            update["finished_at"] = occurred_at
-        if payload.exception is not None:
-            update["exception"] = payload.exception
-        latest = replace_fields(latest, update)
-        attempts = (*view.attempts[:-1], latest)
-    return replace_fields(
-        view,
-        {
-            "state": new,
-            "label": payload.label,
-            "message": payload.message,
-            "attempt": attempt,
-            "attempts": attempts,
-            "started_at": latest.started_at,
-            "finished_at": latest.finished_at,
-            "position": position,
-        },
-    )
-
-
-def _attempt_of(view: TaskView, event: ArtifactsRecorded | MetadataRecorded) -> int | None:
-    attempt = view.attempt if event.attempt is None else event.attempt
-    return attempt if 0 <= attempt <= view.attempt else None
-
-
-def _task_artifacts(view: TaskView, event: ArtifactsRecorded, position: Position) -> TaskView:
-    if event.pathspec != view.pathspec:
-        return view
-    attempt = _attempt_of(view, event)
-    if attempt is None:
-        return _reject(
-            view, event, position, f"{view.pathspec} has no attempt {event.attempt} (yet)"
-        )
-    sequence = position[0]
-    # An identical record can only be in this commit, at the end of the tuple.
-    seen: set[tuple[str, int, str]] = set()
-    for existing in reversed(view.artifacts):
-        if existing.sequence != sequence:
-            break
-        seen.add((existing.name, existing.attempt, existing.sha256))
-    added: list[ArtifactView] = []
-    for record in event.payload.artifacts:
-        key = (record.name, attempt, record.sha256)
-        if key in seen:
-            continue
-        seen.add(key)
-        added.append(
-            replace_fields(
-                _BLANK_ARTIFACT,
-                {
-                    "name": record.name,
-                    "task": view.pathspec,
-                    "attempt": attempt,
-                    "sha256": record.sha256,
-                    "size": record.size,
-                    "codec": record.codec,
-                    "created_at": event.occurred_at,
-                    "sequence": sequence,
-                    "inline": record.inline,
-                    "ref": record.ref,
-                },
-            )
-        )
-    if not added:
-        return view
-    return replace_fields(view, {"artifacts": (*view.artifacts, *added), "position": position})
-
-
-def _task_metadata(view: TaskView, event: MetadataRecorded, position: Position) -> TaskView:
-    if event.pathspec != view.pathspec:
-        return view
-    attempt = _attempt_of(view, event)
-    if attempt is None:
-        return _reject(
-            view, event, position, f"{view.pathspec} has no attempt {event.attempt} (yet)"
-        )
-    entries = event.payload.entries
-    if not entries:
-        return view
-    occurred_at = event.occurred_at
-    added = tuple(
-        replace_fields(
-            _BLANK_METADATA,
-            {
-                "name": entry.name,
-                "value": entry.value,
-                "type": entry.type,
-                "attempt": attempt,
-                "created_at": occurred_at,
-            },
-        )
-        for entry in entries
-    )
-    return replace_fields(view, {"metadata": (*view.metadata, *added), "position": position})
-
-
-_RUN_STEPS: dict[type[Any], Callable[[RunView, Any, Position], RunView]] = {
-    TaskAttemptStateChanged: _run_task_state,
-    TaskCreated: _run_task_created,
-    RunStateChanged: _run_state,
-    RunTagsChanged: _run_tags,
-    RunCreated: _run_created_again,
-}
-_TASK_STEPS: dict[type[Any], Callable[[TaskView, Any, Position], TaskView]] = {
-    TaskAttemptStateChanged: _task_state,
-    ArtifactsRecorded: _task_artifacts,
-    MetadataRecorded: _task_metadata,
-    TaskCreated: _task_created,
-}
 
 # -- routing ---------------------------------------------------------------------
 
@@ -546,15 +664,44 @@ def fold_view(
     created only when ``key`` is the event's own entity: a ``TaskCreated``
     does not create the view of a parent task it names.
     """
-    if view is None:
-        if key[1] != event.pathspec:
-            return None
-        if key[0] == "run":
-            return fold_run(None, event, position)
-        return fold_task(None, event, position)
-    if key[0] == "run":
-        return fold_run(view, event, position)  # type: ignore[arg-type]
-    return fold_task(view, event, position)  # type: ignore[arg-type]
+    draft = _DRAFTS[key[0]](key[1], view)
+    draft.apply(event, position)
+    return draft.view()
+
+
+class FoldBatch:
+    """Folds a batch of events into the views they touch, each view copied once per batch.
+
+    The result is the one ``fold_view`` gives event by event (the reducers'
+    properties check it), for a fraction of the work: a view touched by many
+    events of the batch is changed in place as a draft and made a view once,
+    by ``changed()``.
+    """
+
+    def __init__(self, views: Mapping[ViewKey, RunView | TaskView | None]) -> None:
+        #: the views before the batch; missing or None: the view does not exist
+        self._views = views
+        self._drafts: dict[ViewKey, _Draft] = {}
+
+    def add(self, event: Event, position: Position, keys: Iterable[ViewKey] | None = None) -> None:
+        """Fold ``event`` at ``position`` (after every event added before it).
+
+        ``keys``: ``touched(event)``, when the caller has it already.
+        """
+        drafts = self._drafts
+        for key in touched(event) if keys is None else keys:
+            draft = drafts.get(key)
+            if draft is None:
+                draft = drafts[key] = _DRAFTS[key[0]](key[1], self._views.get(key))
+            draft.apply(event, position)
+
+    def changed(self) -> dict[ViewKey, RunView | TaskView]:
+        """The views the batch changed or created, by key; call it once, after the last event."""
+        return {
+            key: draft.view()  # type: ignore[misc]
+            for key, draft in self._drafts.items()
+            if draft.changed
+        }
 
 
 def fold(
@@ -565,10 +712,8 @@ def fold(
     ``views`` maps ``touched`` keys to views; a view an event creates is
     added. Returns ``views`` itself.
     """
+    batch = FoldBatch(views)
     for event, position in events:
-        for key in touched(event):
-            current = views.get(key)
-            new = fold_view(key, current, event, position)
-            if new is not None and new is not current:
-                views[key] = new
+        batch.add(event, position)
+    views.update(batch.changed())
     return views
