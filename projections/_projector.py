@@ -17,9 +17,11 @@ writer would produce, are dead-lettered (kept in the store and published on
 
 from __future__ import annotations
 
+import gc
 import subprocess
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -62,6 +64,12 @@ _BUFFER_LIMIT = 50_000
 
 #: events behind the stream's end from which a catch-up goes through a feeder process
 _FEED_FROM = 50_000
+
+#: while a feeder feeds, the youngest generation is collected every this many allocations
+#: (5,000 otherwise in a replica's process): a catch-up of the stored 1,000,000-event log
+#: ran at 18,800-19,800 events/s so, against 16,400-17,700. A projector is given a feeder
+#: only in a process of its own (see ``serve_replica``), which owns the collector's policy.
+_FEED_YOUNG_COLLECTIONS = 50_000
 
 #: batches of at most this many commits read and write the store on the event loop
 #: thread, longer ones in a worker thread so that queries are answered meanwhile. A
@@ -215,8 +223,16 @@ class Projector:
             self._buffer.clear()
 
     async def _feed(self, start: int, stop: int) -> None:
-        assert self._feeder is not None
         feed = _Feed()
+        with _young_collections_every(_FEED_YOUNG_COLLECTIONS):
+            await self._feed_from_process(feed, start, stop)
+        if feed.error is not None:
+            raise feed.error
+        if self.applied < stop:
+            raise FeederError(f"the feeder stopped after sequence {self.applied} of {stop}")
+
+    async def _feed_from_process(self, feed: _Feed, start: int, stop: int) -> None:
+        assert self._feeder is not None
         process = await anyio.open_process(
             self._feeder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -236,10 +252,6 @@ class Projector:
                 if process.returncode is None:
                     process.kill()
                 await process.aclose()
-        if feed.error is not None:
-            raise feed.error
-        if self.applied < stop:
-            raise FeederError(f"the feeder stopped after sequence {self.applied} of {stop}")
 
     async def _read_feeder(self, stdout: anyio.abc.ByteReceiveStream, feed: _Feed) -> None:
         reader = FrameReader()
@@ -496,6 +508,17 @@ class _Feed:
     error: FeederError | None = None
     #: set when the projector has applied a batch (the reader waits for it when full)
     room: anyio.Event = field(default_factory=anyio.Event)
+
+
+@contextmanager
+def _young_collections_every(allocations: int) -> Iterator[None]:
+    """Collect the youngest generation every ``allocations`` allocations meanwhile."""
+    before = gc.get_threshold()
+    gc.set_threshold(allocations, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 _T = TypeVar("_T")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import signal
@@ -485,7 +486,9 @@ async def test_a_backlog_through_a_feeder_folds_what_the_projector_alone_folds(
     what was applied), the projector folds the same views as without one."""
     last = await _write_log(nats_url, runs=4, tasks=30)
     alone = await _fold_log(nats_url, tmp_path / "alone.sqlite3")
+    collector = gc.get_threshold()
     fed = await _fold_log(nats_url, tmp_path / "fed.sqlite3", feeder=command, feed_from=1)
+    assert gc.get_threshold() == collector  # rarer young collections only while it feeds
 
     assert alone.fed == 0
     if fed_all:
