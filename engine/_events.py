@@ -39,6 +39,7 @@ __all__ = [
     "RunTagsChanged",
     "TaskAttemptStateChanged",
     "TaskCreated",
+    "construct_fields",
     "decode_commit",
     "encode_commit",
     "new_event_id",
@@ -96,7 +97,8 @@ def replace_fields(model: _M, update: dict[str, Any]) -> _M:
 
     The same steps as pydantic's ``model_copy`` for a model without extra or
     private attributes (events and views): for hot paths whose values are
-    checked already, such as a worker's transitions and the reducers' folds.
+    checked already, such as a worker's transitions (the reducers build views
+    with ``construct_fields``).
     """
     new = _new_object(type(model))
     values = model.__dict__.copy()
