@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
@@ -100,12 +101,17 @@ def replace_fields(model: _M, update: dict[str, Any]) -> _M:
     checked already, such as a worker's transitions (the reducers build views
     with ``construct_fields``).
     """
-    new = _new_object(type(model))
+    new: _M = _new_object(type(model))
     values = model.__dict__.copy()
     values.update(update)
     fields_set = model.__pydantic_fields_set__
     if not fields_set.issuperset(update):
         fields_set = fields_set | update.keys()
+    return _instance(new, values, fields_set)
+
+
+def _instance(new: _M, values: dict[str, Any], fields_set: AbstractSet[str]) -> _M:
+    """``new``, fresh from ``object.__new__``, with these fields, as pydantic sets them."""
     _set_dict(new, values)
     _set_extra(new, None)
     _set_fields_set(new, fields_set)
@@ -126,12 +132,7 @@ def construct_fields(cls: type[_M], values: dict[str, Any]) -> _M:
     fields_set = _ALL_FIELDS.get(cls)
     if fields_set is None:
         fields_set = _ALL_FIELDS[cls] = frozenset(cls.model_fields)
-    new = _new_object(cls)
-    _set_dict(new, values)
-    _set_extra(new, None)
-    _set_fields_set(new, fields_set)
-    _set_private(new, None)
-    return new
+    return _instance(_new_object(cls), values, fields_set)
 
 
 # -- payload parts ---------------------------------------------------------

@@ -447,15 +447,20 @@ class _TaskDraft(_Draft):
 
     def finish(self, fields: dict[str, Any]) -> None:
         attempts = self.lists.get("attempts")
-        if attempts is not None and type(attempts[-1]) is dict:
-            # only the latest attempt changes
-            attempts[-1] = construct_fields(AttemptView, attempts[-1])
+        if attempts is not None:
+            _seal_latest(attempts)
 
     def attempt_of(self, event: ArtifactsRecorded | MetadataRecorded) -> int | None:
         assert self.fields is not None
         latest = self.fields["attempt"]
         attempt = latest if event.attempt is None else event.attempt
         return attempt if 0 <= attempt <= latest else None
+
+
+def _seal_latest(attempts: list[AttemptView | dict[str, Any]]) -> None:
+    """Make the latest attempt a view again if it is a draft (only the latest one changes)."""
+    if type(attempts[-1]) is dict:
+        attempts[-1] = construct_fields(AttemptView, attempts[-1])
 
 
 def _task_created(draft: _TaskDraft, event: TaskCreated, position: Position) -> None:
@@ -484,8 +489,7 @@ def _task_state(draft: _TaskDraft, event: TaskAttemptStateChanged, position: Pos
     occurred_at = event.occurred_at
     attempts = draft.list("attempts")
     if attempt != current:  # a retry: the machine made it the next one, pending
-        if type(attempts[-1]) is dict:
-            attempts[-1] = construct_fields(AttemptView, attempts[-1])
+        _seal_latest(attempts)
         latest = {
             **_ATTEMPT_FIELDS,
             "attempt": attempt,
