@@ -17,7 +17,12 @@ from runstate.projections._runner import serve_replica
 
 
 async def _main(
-    url: str, store: Path, name: str, rebuild: bool, heartbeat_timeout: float | None
+    url: str,
+    store: Path,
+    name: str,
+    rebuild: bool,
+    heartbeat_timeout: float | None,
+    feed_from: int | None,
 ) -> None:
     interval = min(5.0, heartbeat_timeout / 4) if heartbeat_timeout is not None else None
     settings = Settings.from_env(
@@ -26,7 +31,9 @@ async def _main(
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
-        await serve_replica(nc, settings, store, name=name, rebuild=rebuild, dedicated=True)
+        await serve_replica(
+            nc, settings, store, name=name, rebuild=rebuild, dedicated=True, feed_from=feed_from
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await nc.close()
@@ -39,9 +46,23 @@ def main() -> None:
     parser.add_argument("--name", default="projector")
     parser.add_argument("--rebuild", action="store_true", help="fold again from sequence 1")
     parser.add_argument("--heartbeat-timeout", type=float, default=None)
+    parser.add_argument(
+        "--feed-from",
+        type=int,
+        default=None,
+        help="events behind from which a catch-up goes through a feeder process (50,000)",
+    )
     args = parser.parse_args()
     try:
-        anyio.run(_main, args.nats, args.store, args.name, args.rebuild, args.heartbeat_timeout)
+        anyio.run(
+            _main,
+            args.nats,
+            args.store,
+            args.name,
+            args.rebuild,
+            args.heartbeat_timeout,
+            args.feed_from,
+        )
     except KeyboardInterrupt:
         pass
 

@@ -11,6 +11,17 @@ and flow control holds the rest on the server. The projector only splits
 frames. It checks every sequence as it always does, and on any failure of
 the feeder it goes on with its own consumer from where it got.
 
+The feeder also folds a share of the runs itself, on the other core: the
+events of those runs (chosen by a hash of the run's pathspec, so every
+view an event touches is the feeder's or the projector's alone) are
+decoded and folded here, and their views' rows made. Every
+``mark_every`` sequences the feeder writes a *mark*: the sequences it
+folded since the last mark and its rows (pickled). The projector folds the
+other sequences up to the mark and writes both in one transaction with the
+mark as its checkpoint, then acknowledges the mark on the feeder's stdin;
+until then the feeder keeps the views it changed, which the store has yet
+to see. Views not in its cache it reads from the store (``ViewLoader``).
+
 The projector writes the settings and the sequences to the feeder's stdin
 (pickled: parent and child are the same program). To stop the feeder early
 it stops reading: the feeder's next write fails and it exits.
@@ -18,18 +29,41 @@ it stops reading: the feeder's next write fails and it exits.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import struct
 import sys
+import threading
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import structlog
 
+from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 
-__all__ = ["FeederError", "FrameReader", "encode_frame", "encode_request", "feeder_command"]
+if TYPE_CHECKING:
+    from runstate.engine._events import Event
+    from runstate.projections._store import PreparedCommit, ViewLoader
+    from runstate.projections._views import RunView, TaskView
+
+__all__ = [
+    "FeedRequest",
+    "FeederError",
+    "FrameReader",
+    "Mark",
+    "ShardFolder",
+    "encode_acknowledgement",
+    "encode_frame",
+    "encode_mark",
+    "encode_request",
+    "feeder_command",
+]
 
 log = structlog.get_logger("runstate.feeder")
 
@@ -37,9 +71,15 @@ log = structlog.get_logger("runstate.feeder")
 _HEADER = struct.Struct(">QHI")
 #: a longer subject or larger message is not a frame the feeder wrote
 _MAX_SUBJECT = 4096
+#: the subject length of a mark (which has no subject)
+_MARK = 0xFFFF
 _MAX_DATA = 64 * 1024 * 1024
+_STDIN = 0
 #: frames written to the pipe at a time (bytes)
 _WRITE_BYTES = 256 * 1024
+#: while the feeder folds runs, the youngest generation is collected every this many
+#: allocations (as in the projector's process while it is fed)
+_FOLDING_YOUNG_COLLECTIONS = 50_000
 
 
 class FeederError(Exception):
@@ -51,9 +91,45 @@ def feeder_command() -> list[str]:
     return [sys.executable, "-c", "from runstate.projections._feeder import main; main()"]
 
 
+@dataclass(frozen=True, slots=True)
+class FeedRequest:
+    """What the projector asks of a feeder."""
+
+    settings: Settings
+    #: the stream sequences to feed
+    start: int
+    stop: int
+    #: the share of runs (0 to 1) the feeder folds itself
+    share: float = 0.0
+    #: the store the feeder reads views from, if it folds any
+    store_path: str | None = None
+    #: sequences between two marks
+    mark_every: int = 5000
+    #: views the feeder caches beyond those the store has yet to see
+    cache_size: int = 20_000
+
+
+@dataclass(slots=True)
+class Mark:
+    """Every sequence up to ``sequence`` was fed: as a frame, or folded by the feeder."""
+
+    sequence: int
+    #: the sequences folded by the feeder since the last mark
+    folded: list[int] = field(default_factory=list)
+    #: the rows of the views it changed, and its dead letters
+    prepared: PreparedCommit | None = None
+    #: events it folded
+    events: int = 0
+
+
 def encode_frame(sequence: int, subject: str, data: bytes) -> bytes:
     name = subject.encode()
     return _HEADER.pack(sequence, len(name), len(data)) + name + data
+
+
+def encode_mark(mark: Mark) -> bytes:
+    body = pickle.dumps(mark, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(mark.sequence, _MARK, len(body)) + body
 
 
 class FrameReader:
@@ -67,20 +143,39 @@ class FrameReader:
         """Bytes of an unfinished frame are held."""
         return bool(self._pending)
 
-    def feed(self, chunk: bytes) -> list[tuple[int, str, bytes]]:
+    def feed(self, chunk: bytes) -> list[tuple[int, str, bytes] | Mark]:
         data = self._pending + chunk if self._pending else chunk
         size = _HEADER.size
         end = len(data)
-        deliveries: list[tuple[int, str, bytes]] = []
+        deliveries: list[tuple[int, str, bytes] | Mark] = []
         position = 0
         while end - position >= size:
             sequence, subject_length, data_length = _HEADER.unpack_from(data, position)
-            if subject_length > _MAX_SUBJECT or data_length > _MAX_DATA or sequence == 0:
+            if (
+                (subject_length > _MAX_SUBJECT and subject_length != _MARK)
+                or data_length > _MAX_DATA
+                or sequence == 0
+            ):
                 raise FeederError(
                     f"not a frame at byte {position} of a chunk: sequence {sequence}, "
                     f"subject of {subject_length} bytes, data of {data_length} bytes"
                 )
             start = position + size
+            if subject_length == _MARK:
+                stop = start + data_length
+                if stop > end:
+                    break
+                try:  # written by the feeder, a child process of this same program
+                    mark = pickle.loads(data[start:stop])
+                except Exception:  # anything that does not unpickle
+                    mark = None
+                if not isinstance(mark, Mark) or mark.sequence != sequence:
+                    raise FeederError(
+                        f"not a frame at byte {position} of a chunk: a mark that is none"
+                    )
+                deliveries.append(mark)
+                position = stop
+                continue
             stop = start + subject_length + data_length
             if stop > end:
                 break
@@ -94,55 +189,211 @@ class FrameReader:
 # -- the child process -------------------------------------------------------------
 
 
+def _widen_pipe(fd: int) -> None:
+    """Let the pipe hold up to 1 MiB (64 KiB by default on Linux), where the system allows."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-async def _feed(settings: Settings, start: int, stop: int) -> None:
-    """Write the frames of sequences ``start``..``stop`` to stdout, in order."""
+class ShardFolder:
+    """Folds the feeder's share of the runs between two marks (in the feeder's process)."""
+
+    def __init__(
+        self, subjects: Subjects, share: float, loader: ViewLoader, cache_size: int = 20_000
+    ) -> None:
+        from runstate.projections._projector import CommitDecoder, _ViewCache
+
+        self._prefix = subjects.prefix
+        self._permille = round(share * 1000)
+        self._decode = CommitDecoder(subjects).decode
+        self._loader = loader
+        self._cache = _ViewCache(cache_size)
+        # views changed since the last mark the projector acknowledged, which the store
+        # has yet to see and the cache must not lose: by key, and by mark
+        self._unacknowledged: dict[tuple[str, str], RunView | TaskView] = {}
+        self._marks: deque[tuple[int, dict[tuple[str, str], RunView | TaskView]]] = deque()
+        self._written: dict[str, Any] = {}
+        self._acknowledged = 0
+        self._takes: dict[str, bool] = {}
+        self._folded: list[int] = []
+        self._commits: list[tuple[int, list[Event]]] = []
+        self._deadletters: list[tuple[int, str, str, bytes]] = []
+
+    def takes(self, subject: str) -> bool:
+        """Whether this subject's run is the feeder's to fold (by a hash of its pathspec)."""
+        taken = self._takes.get(subject)
+        if taken is None:
+            # <prefix>.ev.<flow>.<run>.r or <prefix>.ev.<flow>.<run>.t.<step>.<task>; any
+            # other subject is the projector's, which sets it aside
+            parts = subject.split(".", 4)
+            taken = (
+                len(parts) == 5
+                and parts[0] == self._prefix
+                and parts[1] == "ev"
+                and zlib.crc32(f"{parts[2]}/{parts[3]}".encode()) % 1000 < self._permille
+            )
+            if len(self._takes) >= 100_000:
+                self._takes.clear()
+            self._takes[subject] = taken
+        return taken
+
+    def add(self, sequence: int, subject: str, data: bytes) -> None:
+        from runstate.engine.errors import InvalidEvent, InvalidName
+
+        self._folded.append(sequence)
+        try:
+            events = self._decode(subject, data)
+        except (InvalidEvent, InvalidName) as exc:
+            self._deadletters.append((sequence, subject, exc.message, bytes(data)))
+            return
+        self._commits.append((sequence, events))
+
+    def mark(self, sequence: int) -> Mark:
+        """Fold what was added since the last mark; the mark, with the rows of what changed."""
+        from runstate.projections._projector import FoldPlan
+        from runstate.projections._store import prepare_commit
+
+        self._forget_acknowledged()
+        plan = FoldPlan.of(self._commits, self._lookup)
+        if plan.missing_runs or plan.missing_tasks:
+            plan.loaded(
+                self._loader.load_runs(plan.missing_runs),
+                self._loader.load_tasks(plan.missing_tasks),
+            )
+        changed = plan.fold()
+        plan.views.update(changed)
+        self._cache.put(plan.views)
+        self._unacknowledged.update(changed)
+        self._marks.append((sequence, changed))
+        runs = [view for key, view in changed.items() if key[0] == "run"]
+        tasks = [view for key, view in changed.items() if key[0] == "task"]
+        prepared = prepare_commit(
+            runs,  # type: ignore[arg-type]
+            tasks,  # type: ignore[arg-type]
+            sequence,
+            self._deadletters,
+            self._written,
+        )
+        mark = Mark(
+            sequence, self._folded, prepared, sum(len(events) for _, events in self._commits)
+        )
+        self._folded, self._commits, self._deadletters = [], [], []
+        return mark
+
+    def acknowledge(self, sequence: int) -> None:
+        """The projector has committed the marks up to ``sequence`` (from any thread)."""
+        self._acknowledged = sequence  # one assignment: the folder reads it at the next mark
+
+    def _forget_acknowledged(self) -> None:
+        """The store has the views of acknowledged marks: the cache need not keep them."""
+        sequence = self._acknowledged
+        while self._marks and self._marks[0][0] <= sequence:
+            _, changed = self._marks.popleft()
+            for key, view in changed.items():
+                if self._unacknowledged.get(key) is view:
+                    del self._unacknowledged[key]
+
+    def _lookup(self, key: tuple[str, str]) -> Any:
+        view = self._unacknowledged.get(key)
+        return view if view is not None else self._cache.lookup(key)
+
+
+async def _feed(request: FeedRequest) -> None:
+    """Write the frames and marks of sequences ``start``..``stop`` to stdout, in order."""
     from nats.aio.msg import Msg
 
     from runstate.engine._connection import open_nats
     from runstate.engine._names import Subjects
     from runstate.projections._projector import _stream_sequence, subscribe_events
+    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
+    from runstate.projections._store import ViewLoader
 
+    settings, start, stop = request.settings, request.start, request.stop
     subjects = Subjects(settings.prefix)
+    folder: ShardFolder | None = None
+    if request.share > 0 and request.store_path is not None:
+        folder = ShardFolder(
+            subjects, request.share, ViewLoader(request.store_path), request.cache_size
+        )
+        # it holds views, as a replica does: the same care with the collector (with the
+        # defaults, collections of the older generations took half of the feeder's time)
+        tune_gc_for_projection()
+        gc.set_threshold(_FOLDING_YOUNG_COLLECTIONS, *gc.get_threshold()[1:])
     out = sys.stdout.fileno()
+    _widen_pipe(out)
     frames: list[bytes] = []
     held = 0
     following = start
+    last_mark = start - 1
     done = anyio.Event()
-    failed: list[OSError] = []
+    failed: list[Exception] = []
+
+    def flush() -> None:
+        nonlocal held
+        # Blocks this loop while the pipe is full: the projector is behind, and flow
+        # control then holds the rest on the server.
+        try:
+            _write_all(out, b"".join(frames))
+        except OSError as exc:  # the projector stopped reading
+            failed.append(exc)
+            done.set()
+        frames.clear()
+        held = 0
 
     async def on_msg(msg: Msg) -> None:
-        nonlocal held, following
+        nonlocal held, following, last_mark
         sequence = _stream_sequence(msg)
-        if sequence != following:  # the ordered consumer starts over after a gap
+        if sequence != following or failed:  # the ordered consumer starts over after a gap
             return
-        frame = encode_frame(sequence, msg.subject, msg.data)
-        frames.append(frame)
-        held += len(frame)
         following += 1
-        if held >= _WRITE_BYTES or sequence == stop:
-            # Blocks this loop while the pipe is full: the projector is behind, and
-            # flow control then holds the rest on the server.
+        if folder is not None and folder.takes(msg.subject):
+            folder.add(sequence, msg.subject, msg.data)
+        else:
+            frame = encode_frame(sequence, msg.subject, msg.data)
+            frames.append(frame)
+            held += len(frame)
+        if sequence - last_mark >= request.mark_every or sequence == stop:
             try:
-                _write_all(out, b"".join(frames))
-            except OSError as exc:  # the projector stopped reading
+                mark = folder.mark(sequence) if folder is not None else Mark(sequence)
+            except Exception as exc:  # whatever it is, the projector goes on alone
                 failed.append(exc)
                 done.set()
-            frames.clear()
-            held = 0
+                return
+            frames.append(encode_mark(mark))
+            last_mark = sequence
+            flush()
+        elif held >= _WRITE_BYTES:
+            flush()
         if sequence == stop:
             done.set()
 
     nc = await open_nats(settings, name="runstate-feeder")
     try:
-        sub = await subscribe_events(nc.jetstream(), subjects, on_msg, start)
-        await done.wait()
-        await sub.unsubscribe()
+        async with anyio.create_task_group() as tg:
+            if folder is not None:
+                # a daemon thread: blocked in a read of stdin, it must not keep the feeder
+                # from exiting (the projector holds stdin open until it has all it wants)
+                threading.Thread(
+                    target=_read_acknowledgements,
+                    args=(folder,),
+                    name="runstate-feeder-acknowledgements",
+                    daemon=True,
+                ).start()
+                tg.start_soon(keep_heap_frozen)
+            sub = await subscribe_events(nc.jetstream(), subjects, on_msg, start)
+            await done.wait()
+            await sub.unsubscribe()
+            tg.cancel_scope.cancel()
         if failed:
             raise failed[0]
     finally:
@@ -150,16 +401,53 @@ async def _feed(settings: Settings, start: int, stop: int) -> None:
             await nc.close()
 
 
+def _read_acknowledgements(folder: ShardFolder) -> None:
+    """Hand the folder each acknowledgement the projector writes to stdin, until it closes it.
+
+    Reads the file descriptor itself: a daemon thread blocked inside
+    ``sys.stdin``'s buffer would hold its lock as the interpreter exits.
+    """
+    pending = b""
+    while chunk := os.read(_STDIN, 4096):
+        *lines, pending = (pending + chunk).split(b"\n")
+        if lines:
+            folder.acknowledge(int(lines[-1]))
+
+
+def _read_request() -> FeedRequest:
+    """The request at the start of stdin: its length on a line, then the pickle."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(_STDIN, 1)
+        if not byte:
+            raise FeederError("stdin ended before the request")
+        line += byte
+    body = b""
+    length = int(line)
+    while len(body) < length:
+        chunk = os.read(_STDIN, length - len(body))
+        if not chunk:
+            raise FeederError("stdin ended inside the request")
+        body += chunk
+    request = pickle.loads(body)
+    if not isinstance(request, FeedRequest):
+        raise FeederError(f"a {type(request).__name__} is not a request")
+    return request
+
+
 async def _serve() -> None:
-    stdin = sys.stdin.buffer
-    settings, start, stop = pickle.loads(stdin.read(int(stdin.readline())))
-    await _feed(settings, start, stop)
+    await _feed(_read_request())
 
 
-def encode_request(settings: Settings, start: int, stop: int) -> bytes:
-    """What the projector writes to the feeder's stdin."""
-    body = pickle.dumps((settings, start, stop))
+def encode_request(request: FeedRequest) -> bytes:
+    """What the projector writes to the feeder's stdin first (acknowledgements follow)."""
+    body = pickle.dumps(request)
     return b"%d\n" % len(body) + body
+
+
+def encode_acknowledgement(sequence: int) -> bytes:
+    """What the projector writes to the feeder's stdin once a mark is committed."""
+    return b"%d\n" % sequence
 
 
 def main() -> None:
@@ -169,4 +457,7 @@ def main() -> None:
     try:
         anyio.run(_serve)
     except OSError:  # the projector stopped reading: it has what it needs, or it went away
+        sys.exit(1)
+    except Exception as exc:  # the projector goes on from the last mark with its own consumer
+        log.warning("feeder.failed", error=repr(exc))
         sys.exit(1)

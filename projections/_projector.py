@@ -39,12 +39,19 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
-from runstate.projections._feeder import FeederError, FrameReader, encode_request
+from runstate.projections._feeder import (
+    FeederError,
+    FeedRequest,
+    FrameReader,
+    Mark,
+    encode_acknowledgement,
+    encode_request,
+)
 from runstate.projections._reducers import FoldBatch, touched
 from runstate.projections._store import ReadStore
 from runstate.projections._views import RunView, TaskView
 
-__all__ = ["Projector"]
+__all__ = ["CommitDecoder", "FoldPlan", "Projector"]
 
 log = structlog.get_logger("runstate.projector")
 
@@ -64,6 +71,9 @@ _BUFFER_LIMIT = 50_000
 
 #: events behind the stream's end from which a catch-up goes through a feeder process
 _FEED_FROM = 50_000
+
+#: the share of runs a feeder folds itself, on the other core (see ``_feeder``): ...
+_FEED_SHARE = 0.4
 
 #: while a feeder feeds, the youngest generation is collected every this many allocations
 #: (5,000 otherwise in a replica's process): a catch-up of the stored 1,000,000-event log
@@ -133,6 +143,7 @@ class Projector:
         buffer_limit: int = _BUFFER_LIMIT,
         feeder: Sequence[str] | None = None,
         feed_from: int = _FEED_FROM,
+        feed_share: float = _FEED_SHARE,
         name: str = "projector",
     ) -> None:
         self._nc = nc
@@ -141,6 +152,7 @@ class Projector:
         self._subjects = Subjects(settings.prefix)
         self._batch_size = batch_size
         self._cache = _ViewCache(cache_size)
+        self._cache_size = cache_size
         self.name = name
         self.applied = store.checkpoint()
         self._advanced = anyio.Event()
@@ -156,12 +168,19 @@ class Projector:
         # the command of a feeder process for long backlogs (see ``_feeder``), or None
         self._feeder = list(feeder) if feeder is not None else None
         self._feed_from = feed_from
-        #: deliveries received through a feeder process
+        if not 0 <= feed_share < 1:
+            raise ValueError(
+                f"feed_share is a fraction of the runs, from 0 to below 1, not {feed_share}"
+            )
+        self._feed_share = feed_share
+        #: sequences received through a feeder process (as deliveries, or folded by it)
         self.fed = 0
+        #: of those, the sequences the feeder folded itself
+        self.folded_by_feeder = 0
         self._started = anyio.Event()
         self.deadlettered = 0
         self.events_applied = 0
-        self._entities: dict[str, tuple[str, str]] = {}
+        self._decode = CommitDecoder(self._subjects).decode
 
     @property
     def store(self) -> ReadStore:
@@ -224,8 +243,13 @@ class Projector:
 
     async def _feed(self, start: int, stop: int) -> None:
         feed = _Feed()
-        with _young_collections_every(_FEED_YOUNG_COLLECTIONS):
-            await self._feed_from_process(feed, start, stop)
+        try:
+            with _young_collections_every(_FEED_YOUNG_COLLECTIONS):
+                await self._feed_from_process(feed, start, stop)
+        finally:
+            if self._feed_share > 0:
+                # the views of the feeder's runs cached here are older than the store's
+                self._cache.clear()
         if feed.error is not None:
             raise feed.error
         if self.applied < stop:
@@ -233,18 +257,26 @@ class Projector:
 
     async def _feed_from_process(self, feed: _Feed, start: int, stop: int) -> None:
         assert self._feeder is not None
+        share = self._feed_share if self._store.path != ":memory:" else 0.0
+        request = FeedRequest(
+            self._settings,
+            start,
+            stop,
+            share=share,
+            store_path=self._store.path if share > 0 else None,
+            mark_every=self._batch_size,
+            cache_size=self._cache_size,
+        )
         process = await anyio.open_process(
             self._feeder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
         try:
             assert process.stdin is not None and process.stdout is not None
-            await process.stdin.send(encode_request(self._settings, start, stop))
+            await process.stdin.send(encode_request(request))
+            acknowledge = process.stdin if share > 0 else None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_feeder, process.stdout, feed)
-                try:
-                    await self._consume(feed)
-                except _Resubscribe as exc:  # a gap: not what a feeder writes
-                    feed.error = FeederError(str(exc))
+                await self._consume_fed(feed, acknowledge)
                 tg.cancel_scope.cancel()
         finally:
             # all it wrote is applied (or it failed): nothing more is wanted from it
@@ -255,27 +287,100 @@ class Projector:
 
     async def _read_feeder(self, stdout: anyio.abc.ByteReceiveStream, feed: _Feed) -> None:
         reader = FrameReader()
+        deliveries: list[Delivery] = []
         try:
             while True:
-                while len(self._buffer) >= self._buffer_limit:
+                while feed.held >= self._buffer_limit:
                     feed.room = anyio.Event()
                     await feed.room.wait()
                 try:
                     chunk = await stdout.receive(1 << 20)
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    if reader.partial:
-                        raise FeederError("the feeder's output ends inside a frame") from None
+                    if reader.partial or deliveries:
+                        raise FeederError("the feeder's output ends between two marks") from None
                     return
-                deliveries = reader.feed(chunk)
-                if deliveries:
-                    self._buffer.extend(deliveries)
-                    self.fed += len(deliveries)
-                    self._arrived.set()
+                for item in reader.feed(chunk):
+                    if isinstance(item, Mark):
+                        feed.batches.append((deliveries, item))
+                        feed.held += len(deliveries) + len(item.folded)
+                        self.fed += len(deliveries) + len(item.folded)
+                        self.folded_by_feeder += len(item.folded)
+                        deliveries = []
+                        self._arrived.set()
+                    else:
+                        deliveries.append(item)
         except FeederError as exc:
             feed.error = exc
         finally:
             feed.over = True
             self._arrived.set()
+
+    async def _consume_fed(self, feed: _Feed, acknowledge: anyio.abc.ByteSendStream | None) -> None:
+        """Apply what a feeder writes, mark by mark, until it is over."""
+        while True:
+            if not feed.batches:
+                if feed.over:
+                    return
+                self._arrived = anyio.Event()
+                if not feed.batches and not feed.over:
+                    await self._arrived.wait()
+                continue
+            deliveries, mark = feed.batches.popleft()
+            feed.held -= len(deliveries) + len(mark.folded)
+            feed.room.set()
+            try:
+                await self._apply_fed(deliveries, mark)
+            except FeederError as exc:
+                feed.error = exc
+                return
+            if acknowledge is not None:
+                try:
+                    await acknowledge.send(encode_acknowledgement(mark.sequence))
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    pass  # it is done: it has nothing more to fold
+            # Let the reads waiting for what was just applied (``after=``) answer
+            # before the next batch, which may already be waiting, is folded.
+            await anyio.lowlevel.checkpoint()
+
+    async def _apply_fed(self, deliveries: list[Delivery], mark: Mark) -> None:
+        """Fold the deliveries up to a mark and commit them with the feeder's rows."""
+        start = self.applied
+        folded = mark.folded
+        # the deliveries and the sequences the feeder folded are start+1..mark, each once
+        if len(deliveries) + len(folded) != mark.sequence - start or (
+            folded and (min(folded) <= start or max(folded) > mark.sequence)
+        ):
+            raise FeederError(
+                f"a mark at sequence {mark.sequence} does not cover sequences {start + 1} "
+                f"to {mark.sequence} ({len(deliveries)} fed, {len(folded)} folded by the feeder)"
+            )
+        theirs = set(folded)
+        previous = start
+        commits: list[tuple[int, list[Event]]] = []
+        deadletters: list[tuple[int, str, str, bytes]] = []
+        for seq, subject, data in deliveries:
+            if seq <= previous or seq > mark.sequence or seq in theirs:
+                raise FeederError(f"sequence {seq} is out of order before the mark {mark.sequence}")
+            previous = seq
+            try:
+                commits.append((seq, self._decode(subject, data)))
+            except (InvalidEvent, InvalidName) as exc:
+                deadletters.append((seq, subject, exc.message, bytes(data)))
+        if len(theirs) != len(folded):
+            raise FeederError(f"the feeder folded a sequence twice before the mark {mark.sequence}")
+        inline = len(commits) + len(deadletters) <= _FEED_INLINE_COMMITS
+        runs, tasks = await self._fold(commits, inline)
+        also = [mark.prepared] if mark.prepared is not None else []
+        store = self._store
+
+        def write() -> None:
+            store.write(store.prepare(runs, tasks, mark.sequence, deadletters), also)
+
+        await _in_store(inline, write)
+        for part in also:
+            deadletters += part.deadletters
+        events = sum(len(events) for _, events in commits) + mark.events
+        await self._advance(mark.sequence, deadletters, events)
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
@@ -390,79 +495,36 @@ class Projector:
         inline = len(commits) + len(deadletters) <= inline_commits
         runs, tasks = await self._fold(commits, inline)
         await _in_store(inline, self._store.commit, runs, tasks, last, deadletters)
+        await self._advance(last, deadletters, sum(len(events) for _, events in commits))
+
+    async def _advance(
+        self, last: int, deadletters: list[tuple[int, str, str, bytes]], events: int
+    ) -> None:
+        """Everything up to ``last`` is committed: publish its dead letters, move ``applied`` on."""
         for seq, subject, reason, data in deadletters:
             await self._publish_deadletter(seq, subject, reason, data)
         self.deadlettered += len(deadletters)
-        self.events_applied += sum(len(events) for _, events in commits)
+        self.events_applied += events
         self.applied = last
         self._advanced.set()
         self._advanced = anyio.Event()
-
-    def _entity(self, subject: str) -> tuple[str, str]:
-        """The pathspec and event-type prefix (``run.``/``task.``) a subject may carry."""
-        entity = self._entities.get(subject)
-        if entity is None:
-            path = self._subjects.pathspec_of(subject)
-            entity = (str(path), "run." if path.task is None else "task.")
-            if len(self._entities) >= 100_000:
-                self._entities.clear()
-            self._entities[subject] = entity
-        return entity
-
-    def _decode(self, subject: str, data: bytes) -> list[Event]:
-        expected, kind = self._entity(subject)
-        events = decode_commit(data)
-        for event in events:
-            if event.pathspec != expected:
-                raise InvalidEvent(
-                    f"event {event.type} for {event.pathspec} was published on the subject of "
-                    f"{expected}; not written by runstate"
-                )
-            if not event.type.startswith(kind):
-                raise InvalidEvent(
-                    f"{event.type} on a {kind[:-1]} subject; not written by runstate"
-                )
-        return events
 
     async def _fold(
         self, commits: list[tuple[int, list[Event]]], inline: bool = False
     ) -> tuple[list[RunView], list[TaskView]]:
         # Every view this batch touches, held here for the whole batch: the LRU
         # cache only saves store reads between batches and may evict at any time.
-        views: dict[ViewKey, RunView | TaskView | None] = {}
-        missing_runs: list[str] = []
-        missing_tasks: list[str] = []
-        lookup = self._cache.lookup
-        # (event, position, the views it touches), worked out once for both passes
-        items: list[tuple[Event, tuple[int, int], list[ViewKey]]] = []
-        for seq, events in commits:
-            for index, event in enumerate(events):
-                keys = touched(event)
-                items.append((event, (seq, index), keys))
-                for key in keys:
-                    if key in views:
-                        continue
-                    view = lookup(key)
-                    if view is _MISSING:
-                        views[key] = None
-                        (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
-                    else:
-                        views[key] = view  # type: ignore[assignment]
-        if missing_runs or missing_tasks:
-            loaded_runs, loaded_tasks = await _in_store(
-                inline, self._load, missing_runs, missing_tasks
-            )
-            for pathspec, run in loaded_runs.items():
-                views[("run", pathspec)] = run
-            for pathspec, task in loaded_tasks.items():
-                views[("task", pathspec)] = task
-        batch = FoldBatch(views)
-        for number, (event, position, keys) in enumerate(items, start=1):
+        plan = FoldPlan.of(commits, self._cache.lookup)
+        if plan.missing_runs or plan.missing_tasks:
+            plan.loaded(*await _in_store(inline, self._load, plan.missing_runs, plan.missing_tasks))
+        batch = FoldBatch(plan.views)
+        for number, (event, position, keys) in enumerate(plan.items, start=1):
             if number % _YIELD_EVERY == 0:
                 # The query service shares this event loop: let it answer meanwhile.
                 await anyio.lowlevel.checkpoint()
             batch.add(event, position, keys)
         changed = batch.changed()
+        views = plan.views
         views.update(changed)
         self._cache.put(views)
         runs = [view for key, view in changed.items() if key[0] == "run"]
@@ -500,10 +562,106 @@ class _Resubscribe(Exception):
     pass
 
 
+class CommitDecoder:
+    """Decodes a delivered commit and checks it belongs on its subject."""
+
+    def __init__(self, subjects: Subjects) -> None:
+        self._subjects = subjects
+        self._entities: dict[str, tuple[str, str]] = {}
+
+    def _entity(self, subject: str) -> tuple[str, str]:
+        """The pathspec and event-type prefix (``run.``/``task.``) a subject may carry."""
+        entity = self._entities.get(subject)
+        if entity is None:
+            path = self._subjects.pathspec_of(subject)
+            entity = (str(path), "run." if path.task is None else "task.")
+            if len(self._entities) >= 100_000:
+                self._entities.clear()
+            self._entities[subject] = entity
+        return entity
+
+    def decode(self, subject: str, data: bytes) -> list[Event]:
+        """A commit's events; ``InvalidEvent``/``InvalidName`` if runstate did not write it."""
+        expected, kind = self._entity(subject)
+        events = decode_commit(data)
+        for event in events:
+            if event.pathspec != expected:
+                raise InvalidEvent(
+                    f"event {event.type} for {event.pathspec} was published on the subject of "
+                    f"{expected}; not written by runstate"
+                )
+            if not event.type.startswith(kind):
+                raise InvalidEvent(
+                    f"{event.type} on a {kind[:-1]} subject; not written by runstate"
+                )
+        return events
+
+
+@dataclass(slots=True)
+class FoldPlan:
+    """A batch of commits, each event with the views it touches, and those views.
+
+    ``views`` holds each touched view found in the cache (None: known not to
+    exist); the ``missing_*`` pathspecs are to be loaded from the store into
+    it (or are new) before ``fold``.
+    """
+
+    items: list[tuple[Event, tuple[int, int], list[ViewKey]]]
+    views: dict[ViewKey, RunView | TaskView | None]
+    missing_runs: list[str]
+    missing_tasks: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        commits: list[tuple[int, list[Event]]],
+        lookup: Callable[[ViewKey], RunView | TaskView | _Missing | None],
+    ) -> FoldPlan:
+        views: dict[ViewKey, RunView | TaskView | None] = {}
+        missing_runs: list[str] = []
+        missing_tasks: list[str] = []
+        # (event, position, the views it touches), worked out once for both passes
+        items: list[tuple[Event, tuple[int, int], list[ViewKey]]] = []
+        for seq, events in commits:
+            for index, event in enumerate(events):
+                keys = touched(event)
+                items.append((event, (seq, index), keys))
+                for key in keys:
+                    if key in views:
+                        continue
+                    view = lookup(key)
+                    if view is _MISSING:
+                        views[key] = None
+                        (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
+                    else:
+                        views[key] = view  # type: ignore[assignment]
+        return cls(items, views, missing_runs, missing_tasks)
+
+    def loaded(self, runs: dict[str, RunView], tasks: dict[str, TaskView]) -> None:
+        """These missing views were found in the store."""
+        views = self.views
+        for pathspec, run in runs.items():
+            views[("run", pathspec)] = run
+        for pathspec, task in tasks.items():
+            views[("task", pathspec)] = task
+
+    def fold(self) -> dict[ViewKey, RunView | TaskView]:
+        """Fold every event, all at once; the views that changed."""
+        batch = FoldBatch(self.views)
+        add = batch.add
+        for event, position, keys in self.items:
+            add(event, position, keys)
+        return batch.changed()
+
+
 @dataclass(slots=True)
 class _Feed:
     """A feeder's progress, between the task reading its frames and the one applying them."""
 
+    #: the deliveries up to each mark read, and the mark
+    batches: deque[tuple[list[Delivery], Mark]] = field(default_factory=deque)
+    #: sequences in ``batches``
+    held: int = 0
     over: bool = False
     error: FeederError | None = None
     #: set when the projector has applied a batch (the reader waits for it when full)

@@ -96,6 +96,7 @@ async def serve_replica(
     rebuild: bool = False,
     reaper: bool = True,
     dedicated: bool = False,
+    feed_from: int | None = None,
     task_status: anyio.abc.TaskStatus[Replica] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one replica until cancelled; ``task_status.started`` gets the ``Replica``.
@@ -103,7 +104,9 @@ async def serve_replica(
     ``rebuild`` drops the store and folds the log again from sequence 1.
     ``dedicated``: this process exists for this replica, so the replica may
     set the process-wide garbage-collector policy (``tune_gc_for_projection``
-    and ``keep_heap_frozen``); never in a user's process.
+    and ``keep_heap_frozen``); never in a user's process. A dedicated
+    replica catches up through a feeder process from ``feed_from`` events
+    behind (50,000 unless given).
     """
     if dedicated:
         tune_gc_for_projection()
@@ -114,7 +117,8 @@ async def serve_replica(
         event_log = EventLog(nc, settings)
         # a process of its own may start processes of its own: a feeder for long backlogs
         feeder = feeder_command() if dedicated else None
-        projector = Projector(nc, settings, store, name=name, feeder=feeder)
+        options = {} if feed_from is None else {"feed_from": feed_from}
+        projector = Projector(nc, settings, store, name=name, feeder=feeder, **options)
         if rebuild:
             await projector.rebuild()
         service = QueryService(nc, settings, projector, event_log)

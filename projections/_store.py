@@ -69,7 +69,14 @@ from runstate.projections._queries import (
 )
 from runstate.projections._views import RunView, StepView, TaskView
 
-__all__ = ["MISSING", "SCHEMA_VERSION", "ReadStore"]
+__all__ = [
+    "MISSING",
+    "SCHEMA_VERSION",
+    "PreparedCommit",
+    "ReadStore",
+    "ViewLoader",
+    "prepare_commit",
+]
 
 #: bump when the tables change: a store of another version is emptied and rebuilt from the log
 SCHEMA_VERSION = 1
@@ -297,12 +304,79 @@ class _Checkpointer:
         self._conn.close()
 
 
+@dataclass(slots=True)
+class PreparedCommit:
+    """The rows of one commit (``ReadStore.prepare``), for ``ReadStore.write``."""
+
+    checkpoint: int
+    #: (table, rows by key, pathspecs whose stored rows the rows replace)
+    tables: list[tuple[_Table, dict[tuple[Any, ...], tuple[Any, ...]], list[str]]]
+    #: (sequence, subject, reason, data)
+    deadletters: list[tuple[int, str, str, bytes]]
+
+
+def prepare_commit(
+    runs: Iterable[RunView],
+    tasks: Iterable[TaskView],
+    checkpoint: int,
+    deadletters: Iterable[tuple[int, str, str, bytes]],
+    written: dict[str, _RunSide],
+) -> PreparedCommit:
+    """The rows that store these views and the checkpoint, for ``ReadStore.write``.
+
+    ``written`` holds what the tag and parameter rows of runs were last
+    made from, by commits written before this one: a run whose tags and
+    parameters are the very same objects gets no rows for them. It is
+    updated here for the next commit (``write`` empties the store's own if
+    it fails). A feeder process that folds runs of its own uses its own.
+    """
+    run_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    tag_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    param_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    tag_runs: list[str] = []
+    param_runs: list[str] = []
+    if len(written) > 50_000:
+        written.clear()
+    # the last view of a run in the batch wins, with its own tags and parameters
+    for view in {view.pathspec: view for view in runs}.values():
+        row = _run_row(view)
+        run_rows[(view.pathspec,)] = row
+        flow, _, number, state, _, created = row[:6]
+        side = _RunSide(
+            view.tags, view.system_tags, view.parameters, (flow, state, created, number)
+        )
+        # most commits of a run change neither: its tag and parameter rows stay as they are
+        last = written.get(view.pathspec)
+        if last is None or not last.same_tags(side):
+            tag_runs.append(view.pathspec)
+            for tag in view.tags | view.system_tags:
+                tag_rows[(view.pathspec, tag)] = side.tag_columns
+        if last is None or last.parameters is not side.parameters:
+            param_runs.append(view.pathspec)
+            for name, value in view.parameters.items():
+                param_rows[(view.pathspec, name)] = (_canonical_json(value),)
+        # recorded now, for the next commit's rows (``write`` forgets them all if it fails)
+        written[view.pathspec] = side
+    task_rows = {(view.pathspec,): _task_row(view) for view in tasks}
+    return PreparedCommit(
+        checkpoint,
+        [
+            (_RUNS, run_rows, [key[0] for key in run_rows]),
+            (_RUN_TAGS, tag_rows, tag_runs),
+            (_RUN_PARAMS, param_rows, param_runs),
+            (_TASKS, task_rows, [key[0] for key in task_rows]),
+        ],
+        list(deadletters),
+    )
+
+
 class ReadStore:
     """The projected views in one SQLite file (or ``":memory:"``, for tests).
 
-    Write methods (``commit``, ``load_*``, ``reset``) belong to the
-    projector and may run in a worker thread; read methods may run on any
-    thread at the same time. Each connection is used by one thread at a time.
+    Write methods (``commit``, ``prepare``, ``write``, ``load_*``, ``reset``)
+    belong to the projector and may run in a worker thread; read methods may
+    run on any thread at the same time. Each connection is used by one thread
+    at a time.
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -410,59 +484,55 @@ class ReadStore:
 
         ``checkpoint`` is the last stream sequence the views include.
         ``deadletters`` are (sequence, subject, reason, data) of messages
-        that could not be applied.
+        that could not be applied. The same as ``write(prepare(...))``.
         """
-        run_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        tag_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        param_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        tag_runs: list[str] = []
-        param_runs: list[str] = []
-        written = self._run_sides
-        sides: dict[str, _RunSide] = {}
-        # the last view of a run in the batch wins, with its own tags and parameters
-        for view in {view.pathspec: view for view in runs}.values():
-            row = _run_row(view)
-            run_rows[(view.pathspec,)] = row
-            flow, _, number, state, _, created = row[:6]
-            side = _RunSide(
-                view.tags, view.system_tags, view.parameters, (flow, state, created, number)
-            )
-            sides[view.pathspec] = side
-            # most commits of a run change neither: its tag and parameter rows stay as they are
-            last = written.get(view.pathspec)
-            if last is None or not last.same_tags(side):
-                tag_runs.append(view.pathspec)
-                for tag in view.tags | view.system_tags:
-                    tag_rows[(view.pathspec, tag)] = side.tag_columns
-            if last is None or last.parameters is not side.parameters:
-                param_runs.append(view.pathspec)
-                for name, value in view.parameters.items():
-                    param_rows[(view.pathspec, name)] = (_canonical_json(value),)
-        task_rows = {(view.pathspec,): _task_row(view) for view in tasks}
+        self.write(self.prepare(runs, tasks, checkpoint, deadletters))
+
+    def prepare(
+        self,
+        runs: Iterable[RunView],
+        tasks: Iterable[TaskView],
+        checkpoint: int,
+        deadletters: Iterable[tuple[int, str, str, bytes]] = (),
+    ) -> PreparedCommit:
+        """The rows of a ``commit``, for ``write``: see ``prepare_commit``."""
+        return prepare_commit(runs, tasks, checkpoint, deadletters, self._run_sides)
+
+    def write(self, prepared: PreparedCommit, also: Iterable[PreparedCommit] = ()) -> None:
+        """Write a prepared commit's rows and its checkpoint in one transaction.
+
+        ``also`` are commits of other views (a feeder's runs), written in the
+        same transaction; their checkpoints are not recorded.
+        """
         now = _micros(datetime.now(UTC))
+        parts = [prepared, *also]
         dead_rows = [
-            (seq, subject, reason, data, now) for seq, subject, reason, data in deadletters
+            (seq, subject, reason, data, now)
+            for part in parts
+            for seq, subject, reason, data in part.deadletters
         ]
-        run_pathspecs = [key[0] for key in run_rows]
         conn = self._writer
-        with self._write_lock, self._transaction(conn):
-            # rows are compared with what is stored so only changed columns are written:
-            # most run updates change the JSON alone and then touch no index
-            for table, rows, pathspecs in (
-                (_RUNS, run_rows, run_pathspecs),
-                (_RUN_TAGS, tag_rows, tag_runs),
-                (_RUN_PARAMS, param_rows, param_runs),
-                (_TASKS, task_rows, [key[0] for key in task_rows]),
-            ):
-                if pathspecs:
-                    _sync(conn, table, _stored(conn, table, pathspecs), rows)
-            if dead_rows:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO deadletters (sequence, subject, reason, data, at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    dead_rows,
+        try:
+            with self._write_lock, self._transaction(conn):
+                # rows are compared with what is stored so only changed columns are written:
+                # most run updates change the JSON alone and then touch no index
+                for part in parts:
+                    for table, rows, pathspecs in part.tables:
+                        if pathspecs:
+                            _sync(conn, table, _stored(conn, table, pathspecs), rows)
+                if dead_rows:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO deadletters (sequence, subject, reason, data, at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        dead_rows,
+                    )
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'checkpoint'", (prepared.checkpoint,)
                 )
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'checkpoint'", (checkpoint,))
+        except BaseException:
+            # what ``prepare`` recorded as written (tag and parameter rows) may not be
+            self._run_sides.clear()
+            raise
         if self._checkpoints is not None:
             if self._checkpoints.behind():
                 # Back-to-back commits (a catch-up) can leave the checkpointer no moment
@@ -471,9 +541,6 @@ class ReadStore:
                 with self._write_lock:
                     self._checkpoints.record(conn.execute(_CHECKPOINT).fetchone())
             self._checkpoints.nudge()
-        if len(written) > 50_000:
-            written.clear()
-        written.update(sides)
 
     def checkpoint(self) -> int:
         """The last stream sequence the stored views include; 0 for a new store."""
@@ -507,16 +574,8 @@ class ReadStore:
         }
 
     def _load(self, table: str, pathspecs: Iterable[str]) -> list[tuple[str, bytes]]:
-        wanted = list(dict.fromkeys(pathspecs))
-        rows: list[tuple[str, bytes]] = []
         with self._write_lock:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                rows += self._writer.execute(
-                    f"SELECT pathspec, json FROM {table} WHERE pathspec IN ({marks})", chunk
-                ).fetchall()
-        return rows
+            return _load_json(self._writer, table, pathspecs)
 
     def reset(self) -> None:
         """Forget every view, dead letter and the checkpoint (before a rebuild from the log)."""
@@ -682,6 +741,48 @@ class ReadStore:
             DeadLetter(sequence=seq, subject=subject, reason=reason, data=data, at=_time(at))
             for seq, subject, reason, data, at in rows
         ]
+
+
+def _load_json(
+    conn: sqlite3.Connection, table: str, pathspecs: Iterable[str]
+) -> list[tuple[str, bytes]]:
+    """(pathspec, JSON) of the stored views among ``pathspecs``."""
+    wanted = list(dict.fromkeys(pathspecs))
+    rows: list[tuple[str, bytes]] = []
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows += conn.execute(
+            f"SELECT pathspec, json FROM {table} WHERE pathspec IN ({marks})", chunk
+        ).fetchall()
+    return rows
+
+
+class ViewLoader:
+    """Reads stored views for a process that folds some runs itself (a feeder).
+
+    It sees what the store has committed; only the projector writes.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 5000")
+        self._conn.execute("PRAGMA query_only = ON")
+
+    def load_runs(self, pathspecs: Iterable[str]) -> dict[str, RunView]:
+        return {
+            pathspec: RunView.model_validate_json(raw)
+            for pathspec, raw in _load_json(self._conn, "runs", pathspecs)
+        }
+
+    def load_tasks(self, pathspecs: Iterable[str]) -> dict[str, TaskView]:
+        return {
+            pathspec: TaskView.model_validate_json(raw)
+            for pathspec, raw in _load_json(self._conn, "tasks", pathspecs)
+        }
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _stored(

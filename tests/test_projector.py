@@ -185,20 +185,28 @@ async def _wait_until(predicate: Any, deadline_s: float, what: str) -> None:
         await anyio.sleep(0.02)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param([], id="alone"),
+        # through a feeder process that folds its share of the runs, killed with it
+        pytest.param(["--feed-from", "1"], id="fed"),
+    ],
+)
 async def test_projector_killed_mid_apply_resumes_to_the_rebuilt_views(
-    nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]]
+    nats_url: str, tmp_path: Path, processes: list[subprocess.Popen[bytes]], extra: list[str]
 ) -> None:
     """kill -9 of a projector mid-log, then a restart, equals a fresh rebuild row for row."""
     last = await _write_log(nats_url, runs=120, tasks=40)
     store = tmp_path / "killed.sqlite3"
-    proc = _replica_process(nats_url, store)
+    proc = _replica_process(nats_url, store, *extra)
     processes.append(proc)
     await _wait_until(lambda: _checkpoint(store) > 0, 30, "the first checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     killed_at = _checkpoint(store)
     assert 0 < killed_at < last, "the kill should land in the middle of the log"
-    proc = _replica_process(nats_url, store)
+    proc = _replica_process(nats_url, store, *extra)
     processes.append(proc)
     await _wait_until(lambda: _checkpoint(store) == last, 60, "the restarted projector to catch up")
     proc.terminate()
@@ -432,6 +440,36 @@ async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
     return projector
 
 
+_FEEDER = feeder_command()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 0.95])
+async def test_a_feeder_folding_its_share_of_the_runs_folds_what_the_projector_alone_folds(
+    nats_url: str, tmp_path: Path, share: float
+) -> None:
+    """The feeder folds the runs its share hashes to, mark after mark, with caches too small
+    to hold a run (so views the store has yet to see are kept, and the rest read back from the
+    store): the views are the projector's alone, row for row."""
+    last = await _write_log(nats_url, runs=12, tasks=10)
+    alone = await _fold_log(nats_url, tmp_path / "alone.sqlite3")
+    fed = await _fold_log(
+        nats_url,
+        tmp_path / "fed.sqlite3",
+        feeder=_FEEDER,
+        feed_from=1,
+        feed_share=share,
+        batch_size=25,
+        cache_size=3,
+    )
+    assert fed.fed == last
+    if share == 0:
+        assert fed.folded_by_feeder == 0
+    else:
+        assert 0 < fed.folded_by_feeder < last
+    assert fed.events_applied == alone.events_applied
+    assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")
+
+
 async def test_a_batch_wider_than_the_view_cache_loses_nothing(
     nats_url: str, tmp_path: Path
 ) -> None:
@@ -456,9 +494,6 @@ async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
     assert unpaused.pauses == 0
     assert paused.events_applied == unpaused.events_applied
     assert _rows(tmp_path / "held.sqlite3") == _rows(tmp_path / "free.sqlite3")
-
-
-_FEEDER = feeder_command()
 
 
 @pytest.mark.parametrize(
