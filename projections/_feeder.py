@@ -29,6 +29,7 @@ it stops reading: the feeder's next write fails and it exits.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
@@ -42,12 +43,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import nats.errors
+import nats.js.errors
 import structlog
 
+from runstate.engine._connection import _tls_context
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
+from runstate.projections._wire import Endpoint, WireConsumer, WireError, new_inbox
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
     from runstate.engine._events import Event
     from runstate.projections._store import PreparedCommit, ViewLoader
     from runstate.projections._views import RunView, TaskView
@@ -308,17 +315,60 @@ class ShardFolder:
         return view if view is not None else self._cache.lookup(key)
 
 
+class _Output:
+    """What the feeder writes to stdout: frames, and marks, in order; how far it got."""
+
+    def __init__(self, request: FeedRequest, folder: ShardFolder | None) -> None:
+        self._request = request
+        self._folder = folder
+        self._out = sys.stdout.fileno()
+        _widen_pipe(self._out)
+        self._frames: list[bytes] = []
+        self._held = 0
+        self._last_mark = request.start - 1
+        #: the next sequence to deliver
+        self.following = request.start
+
+    @property
+    def done(self) -> bool:
+        return self.following > self._request.stop
+
+    def deliver(self, sequence: int, subject: str, data: bytes) -> None:
+        """Frame (or fold) the next sequence; write a mark every ``mark_every`` sequences.
+
+        Blocks while the pipe is full: the projector is behind, and flow
+        control then holds the rest on the server. ``OSError``: the
+        projector stopped reading.
+        """
+        self.following += 1
+        folder = self._folder
+        if folder is not None and folder.takes(subject):
+            folder.add(sequence, subject, data)
+        else:
+            frame = encode_frame(sequence, subject, data)
+            self._frames.append(frame)
+            self._held += len(frame)
+        if sequence - self._last_mark >= self._request.mark_every or sequence == self._request.stop:
+            mark = folder.mark(sequence) if folder is not None else Mark(sequence)
+            self._frames.append(encode_mark(mark))
+            self._last_mark = sequence
+            self._flush()
+        elif self._held >= _WRITE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        _write_all(self._out, b"".join(self._frames))
+        self._frames.clear()
+        self._held = 0
+
+
 async def _feed(request: FeedRequest) -> None:
     """Write the frames and marks of sequences ``start``..``stop`` to stdout, in order."""
-    from nats.aio.msg import Msg
-
     from runstate.engine._connection import open_nats
-    from runstate.engine._names import Subjects
-    from runstate.projections._projector import _stream_sequence, subscribe_events
     from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._store import ViewLoader
 
-    settings, start, stop = request.settings, request.start, request.stop
+    settings = request.settings
     subjects = Subjects(settings.prefix)
     folder: ShardFolder | None = None
     if request.share > 0 and request.store_path is not None:
@@ -329,54 +379,7 @@ async def _feed(request: FeedRequest) -> None:
         # defaults, collections of the older generations took half of the feeder's time)
         tune_gc_for_projection()
         gc.set_threshold(_FOLDING_YOUNG_COLLECTIONS, *gc.get_threshold()[1:])
-    out = sys.stdout.fileno()
-    _widen_pipe(out)
-    frames: list[bytes] = []
-    held = 0
-    following = start
-    last_mark = start - 1
-    done = anyio.Event()
-    failed: list[Exception] = []
-
-    def flush() -> None:
-        nonlocal held
-        # Blocks this loop while the pipe is full: the projector is behind, and flow
-        # control then holds the rest on the server.
-        try:
-            _write_all(out, b"".join(frames))
-        except OSError as exc:  # the projector stopped reading
-            failed.append(exc)
-            done.set()
-        frames.clear()
-        held = 0
-
-    async def on_msg(msg: Msg) -> None:
-        nonlocal held, following, last_mark
-        sequence = _stream_sequence(msg)
-        if sequence != following or failed:  # the ordered consumer starts over after a gap
-            return
-        following += 1
-        if folder is not None and folder.takes(msg.subject):
-            folder.add(sequence, msg.subject, msg.data)
-        else:
-            frame = encode_frame(sequence, msg.subject, msg.data)
-            frames.append(frame)
-            held += len(frame)
-        if sequence - last_mark >= request.mark_every or sequence == stop:
-            try:
-                mark = folder.mark(sequence) if folder is not None else Mark(sequence)
-            except Exception as exc:  # whatever it is, the projector goes on alone
-                failed.append(exc)
-                done.set()
-                return
-            frames.append(encode_mark(mark))
-            last_mark = sequence
-            flush()
-        elif held >= _WRITE_BYTES:
-            flush()
-        if sequence == stop:
-            done.set()
-
+    output = _Output(request, folder)
     nc = await open_nats(settings, name="runstate-feeder")
     try:
         async with anyio.create_task_group() as tg:
@@ -390,15 +393,101 @@ async def _feed(request: FeedRequest) -> None:
                     daemon=True,
                 ).start()
                 tg.start_soon(keep_heap_frozen)
-            sub = await subscribe_events(nc.jetstream(), subjects, on_msg, start)
-            await done.wait()
-            await sub.unsubscribe()
+            if settings.credentials is None and _tls_context(settings) is None:
+                await _feed_off_the_wire(nc, subjects, output)
+            if not output.done:
+                await _feed_through_nats_py(nc, subjects, output)
             tg.cancel_scope.cancel()
-        if failed:
-            raise failed[0]
     finally:
         with anyio.CancelScope(shield=True):
             await nc.close()
+
+
+async def _feed_off_the_wire(nc: NATS, subjects: Subjects, output: _Output) -> None:
+    """Feed from a push consumer read off a socket of the feeder's own (``_wire``).
+
+    If that fails, the feeder goes on through nats-py from where it got.
+    """
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    if nc.connected_url is None:
+        return
+    inbox = new_inbox()
+    js = nc.jetstream()
+    consumer: str | None = None
+    try:
+        with WireConsumer(Endpoint.of(nc.connected_url), inbox) as wire:
+            await anyio.to_thread.run_sync(wire.open)
+            info = await js.add_consumer(
+                subjects.events_stream,
+                ConsumerConfig(
+                    deliver_subject=inbox,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=output.following,
+                    filter_subject=subjects.all_events,
+                    ack_policy=AckPolicy.NONE,
+                    flow_control=True,
+                    idle_heartbeat=1.0,
+                    mem_storage=True,
+                    num_replicas=1,
+                    inactive_threshold=30.0,
+                ),
+            )
+            consumer = info.name
+            await anyio.to_thread.run_sync(_drain, wire, output)
+    except WireError as exc:
+        log.warning("feeder.wire_failed", error=str(exc), following=output.following)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+        log.warning("feeder.wire_consumer_failed", error=str(exc), following=output.following)
+    finally:
+        if consumer is not None:
+            with (
+                anyio.CancelScope(shield=True),
+                contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError),
+            ):
+                await js.delete_consumer(subjects.events_stream, consumer)
+
+
+def _drain(wire: WireConsumer, output: _Output) -> None:
+    """Deliver what the wire brings until the last sequence (in a worker thread)."""
+    for sequence, subject, data in wire.deliveries():
+        if sequence != output.following:
+            if sequence < output.following:
+                continue  # delivered again
+            raise WireError(f"sequence {sequence} delivered where {output.following} was due")
+        output.deliver(sequence, subject, data)
+        if output.done:
+            return
+
+
+async def _feed_through_nats_py(nc: NATS, subjects: Subjects, output: _Output) -> None:
+    """Feed from an ordered consumer of nats-py's, from where the feeder got."""
+    from nats.aio.msg import Msg
+
+    from runstate.projections._projector import _stream_sequence, subscribe_events
+
+    done = anyio.Event()
+    failed: list[Exception] = []
+
+    async def on_msg(msg: Msg) -> None:
+        if done.is_set():
+            return
+        sequence = _stream_sequence(msg)
+        if sequence != output.following:  # the ordered consumer starts over after a gap
+            return
+        try:
+            output.deliver(sequence, msg.subject, msg.data)
+        except Exception as exc:  # the projector stopped reading, or folding failed
+            failed.append(exc)
+            done.set()
+        if output.done:
+            done.set()
+
+    sub = await subscribe_events(nc.jetstream(), subjects, on_msg, output.following)
+    await done.wait()
+    await sub.unsubscribe()
+    if failed:
+        raise failed[0]
 
 
 def _read_acknowledgements(folder: ShardFolder) -> None:

@@ -443,6 +443,23 @@ async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
 _FEEDER = feeder_command()
 
 
+def _feeder_whose_wire_fails(after: int) -> list[str]:
+    """The feeder, with its ``WireConsumer`` failing after ``after`` deliveries."""
+    script = f"""
+from runstate.projections import _wire
+original = _wire.WireConsumer.deliveries
+def deliveries(self):
+    for number, delivery in enumerate(original(self)):
+        if number == {after}:
+            raise _wire.WireError("cut by the test")
+        yield delivery
+_wire.WireConsumer.deliveries = deliveries
+from runstate.projections._feeder import main
+main()
+"""
+    return [sys.executable, "-c", script]
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 0.95])
 async def test_a_feeder_folding_its_share_of_the_runs_folds_what_the_projector_alone_folds(
     nats_url: str, tmp_path: Path, share: float
@@ -500,6 +517,10 @@ async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
     ("command", "fed_all"),
     [
         pytest.param(_FEEDER, True, id="feeder"),
+        # its own reading of the consumer fails, at once or after 100 deliveries: it goes
+        # on through nats-py from where it got
+        pytest.param(_feeder_whose_wire_fails(after=0), True, id="wire-refused"),
+        pytest.param(_feeder_whose_wire_fails(after=100), True, id="wire-cut"),
         # the feeder's output cut off inside a frame: what came whole is applied
         pytest.param(
             ["sh", "-c", f"{shlex.join(_FEEDER)} | head -c 40000"],
@@ -515,7 +536,12 @@ async def test_a_long_backlog_is_held_back_and_resumed_without_loss(
     ],
 )
 async def test_a_backlog_through_a_feeder_folds_what_the_projector_alone_folds(
-    nats_url: str, tmp_path: Path, command: list[str], fed_all: bool
+    nats_url: str,
+    tmp_path: Path,
+    command: list[str],
+    fed_all: bool,
+    capfd: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     """Through a feeder process, or after it fails in any way (its own consumer goes on from
     what was applied), the projector folds the same views as without one."""
@@ -532,3 +558,6 @@ async def test_a_backlog_through_a_feeder_folds_what_the_projector_alone_folds(
         assert fed.fed < last
     assert fed.events_applied == alone.events_applied
     assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")
+    # the feeder read the consumer off the wire, unless the test cut it
+    wire_failed = "feeder.wire_failed" in capfd.readouterr().err
+    assert wire_failed == request.node.callspec.id.startswith("wire-")
