@@ -1,30 +1,34 @@
-"""The feeder: a child process that reads a stretch of the events stream for a catch-up.
+"""The feeder: a child process that reads and folds a stretch of the events stream.
 
-Receiving a message through nats-py costs a replica about a third of its
-time in a catch-up, on the one core its event loop runs on. For a long
-backlog the projector therefore starts a feeder process
-(``feeder_command()``). The feeder reads the sequences it is given with an
-ordered consumer and writes each message to its stdout as a frame: a
-header of the stream sequence and the lengths of the subject and the data,
-then the subject and the data. While the pipe is full its writes block,
-and flow control holds the rest on the server. The projector only splits
-frames. It checks every sequence as it always does, and on any failure of
-the feeder it goes on with its own consumer from where it got.
+For a long backlog (a catch-up) the projector starts a feeder process
+(``feeder_command()``) and the two fold the stretch between them, one core
+each. The feeder takes the runs whose pathspec hashes into its share
+(``FeedRequest.share``); every view an event touches belongs to the
+event's run, so each view has one writer.
 
-The feeder also folds a share of the runs itself, on the other core: the
-events of those runs (chosen by a hash of the run's pathspec, so every
-view an event touches is the feeder's or the projector's alone) are
-decoded and folded here, and their views' rows made. Every
-``mark_every`` sequences the feeder writes a *mark*: the sequences it
-folded since the last mark and its rows (pickled). The projector folds the
-other sequences up to the mark and writes both in one transaction with the
-mark as its checkpoint, then acknowledges the mark on the feeder's stdin;
-until then the feeder keeps the views it changed, which the store has yet
-to see. Views not in its cache it reads from the store (``ViewLoader``).
+- The other runs' messages it writes to its stdout as frames: a header of
+  the stream sequence and the lengths of the subject and the data, then
+  the subject and the data.
+- Its own runs' messages it decodes and folds (``ShardFolder``). Every
+  ``mark_every`` sequences it writes a *mark*: the sequences it folded
+  since the last mark and the rows of the views they changed (pickled).
+- The projector folds the frames up to a mark, checks that frames and
+  folded sequences cover every sequence since its checkpoint once, and
+  writes its rows and the feeder's in one transaction with the mark as
+  checkpoint. Then it writes the mark's sequence to the feeder's stdin.
+  Until then the feeder keeps the views it changed, which the store has
+  yet to see; views not in its cache it reads from the store
+  (``ViewLoader``).
 
-The projector writes the settings and the sequences to the feeder's stdin
-(pickled: parent and child are the same program). To stop the feeder early
-it stops reading: the feeder's next write fails and it exits.
+The feeder reads a push consumer off a socket of its own (``_wire``), and
+through nats-py's ordered consumer with TLS, a credentials file, or once
+that socket fails. While the pipe is full its writes block, and flow
+control holds the rest on the server. On any failure of the feeder the
+projector goes on with its own consumer from the last mark it committed.
+
+The projector writes the request to the feeder's stdin first (pickled:
+parent and child are the same program). To stop the feeder early it stops
+reading: the feeder's next write fails and it exits.
 """
 
 from __future__ import annotations
