@@ -549,8 +549,16 @@ def main() -> None:
     configure_logging("warning", force=True)
     try:
         anyio.run(_serve)
-    except OSError:  # the projector stopped reading: it has what it needs, or it went away
+    except Exception as exc:
+        if not all(isinstance(error, OSError) for error in _leaves(exc)):
+            # the projector goes on from the last mark with its own consumer
+            log.warning("feeder.failed", error=repr(exc))
+        # (an OSError alone: the projector stopped reading, it has what it needs or went away)
         sys.exit(1)
-    except Exception as exc:  # the projector goes on from the last mark with its own consumer
-        log.warning("feeder.failed", error=repr(exc))
-        sys.exit(1)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in ``error``, out of any exception groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
