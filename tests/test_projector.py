@@ -466,8 +466,17 @@ async def test_a_feeder_folding_its_share_of_the_runs_folds_what_the_projector_a
 ) -> None:
     """The feeder folds the runs its share hashes to, mark after mark, with caches too small
     to hold a run (so views the store has yet to see are kept, and the rest read back from the
-    store): the views are the projector's alone, row for row."""
-    last = await _write_log(nats_url, runs=12, tasks=10)
+    store): the views, and the dead letters of malformed messages on either side's subjects,
+    are the projector's alone, row for row."""
+    await _write_log(nats_url, runs=12, tasks=10)
+    nc = await open_nats(Settings(nats_url=nats_url))
+    try:
+        for run in range(1, 13):
+            await nc.jetstream().publish(f"rs.ev.Train.{run}.r", b"not json %d" % run)
+            await nc.jetstream().publish(f"rs.ev.Train.{run}.t.train.{run}", b"[{}]")
+        last = (await nc.jetstream().stream_info("RS_EVENTS")).state.last_seq
+    finally:
+        await nc.close()
     alone = await _fold_log(nats_url, tmp_path / "alone.sqlite3")
     fed = await _fold_log(
         nats_url,
@@ -484,7 +493,16 @@ async def test_a_feeder_folding_its_share_of_the_runs_folds_what_the_projector_a
     else:
         assert 0 < fed.folded_by_feeder < last
     assert fed.events_applied == alone.events_applied
+    assert fed.deadlettered == alone.deadlettered == 24
     assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")
+    assert _deadletters(tmp_path / "fed.sqlite3") == _deadletters(tmp_path / "alone.sqlite3")
+
+
+def _deadletters(store: Path) -> list[Any]:
+    with sqlite3.connect(store) as db:
+        return db.execute(
+            "SELECT sequence, subject, reason, data FROM deadletters ORDER BY sequence"
+        ).fetchall()
 
 
 async def test_a_batch_wider_than_the_view_cache_loses_nothing(
