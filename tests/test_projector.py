@@ -38,8 +38,9 @@ from runstate.engine._events import (
     TaskAttemptStatePayload,
     TaskCreatedPayload,
 )
+from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
-from runstate.projections import serve_replica
+from runstate.projections import Projector, ReadStore, serve_replica
 from runstate.projections._feeder import feeder_command
 
 pytestmark = pytest.mark.anyio
@@ -496,6 +497,37 @@ async def test_a_feeder_folding_its_share_of_the_runs_folds_what_the_projector_a
     assert fed.deadlettered == alone.deadlettered == 24
     assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")
     assert _deadletters(tmp_path / "fed.sqlite3") == _deadletters(tmp_path / "alone.sqlite3")
+
+
+async def test_a_server_killed_in_the_middle_of_a_feed_loses_nothing(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """kill -9 of nats-server while a feeder feeds (and folds), then a restart: the projector
+    gets to the end of the log with the views of a projector alone."""
+    url = nats_server.url
+    last = await _write_log(url, runs=60, tasks=40)
+    settings = Settings(nats_url=url)
+    nc = await open_nats(settings)
+    store = ReadStore(tmp_path / "fed.sqlite3")
+    try:
+        async with anyio.create_task_group() as tg:
+            projector = Projector(nc, settings, store, feeder=_FEEDER, feed_from=1, batch_size=50)
+            tg.start_soon(projector.run)
+            with anyio.fail_after(30):
+                while projector.applied == 0:  # noqa: ASYNC110 - polls its progress
+                    await anyio.sleep(0.005)
+            nats_server.kill()
+            killed_at = projector.applied
+            await anyio.sleep(0.5)
+            await anyio.to_thread.run_sync(nats_server.restart)
+            await projector.wait_for(last, timeout=60)
+            tg.cancel_scope.cancel()
+    finally:
+        store.close()
+        await nc.close()
+    assert 0 < killed_at < last, "the kill should land in the middle of the feed"
+    await _fold_log(url, tmp_path / "alone.sqlite3")
+    assert _rows(tmp_path / "fed.sqlite3") == _rows(tmp_path / "alone.sqlite3")
 
 
 def _deadletters(store: Path) -> list[Any]:
