@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -101,3 +102,62 @@ async def test_a_replica_on_the_cluster_answers_reads(
             tg.cancel_scope.cancel()
     finally:
         await nc.close()
+
+
+async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
+    nats_cluster: NatsCluster, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """On streams of 3 replicas, a catch-up through a feeder that folds half of the runs (and
+    reads its consumer off its own socket, from whichever node it reached) folds the views a
+    projector alone folds."""
+    from runstate.projections import Projector, ReadStore
+    from runstate.projections._feeder import feeder_command
+
+    settings = Settings(nats_url=nats_cluster.url, replicas=3)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        writer = Writer(EventLog(nc, settings))
+        for _ in range(8):
+            run = await writer.create_run("Cluster", tags=["fed"])
+            await run.start()
+            for number in range(15):
+                task = await run.create_task("work", str(number))
+                await task.start()
+                await task.save(loss=number / 10)
+                await task.complete()
+            await run.complete()
+        last = await EventLog(nc, settings).stream_last_sequence()
+
+        async def fold(store_path: Path, **options: object) -> Projector:
+            store = ReadStore(store_path)
+            try:
+                async with anyio.create_task_group() as tg:
+                    projector = Projector(nc, settings, store, **options)  # type: ignore[arg-type]
+                    tg.start_soon(projector.run)
+                    await projector.wait_for(last, timeout=60)
+                    tg.cancel_scope.cancel()
+            finally:
+                store.close()
+            return projector
+
+        fed = await fold(
+            tmp_path / "fed.sqlite3", feeder=feeder_command(), feed_from=1, batch_size=40
+        )
+        alone = await fold(tmp_path / "alone.sqlite3")
+    finally:
+        await nc.close()
+    assert fed.fed == last and 0 < fed.folded_by_feeder < last
+    assert fed.events_applied == alone.events_applied
+    rows = []
+    for name in ("fed", "alone"):
+        with sqlite3.connect(tmp_path / f"{name}.sqlite3") as db:
+            rows.append(
+                (
+                    db.execute("SELECT pathspec, json FROM runs ORDER BY pathspec").fetchall(),
+                    db.execute("SELECT pathspec, json FROM tasks ORDER BY pathspec").fetchall(),
+                )
+            )
+    assert rows[0] == rows[1]
+    assert len(rows[0][1]) == 8 * 15
+    assert "feeder.wire_failed" not in capfd.readouterr().err  # it read off its own socket
