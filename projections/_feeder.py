@@ -54,13 +54,15 @@ import structlog
 from runstate.engine._connection import _tls_context
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
+from runstate.engine.errors import InvalidEvent, InvalidName
+from runstate.projections._store import ViewLoader, prepare_commit
 from runstate.projections._wire import Endpoint, WireConsumer, WireError, new_inbox
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
     from runstate.engine._events import Event
-    from runstate.projections._store import PreparedCommit, ViewLoader
+    from runstate.projections._store import PreparedCommit
     from runstate.projections._views import RunView, TaskView
 
 __all__ = [
@@ -259,8 +261,6 @@ class ShardFolder:
         return taken
 
     def add(self, sequence: int, subject: str, data: bytes) -> None:
-        from runstate.engine.errors import InvalidEvent, InvalidName
-
         self._folded.append(sequence)
         try:
             events = self._decode(subject, data)
@@ -271,8 +271,7 @@ class ShardFolder:
 
     def mark(self, sequence: int) -> Mark:
         """Fold what was added since the last mark; the mark, with the rows of what changed."""
-        from runstate.projections._projector import FoldPlan
-        from runstate.projections._store import prepare_commit
+        from runstate.projections._projector import FoldPlan  # which imports this module
 
         self._forget_acknowledged()
         plan = FoldPlan.of(self._commits, self._lookup)
@@ -370,14 +369,13 @@ async def _feed(request: FeedRequest) -> None:
     """Write the frames and marks of sequences ``start``..``stop`` to stdout, in order."""
     from runstate.engine._connection import open_nats
     from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
-    from runstate.projections._store import ViewLoader
 
     settings = request.settings
     subjects = Subjects(settings.prefix)
     folder: ShardFolder | None = None
     if request.share > 0 and request.store_path is not None:
         folder = ShardFolder(
-            subjects, request.share, ViewLoader(request.store_path), request.cache_size
+            subjects, request.share, ViewLoader.open(request.store_path), request.cache_size
         )
         # it holds views, as a replica does: the same care with the collector (with the
         # defaults, collections of the older generations took half of the feeder's time)

@@ -99,7 +99,7 @@ class _ViewCache:
     """The most recently used views; the projector is their only writer, so they stay true."""
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
+        self.capacity = capacity
         self._views: OrderedDict[ViewKey, RunView | TaskView | None] = OrderedDict()
 
     def lookup(self, key: ViewKey) -> RunView | TaskView | _Missing | None:
@@ -113,7 +113,7 @@ class _ViewCache:
         for key, view in views.items():
             cached[key] = view
             move_to_end(key)
-        for _ in range(len(cached) - self._capacity):
+        for _ in range(len(cached) - self.capacity):
             cached.popitem(last=False)
 
     def clear(self) -> None:
@@ -154,7 +154,6 @@ class Projector:
         self._subjects = Subjects(settings.prefix)
         self._batch_size = batch_size
         self._cache = _ViewCache(cache_size)
-        self._cache_size = cache_size
         self.name = name
         self.applied = store.checkpoint()
         self._advanced = anyio.Event()
@@ -267,7 +266,7 @@ class Projector:
             share=share,
             store_path=self._store.path if share > 0 else None,
             mark_every=self._batch_size,
-            cache_size=self._cache_size,
+            cache_size=self._cache.capacity,
         )
         process = await anyio.open_process(
             self._feeder, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None

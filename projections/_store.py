@@ -397,6 +397,8 @@ class ReadStore:
             self._checkpoints = _Checkpointer(self._connect())
         # what the tag and parameter rows of recently written runs were made from
         self._run_sides: dict[str, _RunSide] = {}
+        # the projector's loads go through the writer's connection, between its commits
+        self._loader = ViewLoader(self._writer, self._write_lock)
         if memory:
             # a second connection to ":memory:" would be another, empty database
             self._reader = self._writer
@@ -561,21 +563,11 @@ class ReadStore:
 
     def load_runs(self, pathspecs: Iterable[str]) -> dict[str, RunView]:
         """The stored runs among ``pathspecs`` (missing ones are left out), for the projector."""
-        return {
-            pathspec: RunView.model_validate_json(raw)
-            for pathspec, raw in self._load("runs", pathspecs)
-        }
+        return self._loader.load_runs(pathspecs)
 
     def load_tasks(self, pathspecs: Iterable[str]) -> dict[str, TaskView]:
         """The stored tasks among ``pathspecs`` (missing ones are left out), for the projector."""
-        return {
-            pathspec: TaskView.model_validate_json(raw)
-            for pathspec, raw in self._load("tasks", pathspecs)
-        }
-
-    def _load(self, table: str, pathspecs: Iterable[str]) -> list[tuple[str, bytes]]:
-        with self._write_lock:
-            return _load_json(self._writer, table, pathspecs)
+        return self._loader.load_tasks(pathspecs)
 
     def reset(self) -> None:
         """Forget every view, dead letter and the checkpoint (before a rebuild from the log)."""
@@ -743,45 +735,51 @@ class ReadStore:
         ]
 
 
-def _load_json(
-    conn: sqlite3.Connection, table: str, pathspecs: Iterable[str]
-) -> list[tuple[str, bytes]]:
-    """(pathspec, JSON) of the stored views among ``pathspecs``."""
-    wanted = list(dict.fromkeys(pathspecs))
-    rows: list[tuple[str, bytes]] = []
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        marks = ", ".join("?" * len(chunk))
-        rows += conn.execute(
-            f"SELECT pathspec, json FROM {table} WHERE pathspec IN ({marks})", chunk
-        ).fetchall()
-    return rows
-
-
 class ViewLoader:
-    """Reads stored views for a process that folds some runs itself (a feeder).
+    """Reads stored views by pathspec: the projector's, and a feeder's (``ViewLoader.open``)."""
 
-    It sees what the store has committed; only the projector writes.
-    """
+    def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._conn = conn
+        self._lock = lock
 
-    def __init__(self, path: str) -> None:
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout = 5000")
-        self._conn.execute("PRAGMA query_only = ON")
+    @classmethod
+    def open(cls, path: str) -> ViewLoader:
+        """A loader on a connection of its own: for a process that folds some runs itself.
+
+        It sees what the store has committed; only the projector writes.
+        """
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA query_only = ON")
+        return cls(conn, threading.Lock())
 
     def load_runs(self, pathspecs: Iterable[str]) -> dict[str, RunView]:
         return {
             pathspec: RunView.model_validate_json(raw)
-            for pathspec, raw in _load_json(self._conn, "runs", pathspecs)
+            for pathspec, raw in self._load("runs", pathspecs)
         }
 
     def load_tasks(self, pathspecs: Iterable[str]) -> dict[str, TaskView]:
         return {
             pathspec: TaskView.model_validate_json(raw)
-            for pathspec, raw in _load_json(self._conn, "tasks", pathspecs)
+            for pathspec, raw in self._load("tasks", pathspecs)
         }
 
+    def _load(self, table: str, pathspecs: Iterable[str]) -> list[tuple[str, bytes]]:
+        """(pathspec, JSON) of the stored views among ``pathspecs``."""
+        wanted = list(dict.fromkeys(pathspecs))
+        rows: list[tuple[str, bytes]] = []
+        with self._lock:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows += self._conn.execute(
+                    f"SELECT pathspec, json FROM {table} WHERE pathspec IN ({marks})", chunk
+                ).fetchall()
+        return rows
+
     def close(self) -> None:
+        """Close a loader's own connection (``open``)."""
         self._conn.close()
 
 

@@ -49,7 +49,7 @@ def test_frames_and_marks_read_back_across_any_chunk_boundaries(
 def test_the_feeder_takes_a_run_with_all_its_tasks_or_none_of_it(tmp_path: Path) -> None:
     """Every view an event touches belongs to its run: a run's subjects go to one side."""
     subjects = Subjects("rs")
-    loader = ViewLoader(str(tmp_path / "store.sqlite3"))
+    loader = ViewLoader.open(str(tmp_path / "store.sqlite3"))
     half = ShardFolder(subjects, 0.5, loader)
     taken = []
     for run in range(200):
