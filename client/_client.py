@@ -18,9 +18,11 @@ import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.client import _namespace
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._log import EventLog, Receipt
+from runstate.engine._commits import Receipt
+from runstate.engine._typing import EventLog
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
@@ -66,7 +68,7 @@ class Client:
     ) -> None:
         self.nc = nc
         self.settings = settings
-        self.log = EventLog(nc, settings)
+        self.log = JetStreamEventLog(nc, settings)
         self.writer = Writer(self.log)
         self.subjects = self.log.subjects
         self._namespace = namespace

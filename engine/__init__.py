@@ -19,11 +19,16 @@ from runstate.engine._events import TaskCreated as TaskCreated
 from runstate.engine._events import decode_commit as decode_commit
 from runstate.engine._events import encode_commit as encode_commit
 from runstate.engine._events import register_upcaster as register_upcaster
-from runstate.engine._log import Commit as Commit
-from runstate.engine._log import EventLog as EventLog
-from runstate.engine._log import Pipeline as Pipeline
-from runstate.engine._log import Receipt as Receipt
-from runstate.engine._log import StoredCommit as StoredCommit
+from runstate.engine._commits import Commit as Commit
+from runstate.engine._commits import Delivery as Delivery
+from runstate.engine._commits import Receipt as Receipt
+from runstate.engine._commits import StoredCommit as StoredCommit
+from runstate.engine._jetstream import JetStreamEventLog as JetStreamEventLog
+from runstate.engine._memory import MemoryEventLog as MemoryEventLog
+from runstate.engine._typing import BlobStore as BlobStore
+from runstate.engine._typing import EventLog as EventLog
+from runstate.engine._typing import Follow as Follow
+from runstate.engine._typing import Pipeline as Pipeline
 from runstate.engine._logging import configure_logging as configure_logging
 from runstate.engine._names import Pathspec as Pathspec
 from runstate.engine._names import Subjects as Subjects
@@ -39,14 +44,19 @@ __all__ = [
     "ArtifactRecord",
     "ArtifactStore",
     "ArtifactsRecorded",
+    "BlobStore",
     "Commit",
+    "Delivery",
     "Event",
     "EventLog",
     "ExceptionInfo",
+    "Follow",
     "ForeachFrame",
     "Heartbeat",
+    "JetStreamEventLog",
     "MetadataEntry",
     "MetadataRecorded",
+    "MemoryEventLog",
     "Pathspec",
     "Pipeline",
     "Receipt",

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import nats.js.errors
 import orjson
 import structlog
 
@@ -56,7 +55,8 @@ from runstate.engine._events import (
     replace_fields,
     utcnow,
 )
-from runstate.engine._log import Commit, EventLog, Receipt, StoredCommit
+from runstate.engine._commits import ATOMIC_BATCH_LIMIT, Commit, Receipt, StoredCommit
+from runstate.engine._typing import EventLog
 from runstate.engine._names import (
     Pathspec,
     check_flow_name,
@@ -70,7 +70,13 @@ from runstate.engine._states import (
     check_run_transition,
     check_task_transition,
 )
-from runstate.engine.errors import ConflictError, InvalidName, NotFound
+from runstate.engine.errors import (
+    ConflictError,
+    IdempotencyKeyReused,
+    InvalidName,
+    NotFound,
+    PayloadTooLarge,
+)
 
 __all__ = ["RunHandle", "TaskHandle", "Writer"]
 
@@ -116,7 +122,7 @@ class Writer:
     def __init__(self, log: EventLog) -> None:
         self.log = log
         self.subjects = log.subjects
-        self.artifacts = ArtifactStore(log.nc, log.settings)
+        self.artifacts = ArtifactStore(log.blobs, log.settings)
 
     @property
     def user(self) -> str:
@@ -182,37 +188,28 @@ class Writer:
     async def _create_once(
         self, flow: str, given: str | None, payload: dict[str, Any], key: str
     ) -> RunHandle:
-        kv = await self.log.nc.jetstream().key_value(self.subjects.idempotency_bucket)
-        kv_key = hashlib.sha256(f"{flow}\0{key}".encode()).hexdigest()
-        while True:
-            try:
-                entry = await kv.get(kv_key)
-            except nats.js.errors.KeyNotFoundError:
-                entry = None
-            if entry is not None and entry.value:
-                # Created before (maybe by a writer that died before appending):
-                # append the recorded creation again; the log keeps one.
-                stored = decode_commit(entry.value)
-                event = stored[0]
-                assert isinstance(event, RunCreated)
-                commit_id = hashlib.sha256(entry.value).hexdigest()[:32]
-                try:
-                    receipt = await self.log.append(
-                        event, expected_version=0, across_run=True, commit_id=commit_id
-                    )
-                except ConflictError:
-                    return await self.run(event.pathspec)
-                return RunHandle(self, event.payload, receipt.sequence, receipt)
+        # The key is claimed with the creation event before the run is appended, so a
+        # writer that dies in between leaves the event for the next one to append.
+        claim = f"{flow}\0{key}"
+        stored = await self.log.read_key(claim)
+        if stored is None:
             rid = given or str(await self.log.increment(self.subjects.run_counter(flow)))
-            event = self._run_created(flow, rid, payload)
-            try:
-                await kv.create(kv_key, encode_commit([event]))
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # another creator won the key; return theirs
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == 10071:
-                    continue
-                raise
+            stored = await self.log.claim_key(
+                claim, encode_commit([self._run_created(flow, rid, payload)])
+            )
+        event = decode_commit(stored)[0]
+        assert isinstance(event, RunCreated)
+        _check_same_request(key, event, given, payload)
+        # Created before, maybe by a writer that died before appending: append
+        # the recorded creation again; the log keeps one.
+        commit_id = hashlib.sha256(stored).hexdigest()[:32]
+        try:
+            receipt = await self.log.append(
+                event, expected_version=0, across_run=True, commit_id=commit_id
+            )
+        except ConflictError:
+            return await self.run(event.pathspec)
+        return RunHandle(self, event.payload, receipt.sequence, receipt)
 
     async def run(self, pathspec: str) -> RunHandle:
         """Load the handle of an existing run (its state and version) from the log."""
@@ -237,7 +234,7 @@ class Writer:
         """Record that the run or task at ``pathspec`` is alive (latest value only)."""
         path = parse_pathspec(pathspec, min_depth=2, max_depth=4)
         event = Heartbeat(pathspec=str(path), actor=self.user)
-        await self.log.nc.publish(self.subjects.heartbeat(path), encode_event(event))
+        await self.log.beat(self.subjects.heartbeat(path), encode_event(event))
 
 
 class RunHandle:
@@ -421,6 +418,8 @@ class RunHandle:
         """
         check_step_name(step)
         given = check_id(task_id, "task id") if task_id is not None else None
+        parents = list(parents)
+        self._check_parents(parents)
         while True:
             tid = given or str(await self._writer.log.increment(self._task_counter()))
             events = self._task_events(
@@ -438,6 +437,17 @@ class RunHandle:
         handle.receipt = receipt
         handle.index = index
         return handle
+
+    def _check_parents(self, parents: Iterable[str | TaskHandle]) -> None:
+        """``InvalidName`` for a parent that is not a task of this run."""
+        for parent in parents:
+            spec = parent.pathspec if isinstance(parent, TaskHandle) else parent
+            path = parse_pathspec(spec, min_depth=4, max_depth=4)
+            if path.run_pathspec != self.pathspec:
+                raise InvalidName(
+                    f"parent task {spec} belongs to another run than {self.pathspec}; a task's "
+                    "parents are tasks of its own run (record a link to another run as metadata)"
+                )
 
     def _task_counter(self) -> str:
         return self._writer.subjects.task_counter(self.flow, self.id)
@@ -503,9 +513,15 @@ class RunHandle:
         check_step_name(step)
         if count < 1:
             raise ValueError("a foreach needs at least one task")
+        if count > ATOMIC_BATCH_LIMIT:
+            raise PayloadTooLarge(
+                f"a foreach creates at most {ATOMIC_BATCH_LIMIT} tasks at once (one atomic "
+                f"batch), not {count}; split it into several foreach steps"
+            )
+        parent_list = list(parents)
+        self._check_parents(parent_list)
         last = await self._writer.log.increment(self._task_counter(), by=count)
         first = last - count + 1
-        parent_list = list(parents)
         commits = []
         for i in range(count):
             frame = ForeachFrame(step=step, index=i, num_splits=count)
@@ -560,6 +576,36 @@ class RunHandle:
 
     async def heartbeat(self) -> None:
         await self._writer.heartbeat(self.pathspec)
+
+
+def _check_same_request(
+    key: str, created: RunCreated, given: str | None, payload: dict[str, Any]
+) -> None:
+    """``IdempotencyKeyReused`` if a repeat with ``key`` asks for another run than the first."""
+    first = created.payload
+    differing = []
+    if given is not None and given != first.run_id:
+        differing.append(f"run_id ({first.run_id!r}, now {given!r})")
+    before = orjson.dumps(first.parameters, option=orjson.OPT_SORT_KEYS)
+    now = orjson.dumps(payload["parameters"], option=orjson.OPT_SORT_KEYS, default=str)
+    if before != now:
+        names = sorted(
+            name
+            for name in {*first.parameters, *payload["parameters"]}
+            if first.parameters.get(name, _ABSENT) != payload["parameters"].get(name, _ABSENT)
+        )
+        differing.append(f"parameters {', '.join(names) or '(their types)'}")
+    if differing:
+        raise IdempotencyKeyReused(
+            f"idempotency key {key!r} created {created.pathspec} with other values: "
+            f"{'; '.join(differing)} differ. A key stands for one request: use a new key "
+            "for new parameters, or repeat the first request unchanged",
+            key=key,
+            run=created.pathspec,
+        )
+
+
+_ABSENT = object()
 
 
 def _apply_tags(tags: set[str], payload: RunTagsChangedPayload) -> set[str]:

@@ -20,7 +20,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
-from runstate.engine._log import EventLog
+from runstate.engine._typing import EventLog
 from runstate.engine._names import parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (

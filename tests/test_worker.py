@@ -10,6 +10,7 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine import (
     ArtifactsRecorded,
     Event,
@@ -65,7 +66,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 def log(nc: NATS, settings: Settings) -> EventLog:
-    return EventLog(nc, settings)
+    return JetStreamEventLog(nc, settings)
 
 
 @pytest.fixture

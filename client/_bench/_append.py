@@ -7,12 +7,14 @@ from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.client._bench._events import _EventFactory
 from runstate.client._bench._harness import _connection, _Place, _say, _server_version
 from runstate.client._bench._params import FLOW, BenchParams
 from runstate.client._bench._report import Figure, Report, Target
 from runstate.engine._events import Event, encode_commit
-from runstate.engine._log import Commit, EventLog, new_commit_id
+from runstate.engine._commits import Commit, new_commit_id
+from runstate.engine._typing import EventLog
 from runstate.engine._states import TaskState
 
 
@@ -26,7 +28,7 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
     n, k = p.messages, max(1, p.batch_events)
     async with _connection(place) as nc:
         report.server_version = _server_version(nc)
-        log = EventLog(nc, settings)
+        log = JetStreamEventLog(nc, settings)
         stream = log.subjects.events_stream
         factory = _EventFactory(settings.user)
         entities = [f"{FLOW}/1/train/{i}" for i in range(1000)]

@@ -24,7 +24,7 @@ from runstate.engine._events import (
     TaskCreated,
     TaskCreatedPayload,
 )
-from runstate.engine._log import EventLog
+from runstate.engine._typing import EventLog
 from runstate.engine._states import RunState, TaskState
 
 

@@ -23,7 +23,7 @@ from runstate.client._bench._harness import (
 from runstate.client._bench._params import FLOW, BenchParams
 from runstate.client._bench._report import Figure, Report, Target, _ms
 from runstate.engine._events import encode_commit
-from runstate.engine._log import Receipt, new_commit_id
+from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._states import TaskState
 from runstate.engine._worker import RunHandle, TaskHandle, Writer
 
