@@ -60,7 +60,6 @@ def conflict_sequence(error: dict[str, Any]) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-
 def delivery_sequence(reply: str) -> int:
     """The stream sequence in a JetStream delivery's reply subject (its ack subject).
 

@@ -31,6 +31,7 @@ log = structlog.get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 
+
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_ca is None and settings.tls_cert is None:
         return None
@@ -134,7 +135,9 @@ async def _jetstream_info(nc: NATS) -> None:
             "or add a jetstream block to its config"
         ) from None
     except nats.errors.TimeoutError:
-        raise TransientRefusal("the NATS server did not answer a JetStream request within 2s") from None
+        raise TransientRefusal(
+            "the NATS server did not answer a JetStream request within 2s"
+        ) from None
     error = orjson.loads(reply.data).get("error")
     if error is None:
         return

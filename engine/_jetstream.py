@@ -13,10 +13,9 @@ case and returns the original receipt instead of a conflict.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import itertools
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -31,6 +30,7 @@ from runstate.engine._acks import Ack, conflict_sequence, header, parse_ack
 from runstate.engine._commits import (
     Commit,
     CommitEncoder,
+    Delivery,
     EncodedCommit,
     Receipt,
     StoredCommit,
@@ -38,129 +38,25 @@ from runstate.engine._commits import (
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
 from runstate.engine._names import Subjects
+from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
-from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError, Unavailable
+from runstate.engine.errors import ConflictError, InvalidEvent, RunstateError, Unavailable
 
-__all__ = ["JetStreamBlobStore", "JetStreamEventLog"]
+__all__ = ["JetStreamEventLog"]
 
 # "atomic publish batch contains duplicate message id"
 _BATCH_DUPLICATE_CODE = 10201
 _HEADER_OVERHEAD = 512
-
-
-class _Replies:
-    """Request/reply over one wildcard reply subscription, for the write path.
-
-    nats-py's ``request`` makes a NUID token, reads ``os.urandom`` and wraps
-    the wait in ``asyncio.wait_for`` for every call: a quarter of a writer's
-    CPU per transition. Here a token is a counter and a reply resolves a future.
-    """
-
-    def __init__(self, nc: NATS) -> None:
-        self._nc = nc
-        self._prefix = ""
-        self._sub: Any = None
-        self._tokens = itertools.count()
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        self._lock = anyio.Lock()
-
-    async def _start(self) -> None:
-        async with self._lock:
-            if self._sub is None:
-                self._prefix = self._nc.new_inbox()
-                self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
-
-    async def _on_reply(self, msg: Msg) -> None:
-        future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
-        if future is not None and not future.done():
-            future.set_result(msg)
-
-    async def request(
-        self,
-        subject: str,
-        data: bytes,
-        headers: dict[str, str],
-        timeout: float,  # noqa: ASYNC109
-    ) -> Msg:
-        """Send and wait for the reply; nats-py's errors for no responders and timeouts."""
-        if self._sub is None:
-            await self._start()
-        token = str(next(self._tokens))
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = future
-        # A timer that fails the future: an anyio cancel scope per request cost
-        # a tenth of a writer's CPU. Cancelling the caller still cancels the wait.
-        timer = loop.call_later(timeout, _expire, future)
-        try:
-            await self._nc.publish(subject, data, reply=f"{self._prefix}.{token}", headers=headers)
-            msg = await future
-        finally:
-            timer.cancel()
-            self._waiting.pop(token, None)
-        if not msg.data and header(msg, "Status") == "503":
-            raise nats.errors.NoRespondersError
-        return msg
-
-
-def _expire(future: asyncio.Future[Msg]) -> None:
-    if not future.done():
-        future.set_exception(nats.errors.TimeoutError())
-
-
-class JetStreamBlobStore:
-    """Blobs in the ``<prefix>_blobs`` JetStream object store, named by their sha256."""
-
-    def __init__(self, nc: NATS, settings: Settings) -> None:
-        self._nc = nc
-        self._settings = settings
-        self._bucket = Subjects(settings.prefix).blobs_bucket
-        self._store: Any = None
-
-    async def _object_store(self) -> Any:
-        if self._store is None:
-            self._store = await self._nc.jetstream().object_store(self._bucket)
-        return self._store
-
-    async def put(self, name: str, data: bytes) -> None:
-        async def attempt() -> None:
-            store = await self._object_store()
-            try:
-                await store.get_info(name)
-            except nats.js.errors.ObjectNotFoundError:
-                await store.put(name, data)
-
-        await retry(
-            attempt,
-            budget=self._settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not store blob {name} in {self._bucket} ({type(exc).__name__})"
-            ),
-            what="blob.put",
-        )
-
-    async def get(self, name: str) -> bytes:
-        async def attempt() -> bytes:
-            store = await self._object_store()
-            try:
-                result = await store.get(name)
-            except nats.js.errors.ObjectNotFoundError:
-                raise NotFound(f"blob {name} is missing from {self._bucket}") from None
-            data: bytes = result.data
-            return data
-
-        return await retry(
-            attempt,
-            budget=self._settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not read blob {name} from {self._bucket} ({type(exc).__name__})"
-            ),
-            what="blob.get",
-        )
+_NOT_FOUND_OR_TRANSIENT: tuple[type[BaseException], ...] = (
+    nats.js.errors.NotFoundError,
+    *TRANSIENT,
+)
+_PUBLISH_FAULTS: tuple[type[BaseException], ...] = (nats.errors.Error, *TRANSIENT)
 
 
 class JetStreamEventLog:
@@ -176,7 +72,7 @@ class JetStreamEventLog:
         self._stream = self.subjects.events_stream
         self._js = nc.jetstream()
         self._encoder = CommitEncoder(self.subjects)
-        self._replies = _Replies(nc)
+        self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)
         self._kv: Any = None
 
@@ -421,7 +317,7 @@ class JetStreamEventLog:
     async def _find_stored_batch(self, encoded: list[EncodedCommit]) -> list[Receipt] | None:
         try:
             msg = await self._js.get_last_msg(self._stream, encoded[-1].subject)
-        except (nats.js.errors.NotFoundError, *TRANSIENT):
+        except _NOT_FOUND_OR_TRANSIENT:
             return None
         if header(msg, "Nats-Msg-Id") != encoded[-1].commit.commit_id:
             return None
@@ -528,10 +424,12 @@ class JetStreamEventLog:
     async def beat(self, subject: str, data: bytes) -> None:
         try:
             await self._nc.publish(subject, data)
-        except (nats.errors.Error, *TRANSIENT) as exc:
+        except _PUBLISH_FAULTS as exc:
             raise Unavailable(f"could not publish a heartbeat on {subject}: {exc}") from None
 
-    async def publish_deadletter(self, sequence: int, subject: str, reason: str, data: bytes) -> None:
+    async def publish_deadletter(
+        self, sequence: int, subject: str, reason: str, data: bytes
+    ) -> None:
         try:
             await self._nc.publish(
                 self.subjects.deadletter(sequence),
@@ -633,8 +531,8 @@ class JetStreamEventLog:
                 # The messages exist (num_pending said so): a cluster may be
                 # electing a leader, so fetches are asked again within the budget.
                 msgs = await retry(
-                    lambda n=min(batch, wanted - count): sub.fetch(
-                        n, timeout=self.settings.request_timeout
+                    partial(
+                        sub.fetch, min(batch, wanted - count), timeout=self.settings.request_timeout
                     ),
                     budget=self.settings.retry_budget,
                     give_up=give_up,
@@ -673,7 +571,12 @@ class JetStreamEventLog:
         return [commit async for commit in self.read(subject)]
 
     def follow(
-        self, subject_filter: str | None = None, *, start: int = 1, buffer_limit: int | None = None
+        self,
+        subject_filter: str | None = None,
+        *,
+        start: int = 1,
+        buffer_limit: int | None = None,
+        on_delivery: Callable[[Delivery], None] | None = None,
     ) -> JetStreamFollow:
         """A live read from ``start``: an ordered consumer that resumes after reconnects."""
         return JetStreamFollow(
@@ -682,6 +585,7 @@ class JetStreamEventLog:
             subject_filter or self.subjects.all_events,
             start,
             buffer_limit=buffer_limit or BUFFER_LIMIT,
+            on_delivery=on_delivery,
         )
 
     async def drain(

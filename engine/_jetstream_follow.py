@@ -94,8 +94,10 @@ class JetStreamFollow:
         start: int,
         *,
         buffer_limit: int = BUFFER_LIMIT,
+        on_delivery: Callable[[Delivery], None] | None = None,
     ) -> None:
         self._nc = nc
+        self._listener = on_delivery
         self._settings = settings
         self._subjects = Subjects(settings.prefix)
         self._subject = subject
@@ -122,6 +124,12 @@ class JetStreamFollow:
         self._buffer.clear()
 
     async def _on_msg(self, msg: Msg) -> None:
+        if self._listener is not None:
+            sequence = delivery_sequence(msg.reply)
+            if sequence > self.delivered:  # else delivered again after a consumer reset
+                self.delivered = sequence
+                self._listener((sequence, msg.subject, msg.data))
+            return
         # plain tuples, which the garbage collector stops scanning, unlike nats-py's
         # Msg objects (during a catch-up hundreds of thousands wait here)
         self._buffer.append((delivery_sequence(msg.reply), msg.subject, msg.data))
@@ -130,9 +138,7 @@ class JetStreamFollow:
 
     async def _subscribe(self, start: int) -> Any:
         return await retry(
-            lambda: ordered_consumer(
-                self._nc, self._subjects, self._subject, start, self._on_msg
-            ),
+            lambda: ordered_consumer(self._nc, self._subjects, self._subject, start, self._on_msg),
             budget=self._settings.retry_budget,
             give_up=lambda exc: Unavailable(
                 f"could not follow {self._subject} from sequence {start} "
@@ -145,6 +151,8 @@ class JetStreamFollow:
         )
 
     def __aiter__(self) -> AsyncIterator[list[Delivery]]:
+        if self._listener is not None:
+            raise RuntimeError("this follow hands its deliveries to on_delivery")
         return self._batches()
 
     async def _batches(self) -> AsyncIterator[list[Delivery]]:

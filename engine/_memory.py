@@ -79,12 +79,21 @@ class MemoryBlobStore:
 class _MemoryFollow:
     """A follow of a ``MemoryEventLog``: deliveries pushed in as they are stored."""
 
-    def __init__(self, log: MemoryEventLog, pattern: str, start: int) -> None:
+    def __init__(
+        self,
+        log: MemoryEventLog,
+        pattern: str,
+        start: int,
+        on_delivery: Callable[[Delivery], None] | None = None,
+    ) -> None:
         self._log = log
+        self._listener = on_delivery
         self._pattern = pattern
         self._start = start
         self._pending: deque[Delivery] = deque()
         self._arrived = anyio.Event()
+        #: the last sequence handed on
+        self.delivered = start - 1
 
     async def __aenter__(self) -> _MemoryFollow:
         for stored in self._log._messages[max(0, self._start - 1) :]:
@@ -97,10 +106,17 @@ class _MemoryFollow:
 
     def offer(self, stored: _Stored) -> None:
         if stored.sequence >= self._start and subject_matches(self._pattern, stored.subject):
-            self._pending.append((stored.sequence, stored.subject, stored.data))
+            delivery = (stored.sequence, stored.subject, stored.data)
+            if self._listener is not None:
+                self.delivered = stored.sequence
+                self._listener(delivery)
+                return
+            self._pending.append(delivery)
             self._arrived.set()
 
     def __aiter__(self) -> AsyncIterator[list[Delivery]]:
+        if self._listener is not None:
+            raise RuntimeError("this follow hands its deliveries to on_delivery")
         return self._batches()
 
     async def _batches(self) -> AsyncIterator[list[Delivery]]:
@@ -111,6 +127,7 @@ class _MemoryFollow:
                 continue
             batch = list(self._pending)
             self._pending.clear()
+            self.delivered = batch[-1][0]
             yield batch
 
 
@@ -169,7 +186,9 @@ class _MemoryPipeline:
 class MemoryEventLog:
     """An ``EventLog`` held in memory; safe to share between tasks of one event loop."""
 
-    def __init__(self, settings: Settings | None = None, *, max_payload: int = _MAX_PAYLOAD) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, max_payload: int = _MAX_PAYLOAD
+    ) -> None:
         self.settings = settings or Settings()
         self.subjects = Subjects(self.settings.prefix)
         self._encoder = CommitEncoder(self.subjects)
@@ -246,9 +265,7 @@ class MemoryEventLog:
         across_run: bool = False,
         commit_id: str | None = None,
     ) -> Receipt:
-        return await self.append_commit(
-            Commit.of(events, expected_version, across_run, commit_id)
-        )
+        return await self.append_commit(Commit.of(events, expected_version, across_run, commit_id))
 
     async def append_commit(self, commit: Commit) -> Receipt:
         encoded = self.encode(commit)
@@ -305,7 +322,9 @@ class MemoryEventLog:
     async def beat(self, subject: str, data: bytes) -> None:
         self.heartbeats[subject] = bytes(data)
 
-    async def publish_deadletter(self, sequence: int, subject: str, reason: str, data: bytes) -> None:
+    async def publish_deadletter(
+        self, sequence: int, subject: str, reason: str, data: bytes
+    ) -> None:
         self.deadletters.append((sequence, subject, reason, bytes(data)))
 
     # -- reading -----------------------------------------------------------
@@ -344,9 +363,14 @@ class MemoryEventLog:
         return [commit async for commit in self.read(subject)]
 
     def follow(
-        self, subject_filter: str | None = None, *, start: int = 1, buffer_limit: int | None = None
+        self,
+        subject_filter: str | None = None,
+        *,
+        start: int = 1,
+        buffer_limit: int | None = None,
+        on_delivery: Callable[[Delivery], None] | None = None,
     ) -> _MemoryFollow:
-        return _MemoryFollow(self, subject_filter or self.subjects.all_events, start)
+        return _MemoryFollow(self, subject_filter or self.subjects.all_events, start, on_delivery)
 
     async def drain(
         self,

@@ -58,10 +58,14 @@ class Pipeline(Protocol):
 class Follow(Protocol):
     """A live, ordered read of the log: batches of deliveries, each sequence once.
 
+    ``delivered`` is the last sequence handed on.
+
     Use as ``async with log.follow(start=s) as batches: async for batch in
     batches:``. It goes on for ever (leave the block to stop), riding out
     reconnects: after one it resumes right after the last sequence delivered.
     """
+
+    delivered: int
 
     async def __aenter__(self) -> Follow: ...
 
@@ -145,10 +149,20 @@ class EventLog(Protocol):
         """Every commit of one entity subject, oldest first."""
 
     def follow(
-        self, subject_filter: str | None = None, *, start: int = 1, buffer_limit: int | None = None
+        self,
+        subject_filter: str | None = None,
+        *,
+        start: int = 1,
+        buffer_limit: int | None = None,
+        on_delivery: Callable[[Delivery], None] | None = None,
     ) -> Follow:
-        """A live read from ``start`` on: see ``Follow``. With ``buffer_limit``, a source
-        that pushes stops while that many deliveries wait to be taken."""
+        """A live read from ``start`` on: see ``Follow``.
+
+        With ``buffer_limit``, a source that pushes stops while that many
+        deliveries wait to be taken. With ``on_delivery``, each delivery is
+        handed to it on the event loop as it arrives (it must not block)
+        instead of being iterated: for fanning one follow out to many readers.
+        """
 
     async def drain(
         self,
@@ -175,5 +189,7 @@ class EventLog(Protocol):
     async def beat(self, subject: str, data: bytes) -> None:
         """Publish a heartbeat (only the latest per subject is kept); never waits for it."""
 
-    async def publish_deadletter(self, sequence: int, subject: str, reason: str, data: bytes) -> None:
+    async def publish_deadletter(
+        self, sequence: int, subject: str, reason: str, data: bytes
+    ) -> None:
         """Tell whoever listens that the commit at ``sequence`` was set aside, and why."""

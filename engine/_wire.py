@@ -172,7 +172,11 @@ class WireConsumer:
                     self._control(header, reply)
                     continue
                 deliveries.append(
-                    (delivery_sequence(reply.decode()), args[0].decode(), buffer[eol + 2 + header_size : stop])
+                    (
+                        delivery_sequence(reply.decode()),
+                        args[0].decode(),
+                        buffer[eol + 2 + header_size : stop],
+                    )
                 )
             elif op == b"MSG ":
                 args = buffer[position + 4 : eol].split(b" ")
@@ -181,7 +185,9 @@ class WireConsumer:
                 if stop + 2 > end:
                     break
                 reply = args[2] if len(args) == 4 else b""
-                deliveries.append((delivery_sequence(reply.decode()), args[0].decode(), buffer[eol + 2 : stop]))
+                deliveries.append(
+                    (delivery_sequence(reply.decode()), args[0].decode(), buffer[eol + 2 : stop])
+                )
                 position = stop + 2
             elif op == b"PING":
                 self._send(b"PONG" + _CRLF)

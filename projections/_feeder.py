@@ -33,7 +33,6 @@ reading: the feeder's next write fails and it exits.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import pickle
@@ -47,8 +46,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import nats.errors
-import nats.js.errors
 import structlog
 
 from runstate.engine._connection import open_nats
@@ -61,8 +58,6 @@ from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 from runstate.projections._store import ViewLoader, prepare_commit
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-
     from runstate.engine._events import Event
     from runstate.projections._store import PreparedCommit
     from runstate.projections._views import RunView, TaskView

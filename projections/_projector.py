@@ -30,9 +30,8 @@ import anyio.abc
 import anyio.lowlevel
 import structlog
 
-from runstate.engine._events import Event
 from runstate.engine._commits import Delivery
-from runstate.engine._names import Subjects
+from runstate.engine._events import Event
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout, Unavailable
 from runstate.projections._feeder import (
@@ -43,7 +42,7 @@ from runstate.projections._feeder import (
     encode_acknowledgement,
     encode_request,
 )
-from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache, ViewKey
+from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache
 from runstate.projections._reducers import FoldBatch
 from runstate.projections._store import ReadStore
 from runstate.projections._views import RunView, TaskView

@@ -11,7 +11,6 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from runstate.engine._jetstream import JetStreamEventLog
-from runstate.engine._typing import EventLog
 from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
@@ -70,7 +69,7 @@ async def serve_replica(
         projector = Projector(event_log, store, name=name, feeder=feeder, **options)
         if rebuild:
             await projector.rebuild()
-        service = QueryService(nc, settings, projector, event_log)
+        service = QueryService(projector, event_log, nc=nc)
         the_reaper = (
             Reaper(nc, Writer(event_log), timeout=settings.heartbeat_timeout) if reaper else None
         )

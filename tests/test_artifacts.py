@@ -12,17 +12,17 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from runstate.engine._jetstream import JetStreamBlobStore, JetStreamEventLog
 from runstate.engine import (
     ArtifactRecord,
     ArtifactsRecorded,
     ArtifactStore,
-    EventLog,
     Settings,
     Writer,
 )
 from runstate.engine._artifacts import encode_value
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine.errors import InvalidName, NotFound, UnsafeArtifact
 
 pytestmark = pytest.mark.anyio
@@ -139,8 +139,12 @@ async def test_saving_the_same_large_value_twice_stores_one_object(
 
 async def test_untrusted_pickle_is_refused(nc: NATS, settings: Settings) -> None:
     """With trust_pickles=False a pickled artifact raises UnsafeArtifact; JSON still loads."""
-    record = await ArtifactStore(JetStreamBlobStore(nc, settings), settings).record("model", Model("m", (1.0,)))
-    cautious = ArtifactStore(JetStreamBlobStore(nc, settings), settings.replace(trust_pickles=False))
+    record = await ArtifactStore(JetStreamBlobStore(nc, settings), settings).record(
+        "model", Model("m", (1.0,))
+    )
+    cautious = ArtifactStore(
+        JetStreamBlobStore(nc, settings), settings.replace(trust_pickles=False)
+    )
 
     with pytest.raises(UnsafeArtifact, match="trust_pickles"):
         await cautious.load(record)

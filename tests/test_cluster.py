@@ -9,7 +9,6 @@ from pathlib import Path
 import anyio
 import pytest
 
-from runstate.engine._jetstream import JetStreamEventLog
 from runstate.client import connect
 from runstate.engine import JetStreamEventLog, Settings, Writer, open_nats, provision
 from runstate.engine._server import NatsCluster

@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runstate.engine._commits import CommitEncoder
-from runstate.engine._names import Subjects
 from runstate.engine._events import (
     CURRENT_VERSION,
     ArtifactRecord,
@@ -44,7 +43,7 @@ from runstate.engine._events import (
     register_upcaster,
     unregister_upcaster,
 )
-from runstate.engine._typing import EventLog
+from runstate.engine._names import Subjects
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import InvalidEvent
 

@@ -15,8 +15,14 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
-from runstate.engine._jetstream import JetStreamEventLog
-from runstate.engine import Commit, EventLog, JetStreamEventLog, MetadataEntry, MetadataRecorded, Settings
+from runstate.engine import (
+    Commit,
+    EventLog,
+    JetStreamEventLog,
+    MetadataEntry,
+    MetadataRecorded,
+    Settings,
+)
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._events import MetadataRecordedPayload
 from runstate.engine._server import NatsServer, find_nats_server

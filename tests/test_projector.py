@@ -19,10 +19,8 @@ import anyio
 import orjson
 import pytest
 
-from runstate.engine._jetstream import JetStreamEventLog
 from runstate.client import connect
 from runstate.engine import (
-    EventLog,
     RunCreated,
     RunStateChanged,
     Settings,
@@ -39,6 +37,7 @@ from runstate.engine._events import (
     TaskAttemptStatePayload,
     TaskCreatedPayload,
 )
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
 from runstate.projections import Projector, ReadStore, serve_replica
@@ -512,7 +511,9 @@ async def test_a_server_killed_in_the_middle_of_a_feed_loses_nothing(
     store = ReadStore(tmp_path / "fed.sqlite3")
     try:
         async with anyio.create_task_group() as tg:
-            projector = Projector(JetStreamEventLog(nc, settings), store, feeder=_FEEDER, feed_from=1, batch_size=50)
+            projector = Projector(
+                JetStreamEventLog(nc, settings), store, feeder=_FEEDER, feed_from=1, batch_size=50
+            )
             tg.start_soon(projector.run)
             with anyio.fail_after(30):
                 while projector.applied == 0:  # noqa: ASYNC110 - polls its progress

@@ -13,8 +13,7 @@ from typing import Any
 
 import anyio
 
-from runstate.engine._jetstream import JetStreamEventLog
-from runstate.client._bench._events import _append_all, _EventFactory, _log_commits
+from runstate.client._bench._events import _append_all, _log_commits
 from runstate.client._bench._harness import (
     _child,
     _client,
@@ -29,8 +28,10 @@ from runstate.client._bench._harness import (
 from runstate.client._bench._params import BenchParams
 from runstate.client._bench._report import Figure, Report, Target, _ms
 from runstate.engine._connection import open_nats
-from runstate.engine._typing import EventLog
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._settings import Settings
+from runstate.engine._typing import EventLog
+from runstate.engine.testing import EventFactory
 
 
 async def _catch_up(
@@ -44,8 +45,8 @@ async def _catch_up(
     import gc
 
     from runstate.projections._feeder import feeder_command
-    from runstate.projections._projector import Projector
     from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
+    from runstate.projections._projector import Projector
     from runstate.projections._store import ReadStore
 
     thresholds = gc.get_threshold()
@@ -53,7 +54,9 @@ async def _catch_up(
     store = ReadStore(store_path)
     try:
         async with _connection(place) as nc, anyio.create_task_group() as tg:
-            projector = Projector(JetStreamEventLog(nc, place.settings()), store, feeder=feeder_command())
+            projector = Projector(
+                JetStreamEventLog(nc, place.settings()), store, feeder=feeder_command()
+            )
             started = time.perf_counter()
             tg.start_soon(keep_heap_frozen)
             tg.start_soon(projector.run)
@@ -91,7 +94,7 @@ _LOAD_FIRST_RUN = 2_000_000
 def _load_commits(user: str, rate: int, seconds: float, tasks: int) -> list[list[Any]]:
     """The load's commits, built before the clock starts (workers are other machines'
     processes: building their events is not the system's work)."""
-    factory = _EventFactory(user)
+    factory = EventFactory(user)
     count = int(rate * seconds * 1.2) + 1000
     return list(itertools.islice(_log_commits(factory, tasks, 1, first_run=_LOAD_FIRST_RUN), count))
 
@@ -169,7 +172,7 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
     ):
         log = client.log
         probe_source = _log_commits(
-            _EventFactory(client.settings.user), p.tasks, 1, first_run=_PROBE_FIRST_RUN
+            EventFactory(client.settings.user), p.tasks, 1, first_run=_PROBE_FIRST_RUN
         )
         first = next(probe_source)
         receipt = await log.append(first)
@@ -228,7 +231,7 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
     async with _connection(place) as nc:
         report.server_version = _server_version(nc)
         log = JetStreamEventLog(nc, place.settings())
-        factory = _EventFactory(place.settings().user)
+        factory = EventFactory(place.settings().user)
         _say(f"projection: writing a log of {p.events:,} events")
         started = time.perf_counter()
         events, commits, last = await _append_all(
