@@ -23,7 +23,7 @@ from runstate.client._pages import Page as Page
 from runstate.client._watch import Change as Change
 from runstate.client._watch import EventRecord as EventRecord
 from runstate.client._watch import Subscription as Subscription
-from runstate.engine._log import Receipt as Receipt
+from runstate.engine._commits import Receipt as Receipt
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
 from runstate.engine._worker import RunHandle as RunHandle

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from runstate.engine._commits import Receipt
 from runstate.engine._events import ArtifactRecord, ExceptionInfo, ForeachFrame
-from runstate.engine._log import Receipt
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
 from runstate.projections._queries import FlowSummary

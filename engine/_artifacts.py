@@ -7,13 +7,12 @@ import hashlib
 import pickle
 from typing import Any
 
-import nats.js.errors
 import orjson
-from nats.aio.client import Client as NATS
 
 from runstate.engine._events import ArtifactRecord
-from runstate.engine._names import Subjects, check_artifact_name
+from runstate.engine._names import check_artifact_name
 from runstate.engine._settings import Settings
+from runstate.engine._typing import BlobStore
 from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
 
 __all__ = ["ArtifactStore", "encode_value"]
@@ -47,20 +46,13 @@ class ArtifactStore:
     """Puts artifact values where they belong and loads them back.
 
     Values up to ``settings.inline_artifact_limit`` bytes travel inside the
-    event; larger ones go to the ``<prefix>_blobs`` object store under their
-    sha256, so equal values are stored once.
+    event; larger ones go to the blob store (JetStream's ``<prefix>_blobs``
+    object store) under their sha256, so equal values are stored once.
     """
 
-    def __init__(self, nc: NATS, settings: Settings) -> None:
-        self._nc = nc
+    def __init__(self, blobs: BlobStore, settings: Settings) -> None:
+        self._blobs = blobs
         self._settings = settings
-        self._bucket = Subjects(settings.prefix).blobs_bucket
-        self._store: Any = None
-
-    async def _object_store(self) -> Any:
-        if self._store is None:
-            self._store = await self._nc.jetstream().object_store(self._bucket)
-        return self._store
 
     async def record(self, name: str, value: Any) -> ArtifactRecord:
         """Encode ``value`` and return the record to put in an ``ArtifactsRecorded`` event."""
@@ -70,11 +62,7 @@ class ArtifactStore:
         if len(data) <= self._settings.inline_artifact_limit:
             inline: Any = value if codec == "json" else base64.b64encode(data).decode("ascii")
             return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, inline=inline)
-        store = await self._object_store()
-        try:
-            await store.get_info(sha)
-        except nats.js.errors.ObjectNotFoundError:
-            await store.put(sha, data)
+        await self._blobs.put(sha, data)
         return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, ref=sha)
 
     async def load_bytes(self, record: ArtifactRecord) -> bytes:
@@ -83,15 +71,10 @@ class ArtifactStore:
             if record.codec == "json":
                 return orjson.dumps(record.inline)
             return base64.b64decode(str(record.inline))
-        store = await self._object_store()
         try:
-            result = await store.get(record.ref)
-        except nats.js.errors.ObjectNotFoundError:
-            raise NotFound(
-                f"artifact {record.name}: blob {record.ref} is missing from {self._bucket}"
-            ) from None
-        data: bytes = result.data
-        return data
+            return await self._blobs.get(record.ref)
+        except NotFound as exc:
+            raise NotFound(f"artifact {record.name}: {exc.message}") from None
 
     async def load(self, record: ArtifactRecord) -> Any:
         """The artifact's Python value; pickles only if ``settings.trust_pickles``."""

@@ -8,6 +8,7 @@
     ├── PayloadTooLarge        a commit or artifact is over the configured limit
     ├── IllegalTransition      a state change the state machine does not allow
     ├── ConflictError          someone else appended to the entity first
+    ├── IdempotencyKeyReused   an idempotency key repeated with other parameters
     ├── NotFound               no object at that pathspec
     ├── NotInNamespace         the object exists but is outside the current namespace
     ├── BadFilter              a list query with an unknown field, operator or value
@@ -33,6 +34,7 @@ __all__ = [
     "BadFilter",
     "ConfigurationError",
     "ConflictError",
+    "IdempotencyKeyReused",
     "IllegalTransition",
     "InvalidEvent",
     "InvalidName",
@@ -121,6 +123,16 @@ class ConflictError(RunstateError):
         self.current_version = current_version
 
 
+class IdempotencyKeyReused(RunstateError):
+    """A run was created with this idempotency key before, with other parameters.
+
+    A key stands for one request (Prefect's rule): repeat it unchanged to get
+    the same run, or use a new key for new parameters.
+    """
+
+    code = "idempotency_key_reused"
+
+
 class NotFound(RunstateError, LookupError):
     """There is no object at that pathspec (yet)."""
 
@@ -191,6 +203,7 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         JetStreamDisabled,
         UnsafeArtifact,
         ConfigurationError,
+        IdempotencyKeyReused,
     )
 }
 

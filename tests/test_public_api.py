@@ -79,10 +79,11 @@ def test_packages_reexport_their_public_names_from_private_modules() -> None:
     import runstate.client as client
     import runstate.client._objects as objects
     import runstate.engine as engine
-    import runstate.engine._log as log
+    import runstate.engine._commits as commits
+    import runstate.engine._typing as typing
 
     assert client.Run is objects.Run and client.Flow is objects.Flow
-    assert engine.EventLog is log.EventLog and client.Receipt is log.Receipt
+    assert engine.EventLog is typing.EventLog and client.Receipt is commits.Receipt
 
 
 def _module(name: str) -> ModuleType:

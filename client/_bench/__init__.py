@@ -30,7 +30,6 @@ samples reach (the 5th percentile): the slow tail, like a latency's p95.
 from runstate.client._bench._command import BENCHMARKS as BENCHMARKS
 from runstate.client._bench._command import bench as bench
 from runstate.client._bench._command import run_benchmarks as run_benchmarks
-from runstate.client._bench._events import _EventFactory as _EventFactory
 from runstate.client._bench._params import BenchParams as BenchParams
 from runstate.client._bench._report import Figure as Figure
 from runstate.client._bench._report import Report as Report

@@ -21,8 +21,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client as NATS
 
 from runstate.client._bench._params import ProjectorMode
+from runstate.engine._commits import new_commit_id
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._log import new_commit_id
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Timeout
