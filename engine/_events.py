@@ -361,6 +361,10 @@ Event: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 
+#: the event types with JSON fields (parameters, inline artifact values, environment
+#: info): the only ones that can hold a float, so a NaN or an infinity
+_CARRIES_JSON: frozenset[type[_Envelope]] = frozenset({RunCreated, TaskCreated, ArtifactsRecorded})
+
 EVENT_TYPES: dict[str, type[_Envelope]] = {
     cls.model_fields["type"].default: cls
     for cls in (
@@ -464,9 +468,19 @@ def encode_commit(events: Sequence[Event]) -> bytes:
                 _refuse_naive(event)
             parts.append(event.__pydantic_serializer__.to_json(event))
         data = b"[" + b",".join(parts) + b"]"
-    if b"NaN" in data or b"Infinity" in data:
-        _refuse_nonfinite(batch, data)
+    # Only JSON fields can hold a float; searching the bytes of every transition would
+    # cost more than serialising it.
+    for event in batch:
+        if type(event) in _CARRIES_JSON:
+            if _has_nonfinite_token(data):
+                _refuse_nonfinite(batch, data)
+            break
     return data
+
+
+def _has_nonfinite_token(data: bytes) -> bool:
+    """Whether ``data`` may hold ``NaN``/``Infinity`` (or they are only inside strings)."""
+    return b"NaN" in data or b"Infinity" in data
 
 
 def _refuse_naive(event: Event) -> None:
@@ -522,13 +536,18 @@ def decode_commit(data: bytes) -> list[Event]:
         except ValidationError:
             pass
         else:
-            # pydantic's parser takes NaN and Infinity, which JSON has not: orjson refuses them
-            if events and b"NaN" not in data and b"Infinity" not in data:
+            if events:
+                carries_json = False
                 for event in events:  # a loop: cheaper than all() over a generator here
                     if event.schema_version != 1:
                         break
+                    if type(event) in _CARRIES_JSON:
+                        carries_json = True
                 else:
-                    return events
+                    # pydantic's parser takes the tokens NaN and Infinity, which JSON has
+                    # not: a commit that holds them goes to orjson below, which refuses them
+                    if not carries_json or not _has_nonfinite_token(data):
+                        return events
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
