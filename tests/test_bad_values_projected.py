@@ -83,3 +83,28 @@ async def test_a_naive_time_from_a_foreign_writer_is_set_aside_and_reads_still_w
                 assert letter.headers is not None
         finally:
             await nc.close()
+
+
+async def test_the_worker_api_raises_invalid_event_for_bad_values(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """create_run with NaN or a set, save(lambda) or a 10,000-deep list: InvalidEvent, no crash."""
+    deep: list[object] = []
+    for _ in range(10_000):
+        deep = [deep]
+    async with connect(nats_url, projector=True, data_dir=tmp_path) as client:
+        for parameters in ({"x": float("nan")}, {"x": [1.0, float("-inf")]}, {"x": {1, 2}}):
+            with pytest.raises(InvalidEvent, match=r"parameters\.x"):
+                await client.create_run("Bad", parameters=parameters)
+        with pytest.raises(InvalidEvent, match=r"parameters\.x\[0\]"):
+            await client.create_run("Bad", parameters={"x": deep})
+        run = await client.create_run("Bad")
+        task = await run.create_task("start", start=True)
+        with pytest.raises(InvalidEvent, match="artifact fn is neither"):
+            await task.save(fn=lambda: 1)
+        with pytest.raises(InvalidEvent, match="artifact deep is neither"):
+            await task.save(deep=deep)
+        await task.save(loss=float("inf"), curve=[1.0, float("nan")])
+        await task.complete()
+        view = await client.task(task.pathspec, after=task.receipt)
+        assert {a.id: a.codec for a in view.artifacts} == {"loss": "pickle", "curve": "pickle"}
