@@ -119,9 +119,6 @@ class _Model(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             error = exc.errors()[0]
-            cause = error.get("ctx", {}).get("error")
-            if isinstance(cause, InvalidEvent):
-                raise cause from None
             raise InvalidEvent(f"invalid {type(self).__name__}: {_explain(error)}") from None
 
     # Validation from JSON (decode_commit) must not call this __init__: it would
