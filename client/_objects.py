@@ -441,8 +441,13 @@ class Task(_Object):
 
     @property
     def metadata_dict(self) -> dict[str, str]:
-        """The latest value of each metadata name."""
-        return self.view.metadata_dict
+        """This attempt's metadata by name, as Metaflow's: ``metadata_dict["attempt"]``.
+
+        Holds ``attempt``, ``runtime``, ``started_at``, ``finished_at`` and
+        ``attempt_ok`` for every task (derived from its state; see
+        ``TaskView.metadata_of``), then what the worker recorded for this attempt.
+        """
+        return self.view.metadata_of(self._attempt)
 
     @property
     def parent_task_pathspecs(self) -> list[str]:

@@ -13,33 +13,33 @@ from runstate.engine._events import ArtifactRecord
 from runstate.engine._names import check_artifact_name
 from runstate.engine._settings import Settings
 from runstate.engine._typing import BlobStore
-from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
+from runstate.engine._values import json_fault
+from runstate.engine.errors import InvalidEvent, NotFound, RunstateError, UnsafeArtifact
 
 __all__ = ["ArtifactStore", "encode_value"]
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
 
+def encode_value(value: Any, name: str = "value") -> tuple[str, bytes]:
+    """Return ``(codec, bytes)``: JSON for JSON values, pickle for anything else.
 
-def _is_plain_json(value: Any, depth: int = 0) -> bool:
-    """True if ``value`` survives a JSON round trip unchanged (no tuples, sets, objects)."""
-    if depth > 64:
-        return False
-    if isinstance(value, _JSON_SCALARS):
-        return not (isinstance(value, float) and value != value)  # NaN is not JSON
-    if type(value) is list:
-        return all(_is_plain_json(item, depth + 1) for item in value)
-    if type(value) is dict:
-        return all(
-            type(key) is str and _is_plain_json(item, depth + 1) for key, item in value.items()
-        )
-    return False
-
-
-def encode_value(value: Any) -> tuple[str, bytes]:
-    """Return ``(codec, bytes)``: JSON for plain JSON values, pickle for anything else."""
-    if _is_plain_json(value):
-        return "json", orjson.dumps(value)
-    return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    A JSON value is what ``check_json_value`` accepts; anything else (a tuple,
+    a set, an object, a NaN or infinite float, which JSON cannot hold) is
+    pickled, so it loads back exactly. Raises ``InvalidEvent`` (naming
+    ``name``) for a value that can be neither (a lambda, a list nested
+    10,000 deep).
+    """
+    if json_fault(value, name) is None:
+        try:
+            return "json", orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass  # an int beyond 64 bits: pickle keeps it exact
+    try:
+        return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, but also AttributeError, TypeError, RecursionError
+        raise InvalidEvent(
+            f"artifact {name} is neither a JSON value nor picklable "
+            f"({type(exc).__name__}: {exc}); save data, not a lambda, a generator or a handle"
+        ) from None
 
 
 class ArtifactStore:
@@ -57,7 +57,7 @@ class ArtifactStore:
     async def record(self, name: str, value: Any) -> ArtifactRecord:
         """Encode ``value`` and return the record to put in an ``ArtifactsRecorded`` event."""
         check_artifact_name(name)
-        codec, data = encode_value(value)
+        codec, data = encode_value(value, name)
         sha = hashlib.sha256(data).hexdigest()
         if len(data) <= self._settings.inline_artifact_limit:
             inline: Any = value if codec == "json" else base64.b64encode(data).decode("ascii")
