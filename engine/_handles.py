@@ -55,6 +55,7 @@ from runstate.engine._states import (
     check_run_transition,
     check_task_transition,
 )
+from runstate.engine._values import check_json_value
 from runstate.engine.errors import (
     ConflictError,
     InvalidName,
@@ -267,6 +268,7 @@ class RunHandle:
         """
         check_step_name(step)
         given = check_id(task_id, "task id") if task_id is not None else None
+        check_json_value(dict(environment_info or {}), "environment_info")
         parents = list(parents)
         self._check_parents(parents)
         while True:
@@ -588,6 +590,8 @@ class TaskHandle:
         """Record metadata of the current attempt: ``await task.record_metadata(runtime="k8s")``."""
         if not entries:
             raise ValueError("record_metadata() needs at least one name=value")
+        for name, value in entries.items():
+            check_json_value(value, f"metadata {name}")
         items = [
             MetadataEntry(
                 name=name,

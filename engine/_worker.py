@@ -40,9 +40,11 @@ from runstate.engine._states import (
     check_run_transition,
 )
 from runstate.engine._typing import EventLog
+from runstate.engine._values import check_json_value
 from runstate.engine.errors import (
     ConflictError,
     IdempotencyKeyReused,
+    InvalidEvent,
     NotFound,
 )
 
@@ -94,6 +96,12 @@ class Writer:
         check_flow_name(flow)
         check_run_transition(f"{flow}/(new)", None, state)
         given = check_id(run_id, "run id") if run_id is not None else None
+        # every value checked before a run id is taken
+        check_json_value(dict(parameters or {}), "parameters")
+        if scheduled_at is not None and scheduled_at.tzinfo is None:
+            raise InvalidEvent(
+                "scheduled_at has no timezone; use an aware datetime, e.g. datetime.now(UTC)"
+            )
         who = user or self.user
         payload = dict(
             flow=flow,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import anyio
@@ -31,6 +32,7 @@ from runstate.engine.errors import (
     ConflictError,
     IdempotencyKeyReused,
     IllegalTransition,
+    InvalidEvent,
     InvalidName,
     NotFound,
     PayloadTooLarge,
@@ -585,3 +587,22 @@ async def test_a_parent_task_from_another_run_is_refused_at_write_time(
     assert await log.stream_last_sequence() == before
     child = await one.create_task("train", parents=[parent])
     assert child.pathspec == "Train/1/train/2"
+
+
+async def test_bad_values_are_refused_before_any_id_is_taken(writer: Writer, log: EventLog) -> None:
+    """NaN parameters, a naive schedule, bad environment info or NaN metadata raise
+    InvalidEvent with nothing appended and no id consumed."""
+    with pytest.raises(InvalidEvent, match=r"parameters\.x"):
+        await writer.create_run("Train", parameters={"x": float("nan")})
+    with pytest.raises(InvalidEvent, match="timezone"):
+        await writer.create_run("Train", scheduled_at=datetime(2026, 1, 1))
+    run = await writer.create_run("Train")
+    assert run.id == "1"
+    with pytest.raises(InvalidEvent, match="environment_info"):
+        await run.create_task("train", environment_info={"gpu": float("inf")})
+    task = await run.create_task("train", start=True)
+    assert task.id == "1"
+    before = await log.stream_last_sequence()
+    with pytest.raises(InvalidEvent, match="metadata x"):
+        await task.record_metadata(x=float("nan"))
+    assert await log.stream_last_sequence() == before
