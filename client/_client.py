@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import nats.errors
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
 from runstate.client import _namespace
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._log import EventLog, Receipt
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "connect"]
 
-log = structlog.get_logger("runstate.client")
+log = get_logger("runstate.client")
 
 After = int | Receipt | None
 

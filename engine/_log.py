@@ -26,7 +26,6 @@ import anyio
 import nats.errors
 import nats.js.errors
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
@@ -34,6 +33,7 @@ from nats.nuid import NUID
 
 from runstate.engine._connection import transient_api_error
 from runstate.engine._events import Event, decode_commit, encode_commit
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Pathspec, Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -47,7 +47,7 @@ from runstate.engine.errors import (
 
 __all__ = ["Commit", "EventLog", "Receipt", "StoredCommit"]
 
-log = structlog.get_logger("runstate.log")
+log = get_logger("runstate.log")
 
 
 def header(msg: Msg | RawStreamMsg, name: str) -> str | None:

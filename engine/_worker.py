@@ -26,7 +26,6 @@ from typing import Any
 import anyio
 import nats.js.errors
 import orjson
-import structlog
 
 from runstate.engine._artifacts import ArtifactStore
 from runstate.engine._events import (
@@ -57,6 +56,7 @@ from runstate.engine._events import (
     utcnow,
 )
 from runstate.engine._log import Commit, EventLog, Receipt, StoredCommit
+from runstate.engine._logging import get_logger
 from runstate.engine._names import (
     Pathspec,
     check_flow_name,
@@ -74,7 +74,7 @@ from runstate.engine.errors import ConflictError, InvalidName, NotFound
 
 __all__ = ["RunHandle", "TaskHandle", "Writer"]
 
-log = structlog.get_logger("runstate.worker")
+log = get_logger("runstate.worker")
 
 # What a task's transitions are made from (see TaskHandle.transition): its fields are replaced
 _TRANSITION = TaskAttemptStateChanged(

@@ -16,6 +16,7 @@
     ├── ServerTooOld           the NATS server lacks features runstate needs
     ├── JetStreamDisabled      the NATS server runs without JetStream
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
+    ├── StoreInUse             another replica holds the read store file
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -42,6 +43,7 @@ __all__ = [
     "PayloadTooLarge",
     "RunstateError",
     "ServerTooOld",
+    "StoreInUse",
     "Timeout",
     "Unavailable",
     "UnsafeArtifact",
@@ -169,6 +171,12 @@ class UnsafeArtifact(RunstateError):
     code = "unsafe_artifact"
 
 
+class StoreInUse(RunstateError):
+    """Another replica holds the read store file; give each replica its own store."""
+
+    code = "store_in_use"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -190,6 +198,7 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         ServerTooOld,
         JetStreamDisabled,
         UnsafeArtifact,
+        StoreInUse,
         ConfigurationError,
     )
 }

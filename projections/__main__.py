@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
 from runstate.projections._runner import serve_replica
 
@@ -53,6 +54,7 @@ def main() -> None:
         help="events behind from which a catch-up goes through a feeder process (50,000)",
     )
     args = parser.parse_args()
+    configure_logging()  # an entry point: RUNSTATE_LOG_LEVEL, else info
     try:
         anyio.run(
             _main,

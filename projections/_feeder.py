@@ -49,9 +49,9 @@ import anyio
 import anyio.abc
 import nats.errors
 import nats.js.errors
-import structlog
 
 from runstate.engine._connection import _tls_context
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
@@ -78,7 +78,7 @@ __all__ = [
     "feeder_command",
 ]
 
-log = structlog.get_logger("runstate.feeder")
+log = get_logger("runstate.feeder")
 
 #: stream sequence, subject length, data length
 _HEADER = struct.Struct(">QHI")

@@ -30,12 +30,12 @@ import anyio.abc
 import anyio.lowlevel
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
@@ -53,7 +53,7 @@ from runstate.projections._views import RunView, TaskView
 
 __all__ = ["CommitDecoder", "FoldPlan", "Projector"]
 
-log = structlog.get_logger("runstate.projector")
+log = get_logger("runstate.projector")
 
 ViewKey = tuple[str, str]
 

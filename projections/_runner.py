@@ -9,10 +9,10 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import structlog
 from nats.aio.client import Client as NATS
 
 from runstate.engine._log import EventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
@@ -23,7 +23,7 @@ from runstate.projections._store import ReadStore
 
 __all__ = ["Replica", "keep_heap_frozen", "serve_replica", "tune_gc_for_projection"]
 
-log = structlog.get_logger("runstate.replica")
+log = get_logger("runstate.replica")
 
 
 #: how often what survived is moved out of the collector's generations (seconds)

@@ -29,9 +29,9 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from runstate.client import connect
-from runstate.client._cli import cli
-from runstate.client._render import LiveBoard
 from runstate.client._watch import Change
+from runstate.client.cli import cli
+from runstate.client.cli._render import LiveBoard
 from runstate.engine._events import (
     ForeachFrame,
     RunCreated,
@@ -50,7 +50,7 @@ from runstate.projections._views import RunView
 
 pytestmark = pytest.mark.anyio  # for the async tests; the others ignore it
 
-RUNSTATE = [sys.executable, "-m", "runstate.client._cli"]
+RUNSTATE = [sys.executable, "-m", "runstate.client.cli"]
 
 
 def _env() -> dict[str, str]:

@@ -38,14 +38,15 @@ from rich.live import Live
 from rich.text import Text
 
 from runstate.client._client import Client, connect
-from runstate.client._render import LiveBoard, counts_text, state_text
 from runstate.client._watch import Change
+from runstate.client.cli._render import LiveBoard, counts_text, state_text
 from runstate.engine._events import RunStateChanged, TaskAttemptStateChanged
 from runstate.engine._server import EmbeddedHandle, ensure_embedded
 from runstate.engine._settings import Settings
 from runstate.engine._states import TaskState
 from runstate.engine._worker import TaskHandle
 from runstate.engine.errors import RunstateError, Unavailable
+from runstate.projections._lock import store_lock
 
 __all__ = ["DemoConfig", "DemoResult", "TinyModel", "run_demo"]
 
@@ -369,8 +370,6 @@ async def _demo_client(settings: Settings) -> AsyncIterator[tuple[Client, bool]]
             if not own:
                 yield client, False
                 return
-            from runstate.client._cli import store_lock
-
             store = settings.data_dir / "views.sqlite3"
             with store_lock(store):
                 async with anyio.create_task_group() as tg:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 
-from runstate.client._bench._params import FLOW
+from runstate.client.cli._bench._params import FLOW
 from runstate.engine._events import (
     ArtifactRecord,
     ArtifactsRecorded,

@@ -20,7 +20,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._params import ProjectorMode
+from runstate.client.cli._bench._params import ProjectorMode
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._log import new_commit_id
 from runstate.engine._names import Subjects
@@ -138,7 +138,7 @@ async def _child(
     ready_within: float,
     stop_within: float,
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
-    """``python -m runstate.client._bench ROLE ARGS...`` once it has printed ``ready``.
+    """``python -m runstate.client.cli._bench ROLE ARGS...`` once it has printed ``ready``.
 
     Yields the process and its stdout. Its stderr goes to ``<tmp>/<name>.stderr``
     and is shown if it does not start within ``ready_within`` seconds. On exit
@@ -148,7 +148,7 @@ async def _child(
     log_path = place.tmp / f"{name}.stderr"
     with log_path.open("wb") as errors:
         process = await anyio.open_process(
-            [sys.executable, "-m", "runstate.client._bench", role, *args],
+            [sys.executable, "-m", "runstate.client.cli._bench", role, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -197,7 +197,7 @@ async def _serve_replica(url: str, prefix: str, store: str) -> None:
 
 
 def _replica_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client._bench _replica URL PREFIX STORE``: serve until stdin closes."""
+    """``python -m runstate.client.cli._bench _replica URL PREFIX STORE``: serve; stop at EOF."""
     from runstate.engine._logging import configure_logging
 
     configure_logging("warning", force=True)
