@@ -40,6 +40,7 @@ from runstate.engine.errors import NotFound as NotFound
 from runstate.engine.errors import NotInNamespace as NotInNamespace
 from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
 from runstate.engine.errors import RunstateError as RunstateError
+from runstate.engine.errors import ServerAlreadyRunning as ServerAlreadyRunning
 from runstate.engine.errors import ServerTooOld as ServerTooOld
 from runstate.engine.errors import StoreInUse as StoreInUse
 from runstate.engine.errors import Timeout as Timeout
@@ -70,6 +71,7 @@ __all__ = [
     "RunHandle",
     "RunState",
     "RunstateError",
+    "ServerAlreadyRunning",
     "ServerTooOld",
     "Step",
     "StoreInUse",

@@ -17,6 +17,7 @@
     ├── JetStreamDisabled      the NATS server runs without JetStream
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
     ├── StoreInUse             another replica holds the read store file
+    ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -42,6 +43,7 @@ __all__ = [
     "NotInNamespace",
     "PayloadTooLarge",
     "RunstateError",
+    "ServerAlreadyRunning",
     "ServerTooOld",
     "StoreInUse",
     "Timeout",
@@ -177,6 +179,12 @@ class StoreInUse(RunstateError):
     code = "store_in_use"
 
 
+class ServerAlreadyRunning(RunstateError):
+    """The embedded server of the data directory runs already, started by another process."""
+
+    code = "server_already_running"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -199,6 +207,7 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         JetStreamDisabled,
         UnsafeArtifact,
         StoreInUse,
+        ServerAlreadyRunning,
         ConfigurationError,
     )
 }

@@ -1,4 +1,8 @@
-"""Run a projector replica: the projector, its query service and the heartbeat reaper."""
+"""Run a replica's parts: the projector, its query service and the heartbeat reaper.
+
+``Replica`` (``_replica``) runs them with everything they stand on (server,
+connection, store lock); ``serve_replica`` is the part that folds and answers.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
 from runstate.projections._store import ReadStore
 
-__all__ = ["Replica", "keep_heap_frozen", "serve_replica", "tune_gc_for_projection"]
+__all__ = ["ReplicaParts", "keep_heap_frozen", "serve_replica", "tune_gc_for_projection"]
 
 log = get_logger("runstate.replica")
 
@@ -78,7 +82,7 @@ async def keep_heap_frozen(
 
 
 @dataclass
-class Replica:
+class ReplicaParts:
     """The parts of a running replica, for callers that want to look inside."""
 
     projector: Projector
@@ -97,9 +101,9 @@ async def serve_replica(
     reaper: bool = True,
     dedicated: bool = False,
     feed_from: int | None = None,
-    task_status: anyio.abc.TaskStatus[Replica] = anyio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[ReplicaParts] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one replica until cancelled; ``task_status.started`` gets the ``Replica``.
+    """Run one replica until cancelled; ``task_status.started`` gets its parts.
 
     ``rebuild`` drops the store and folds the log again from sequence 1.
     ``dedicated``: this process exists for this replica, so the replica may
@@ -134,6 +138,6 @@ async def serve_replica(
             if the_reaper is not None:
                 tg.start_soon(the_reaper.run)
             log.info("replica.started", name=name, store=str(store_path), applied=projector.applied)
-            task_status.started(Replica(projector, service, the_reaper, store))
+            task_status.started(ReplicaParts(projector, service, the_reaper, store))
     finally:
         store.close()

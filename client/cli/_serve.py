@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
 import click
 
 from runstate.client.cli._app import (
-    CliError,
     configure_logs,
     current_options,
     global_options,
@@ -20,7 +17,7 @@ from runstate.client.cli._app import (
     stoppable,
 )
 from runstate.engine._settings import Settings
-from runstate.projections._lock import store_lock
+from runstate.projections._replica import Replica
 
 __all__ = ["projector", "server"]
 
@@ -35,66 +32,31 @@ async def _serve(
     own_server: bool,
 ) -> None:
     """Run the embedded server (without a URL) and a replica, until cancelled."""
-    from runstate.engine._connection import open_nats, provision
-    from runstate.engine._server import EmbeddedHandle, ensure_embedded
-    from runstate.projections._runner import serve_replica
-
-    embedded: EmbeddedHandle | None = None
-    if settings.nats_url is None:
-        with anyio.CancelScope(shield=True):
-            handle = await anyio.to_thread.run_sync(
-                functools.partial(ensure_embedded, settings.data_dir, port=port)
-            )
-        if own_server and not handle.owned:
-            raise CliError(
-                f"a runstate server already runs on {settings.data_dir} at {handle.url} "
-                f"(pid {handle.pid}); use it, or stop it first"
-            )
-        embedded = handle
-        settings = settings.replace(nats_url=handle.url)
-    if store is None:
-        # a second replica beside an embedded server's own gets its own file
-        attached = embedded is not None and not embedded.owned
-        store = settings.data_dir / (f"views-{name}.sqlite3" if attached else "views.sqlite3")
-    try:
-        with store_lock(store) if replica else contextlib.nullcontext():
-            nc = await open_nats(settings, name=f"runstate-{name}")
-            try:
-                await provision(nc, settings)
-                async with anyio.create_task_group() as tg:
-                    if replica:
-                        await tg.start(
-                            functools.partial(
-                                serve_replica,
-                                nc,
-                                settings,
-                                store,
-                                name=name,
-                                rebuild=rebuild,
-                                dedicated=True,  # this process exists for the replica
-                            )
-                        )
-                    _announce(settings, embedded, store if replica else None)
-                    await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await nc.close()
-    finally:
-        if embedded is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(embedded.stop)
+    async with Replica(
+        settings,
+        projector=replica,
+        store=store,
+        name=name,
+        rebuild=rebuild,
+        dedicated=True,  # this process exists for the replica
+        port=port,
+        own_server=own_server,
+        connection_name=f"runstate-{name}",
+    ) as running:
+        _announce(running)
+        await anyio.sleep_forever()
 
 
-def _announce(settings: Settings, embedded: Any, store: Path | None) -> None:
-    url = settings.nats_url
-    if embedded is not None and embedded.owned:
+def _announce(replica: Replica) -> None:
+    url = replica.url
+    if replica.owns_server:
         click.echo(f"runstate server ready: {url}")
-        click.echo(f"  data dir: {settings.data_dir}")
+        click.echo(f"  data dir: {replica.settings.data_dir}")
         click.echo(f"  connect:  export RUNSTATE_NATS_URL={url}")
     else:
         click.echo(f"runstate replica ready on {url}")
-    if store is not None:
-        click.echo(f"  projector store: {store}")
+    if replica.store_path is not None:
+        click.echo(f"  projector store: {replica.store_path}")
     else:
         click.echo("  no projector: run `runstate projector` to answer queries")
     click.echo("  stop with Ctrl-C")
@@ -119,7 +81,8 @@ def server(port: int | None, no_projector: bool) -> None:
     with its query service and heartbeat reaper. It prints the NATS URL and
     runs until Ctrl-C or SIGTERM, then stops the server. The data directory
     survives restarts: events are kept and the replica resumes from its
-    checkpoint. With --nats URL it runs only the replica, against that NATS.
+    checkpoint. With --nats URL it runs only the replica, against that NATS
+    (its store: as `runstate projector --name server` would have it).
 
     \b
     Example:
@@ -159,8 +122,8 @@ def server(port: int | None, no_projector: bool) -> None:
 @click.option(
     "--store",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The replica's SQLite read store. Default: <data-dir>/views.sqlite3 "
-    "(views-<name>.sqlite3 beside an embedded server another process runs).",
+    help="The replica's SQLite read store. Default: <data-dir>/views.sqlite3 when it starts "
+    "the embedded server, else <data-dir>/replicas/<name>-<prefix>-<stream id>.sqlite3.",
 )
 @click.option(
     "--name", default="projector", show_default=True, help="The replica's name in logs and status."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from runstate.engine._log import new_commit_id
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Timeout
+from runstate.projections._replica import Replica
 
 
 def _server_version(nc: NATS) -> str:
@@ -113,16 +113,8 @@ async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> A
     """
     store = place.tmp / f"{name}.sqlite3"
     if mode == "inprocess":
-        from runstate.projections._runner import serve_replica
-
-        async with _connection(place) as nc, anyio.create_task_group() as tg:
-            await tg.start(
-                functools.partial(serve_replica, nc, place.settings(), store, reaper=False)
-            )
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        async with Replica(place.settings(), store=store, reaper=False):
+            yield
         return
     # the replica exits when its stdin closes
     async with _child(place, "_replica", [place.url, place.prefix, str(store)], name, 60, 10):
@@ -178,22 +170,10 @@ async def _child(
 
 
 async def _serve_replica(url: str, prefix: str, store: str) -> None:
-    from runstate.projections._runner import serve_replica
-
     settings = Settings(nats_url=url, prefix=prefix, data_dir=Path(store).parent)
-    nc = await open_nats(settings)
-    try:
-        await provision(nc, settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(
-                functools.partial(serve_replica, nc, settings, store, reaper=False, dedicated=True)
-            )
-            print("ready", flush=True)
-            await anyio.to_thread.run_sync(sys.stdin.buffer.read)
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await nc.close()
+    async with Replica(settings, store=store, reaper=False, dedicated=True):
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.buffer.read)
 
 
 def _replica_main(argv: Sequence[str]) -> None:
