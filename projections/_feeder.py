@@ -368,7 +368,7 @@ class _Output:
 async def _feed(request: FeedRequest) -> None:
     """Write the frames and marks of sequences ``start``..``stop`` to stdout, in order."""
     from runstate.engine._connection import open_nats
-    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
+    from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 
     settings = request.settings
     subjects = Subjects(settings.prefix)

@@ -43,8 +43,8 @@ async def _catch_up(
     import gc
 
     from runstate.projections._feeder import feeder_command
+    from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._projector import Projector
-    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._store import ReadStore
 
     thresholds = gc.get_threshold()
