@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -12,15 +11,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
 from runstate.client import _namespace
 from runstate.client._queries import NatsQueries, Queries
 from runstate.engine._commits import Receipt
-from runstate.engine._connection import open_nats, provision
 from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
@@ -28,6 +26,7 @@ from runstate.engine._typing import EventLog
 from runstate.engine._worker import RunHandle, Writer
 from runstate.engine.errors import NotFound
 from runstate.projections._queries import Page as ViewPage
+from runstate.projections._replica import Replica
 from runstate.projections._views import RunView, TaskView
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "connect"]
 
-log = structlog.get_logger("runstate.client")
+log = get_logger("runstate.client")
 
 After = int | Receipt | None
 
@@ -419,7 +418,10 @@ async def connect(
     neither it starts (or joins) the embedded nats-server on ``data_dir``
     and, when it started the server, runs a projector replica in-process,
     so a script or notebook works with no set-up. ``projector=True`` forces
-    an in-process replica, ``False`` forbids one.
+    an in-process replica, ``False`` forbids one. The replica (a
+    ``runstate.projections.Replica`` named ``client``) keeps its read store
+    under ``data_dir`` and holds its lock: ``StoreInUse`` when another
+    replica holds it.
     """
     base = settings or Settings.from_env(
         nats_url=url,
@@ -441,61 +443,18 @@ async def connect(
 
 @asynccontextmanager
 async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Client]:
-    from runstate.engine._server import ensure_embedded
-
-    embedded = None
-    if settings.nats_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        embedded = await anyio.to_thread.run_sync(ensure_embedded, settings.data_dir)
-        settings = settings.replace(nats_url=embedded.url)
-    try:
-        nc = await open_nats(settings)
-        try:
-            await provision(nc, settings)
-            client = Client(
-                JetStreamEventLog(nc, settings), NatsQueries(nc, Subjects(settings.prefix)), nc=nc
-            )
-            run_replica = projector if projector is not None else bool(embedded and embedded.owned)
-            if run_replica:
-                from runstate.projections._runner import serve_replica
-
-                if embedded is not None:
-                    # Whoever owns the embedded server owns this store too (the server lock).
-                    store = settings.data_dir / "views.sqlite3"
-                else:
-                    store = await _replica_store(nc, settings)
-                async with anyio.create_task_group() as tg:
-                    replica = await tg.start(serve_replica, nc, settings, store)
-                    # Let the first reads of this process see what earlier ones wrote.
-                    caught_up = await client.log.stream_last_sequence()
-                    with anyio.move_on_after(max(settings.request_timeout, 30.0)):
-                        await replica.projector.wait_for(caught_up, timeout=math.inf)
-                    try:
-                        yield client
-                    finally:
-                        tg.cancel_scope.cancel()
-            else:
-                yield client
-        finally:
-            with anyio.CancelScope(shield=True):
-                await nc.close()
-    finally:
-        if embedded is not None:
-            await anyio.to_thread.run_sync(embedded.stop)
-
-
-async def _replica_store(nc: NATS, settings: Settings) -> Path:
-    """The read store of an in-process replica of the server at ``settings.nats_url``.
-
-    One file per events stream, named after the stream's creation time: a
-    store must never resume from a checkpoint taken on another server (the
-    data directory is shared by every server a user connects to), or on a
-    stream that has since been deleted and made again.
-    """
-    info = await nc.jetstream().stream_info(Subjects(settings.prefix).events_stream)
-    created = info.created.isoformat() if info.created is not None else settings.nats_url
-    digest = hashlib.sha256(f"{settings.prefix}|{created}".encode()).hexdigest()[:16]
-    return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"
+    async with Replica(settings, projector=projector, name="client") as replica:
+        client = Client(
+            JetStreamEventLog(replica.nc, replica.settings),
+            NatsQueries(replica.nc, Subjects(replica.settings.prefix)),
+            nc=replica.nc,
+        )
+        if replica.projector is not None:
+            # Let the first reads of this process see what earlier ones wrote.
+            caught_up = await client.log.stream_last_sequence()
+            with anyio.move_on_after(max(replica.settings.request_timeout, 30.0)):
+                await replica.projector.wait_for(caught_up, timeout=math.inf)
+        yield client
 
 
 _V = TypeVar("_V", RunView, TaskView)

@@ -81,5 +81,3 @@ __all__ = [
     "provision",
     "register_upcaster",
 ]
-
-configure_logging()  # a no-op when the application configured structlog itself

@@ -10,10 +10,10 @@ import anyio
 import nats.errors
 import nats.js.errors
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
@@ -27,7 +27,7 @@ from runstate.engine.errors import (
 
 __all__ = ["MIN_SERVER_VERSION", "open_nats", "provision"]
 
-log = structlog.get_logger("runstate.connection")
+log = get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 

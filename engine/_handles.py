@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
-import structlog
 
 from runstate.engine._commits import ATOMIC_BATCH_LIMIT, Commit, Receipt, StoredCommit
 from runstate.engine._events import (
@@ -43,6 +42,7 @@ from runstate.engine._events import (
     replace_fields,
     utcnow,
 )
+from runstate.engine._logging import get_logger
 from runstate.engine._names import (
     Pathspec,
     check_id,
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RunHandle", "TaskHandle", "check_tags"]
 
-log = structlog.get_logger("runstate.worker")
+log = get_logger("runstate.worker")
 
 # What a task's transitions are made from (see TaskHandle.transition): its fields are replaced
 _TRANSITION = TaskAttemptStateChanged(

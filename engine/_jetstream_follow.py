@@ -17,13 +17,13 @@ from typing import Any
 import anyio
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from runstate.engine._acks import delivery_sequence
 from runstate.engine._commits import Delivery
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._retry import retry
 from runstate.engine._settings import Settings
@@ -32,7 +32,7 @@ from runstate.engine.errors import Unavailable
 
 __all__ = ["JetStreamFollow", "drain", "ordered_consumer"]
 
-log = structlog.get_logger("runstate.follow")
+log = get_logger("runstate.follow")
 
 #: deliveries handed on at most per batch
 _BATCH = 5000

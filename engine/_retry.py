@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 import anyio
 import nats.errors
 import nats.js.errors
-import structlog
 
+from runstate.engine._logging import get_logger
 from runstate.engine.errors import RunstateError
 
 __all__ = ["TRANSIENT", "TRANSIENT_CODES", "TransientRefusal", "retry", "transient_api_error"]
 
-log = structlog.get_logger("runstate.retry")
+log = get_logger("runstate.retry")
 
 T = TypeVar("T")
 

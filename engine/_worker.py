@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import structlog
 
 from runstate.engine._artifacts import ArtifactStore
 from runstate.engine._events import (
@@ -30,6 +29,7 @@ from runstate.engine._events import (
     encode_event,
 )
 from runstate.engine._handles import RunHandle, TaskHandle, check_tags
+from runstate.engine._logging import get_logger
 from runstate.engine._names import (
     check_flow_name,
     check_id,
@@ -50,7 +50,7 @@ from runstate.engine.errors import (
 
 __all__ = ["RunHandle", "TaskHandle", "Writer"]
 
-log = structlog.get_logger("runstate.worker")
+log = get_logger("runstate.worker")
 
 
 def _system_tags(user: str, extra: Iterable[str]) -> list[str]:

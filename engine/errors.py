@@ -17,6 +17,8 @@
     ├── ServerTooOld           the NATS server lacks features runstate needs
     ├── JetStreamDisabled      the NATS server runs without JetStream
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
+    ├── StoreInUse             another replica holds the read store file
+    ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -43,7 +45,9 @@ __all__ = [
     "NotInNamespace",
     "PayloadTooLarge",
     "RunstateError",
+    "ServerAlreadyRunning",
     "ServerTooOld",
+    "StoreInUse",
     "Timeout",
     "Unavailable",
     "UnsafeArtifact",
@@ -181,6 +185,18 @@ class UnsafeArtifact(RunstateError):
     code = "unsafe_artifact"
 
 
+class StoreInUse(RunstateError):
+    """Another replica holds the read store file; give each replica its own store."""
+
+    code = "store_in_use"
+
+
+class ServerAlreadyRunning(RunstateError):
+    """The embedded server of the data directory runs already, started by another process."""
+
+    code = "server_already_running"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -202,6 +218,8 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         ServerTooOld,
         JetStreamDisabled,
         UnsafeArtifact,
+        StoreInUse,
+        ServerAlreadyRunning,
         ConfigurationError,
         IdempotencyKeyReused,
     )

@@ -46,10 +46,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import structlog
 
 from runstate.engine._connection import open_nats
 from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
@@ -75,7 +75,7 @@ __all__ = [
     "feeder_command",
 ]
 
-log = structlog.get_logger("runstate.feeder")
+log = get_logger("runstate.feeder")
 
 #: stream sequence, subject length, data length
 _HEADER = struct.Struct(">QHI")

@@ -1,4 +1,4 @@
-"""The garbage collector's policy in a process whose job is projecting."""
+"""The garbage-collector policy of a process dedicated to projecting (a replica, a feeder)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import time
 
 import anyio
 
-__all__ = ["keep_heap_frozen", "tune_gc_for_projection"]
-
+__all__ = [
+    "FREEZE_INTERVAL",
+    "FULL_COLLECTION_INTERVAL",
+    "keep_heap_frozen",
+    "tune_gc_for_projection",
+]
 
 #: how often what survived is moved out of the collector's generations (seconds)
 FREEZE_INTERVAL = 0.05
@@ -28,10 +32,10 @@ def tune_gc_for_projection() -> None:
     allocations, and ``keep_heap_frozen`` (run beside the replica) moves
     survivors out of the generations as they survive.
 
-    Only processes dedicated to a replica call this (``serve_replica(...,
-    dedicated=True)`` from ``runstate server``, ``runstate projector`` and
-    ``python -m runstate.projections``): it is process-wide, so a library
-    never does.
+    Only processes dedicated to projecting call this (``Replica(...,
+    dedicated=True)`` in ``runstate server``, ``runstate projector`` and
+    ``python -m runstate.projections``; a feeder): it is process-wide, so a
+    library never does.
     """
     gc.collect()
     gc.freeze()  # what is alive now (modules, schemas) is never scanned again

@@ -28,10 +28,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import structlog
 
 from runstate.engine._commits import Delivery
 from runstate.engine._events import Event
+from runstate.engine._logging import get_logger
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import InvalidEvent, InvalidName, Timeout, Unavailable
 from runstate.projections._feeder import (
@@ -49,7 +49,7 @@ from runstate.projections._views import RunView, TaskView
 
 __all__ = ["Projector"]
 
-log = structlog.get_logger("runstate.projector")
+log = get_logger("runstate.projector")
 
 #: events folded between two chances for the query service to answer
 _YIELD_EVERY = 256

@@ -1,4 +1,8 @@
-"""Run a projector replica: the projector, its query service and the heartbeat reaper."""
+"""Run a replica's parts: the projector, its query service and the heartbeat reaper.
+
+``Replica`` (``_replica``) runs them with everything they stand on (server,
+connection, store lock); ``serve_replica`` is the part that folds and answers.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
-import structlog
 from nats.aio.client import Client as NATS
 
 from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
@@ -20,13 +24,13 @@ from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
 from runstate.projections._store import ReadStore
 
-__all__ = ["Replica", "keep_heap_frozen", "serve_replica", "tune_gc_for_projection"]
+__all__ = ["ReplicaParts", "serve_replica"]
 
-log = structlog.get_logger("runstate.replica")
+log = get_logger("runstate.replica")
 
 
 @dataclass
-class Replica:
+class ReplicaParts:
     """The parts of a running replica, for callers that want to look inside."""
 
     projector: Projector
@@ -45,9 +49,9 @@ async def serve_replica(
     reaper: bool = True,
     dedicated: bool = False,
     feed_from: int | None = None,
-    task_status: anyio.abc.TaskStatus[Replica] = anyio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[ReplicaParts] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run one replica until cancelled; ``task_status.started`` gets the ``Replica``.
+    """Run one replica until cancelled; ``task_status.started`` gets its parts.
 
     ``rebuild`` drops the store and folds the log again from sequence 1.
     ``dedicated``: this process exists for this replica, so the replica may
@@ -82,6 +86,6 @@ async def serve_replica(
             if the_reaper is not None:
                 tg.start_soon(the_reaper.run)
             log.info("replica.started", name=name, store=str(store_path), applied=projector.applied)
-            task_status.started(Replica(projector, service, the_reaper, store))
+            task_status.started(ReplicaParts(projector, service, the_reaper, store))
     finally:
         store.close()

@@ -13,13 +13,13 @@ from typing import Any
 
 import anyio
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
+from runstate.engine._logging import get_logger
 from runstate.engine._names import parse_pathspec
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import (
@@ -46,7 +46,7 @@ from runstate.projections._views import StepView
 
 __all__ = ["QueryService"]
 
-log = structlog.get_logger("runstate.query")
+log = get_logger("runstate.query")
 
 VERSION = "0.1.0"
 

@@ -53,9 +53,9 @@ from pathlib import Path
 from typing import Any, Self
 
 import orjson
-import structlog
 from pydantic import JsonValue
 
+from runstate.engine._logging import get_logger
 from runstate.engine._states import RunState
 from runstate.projections._queries import (
     CursorValue,
@@ -240,7 +240,7 @@ class _RunSide:
         )
 
 
-log = structlog.get_logger("runstate.store")
+log = get_logger("runstate.store")
 
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 #: WAL pages (4 KiB) past which the writer copies them itself if the checkpointer has not

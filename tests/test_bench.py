@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from runstate.client._bench import (
+from runstate.client.cli._bench import (
     BenchParams,
     Figure,
     Report,
@@ -204,8 +204,8 @@ def test_lag_load_and_probe_write_runs_of_their_own() -> None:
     """
     import itertools
 
-    from runstate.client._bench._events import _log_commits
-    from runstate.client._bench._projection import (
+    from runstate.client.cli._bench._events import _log_commits
+    from runstate.client.cli._bench._projection import (
         _LOAD_FIRST_RUN,
         _PROBE_FIRST_RUN,
         _load_commits,

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._harness import (
     _client,
     _Place,
     _replica,
@@ -20,8 +20,8 @@ from runstate.client._bench._harness import (
     _server_version,
     _wait_applied,
 )
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._events import encode_commit
 from runstate.engine._names import Subjects

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._harness import _connection, _Place, _say, _server_version
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target
+from runstate.client.cli._bench._harness import _connection, _Place, _say, _server_version
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target
 from runstate.engine._commits import Commit, new_commit_id
 from runstate.engine._events import Event, encode_commit
 from runstate.engine._jetstream import JetStreamEventLog

@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from runstate.client._bench._events import _append_all, _log_commits
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._events import _append_all, _log_commits
+from runstate.client.cli._bench._harness import (
     _child,
     _client,
     _connection,
@@ -25,8 +25,8 @@ from runstate.client._bench._harness import (
     _server_version,
     _wait_applied,
 )
-from runstate.client._bench._params import BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._connection import open_nats
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._settings import Settings
@@ -145,7 +145,7 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
 
 
 def _load_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client._bench _load URL PREFIX RATE SECONDS TASKS``.
+    """``python -m runstate.client.cli._bench _load URL PREFIX RATE SECONDS TASKS``.
 
     Prints ``ready`` once connected with its commits built, starts on a line on
     stdin, and prints ``sent <events> <seconds>`` when done.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._harness import (
     _client,
     _Place,
     _read_after,
@@ -19,8 +19,8 @@ from runstate.client._bench._harness import (
     _say,
     _server_version,
 )
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._events import encode_commit
 from runstate.engine._states import TaskState
