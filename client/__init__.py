@@ -25,10 +25,10 @@ from runstate.client._watch import Change as Change
 from runstate.client._watch import EventRecord as EventRecord
 from runstate.client._watch import Subscription as Subscription
 from runstate.engine._commits import Receipt as Receipt
-from runstate.engine._states import RunState as RunState
-from runstate.engine._states import TaskState as TaskState
 from runstate.engine._handles import RunHandle as RunHandle
 from runstate.engine._handles import TaskHandle as TaskHandle
+from runstate.engine._states import RunState as RunState
+from runstate.engine._states import TaskState as TaskState
 from runstate.engine.errors import BadFilter as BadFilter
 from runstate.engine.errors import ConfigurationError as ConfigurationError
 from runstate.engine.errors import ConflictError as ConflictError

@@ -17,13 +17,14 @@ from pydantic import BaseModel
 from runstate.client import _namespace
 from runstate.client._queries import NatsQueries, Queries
 from runstate.engine._commits import Receipt
+from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._typing import EventLog
-from runstate.engine._worker import RunHandle, Writer
+from runstate.engine._worker import Writer
 from runstate.engine.errors import NotFound
 from runstate.projections._queries import Page as ViewPage
 from runstate.projections._replica import Replica
@@ -82,6 +83,18 @@ class Client:
         self.last_write: int = 0
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
         self.read_wait: float = self.settings.request_timeout
+
+    @classmethod
+    def over_nats(
+        cls, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT
+    ) -> Client:
+        """A client whose log is JetStream and whose reads go to the query service, on ``nc``."""
+        return cls(
+            JetStreamEventLog(nc, settings),
+            NatsQueries(nc, Subjects(settings.prefix)),
+            nc=nc,
+            namespace=namespace,
+        )
 
     # -- namespace -------------------------------------------------------------
 
@@ -444,11 +457,7 @@ async def connect(
 @asynccontextmanager
 async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Client]:
     async with Replica(settings, projector=projector, name="client") as replica:
-        client = Client(
-            JetStreamEventLog(replica.nc, replica.settings),
-            NatsQueries(replica.nc, Subjects(replica.settings.prefix)),
-            nc=replica.nc,
-        )
+        client = Client.over_nats(replica.nc, replica.settings)
         if replica.projector is not None:
             # Let the first reads of this process see what earlier ones wrote.
             caught_up = await client.log.stream_last_sequence()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
@@ -11,6 +11,7 @@ import orjson
 from nats.aio.client import Client as NATS
 
 from runstate.engine._names import Subjects
+from runstate.engine._retry import retry
 from runstate.engine.errors import Timeout, Unavailable, error_from_wire
 
 if TYPE_CHECKING:
@@ -39,25 +40,24 @@ class NatsQueries:
 
     async def request(self, endpoint: str, payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
         subject = f"{self._prefix}.{endpoint}"
-        # "No responders" can pass: a replica's interest reaches the other nodes of a
-        # cluster a moment after it subscribes, and a restarted replica comes back.
-        give_up = time.monotonic() + _NO_RESPONDERS_PATIENCE
-        delay = 0.02
-        try:
-            while True:
-                try:
-                    msg = await self._nc.request(subject, payload, timeout=timeout)
-                    break
-                except nats.errors.NoRespondersError:
-                    if time.monotonic() + delay > give_up:
-                        raise
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.25)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(
+        def give_up(exc: BaseException) -> Unavailable:
+            return Unavailable(
                 "no query service is answering; start one with `runstate server` or "
                 "`runstate projector`, or connect with projector=True"
-            ) from None
+            )
+
+        try:
+            # "No responders" can pass: a replica's interest reaches the other nodes of a
+            # cluster a moment after it subscribes, and a restarted replica comes back.
+            msg = await retry(
+                partial(self._nc.request, subject, payload, timeout=timeout),
+                budget=_NO_RESPONDERS_PATIENCE,
+                give_up=give_up,
+                transient=(nats.errors.NoRespondersError,),
+                first_delay=0.02,
+                max_delay=0.25,
+                what="query",
+            )
         except nats.errors.TimeoutError:
             raise Timeout(f"the query service did not answer {endpoint} in time") from None
         except nats.errors.ConnectionClosedError:

@@ -23,6 +23,8 @@ from runstate.engine._events import TaskCreated as TaskCreated
 from runstate.engine._events import decode_commit as decode_commit
 from runstate.engine._events import encode_commit as encode_commit
 from runstate.engine._events import register_upcaster as register_upcaster
+from runstate.engine._handles import RunHandle as RunHandle
+from runstate.engine._handles import TaskHandle as TaskHandle
 from runstate.engine._jetstream import JetStreamEventLog as JetStreamEventLog
 from runstate.engine._logging import configure_logging as configure_logging
 from runstate.engine._memory import MemoryEventLog as MemoryEventLog
@@ -36,8 +38,6 @@ from runstate.engine._typing import BlobStore as BlobStore
 from runstate.engine._typing import EventLog as EventLog
 from runstate.engine._typing import Follow as Follow
 from runstate.engine._typing import Pipeline as Pipeline
-from runstate.engine._worker import RunHandle as RunHandle
-from runstate.engine._worker import TaskHandle as TaskHandle
 from runstate.engine._worker import Writer as Writer
 
 __all__ = [

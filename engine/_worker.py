@@ -48,7 +48,7 @@ from runstate.engine.errors import (
     NotFound,
 )
 
-__all__ = ["RunHandle", "TaskHandle", "Writer"]
+__all__ = ["Writer"]
 
 log = get_logger("runstate.worker")
 

@@ -29,7 +29,7 @@ async def test_replica_writes_and_answers_reads(nats_url: str, tmp_path: Path) -
     async with Replica(settings, store=tmp_path / "views.sqlite3") as replica:
         assert replica.url == nats_url and replica.settings.nats_url == nats_url
         assert replica.projector is not None and replica.store is not None
-        client = Client(replica.nc, replica.settings)
+        client = Client.over_nats(replica.nc, replica.settings)
         run = await client.create_run("Replicated")
         read = await client.run(run.pathspec, after=run.receipt)
         assert read.state is RunState.PENDING
@@ -44,7 +44,7 @@ async def test_second_replica_on_one_store_is_refused(nats_url: str, tmp_path: P
         with pytest.raises(StoreInUse, match=r"shared\.sqlite3 is in use by another replica"):
             async with Replica(settings, store=store, name="second"):
                 pytest.fail("the second replica started")
-        client = Client(first.nc, first.settings)
+        client = Client.over_nats(first.nc, first.settings)
         assert (await client.status())["name"] == "first"
     async with Replica(settings, store=store, name="third") as third:  # the lock was released
         assert third.projector is not None

@@ -41,9 +41,9 @@ from runstate.client._client import Client
 from runstate.client._watch import Change
 from runstate.client.cli._render import LiveBoard, counts_text, state_text
 from runstate.engine._events import RunStateChanged, TaskAttemptStateChanged
+from runstate.engine._handles import TaskHandle
 from runstate.engine._settings import Settings
 from runstate.engine._states import TaskState
-from runstate.engine._worker import TaskHandle
 from runstate.engine.errors import RunstateError, Unavailable
 from runstate.projections._replica import Replica
 
@@ -351,7 +351,7 @@ async def _demo_client(settings: Settings) -> AsyncIterator[tuple[Client, bool]]
     query service answers, it runs a replica in this process.
     """
     async with Replica(settings, projector=False, name="demo") as replica:
-        client = Client(replica.nc, replica.settings, namespace=None)
+        client = Client.over_nats(replica.nc, replica.settings, namespace=None)
         own = replica.owns_server
         if not own:
             try:
