@@ -55,14 +55,14 @@ from runstate.engine._connection import _tls_context
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
-from runstate.projections._store import ViewLoader, prepare_commit
+from runstate.projections._store_write import ViewLoader, prepare_commit
 from runstate.projections._wire import Endpoint, WireConsumer, WireError, new_inbox
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
     from runstate.engine._events import Event
-    from runstate.projections._store import PreparedCommit
+    from runstate.projections._store_write import PreparedCommit
     from runstate.projections._views import RunView, TaskView
 
 __all__ = [
