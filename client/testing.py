@@ -19,7 +19,7 @@ from runstate.engine._memory import MemoryEventLog
 from runstate.engine._settings import Settings
 from runstate.projections._projector import Projector
 from runstate.projections._service import QueryService
-from runstate.projections._store import ReadStore
+from runstate.projections._store import SQLiteReadStore
 
 __all__ = ["in_memory"]
 
@@ -29,7 +29,7 @@ async def in_memory(settings: Settings | None = None) -> AsyncIterator[Client]:
     """A client of a runstate held in memory: a log, a replica and its query service."""
     settings = settings or Settings()
     log = MemoryEventLog(settings)
-    store = ReadStore(":memory:")
+    store = SQLiteReadStore(":memory:")
     try:
         projector = Projector(log, store)
         client = Client(log, LocalQueries(QueryService(projector, log)))

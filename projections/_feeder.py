@@ -55,11 +55,11 @@ from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
 from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
-from runstate.projections._store import ViewLoader, prepare_commit
+from runstate.projections._store_write import ViewLoader, prepare_commit
 
 if TYPE_CHECKING:
     from runstate.engine._events import Event
-    from runstate.projections._store import PreparedCommit
+    from runstate.projections._store_write import PreparedCommit
     from runstate.projections._views import RunView, TaskView
 
 __all__ = [

@@ -20,9 +20,10 @@ from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 from runstate.projections._projector import Projector
+from runstate.projections._protocols import ReadStore
 from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
-from runstate.projections._store import ReadStore
+from runstate.projections._store import SQLiteReadStore
 
 __all__ = ["ReplicaParts", "serve_replica"]
 
@@ -64,7 +65,7 @@ async def serve_replica(
         tune_gc_for_projection()
     if isinstance(store_path, Path):
         store_path.parent.mkdir(parents=True, exist_ok=True)
-    store = ReadStore(store_path)
+    store: ReadStore = SQLiteReadStore(store_path)
     try:
         event_log = JetStreamEventLog(nc, settings)
         # a process of its own may start processes of its own: a feeder for long backlogs

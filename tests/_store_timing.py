@@ -20,7 +20,7 @@ from typing import Any
 
 from runstate.engine._states import RunState, TaskState
 from runstate.projections._queries import RunQuery, TaskQuery
-from runstate.projections._store import ReadStore
+from runstate.projections._store import SQLiteReadStore
 from runstate.projections._views import RunView, StepSummary, TaskView
 
 FLOWS = [f"Flow{i}" for i in range(20)]
@@ -110,7 +110,11 @@ def timed(label: str, fn: Callable[[], Any], repeat: int = 2000) -> None:
 
 
 def commit_rate(
-    label: str, store: ReadStore, runs: list[RunView], tasks: list[TaskView], batch: int = 5000
+    label: str,
+    store: SQLiteReadStore,
+    runs: list[RunView],
+    tasks: list[TaskView],
+    batch: int = 5000,
 ) -> None:
     """Commit in batches of ``batch`` views; report views/s and the share spent making JSON."""
     views: list[RunView | TaskView] = [*runs, *tasks]
@@ -143,7 +147,7 @@ def main(count: int) -> None:
     with_tasks = runs[::20]
     tasks = [task for run in with_tasks for task in make_tasks(run)]
     with tempfile.TemporaryDirectory() as tmp:
-        store = ReadStore(Path(tmp) / "store.db")
+        store = SQLiteReadStore(Path(tmp) / "store.db")
         commit_rate("commit new runs (3 steps, 52 tasks in summary)", store, runs, [])
         commit_rate("commit new tasks", store, [], tasks)
         n = min(20_000, count)

@@ -110,7 +110,7 @@ async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
     """On streams of 3 replicas, a catch-up through a feeder that folds half of the runs (and
     reads its consumer off its own socket, from whichever node it reached) folds the views a
     projector alone folds."""
-    from runstate.projections import Projector, ReadStore
+    from runstate.projections import Projector, SQLiteReadStore
     from runstate.projections._feeder import feeder_command
 
     settings = Settings(nats_url=nats_cluster.url, replicas=3)
@@ -130,7 +130,7 @@ async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
         last = await JetStreamEventLog(nc, settings).stream_last_sequence()
 
         async def fold(store_path: Path, **options: object) -> Projector:
-            store = ReadStore(store_path)
+            store = SQLiteReadStore(store_path)
             try:
                 async with anyio.create_task_group() as tg:
                     projector = Projector(JetStreamEventLog(nc, settings), store, **options)  # type: ignore[arg-type]

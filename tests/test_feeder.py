@@ -18,7 +18,7 @@ from runstate.projections._feeder import (
     encode_frame,
     encode_mark,
 )
-from runstate.projections._store import ViewLoader
+from runstate.projections._store_write import ViewLoader
 
 sequences = st.integers(min_value=1, max_value=2**63)
 deliveries = st.lists(

@@ -40,7 +40,7 @@ from runstate.engine._events import (
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
-from runstate.projections import Projector, ReadStore, serve_replica
+from runstate.projections import Projector, SQLiteReadStore, serve_replica
 from runstate.projections._feeder import feeder_command
 
 pytestmark = pytest.mark.anyio
@@ -424,11 +424,11 @@ async def test_history_pages_through_an_objects_events(nats_url: str, tmp_path: 
 
 async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
     """A projector with ``options`` that has folded the whole log into ``store``."""
-    from runstate.projections import Projector, ReadStore
+    from runstate.projections import Projector, SQLiteReadStore
 
     settings = Settings(nats_url=nats_url)
     last = await JetStreamEventLog(nc := await open_nats(settings), settings).stream_last_sequence()
-    views = ReadStore(store)
+    views = SQLiteReadStore(store)
     try:
         async with anyio.create_task_group() as tg:
             projector = Projector(JetStreamEventLog(nc, settings), views, **options)
@@ -508,7 +508,7 @@ async def test_a_server_killed_in_the_middle_of_a_feed_loses_nothing(
     last = await _write_log(url, runs=60, tasks=40)
     settings = Settings(nats_url=url)
     nc = await open_nats(settings)
-    store = ReadStore(tmp_path / "fed.sqlite3")
+    store = SQLiteReadStore(tmp_path / "fed.sqlite3")
     try:
         async with anyio.create_task_group() as tg:
             projector = Projector(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from runstate.engine import Commit, MemoryEventLog, Settings
 from runstate.engine.testing import EventFactory
 from runstate.projections import Projector
-from runstate.projections._store import ReadStore
+from runstate.projections._store import SQLiteReadStore
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ async def _write_workload(log: MemoryEventLog, runs: int, tasks: int) -> int:
 
 
 async def _fold(log: MemoryEventLog, **options: int) -> AsyncIterator[Projector]:
-    store = ReadStore(":memory:")
+    store = SQLiteReadStore(":memory:")
     projector = Projector(log, store, **options)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         tg.start_soon(projector.run)
@@ -44,7 +44,7 @@ async def _fold(log: MemoryEventLog, **options: int) -> AsyncIterator[Projector]
     store.close()
 
 
-def _views(store: ReadStore, runs: Iterable[str], tasks: Iterable[str]) -> tuple[dict, dict]:  # type: ignore[type-arg]
+def _views(store: SQLiteReadStore, runs: Iterable[str], tasks: Iterable[str]) -> tuple[dict, dict]:  # type: ignore[type-arg]
     return store.load_runs(list(runs)), store.load_tasks(list(tasks))
 
 
@@ -108,7 +108,7 @@ async def test_a_store_folded_from_another_log_is_rebuilt() -> None:
     for n in range(1, 4):
         await first.append(factory.run_created(str(n)))
     await second.append(factory.run_created("9"))
-    store = ReadStore(":memory:")
+    store = SQLiteReadStore(":memory:")
     for log in (first, second):
         projector = Projector(log, store)
         async with anyio.create_task_group() as tg:
@@ -134,7 +134,7 @@ def test_live_appends_in_any_chunking_fold_to_the_same_views(split: list[int]) -
             [f"{FLOW}/2/start/1", *(f"{FLOW}/2/train/{t}" for t in range(2, 7))],
         )
         live_log = MemoryEventLog(Settings())
-        store = ReadStore(":memory:")
+        store = SQLiteReadStore(":memory:")
         projector = Projector(live_log, store)
         async with anyio.create_task_group() as tg:
             tg.start_soon(projector.run)

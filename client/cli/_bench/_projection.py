@@ -47,11 +47,11 @@ async def _catch_up(
     from runstate.projections._feeder import feeder_command
     from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._projector import Projector
-    from runstate.projections._store import ReadStore
+    from runstate.projections._store import SQLiteReadStore
 
     thresholds = gc.get_threshold()
     tune_gc_for_projection()
-    store = ReadStore(store_path)
+    store = SQLiteReadStore(store_path)
     try:
         async with _connection(place) as nc, anyio.create_task_group() as tg:
             projector = Projector(
