@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import orjson
 from nats.aio.client import Client as NATS
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from runstate.client import _namespace
 from runstate.client._queries import NatsQueries, Queries
@@ -25,7 +25,17 @@ from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._typing import EventLog
 from runstate.engine._worker import Writer
-from runstate.engine.errors import NotFound
+from runstate.engine.errors import BadFilter, NotFound
+from runstate.projections._protocol import (
+    ENDPOINTS,
+    FlowsRequest,
+    GetRequest,
+    HistoryRequest,
+    LatestRequest,
+    RunsRequest,
+    StatusRequest,
+    TasksRequest,
+)
 from runstate.projections._queries import Page as ViewPage
 from runstate.projections._replica import Replica
 from runstate.projections._views import RunView, TaskView
@@ -48,10 +58,6 @@ def _after(after: After) -> int | None:
     if isinstance(after, Receipt):
         return after.sequence
     return int(after)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 class Client:
@@ -115,40 +121,47 @@ class Client:
 
     # -- requests ----------------------------------------------------------------
 
+    def query(self, model: type[_Q], **fields: Any) -> _Q:
+        """A request of the query protocol, checked before it is sent.
+
+        Fields left None are left out; a request with ``after`` also carries
+        ``wait`` (``read_wait``): how long the replica may wait to apply it
+        before ``Timeout``. Raises ``BadFilter`` for a field the protocol refuses.
+        """
+        given = {name: value for name, value in fields.items() if value is not None}
+        if "after" in given:
+            given.setdefault("wait", self.read_wait)
+        try:
+            return model(**given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "request"
+            raise BadFilter(f"bad {_ENDPOINT_OF[model]} request: {where}: {first['msg']}") from None
+
     async def request(
         self,
-        endpoint: str,
-        body: Mapping[str, Any],
+        query: BaseModel,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - a bound on one NATS request
     ) -> Any:
-        """Call a query endpoint; return its result or raise its typed error.
+        """Send a query (see ``query``); return its result or raise its typed error."""
+        return orjson.loads(await self._request(query, timeout))["result"]
 
-        A body with ``after`` also carries ``wait`` (default ``read_wait``):
-        how long the replica may wait to apply ``after`` before ``Timeout``.
-        """
-        return orjson.loads(await self._request(endpoint, body, timeout))["result"]
-
-    async def _request_page(
-        self, endpoint: str, body: Mapping[str, Any], reply: type[_PageReply[_V]]
-    ) -> ViewPage[_V]:
+    async def _request_page(self, query: BaseModel, reply: type[_PageReply[_V]]) -> ViewPage[_V]:
         """A list endpoint's page of views."""
-        return reply.model_validate_json(await self._request(endpoint, body, None)).result
+        return reply.model_validate_json(await self._request(query, None)).result
 
     async def _request(
         self,
-        endpoint: str,
-        body: Mapping[str, Any],
+        query: BaseModel,
         timeout: float | None,  # noqa: ASYNC109 - a bound on one NATS request
     ) -> bytes:
         """The reply's bytes, ``{"result": ...}``; an error reply raises its typed error."""
-        fields = {k: v for k, v in body.items() if v is not None}
-        if "after" in fields:
-            fields.setdefault("wait", self.read_wait)
-        payload = orjson.dumps(fields, default=_json_default)
-        wait = float(fields.get("wait") or 0.0)
+        wait = float(getattr(query, "wait", 0.0)) if getattr(query, "after", None) else 0.0
         return await self.queries.request(
-            endpoint, payload, timeout or (wait + self.settings.request_timeout)
+            _ENDPOINT_OF[type(query)],
+            query.model_dump_json(exclude_defaults=True).encode(),
+            timeout or (wait + self.settings.request_timeout),
         )
 
     # -- snapshot reads -----------------------------------------------------------
@@ -165,13 +178,14 @@ class Client:
         from runstate.client._objects import object_from_reply
 
         parse_pathspec(pathspec)
-        body = {
-            "pathspec": pathspec,
-            "attempt": attempt,
-            "namespace": self.namespace,
-            "after": _after(after),
-        }
-        return object_from_reply(self, await self.request("get", body), attempt)
+        query = self.query(
+            GetRequest,
+            pathspec=pathspec,
+            attempt=attempt,
+            namespace=self.namespace,
+            after=_after(after),
+        )
+        return object_from_reply(self, await self.request(query), attempt)
 
     async def flow(self, name: str, *, after: After = None) -> Flow:
         from runstate.client._objects import Flow
@@ -218,7 +232,9 @@ class Client:
         """Every flow with a run in the current namespace."""
         from runstate.client._objects import Flow, FlowInfo
 
-        result = await self.request("flows", {"namespace": self.namespace, "after": _after(after)})
+        result = await self.request(
+            self.query(FlowsRequest, namespace=self.namespace, after=_after(after))
+        )
         return [Flow(self, FlowInfo.model_validate(item)) for item in result]
 
     async def latest_run(
@@ -229,13 +245,13 @@ class Client:
 
         try:
             result = await self.request(
-                "latest",
-                {
-                    "flow": flow,
-                    "successful": successful,
-                    "namespace": self.namespace,
-                    "after": _after(after),
-                },
+                self.query(
+                    LatestRequest,
+                    flow=flow,
+                    successful=successful,
+                    namespace=self.namespace,
+                    after=_after(after),
+                )
             )
         except NotFound:
             return None
@@ -273,24 +289,25 @@ class Client:
         tags, any_tags = list(tags), list(any_tags)
         states = [state] if isinstance(state, str | RunState) else list(state or [])
         namespace = self.namespace
-        body = {
-            "flow": flow,
-            "tags_all": tags,
-            "tags_any": any_tags,
-            "state": [str(s) for s in states],
-            "user": user,
-            "created_after": _iso(created_after),
-            "created_before": _iso(created_before),
-            "finished_after": _iso(finished_after),
-            "finished_before": _iso(finished_before),
-            "parameters": dict(parameters or {}),
-            "namespace": namespace,
-            "sort": sort,
-            "limit": page_size,
-            "cursor": cursor,
-            "after": _after(after),
-        }
-        result = await self._request_page("runs", body, _RUNS_REPLY)
+        query = self.query(
+            RunsRequest,
+            flow=flow,
+            tags_all=tags,
+            tags_any=any_tags,
+            state=[str(s) for s in states],
+            user=user,
+            created_after=created_after,
+            created_before=created_before,
+            finished_after=finished_after,
+            finished_before=finished_before,
+            parameters=dict(parameters or {}),
+            namespace=namespace,
+            sort=sort,
+            limit=page_size,
+            cursor=cursor,
+            after=_after(after),
+        )
+        result = await self._request_page(query, _RUNS_REPLY)
         items = [Run(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
@@ -328,19 +345,17 @@ class Client:
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
         namespace = self.namespace
-        result = await self._request_page(
-            "tasks",
-            {
-                "run": run,
-                "step": step,
-                "state": [str(s) for s in states],
-                "limit": page_size,
-                "cursor": cursor,
-                "namespace": namespace,
-                "after": _after(after),
-            },
-            _TASKS_REPLY,
+        query = self.query(
+            TasksRequest,
+            run=run,
+            step=step,
+            state=[str(s) for s in states],
+            limit=page_size,
+            cursor=cursor,
+            namespace=namespace,
+            after=_after(after),
         )
+        result = await self._request_page(query, _TASKS_REPLY)
         items = [Task(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Task]:
@@ -356,13 +371,14 @@ class Client:
         """One page of an object's event history from the stream, and the next start."""
         from runstate.client._watch import EventRecord
 
-        body = {"pathspec": pathspec, "start": start, "limit": limit}
-        result = await self.request("history", body)
+        result = await self.request(
+            self.query(HistoryRequest, pathspec=pathspec, start=start, limit=limit)
+        )
         return [EventRecord.from_wire(item) for item in result["items"]], result["next_start"]
 
     async def status(self) -> dict[str, Any]:
         """The answering replica's progress: ``applied`` sequence, events applied, dead letters."""
-        result: dict[str, Any] = await self.request("status", {})
+        result: dict[str, Any] = await self.request(StatusRequest())
         return result
 
     # -- live ---------------------------------------------------------------------
@@ -401,14 +417,6 @@ class Client:
     async def run_handle(self, pathspec: str) -> RunHandle:
         """The writer's handle of an existing run (for orchestrators: cancel, resume, tags)."""
         return await self.writer.run(pathspec)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    raise TypeError(f"cannot send {type(value).__name__}")
 
 
 @asynccontextmanager
@@ -467,6 +475,10 @@ async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Cli
 
 
 _V = TypeVar("_V", RunView, TaskView)
+_Q = TypeVar("_Q", bound=BaseModel)
+
+#: request model -> endpoint name
+_ENDPOINT_OF: dict[type[BaseModel], str] = {model: name for name, model in ENDPOINTS.items()}
 
 
 class _PageReply(BaseModel, Generic[_V]):

@@ -22,6 +22,7 @@ from runstate.engine._commits import Receipt
 from runstate.engine._events import ArtifactRecord, ExceptionInfo, ForeachFrame
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
+from runstate.projections._protocol import StepsRequest
 from runstate.projections._queries import FlowSummary
 from runstate.projections._views import (
     ArtifactView,
@@ -212,7 +213,7 @@ class Run(_Object):
     async def steps(self) -> list[Step]:
         """The run's steps in the order they began."""
         result = await self._client.request(
-            "steps", {"run": self.pathspec, "namespace": self._client.namespace}
+            self._client.query(StepsRequest, run=self.pathspec, namespace=self._client.namespace)
         )
         return [Step(self._client, StepView.model_validate(item)) for item in result]
 

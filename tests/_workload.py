@@ -19,6 +19,7 @@ import anyio
 
 from runstate.client import Client, Receipt, RunHandle, RunState, connect
 from runstate.engine.errors import Unavailable
+from runstate.projections._protocol import StatusRequest
 
 __all__ = [
     "BIG",
@@ -191,7 +192,7 @@ async def caught_up(client: Client) -> int:
     with anyio.fail_after(10):
         while True:
             try:
-                await client.request("status", {"after": last})
+                await client.request(client.query(StatusRequest, after=last))
                 return last
             except Unavailable:  # the replica is still starting
                 await anyio.sleep(0.05)

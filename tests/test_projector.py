@@ -42,6 +42,7 @@ from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
 from runstate.projections import Projector, SQLiteReadStore, serve_replica
 from runstate.projections._feeder import feeder_command
+from runstate.projections._protocol import GetRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -297,7 +298,9 @@ async def test_after_sees_the_write_and_a_future_sequence_times_out(
             seen = await client.run(run.pathspec, after=receipt)
             assert f"t{_}" in seen.tags
         with pytest.raises(Timeout, match="applied up to sequence"):
-            await client.request("get", {"pathspec": run.pathspec, "after": 10**9, "wait": 0.3})
+            await client.request(
+                client.query(GetRequest, pathspec=run.pathspec, after=10**9, wait=0.3)
+            )
         with pytest.raises(NotFound):
             await client.run("Train/404")
 

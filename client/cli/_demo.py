@@ -45,6 +45,7 @@ from runstate.engine._handles import TaskHandle
 from runstate.engine._settings import Settings
 from runstate.engine._states import TaskState
 from runstate.engine.errors import RunstateError, Unavailable
+from runstate.projections._protocol import StatusRequest
 from runstate.projections._replica import Replica
 
 __all__ = ["DemoConfig", "DemoResult", "TinyModel", "run_demo"]
@@ -355,7 +356,7 @@ async def _demo_client(settings: Settings) -> AsyncIterator[tuple[Client, bool]]
         own = replica.owns_server
         if not own:
             try:
-                await client.request("status", {}, timeout=2.0)
+                await client.request(StatusRequest(), timeout=2.0)
             except Unavailable:
                 own = True  # nobody answers queries: the demo brings its replica
         if own:
