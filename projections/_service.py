@@ -50,6 +50,9 @@ log = get_logger("runstate.query")
 
 VERSION = "0.1.0"
 
+#: the subjects the service answers on: clients' inboxes (nats-py's default prefix)
+INBOX_PREFIX = "_INBOX."
+
 Handler = Callable[[Any], Awaitable[bytes]]
 
 
@@ -149,6 +152,12 @@ class QueryService:
 
     def _endpoint(self, name: str) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
+            reply = request._msg.reply
+            if not reply.startswith(INBOX_PREFIX):
+                # An answer goes to the asker's inbox only: a reply subject on the events
+                # stream or a key-value bucket would let a reader write there through us.
+                log.warning("query.reply_refused", endpoint=name, reply=reply[:200])
+                return
             try:
                 parsed = self._parse(name, request.data)
             except RunstateError as exc:  # includes a query model that checks itself
