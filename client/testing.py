@@ -33,12 +33,19 @@ async def in_memory(settings: Settings | None = None) -> AsyncIterator[Client]:
     try:
         projector = Projector(log, store)
         client = Client(log, LocalQueries(QueryService(projector, log)))
+        # The block's exception is raised outside the task group: inside it, anyio
+        # would wrap it in an ExceptionGroup and callers could not catch it by type.
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(projector.run)
             await projector.wait_started()
             try:
                 yield client
+            except Exception as exc:
+                error = exc
             finally:
                 tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
     finally:
         store.close()

@@ -148,3 +148,11 @@ async def test_run_wait_returns_once_the_run_is_finished() -> None:
             tg.start_soon(handle.complete)
             finished = await run.wait(timeout=10)
         assert finished.state is RunState.COMPLETED
+
+
+async def test_an_error_inside_the_block_comes_out_as_itself() -> None:
+    """An exception raised inside ``in_memory()`` is not wrapped in an ExceptionGroup."""
+    with pytest.raises(KeyError):
+        async with in_memory() as client:
+            await client.create_run("Raises")
+            raise KeyError("mine")
