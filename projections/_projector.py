@@ -47,8 +47,8 @@ from runstate.projections._feeder import (
     encode_acknowledgement,
     encode_request,
 )
-from runstate.projections._protocols import ReadStore
 from runstate.projections._reducers import FoldBatch, touched
+from runstate.projections._typing import ReadStore
 from runstate.projections._views import RunView, TaskView
 
 __all__ = ["CommitDecoder", "FoldPlan", "Projector"]
