@@ -4,7 +4,8 @@
 (Flow, Run, Step, Task, DataArtifact), ZenML/W&B-style filtered and
 paginated lists, live subscriptions (``watch``, ``events``) and the
 worker API (``create_run``). ``runstate.client.compat`` is the blocking,
-Metaflow-compatible facade.
+Metaflow-compatible facade. Every runstate exception is importable from
+here (``from runstate.client import NotFound``).
 """
 
 from runstate.client._client import Client as Client
@@ -23,30 +24,66 @@ from runstate.client._pages import Page as Page
 from runstate.client._watch import Change as Change
 from runstate.client._watch import EventRecord as EventRecord
 from runstate.client._watch import Subscription as Subscription
-from runstate.engine._log import Receipt as Receipt
+from runstate.engine._commits import Receipt as Receipt
+from runstate.engine._handles import RunHandle as RunHandle
+from runstate.engine._handles import TaskHandle as TaskHandle
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
-from runstate.engine._worker import RunHandle as RunHandle
-from runstate.engine._worker import TaskHandle as TaskHandle
+from runstate.engine.errors import BadFilter as BadFilter
+from runstate.engine.errors import ConfigurationError as ConfigurationError
+from runstate.engine.errors import ConflictError as ConflictError
+from runstate.engine.errors import IdempotencyKeyReused as IdempotencyKeyReused
+from runstate.engine.errors import IllegalTransition as IllegalTransition
+from runstate.engine.errors import InvalidEvent as InvalidEvent
+from runstate.engine.errors import InvalidName as InvalidName
+from runstate.engine.errors import JetStreamDisabled as JetStreamDisabled
+from runstate.engine.errors import NotFound as NotFound
+from runstate.engine.errors import NotInNamespace as NotInNamespace
+from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
+from runstate.engine.errors import RunstateError as RunstateError
+from runstate.engine.errors import ServerAlreadyRunning as ServerAlreadyRunning
+from runstate.engine.errors import ServerTooOld as ServerTooOld
+from runstate.engine.errors import StoreInUse as StoreInUse
+from runstate.engine.errors import Timeout as Timeout
+from runstate.engine.errors import Unavailable as Unavailable
+from runstate.engine.errors import UnsafeArtifact as UnsafeArtifact
 
 __all__ = [
+    "BadFilter",
     "Change",
     "Client",
     "Code",
+    "ConfigurationError",
+    "ConflictError",
     "Data",
     "DataArtifact",
     "EventRecord",
     "Flow",
+    "IdempotencyKeyReused",
+    "IllegalTransition",
+    "InvalidEvent",
+    "InvalidName",
+    "JetStreamDisabled",
+    "NotFound",
+    "NotInNamespace",
     "Page",
+    "PayloadTooLarge",
     "Receipt",
     "Run",
     "RunHandle",
     "RunState",
+    "RunstateError",
+    "ServerAlreadyRunning",
+    "ServerTooOld",
     "Step",
+    "StoreInUse",
     "Subscription",
     "Task",
     "TaskHandle",
     "TaskState",
+    "Timeout",
+    "Unavailable",
+    "UnsafeArtifact",
     "connect",
     "default_namespace",
     "get_namespace",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -12,21 +10,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-import nats.errors
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
 from runstate.client import _namespace
-from runstate.engine._connection import open_nats, provision
-from runstate.engine._log import EventLog, Receipt
+from runstate.client._queries import NatsQueries, Queries
+from runstate.engine._commits import Receipt
+from runstate.engine._handles import RunHandle
+from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
-from runstate.engine._worker import RunHandle, Writer
-from runstate.engine.errors import NotFound, Timeout, Unavailable, error_from_wire
+from runstate.engine._typing import EventLog
+from runstate.engine._worker import Writer
+from runstate.engine.errors import NotFound
 from runstate.projections._queries import Page as ViewPage
+from runstate.projections._replica import Replica
 from runstate.projections._views import RunView, TaskView
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "connect"]
 
-log = structlog.get_logger("runstate.client")
+log = get_logger("runstate.client")
 
 After = int | Receipt | None
 
@@ -57,23 +58,43 @@ class Client:
     """A connection to runstate: snapshot reads, live subscriptions, and writes.
 
     Get one with ``async with connect() as client:``. Reads go to the query
-    service; live subscriptions read the event stream directly; writes go
-    through the engine's ``Writer`` (``client.create_run``).
+    service (``queries``); live subscriptions follow the event log directly;
+    writes go through the engine's ``Writer`` (``client.create_run``). The
+    log and the queries are seams: NATS in production, in-process objects in
+    ``runstate.client.testing.in_memory()``.
     """
 
     def __init__(
-        self, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT
+        self,
+        log: EventLog,
+        queries: Queries,
+        *,
+        nc: NATS | None = None,
+        namespace: Any = _namespace.DEFAULT,
     ) -> None:
         self.nc = nc
-        self.settings = settings
-        self.log = EventLog(nc, settings)
+        self.settings = log.settings
+        self.log = log
+        self.queries = queries
         self.writer = Writer(self.log)
         self.subjects = self.log.subjects
         self._namespace = namespace
         #: sequence of the latest write made through this client (read-your-writes)
         self.last_write: int = 0
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
-        self.read_wait: float = settings.request_timeout
+        self.read_wait: float = self.settings.request_timeout
+
+    @classmethod
+    def over_nats(
+        cls, nc: NATS, settings: Settings, *, namespace: Any = _namespace.DEFAULT
+    ) -> Client:
+        """A client whose log is JetStream and whose reads go to the query service, on ``nc``."""
+        return cls(
+            JetStreamEventLog(nc, settings),
+            NatsQueries(nc, Subjects(settings.prefix)),
+            nc=nc,
+            namespace=namespace,
+        )
 
     # -- namespace -------------------------------------------------------------
 
@@ -121,46 +142,14 @@ class Client:
         timeout: float | None,  # noqa: ASYNC109 - a bound on one NATS request
     ) -> bytes:
         """The reply's bytes, ``{"result": ...}``; an error reply raises its typed error."""
-        subject = f"{self.subjects.query_prefix}.{endpoint}"
         fields = {k: v for k, v in body.items() if v is not None}
         if "after" in fields:
             fields.setdefault("wait", self.read_wait)
         payload = orjson.dumps(fields, default=_json_default)
         wait = float(fields.get("wait") or 0.0)
-        # "No responders" can pass: a replica's interest reaches the other nodes of a
-        # cluster a moment after it subscribes, and a restarted replica comes back.
-        give_up = time.monotonic() + _NO_RESPONDERS_PATIENCE
-        delay = 0.02
-        try:
-            while True:
-                try:
-                    msg = await self.nc.request(
-                        subject,
-                        payload,
-                        timeout=timeout or (wait + self.settings.request_timeout),
-                    )
-                    break
-                except nats.errors.NoRespondersError:
-                    if time.monotonic() + delay > give_up:
-                        raise
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 0.25)
-        except nats.errors.NoRespondersError:
-            raise Unavailable(
-                "no query service is answering; start one with `runstate server` or "
-                "`runstate projector`, or connect with projector=True"
-            ) from None
-        except nats.errors.TimeoutError:
-            raise Timeout(f"the query service did not answer {endpoint} in time") from None
-        except nats.errors.ConnectionClosedError:
-            raise Unavailable("the NATS connection is closed") from None
-        if msg.headers and "Nats-Service-Error-Code" in msg.headers:
-            try:
-                wire = orjson.loads(msg.data)
-            except orjson.JSONDecodeError:
-                wire = {"message": msg.headers.get("Nats-Service-Error", "error")}
-            raise error_from_wire(wire)
-        return msg.data
+        return await self.queries.request(
+            endpoint, payload, timeout or (wait + self.settings.request_timeout)
+        )
 
     # -- snapshot reads -----------------------------------------------------------
 
@@ -442,7 +431,10 @@ async def connect(
     neither it starts (or joins) the embedded nats-server on ``data_dir``
     and, when it started the server, runs a projector replica in-process,
     so a script or notebook works with no set-up. ``projector=True`` forces
-    an in-process replica, ``False`` forbids one.
+    an in-process replica, ``False`` forbids one. The replica (a
+    ``runstate.projections.Replica`` named ``client``) keeps its read store
+    under ``data_dir`` and holds its lock: ``StoreInUse`` when another
+    replica holds it.
     """
     base = settings or Settings.from_env(
         nats_url=url,
@@ -464,63 +456,15 @@ async def connect(
 
 @asynccontextmanager
 async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Client]:
-    from runstate.engine._server import ensure_embedded
+    async with Replica(settings, projector=projector, name="client") as replica:
+        client = Client.over_nats(replica.nc, replica.settings)
+        if replica.projector is not None:
+            # Let the first reads of this process see what earlier ones wrote.
+            caught_up = await client.log.stream_last_sequence()
+            with anyio.move_on_after(max(replica.settings.request_timeout, 30.0)):
+                await replica.projector.wait_for(caught_up, timeout=math.inf)
+        yield client
 
-    embedded = None
-    if settings.nats_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        embedded = await anyio.to_thread.run_sync(ensure_embedded, settings.data_dir)
-        settings = settings.replace(nats_url=embedded.url)
-    try:
-        nc = await open_nats(settings)
-        try:
-            await provision(nc, settings)
-            client = Client(nc, settings)
-            run_replica = projector if projector is not None else bool(embedded and embedded.owned)
-            if run_replica:
-                from runstate.projections._runner import serve_replica
-
-                if embedded is not None:
-                    # Whoever owns the embedded server owns this store too (the server lock).
-                    store = settings.data_dir / "views.sqlite3"
-                else:
-                    store = await _replica_store(nc, settings)
-                async with anyio.create_task_group() as tg:
-                    replica = await tg.start(serve_replica, nc, settings, store)
-                    # Let the first reads of this process see what earlier ones wrote.
-                    caught_up = await client.log.stream_last_sequence()
-                    with anyio.move_on_after(max(settings.request_timeout, 30.0)):
-                        await replica.projector.wait_for(caught_up, timeout=math.inf)
-                    try:
-                        yield client
-                    finally:
-                        tg.cancel_scope.cancel()
-            else:
-                yield client
-        finally:
-            with anyio.CancelScope(shield=True):
-                await nc.close()
-    finally:
-        if embedded is not None:
-            await anyio.to_thread.run_sync(embedded.stop)
-
-
-async def _replica_store(nc: NATS, settings: Settings) -> Path:
-    """The read store of an in-process replica of the server at ``settings.nats_url``.
-
-    One file per events stream, named after the stream's creation time: a
-    store must never resume from a checkpoint taken on another server (the
-    data directory is shared by every server a user connects to), or on a
-    stream that has since been deleted and made again.
-    """
-    info = await nc.jetstream().stream_info(Subjects(settings.prefix).events_stream)
-    created = info.created.isoformat() if info.created is not None else settings.nats_url
-    digest = hashlib.sha256(f"{settings.prefix}|{created}".encode()).hexdigest()[:16]
-    return settings.data_dir / "replicas" / f"views-{settings.prefix}-{digest}.sqlite3"
-
-
-#: seconds a query asks again while NATS says no service is there to answer it
-_NO_RESPONDERS_PATIENCE = 1.0
 
 _V = TypeVar("_V", RunView, TaskView)
 

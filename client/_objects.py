@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from runstate.engine._commits import Receipt
 from runstate.engine._events import ArtifactRecord, ExceptionInfo, ForeachFrame
-from runstate.engine._log import Receipt
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
 from runstate.projections._queries import FlowSummary
@@ -441,8 +441,13 @@ class Task(_Object):
 
     @property
     def metadata_dict(self) -> dict[str, str]:
-        """The latest value of each metadata name."""
-        return self.view.metadata_dict
+        """This attempt's metadata by name, as Metaflow's: ``metadata_dict["attempt"]``.
+
+        Holds ``attempt``, ``runtime``, ``started_at``, ``finished_at`` and
+        ``attempt_ok`` for every task (derived from its state; see
+        ``TaskView.metadata_of``), then what the worker recorded for this attempt.
+        """
+        return self.view.metadata_of(self._attempt)
 
     @property
     def parent_task_pathspecs(self) -> list[str]:

@@ -12,20 +12,18 @@ resumes after the last sequence it delivered.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-import nats.errors
-import nats.js.errors
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from runstate.engine._commits import Delivery
 from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
+from runstate.engine._typing import Follow
 from runstate.engine.errors import InvalidEvent, NotFound, RunstateError, Timeout
 from runstate.projections._reducers import fold_view, touched
 from runstate.projections._views import Position, RunView, TaskView
@@ -171,60 +169,6 @@ def _in_scope(path: Pathspec, key: ViewKey) -> bool:
     return False  # flow and run watches follow runs; their step summaries carry task states
 
 
-class _Consumer:
-    """An ordered consumer from ``start`` whose messages go to ``on_msg``; stopped on exit."""
-
-    def __init__(
-        self, client: Client, subject: str, start: int, on_msg: Callable[[Msg], None]
-    ) -> None:
-        self._client = client
-        self._subject = subject
-        self._start = start
-        self._on_msg = on_msg
-        self._sub: Any = None
-
-    async def __aenter__(self) -> _Consumer:
-        js = self._client.nc.jetstream()
-        on_msg = self._on_msg
-
-        async def deliver(msg: Msg) -> None:
-            on_msg(msg)
-
-        self._sub = await js.subscribe(
-            self._subject,
-            cb=deliver,
-            stream=self._client.subjects.events_stream,
-            ordered_consumer=True,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=max(1, self._start),
-                idle_heartbeat=1.0,  # a lost consumer is remade after two missed beats
-                flow_control=True,
-            ),
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024,
-        )
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        with anyio.CancelScope(shield=True):
-            if self._sub is None:
-                return
-            try:
-                await self._sub.unsubscribe()
-            except (nats.errors.Error, nats.js.errors.Error):
-                pass
-            # Delete the server's consumer now rather than when its inactivity
-            # threshold runs out; bounded, so a lost connection cannot hold us here.
-            with anyio.move_on_after(self._client.settings.request_timeout):
-                try:
-                    await self._client.nc.jetstream().delete_consumer(
-                        self._client.subjects.events_stream, self._sub._consumer
-                    )
-                except (nats.errors.Error, nats.js.errors.Error):
-                    pass
-
-
 #: messages a watch may fall behind its feed before it is stopped with an error
 _WATCH_BUFFER = 100_000
 
@@ -242,27 +186,25 @@ class _Feed:
         self.client = client
         self.subject = subject
         self.delivered = 0
-        self.watches: set[MemoryObjectSendStream[Msg]] = set()
-        self.overflowed: set[MemoryObjectSendStream[Msg]] = set()
-        self._consumer: _Consumer | None = None
+        self.watches: set[MemoryObjectSendStream[Delivery]] = set()
+        self.overflowed: set[MemoryObjectSendStream[Delivery]] = set()
+        self._follow: Follow | None = None
 
     async def open(self, start: int) -> None:
         self.delivered = start - 1
-        self._consumer = _Consumer(self.client, self.subject, start, self._dispatch)
-        await self._consumer.__aenter__()
+        follow = self.client.log.follow(self.subject, start=start, on_delivery=self._dispatch)
+        await follow.__aenter__()
+        self._follow = follow
 
     async def close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.__aexit__(None, None, None)
+        if self._follow is not None:
+            await self._follow.__aexit__(None, None, None)
 
-    def _dispatch(self, msg: Msg) -> None:
-        seq = _sequence(msg)
-        if seq <= self.delivered:
-            return  # delivered again after the ordered consumer reset itself
-        self.delivered = seq
+    def _dispatch(self, delivery: Delivery) -> None:
+        self.delivered = delivery[0]
         for send in list(self.watches):
             try:
-                send.send_nowait(msg)
+                send.send_nowait(delivery)
             except anyio.WouldBlock:
                 # Never drop silently: this watch ends with an error instead.
                 self.overflowed.add(send)
@@ -274,7 +216,7 @@ class _Feed:
 
 async def _join(
     client: Client, subject: str
-) -> tuple[_Feed, MemoryObjectSendStream[Msg], MemoryObjectReceiveStream[Msg]]:
+) -> tuple[_Feed, MemoryObjectSendStream[Delivery], MemoryObjectReceiveStream[Delivery]]:
     """Register a new watch on the client's feed of ``subject``, opening the feed if needed."""
     feeds: dict[str, _Feed] = client.__dict__.setdefault("_feeds", {})
     lock: anyio.Lock = client.__dict__.setdefault("_feeds_lock", anyio.Lock())
@@ -285,12 +227,12 @@ async def _join(
             # Start where the query service is: the first snapshot is taken after it.
             await feed.open(int((await client.status())["applied"]) + 1)
             feeds[subject] = feed
-        send, receive = anyio.create_memory_object_stream[Msg](max_buffer_size=_WATCH_BUFFER)
+        send, receive = anyio.create_memory_object_stream[Delivery](max_buffer_size=_WATCH_BUFFER)
         feed.watches.add(send)
         return feed, send, receive
 
 
-async def _leave(client: Client, feed: _Feed, send: MemoryObjectSendStream[Msg]) -> None:
+async def _leave(client: Client, feed: _Feed, send: MemoryObjectSendStream[Delivery]) -> None:
     """Unregister a watch; the last one to leave stops the feed's consumer."""
     with anyio.CancelScope(shield=True):
         lock: anyio.Lock = client.__dict__["_feeds_lock"]
@@ -324,30 +266,22 @@ def _decode(client: Client, sequence: int, data: bytes) -> list[Event]:
     return events
 
 
-def _sequence(msg: Msg) -> int:
-    tokens = msg.reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    return int(msg.metadata.sequence.stream)
-
-
 async def _new_commits(
-    client: Client, receive: AsyncIterable[Msg], last: int
-) -> AsyncGenerator[tuple[int, Msg, list[Event]], None]:
-    """(sequence, message, events) of each commit delivered after ``last``, once.
+    client: Client, receive: AsyncIterable[Delivery], last: int
+) -> AsyncGenerator[tuple[int, str, list[Event]], None]:
+    """(sequence, subject, events) of each commit delivered after ``last``, once.
 
     Commits that do not decode are skipped, as the projector dead-letters them.
     """
-    async for msg in receive:
-        seq = _sequence(msg)
+    async for seq, subject, data in receive:
         if seq <= last:
             continue
         last = seq
         try:
-            commit = _decode(client, seq, msg.data)
+            commit = _decode(client, seq, data)
         except InvalidEvent:
             continue
-        yield seq, msg, commit
+        yield seq, subject, commit
 
 
 def watch(client: Client, pathspec: str) -> Subscription[Change]:
@@ -365,10 +299,13 @@ async def _watch(client: Client, pathspec: str) -> AsyncGenerator[Change, None]:
     # the snapshot, read after the cut, holds every commit up to it.
     feed, send, receive = await _join(client, subject)
     try:
-        as_of = feed.delivered
-        views = await _snapshot(client, path, as_of)
-        yield Change(None, (as_of, 0), dict(views))
-        async with aclosing(_new_commits(client, receive, as_of)) as commits:
+        cut = feed.delivered
+        views = await _snapshot(client, path, cut)
+        # The replica may have applied more than the cut when it answered: the snapshot
+        # is as of the latest position it holds, and the feed's commits up to it are in it.
+        as_of = max([(cut, 0), *(view.position for view in views.values())])
+        yield Change(None, as_of, dict(views))
+        async with aclosing(_new_commits(client, receive, as_of[0])) as commits:
             async for seq, _, commit in commits:
                 for index, event in enumerate(commit):
                     position = (seq, index)
@@ -436,35 +373,15 @@ async def _events(
             for index, event in enumerate(commit.events):
                 yield EventRecord(commit.sequence, index, commit.subject, event)
         return
-    send, receive = anyio.create_memory_object_stream[Msg](max_buffer_size=_WATCH_BUFFER)
-    overflowed = False
-
-    def deliver(msg: Msg) -> None:
-        nonlocal overflowed
-        try:
-            send.send_nowait(msg)
-        except anyio.WouldBlock:
-            overflowed = True  # never drop silently: the stream ends with an error
-            send.close()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
-
-    try:
-        async with (
-            _Consumer(client, subject, since, deliver),
-            aclosing(_new_commits(client, receive, since - 1)) as commits,
-        ):
-            async for seq, msg, decoded in commits:
+    async with client.log.follow(subject, start=since) as batches:
+        async for batch in batches:
+            for seq, delivered_on, data in batch:
+                try:
+                    decoded = _decode(client, seq, data)
+                except InvalidEvent:
+                    continue  # set aside by the projector as a dead letter
                 for index, event in enumerate(decoded):
-                    yield EventRecord(seq, index, msg.subject, event)
-            if overflowed:
-                raise RunstateError(
-                    f"the event stream of {pathspec} fell more than {_WATCH_BUFFER:,} commits "
-                    "behind and was stopped; read faster, or start again with since="
-                )
-    finally:
-        send.close()
-        receive.close()
+                    yield EventRecord(seq, index, delivered_on, event)
 
 
 async def wait_for_run(

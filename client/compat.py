@@ -11,18 +11,23 @@
 
 The first use connects (``RUNSTATE_NATS_URL``, else the embedded server)
 and keeps one async client running on a background event loop (an anyio
-blocking portal); every attribute that needs I/O calls into it. Use
-``compat.connect(url)`` first to choose the server, ``compat.close()`` to
-stop early (it is also done at exit).
+blocking portal); every attribute that needs I/O calls into it. Metaflow's
+metadata-provider functions choose which runstate the facade reads:
+``metadata("nats://host:4222")``, ``metadata("local")``, ``get_metadata()``,
+``default_metadata()`` (``compat.connect(url, **options)`` does too, with
+``connect()``'s options). ``compat.close()`` stops early (it is also done
+at exit).
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -32,9 +37,12 @@ from runstate.client._client import Client
 from runstate.client._client import connect as _connect
 from runstate.client._namespace import default_namespace, get_namespace, namespace
 from runstate.engine._events import ExceptionInfo
+from runstate.engine._settings import Settings
+from runstate.engine.errors import ConfigurationError
 from runstate.projections._views import MetadataView
 
 __all__ = [
+    "Artifacts",
     "DataArtifact",
     "Flow",
     "Metaflow",
@@ -43,8 +51,11 @@ __all__ = [
     "Task",
     "close",
     "connect",
+    "default_metadata",
     "default_namespace",
+    "get_metadata",
     "get_namespace",
+    "metadata",
     "namespace",
 ]
 
@@ -60,10 +71,12 @@ class _Session:
         self.portal: BlockingPortal | None = None
         self.client: Client | None = None
 
-    def open(self, url: str | None = None, **options: Any) -> Client:
+    def open(self) -> Client:
+        """The client, connected on first use to the runstate ``metadata()`` chose."""
         with self._lock:
             if self.client is not None:
                 return self.client
+            url, options = _provider if _provider is not None else (None, {})
             stack = ExitStack()
             try:
                 portal = stack.enter_context(start_blocking_portal())
@@ -95,11 +108,87 @@ class _Session:
 _session = _Session()
 atexit.register(_session.close)
 
+#: what ``metadata()`` or ``connect()`` chose: ``runstate.client.connect``'s URL and
+#: options; None: the default (``RUNSTATE_NATS_URL``, else the embedded server)
+_provider: tuple[str | None, dict[str, Any]] | None = None
+
+_NATS_SCHEMES = ("nats://", "tls://", "ws://", "wss://")
+
 
 def connect(url: str | None = None, **options: Any) -> None:
-    """Choose the server before first use (else ``RUNSTATE_NATS_URL`` or the embedded one)."""
+    """Choose the server and connect now (else ``RUNSTATE_NATS_URL`` or the embedded one).
+
+    ``options`` are ``runstate.client.connect``'s (``data_dir``, ``credentials``, ...).
+    """
+    global _provider
     _session.close()
-    _session.open(url, **options)
+    _provider = (url, dict(options))
+    _session.open()
+
+
+def metadata(ms: str) -> str:
+    """Choose the runstate the facade reads (Metaflow's ``metadata()``); return ``get_metadata()``.
+
+    ``ms`` is ``local`` (the embedded server on the default data directory),
+    a directory path (the embedded server on that data directory), a NATS URL
+    (``nats://host:4222``; also ``tls://``, ``ws://``, ``wss://``), or
+    explicitly ``local@<directory>`` or ``service@<NATS URL>``. The facade's
+    current client is closed; the next read connects to the new choice.
+    Raises ``ConfigurationError`` for an HTTP URL (the facade reads over
+    NATS, not through the HTTP gateway) or an unknown ``<type>@``.
+    """
+    global _provider
+    if not isinstance(ms, str) or not ms:
+        raise ConfigurationError(
+            "metadata() takes 'local', a directory, a NATS URL, 'local@<dir>' or 'service@<url>'"
+        )
+    kind, _, info = ms.partition("@") if ms.startswith(("local@", "service@")) else ("", "", ms)
+    if not kind:
+        if ms.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"metadata({ms!r}): the facade reads runstate over NATS, not HTTP; "
+                "give its NATS URL, e.g. metadata('nats://host:4222')"
+            )
+        kind = "service" if ms.startswith(_NATS_SCHEMES) else "local"
+        info = "" if ms == "local" else ms
+    if kind == "service":
+        if not info.startswith(_NATS_SCHEMES):
+            raise ConfigurationError(
+                f"metadata({ms!r}): a service is a NATS URL such as service@nats://host:4222"
+            )
+        chosen: tuple[str | None, dict[str, Any]] = (info, {})
+    else:
+        settings = Settings.from_env().replace(nats_url=None)
+        if info:
+            settings = settings.replace(data_dir=Path(info).expanduser().absolute())
+        chosen = (None, {"settings": settings})
+    _session.close()
+    _provider = chosen
+    return get_metadata()
+
+
+def get_metadata() -> str:
+    """Which runstate the facade reads: ``service@<NATS URL>`` or ``local@<data directory>``."""
+    url, options = _provider if _provider is not None else (None, {})
+    settings = options.get("settings")
+    if url is None and settings is None:
+        url = os.environ.get("RUNSTATE_NATS_URL") or None
+    if url is not None:
+        return f"service@{url}"
+    if settings is None:
+        settings = Settings.from_env(data_dir=options.get("data_dir"))
+    return f"local@{settings.data_dir}"
+
+
+def default_metadata() -> str:
+    """Go back to the default runstate (``RUNSTATE_NATS_URL``, else the embedded server).
+
+    As Metaflow's: the choice before any ``metadata()`` call; returns ``get_metadata()``.
+    """
+    global _provider
+    _session.close()
+    _provider = None
+    return get_metadata()
 
 
 def close() -> None:
@@ -300,8 +389,9 @@ class Task(_Wrapper):
         return _Data(self._obj.data)
 
     @property
-    def artifacts(self) -> list[DataArtifact]:
-        return [DataArtifact._wrap(a) for a in self._obj.artifacts]
+    def artifacts(self) -> Artifacts:
+        """Metaflow's ``MetaflowArtifacts``: ``task.artifacts.model.data``, iteration, ``in``."""
+        return Artifacts([DataArtifact._wrap(a) for a in self._obj.artifacts])
 
     def __getitem__(self, name: str) -> DataArtifact:
         return DataArtifact._wrap(self._obj[name])
@@ -311,6 +401,14 @@ class Task(_Wrapper):
 
     def __iter__(self) -> Iterator[DataArtifact]:
         return iter(self.artifacts)
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        """This attempt's metadata by name: ``attempt`` and ``runtime`` always (Metaflow's).
+
+        See ``runstate.client.Task.metadata_dict`` for the entries every task has.
+        """
+        return self._obj.metadata_dict  # type: ignore[no-any-return]
 
     @property
     def parent_tasks(self) -> list[Task]:
@@ -354,6 +452,52 @@ class DataArtifact(_Wrapper):
         if self._obj.is_inline:
             return self._obj.data
         return _call(self._obj.load)
+
+
+class Artifacts:
+    """A task's artifacts as Metaflow's ``MetaflowArtifacts`` (a named tuple of them).
+
+    ``artifacts.model`` is the DataArtifact named ``model`` (``.data`` its
+    value); iteration and ``artifacts[0]`` give DataArtifacts in order;
+    ``in`` takes a name or a DataArtifact; ``len`` counts them.
+    """
+
+    def __init__(self, artifacts: list[DataArtifact]) -> None:
+        self._list = artifacts
+        self._by_name = {artifact.id: artifact for artifact in artifacts}
+
+    def __getattr__(self, name: str) -> DataArtifact:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        artifact = self._by_name.get(name)
+        if artifact is None:
+            raise AttributeError(
+                f"no artifact {name!r}; this task has {sorted(self._by_name) or 'none'}"
+            )
+        return artifact
+
+    def __getitem__(self, key: int | str) -> DataArtifact:
+        return self._by_name[key] if isinstance(key, str) else self._list[key]
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return iter(self._list)
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._by_name if isinstance(item, str) else item in self._list
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def _asdict(self) -> dict[str, DataArtifact]:
+        """By name, as a named tuple's ``_asdict()``."""
+        return dict(self._by_name)
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{name}={artifact!r}" for name, artifact in self._by_name.items())
+        return f"MetaflowArtifacts({names})"
 
 
 class _Data:

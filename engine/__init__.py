@@ -1,6 +1,10 @@
 """runstate.engine: the write side (events, names, state machines, the event log)."""
 
 from runstate.engine._artifacts import ArtifactStore as ArtifactStore
+from runstate.engine._commits import Commit as Commit
+from runstate.engine._commits import Delivery as Delivery
+from runstate.engine._commits import Receipt as Receipt
+from runstate.engine._commits import StoredCommit as StoredCommit
 from runstate.engine._connection import open_nats as open_nats
 from runstate.engine._connection import provision as provision
 from runstate.engine._events import ArtifactRecord as ArtifactRecord
@@ -19,32 +23,38 @@ from runstate.engine._events import TaskCreated as TaskCreated
 from runstate.engine._events import decode_commit as decode_commit
 from runstate.engine._events import encode_commit as encode_commit
 from runstate.engine._events import register_upcaster as register_upcaster
-from runstate.engine._log import Commit as Commit
-from runstate.engine._log import EventLog as EventLog
-from runstate.engine._log import Pipeline as Pipeline
-from runstate.engine._log import Receipt as Receipt
-from runstate.engine._log import StoredCommit as StoredCommit
+from runstate.engine._handles import RunHandle as RunHandle
+from runstate.engine._handles import TaskHandle as TaskHandle
+from runstate.engine._jetstream import JetStreamEventLog as JetStreamEventLog
 from runstate.engine._logging import configure_logging as configure_logging
+from runstate.engine._memory import MemoryEventLog as MemoryEventLog
 from runstate.engine._names import Pathspec as Pathspec
 from runstate.engine._names import Subjects as Subjects
 from runstate.engine._names import parse_pathspec as parse_pathspec
 from runstate.engine._settings import Settings as Settings
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
-from runstate.engine._worker import RunHandle as RunHandle
-from runstate.engine._worker import TaskHandle as TaskHandle
+from runstate.engine._typing import BlobStore as BlobStore
+from runstate.engine._typing import EventLog as EventLog
+from runstate.engine._typing import Follow as Follow
+from runstate.engine._typing import Pipeline as Pipeline
 from runstate.engine._worker import Writer as Writer
 
 __all__ = [
     "ArtifactRecord",
     "ArtifactStore",
     "ArtifactsRecorded",
+    "BlobStore",
     "Commit",
+    "Delivery",
     "Event",
     "EventLog",
     "ExceptionInfo",
+    "Follow",
     "ForeachFrame",
     "Heartbeat",
+    "JetStreamEventLog",
+    "MemoryEventLog",
     "MetadataEntry",
     "MetadataRecorded",
     "Pathspec",
@@ -71,5 +81,3 @@ __all__ = [
     "provision",
     "register_upcaster",
 ]
-
-configure_logging()  # a no-op when the application configured structlog itself

@@ -7,74 +7,62 @@ import hashlib
 import pickle
 from typing import Any
 
-import nats.js.errors
 import orjson
-from nats.aio.client import Client as NATS
 
 from runstate.engine._events import ArtifactRecord
-from runstate.engine._names import Subjects, check_artifact_name
+from runstate.engine._names import check_artifact_name
 from runstate.engine._settings import Settings
-from runstate.engine.errors import NotFound, RunstateError, UnsafeArtifact
+from runstate.engine._typing import BlobStore
+from runstate.engine._values import json_fault
+from runstate.engine.errors import InvalidEvent, NotFound, RunstateError, UnsafeArtifact
 
 __all__ = ["ArtifactStore", "encode_value"]
 
-_JSON_SCALARS = (str, int, float, bool, type(None))
 
+def encode_value(value: Any, name: str = "value") -> tuple[str, bytes]:
+    """Return ``(codec, bytes)``: JSON for JSON values, pickle for anything else.
 
-def _is_plain_json(value: Any, depth: int = 0) -> bool:
-    """True if ``value`` survives a JSON round trip unchanged (no tuples, sets, objects)."""
-    if depth > 64:
-        return False
-    if isinstance(value, _JSON_SCALARS):
-        return not (isinstance(value, float) and value != value)  # NaN is not JSON
-    if type(value) is list:
-        return all(_is_plain_json(item, depth + 1) for item in value)
-    if type(value) is dict:
-        return all(
-            type(key) is str and _is_plain_json(item, depth + 1) for key, item in value.items()
-        )
-    return False
-
-
-def encode_value(value: Any) -> tuple[str, bytes]:
-    """Return ``(codec, bytes)``: JSON for plain JSON values, pickle for anything else."""
-    if _is_plain_json(value):
-        return "json", orjson.dumps(value)
-    return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    A JSON value is what ``check_json_value`` accepts; anything else (a tuple,
+    a set, an object, a NaN or infinite float, which JSON cannot hold) is
+    pickled, so it loads back exactly. Raises ``InvalidEvent`` (naming
+    ``name``) for a value that can be neither (a lambda, a list nested
+    10,000 deep).
+    """
+    if json_fault(value, name) is None:
+        try:
+            return "json", orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            pass  # an int beyond 64 bits: pickle keeps it exact
+    try:
+        return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, but also AttributeError, TypeError, RecursionError
+        raise InvalidEvent(
+            f"artifact {name} is neither a JSON value nor picklable "
+            f"({type(exc).__name__}: {exc}); save data, not a lambda, a generator or a handle"
+        ) from None
 
 
 class ArtifactStore:
     """Puts artifact values where they belong and loads them back.
 
     Values up to ``settings.inline_artifact_limit`` bytes travel inside the
-    event; larger ones go to the ``<prefix>_blobs`` object store under their
-    sha256, so equal values are stored once.
+    event; larger ones go to the blob store (JetStream's ``<prefix>_blobs``
+    object store) under their sha256, so equal values are stored once.
     """
 
-    def __init__(self, nc: NATS, settings: Settings) -> None:
-        self._nc = nc
+    def __init__(self, blobs: BlobStore, settings: Settings) -> None:
+        self._blobs = blobs
         self._settings = settings
-        self._bucket = Subjects(settings.prefix).blobs_bucket
-        self._store: Any = None
-
-    async def _object_store(self) -> Any:
-        if self._store is None:
-            self._store = await self._nc.jetstream().object_store(self._bucket)
-        return self._store
 
     async def record(self, name: str, value: Any) -> ArtifactRecord:
         """Encode ``value`` and return the record to put in an ``ArtifactsRecorded`` event."""
         check_artifact_name(name)
-        codec, data = encode_value(value)
+        codec, data = encode_value(value, name)
         sha = hashlib.sha256(data).hexdigest()
         if len(data) <= self._settings.inline_artifact_limit:
             inline: Any = value if codec == "json" else base64.b64encode(data).decode("ascii")
             return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, inline=inline)
-        store = await self._object_store()
-        try:
-            await store.get_info(sha)
-        except nats.js.errors.ObjectNotFoundError:
-            await store.put(sha, data)
+        await self._blobs.put(sha, data)
         return ArtifactRecord(name=name, sha256=sha, size=len(data), codec=codec, ref=sha)
 
     async def load_bytes(self, record: ArtifactRecord) -> bytes:
@@ -83,15 +71,10 @@ class ArtifactStore:
             if record.codec == "json":
                 return orjson.dumps(record.inline)
             return base64.b64decode(str(record.inline))
-        store = await self._object_store()
         try:
-            result = await store.get(record.ref)
-        except nats.js.errors.ObjectNotFoundError:
-            raise NotFound(
-                f"artifact {record.name}: blob {record.ref} is missing from {self._bucket}"
-            ) from None
-        data: bytes = result.data
-        return data
+            return await self._blobs.get(record.ref)
+        except NotFound as exc:
+            raise NotFound(f"artifact {record.name}: {exc.message}") from None
 
     async def load(self, record: ArtifactRecord) -> Any:
         """The artifact's Python value; pickles only if ``settings.trust_pickles``."""

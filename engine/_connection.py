@@ -10,11 +10,12 @@ import anyio
 import nats.errors
 import nats.js.errors
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
+from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
     ConfigurationError,
@@ -26,19 +27,9 @@ from runstate.engine.errors import (
 
 __all__ = ["MIN_SERVER_VERSION", "open_nats", "provision"]
 
-log = structlog.get_logger("runstate.connection")
+log = get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
-
-# "JetStream not temporarily available", "insufficient resources", "leader changed",
-# "stream offline", "expected last sequence per subject temporarily unavailable":
-# what a cluster answers while it elects its leaders
-TRANSIENT_CODES = frozenset({10008, 10023, 10118, 10137, 10163})
-
-
-def transient_api_error(error: dict[str, Any]) -> bool:
-    """Whether a JetStream API error reply (its ``error`` object) is worth asking again."""
-    return error.get("err_code") in TRANSIENT_CODES or error.get("code") == 503
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -144,17 +135,15 @@ async def _jetstream_info(nc: NATS) -> None:
             "or add a jetstream block to its config"
         ) from None
     except nats.errors.TimeoutError:
-        raise _NotYet("the NATS server did not answer a JetStream request within 2s") from None
+        raise TransientRefusal(
+            "the NATS server did not answer a JetStream request within 2s"
+        ) from None
     error = orjson.loads(reply.data).get("error")
     if error is None:
         return
     if not transient_api_error(error):
         raise JetStreamDisabled(f"JetStream is not available: {error.get('description')}")
-    raise _NotYet(f"JetStream is not available yet: {error.get('description')}")
-
-
-class _NotYet(Exception):
-    """A transient refusal, to be retried."""
+    raise TransientRefusal(f"JetStream is not available yet: {error.get('description')}")
 
 
 async def _patiently(budget: float, what: str, attempt: Callable[[], Awaitable[None]]) -> None:
@@ -163,18 +152,19 @@ async def _patiently(budget: float, what: str, attempt: Callable[[], Awaitable[N
     A cluster that has just started (or lost its leader) answers late, or
     "temporarily unavailable", until it has elected its JetStream leaders.
     """
-    deadline = anyio.current_time() + budget
-    delay = 0.1
-    while True:
-        try:
-            await attempt()
-            return
-        except (_NotYet, Unavailable) as exc:
-            if anyio.current_time() + delay >= deadline:
-                raise Unavailable(f"{what} after {budget:g}s: {exc}") from None
-            log.info("jetstream.not_ready", what=what, reason=str(exc), retry_in=delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+    def give_up(exc: BaseException) -> Unavailable:
+        return Unavailable(f"{what} after {budget:g}s: {exc}")
+
+    await retry(
+        attempt,
+        budget=budget,
+        give_up=give_up,
+        transient=(TransientRefusal, Unavailable),
+        first_delay=0.1,
+        max_delay=2.0,
+        what=what,
+    )
 
 
 async def jetstream_api(
@@ -248,7 +238,7 @@ async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
         if error is None:
             return
     if transient_api_error(error):
-        raise _NotYet(f"{error.get('description')} (code {error.get('err_code')})")
+        raise TransientRefusal(f"{error.get('description')} (code {error.get('err_code')})")
     raise RunstateError(
         f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
     )
@@ -271,13 +261,13 @@ async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
             ObjectStoreConfig(storage=StorageType.FILE, replicas=settings.replicas),
         )
     except nats.js.errors.ServiceUnavailableError as exc:
-        raise _NotYet(str(exc)) from None
+        raise TransientRefusal(str(exc)) from None
     except nats.js.errors.APIError as exc:
         if exc.err_code in TRANSIENT_CODES:
-            raise _NotYet(str(exc.description)) from None
+            raise TransientRefusal(str(exc.description)) from None
         raise RunstateError(f"cannot create buckets: {exc.description}") from None
     except nats.errors.TimeoutError:
-        raise _NotYet("JetStream did not answer in time") from None
+        raise TransientRefusal("JetStream did not answer in time") from None
 
 
 async def provision(nc: NATS, settings: Settings) -> None:

@@ -18,12 +18,24 @@ import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import ErrorDetails
 
 from runstate.engine._states import RunState, TaskState
+from runstate.engine._values import check_json_value, json_fault
 from runstate.engine.errors import InvalidEvent
 
 __all__ = [
@@ -79,8 +91,44 @@ def new_event_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+def _explain(error: ErrorDetails) -> str:
+    """One validation error as a sentence that names the field (and what to do, if we know)."""
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "timezone_aware":
+        return f"{where} has no timezone; use an aware datetime, e.g. datetime.now(UTC)"
+    return f"{where}: {error['msg']}"
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    """The base of events and their parts: frozen, and refusing bad values with ``InvalidEvent``.
+
+    Fields named in ``_json_fields`` must hold JSON values (``check_json_value``):
+    checked before pydantic sees them, so a NaN is refused rather than written as
+    null, and a value nested 10,000 deep is refused rather than overflowing.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", ser_json_inf_nan="constants")
+
+    _json_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, /, **data: Any) -> None:
+        for name in self._json_fields:
+            if name in data:
+                check_json_value(data[name], self._json_path(name, data))
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise InvalidEvent(f"invalid {type(self).__name__}: {_explain(error)}") from None
+
+    # Validation from JSON (decode_commit) must not call this __init__: it would
+    # validate every event twice. pydantic's RootModel marks its own __init__ so.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def _json_path(cls, name: str, data: dict[str, Any]) -> str:
+        """How a message names the JSON value in field ``name``."""
+        return name
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -142,8 +190,8 @@ class ForeachFrame(_Model):
     """One level of a foreach: the step that fanned out, this task's index, and how many."""
 
     step: str
-    index: int
-    num_splits: int | None = None
+    index: StrictInt
+    num_splits: StrictInt | None = None
     value: str | None = None
 
 
@@ -160,10 +208,16 @@ class ArtifactRecord(_Model):
 
     name: str
     sha256: str
-    size: int
+    size: StrictInt
     codec: Literal["json", "pickle"]
     inline: JsonValue = None
     ref: str | None = None
+
+    _json_fields = ("inline",)
+
+    @classmethod
+    def _json_path(cls, name: str, data: dict[str, Any]) -> str:
+        return f"artifact {data.get('name', '?')}"
 
     @property
     def is_inline(self) -> bool:
@@ -188,15 +242,17 @@ class RunCreatedPayload(_Model):
     system_tags: list[str] = Field(default_factory=list)
     user: str | None = None
     idempotency_key: str | None = None
-    scheduled_at: datetime | None = None
+    scheduled_at: AwareDatetime | None = None
     script_name: str | None = None
+
+    _json_fields = ("parameters",)
 
 
 class RunStateChangedPayload(_Model):
     state: RunState
     label: str | None = None
     message: str | None = None
-    resume: bool = False
+    resume: StrictBool = False
 
 
 class RunTagsChangedPayload(_Model):
@@ -208,11 +264,13 @@ class RunTagsChangedPayload(_Model):
 class TaskCreatedPayload(_Model):
     step: str
     task_id: str
-    foreach_index: int | None = None
+    foreach_index: StrictInt | None = None
     foreach_stack: list[ForeachFrame] = Field(default_factory=list)
     parent_tasks: list[str] = Field(default_factory=list)
     runtime_name: str | None = None
     environment_info: dict[str, JsonValue] = Field(default_factory=dict)
+
+    _json_fields = ("environment_info",)
 
 
 class TaskAttemptStatePayload(_Model):
@@ -238,11 +296,13 @@ class HeartbeatPayload(_Model):
 
 
 class _Envelope(_Model):
+    # Strict: "1" is not version 1, and a writer clock without a timezone is not a time
+    # that can be compared with the others (a naive datetime would poison every read).
     id: str = Field(default_factory=new_event_id)
-    schema_version: int = 1
-    occurred_at: datetime = Field(default_factory=utcnow)
+    schema_version: StrictInt = 1
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
     pathspec: str
-    attempt: int | None = None
+    attempt: StrictInt | None = None
     actor: str | None = None
 
 
@@ -297,6 +357,10 @@ Event: TypeAlias = Annotated[
     | Heartbeat,
     Field(discriminator="type"),
 ]
+
+#: the event types with JSON fields (parameters, inline artifact values, environment
+#: info): the only ones that can hold a float, so a NaN or an infinity
+_CARRIES_JSON: frozenset[type[_Envelope]] = frozenset({RunCreated, TaskCreated, ArtifactsRecorded})
 
 EVENT_TYPES: dict[str, type[_Envelope]] = {
     cls.model_fields["type"].default: cls
@@ -370,7 +434,12 @@ def _upcast(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_commit(events: Sequence[Event]) -> bytes:
-    """Serialise a commit (one or more events) to compact JSON bytes."""
+    """Serialise a commit (one or more events) to compact JSON bytes.
+
+    Raises ``InvalidEvent`` for an event without a timezone on ``occurred_at``
+    or with a NaN or infinity anywhere (events built unvalidated, with
+    ``replace_fields`` or ``model_construct``, are checked here).
+    """
     if not events:
         raise InvalidEvent("a commit needs at least one event")
     batch = list(events)
@@ -383,11 +452,75 @@ def encode_commit(events: Sequence[Event]) -> bytes:
             else event.model_copy(update={"schema_version": CURRENT_VERSION.get(event.type, 1)})
             for event in batch
         ]
-        return _COMMIT.dump_json(batch, exclude_defaults=False, by_alias=True)
-    # Each event by its own class's serializer: the same bytes as the list adapter's
-    # without matching every event against the union (a writer's hot path)
-    parts = [event.__pydantic_serializer__.to_json(event) for event in batch]
-    return b"[" + b",".join(parts) + b"]"
+        for event in batch:
+            if event.occurred_at.tzinfo is None:
+                _refuse_naive(event)
+        data = _COMMIT.dump_json(batch, exclude_defaults=False, by_alias=True)
+    else:
+        # Each event by its own class's serializer: the same bytes as the list adapter's
+        # without matching every event against the union (a writer's hot path)
+        parts = []
+        for event in batch:
+            if event.occurred_at.tzinfo is None:
+                _refuse_naive(event)
+            parts.append(event.__pydantic_serializer__.to_json(event))
+        data = b"[" + b",".join(parts) + b"]"
+    # Only JSON fields can hold a float; searching the bytes of every transition would
+    # cost more than serialising it.
+    for event in batch:
+        if type(event) in _CARRIES_JSON:
+            if _has_nonfinite_token(data):
+                _refuse_nonfinite(batch, data)
+            break
+    return data
+
+
+def _has_nonfinite_token(data: bytes) -> bool:
+    """Whether ``data`` may hold ``NaN``/``Infinity`` (or they are only inside strings)."""
+    return b"NaN" in data or b"Infinity" in data
+
+
+def _refuse_naive(event: Event) -> None:
+    raise InvalidEvent(
+        f"{event.type} for {event.pathspec}: occurred_at has no timezone; "
+        "use an aware datetime, e.g. datetime.now(UTC)"
+    )
+
+
+def _refuse_nonfinite(events: Sequence[Event], data: bytes) -> None:
+    """Raise ``InvalidEvent`` naming a NaN or infinity that an event built unvalidated holds.
+
+    The models serialise those as the tokens ``NaN``/``Infinity``, which no JSON
+    reader accepts, so a commit that parses holds none (they were in a string).
+    """
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        return
+    for event in events:
+        fault = _nonfinite_in(event.model_dump(), "")
+        if fault is not None:
+            raise InvalidEvent(f"{event.type} for {event.pathspec}: {fault}")
+    raise InvalidEvent("a commit holds NaN or infinity, which JSON cannot hold")
+
+
+def _nonfinite_in(value: Any, path: str) -> str | None:
+    """The message for the first NaN or infinite float in a model dump, or None."""
+    if isinstance(value, float):
+        found = json_fault(value, path.lstrip(".") or "value")
+        return found[1] if found is not None else None
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    for where, item in items:
+        fault = _nonfinite_in(item, where)
+        if fault is not None:
+            return fault
+    return None
 
 
 def decode_commit(data: bytes) -> list[Event]:
@@ -401,15 +534,21 @@ def decode_commit(data: bytes) -> list[Event]:
             pass
         else:
             if events:
+                carries_json = False
                 for event in events:  # a loop: cheaper than all() over a generator here
                     if event.schema_version != 1:
                         break
+                    if type(event) in _CARRIES_JSON:
+                        carries_json = True
                 else:
-                    return events
+                    # pydantic's parser takes the tokens NaN and Infinity, which JSON has
+                    # not: a commit that holds them goes to orjson below, which refuses them
+                    if not carries_json or not _has_nonfinite_token(data):
+                        return events
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"commit is not JSON: {exc}") from None
+        raise InvalidEvent(f"commit is not JSON (NaN and Infinity are not JSON): {exc}") from None
     if isinstance(raw, dict):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
@@ -424,8 +563,7 @@ def decode_commit(data: bytes) -> list[Event]:
         return _COMMIT.validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidEvent(f"invalid event at {where}: {first['msg']}") from None
+        raise InvalidEvent(f"invalid event at {_explain(first)}") from None
 
 
 def decode_event(data: bytes | dict[str, Any]) -> Event:
@@ -439,8 +577,7 @@ def decode_event(data: bytes | dict[str, Any]) -> Event:
         raise InvalidEvent(f"event is not JSON: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidEvent(f"invalid event at {where}: {first['msg']}") from None
+        raise InvalidEvent(f"invalid event at {_explain(first)}") from None
 
 
 def encode_event(event: Event) -> bytes:

@@ -30,8 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-import structlog
-
+from runstate.engine._logging import get_logger
 from runstate.engine.errors import ConfigurationError, Unavailable
 
 __all__ = [
@@ -77,7 +76,7 @@ _LOG_TAIL_LINES = 20
 _SERVER_JSON = "server.json"
 _SERVER_LOCK = "server.lock"
 
-log = structlog.get_logger("runstate.server")
+log = get_logger("runstate.server")
 
 
 def find_nats_server() -> Path:

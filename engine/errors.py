@@ -8,6 +8,7 @@
     ├── PayloadTooLarge        a commit or artifact is over the configured limit
     ├── IllegalTransition      a state change the state machine does not allow
     ├── ConflictError          someone else appended to the entity first
+    ├── IdempotencyKeyReused   an idempotency key repeated with other parameters
     ├── NotFound               no object at that pathspec
     ├── NotInNamespace         the object exists but is outside the current namespace
     ├── BadFilter              a list query with an unknown field, operator or value
@@ -16,6 +17,8 @@
     ├── ServerTooOld           the NATS server lacks features runstate needs
     ├── JetStreamDisabled      the NATS server runs without JetStream
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
+    ├── StoreInUse             another replica holds the read store file
+    ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -33,6 +36,7 @@ __all__ = [
     "BadFilter",
     "ConfigurationError",
     "ConflictError",
+    "IdempotencyKeyReused",
     "IllegalTransition",
     "InvalidEvent",
     "InvalidName",
@@ -41,7 +45,9 @@ __all__ = [
     "NotInNamespace",
     "PayloadTooLarge",
     "RunstateError",
+    "ServerAlreadyRunning",
     "ServerTooOld",
+    "StoreInUse",
     "Timeout",
     "Unavailable",
     "UnsafeArtifact",
@@ -121,6 +127,16 @@ class ConflictError(RunstateError):
         self.current_version = current_version
 
 
+class IdempotencyKeyReused(RunstateError):
+    """A run was created with this idempotency key before, with other parameters.
+
+    A key stands for one request (Prefect's rule): repeat it unchanged to get
+    the same run, or use a new key for new parameters.
+    """
+
+    code = "idempotency_key_reused"
+
+
 class NotFound(RunstateError, LookupError):
     """There is no object at that pathspec (yet)."""
 
@@ -169,6 +185,18 @@ class UnsafeArtifact(RunstateError):
     code = "unsafe_artifact"
 
 
+class StoreInUse(RunstateError):
+    """Another replica holds the read store file; give each replica its own store."""
+
+    code = "store_in_use"
+
+
+class ServerAlreadyRunning(RunstateError):
+    """The embedded server of the data directory runs already, started by another process."""
+
+    code = "server_already_running"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -190,7 +218,10 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         ServerTooOld,
         JetStreamDisabled,
         UnsafeArtifact,
+        StoreInUse,
+        ServerAlreadyRunning,
         ConfigurationError,
+        IdempotencyKeyReused,
     )
 }
 

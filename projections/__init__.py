@@ -10,7 +10,9 @@ from runstate.projections._reducers import fold as fold
 from runstate.projections._reducers import fold_run as fold_run
 from runstate.projections._reducers import fold_task as fold_task
 from runstate.projections._reducers import touched as touched
-from runstate.projections._runner import Replica as Replica
+from runstate.projections._replica import Replica as Replica
+from runstate.projections._replica import default_store_path as default_store_path
+from runstate.projections._runner import ReplicaParts as ReplicaParts
 from runstate.projections._runner import serve_replica as serve_replica
 from runstate.projections._service import QueryService as QueryService
 from runstate.projections._store import SQLiteReadStore as SQLiteReadStore
@@ -34,6 +36,7 @@ __all__ = [
     "ReadStore",
     "Reaper",
     "Replica",
+    "ReplicaParts",
     "RunQuery",
     "RunView",
     "SQLiteReadStore",
@@ -41,6 +44,7 @@ __all__ = [
     "StepView",
     "TaskQuery",
     "TaskView",
+    "default_store_path",
     "fold",
     "fold_run",
     "fold_task",

@@ -7,13 +7,15 @@ dependency on the client package (tests and minimal deployments use it).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import anyio
 
-from runstate.engine._connection import open_nats, provision
+from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
-from runstate.projections._runner import serve_replica
+from runstate.engine.errors import RunstateError
+from runstate.projections._replica import Replica
 
 
 async def _main(
@@ -28,15 +30,10 @@ async def _main(
     settings = Settings.from_env(
         nats_url=url, heartbeat_timeout=heartbeat_timeout, heartbeat_interval=interval
     )
-    nc = await open_nats(settings)
-    try:
-        await provision(nc, settings)
-        await serve_replica(
-            nc, settings, store, name=name, rebuild=rebuild, dedicated=True, feed_from=feed_from
-        )
-    finally:
-        with anyio.CancelScope(shield=True):
-            await nc.close()
+    async with Replica(
+        settings, store=store, name=name, rebuild=rebuild, dedicated=True, feed_from=feed_from
+    ):
+        await anyio.sleep_forever()
 
 
 def main() -> None:
@@ -53,6 +50,7 @@ def main() -> None:
         help="events behind from which a catch-up goes through a feeder process (50,000)",
     )
     args = parser.parse_args()
+    configure_logging()  # an entry point: RUNSTATE_LOG_LEVEL, else info
     try:
         anyio.run(
             _main,
@@ -65,6 +63,8 @@ def main() -> None:
         )
     except KeyboardInterrupt:
         pass
+    except RunstateError as exc:  # e.g. StoreInUse: say what is wrong, not where
+        sys.exit(f"error: {exc.message}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ reading: the feeder's next write fails and it exits.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import pickle
@@ -47,20 +46,18 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import nats.errors
-import nats.js.errors
-import structlog
 
-from runstate.engine._connection import _tls_context
+from runstate.engine._connection import open_nats
+from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
+from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache
+from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 from runstate.projections._store_write import ViewLoader, prepare_commit
-from runstate.projections._wire import Endpoint, WireConsumer, WireError, new_inbox
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATS
-
     from runstate.engine._events import Event
     from runstate.projections._store_write import PreparedCommit
     from runstate.projections._views import RunView, TaskView
@@ -78,7 +75,7 @@ __all__ = [
     "feeder_command",
 ]
 
-log = structlog.get_logger("runstate.feeder")
+log = get_logger("runstate.feeder")
 
 #: stream sequence, subject length, data length
 _HEADER = struct.Struct(">QHI")
@@ -224,13 +221,11 @@ class ShardFolder:
     def __init__(
         self, subjects: Subjects, share: float, loader: ViewLoader, cache_size: int = 20_000
     ) -> None:
-        from runstate.projections._projector import CommitDecoder, _ViewCache
-
         self._prefix = subjects.prefix
         self._permille = round(share * 1000)
         self._decode = CommitDecoder(subjects).decode
         self._loader = loader
-        self._cache = _ViewCache(cache_size)
+        self._cache = ViewCache(cache_size)
         # views changed since the last mark the projector acknowledged, which the store
         # has yet to see and the cache must not lose: by key, and by mark
         self._unacknowledged: dict[tuple[str, str], RunView | TaskView] = {}
@@ -271,8 +266,6 @@ class ShardFolder:
 
     def mark(self, sequence: int) -> Mark:
         """Fold what was added since the last mark; the mark, with the rows of what changed."""
-        from runstate.projections._projector import FoldPlan  # which imports this module
-
         self._forget_acknowledged()
         plan = FoldPlan.of(self._commits, self._lookup)
         if plan.missing_runs or plan.missing_tasks:
@@ -367,9 +360,6 @@ class _Output:
 
 async def _feed(request: FeedRequest) -> None:
     """Write the frames and marks of sequences ``start``..``stop`` to stdout, in order."""
-    from runstate.engine._connection import open_nats
-    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
-
     settings = request.settings
     subjects = Subjects(settings.prefix)
     folder: ShardFolder | None = None
@@ -382,6 +372,11 @@ async def _feed(request: FeedRequest) -> None:
         tune_gc_for_projection()
         gc.set_threshold(_FOLDING_YOUNG_COLLECTIONS, *gc.get_threshold()[1:])
     output = _Output(request, folder)
+
+    def deliver(sequence: int, subject: str, data: bytes) -> bool:
+        output.deliver(sequence, subject, data)
+        return output.done
+
     nc = await open_nats(settings, name="runstate-feeder")
     try:
         async with anyio.create_task_group() as tg:
@@ -395,101 +390,11 @@ async def _feed(request: FeedRequest) -> None:
                     daemon=True,
                 ).start()
                 tg.start_soon(keep_heap_frozen)
-            if settings.credentials is None and _tls_context(settings) is None:
-                await _feed_off_the_wire(nc, subjects, output)
-            if not output.done:
-                await _feed_through_nats_py(nc, subjects, output)
+            await JetStreamEventLog(nc, settings).drain(deliver, start=output.following)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await nc.close()
-
-
-async def _feed_off_the_wire(nc: NATS, subjects: Subjects, output: _Output) -> None:
-    """Feed from a push consumer read off a socket of the feeder's own (``_wire``).
-
-    If that fails, the feeder goes on through nats-py from where it got.
-    """
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
-    if nc.connected_url is None:
-        return
-    inbox = new_inbox()
-    js = nc.jetstream()
-    consumer: str | None = None
-    try:
-        with WireConsumer(Endpoint.of(nc.connected_url), inbox) as wire:
-            await anyio.to_thread.run_sync(wire.open)
-            info = await js.add_consumer(
-                subjects.events_stream,
-                ConsumerConfig(
-                    deliver_subject=inbox,
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                    opt_start_seq=output.following,
-                    filter_subject=subjects.all_events,
-                    ack_policy=AckPolicy.NONE,
-                    flow_control=True,
-                    idle_heartbeat=1.0,
-                    mem_storage=True,
-                    num_replicas=1,
-                    inactive_threshold=30.0,
-                ),
-            )
-            consumer = info.name
-            await anyio.to_thread.run_sync(_drain, wire, output)
-    except WireError as exc:
-        log.warning("feeder.wire_failed", error=str(exc), following=output.following)
-    except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-        log.warning("feeder.wire_consumer_failed", error=str(exc), following=output.following)
-    finally:
-        if consumer is not None:
-            with (
-                anyio.CancelScope(shield=True),
-                contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError),
-            ):
-                await js.delete_consumer(subjects.events_stream, consumer)
-
-
-def _drain(wire: WireConsumer, output: _Output) -> None:
-    """Deliver what the wire brings until the last sequence (in a worker thread)."""
-    for sequence, subject, data in wire.deliveries():
-        if sequence != output.following:
-            if sequence < output.following:
-                continue  # delivered again
-            raise WireError(f"sequence {sequence} delivered where {output.following} was due")
-        output.deliver(sequence, subject, data)
-        if output.done:
-            return
-
-
-async def _feed_through_nats_py(nc: NATS, subjects: Subjects, output: _Output) -> None:
-    """Feed from an ordered consumer of nats-py's, from where the feeder got."""
-    from nats.aio.msg import Msg
-
-    from runstate.projections._projector import _stream_sequence, subscribe_events
-
-    done = anyio.Event()
-    failed: list[Exception] = []
-
-    async def on_msg(msg: Msg) -> None:
-        if done.is_set():
-            return
-        sequence = _stream_sequence(msg)
-        if sequence != output.following:  # the ordered consumer starts over after a gap
-            return
-        try:
-            output.deliver(sequence, msg.subject, msg.data)
-        except Exception as exc:  # the projector stopped reading, or folding failed
-            failed.append(exc)
-            done.set()
-        if output.done:
-            done.set()
-
-    sub = await subscribe_events(nc.jetstream(), subjects, on_msg, output.following)
-    await done.wait()
-    await sub.unsubscribe()
-    if failed:
-        raise failed[0]
 
 
 def _read_acknowledgements(folder: ShardFolder) -> None:

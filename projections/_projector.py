@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import gc
 import subprocess
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,17 +28,12 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import nats.errors
-import nats.js.errors
-import structlog
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 
-from runstate.engine._events import Event, decode_commit
-from runstate.engine._names import Subjects
-from runstate.engine._settings import Settings
-from runstate.engine.errors import InvalidEvent, InvalidName, Timeout
+from runstate.engine._commits import Delivery
+from runstate.engine._events import Event
+from runstate.engine._logging import get_logger
+from runstate.engine._typing import EventLog
+from runstate.engine.errors import InvalidEvent, InvalidName, Timeout, Unavailable
 from runstate.projections._feeder import (
     FeederError,
     FeedRequest,
@@ -47,26 +42,20 @@ from runstate.projections._feeder import (
     encode_acknowledgement,
     encode_request,
 )
-from runstate.projections._reducers import FoldBatch, touched
+from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache
+from runstate.projections._reducers import FoldBatch
 from runstate.projections._typing import ReadStore
 from runstate.projections._views import RunView, TaskView
 
-__all__ = ["CommitDecoder", "FoldPlan", "Projector"]
+__all__ = ["Projector"]
 
-log = structlog.get_logger("runstate.projector")
-
-ViewKey = tuple[str, str]
-
-#: a delivered message: (stream sequence, subject, data)
-Delivery = tuple[int, str, bytes]
+log = get_logger("runstate.projector")
 
 #: events folded between two chances for the query service to answer
 _YIELD_EVERY = 256
 
-#: deliveries held, not yet applied, at which the projector stops its consumer until it
-#: has applied all but ``buffer_limit // 5`` of them, then resumes after the last one:
-#: a catch-up of a long log otherwise held most of the log in memory (0.8 GB for
-#: 1,000,000 events), since nats-py answers flow control as soon as it hands a message on
+#: deliveries held, not yet applied, at which the log's source is stopped (see
+#: ``Follow``): also the feeder's frames held at most
 _BUFFER_LIMIT = 50_000
 
 #: events behind the stream's end from which a catch-up goes through a feeder process
@@ -95,38 +84,6 @@ _INLINE_COMMITS = 1000
 _FEED_INLINE_COMMITS = 64
 
 
-class _ViewCache:
-    """The most recently used views; the projector is their only writer, so they stay true."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._views: OrderedDict[ViewKey, RunView | TaskView | None] = OrderedDict()
-
-    def lookup(self, key: ViewKey) -> RunView | TaskView | _Missing | None:
-        """The cached view (None: known not to exist) or ``_MISSING``; ``put`` keeps recency."""
-        return self._views.get(key, _MISSING)
-
-    def put(self, views: dict[ViewKey, RunView | TaskView | None]) -> None:
-        """Cache these views as the most recently used, evicting the least recently used."""
-        cached = self._views
-        move_to_end = cached.move_to_end
-        for key, view in views.items():
-            cached[key] = view
-            move_to_end(key)
-        for _ in range(len(cached) - self.capacity):
-            cached.popitem(last=False)
-
-    def clear(self) -> None:
-        self._views.clear()
-
-
-class _Missing:
-    """Not in the cache (whereas a cached None is a view known not to exist)."""
-
-
-_MISSING = _Missing()
-
-
 class Projector:
     """Consumes the events stream into a ``ReadStore``.
 
@@ -136,8 +93,7 @@ class Projector:
 
     def __init__(
         self,
-        nc: NATS,
-        settings: Settings,
+        log: EventLog,
         store: ReadStore,
         *,
         batch_size: int = 5000,
@@ -148,24 +104,21 @@ class Projector:
         feed_share: float = _FEED_SHARE,
         name: str = "projector",
     ) -> None:
-        self._nc = nc
-        self._settings = settings
+        self._log = log
+        self._settings = log.settings
         self._store = store
-        self._subjects = Subjects(settings.prefix)
+        self._subjects = log.subjects
         self._batch_size = batch_size
-        self._cache = _ViewCache(cache_size)
+        self._cache = ViewCache(cache_size)
         self.name = name
         self.applied = store.checkpoint()
         self._advanced = anyio.Event()
-        # (stream sequence, subject, data) of delivered messages not applied yet: plain
-        # tuples, which the garbage collector stops scanning, unlike nats-py's Msg
-        # objects (during a catch-up hundreds of thousands wait here)
-        self._buffer: deque[Delivery] = deque()
-        self._arrived = anyio.Event()
         self._buffer_limit = buffer_limit
-        self._sub: Any = None
-        #: times the consumer was stopped because ``buffer_limit`` deliveries were held
-        self.pauses = 0
+        # set when a feeder's reader has handed on a batch
+        self._arrived = anyio.Event()
+        # the follow being consumed, and the pauses of those before it
+        self._follow: Any = None
+        self._earlier_pauses = 0
         # the command of a feeder process for long backlogs (see ``_feeder``), or None
         self._feeder = list(feeder) if feeder is not None else None
         self._feed_from = feed_from
@@ -203,22 +156,33 @@ class Projector:
     async def wait_started(self) -> None:
         await self._started.wait()
 
+    @property
+    def pauses(self) -> int:
+        """Times the log's source was stopped because ``buffer_limit`` deliveries were held."""
+        current = getattr(self._follow, "pauses", 0) if self._follow is not None else 0
+        return self._earlier_pauses + current
+
     async def run(self) -> None:
-        """Consume and apply forever (until cancelled). Re-subscribes after gaps or errors."""
+        """Consume and apply forever (until cancelled). Follows again after gaps or errors."""
         await self._check_stream()
         while True:
             if self._feeder is not None:
                 await self._catch_up_through_feeder()
-            self._sub = await self._subscribe(self.applied + 1)
-            self._started.set()
             try:
-                await self._consume()
+                async with self._log.follow(
+                    start=self.applied + 1, buffer_limit=self._buffer_limit
+                ) as batches:
+                    self._follow = batches
+                    self._started.set()
+                    await self._consume(batches)
             except _Resubscribe as exc:
                 log.info("projector.resubscribe", reason=str(exc), applied=self.applied)
+            except Unavailable as exc:
+                log.warning("projector.follow_failed", error=exc.message, applied=self.applied)
+                await anyio.sleep(1.0)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._unsubscribe()
-                self._buffer.clear()
+                self._earlier_pauses = self.pauses
+                self._follow = None
 
     async def _catch_up_through_feeder(self) -> None:
         """Apply a backlog of ``feed_from`` or more events through a feeder process.
@@ -227,10 +191,9 @@ class Projector:
         projector's own consumer goes on from what was applied.
         """
         try:
-            info = await self._nc.jetstream().stream_info(self._subjects.events_stream)
-        except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
+            last = await self._log.stream_last_sequence()
+        except Unavailable:
             return
-        last = int(info.state.last_seq)
         if last - self.applied < self._feed_from:
             return
         self._started.set()
@@ -239,8 +202,6 @@ class Projector:
             await self._feed(self.applied + 1, last)
         except (FeederError, OSError) as exc:
             log.warning("projector.feeder_failed", error=str(exc), applied=self.applied)
-        finally:
-            self._buffer.clear()
 
     async def _feed(self, start: int, stop: int) -> None:
         feed = _Feed()
@@ -383,37 +344,12 @@ class Projector:
         events = sum(len(events) for _, events in commits) + mark.events
         await self._advance(mark.sequence, deadletters, events)
 
-    async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except (nats.errors.Error, nats.js.errors.Error):
-                pass
-
-    async def _hold_back(self) -> None:
-        """Stop the consumer while ``buffer_limit`` deliveries wait; resume once most are applied.
-
-        Messages still in flight when it stops are dropped by nats-py, so it
-        resumes right after the last delivery held; a gap is caught by
-        ``apply_batch`` as always.
-        """
-        if self._sub is not None and len(self._buffer) >= self._buffer_limit:
-            await self._unsubscribe()
-            self.pauses += 1
-            log.debug("projector.paused", held=len(self._buffer), applied=self.applied)
-        elif self._sub is None and len(self._buffer) <= self._buffer_limit // 5:
-            resume = self._buffer[-1][0] + 1 if self._buffer else self.applied + 1
-            self._sub = await self._subscribe(resume)
-
     async def _check_stream(self) -> None:
         """Rebuild when the store was folded from another events stream (deleted and made again,
         or another server's): its checkpoint would mean nothing here."""
-        info = await self._nc.jetstream().stream_info(self._subjects.events_stream)
-        created = info.created
-        identity = int(created.timestamp() * 1_000_000) if created is not None else 0
+        identity = await self._log.stream_identity()
+        last = await self._log.stream_last_sequence()
         known = await anyio.to_thread.run_sync(self._store.stream_identity)
-        last = int(info.state.last_seq)
         if (known is not None and known != identity) or self.applied > last:
             log.warning(
                 "projector.store_from_another_stream",
@@ -425,44 +361,14 @@ class Projector:
         if known != identity:
             await anyio.to_thread.run_sync(self._store.set_stream_identity, identity)
 
-    async def _subscribe(self, start: int) -> Any:
-        js = self._nc.jetstream()
-
-        async def on_msg(msg: Msg) -> None:
-            self._buffer.append((_stream_sequence(msg), msg.subject, msg.data))
-            if not self._arrived.is_set():
-                self._arrived.set()
-
-        delay = 0.1
-        while True:
-            try:
-                return await subscribe_events(js, self._subjects, on_msg, start)
-            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-                log.warning("projector.subscribe_failed", error=str(exc), retry_in=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    async def _consume(self, feed: _Feed | None = None) -> None:
-        """Apply deliveries as they arrive: for ever, or until ``feed`` is over and applied."""
-        inline_commits = _INLINE_COMMITS if feed is None else _FEED_INLINE_COMMITS
-        while True:
-            if not self._buffer:
-                if feed is not None and feed.over:
-                    return
-                self._arrived = anyio.Event()
-                if not self._buffer and not (feed is not None and feed.over):
-                    await self._arrived.wait()
-                continue
-            take = self._buffer.popleft
-            batch = [take() for _ in range(min(len(self._buffer), self._batch_size))]
-            await self.apply_batch(batch, inline_commits=inline_commits)
-            # Let the reads waiting for what was just applied (``after=``) answer
-            # before the next batch, which may already be waiting, is folded.
-            await anyio.lowlevel.checkpoint()
-            if feed is None:
-                await self._hold_back()
-            else:
-                feed.room.set()
+    async def _consume(self, batches: AsyncIterable[list[Delivery]]) -> None:
+        """Apply deliveries as they arrive, for ever."""
+        async for deliveries in batches:
+            for start in range(0, len(deliveries), self._batch_size):
+                await self.apply_batch(deliveries[start : start + self._batch_size])
+                # Let the reads waiting for what was just applied (``after=``) answer
+                # before the next batch, which may already be waiting, is folded.
+                await anyio.lowlevel.checkpoint()
 
     # -- applying ----------------------------------------------------------------
 
@@ -539,18 +445,7 @@ class Projector:
 
     async def _publish_deadletter(self, seq: int, subject: str, reason: str, data: bytes) -> None:
         log.warning("projector.deadletter", sequence=seq, subject=subject, reason=reason)
-        try:
-            await self._nc.publish(
-                self._subjects.deadletter(seq),
-                data,
-                headers={
-                    "Nats-Msg-Id": f"dlq-{seq}",
-                    "Runstate-Reason": reason[:1000],
-                    "Runstate-Subject": subject,
-                },
-            )
-        except nats.errors.Error as exc:  # the store keeps it; the subject is a courtesy
-            log.debug("projector.deadletter_publish_failed", error=str(exc))
+        await self._log.publish_deadletter(seq, subject, reason, data)
 
     async def rebuild(self) -> None:
         """Forget every view and the checkpoint; the next ``run`` folds from sequence 1."""
@@ -561,98 +456,6 @@ class Projector:
 
 class _Resubscribe(Exception):
     pass
-
-
-class CommitDecoder:
-    """Decodes a delivered commit and checks it belongs on its subject."""
-
-    def __init__(self, subjects: Subjects) -> None:
-        self._subjects = subjects
-        self._entities: dict[str, tuple[str, str]] = {}
-
-    def _entity(self, subject: str) -> tuple[str, str]:
-        """The pathspec and event-type prefix (``run.``/``task.``) a subject may carry."""
-        entity = self._entities.get(subject)
-        if entity is None:
-            path = self._subjects.pathspec_of(subject)
-            entity = (str(path), "run." if path.task is None else "task.")
-            if len(self._entities) >= 100_000:
-                self._entities.clear()
-            self._entities[subject] = entity
-        return entity
-
-    def decode(self, subject: str, data: bytes) -> list[Event]:
-        """A commit's events; ``InvalidEvent``/``InvalidName`` if runstate did not write it."""
-        expected, kind = self._entity(subject)
-        events = decode_commit(data)
-        for event in events:
-            if event.pathspec != expected:
-                raise InvalidEvent(
-                    f"event {event.type} for {event.pathspec} was published on the subject of "
-                    f"{expected}; not written by runstate"
-                )
-            if not event.type.startswith(kind):
-                raise InvalidEvent(
-                    f"{event.type} on a {kind[:-1]} subject; not written by runstate"
-                )
-        return events
-
-
-@dataclass(slots=True)
-class FoldPlan:
-    """A batch of commits, each event with the views it touches, and those views.
-
-    ``views`` holds each touched view found in the cache (None: known not to
-    exist); the ``missing_*`` pathspecs are to be loaded from the store into
-    it (or are new) before ``fold``.
-    """
-
-    items: list[tuple[Event, tuple[int, int], list[ViewKey]]]
-    views: dict[ViewKey, RunView | TaskView | None]
-    missing_runs: list[str]
-    missing_tasks: list[str]
-
-    @classmethod
-    def of(
-        cls,
-        commits: list[tuple[int, list[Event]]],
-        lookup: Callable[[ViewKey], RunView | TaskView | _Missing | None],
-    ) -> FoldPlan:
-        views: dict[ViewKey, RunView | TaskView | None] = {}
-        missing_runs: list[str] = []
-        missing_tasks: list[str] = []
-        # (event, position, the views it touches), worked out once for both passes
-        items: list[tuple[Event, tuple[int, int], list[ViewKey]]] = []
-        for seq, events in commits:
-            for index, event in enumerate(events):
-                keys = touched(event)
-                items.append((event, (seq, index), keys))
-                for key in keys:
-                    if key in views:
-                        continue
-                    view = lookup(key)
-                    if view is _MISSING:
-                        views[key] = None
-                        (missing_runs if key[0] == "run" else missing_tasks).append(key[1])
-                    else:
-                        views[key] = view  # type: ignore[assignment]
-        return cls(items, views, missing_runs, missing_tasks)
-
-    def loaded(self, runs: dict[str, RunView], tasks: dict[str, TaskView]) -> None:
-        """These missing views were found in the store."""
-        views = self.views
-        for pathspec, run in runs.items():
-            views[("run", pathspec)] = run
-        for pathspec, task in tasks.items():
-            views[("task", pathspec)] = task
-
-    def fold(self) -> dict[ViewKey, RunView | TaskView]:
-        """Fold every event, all at once; the views that changed."""
-        batch = FoldBatch(self.views)
-        add = batch.add
-        for event, position, keys in self.items:
-            add(event, position, keys)
-        return batch.changed()
 
 
 @dataclass(slots=True)
@@ -686,37 +489,3 @@ _T = TypeVar("_T")
 async def _in_store(inline: bool, work: Callable[..., _T], *args: Any) -> _T:
     """Run store ``work`` here (``inline``, see ``_INLINE_COMMITS``) or in a worker thread."""
     return work(*args) if inline else await anyio.to_thread.run_sync(work, *args)
-
-
-async def subscribe_events(
-    js: Any, subjects: Subjects, on_msg: Callable[[Msg], Awaitable[None]], start: int
-) -> Any:
-    """An ordered consumer of every events subject from stream sequence ``start``
-    (the projector's, and its feeder's)."""
-    from nats.js.api import ConsumerConfig
-
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start,
-        idle_heartbeat=1.0,
-        flow_control=True,
-    )
-    return await js.subscribe(
-        subjects.all_events,
-        cb=on_msg,
-        stream=subjects.events_stream,
-        ordered_consumer=True,
-        config=config,
-        pending_msgs_limit=1_000_000,
-        pending_bytes_limit=1024 * 1024 * 1024,
-    )
-
-
-def _stream_sequence(msg: Msg) -> int:
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-    # (or the 12-token form with domain and account hash)
-    reply = msg.reply
-    tokens = reply.split(".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    return int(tokens[-5]) if len(tokens) >= 12 else int(msg.metadata.sequence.stream)

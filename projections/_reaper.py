@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import nats.errors
 import nats.js.errors
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -30,6 +29,7 @@ from runstate.engine._events import (
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
 )
+from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._worker import Writer
@@ -37,7 +37,7 @@ from runstate.engine.errors import ConflictError, NotFound, RunstateError
 
 __all__ = ["Reaper"]
 
-log = structlog.get_logger("runstate.reaper")
+log = get_logger("runstate.reaper")
 
 
 def crash_commit_id(pathspec: str, attempt: int | None) -> str:

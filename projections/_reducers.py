@@ -16,7 +16,11 @@ Three rules every reducer keeps:
 - Otherwise the returned view carries the event's position: ``position`` is
   the last event that changed the view.
 - An event the state machine refuses (written by a foreign or old writer) is
-  appended to the view's ``rejected`` and changes nothing else.
+  appended to the view's ``rejected`` and changes nothing else. So is a task
+  creation that names a parent task of another run (in its run's view; the
+  task is not created): every view an event changes is of the event's run,
+  so a fold split by runs (the projector and its feeder) gives each view
+  one writer.
 
 Views are immutable, so a reducer works on a draft: a copy of the view's
 fields that events change in place, made a view again at the end.
@@ -76,7 +80,16 @@ from runstate.projections._views import (
     TaskView,
 )
 
-__all__ = ["FoldBatch", "ViewKey", "fold", "fold_run", "fold_task", "fold_view", "touched"]
+__all__ = [
+    "FoldBatch",
+    "ViewKey",
+    "fold",
+    "fold_run",
+    "fold_task",
+    "fold_view",
+    "foreign_parent",
+    "touched",
+]
 
 #: ("run", run pathspec) or ("task", task pathspec)
 ViewKey = tuple[str, str]
@@ -185,6 +198,23 @@ class _Draft:
         )
         self.list("rejected").append(rejection)
         self.mark(position)
+
+
+def foreign_parent(event: TaskCreated) -> str | None:
+    """The first parent ``event`` names that is not a task of the event's own run, or None.
+
+    A task's parents are tasks of its run. A creation naming another run's
+    task (or no task) is rejected whole: were it applied, the parent's view
+    would have two writers, its own run's folder and this one's.
+    """
+    parents = event.payload.parent_tasks
+    if not parents:
+        return None
+    run = event.pathspec.rsplit("/", 2)[0] + "/"
+    for parent in parents:
+        if not parent.startswith(run) or parent.count("/") != 3:
+            return parent
+    return None
 
 
 def _split_task(pathspec: str) -> tuple[str, str, str] | None:
@@ -328,6 +358,16 @@ def _run_task_created(draft: _RunDraft, event: TaskCreated, position: Position) 
     if where is None:
         return
     i, step, task_id = where
+    foreign = foreign_parent(event)
+    if foreign is not None:
+        run = draft.pathspec
+        draft.reject(
+            event,
+            position,
+            f"{event.pathspec}: parent task {foreign} is not a task of {run}; "
+            "a task's parents are tasks of its own run",
+        )
+        return
     if i < 0:
         steps = draft.steps_now()
         draft.step_names[step] = len(steps)
@@ -422,8 +462,8 @@ class _TaskDraft(_Draft):
     def create(self, event: TaskCreated, position: Position) -> None:
         pathspec = event.pathspec
         parts = _split_task(pathspec)
-        if parts is None:
-            return
+        if parts is None or foreign_parent(event) is not None:
+            return  # the run view records a creation with a foreign parent as rejected
         run, step, task_id = parts
         flow, run_id = run.split("/")
         payload = event.payload
@@ -466,7 +506,7 @@ def _seal_latest(attempts: list[AttemptView | dict[str, Any]]) -> None:
 def _task_created(draft: _TaskDraft, event: TaskCreated, position: Position) -> None:
     if event.pathspec == draft.pathspec:
         draft.reject(event, position, f"{draft.pathspec}: the task exists already")
-    elif draft.pathspec in event.payload.parent_tasks:
+    elif draft.pathspec in event.payload.parent_tasks and foreign_parent(event) is None:
         if event.pathspec not in draft.current("child_tasks"):
             draft.list("child_tasks").append(event.pathspec)
             draft.mark(position)
@@ -636,7 +676,9 @@ def touched(event: Event) -> list[ViewKey]:
 
     Run events touch their run; a task's creation and state changes touch
     its run (the step summary) and the task, and a creation also each
-    parent task (its children); artifacts and metadata touch only their
+    parent task (its children), all of the same run (a creation naming a
+    parent in another run is rejected: see ``foreign_parent``), so every
+    view an event touches is of the event's run. Artifacts and metadata touch only their
     task; heartbeats and malformed pathspecs touch nothing. Any view not
     listed is one ``fold_run``/``fold_task`` would return unchanged.
     """
@@ -651,7 +693,7 @@ def touched(event: Event) -> list[ViewKey]:
     if route == "task":
         return [("task", pathspec)]
     keys: list[ViewKey] = [("run", pathspec.rsplit("/", 2)[0]), ("task", pathspec)]
-    if type(event) is TaskCreated:
+    if type(event) is TaskCreated and foreign_parent(event) is None:
         for parent in event.payload.parent_tasks:
             key = ("task", parent)
             if key not in keys:

@@ -13,16 +13,15 @@ from typing import Any
 
 import anyio
 import orjson
-import structlog
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 from pydantic import BaseModel, ValidationError
 
-from runstate.engine._log import EventLog
+from runstate.engine._logging import get_logger
 from runstate.engine._names import parse_pathspec
-from runstate.engine._settings import Settings
+from runstate.engine._typing import EventLog
 from runstate.engine.errors import (
     BadFilter,
     InvalidEvent,
@@ -47,7 +46,7 @@ from runstate.projections._views import StepView
 
 __all__ = ["QueryService"]
 
-log = structlog.get_logger("runstate.query")
+log = get_logger("runstate.query")
 
 VERSION = "0.1.0"
 
@@ -75,9 +74,8 @@ def _default(value: Any) -> Any:
 class QueryService:
     """Answers the endpoints of ``runstate.projections._protocol`` from a projector's store."""
 
-    def __init__(self, nc: NATS, settings: Settings, projector: Projector, log: EventLog) -> None:
+    def __init__(self, projector: Projector, log: EventLog, *, nc: NATS | None = None) -> None:
         self._nc = nc
-        self._settings = settings
         self._projector = projector
         self._store = projector.store
         self._log = log
@@ -97,7 +95,9 @@ class QueryService:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled."""
+        """Serve over NATS until cancelled."""
+        if self._nc is None:
+            raise RuntimeError("this query service has no NATS connection to serve on")
         subjects = self._log.subjects
         service = await add_service(
             self._nc,
@@ -119,45 +119,55 @@ class QueryService:
             with anyio.CancelScope(shield=True):
                 await service.stop()
 
-    def _endpoint(self, name: str) -> Callable[[Request], Awaitable[None]]:
-        model = ENDPOINTS[name]
-        handler = self._handlers[name]
+    def _parse(self, endpoint: str, data: bytes) -> Any:
+        """The request model of ``endpoint``; ``BadFilter`` when ``data`` is not one."""
+        model = ENDPOINTS.get(endpoint)
+        if model is None:
+            raise BadFilter(f"no query endpoint {endpoint!r}; there are {', '.join(ENDPOINTS)}")
+        try:
+            return model.model_validate_json(data or b"{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            raise BadFilter(f"bad {endpoint} request: {where}: {first['msg']}") from None
 
+    async def _reply(self, endpoint: str, parsed: Any) -> bytes:
+        """The reply to a parsed request, once ``after`` is applied; typed errors only."""
+        try:
+            if parsed.after is not None:
+                await self._projector.wait_for(parsed.after, parsed.wait)
+            return await self._handlers[endpoint](parsed)
+        except RunstateError:
+            raise
+        except Exception as exc:  # a bug: say so, without a traceback on the wire
+            log.exception("query.failed", endpoint=endpoint)
+            raise RunstateError(f"internal error: {type(exc).__name__}: {exc}") from None
+
+    async def answer(self, endpoint: str, data: bytes) -> bytes:
+        """Answer one request in this process (``{"result": ...}``); raises its typed error."""
+        return await self._reply(endpoint, self._parse(endpoint, data))
+
+    def _endpoint(self, name: str) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
             try:
-                parsed = model.model_validate_json(request.data or b"{}")
-            except RunstateError as exc:  # a query model that checks itself (RunsRequest)
+                parsed = self._parse(name, request.data)
+            except RunstateError as exc:  # includes a query model that checks itself
                 await self._error(request, exc)
-                return
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "request"
-                await self._error(
-                    request, BadFilter(f"bad {name} request: {where}: {first['msg']}")
-                )
                 return
             after = parsed.after
             if after is not None and self._projector.applied < after:
                 assert self._task_group is not None
-                self._task_group.start_soon(self._answer, request, handler, parsed)
+                self._task_group.start_soon(self._respond, request, name, parsed)
                 return
-            await self._answer(request, handler, parsed)
+            await self._respond(request, name, parsed)
 
         return handle
 
-    async def _answer(self, request: Request, handler: Handler, parsed: Any) -> None:
+    async def _respond(self, request: Request, endpoint: str, parsed: Any) -> None:
         try:
-            if parsed.after is not None:
-                await self._projector.wait_for(parsed.after, parsed.wait)
-            body = await handler(parsed)
+            body = await self._reply(endpoint, parsed)
         except RunstateError as exc:
             await self._error(request, exc)
-            return
-        except Exception as exc:  # a bug: say so, without a traceback on the wire
-            log.exception("query.failed", subject=request.subject)
-            await self._error(
-                request, RunstateError(f"internal error: {type(exc).__name__}: {exc}")
-            )
             return
         await request.respond(body)
 

@@ -134,8 +134,37 @@ class TaskView(_View):
 
     @property
     def metadata_dict(self) -> dict[str, str]:
-        """The latest value of each metadata name."""
+        """The latest recorded value of each metadata name, of any attempt.
+
+        Only what workers recorded; ``metadata_of`` is Metaflow's ``metadata_dict``.
+        """
         return {entry.name: entry.value for entry in self.metadata}
+
+    def metadata_of(self, attempt: int | None = None) -> dict[str, str]:
+        """Metaflow's ``metadata_dict`` of one attempt (default: the latest), values as text.
+
+        The entries Metaflow's runtime records for every task, derived from
+        the view (no worker needs to record them): ``attempt`` (its number),
+        ``runtime`` (``runtime_name``, or ``runstate`` if the worker named
+        none), ``started_at`` and ``finished_at`` (ISO 8601, once known) and
+        ``attempt_ok`` (``True``/``False``, once the attempt finished). Then
+        the latest value of each name the worker recorded for that attempt,
+        which wins over a derived one of the same name.
+        """
+        number = self.attempt if attempt is None else attempt
+        entries = {"attempt": str(number), "runtime": self.runtime_name or "runstate"}
+        view = self.attempt_view(number)
+        if view is not None:
+            if view.started_at is not None:
+                entries["started_at"] = view.started_at.isoformat()
+            if view.finished_at is not None:
+                entries["finished_at"] = view.finished_at.isoformat()
+            if view.state.terminal:
+                entries["attempt_ok"] = str(view.state is TaskState.COMPLETED)
+        for entry in self.metadata:
+            if entry.attempt == number:
+                entries[entry.name] = entry.value
+        return entries
 
     def artifacts_of(self, attempt: int | None = None) -> dict[str, ArtifactView]:
         """The artifacts of one attempt (default: the latest), latest value per name."""

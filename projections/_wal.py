@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-import structlog
+from runstate.engine._logging import get_logger
 
 __all__ = ["WAL_HARD_LIMIT", "WalCheckpointer"]
 
-log = structlog.get_logger("runstate.store")
+log = get_logger("runstate.store")
 
 _CHECKPOINT = "PRAGMA wal_checkpoint(PASSIVE)"
 #: WAL pages (4 KiB) past which the writer copies them itself if the checkpointer has not

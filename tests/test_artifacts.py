@@ -16,12 +16,13 @@ from runstate.engine import (
     ArtifactRecord,
     ArtifactsRecorded,
     ArtifactStore,
-    EventLog,
     Settings,
     Writer,
 )
 from runstate.engine._artifacts import encode_value
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine.errors import InvalidName, NotFound, UnsafeArtifact
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +55,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 def store(nc: NATS, settings: Settings) -> ArtifactStore:
-    return ArtifactStore(nc, settings)
+    return ArtifactStore(JetStreamBlobStore(nc, settings), settings)
 
 
 async def blob_names(nc: NATS, settings: Settings) -> list[str]:
@@ -138,8 +139,12 @@ async def test_saving_the_same_large_value_twice_stores_one_object(
 
 async def test_untrusted_pickle_is_refused(nc: NATS, settings: Settings) -> None:
     """With trust_pickles=False a pickled artifact raises UnsafeArtifact; JSON still loads."""
-    record = await ArtifactStore(nc, settings).record("model", Model("m", (1.0,)))
-    cautious = ArtifactStore(nc, settings.replace(trust_pickles=False))
+    record = await ArtifactStore(JetStreamBlobStore(nc, settings), settings).record(
+        "model", Model("m", (1.0,))
+    )
+    cautious = ArtifactStore(
+        JetStreamBlobStore(nc, settings), settings.replace(trust_pickles=False)
+    )
 
     with pytest.raises(UnsafeArtifact, match="trust_pickles"):
         await cautious.load(record)
@@ -169,7 +174,7 @@ async def test_task_save_records_artifacts_readable_from_the_log(
     nc: NATS, settings: Settings
 ) -> None:
     """task.save puts small values inline and large ones by reference in one event."""
-    log = EventLog(nc, settings)
+    log = JetStreamEventLog(nc, settings)
     writer = Writer(log)
     run = await writer.create_run("Train")
     task = await run.create_task("train", start=True)

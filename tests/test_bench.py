@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from runstate.client._bench import (
+from runstate.client.cli._bench import (
     BenchParams,
     Figure,
     Report,
     Target,
-    _EventFactory,
     bench,
     markdown,
     quantile,
@@ -31,6 +30,7 @@ from runstate.engine._events import (
     TaskCreated,
 )
 from runstate.engine._server import NatsServer
+from runstate.engine.testing import EventFactory
 
 TINY: dict[str, list[str]] = {
     "append": [
@@ -146,7 +146,7 @@ def test_bench_on_a_given_server_leaves_no_streams(nats_server: NatsServer) -> N
 
 def test_workload_run_has_the_standard_transitions() -> None:
     """A workload run holds 177 state transitions at T=50, and run 7 ends failed."""
-    factory = _EventFactory("bench")
+    factory = EventFactory("bench")
     transitions = (RunCreated, RunStateChanged, TaskCreated, TaskAttemptStateChanged)
     events = list(factory.workload_run(3, "3", 50))
     assert sum(isinstance(e, transitions) for e in events) == transitions_per_run(50) == 177
@@ -204,8 +204,8 @@ def test_lag_load_and_probe_write_runs_of_their_own() -> None:
     """
     import itertools
 
-    from runstate.client._bench._events import _log_commits
-    from runstate.client._bench._projection import (
+    from runstate.client.cli._bench._events import _log_commits
+    from runstate.client.cli._bench._projection import (
         _LOAD_FIRST_RUN,
         _PROBE_FIRST_RUN,
         _load_commits,
@@ -215,12 +215,12 @@ def test_lag_load_and_probe_write_runs_of_their_own() -> None:
         return {commit[0].pathspec.split("/")[1] for commit in commits}
 
     # the default catch-up log: 1,000,000 events of workload runs numbered from 1
-    factory = _EventFactory("bench")
+    factory = EventFactory("bench")
     shortest = min(len(list(factory.workload_run(n, str(n), 50))) for n in range(1, 11))
     log = {str(n) for n in range(1, 1_000_000 // shortest + 2)}
     load = runs(_load_commits("bench", 5_000, 10.0, 50))
     probe = runs(
-        itertools.islice(_log_commits(_EventFactory("bench"), 50, 1, _PROBE_FIRST_RUN), 600)
+        itertools.islice(_log_commits(EventFactory("bench"), 50, 1, _PROBE_FIRST_RUN), 600)
     )
     assert min(map(int, load)) == _LOAD_FIRST_RUN
     assert not log & load and not log & probe and not load & probe

@@ -29,9 +29,9 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from runstate.client import connect
-from runstate.client._cli import cli
-from runstate.client._render import LiveBoard
 from runstate.client._watch import Change
+from runstate.client.cli import cli
+from runstate.client.cli._render import LiveBoard
 from runstate.engine._events import (
     ForeachFrame,
     RunCreated,
@@ -50,7 +50,7 @@ from runstate.projections._views import RunView
 
 pytestmark = pytest.mark.anyio  # for the async tests; the others ignore it
 
-RUNSTATE = [sys.executable, "-m", "runstate.client._cli"]
+RUNSTATE = [sys.executable, "-m", "runstate.client.cli"]
 
 
 def _env() -> dict[str, str]:
@@ -456,13 +456,18 @@ async def test_server_answers_queries_and_stops_cleanly_on_sigterm(tmp_path: Pat
 async def test_projector_serves_queries_against_a_given_nats(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    """``projector --nats URL --store PATH`` runs a replica that answers, until SIGTERM."""
+    """``projector --nats URL --store PATH`` answers until SIGTERM; a twin on its store fails."""
     store = tmp_path / "replica.sqlite3"
     replica = Running("projector", "--nats", nats_server.url, "--store", str(store), "--name", "r1")
     try:
         await anyio.to_thread.run_sync(replica.wait_for, r"replica ready")
         async with connect(nats_server.url, projector=False) as client:
             assert (await client.status())["name"] == "r1"
+        twin = await anyio.to_thread.run_sync(
+            runstate, "projector", "--nats", nats_server.url, "--store", str(store)
+        )
+        assert twin.returncode == 1
+        assert f"error: the read store {store} is in use by another replica" in twin.stderr
     finally:
         assert await anyio.to_thread.run_sync(replica.stop) == 0
     assert store.exists()

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from runstate.client import connect
-from runstate.engine import EventLog, Settings, Writer, open_nats, provision
+from runstate.engine import JetStreamEventLog, Settings, Writer, open_nats, provision
 from runstate.engine._server import NatsCluster
 from runstate.engine.errors import Unavailable
 from runstate.projections import serve_replica
@@ -26,7 +26,7 @@ async def test_writes_survive_a_node_killed_under_load(
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
-        writer = Writer(EventLog(nc, settings))
+        writer = Writer(JetStreamEventLog(nc, settings))
         run = await writer.create_run("Cluster")
         await run.start()
         acknowledged: list[int] = []
@@ -62,7 +62,7 @@ async def test_writes_survive_a_node_killed_under_load(
         assert killed.is_set() and failed == 0, (
             "writes should ride out the loss of one node of three"
         )
-        log = EventLog(nc, settings)
+        log = JetStreamEventLog(nc, settings)
         stored = {
             commit.sequence async for commit in log.read(log.subjects.run_all("Cluster", run.id))
         }
@@ -117,7 +117,7 @@ async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
-        writer = Writer(EventLog(nc, settings))
+        writer = Writer(JetStreamEventLog(nc, settings))
         for _ in range(8):
             run = await writer.create_run("Cluster", tags=["fed"])
             await run.start()
@@ -127,13 +127,13 @@ async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
                 await task.save(loss=number / 10)
                 await task.complete()
             await run.complete()
-        last = await EventLog(nc, settings).stream_last_sequence()
+        last = await JetStreamEventLog(nc, settings).stream_last_sequence()
 
         async def fold(store_path: Path, **options: object) -> Projector:
             store = SQLiteReadStore(store_path)
             try:
                 async with anyio.create_task_group() as tg:
-                    projector = Projector(nc, settings, store, **options)  # type: ignore[arg-type]
+                    projector = Projector(JetStreamEventLog(nc, settings), store, **options)  # type: ignore[arg-type]
                     tg.start_soon(projector.run)
                     await projector.wait_for(last, timeout=60)
                     tg.cancel_scope.cancel()
@@ -160,4 +160,4 @@ async def test_a_folding_feeder_reads_a_cluster_as_a_projector_alone_does(
             )
     assert rows[0] == rows[1]
     assert len(rows[0][1]) == 8 * 15
-    assert "feeder.wire_failed" not in capfd.readouterr().err  # it read off its own socket
+    assert "drain.wire_failed" not in capfd.readouterr().err  # it read off its own socket

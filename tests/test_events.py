@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runstate.engine._commits import CommitEncoder
 from runstate.engine._events import (
     CURRENT_VERSION,
     ArtifactRecord,
@@ -42,7 +43,7 @@ from runstate.engine._events import (
     register_upcaster,
     unregister_upcaster,
 )
-from runstate.engine._log import EventLog
+from runstate.engine._names import Subjects
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import InvalidEvent
 
@@ -333,13 +334,13 @@ def test_unregister_restores_the_version(metadata_v2: None) -> None:
 
 def test_a_commit_cannot_mix_entities() -> None:
     """The log refuses a commit whose events belong to two entities."""
-    log = EventLog.__new__(EventLog)  # subject_of needs no connection to refuse
+    encoder = CommitEncoder(Subjects("rs"))
     run_event, task_event = EVERY_TYPE[1], EVERY_TYPE[4]
     with pytest.raises(InvalidEvent) as info:
-        log.subject_of([run_event, task_event])
+        encoder.subject_of([run_event, task_event])
     assert RUN in str(info.value) and TASK in str(info.value)
     with pytest.raises(InvalidEvent, match="at least one event"):
-        log.subject_of([])
+        encoder.subject_of([])
 
 
 @settings(max_examples=50, deadline=None)

@@ -18,7 +18,14 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
-from runstate.engine import EventLog, MetadataEntry, MetadataRecorded, Receipt, Settings
+from runstate.engine import (
+    EventLog,
+    JetStreamEventLog,
+    MetadataEntry,
+    MetadataRecorded,
+    Receipt,
+    Settings,
+)
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._events import MetadataRecordedPayload
 from runstate.engine._server import NatsServer
@@ -119,7 +126,7 @@ async def crash_while_writing(
     """
     nc: NATS = await open_nats(settings)
     await provision(nc, settings)
-    log = EventLog(nc, settings)
+    log = JetStreamEventLog(nc, settings)
     attempts: list[Attempt] = []
     stop = anyio.Event()
 
@@ -146,7 +153,7 @@ async def crash_while_writing(
 
     reader_nc = await open_nats(settings)
     try:
-        reader = EventLog(reader_nc, settings)
+        reader = JetStreamEventLog(reader_nc, settings)
         stored = [commit async for commit in reader.read()]
     finally:
         await reader_nc.close()

@@ -11,7 +11,7 @@ _CHILD = textwrap.dedent(
     """
     import gc, weakref
     import anyio
-    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
+    from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 
     class Node:
         pass

@@ -15,7 +15,14 @@ import anyio
 import pytest
 from nats.aio.client import Client as NATS
 
-from runstate.engine import Commit, EventLog, MetadataEntry, MetadataRecorded, Settings
+from runstate.engine import (
+    Commit,
+    EventLog,
+    JetStreamEventLog,
+    MetadataEntry,
+    MetadataRecorded,
+    Settings,
+)
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._events import MetadataRecordedPayload
 from runstate.engine._server import NatsServer, find_nats_server
@@ -62,7 +69,7 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 @pytest.fixture
 def log(nc: NATS, settings: Settings) -> EventLog:
-    return EventLog(nc, settings)
+    return JetStreamEventLog(nc, settings)
 
 
 async def message_count(log: EventLog) -> int:
@@ -440,7 +447,7 @@ def test_header_reads_plain_and_list_valued_headers() -> None:
     """Header values come as strings, or as lists when nats-py uses fast_mail_parser."""
     from nats.aio.msg import Msg
 
-    from runstate.engine._log import header
+    from runstate.engine._acks import header
 
     plain = Msg(_client=None, subject="s", headers={"Nats-Msg-Id": "abc"})  # type: ignore[arg-type]
     listed = Msg(_client=None, subject="s", headers={"Nats-Msg-Id": ["abc"]})  # type: ignore[arg-type]

@@ -21,7 +21,6 @@ import pytest
 
 from runstate.client import connect
 from runstate.engine import (
-    EventLog,
     RunCreated,
     RunStateChanged,
     Settings,
@@ -38,6 +37,7 @@ from runstate.engine._events import (
     TaskAttemptStatePayload,
     TaskCreatedPayload,
 )
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
 from runstate.projections import Projector, SQLiteReadStore, serve_replica
@@ -104,7 +104,7 @@ async def _write_log(url: str, runs: int, tasks: int, flow: str = "Train") -> in
     nc = await open_nats(settings)
     try:
         await provision(nc, settings)
-        log = EventLog(nc, settings)
+        log = JetStreamEventLog(nc, settings)
         async with log.pipeline() as pipe:
             for run in range(1, runs + 1):
                 for commit in _run_events(flow, run, tasks):
@@ -266,7 +266,7 @@ async def test_malformed_messages_are_deadlettered_and_later_events_applied(
             unknown_type = await js.publish(
                 "rs.ev.Train.1.r", orjson.dumps([{"type": "run.exploded", "pathspec": "Train/1"}])
             )
-            log = EventLog(nc, settings)
+            log = JetStreamEventLog(nc, settings)
             good = await log.append(_run_events("Train", 1, 0)[0])
             await replica.projector.wait_for(good.sequence, timeout=10)
             letters = replica.store.list_deadletters(10)
@@ -304,12 +304,12 @@ async def test_after_sees_the_write_and_a_future_sequence_times_out(
 
 WORKER = """
 import anyio, sys
-from runstate.engine import Settings, open_nats, provision, EventLog, Writer
+from runstate.engine import Settings, open_nats, provision, JetStreamEventLog, Writer
 async def main():
     s = Settings(nats_url=sys.argv[1], heartbeat_interval=0.1, heartbeat_timeout=0.5)
     nc = await open_nats(s)
     await provision(nc, s)
-    w = Writer(EventLog(nc, s))
+    w = Writer(JetStreamEventLog(nc, s))
     run = await w.create_run("Reap")
     await run.start()
     async with run.task("train", 1) as task:
@@ -427,11 +427,11 @@ async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
     from runstate.projections import Projector, SQLiteReadStore
 
     settings = Settings(nats_url=nats_url)
-    last = await EventLog(nc := await open_nats(settings), settings).stream_last_sequence()
+    last = await JetStreamEventLog(nc := await open_nats(settings), settings).stream_last_sequence()
     views = SQLiteReadStore(store)
     try:
         async with anyio.create_task_group() as tg:
-            projector = Projector(nc, settings, views, **options)
+            projector = Projector(JetStreamEventLog(nc, settings), views, **options)
             tg.start_soon(projector.run)
             await projector.wait_for(last, timeout=60)
             tg.cancel_scope.cancel()
@@ -447,7 +447,7 @@ _FEEDER = feeder_command()
 def _feeder_whose_wire_fails(after: int) -> list[str]:
     """The feeder, with its ``WireConsumer`` failing after ``after`` deliveries."""
     script = f"""
-from runstate.projections import _wire
+from runstate.engine import _wire
 original = _wire.WireConsumer.deliveries
 def deliveries(self):
     for number, delivery in enumerate(original(self)):
@@ -511,7 +511,9 @@ async def test_a_server_killed_in_the_middle_of_a_feed_loses_nothing(
     store = SQLiteReadStore(tmp_path / "fed.sqlite3")
     try:
         async with anyio.create_task_group() as tg:
-            projector = Projector(nc, settings, store, feeder=_FEEDER, feed_from=1, batch_size=50)
+            projector = Projector(
+                JetStreamEventLog(nc, settings), store, feeder=_FEEDER, feed_from=1, batch_size=50
+            )
             tg.start_soon(projector.run)
             with anyio.fail_after(30):
                 while projector.applied == 0:  # noqa: ASYNC110 - polls its progress
@@ -611,5 +613,5 @@ async def test_a_backlog_through_a_feeder_folds_what_the_projector_alone_folds(
     # the feeder read the consumer off the wire, unless the test cut it; and a feeder whose
     # output is cut (the projector no longer reads) exits without complaint
     err = capfd.readouterr().err
-    assert ("feeder.wire_failed" in err) == request.node.callspec.id.startswith("wire-")
+    assert ("drain.wire_failed" in err) == request.node.callspec.id.startswith("wire-")
     assert "feeder.failed" not in err

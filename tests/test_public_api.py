@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -14,9 +17,10 @@ PUBLIC_MODULES = [
     "runstate.projections",
     "runstate.client",
     "runstate.client.compat",
+    "runstate.client.cli",
 ]
 
-PACKAGES = ["runstate.engine", "runstate.projections", "runstate.client"]
+PACKAGES = ["runstate.engine", "runstate.projections", "runstate.client", "runstate.client.cli"]
 
 
 def _all_modules() -> list[str]:
@@ -79,10 +83,44 @@ def test_packages_reexport_their_public_names_from_private_modules() -> None:
     import runstate.client as client
     import runstate.client._objects as objects
     import runstate.engine as engine
-    import runstate.engine._log as log
+    import runstate.engine._commits as commits
+    import runstate.engine._typing as typing
 
     assert client.Run is objects.Run and client.Flow is objects.Flow
-    assert engine.EventLog is log.EventLog and client.Receipt is log.Receipt
+    assert engine.EventLog is typing.EventLog and client.Receipt is commits.Receipt
+
+
+def test_client_exports_every_exception() -> None:
+    """Every RunstateError subclass is importable from runstate.client and named in its __all__."""
+    import runstate.client as client
+    import runstate.engine.errors as errors
+
+    exceptions = {
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value) and issubclass(value, errors.RunstateError)
+    }
+    assert "NotFound" in exceptions and "RunstateError" in exceptions
+    missing = sorted(exceptions - set(client.__all__))
+    assert not missing, f"runstate.client does not export {missing}"
+    assert all(getattr(client, name) is getattr(errors, name) for name in exceptions)
+
+
+def test_importing_the_client_loads_no_command_line_dependency() -> None:
+    """``import runstate.client`` (and its compat facade) loads neither click nor rich."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runstate.client, runstate.client.compat\n"
+            "print(sorted(m for m in ('click', 'rich') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def _module(name: str) -> ModuleType:

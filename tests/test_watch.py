@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from runstate.client import Change, Client, EventRecord, RunState, connect
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import Timeout
-from runstate.projections import Replica, RunView, serve_replica
+from runstate.projections import ReplicaParts, RunView, serve_replica
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +102,7 @@ async def expect_final_run(client: Client, watcher: Watcher, pathspec: str, tota
 
 
 @asynccontextmanager
-async def replica(client: Client, store: Path) -> AsyncIterator[Replica]:
+async def replica(client: Client, store: Path) -> AsyncIterator[ReplicaParts]:
     """A projector replica on ``store``, stopped when the block exits."""
     async with anyio.create_task_group() as group:
         yield await group.start(serve_replica, client.nc, client.settings, store)

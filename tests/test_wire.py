@@ -10,7 +10,7 @@ import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from runstate.engine._server import NatsServer
-from runstate.projections._wire import Endpoint, WireConsumer, WireError, new_inbox
+from runstate.engine._wire import Endpoint, WireConsumer, WireError, new_inbox
 
 pytestmark = pytest.mark.anyio  # for the async tests; the others ignore it
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import anyio
 import pytest
-from nats.aio.client import Client as NATS
 
 from runstate.engine import (
     ArtifactsRecorded,
     Event,
     EventLog,
     Heartbeat,
+    MemoryEventLog,
     MetadataRecorded,
     Receipt,
     RunCreated,
@@ -28,11 +27,12 @@ from runstate.engine import (
     Writer,
     encode_commit,
 )
-from runstate.engine._connection import open_nats, provision
 from runstate.engine._events import RunCreatedPayload, decode_event
 from runstate.engine.errors import (
     ConflictError,
+    IdempotencyKeyReused,
     IllegalTransition,
+    InvalidEvent,
     InvalidName,
     NotFound,
     PayloadTooLarge,
@@ -42,30 +42,15 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def settings(nats_url: str, tmp_path: Path) -> Settings:
-    # a short duplicate window so a test can outlive it
-    return Settings(
-        nats_url=nats_url,
-        data_dir=tmp_path / "data",
-        user="tester",
-        retry_budget=5.0,
-        duplicate_window=1.0,
-    )
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", user="tester", retry_budget=5.0)
 
 
 @pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    connection = await open_nats(settings)
-    await provision(connection, settings)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-def log(nc: NATS, settings: Settings) -> EventLog:
-    return EventLog(nc, settings)
+def log(settings: Settings) -> MemoryEventLog:
+    """The in-memory log: the worker's logic needs no server (its JetStream side is in
+    test_worker_jetstream.py and the log contract)."""
+    return MemoryEventLog(settings)
 
 
 @pytest.fixture
@@ -179,34 +164,6 @@ async def test_idempotency_key_returns_the_same_run(writer: Writer, log: EventLo
     assert other_flow.flow == "Other"
 
 
-async def test_idempotency_key_outlives_the_duplicate_window(writer: Writer, log: EventLog) -> None:
-    """After the duplicate window has passed, the key still returns the first run."""
-    first = await writer.create_run("Train", idempotency_key="k")
-    await first.start()
-    await anyio.sleep(1.5)  # duplicate_window is 1 s
-
-    again = await writer.create_run("Train", idempotency_key="k")
-
-    assert again.pathspec == first.pathspec
-    assert again.state is RunState.RUNNING
-    assert again.version == first.version
-    assert await run_created_count(log) == 1
-
-
-async def test_idempotency_key_after_the_window_on_an_untouched_run(
-    writer: Writer, log: EventLog
-) -> None:
-    """A repeat after the window on a run with only its creation returns that run."""
-    first = await writer.create_run("Train", idempotency_key="k")
-    await anyio.sleep(1.5)
-
-    again = await writer.create_run("Train", idempotency_key="k")
-
-    assert again.pathspec == first.pathspec
-    assert again.version == first.version
-    assert await run_created_count(log) == 1
-
-
 async def test_concurrent_creators_with_one_key_create_one_run(
     writer: Writer, log: EventLog
 ) -> None:
@@ -225,7 +182,7 @@ async def test_concurrent_creators_with_one_key_create_one_run(
 
 
 async def test_idempotency_key_recorded_by_a_creator_that_died_creates_the_run_once(
-    writer: Writer, log: EventLog, nc: NATS
+    writer: Writer, log: EventLog
 ) -> None:
     """A key recorded without its run.created (the creator died) creates that run exactly once."""
     # what _create_once does before it appends: take an id, record the creation under the key
@@ -235,8 +192,7 @@ async def test_idempotency_key_recorded_by_a_creator_that_died_creates_the_run_o
         actor="dead-worker",
         payload=RunCreatedPayload(flow="Train", run_id=rid, idempotency_key="k", user="dead"),
     )
-    kv = await nc.jetstream().key_value(writer.subjects.idempotency_bucket)
-    await kv.create(hashlib.sha256(b"Train\0k").hexdigest(), encode_commit([event]))
+    await log.claim_key("Train\0k", encode_commit([event]))
     assert await run_created_count(log) == 0
 
     first = await writer.create_run("Train", idempotency_key="k")
@@ -506,36 +462,6 @@ async def test_tags_add_remove_replace_and_system_tags_are_refused(
 # -- heartbeats -------------------------------------------------------------------------
 
 
-async def test_heartbeats_keep_only_the_latest_per_subject(
-    writer: Writer, nc: NATS, log: EventLog
-) -> None:
-    """Three beats of one task leave one message on its heartbeat subject; none on the log."""
-    run = await writer.create_run("Train")
-    task = await run.create_task("train", start=True)
-    before = await log.stream_last_sequence()
-
-    for _ in range(3):
-        await task.heartbeat()
-    await run.heartbeat()
-    await nc.flush()
-
-    js = nc.jetstream()
-    stream = writer.subjects.heartbeats_stream
-    subject = "rs.hb.Train.1.t.train.1"
-    # beats are published without an ack: wait until the stream has stored all four
-    with anyio.fail_after(5):
-        while (await js.stream_info(stream)).state.last_seq < 4:  # noqa: ASYNC110 - polls
-            await anyio.sleep(0.01)
-    info = await js.stream_info(stream, subjects_filter=subject)
-    assert info.state.subjects == {subject: 1}
-    assert info.state.messages == 2  # the task's and the run's
-    assert info.state.last_seq == 4
-    last = await js.get_last_msg(stream, subject)
-    beat = decode_event(last.data or b"")
-    assert isinstance(beat, Heartbeat) and beat.pathspec == task.pathspec
-    assert await log.stream_last_sequence() == before
-
-
 # -- loading and conflicts -------------------------------------------------------------
 
 
@@ -597,3 +523,86 @@ async def test_commuting_ops_retry_after_a_concurrent_write_but_transitions_conf
     await run.start()
     with pytest.raises(ConflictError):
         await stale_run.start()
+
+
+async def test_heartbeats_go_beside_the_log_and_keep_the_latest(
+    writer: Writer, log: MemoryEventLog
+) -> None:
+    """Beats of a task and its run leave the latest of each beside the log, none in it."""
+    run = await writer.create_run("Train")
+    task = await run.create_task("train", start=True)
+    before = await log.stream_last_sequence()
+    for _ in range(3):
+        await task.heartbeat()
+    await run.heartbeat()
+    assert set(log.heartbeats) == {"rs.hb.Train.1.t.train.1", "rs.hb.Train.1.r"}
+    beat = decode_event(log.heartbeats["rs.hb.Train.1.t.train.1"])
+    assert isinstance(beat, Heartbeat) and beat.pathspec == task.pathspec
+    assert await log.stream_last_sequence() == before
+
+
+async def test_an_idempotency_key_repeated_with_other_parameters_is_refused(
+    writer: Writer, log: EventLog
+) -> None:
+    """A key reused with other parameters raises IdempotencyKeyReused naming key and values."""
+    first = await writer.create_run("Train", parameters={"lr": 0.1, "n": 1}, idempotency_key="k")
+    same = await writer.create_run("Train", parameters={"n": 1, "lr": 0.1}, idempotency_key="k")
+    assert same.pathspec == first.pathspec
+    with pytest.raises(IdempotencyKeyReused) as info:
+        await writer.create_run("Train", parameters={"lr": 0.2, "n": 1}, idempotency_key="k")
+    assert "'k'" in info.value.message and "lr" in info.value.message
+    assert "n," not in info.value.message  # only the differing ones are named
+    with pytest.raises(IdempotencyKeyReused, match="run_id"):
+        await writer.create_run(
+            "Train", run_id="other", parameters={"lr": 0.1, "n": 1}, idempotency_key="k"
+        )
+    assert await run_created_count(log) == 1
+
+
+async def test_a_foreach_too_large_for_one_batch_is_refused_before_any_id_is_taken(
+    writer: Writer, log: EventLog
+) -> None:
+    """foreach(20000) raises PayloadTooLarge at once: no task ids consumed, nothing appended."""
+    run = await writer.create_run("Train")
+    before = await log.stream_last_sequence()
+    with pytest.raises(PayloadTooLarge, match="at most 1000"):
+        await run.foreach("train", 20_000)
+    assert await log.stream_last_sequence() == before
+    tasks = await run.foreach("train", 2)
+    assert [task.id for task in tasks] == ["1", "2"]
+
+
+async def test_a_parent_task_from_another_run_is_refused_at_write_time(
+    writer: Writer, log: EventLog
+) -> None:
+    """Parents are tasks of the task's own run: another run's task raises InvalidName."""
+    one = await writer.create_run("Train")
+    other = await writer.create_run("Train")
+    parent = await one.create_task("start")
+    before = await log.stream_last_sequence()
+    with pytest.raises(InvalidName, match="another run"):
+        await other.create_task("train", parents=[parent])
+    with pytest.raises(InvalidName, match="another run"):
+        await other.foreach("train", 3, parents=[parent.pathspec])
+    assert await log.stream_last_sequence() == before
+    child = await one.create_task("train", parents=[parent])
+    assert child.pathspec == "Train/1/train/2"
+
+
+async def test_bad_values_are_refused_before_any_id_is_taken(writer: Writer, log: EventLog) -> None:
+    """NaN parameters, a naive schedule, bad environment info or NaN metadata raise
+    InvalidEvent with nothing appended and no id consumed."""
+    with pytest.raises(InvalidEvent, match=r"parameters\.x"):
+        await writer.create_run("Train", parameters={"x": float("nan")})
+    with pytest.raises(InvalidEvent, match="timezone"):
+        await writer.create_run("Train", scheduled_at=datetime(2026, 1, 1))
+    run = await writer.create_run("Train")
+    assert run.id == "1"
+    with pytest.raises(InvalidEvent, match="environment_info"):
+        await run.create_task("train", environment_info={"gpu": float("inf")})
+    task = await run.create_task("train", start=True)
+    assert task.id == "1"
+    before = await log.stream_last_sequence()
+    with pytest.raises(InvalidEvent, match="metadata x"):
+        await task.record_metadata(x=float("nan"))
+    assert await log.stream_last_sequence() == before

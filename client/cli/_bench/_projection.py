@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from runstate.client._bench._events import _append_all, _EventFactory, _log_commits
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._events import _append_all, _log_commits
+from runstate.client.cli._bench._harness import (
     _child,
     _client,
     _connection,
@@ -25,11 +25,13 @@ from runstate.client._bench._harness import (
     _server_version,
     _wait_applied,
 )
-from runstate.client._bench._params import BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._connection import open_nats
-from runstate.engine._log import EventLog
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._settings import Settings
+from runstate.engine._typing import EventLog
+from runstate.engine.testing import EventFactory
 
 
 async def _catch_up(
@@ -43,8 +45,8 @@ async def _catch_up(
     import gc
 
     from runstate.projections._feeder import feeder_command
+    from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._projector import Projector
-    from runstate.projections._runner import keep_heap_frozen, tune_gc_for_projection
     from runstate.projections._store import SQLiteReadStore
 
     thresholds = gc.get_threshold()
@@ -52,7 +54,9 @@ async def _catch_up(
     store = SQLiteReadStore(store_path)
     try:
         async with _connection(place) as nc, anyio.create_task_group() as tg:
-            projector = Projector(nc, place.settings(), store, feeder=feeder_command())
+            projector = Projector(
+                JetStreamEventLog(nc, place.settings()), store, feeder=feeder_command()
+            )
             started = time.perf_counter()
             tg.start_soon(keep_heap_frozen)
             tg.start_soon(projector.run)
@@ -90,7 +94,7 @@ _LOAD_FIRST_RUN = 2_000_000
 def _load_commits(user: str, rate: int, seconds: float, tasks: int) -> list[list[Any]]:
     """The load's commits, built before the clock starts (workers are other machines'
     processes: building their events is not the system's work)."""
-    factory = _EventFactory(user)
+    factory = EventFactory(user)
     count = int(rate * seconds * 1.2) + 1000
     return list(itertools.islice(_log_commits(factory, tasks, 1, first_run=_LOAD_FIRST_RUN), count))
 
@@ -128,7 +132,7 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
     gc.freeze()
     nc = await open_nats(settings)
     try:
-        log = EventLog(nc, settings)
+        log = JetStreamEventLog(nc, settings)
         print("ready", flush=True)
         if not (await anyio.to_thread.run_sync(sys.stdin.buffer.readline)).strip():
             return  # stdin closed: the benchmark stopped before the load began
@@ -141,7 +145,7 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
 
 
 def _load_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client._bench _load URL PREFIX RATE SECONDS TASKS``.
+    """``python -m runstate.client.cli._bench _load URL PREFIX RATE SECONDS TASKS``.
 
     Prints ``ready`` once connected with its commits built, starts on a line on
     stdin, and prints ``sent <events> <seconds>`` when done.
@@ -168,7 +172,7 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
     ):
         log = client.log
         probe_source = _log_commits(
-            _EventFactory(client.settings.user), p.tasks, 1, first_run=_PROBE_FIRST_RUN
+            EventFactory(client.settings.user), p.tasks, 1, first_run=_PROBE_FIRST_RUN
         )
         first = next(probe_source)
         receipt = await log.append(first)
@@ -226,8 +230,8 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
     """Catch-up rate of a fresh projector on a big log, then lag under steady load."""
     async with _connection(place) as nc:
         report.server_version = _server_version(nc)
-        log = EventLog(nc, place.settings())
-        factory = _EventFactory(place.settings().user)
+        log = JetStreamEventLog(nc, place.settings())
+        factory = EventFactory(place.settings().user)
         _say(f"projection: writing a log of {p.events:,} events")
         started = time.perf_counter()
         events, commits, last = await _append_all(

@@ -1,12 +1,12 @@
-"""``python -m runstate.client._bench``: the command standalone, a projector replica, or a load."""
+"""``python -m runstate.client.cli._bench``: the command standalone, a replica, or a load."""
 
 from __future__ import annotations
 
 import sys
 
-from runstate.client._bench._command import bench
-from runstate.client._bench._harness import _replica_main
-from runstate.client._bench._projection import _load_main
+from runstate.client.cli._bench._command import bench
+from runstate.client.cli._bench._harness import _replica_main
+from runstate.client.cli._bench._projection import _load_main
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_replica":

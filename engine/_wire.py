@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from runstate.engine._acks import delivery_sequence
+
 __all__ = ["Endpoint", "WireConsumer", "WireError", "new_inbox"]
 
 #: bytes asked of the socket at a time
@@ -141,7 +143,10 @@ class WireConsumer:
             if not chunk:
                 raise WireError("the server closed the connection")
             buffer = buffer + chunk if buffer else chunk
-            parsed, position = self._parse(buffer)
+            try:
+                parsed, position = self._parse(buffer)
+            except ValueError as exc:  # a reply subject that is not JetStream's
+                raise WireError(str(exc)) from None
             buffer = buffer[position:]
             yield from parsed
 
@@ -167,7 +172,11 @@ class WireConsumer:
                     self._control(header, reply)
                     continue
                 deliveries.append(
-                    (_sequence(reply), args[0].decode(), buffer[eol + 2 + header_size : stop])
+                    (
+                        delivery_sequence(reply.decode()),
+                        args[0].decode(),
+                        buffer[eol + 2 + header_size : stop],
+                    )
                 )
             elif op == b"MSG ":
                 args = buffer[position + 4 : eol].split(b" ")
@@ -176,7 +185,9 @@ class WireConsumer:
                 if stop + 2 > end:
                     break
                 reply = args[2] if len(args) == 4 else b""
-                deliveries.append((_sequence(reply), args[0].decode(), buffer[eol + 2 : stop]))
+                deliveries.append(
+                    (delivery_sequence(reply.decode()), args[0].decode(), buffer[eol + 2 : stop])
+                )
                 position = stop + 2
             elif op == b"PING":
                 self._send(b"PONG" + _CRLF)
@@ -220,20 +231,6 @@ class WireConsumer:
             self._buffer += chunk
         line, self._buffer = self._buffer[:eol], self._buffer[eol + 2 :]
         return line
-
-
-def _sequence(reply: bytes) -> int:
-    """The stream sequence in a delivery's reply subject.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
-    or the 12-token form with a domain and an account hash.
-    """
-    tokens = reply.split(b".")
-    if len(tokens) == 9:
-        return int(tokens[5])
-    if len(tokens) >= 12:
-        return int(tokens[-5])
-    raise WireError(f"a delivery without a JetStream reply subject: {reply[:80]!r}")
 
 
 def new_inbox() -> str:

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._events import _EventFactory
-from runstate.client._bench._harness import _connection, _Place, _say, _server_version
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target
+from runstate.client.cli._bench._harness import _connection, _Place, _say, _server_version
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target
+from runstate.engine._commits import Commit, new_commit_id
 from runstate.engine._events import Event, encode_commit
-from runstate.engine._log import Commit, EventLog, new_commit_id
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._states import TaskState
+from runstate.engine.testing import EventFactory
 
 
 async def _purge(nc: NATS, stream: str) -> None:
@@ -26,9 +27,9 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
     n, k = p.messages, max(1, p.batch_events)
     async with _connection(place) as nc:
         report.server_version = _server_version(nc)
-        log = EventLog(nc, settings)
+        log = JetStreamEventLog(nc, settings)
         stream = log.subjects.events_stream
-        factory = _EventFactory(settings.user)
+        factory = EventFactory(settings.user)
         entities = [f"{FLOW}/1/train/{i}" for i in range(1000)]
         # Built before timing: raw publishing gets ready bytes, runstate ready event objects.
         singles = [factory.task_state(entities[i % 1000], 0, TaskState.RUNNING) for i in range(n)]
@@ -38,7 +39,7 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
         ]
         atomic_events = singles
         payload = encode_commit([singles[0]])
-        subjects = [log.subject_of([e])[0] for e in singles[:1000]]
+        subjects = [log.encode(Commit([e])).subject for e in singles[:1000]]
         raw_js = nc.jetstream(publish_async_max_pending=p.in_flight)
 
         async def raw(with_ids: bool) -> float:

@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 import anyio
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._events import _EventFactory
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._harness import (
     _client,
     _Place,
     _read_after,
@@ -20,12 +19,14 @@ from runstate.client._bench._harness import (
     _say,
     _server_version,
 )
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._events import encode_commit
-from runstate.engine._log import Receipt, new_commit_id
+from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._states import TaskState
-from runstate.engine._worker import RunHandle, TaskHandle, Writer
+from runstate.engine._worker import Writer
+from runstate.engine.testing import EventFactory
 
 NOTE_METRICS = (
     "metric points (3 `loss` points per successful train task) are not implemented in "
@@ -225,7 +226,7 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
         )
         payload = encode_commit(
             [
-                _EventFactory(client.settings.user).task_state(
+                EventFactory(client.settings.user).task_state(
                     f"{FLOW}/1/train/1", 0, TaskState.RUNNING
                 )
             ]

@@ -8,8 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
-from runstate.client._bench._events import _append_all, _commits, _EventFactory
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._events import _append_all, _commits
+from runstate.client.cli._bench._harness import (
     _client,
     _Place,
     _replica,
@@ -17,11 +17,12 @@ from runstate.client._bench._harness import (
     _server_version,
     _wait_applied,
 )
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms, quantile
-from runstate.client._bench._workload import write_workload
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._workload import write_workload
 from runstate.engine._events import Event
 from runstate.engine._states import RunState
+from runstate.engine.testing import EventFactory
 
 NOTE_METRIC_READS = "read (e), one task's metric history, is not implemented in runstate yet"
 
@@ -91,7 +92,7 @@ async def _write_scale(
     client: Any, p: BenchParams, first_id: int
 ) -> tuple[list[str], list[str], int]:
     """``scale_runs`` finished runs (one 3-event commit each), a few with full task sets."""
-    factory = _EventFactory(client.settings.user)
+    factory = EventFactory(client.settings.user)
     count = p.scale_runs
     with_tasks = (
         {

@@ -12,8 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from runstate.client._bench._events import _EventFactory
-from runstate.client._bench._harness import (
+from runstate.client.cli._bench._harness import (
     _client,
     _Place,
     _replica,
@@ -21,13 +20,14 @@ from runstate.client._bench._harness import (
     _server_version,
     _wait_applied,
 )
-from runstate.client._bench._params import FLOW, BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._events import encode_commit
-from runstate.engine._log import Receipt, new_commit_id
+from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._names import Subjects
 from runstate.engine._states import RunState, TaskState
-from runstate.engine._worker import RunHandle, TaskHandle
+from runstate.engine.testing import EventFactory
 
 
 class _Deliveries:
@@ -262,7 +262,7 @@ async def bench_live(place: _Place, p: BenchParams, report: Report) -> None:
             )
 
         _say("live: raw JetStream ordered consumer")
-        factory = _EventFactory(client.settings.user)
+        factory = EventFactory(client.settings.user)
         payload = encode_commit([factory.run_state("raw", RunState.RUNNING)])
         raw = await _raw_ordered_latency(client.nc, client.subjects, p.changes, payload)
         report.add(

@@ -37,15 +37,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from runstate.client._client import Client, connect
-from runstate.client._render import LiveBoard, counts_text, state_text
+from runstate.client._client import Client
 from runstate.client._watch import Change
+from runstate.client.cli._render import LiveBoard, counts_text, state_text
 from runstate.engine._events import RunStateChanged, TaskAttemptStateChanged
-from runstate.engine._server import EmbeddedHandle, ensure_embedded
+from runstate.engine._handles import TaskHandle
 from runstate.engine._settings import Settings
 from runstate.engine._states import TaskState
-from runstate.engine._worker import TaskHandle
 from runstate.engine.errors import RunstateError, Unavailable
+from runstate.projections._replica import Replica
 
 __all__ = ["DemoConfig", "DemoResult", "TinyModel", "run_demo"]
 
@@ -350,39 +350,17 @@ async def _demo_client(settings: Settings) -> AsyncIterator[tuple[Client, bool]]
     running on the data directory. When it started the server, or when no
     query service answers, it runs a replica in this process.
     """
-    from runstate.projections._runner import serve_replica
-
-    embedded: EmbeddedHandle | None = None
-    if settings.nats_url is None:
-        with anyio.CancelScope(shield=True):
-            handle = await anyio.to_thread.run_sync(ensure_embedded, settings.data_dir)
-        embedded = handle
-        settings = settings.replace(nats_url=handle.url)
-    try:
-        async with connect(settings=settings, namespace=None, projector=False) as client:
-            own = embedded is not None and embedded.owned
-            if not own:
-                try:
-                    await client.request("status", {}, timeout=2.0)
-                except Unavailable:
-                    own = True  # nobody answers queries: the demo brings its replica
-            if not own:
-                yield client, False
-                return
-            from runstate.client._cli import store_lock
-
-            store = settings.data_dir / "views.sqlite3"
-            with store_lock(store):
-                async with anyio.create_task_group() as tg:
-                    await tg.start(serve_replica, client.nc, settings, store)
-                    try:
-                        yield client, True
-                    finally:
-                        tg.cancel_scope.cancel()
-    finally:
-        if embedded is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(embedded.stop)
+    async with Replica(settings, projector=False, name="demo") as replica:
+        client = Client.over_nats(replica.nc, replica.settings, namespace=None)
+        own = replica.owns_server
+        if not own:
+            try:
+                await client.request("status", {}, timeout=2.0)
+            except Unavailable:
+                own = True  # nobody answers queries: the demo brings its replica
+        if own:
+            await replica.start_projector()
+        yield client, own
 
 
 def demo_settings(settings: Settings) -> Settings:

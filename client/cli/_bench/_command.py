@@ -10,14 +10,14 @@ from typing import Any
 import anyio
 import click
 
-from runstate.client._bench._append import bench_append
-from runstate.client._bench._facade import bench_facade
-from runstate.client._bench._harness import _Place, _place
-from runstate.client._bench._live import bench_live
-from runstate.client._bench._params import BenchParams
-from runstate.client._bench._projection import bench_projection
-from runstate.client._bench._reads import bench_reads
-from runstate.client._bench._report import (
+from runstate.client.cli._bench._append import bench_append
+from runstate.client.cli._bench._facade import bench_facade
+from runstate.client.cli._bench._harness import _Place, _place
+from runstate.client.cli._bench._live import bench_live
+from runstate.client.cli._bench._params import BenchParams
+from runstate.client.cli._bench._projection import bench_projection
+from runstate.client.cli._bench._reads import bench_reads
+from runstate.client.cli._bench._report import (
     Report,
     _as_json,
     _load,
@@ -25,7 +25,7 @@ from runstate.client._bench._report import (
     machine_info,
     markdown,
 )
-from runstate.client._bench._workload import bench_workload
+from runstate.client.cli._bench._workload import bench_workload
 
 BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection")
 

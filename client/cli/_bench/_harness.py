@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import subprocess
 import sys
 import tempfile
@@ -20,12 +19,13 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client as NATS
 
-from runstate.client._bench._params import ProjectorMode
+from runstate.client.cli._bench._params import ProjectorMode
+from runstate.engine._commits import new_commit_id
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._log import new_commit_id
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Timeout
+from runstate.projections._replica import Replica
 
 
 def _server_version(nc: NATS) -> str:
@@ -113,16 +113,8 @@ async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> A
     """
     store = place.tmp / f"{name}.sqlite3"
     if mode == "inprocess":
-        from runstate.projections._runner import serve_replica
-
-        async with _connection(place) as nc, anyio.create_task_group() as tg:
-            await tg.start(
-                functools.partial(serve_replica, nc, place.settings(), store, reaper=False)
-            )
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        async with Replica(place.settings(), store=store, reaper=False):
+            yield
         return
     # the replica exits when its stdin closes
     async with _child(place, "_replica", [place.url, place.prefix, str(store)], name, 60, 10):
@@ -138,7 +130,7 @@ async def _child(
     ready_within: float,
     stop_within: float,
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream]]:
-    """``python -m runstate.client._bench ROLE ARGS...`` once it has printed ``ready``.
+    """``python -m runstate.client.cli._bench ROLE ARGS...`` once it has printed ``ready``.
 
     Yields the process and its stdout. Its stderr goes to ``<tmp>/<name>.stderr``
     and is shown if it does not start within ``ready_within`` seconds. On exit
@@ -148,7 +140,7 @@ async def _child(
     log_path = place.tmp / f"{name}.stderr"
     with log_path.open("wb") as errors:
         process = await anyio.open_process(
-            [sys.executable, "-m", "runstate.client._bench", role, *args],
+            [sys.executable, "-m", "runstate.client.cli._bench", role, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -178,26 +170,14 @@ async def _child(
 
 
 async def _serve_replica(url: str, prefix: str, store: str) -> None:
-    from runstate.projections._runner import serve_replica
-
     settings = Settings(nats_url=url, prefix=prefix, data_dir=Path(store).parent)
-    nc = await open_nats(settings)
-    try:
-        await provision(nc, settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(
-                functools.partial(serve_replica, nc, settings, store, reaper=False, dedicated=True)
-            )
-            print("ready", flush=True)
-            await anyio.to_thread.run_sync(sys.stdin.buffer.read)
-            tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await nc.close()
+    async with Replica(settings, store=store, reaper=False, dedicated=True):
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.buffer.read)
 
 
 def _replica_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client._bench _replica URL PREFIX STORE``: serve until stdin closes."""
+    """``python -m runstate.client.cli._bench _replica URL PREFIX STORE``: serve; stop at EOF."""
     from runstate.engine._logging import configure_logging
 
     configure_logging("warning", force=True)

@@ -24,19 +24,18 @@ Benchmarks:
 For a rate ("higher is better") the p95 column is the rate that 95% of the
 samples reach (the 5th percentile): the slow tail, like a latency's p95.
 
-``python -m runstate.client._bench ...`` runs the same command standalone.
+``python -m runstate.client.cli._bench ...`` runs the same command standalone.
 """
 
-from runstate.client._bench._command import BENCHMARKS as BENCHMARKS
-from runstate.client._bench._command import bench as bench
-from runstate.client._bench._command import run_benchmarks as run_benchmarks
-from runstate.client._bench._events import _EventFactory as _EventFactory
-from runstate.client._bench._params import BenchParams as BenchParams
-from runstate.client._bench._report import Figure as Figure
-from runstate.client._bench._report import Report as Report
-from runstate.client._bench._report import Target as Target
-from runstate.client._bench._report import markdown as markdown
-from runstate.client._bench._report import quantile as quantile
-from runstate.client._bench._workload import transitions_per_run as transitions_per_run
+from runstate.client.cli._bench._command import BENCHMARKS as BENCHMARKS
+from runstate.client.cli._bench._command import bench as bench
+from runstate.client.cli._bench._command import run_benchmarks as run_benchmarks
+from runstate.client.cli._bench._params import BenchParams as BenchParams
+from runstate.client.cli._bench._report import Figure as Figure
+from runstate.client.cli._bench._report import Report as Report
+from runstate.client.cli._bench._report import Target as Target
+from runstate.client.cli._bench._report import markdown as markdown
+from runstate.client.cli._bench._report import quantile as quantile
+from runstate.client.cli._bench._workload import transitions_per_run as transitions_per_run
 
 __all__ = ["BENCHMARKS", "BenchParams", "Figure", "Report", "bench", "run_benchmarks"]

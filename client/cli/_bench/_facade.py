@@ -7,10 +7,10 @@ import time
 
 import anyio
 
-from runstate.client._bench._harness import _client, _Place, _read_after, _server_version
-from runstate.client._bench._params import BenchParams
-from runstate.client._bench._report import Figure, Report, Target, _ms
-from runstate.client._bench._workload import WriteResult, write_workload
+from runstate.client.cli._bench._harness import _client, _Place, _read_after, _server_version
+from runstate.client.cli._bench._params import BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._workload import WriteResult, write_workload
 
 
 def bench_facade(place: _Place, p: BenchParams, report: Report) -> None:

@@ -1,0 +1,21 @@
+"""The ``runstate`` group with every command on it, and the console script."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runstate.client.cli._app import cli
+from runstate.client.cli._bench import bench
+from runstate.client.cli._demo_command import demo
+from runstate.client.cli._read import events, runs, show, watch
+from runstate.client.cli._serve import projector, server
+
+__all__ = ["cli", "main"]
+
+for _command in (server, projector, demo, runs, show, watch, events, bench):
+    cli.add_command(_command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``runstate`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="runstate")

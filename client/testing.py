@@ -1,0 +1,44 @@
+"""Test helpers for code that uses runstate's client: a whole runstate in this process.
+
+``in_memory()`` gives a ``Client`` whose event log is a ``MemoryEventLog``,
+whose replica folds into an in-memory SQLite store, and whose queries are
+answered by a query service in this process: every read, write and watch
+works as against a server, with no server. Nothing outlives the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+
+from runstate.client._client import Client
+from runstate.client._queries import LocalQueries
+from runstate.engine._memory import MemoryEventLog
+from runstate.engine._settings import Settings
+from runstate.projections._projector import Projector
+from runstate.projections._service import QueryService
+from runstate.projections._store import SQLiteReadStore
+
+__all__ = ["in_memory"]
+
+
+@asynccontextmanager
+async def in_memory(settings: Settings | None = None) -> AsyncIterator[Client]:
+    """A client of a runstate held in memory: a log, a replica and its query service."""
+    settings = settings or Settings()
+    log = MemoryEventLog(settings)
+    store = SQLiteReadStore(":memory:")
+    try:
+        projector = Projector(log, store)
+        client = Client(log, LocalQueries(QueryService(projector, log)))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(projector.run)
+            await projector.wait_started()
+            try:
+                yield client
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        store.close()
