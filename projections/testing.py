@@ -12,96 +12,45 @@ Importing this module needs pytest and hypothesis.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import JsonValue
 
 from runstate.engine._events import replace_fields
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import BadFilter
 from runstate.projections._queries import (
-    RUN_SORT_KEYS,
     DeadLetter,
     FlowSummary,
-    Page,
     RunQuery,
     TaskQuery,
     encode_cursor,
+)
+from runstate.projections._store_examples import (
+    ALL_SORTS,
+    FILTERS,
+    T0,
+    all_pages,
+    at,
+    dataset,
+    ids,
+    list_runs,
+    list_tasks,
+    make_run,
+    make_task,
+    reference,
+    reference_key,
+    run_queries,
+    run_views,
+    snapshot,
+    view_histories,
 )
 from runstate.projections._typing import ReadStore
 from runstate.projections._views import RunView, StepSummary, StepView, TaskView
 
 __all__ = ["ReadStoreContract", "make_run", "make_task"]
-
-T0 = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-def make_run(
-    flow: str = "Train",
-    number: int | None = 1,
-    *,
-    run_id: str | None = None,
-    state: RunState = RunState.COMPLETED,
-    created: float = 0,
-    started: float | None = None,
-    finished: float | None = None,
-    user: str | None = "alice",
-    tags: frozenset[str] | set[str] = frozenset(),
-    system_tags: frozenset[str] | set[str] | None = None,
-    parameters: dict[str, JsonValue] | None = None,
-    steps: tuple[StepSummary, ...] = (),
-) -> RunView:
-    run_id = run_id if run_id is not None else str(number)
-    return RunView(
-        pathspec=f"{flow}/{run_id}",
-        flow=flow,
-        run_id=run_id,
-        run_number=number,
-        state=state,
-        created_at=at(created),
-        started_at=None if started is None else at(started),
-        finished_at=None if finished is None else at(finished),
-        user=user,
-        tags=frozenset(tags),
-        system_tags=frozenset({f"user:{user}"} if system_tags is None else system_tags),
-        parameters=parameters or {},
-        steps=steps,
-    )
-
-
-def make_task(
-    run: str = "Train/1",
-    step: str = "train",
-    task_id: str = "1",
-    *,
-    state: TaskState = TaskState.COMPLETED,
-    foreach_index: int | None = None,
-) -> TaskView:
-    flow, run_id = run.split("/")
-    return TaskView(
-        pathspec=f"{run}/{step}/{task_id}",
-        flow=flow,
-        run_id=run_id,
-        step=step,
-        task_id=task_id,
-        state=state,
-        created_at=T0,
-        foreach_index=foreach_index,
-    )
-
-
-#: where a missing value (an unfinished run's finish time, a run without a number) sorts
-_SMALLEST = -(2**63)
-
-_ALL_SORTS = [prefix + key for key in RUN_SORT_KEYS for prefix in ("", "-")]
 
 #: hypothesis reuses one store across examples (each starts with ``reset()``), and a
 #: property runs on each subclass (its examples are replayed on every implementation)
@@ -110,334 +59,6 @@ _CONTRACT_HEALTH_CHECKS = [
     HealthCheck.function_scoped_fixture,
     HealthCheck.differing_executors,
 ]
-
-
-def _list_runs(store: ReadStore, q: RunQuery) -> Page[RunView]:
-    items, cursor = store.list_runs_json(q)
-    return Page[RunView](
-        items=[RunView.model_validate_json(raw) for raw in items], next_cursor=cursor
-    )
-
-
-def _list_tasks(store: ReadStore, q: TaskQuery) -> Page[TaskView]:
-    items, cursor = store.list_tasks_json(q)
-    return Page[TaskView](
-        items=[TaskView.model_validate_json(raw) for raw in items], next_cursor=cursor
-    )
-
-
-def _ids(page: Page[RunView] | list[RunView]) -> list[str]:
-    items = page.items if isinstance(page, Page) else page
-    return [view.pathspec for view in items]
-
-
-def _all_pages(store: ReadStore, q: RunQuery) -> list[RunView]:
-    seen: list[RunView] = []
-    while True:
-        page = _list_runs(store, q)
-        seen += page.items
-        if page.next_cursor is None:
-            return seen
-        q = q.model_copy(update={"cursor": page.next_cursor})
-
-
-# -- the reference: what list_runs must answer, in plain Python -------------------
-
-
-def _micros(value: datetime) -> int:
-    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-def _reference_key(view: RunView, key: str) -> tuple[Any, ...]:
-    number = _SMALLEST if view.run_number is None else view.run_number
-    if key == "created_at":
-        return (_micros(view.created_at), number, view.pathspec)
-    if key == "run_number":
-        return (number, view.pathspec)
-    if view.finished_at is None:
-        return (_SMALLEST, view.pathspec)
-    if key == "finished_at":
-        return (_micros(view.finished_at), view.pathspec)
-    start = view.started_at or view.created_at
-    return ((view.finished_at - start) // timedelta(microseconds=1), view.pathspec)
-
-
-def _json_equal(a: JsonValue, b: JsonValue) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
-
-
-def _reference_matches(view: RunView, q: RunQuery) -> bool:
-    tags = view.all_tags
-    return (
-        (q.flow is None or view.flow == q.flow)
-        and all(tag in tags for tag in q.required_tags)
-        and (not q.tags_any or any(tag in tags for tag in q.tags_any))
-        and (not q.state or view.state in q.state)
-        and (q.user is None or view.user == q.user)
-        and (q.created_after is None or view.created_at >= q.created_after)
-        and (q.created_before is None or view.created_at < q.created_before)
-        and (
-            q.finished_after is None
-            or (view.finished_at or T0.min.replace(tzinfo=UTC)) >= q.finished_after
-        )
-        and (
-            q.finished_before is None
-            or (view.finished_at is not None and view.finished_at < q.finished_before)
-        )
-        and all(
-            name in view.parameters and _json_equal(view.parameters[name], value)
-            for name, value in q.parameters.items()
-        )
-    )
-
-
-def _reference(views: list[RunView], q: RunQuery) -> list[str]:
-    chosen = [view for view in views if _reference_matches(view, q)]
-    chosen.sort(key=lambda view: _reference_key(view, q.sort_key), reverse=q.descending)
-    return [view.pathspec for view in chosen]
-
-
-# -- filters and sorts -----------------------------------------------------------
-
-
-def _dataset() -> list[RunView]:
-    return [
-        make_run(
-            "Train",
-            1,
-            created=10,
-            finished=70,
-            started=20,
-            tags={"production", "gpu"},
-            parameters={"lr": 0.1, "layers": 3},
-        ),
-        make_run(
-            "Train",
-            2,
-            created=20,
-            state=RunState.FAILED,
-            finished=25,
-            user="bob",
-            tags={"gpu"},
-            parameters={"lr": 0.2, "layers": 3.0},
-        ),
-        make_run(
-            "Train",
-            3,
-            created=30,
-            state=RunState.RUNNING,
-            tags={"production"},
-            system_tags={"user:alice", "production:deploy1"},
-            parameters={"lr": 0.1},
-        ),
-        make_run(
-            "Train",
-            None,
-            run_id="adhoc",
-            created=30,
-            finished=200,
-            user="carol",
-            parameters={"flag": True, "cfg": {"a": 1, "b": [1, 2]}},
-        ),
-        make_run(
-            "Eval",
-            1,
-            created=15,
-            finished=16,
-            tags={"production"},
-            user="bob",
-            parameters={"flag": 1},
-        ),
-        make_run(
-            "Eval",
-            2,
-            created=40,
-            state=RunState.CANCELLED,
-            finished=45,
-            user=None,
-            system_tags=set(),
-        ),
-    ]
-
-
-_FILTERS: list[dict[str, Any]] = [
-    {},
-    {"flow": "Train"},
-    {"flow": "Nope"},
-    {"tags_all": ["production"]},
-    {"tags_all": ["production", "gpu"]},
-    {"tags_all": ["gpu"], "flow": "Train"},
-    {"tags_any": ["gpu", "production"]},
-    {"tags_any": ["gpu"], "tags_all": ["production"]},
-    {"tags_all": ["user:alice"]},
-    {"state": ["failed", "cancelled"]},
-    {"state": ["completed"], "flow": "Train"},
-    {"user": "bob"},
-    {"created_after": at(15), "created_before": at(30)},
-    {"created_after": at(30)},
-    {"finished_after": at(45)},
-    {"finished_before": at(45)},
-    {"finished_after": at(20), "finished_before": at(100), "flow": "Train"},
-    {"parameters": {"lr": 0.1}},
-    {"parameters": {"layers": 3}},
-    {"parameters": {"lr": 0.1, "layers": 3}},
-    {"parameters": {"flag": True}},
-    {"parameters": {"flag": 1}},
-    {"parameters": {"cfg": {"b": [1, 2], "a": 1.0}}},
-    {"namespace": "user:alice"},
-    {"namespace": "user:bob", "flow": "Eval"},
-    {"namespace": "production:deploy1"},
-    {"namespace": "user:alice", "tags_all": ["production"], "state": ["running"]},
-]
-
-
-# -- pagination --------------------------------------------------------------------
-
-_flows = st.sampled_from(["A", "B"])
-_times = st.integers(min_value=0, max_value=6)
-_tags = st.frozensets(st.sampled_from(["t1", "t2", "t3", "user:u1", "user:u2"]), max_size=3)
-_values: st.SearchStrategy[JsonValue] = st.sampled_from([1, 1.0, 2, True, "a", None, [1], {"k": 1}])
-
-
-@st.composite
-def _runs(draw: st.DrawFn, prefix: str = "r") -> list[RunView]:
-    count = draw(st.integers(min_value=0, max_value=25))
-    views = []
-    for index in range(count):
-        created = draw(_times)
-        finished = draw(st.none() | _times)
-        numbered = draw(st.booleans())
-        views.append(
-            make_run(
-                draw(_flows),
-                draw(st.integers(0, 5)) if numbered else None,
-                run_id=f"{prefix}{index}",
-                state=draw(st.sampled_from(list(RunState))),
-                created=created,
-                started=draw(st.none() | st.just(created + 1)),
-                finished=None if finished is None else created + finished,
-                user=draw(st.sampled_from(["u1", "u2", None])),
-                tags=draw(_tags),
-                system_tags=draw(_tags),
-                parameters=draw(st.dictionaries(st.sampled_from(["p", "q"]), _values, max_size=2)),
-            )
-        )
-    return views
-
-
-_queries = st.fixed_dictionaries(
-    {},
-    optional={
-        "flow": _flows,
-        "tags_all": st.lists(st.sampled_from(["t1", "t2", "user:u1"]), max_size=2),
-        "tags_any": st.lists(st.sampled_from(["t1", "t3", "user:u2"]), max_size=2),
-        "state": st.lists(st.sampled_from(list(RunState)), max_size=3),
-        "user": st.sampled_from(["u1", "u2"]),
-        "created_after": _times.map(at),
-        "created_before": _times.map(at),
-        "finished_after": _times.map(at),
-        "finished_before": st.integers(0, 12).map(at),
-        "parameters": st.dictionaries(st.sampled_from(["p", "q"]), _values, max_size=1),
-        "namespace": st.sampled_from(["user:u1", "user:u2", "t1"]),
-    },
-)
-
-
-# -- rebuild equals incremental -----------------------------------------------------
-
-_RUN_IDS = [("A", "r0"), ("A", "r1"), ("B", "r0"), ("B", "r2")]
-_pathspecs = st.sampled_from(_RUN_IDS)
-
-
-@st.composite
-def _histories(draw: st.DrawFn) -> list[tuple[list[RunView], list[TaskView]]]:
-    """Commits of successive view versions, as a projector makes them batch after batch.
-
-    A later version of a run shares what did not change (its tag sets, its
-    parameters) with the one before, as the reducers' versions do, and
-    keeps its flow, id, number and creation time.
-    """
-    latest: dict[str, RunView] = {}
-    commits: list[tuple[list[RunView], list[TaskView]]] = []
-    for _ in range(draw(st.integers(1, 6))):
-        runs: list[RunView] = []
-        for _ in range(draw(st.integers(0, 4))):
-            flow, run_id = draw(_pathspecs)
-            last = latest.get(f"{flow}/{run_id}")
-            if last is not None:  # a run keeps its flow, id, number and creation time
-                update = draw(
-                    st.fixed_dictionaries(
-                        {"position": st.tuples(st.integers(0, 99), st.just(0))},
-                        optional={
-                            "state": st.sampled_from(list(RunState)),
-                            "tags": _tags,
-                            "parameters": st.dictionaries(st.just("p"), _values, max_size=1),
-                            "finished_at": _times.map(at),
-                        },
-                    )
-                )
-                view = replace_fields(last, update)
-            else:
-                view = make_run(
-                    flow,
-                    draw(st.none() | st.integers(0, 3)),
-                    run_id=run_id,
-                    state=draw(st.sampled_from(list(RunState))),
-                    created=draw(_times),
-                    tags=draw(_tags),
-                    system_tags=draw(_tags),
-                    parameters=draw(st.dictionaries(st.just("q"), _values, max_size=1)),
-                )
-            latest[view.pathspec] = view
-            runs.append(view)
-        tasks = [
-            make_task(
-                f"{flow}/{run_id}",
-                draw(st.sampled_from(["start", "train"])),
-                draw(st.sampled_from(["1", "2", "x"])),
-                state=draw(st.sampled_from(list(TaskState))),
-                foreach_index=draw(st.none() | st.integers(0, 2)),
-            )
-            for flow, run_id in draw(st.lists(_pathspecs, max_size=3))
-        ]
-        commits.append((runs, tasks))
-    return commits
-
-
-def _snapshot(store: ReadStore) -> dict[str, Any]:
-    """Everything the queries can tell about a store of ``_histories``' views."""
-    runs = [f"{flow}/{run_id}" for flow, run_id in _RUN_IDS]
-    seen: dict[str, Any] = {
-        "checkpoint": store.checkpoint(),
-        "runs": {run: store.get_run_json(run) for run in runs},
-        "flows": [store.list_flows(namespace) for namespace in (None, "t1", "user:u1")],
-        "latest": [
-            store.latest_run(flow, successful=successful, namespace=namespace)
-            for flow in ("A", "B")
-            for successful in (False, True)
-            for namespace in (None, "t2")
-        ],
-        "deadletters": [
-            (letter.sequence, letter.subject, letter.reason, letter.data)
-            for letter in store.list_deadletters()
-        ],
-    }
-    for filters in ({}, {"tags_all": ["t1"]}, {"state": ["failed"]}, {"parameters": {"p": 1}}):
-        for sort in _ALL_SORTS:
-            seen[f"{filters} {sort}"] = _ids(_all_pages(store, RunQuery(**filters, sort=sort)))
-    for run in runs:
-        for step in ("start", "train"):
-            items, _ = store.list_tasks_json(TaskQuery(run=run, step=step))
-            seen[f"{run}/{step}"] = items
-    return seen
 
 
 class ReadStoreContract:
@@ -472,14 +93,14 @@ class ReadStoreContract:
         )
         store.commit([newer], [], 2)
         assert store.get_run("Train/1") == newer
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"]))) == []
-        assert _ids(_list_runs(store, RunQuery(tags_all=["c"]))) == ["Train/1"]
-        assert _ids(_list_runs(store, RunQuery(namespace="user:alice"))) == []
-        assert _ids(_list_runs(store, RunQuery(namespace="user:bob"))) == ["Train/1"]
-        assert _ids(_list_runs(store, RunQuery(parameters={"x": 1}))) == []
-        assert _ids(_list_runs(store, RunQuery(parameters={"y": 2}))) == []
-        assert _ids(_list_runs(store, RunQuery(parameters={"x": 3}))) == ["Train/1"]
-        assert _ids(_list_runs(store, RunQuery(state=[RunState.COMPLETED]))) == []
+        assert ids(list_runs(store, RunQuery(tags_all=["a"]))) == []
+        assert ids(list_runs(store, RunQuery(tags_all=["c"]))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(namespace="user:alice"))) == []
+        assert ids(list_runs(store, RunQuery(namespace="user:bob"))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(parameters={"x": 1}))) == []
+        assert ids(list_runs(store, RunQuery(parameters={"y": 2}))) == []
+        assert ids(list_runs(store, RunQuery(parameters={"x": 3}))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(state=[RunState.COMPLETED]))) == []
         assert store.latest_run("Train", successful=True) is None
         assert store.list_flows() == [FlowSummary(name="Train", run_count=1, last_created_at=T0)]
 
@@ -494,31 +115,31 @@ class ReadStoreContract:
         store.commit([first], [], 1)
         moved = replace_fields(first, {"position": (2, 0), "message": "still going"})
         store.commit([moved], [], 2)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == [
+        assert ids(list_runs(store, RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == [
             "Train/1"
         ]
         failed = replace_fields(moved, {"state": RunState.FAILED, "position": (3, 0)})
         store.commit([failed], [], 3)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == []
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"], state=[RunState.FAILED]))) == [
+        assert ids(list_runs(store, RunQuery(tags_all=["a"], state=[RunState.RUNNING]))) == []
+        assert ids(list_runs(store, RunQuery(tags_all=["a"], state=[RunState.FAILED]))) == [
             "Train/1"
         ]
         retagged = replace_fields(failed, {"tags": frozenset({"b"}), "parameters": {"x": 2}})
         with pytest.raises(Exception):  # noqa: B017 - any failure must roll back
             store.commit([retagged], [], 4, [(4, "s", "r", object())])  # type: ignore[list-item]
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"]))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(tags_all=["a"]))) == ["Train/1"]
         store.commit([retagged], [], 4)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["a"]))) == []
-        assert _ids(_list_runs(store, RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(tags_all=["a"]))) == []
+        assert ids(list_runs(store, RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
         store.reset()
         store.commit([retagged], [], 1)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
+        assert ids(list_runs(store, RunQuery(tags_all=["b"], parameters={"x": 2}))) == ["Train/1"]
 
     def test_last_view_of_a_run_in_one_commit_wins(self, store: ReadStore) -> None:
         """Two versions of one run in one commit store the later one, with its own tags."""
         store.commit([make_run(tags={"old"}), make_run(tags={"new"}, state=RunState.FAILED)], [], 1)
         assert store.get_run("Train/1") == make_run(tags={"new"}, state=RunState.FAILED)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["old"]))) == []
+        assert ids(list_runs(store, RunQuery(tags_all=["old"]))) == []
 
     def test_upsert_replaces_task(self, store: ReadStore) -> None:
         """Committing a task again replaces it, and its new state is what the filters see."""
@@ -527,8 +148,8 @@ class ReadStoreContract:
         assert store.get_task("Train/1/train/1") == make_task(state=TaskState.FAILED)
         failed = TaskQuery(run="Train/1", step="train", state=[TaskState.FAILED])
         running = TaskQuery(run="Train/1", step="train", state=[TaskState.RUNNING])
-        assert len(_list_tasks(store, failed).items) == 1
-        assert _list_tasks(store, running).items == []
+        assert len(list_tasks(store, failed).items) == 1
+        assert list_tasks(store, running).items == []
 
     def test_load_runs_and_tasks_in_bulk(self, store: ReadStore) -> None:
         """load_runs/load_tasks give the stored views among many pathspecs, skipping the missing."""
@@ -654,53 +275,51 @@ class ReadStoreContract:
 
     # -- filters and sorts -------------------------------------------------------------
 
-    @pytest.mark.parametrize("filters", _FILTERS, ids=[str(f) for f in _FILTERS])
+    @pytest.mark.parametrize("filters", FILTERS, ids=[str(f) for f in FILTERS])
     def test_each_filter_selects_what_the_reference_selects(
         self, store: ReadStore, filters: dict[str, Any]
     ) -> None:
         """Every filter alone and combined selects the runs a plain-Python filter selects."""
-        views = _dataset()
+        views = dataset()
         store.commit(views, [], 1)
         for sort in ("-created_at", "finished_at"):
             q = RunQuery(**filters, sort=sort)
-            assert _ids(_list_runs(store, q)) == _reference(views, q)
+            assert ids(list_runs(store, q)) == reference(views, q)
 
     def test_filters_spot_checks(self, store: ReadStore) -> None:
         """A few filters give the runs a reader expects (guarding the reference itself)."""
-        store.commit(_dataset(), [], 1)
-        assert _ids(_list_runs(store, RunQuery(tags_all=["production"], flow="Train"))) == [
+        store.commit(dataset(), [], 1)
+        assert ids(list_runs(store, RunQuery(tags_all=["production"], flow="Train"))) == [
             "Train/3",
             "Train/1",
         ]
-        assert _ids(_list_runs(store, RunQuery(parameters={"layers": 3}))) == ["Train/2", "Train/1"]
-        assert _ids(_list_runs(store, RunQuery(parameters={"flag": True}))) == ["Train/adhoc"]
-        assert _ids(_list_runs(store, RunQuery(namespace="production:deploy1"))) == ["Train/3"]
-        assert _ids(_list_runs(store, RunQuery(finished_before=at(45)))) == ["Train/2", "Eval/1"]
+        assert ids(list_runs(store, RunQuery(parameters={"layers": 3}))) == ["Train/2", "Train/1"]
+        assert ids(list_runs(store, RunQuery(parameters={"flag": True}))) == ["Train/adhoc"]
+        assert ids(list_runs(store, RunQuery(namespace="production:deploy1"))) == ["Train/3"]
+        assert ids(list_runs(store, RunQuery(finished_before=at(45)))) == ["Train/2", "Eval/1"]
 
-    @pytest.mark.parametrize("sort", _ALL_SORTS)
+    @pytest.mark.parametrize("sort", ALL_SORTS)
     def test_every_sort_key_pages_in_reference_order(self, store: ReadStore, sort: str) -> None:
         """Each sort key, ascending and descending, pages through every run in reference order."""
-        views = _dataset()
+        views = dataset()
         store.commit(views, [], 1)
         for filters in ({}, {"flow": "Train"}, {"tags_all": ["production"]}):
             q = RunQuery(**filters, sort=sort, limit=2)
-            assert _ids(_all_pages(store, q)) == _reference(views, q)
+            assert ids(all_pages(store, q)) == reference(views, q)
 
     def test_missing_sort_values_sort_as_smallest(self, store: ReadStore) -> None:
         """Unfinished runs come last newest-finished first, and first oldest-finished first."""
-        store.commit(_dataset(), [], 1)
-        newest = _ids(_list_runs(store, RunQuery(flow="Train", sort="-finished_at")))
+        store.commit(dataset(), [], 1)
+        newest = ids(list_runs(store, RunQuery(flow="Train", sort="-finished_at")))
         assert newest == ["Train/adhoc", "Train/1", "Train/2", "Train/3"]
-        assert _ids(_list_runs(store, RunQuery(flow="Train", sort="finished_at")))[0] == "Train/3"
-        assert (
-            _ids(_list_runs(store, RunQuery(flow="Train", sort="run_number")))[0] == "Train/adhoc"
-        )
+        assert ids(list_runs(store, RunQuery(flow="Train", sort="finished_at")))[0] == "Train/3"
+        assert ids(list_runs(store, RunQuery(flow="Train", sort="run_number")))[0] == "Train/adhoc"
 
     def test_created_at_ties_break_by_run_number(self, store: ReadStore) -> None:
         """Runs created at the same instant order by run number, then pathspec."""
         runs = [make_run(number=n, created=5) for n in (3, 11, 2)]
         store.commit(runs, [], 1)
-        assert _ids(_list_runs(store, RunQuery(flow="Train"))) == ["Train/11", "Train/3", "Train/2"]
+        assert ids(list_runs(store, RunQuery(flow="Train"))) == ["Train/11", "Train/3", "Train/2"]
         latest = store.latest_run("Train")
         assert latest is not None and latest.pathspec == "Train/11"
 
@@ -709,11 +328,11 @@ class ReadStoreContract:
     # 75 examples on each implementation: the 150 the SQLite store had alone, as they share the SQL
     @settings(max_examples=75, deadline=None, suppress_health_check=_CONTRACT_HEALTH_CHECKS)
     @given(
-        views=_runs(),
-        filters=_queries,
-        sort=st.sampled_from(_ALL_SORTS),
+        views=run_views(),
+        filters=run_queries,
+        sort=st.sampled_from(ALL_SORTS),
         limit=st.integers(1, 4),
-        inserted=st.lists(_runs(prefix="new"), max_size=4),
+        inserted=st.lists(run_views(prefix="new"), max_size=4),
     )
     def test_pagination_visits_each_run_once_despite_inserts(
         self,
@@ -728,19 +347,19 @@ class ReadStoreContract:
         store.reset()
         store.commit(views, [], 1)
         q = RunQuery(**filters, sort=sort, limit=limit)
-        expected = _reference(views, q)
-        assert _ids(_list_runs(store, q.model_copy(update={"limit": 1000}))) == expected
+        expected = reference(views, q)
+        assert ids(list_runs(store, q.model_copy(update={"limit": 1000}))) == expected
         seen: list[RunView] = []
         arrivals = iter(inserted)
         while True:
-            page = _list_runs(store, q)
+            page = list_runs(store, q)
             assert len(page.items) <= limit
             seen += page.items
             if page.next_cursor is None:
                 break
             store.commit(next(arrivals, []), [], 2)
             q = q.model_copy(update={"cursor": page.next_cursor})
-        keys = [_reference_key(view, q.sort_key) for view in seen]
+        keys = [reference_key(view, q.sort_key) for view in seen]
         assert keys == sorted(keys, reverse=q.descending)
         assert len(set(keys)) == len(keys)  # no run twice
         original = {view.pathspec for view in views}
@@ -787,7 +406,7 @@ class ReadStoreContract:
 
     def test_list_flows_counts_runs_per_flow_and_namespace(self, store: ReadStore) -> None:
         """list_flows gives each flow's run count and newest creation time (in a namespace)."""
-        store.commit(_dataset(), [], 1)
+        store.commit(dataset(), [], 1)
         store.commit([make_run("Train", 1, created=10)], [], 2)  # an update is not a new run
         assert store.list_flows() == [
             FlowSummary(name="Eval", run_count=2, last_created_at=at(40)),
@@ -822,13 +441,13 @@ class ReadStoreContract:
         ]
         others = [make_task(step="start", task_id="100"), make_task(run="Train/2", task_id="5")]
         store.commit([], tasks + others, 1)
-        every = _list_tasks(store, TaskQuery(run="Train/1", step="train"))
+        every = list_tasks(store, TaskQuery(run="Train/1", step="train"))
         assert [t.task_id for t in every.items] == [str(n) for n in range(20, 0, -1)]
         assert every.next_cursor is None
         seen: list[TaskView] = []
         q = TaskQuery(run="Train/1", step="train", state=[TaskState.FAILED], limit=4)
         while True:
-            page = _list_tasks(store, q)
+            page = list_tasks(store, q)
             seen += page.items
             if page.next_cursor is None:
                 break
@@ -840,7 +459,7 @@ class ReadStoreContract:
     def test_task_ids_order_numerically_then_as_text(self, store: ReadStore) -> None:
         """Without foreach indexes, numeric ids order as numbers, other ids first by text."""
         store.commit([], [make_task(task_id=t) for t in ("10", "9", "b", "100", "a")], 1)
-        page = _list_tasks(store, TaskQuery(run="Train/1", step="train"))
+        page = list_tasks(store, TaskQuery(run="Train/1", step="train"))
         assert [t.task_id for t in page.items] == ["a", "b", "9", "10", "100"]
 
     # -- bad cursors and names ---------------------------------------------------------
@@ -848,16 +467,16 @@ class ReadStoreContract:
     def test_bad_cursors_raise_bad_filter(self, store: ReadStore) -> None:
         """A cursor that is garbage, damaged, or from another sort order raises BadFilter."""
         store.commit([make_run(number=n, created=n) for n in range(5)], [], 1)
-        cursor = _list_runs(store, RunQuery(limit=2)).next_cursor
+        cursor = list_runs(store, RunQuery(limit=2)).next_cursor
         assert cursor is not None
         with pytest.raises(BadFilter, match="sorted by '-created_at'"):
-            _list_runs(store, RunQuery(limit=2, cursor=cursor, sort="duration"))
+            list_runs(store, RunQuery(limit=2, cursor=cursor, sort="duration"))
         with pytest.raises(BadFilter, match="not a cursor"):
-            _list_runs(store, RunQuery(cursor="%%%"))
+            list_runs(store, RunQuery(cursor="%%%"))
         with pytest.raises(BadFilter, match="damaged"):
-            _list_runs(store, RunQuery(cursor=encode_cursor("-created_at", (1,))))
+            list_runs(store, RunQuery(cursor=encode_cursor("-created_at", (1,))))
         with pytest.raises(BadFilter):
-            _list_tasks(store, TaskQuery(run="Train/1", step="s", cursor=cursor))
+            list_tasks(store, TaskQuery(run="Train/1", step="s", cursor=cursor))
 
     def test_latest_run_of_an_invalid_flow_name_is_bad_filter(self, store: ReadStore) -> None:
         """latest_run with a malformed flow name raises BadFilter rather than finding nothing."""
@@ -867,7 +486,7 @@ class ReadStoreContract:
     # -- rebuild equals incremental ----------------------------------------------------
 
     @settings(max_examples=60, deadline=None, suppress_health_check=_CONTRACT_HEALTH_CHECKS)
-    @given(history=_histories())
+    @given(history=view_histories())
     def test_a_rebuild_equals_incremental_commits(
         self, store: ReadStore, history: list[tuple[list[RunView], list[TaskView]]]
     ) -> None:
@@ -875,7 +494,7 @@ class ReadStoreContract:
         store.reset()
         for sequence, (runs, tasks) in enumerate(history, start=1):
             store.commit(runs, tasks, sequence, [(sequence, "rs.ev.A.x.r", "bad", b"{")])
-        incremental = _snapshot(store)
+        incremental = snapshot(store)
         store.reset()
         last_runs = {view.pathspec: view for runs, _ in history for view in runs}
         last_tasks = {view.pathspec: view for _, tasks in history for view in tasks}
@@ -883,4 +502,4 @@ class ReadStoreContract:
             (sequence, "rs.ev.A.x.r", "bad", b"{") for sequence in range(1, len(history) + 1)
         ]
         store.commit(last_runs.values(), last_tasks.values(), len(history), letters)
-        assert _snapshot(store) == incremental
+        assert snapshot(store) == incremental
