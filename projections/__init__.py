@@ -1,7 +1,6 @@
 """runstate.projections: the read side (reducers, read store, projector, query service, reaper)."""
 
 from runstate.projections._projector import Projector as Projector
-from runstate.projections._protocols import ReadStore as ReadStore
 from runstate.projections._queries import FlowSummary as FlowSummary
 from runstate.projections._queries import Page as Page
 from runstate.projections._queries import RunQuery as RunQuery
@@ -17,6 +16,7 @@ from runstate.projections._runner import ReplicaParts as ReplicaParts
 from runstate.projections._runner import serve_replica as serve_replica
 from runstate.projections._service import QueryService as QueryService
 from runstate.projections._store import SQLiteReadStore as SQLiteReadStore
+from runstate.projections._typing import ReadStore as ReadStore
 from runstate.projections._views import ArtifactView as ArtifactView
 from runstate.projections._views import AttemptView as AttemptView
 from runstate.projections._views import MetadataView as MetadataView

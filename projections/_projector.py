@@ -43,8 +43,8 @@ from runstate.projections._feeder import (
     encode_request,
 )
 from runstate.projections._folding import CommitDecoder, FoldPlan, ViewCache
-from runstate.projections._protocols import ReadStore
 from runstate.projections._reducers import FoldBatch
+from runstate.projections._typing import ReadStore
 from runstate.projections._views import RunView, TaskView
 
 __all__ = ["Projector"]

@@ -42,10 +42,10 @@ from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
 from runstate.projections._projector import Projector
-from runstate.projections._protocols import ReadStore
 from runstate.projections._reaper import Reaper
 from runstate.projections._runner import ReplicaParts, serve_replica
 from runstate.projections._service import QueryService
+from runstate.projections._typing import ReadStore
 
 __all__ = ["Replica", "default_store_path"]
 

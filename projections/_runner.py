@@ -20,10 +20,10 @@ from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 from runstate.projections._projector import Projector
-from runstate.projections._protocols import ReadStore
 from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
 from runstate.projections._store import SQLiteReadStore
+from runstate.projections._typing import ReadStore
 
 __all__ = ["ReplicaParts", "serve_replica"]
 

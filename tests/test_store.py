@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _views import make_run, make_task
 
 from runstate.engine._states import RunState, TaskState
 from runstate.projections import SQLiteReadStore
@@ -21,6 +20,7 @@ from runstate.projections._queries import RunQuery, TaskQuery
 from runstate.projections._store_query import runs_sql, tasks_sql
 from runstate.projections._views import RunView, TaskView
 from runstate.projections._wal import WAL_HARD_LIMIT
+from runstate.projections.testing import make_run, make_task
 
 
 def test_checkpoint_and_views_persist_across_reopen(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
-"""The read side's seam: what the projector, the feeder and the query service need of a store.
+"""The read side's seam: what the projector and the query service need of a read store.
 
 ``SQLiteReadStore`` (``_store``) implements it, on a file or ``":memory:"``;
-``tests/test_read_store_contract.py`` holds what every implementation must pass.
+``runstate.projections.testing.ReadStoreContract`` is the suite every
+implementation passes.
 """
 
 from __future__ import annotations
