@@ -40,11 +40,9 @@ from runstate.client.cli._render import (
     task_tree,
     value_preview,
 )
-from runstate.engine._names import parse_pathspec
+from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.errors import (
-    RunstateError,
-)
+from runstate.engine.errors import NotFound, RunstateError
 from runstate.projections._views import RunView
 
 __all__ = ["events", "runs", "show", "watch"]
@@ -242,22 +240,48 @@ async def _load(artifact: DataArtifact) -> Any:
 # -- watch -------------------------------------------------------------------
 
 
+_WAIT_OPTION = click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the object if it does not exist yet (default: exit 2, as for a typo).",
+)
+
+
+async def _exists(client: Client, path: Pathspec) -> bool:
+    """Whether the log holds any event of ``path`` (a step exists once it has a task)."""
+    async for _ in client.log.read(client.subjects.for_pathspec(path), limit=1):
+        return True
+    return False
+
+
+async def _require(client: Client, pathspec: str, path: Pathspec, *, wait: bool) -> None:
+    """Raise ``NotFound`` unless ``path`` exists, or ``wait`` says to wait for it (say so)."""
+    if await _exists(client, path):
+        return
+    if not wait:
+        raise NotFound(f"{pathspec} does not exist (add --wait to wait for it)")
+    click.echo(f"{pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True)
+
+
 @click.command()
 @global_options()
 @click.argument("pathspec")
+@_WAIT_OPTION
 @reporting_errors
-def watch(pathspec: str) -> None:
+def watch(pathspec: str, wait: bool) -> None:
     """Watch a run (or a flow, step or task) live until it finishes.
 
     Shows the run's state, each step's progress and task counts by state,
     and the latest events, updated as events arrive. A run, step or task
     watch ends when its run finishes; a flow watch runs until Ctrl-C.
     Ctrl-C exits with status 0. When stdout is not a terminal it prints
-    one line per event instead.
+    one line per event instead. An object that does not exist is an error
+    (exit 2) unless --wait says to wait for it.
 
     \b
-    Example:
+    Examples:
       runstate watch Train/42
+      runstate watch Train/43 --wait
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec, max_depth=4)
@@ -268,6 +292,7 @@ def watch(pathspec: str) -> None:
 
     async def body() -> None:
         async with connect(settings=settings, namespace=None) as client:
+            await _require(client, pathspec, path, wait=wait)
             board = LiveBoard(f"watching {pathspec}")
             async with client.watch(pathspec) as changes:
                 if live:
@@ -315,10 +340,6 @@ async def _watch_plain(
     async for change in changes:
         board.apply(change)
         if change.event is None:
-            if not board.runs and run_pathspec is not None:
-                click.echo(
-                    f"{run_pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True
-                )
             for run in board.shown_runs():
                 console.print(_run_line(run), soft_wrap=True)
             if _run_finished(board, run_pathspec):
@@ -373,12 +394,15 @@ def _run_line(run: RunView) -> Text:
     is_flag=True,
     help="One JSON object per line: sequence, index, subject, event.",
 )
+@_WAIT_OPTION
 @reporting_errors
-def events(pathspec: str, follow: bool, since: int, as_json: bool) -> None:
+def events(pathspec: str, follow: bool, since: int, as_json: bool, wait: bool) -> None:
     """Print the event history of a flow, run, step or task, oldest first.
 
     Each line: stream sequence, time, type, pathspec, attempt, summary.
-    Read straight from the event stream (no projector needed).
+    Read straight from the event stream (no projector needed). An object
+    with no events is an error (exit 2) unless --follow --wait says to wait
+    for it.
 
     \b
     Examples:
@@ -387,13 +411,16 @@ def events(pathspec: str, follow: bool, since: int, as_json: bool) -> None:
       runstate events Train --follow
     """
     configure_logs("warning")
-    parse_pathspec(pathspec, max_depth=4)
+    path = parse_pathspec(pathspec, max_depth=4)
+    if wait and not follow:
+        raise click.UsageError("--wait applies with --follow")
     settings = reading_settings(current_options().settings())
     console = new_console()
 
     async def body() -> None:
         count = 0
         async with connect(settings=settings, namespace=None, projector=False) as client:
+            await _require(client, pathspec, path, wait=wait)
             async with client.events(pathspec, since=since, follow=follow) as records:
                 async for record in records:
                     count += 1
