@@ -723,9 +723,7 @@ def ensure_embedded(
                 watchdog.dismiss()
             server.stop()
             raise
-        return EmbeddedHandle(
-            server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog
-        )
+        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog)
 
 
 @contextlib.contextmanager

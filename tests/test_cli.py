@@ -228,6 +228,48 @@ def test_an_unknown_run_exits_2(written: Written) -> None:
     assert result.stderr.strip() == "error: run Cli/99 does not exist"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "Cli/99"),
+        ("events", "Cli/99"),
+        ("events", "Cli/99", "--follow"),
+        ("events", "Nowhere"),
+        ("watch", "Cli/99"),
+        ("watch", "Cli/1/nostep"),
+        ("watch", "Nowhere"),
+    ],
+    ids=" ".join,
+)
+def test_every_command_says_not_found_in_one_line_with_exit_2(
+    written: Written, args: tuple[str, ...]
+) -> None:
+    """``show``, ``events`` (also ``--follow``) and ``watch`` of nothing: one line, exit 2."""
+    result = runstate(*args, "--nats", written.url, timeout=30)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert args[1] in lines[0]
+    assert result.stdout == ""
+
+
+async def test_watch_wait_waits_for_a_run_that_does_not_exist_yet(written: Written) -> None:
+    """``watch --wait`` of a run not created yet says it waits, then follows it to its end."""
+    watcher = Running("watch", "Later/1", "--wait", "--nats", written.url)
+    try:
+        assert watcher.process.stderr is not None
+        line = await anyio.to_thread.run_sync(watcher.process.stderr.readline)
+        assert "Later/1 does not exist yet; waiting for it" in line
+        async with connect(written.url, projector=False) as client:
+            run = await client.create_run("Later")
+            async with run.running():
+                pass
+        assert await anyio.to_thread.run_sync(watcher.process.wait, 20) == 0
+        await anyio.to_thread.run_sync(watcher.wait_for, r"^Later/1  completed")
+    finally:
+        watcher.close()
+
+
 # -- reads -----------------------------------------------------------------------
 
 
@@ -312,7 +354,7 @@ def test_events_prints_the_history_with_sequences(written: Written) -> None:
 
 async def test_events_follow_prints_new_events_until_interrupted(written: Written) -> None:
     """``events --follow`` prints new events as they are written; Ctrl-C exits 0."""
-    follow = Running("events", "Follow", "--follow", "--nats", written.url)
+    follow = Running("events", "Follow", "--follow", "--wait", "--nats", written.url)
     try:
         async with connect(written.url, projector=False) as client:
             await client.create_run("Follow", tags=["followed"])
