@@ -146,12 +146,14 @@ async def _write_runs(url: str) -> tuple[str, str]:
             for task in tasks:
                 try:
                     async with task.attempting():
+                        await task.record_metadata(worker=f"worker-{task.attempt}")
                         if task.index == 1 and task.attempt == 0:
                             raise ValueError("bad batch 7")
                         await task.save(metrics={"loss": 0.1 * (task.index or 0)})
                 except ValueError:
                     await task.retry()
                     async with task.attempting():
+                        await task.record_metadata(worker=f"worker-{task.attempt}")
                         await task.save(metrics={"loss": 0.5})
             async with run.task("end", parents=tasks) as end:
                 await end.save(model={"layers": [4, 2]}, weights=complex(1, 2))
@@ -319,6 +321,26 @@ def test_show_task_has_attempts_exception_metadata_and_artifacts(written: Writte
     assert "model  json" in latest.stdout and "{'layers': [4, 2]}" in latest.stdout
     assert "weights  pickle" in latest.stdout and "(1+2j)" in latest.stdout
     assert "parents: Cli/1/train/" in latest.stdout
+
+
+def test_show_attempt_shows_that_attempts_metadata_in_text_and_json(written: Written) -> None:
+    """``show TASK --attempt 0`` (text and ``--json``) is attempt 0's state and metadata."""
+    text = runstate("show", written.flaky_task, "--attempt", "0", "--nats", written.url)
+    assert text.returncode == 0, text.stderr
+    assert "worker = worker-0" in text.stdout and "worker-1" not in text.stdout
+    assert "attempt_ok = False" in text.stdout
+    shown = runstate("show", written.flaky_task, "--attempt", "0", "--json", "--nats", written.url)
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert (view["attempt"], view["state"]) == (0, "failed")
+    assert [(m["name"], m["value"]) for m in view["metadata"]] == [("worker", "worker-0")]
+    assert view["metadata_dict"]["worker"] == "worker-0"
+    assert view["metadata_dict"]["attempt"] == "0"
+    latest = json.loads(
+        runstate("show", written.flaky_task, "--json", "--nats", written.url).stdout
+    )
+    assert (latest["attempt"], latest["state"]) == (1, "completed")
+    assert latest["metadata_dict"]["worker"] == "worker-1"
 
 
 def test_show_artifact_prints_its_value_and_json_prints_the_view(written: Written) -> None:

@@ -43,7 +43,7 @@ from runstate.client.cli._render import (
 from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError
-from runstate.projections._views import RunView
+from runstate.projections._views import RunView, TaskView
 
 __all__ = ["events", "runs", "show", "watch"]
 
@@ -171,6 +171,9 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
     async def body(client: Client, after: int | None) -> None:
         obj = await client.get(pathspec, attempt=attempt, after=after)
         if as_json:
+            if isinstance(obj, Task):
+                echo_json(_task_as_of(obj.view, obj.attempt))
+                return
             view = obj.info if isinstance(obj, Flow) else obj.view
             click.echo(view.model_dump_json(indent=2))
             return
@@ -191,6 +194,28 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
             console.print(value_preview(await _load(obj)))
 
     anyio.run(functools.partial(read_caught_up, settings, body))
+
+
+def _task_as_of(view: TaskView, attempt: int) -> dict[str, Any]:
+    """A task's view as JSON, as of one attempt: its state, times, metadata and artifacts.
+
+    ``attempts`` still lists every attempt; ``metadata_dict`` is Metaflow's for this one.
+    """
+    data = view.model_dump(mode="json")
+    chosen = view.attempt_view(attempt)
+    if chosen is not None and attempt != view.attempt:
+        data.update(
+            attempt=attempt,
+            state=chosen.state.value,
+            label=chosen.label,
+            message=chosen.message,
+            started_at=chosen.model_dump(mode="json")["started_at"],
+            finished_at=chosen.model_dump(mode="json")["finished_at"],
+        )
+    data["metadata"] = [m for m in data["metadata"] if m["attempt"] == attempt]
+    data["artifacts"] = [a for a in data["artifacts"] if a["attempt"] == attempt]
+    data["metadata_dict"] = view.metadata_of(attempt)
+    return data
 
 
 async def _tasks_to_show(

@@ -411,9 +411,10 @@ def task_tree(
         if view.exception is not None and view.exception.traceback:
             lines = view.exception.traceback.rstrip().splitlines()[-traceback_lines:]
             node.add(Text("\n".join(lines), style="dim"))
-    if task.metadata:
-        meta = tree.add(Text("metadata", style="bold"))
-        for name, value in task.metadata_dict.items():
+    metadata = task.metadata_of(attempt)
+    if metadata:
+        meta = tree.add(Text(f"metadata (attempt {attempt})", style="bold"))
+        for name, value in metadata.items():
             meta.add(Text(f"{name} = {_shorten(value, 80)}"))
     artifacts = task.artifacts_of(attempt)
     if artifacts:
