@@ -223,6 +223,28 @@ def test_an_unreachable_nats_exits_1_quickly() -> None:
     assert time.monotonic() - started < 10
 
 
+def test_connection_options_that_cannot_work_say_why_in_one_line(tmp_path: Path) -> None:
+    """``--nats http://``, ``--nats ""`` and a missing ``--data-dir``: exit 2, one clear line."""
+    http = runstate("runs", "--nats", "http://127.0.0.1:4222")
+    assert http.returncode == 2, http
+    assert "the scheme http:// is not one NATS speaks" in http.stderr
+    empty = runstate("runs", "--nats", "")
+    assert empty.returncode == 2, empty
+    assert (
+        "Invalid value for '--nats': is empty; give a NATS URL" in empty.stderr
+        and "Traceback" not in empty.stderr
+    )
+    missing = tmp_path / "nonexistent" / "x"
+    for args in (("runs",), ("show", "Train/1"), ("events", "Train"), ("watch", "Train/1")):
+        result = runstate(*args, "--data-dir", str(missing))
+        assert result.returncode == 2, result
+        assert result.stderr.strip().splitlines() == [
+            f"error: there is no runstate data directory {missing}; start one with runstate "
+            f"server --data-dir {missing} (or runstate demo), or give --nats URL"
+        ]
+    assert not missing.parent.exists()
+
+
 def test_an_unknown_run_exits_2(written: Written) -> None:
     """A well-formed pathspec naming nothing is NotFound: exit status 2, one line."""
     result = runstate("show", "Cli/99", "--nats", written.url)

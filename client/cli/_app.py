@@ -207,6 +207,13 @@ class GlobalOptions:
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.name == "nats" and value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty; give a NATS URL such as nats://127.0.0.1:4222, or leave --nats out "
+            "to use the embedded server of --data-dir",
+            ctx=ctx,
+            param=param,
+        )
     if value is not None and param.name is not None:
         setattr(ctx.ensure_object(GlobalOptions), param.name, value)
     return value
@@ -329,6 +336,18 @@ async def read_caught_up(
 
 
 def reading_settings(settings: Settings) -> Settings:
+    """Settings for a command that only reads: it gives up sooner, and creates no data directory.
+
+    Raises ``BadInputError`` when, without a NATS URL, the data directory does not
+    exist: only the commands that create a store (``server``, ``projector``,
+    ``demo``) make one.
+    """
+    if settings.nats_url is None and not settings.data_dir.is_dir():
+        raise BadInputError(
+            f"there is no runstate data directory {settings.data_dir}; start one with "
+            f"runstate server --data-dir {settings.data_dir} (or runstate demo), "
+            "or give --nats URL"
+        )
     return settings.replace(retry_budget=min(settings.retry_budget, _CONNECT_BUDGET))
 
 
