@@ -308,6 +308,46 @@ def test_runs_lists_newest_first(written: Written) -> None:
     assert "5/5 tasks" in lines[2]
 
 
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_runs_to_a_closed_pipe_exits_0_quietly(written: Written, buffered: bool) -> None:
+    """``runstate runs | head`` whose reader has gone: exit 0, nothing on stderr."""
+    env = _env()
+    if buffered:  # then the write fails only when the interpreter flushes on exit
+        del env["PYTHONUNBUFFERED"]
+    process = subprocess.Popen(
+        [*RUNSTATE, "runs", "--nats", written.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command writes anything
+    status = process.wait(30)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert (status, stderr) == (0, "")
+
+
+def test_runs_to_a_file_keeps_every_tag_whole(written: Written, tmp_path: Path) -> None:
+    """Off a terminal ``runs`` is not cut at 80 columns: a long tag is printed whole."""
+    long_tag = "a-rather-long-tag-" * 6
+
+    async def tag() -> None:
+        async with connect(written.url, projector=False) as client:
+            handle = await client.run_handle("Cli/1")
+            await handle.add_tags(long_tag)
+
+    anyio.run(tag)
+    env = {k: v for k, v in _env().items() if k != "COLUMNS"}
+    out = tmp_path / "runs.txt"
+    with open(out, "w") as f:
+        status = subprocess.run(
+            [*RUNSTATE, "runs", "Cli", "--nats", written.url], stdout=f, env=env, timeout=30
+        ).returncode
+    assert status == 0
+    assert long_tag in out.read_text()
+
+
 def test_runs_filters_and_prints_json(written: Written) -> None:
     """``--tag``, ``--state`` and ``--json`` select runs and print their views."""
     tagged = runstate("runs", "Cli", "--tag", "production", "--json", "--nats", written.url)
@@ -503,6 +543,39 @@ def test_live_board_shows_run_state_steps_counts_and_events() -> None:
     assert re.search(r"└ train\s+failed .* 2 completed · 1 failed", text), text
     assert "latest events" in text and "→ failed: boom" in text
     assert f"{len(changes)} updates" in text
+
+
+def test_the_demo_board_counts_events_written_as_its_summary_does() -> None:
+    """The demo's header counts events written (not changes shown), as events and events/s."""
+    from runstate.client.cli._demo import DemoResult, summary_lines
+
+    board = LiveBoard("demo", counts_events=True)
+    for change in _changes():
+        board.apply(change)
+    assert board.updates == 0  # changes shown are not events written
+    board.updates = 411
+    header = _render(board).splitlines()[0]
+    assert re.search(r"· 411 events · \d+ events/s", header), header
+    result = DemoResult()
+    result.events, result.commits, result.elapsed = 411, 300, 10.0
+    summary = " ".join(line.plain for line in summary_lines(result, ""))
+    assert "events written: 411 in 300 commits, 41 events/s" in summary
+
+
+def test_the_demo_names_runstate_as_the_shell_will_find_it(tmp_path: Path) -> None:
+    """Outside the venv (``runstate`` not on PATH) the next commands say the script's path."""
+    script = Path(sys.executable).parent / "runstate"
+    code = "from runstate.client.cli._app import command_name; print(command_name())"
+    outside = {**_env(), "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=outside, cwd=tmp_path
+    )
+    assert found.stdout.strip() == str(script)
+    inside = {**_env(), "PATH": f"{script.parent}:/usr/bin:/bin"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=inside, cwd=tmp_path
+    )
+    assert found.stdout.strip() == "runstate"
 
 
 def test_live_board_hides_runs_from_before_it_started() -> None:
