@@ -476,6 +476,64 @@ async def test_watch_follows_a_run_until_it_finishes(written: Written) -> None:
             watcher.close()
 
 
+def _stderr_line(process: subprocess.Popen[str], pattern: str) -> str:
+    """Read stderr lines until one matches ``pattern`` (the test's timeout bounds the wait)."""
+    assert process.stderr is not None
+    seen = []
+    while True:
+        line = process.stderr.readline()
+        if not line:
+            raise AssertionError(f"stderr ended before {pattern!r}: {seen}")
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+
+
+@pytest.mark.parametrize("command", ["watch", "events"])
+async def test_a_follower_says_it_lost_its_embedded_server_and_gives_up(
+    tmp_path: Path, command: str
+) -> None:
+    """When the owner stops the server, ``watch`` and ``events -f`` say so, then exit 1."""
+    server = Running("server", "--data-dir", str(tmp_path))
+    try:
+        url = (await anyio.to_thread.run_sync(server.wait_for, r"ready: (nats://\S+)")).group(1)
+        async with connect(url, projector=False) as client:
+            run = await client.create_run("Gone")
+        args = ("watch", run.pathspec) if command == "watch" else ("events", run.pathspec, "-f")
+        follower = Running(*args, "--data-dir", str(tmp_path))
+        try:
+            await anyio.to_thread.run_sync(follower.wait_for, r"Gone/1")
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(
+                _stderr_line, follower.process, r"^lost the connection to NATS at nats://"
+            )
+            last = await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^error: ")
+            assert f"the embedded NATS server of {tmp_path}" in last
+            assert await anyio.to_thread.run_sync(follower.process.wait, 30) == 1
+        finally:
+            follower.close()
+    finally:
+        server.close()
+
+
+async def test_a_follower_says_when_it_lost_and_regained_the_connection(
+    nats_server: NatsServer,
+) -> None:
+    """``events --follow`` on a URL says when NATS goes away and when it is back, and goes on."""
+    follower = Running("events", "Back", "--follow", "--wait", "--nats", nats_server.url)
+    try:
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"does not exist yet")
+        await anyio.to_thread.run_sync(nats_server.stop)
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^lost the connection")
+        await anyio.to_thread.run_sync(nats_server.start)
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^reconnected to NATS")
+        async with connect(nats_server.url, projector=False) as client:
+            await client.create_run("Back")
+        await anyio.to_thread.run_sync(follower.wait_for, r"run\.created\s+Back/1")
+    finally:
+        assert await anyio.to_thread.run_sync(follower.stop, signal.SIGINT) == 0
+
+
 # -- the live view ----------------------------------------------------------------
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -41,8 +45,9 @@ from runstate.client.cli._render import (
     value_preview,
 )
 from runstate.engine._names import Pathspec, parse_pathspec
+from runstate.engine._server import _pid_alive, _read_server_json
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.errors import NotFound, RunstateError
+from runstate.engine.errors import NotFound, RunstateError, Unavailable
 from runstate.projections._views import RunView, TaskView
 
 __all__ = ["events", "runs", "show", "watch"]
@@ -288,6 +293,60 @@ async def _require(client: Client, pathspec: str, path: Pathspec, *, wait: bool)
     click.echo(f"{pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True)
 
 
+#: seconds a follower goes on after its embedded server's process has gone, then gives up
+_GONE_SERVER_GRACE = 5.0
+
+
+@asynccontextmanager
+async def _reporting_connection(client: Client, *, embedded: bool) -> AsyncIterator[None]:
+    """Say on stderr when the connection is lost and regained, while the block runs.
+
+    On the embedded server (``embedded``), once its process has gone for
+    ``_GONE_SERVER_GRACE`` seconds nobody will bring it back on that port:
+    raise ``Unavailable`` then, instead of waiting for ever.
+    """
+    server_pid = _embedded_pid(client.settings.data_dir) if embedded else None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_report_connection, client, server_pid)
+        yield
+        tg.cancel_scope.cancel()
+
+
+def _embedded_pid(data_dir: Path) -> int | None:
+    recorded = _read_server_json(data_dir)
+    pid = recorded.get("pid") if recorded is not None else None
+    return pid if isinstance(pid, int) else None
+
+
+async def _report_connection(client: Client, server_pid: int | None) -> None:
+    nc = client.nc
+    assert nc is not None
+    url = client.settings.nats_url
+    lost_at: float | None = None
+    gone_at: float | None = None
+    while True:
+        await anyio.sleep(0.2)
+        if nc.is_connected:
+            if lost_at is not None:
+                click.echo(f"reconnected to NATS at {url}", err=True)
+            lost_at = gone_at = None
+            continue
+        now = time.monotonic()
+        if lost_at is None:
+            lost_at = now
+            click.echo(
+                f"lost the connection to NATS at {url}; reconnecting (Ctrl-C to stop)", err=True
+            )
+        if server_pid is not None and gone_at is None and not _pid_alive(server_pid):
+            gone_at = now
+        if nc.is_closed or (gone_at is not None and now - gone_at >= _GONE_SERVER_GRACE):
+            raise Unavailable(
+                f"the embedded NATS server of {client.settings.data_dir} (pid {server_pid}) "
+                "has stopped, with the process that ran it; start it again with "
+                f"runstate server --data-dir {client.settings.data_dir}, then follow again"
+            )
+
+
 @click.command()
 @global_options()
 @click.argument("pathspec")
@@ -319,11 +378,12 @@ def watch(pathspec: str, wait: bool) -> None:
         async with connect(settings=settings, namespace=None) as client:
             await _require(client, pathspec, path, wait=wait)
             board = LiveBoard(f"watching {pathspec}")
-            async with client.watch(pathspec) as changes:
-                if live:
-                    await _watch_live(changes, board, console, run_pathspec)
-                else:
-                    await _watch_plain(changes, board, console, run_pathspec)
+            async with _reporting_connection(client, embedded=settings.nats_url is None):
+                async with client.watch(pathspec) as changes:
+                    if live:
+                        await _watch_live(changes, board, console, run_pathspec)
+                    else:
+                        await _watch_plain(changes, board, console, run_pathspec)
 
     anyio.run(stoppable, body)
 
@@ -444,7 +504,10 @@ def events(pathspec: str, follow: bool, since: int, as_json: bool, wait: bool) -
 
     async def body() -> None:
         count = 0
-        async with connect(settings=settings, namespace=None, projector=False) as client:
+        async with (
+            connect(settings=settings, namespace=None, projector=False) as client,
+            _reporting_connection(client, embedded=settings.nats_url is None),
+        ):
             await _require(client, pathspec, path, wait=wait)
             async with client.events(pathspec, since=since, follow=follow) as records:
                 async for record in records:
