@@ -332,17 +332,16 @@ def test_runs_to_a_file_keeps_every_tag_whole(written: Written, tmp_path: Path) 
     """Off a terminal ``runs`` is not cut at 80 columns: a long tag is printed whole."""
     long_tag = "a-rather-long-tag-" * 6
 
-    async def tag() -> None:
+    async def create() -> None:
         async with connect(written.url, projector=False) as client:
-            handle = await client.run_handle("Cli/1")
-            await handle.add_tags(long_tag)
+            await client.create_run("Wide", tags=[long_tag])
 
-    anyio.run(tag)
+    anyio.run(create)
     env = {k: v for k, v in _env().items() if k != "COLUMNS"}
     out = tmp_path / "runs.txt"
     with open(out, "w") as f:
         status = subprocess.run(
-            [*RUNSTATE, "runs", "Cli", "--nats", written.url], stdout=f, env=env, timeout=30
+            [*RUNSTATE, "runs", "Wide", "--nats", written.url], stdout=f, env=env, timeout=30
         ).returncode
     assert status == 0
     assert long_tag in out.read_text()

@@ -339,7 +339,9 @@ async def _report_connection(client: Client, server_pid: int | None) -> None:
             )
         if server_pid is not None and gone_at is None and not _pid_alive(server_pid):
             gone_at = now
-        if nc.is_closed or (gone_at is not None and now - gone_at >= _GONE_SERVER_GRACE):
+        if nc.is_closed:
+            raise Unavailable(f"the connection to NATS at {url} was closed; follow again")
+        if gone_at is not None and now - gone_at >= _GONE_SERVER_GRACE:
             raise Unavailable(
                 f"the embedded NATS server of {client.settings.data_dir} (pid {server_pid}) "
                 "has stopped, with the process that ran it; start it again with "
