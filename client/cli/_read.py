@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -293,6 +294,18 @@ async def _require(client: Client, pathspec: str, path: Pathspec, *, wait: bool)
     click.echo(f"{pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True)
 
 
+def _follower(client: Client) -> Client:
+    """A client on ``client``'s connection that rides out any outage (``watch``, ``-f``).
+
+    The reading commands give up connecting after a few seconds; once
+    following, an outage is reported as it comes and goes
+    (``_reporting_connection``), and the follow resumes whenever NATS is back.
+    """
+    assert client.nc is not None
+    settings = client.settings.replace(retry_budget=math.inf)
+    return Client.over_nats(client.nc, settings, namespace=None)
+
+
 #: seconds a follower goes on after its embedded server's process has gone, then gives up
 _GONE_SERVER_GRACE = 5.0
 
@@ -377,10 +390,11 @@ def watch(pathspec: str, wait: bool) -> None:
     run_pathspec = path.run_pathspec if path.run is not None else None
 
     async def body() -> None:
-        async with connect(settings=settings, namespace=None) as client:
-            await _require(client, pathspec, path, wait=wait)
+        async with connect(settings=settings, namespace=None) as connected:
+            client = _follower(connected)
             board = LiveBoard(f"watching {pathspec}")
             async with _reporting_connection(client, embedded=settings.nats_url is None):
+                await _require(client, pathspec, path, wait=wait)
                 async with client.watch(pathspec) as changes:
                     if live:
                         await _watch_live(changes, board, console, run_pathspec)
@@ -507,9 +521,10 @@ def events(pathspec: str, follow: bool, since: int, as_json: bool, wait: bool) -
     async def body() -> None:
         count = 0
         async with (
-            connect(settings=settings, namespace=None, projector=False) as client,
-            _reporting_connection(client, embedded=settings.nats_url is None),
+            connect(settings=settings, namespace=None, projector=False) as connected,
+            _reporting_connection(connected, embedded=settings.nats_url is None),
         ):
+            client = _follower(connected) if follow else connected
             await _require(client, pathspec, path, wait=wait)
             async with client.events(pathspec, since=since, follow=follow) as records:
                 async for record in records:
