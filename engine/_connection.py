@@ -81,15 +81,17 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
             raise ConfigurationError(f"the {what} {path} does not exist (or is not a file)")
 
     errors: list[Exception] = []  # the last one explains a failed first connect
-    refused: list[Exception] = []  # an authorization violation while connecting: final
-    connecting = anyio.CancelScope()
+    connecting = True
 
     async def _on_error(exc: Exception) -> None:
         errors[:] = [exc]
         log.debug("nats.error", error=str(exc))
-        if not nc.is_connected and _AUTHORIZATION_VIOLATION in str(exc).lower():
-            refused.append(exc)
-            connecting.cancel()
+        if connecting and _AUTHORIZATION_VIOLATION in str(exc).lower():
+            # final: raised out of nc.connect(), which awaits this callback
+            raise ConfigurationError(
+                f"NATS at {target} refused the credentials (authorization violation); "
+                "check the user and password, token or credentials file"
+            )
 
     async def _on_disconnect() -> None:
         log.debug("nats.disconnected")
@@ -117,13 +119,9 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     try:
         # With max_reconnect_attempts=-1 nats-py retries the first connect forever
         # too; bound it by the retry budget so a wrong URL fails instead of hanging.
-        with anyio.fail_after(settings.retry_budget), connecting:
+        with anyio.fail_after(settings.retry_budget):
             await nc.connect(**options)
-        if refused:
-            raise ConfigurationError(
-                f"NATS at {target} refused the credentials (authorization violation); "
-                "check the user and password, token or credentials file"
-            )
+        connecting = False
     except ConfigurationError:
         await nc.close()
         raise
