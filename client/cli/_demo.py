@@ -576,12 +576,12 @@ def summary_lines(result: DemoResult, hint: str, command: str = "runstate") -> l
     )
     task = result.crash or f"{train}/start/1"
     lines.append(Text("inspect what it wrote:", style="bold"))
-    for line in (
+    for suggested in (
         f"{command}{hint} runs Train",
         f"{command}{hint} show {train}",
         f"{command}{hint} show {task}",
         f"{command}{hint} watch {train}",
         f"{command}{hint} events {train}",
     ):
-        lines.append(Text(f"  {line}", style="cyan"))
+        lines.append(Text(f"  {suggested}", style="cyan"))
     return lines
