@@ -92,6 +92,7 @@ def test_a_stopped_process_leaves_no_server_behind(
 ) -> None:
     """A command or script stopped by a signal stops its server; ``runs`` and ``server`` work."""
     data_dir = tmp_path / "data"
+    data_dir.mkdir()  # the reading commands create none
     process, server_pid = _start(name, data_dir)
     try:
         process.send_signal(sig)
