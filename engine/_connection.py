@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import nats.errors
@@ -31,6 +32,12 @@ log = get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 
+#: the URL schemes nats-py connects with
+_NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+
+#: what a server answers to a wrong user, password, token or credentials, lower-cased
+_AUTHORIZATION_VIOLATION = "authorization violation"
+
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_ca is None and settings.tls_cert is None:
@@ -49,18 +56,42 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     ``url`` overrides ``settings.nats_url`` (one URL, or several separated by commas).
     The first connect keeps trying for ``settings.retry_budget`` seconds; once
     connected the connection reconnects forever and writes retry within the budget.
-    Raises ``Unavailable`` (cannot connect), ``ServerTooOld`` or ``JetStreamDisabled``.
+    Raises ``Unavailable`` (cannot connect), ``ServerTooOld``, ``JetStreamDisabled``, or
+    ``ConfigurationError`` (not a NATS URL, a missing TLS or credentials file, credentials
+    the server refuses: final, not retried).
     """
     target = url or settings.nats_url
     if not target:
         raise ConfigurationError("no NATS URL: pass url= or set RUNSTATE_NATS_URL")
     servers = [part.strip() for part in target.split(",") if part.strip()]
+    for server in servers:
+        scheme = urlsplit(server).scheme if "://" in server else "nats"
+        if scheme not in _NATS_SCHEMES:
+            raise ConfigurationError(
+                f"{server} is not a NATS URL: the scheme {scheme}:// is not one NATS speaks; "
+                "give nats://HOST:PORT (or tls://, ws://, wss://)"
+            )
+    for what, path in (
+        ("credentials file", settings.credentials),
+        ("TLS CA file", settings.tls_ca),
+        ("TLS certificate file", settings.tls_cert),
+        ("TLS key file", settings.tls_key),
+    ):
+        if path is not None and not path.is_file():
+            raise ConfigurationError(f"the {what} {path} does not exist (or is not a file)")
 
     errors: list[Exception] = []  # the last one explains a failed first connect
+    connecting = True
 
     async def _on_error(exc: Exception) -> None:
         errors[:] = [exc]
         log.debug("nats.error", error=str(exc))
+        if connecting and _AUTHORIZATION_VIOLATION in str(exc).lower():
+            # final: raised out of nc.connect(), which awaits this callback
+            raise ConfigurationError(
+                f"NATS at {target} refused the credentials (authorization violation); "
+                "check the user and password, token or credentials file"
+            )
 
     async def _on_disconnect() -> None:
         log.debug("nats.disconnected")
@@ -90,6 +121,10 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         # too; bound it by the retry budget so a wrong URL fails instead of hanging.
         with anyio.fail_after(settings.retry_budget):
             await nc.connect(**options)
+        connecting = False
+    except ConfigurationError:
+        await nc.close()
+        raise
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
         await nc.close()
         cause = errors[-1] if errors else exc

@@ -571,18 +571,75 @@ class NatsCluster:
             time.sleep(0.1)
 
 
+#: the watchdog of an embedded server: a shell that waits for a line on its stdin (a pipe
+#: whose only writer is the owner). ``stop`` means the owner stops the server itself; end
+#: of file without it means the owner died (SIGTERM, SIGKILL, a crash), so it stops the server.
+_WATCHDOG = 'read -r word; [ "$word" = stop ] || kill -TERM "$1" 2>/dev/null'
+
+
+class _Watchdog:
+    """Stops a server when the process that started it dies without stopping it.
+
+    nats-server cannot follow its parent's life, and ``PR_SET_PDEATHSIG``
+    follows the parent *thread* (the embedded server starts in a worker
+    thread, which may end long before the process). So a tiny ``sh`` in a
+    session of its own holds the read end of a pipe only this process
+    writes to: the kernel closes it however this process ends.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        read_end, write_end = os.pipe()  # not inherited by later children (PEP 446)
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG, "runstate-watchdog", str(server_pid)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._pipe = os.fdopen(write_end, "wb", buffering=0)
+
+    def dismiss(self) -> None:
+        """The owner stops the server itself: let the watchdog exit without a signal."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            self._pipe.write(b"stop\n")
+        self._pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+
+
 class EmbeddedHandle:
     """The embedded server of a data directory: one this process started, or one it found.
 
     ``owned`` says whether this process started it; ``stop()`` stops an owned
-    server and does nothing for one attached to. Use as a context manager.
+    server and does nothing for one attached to. An owned server is stopped
+    however this process ends: by ``stop()``, or, when the process dies
+    without calling it (a signal, ``os._exit``), by a watchdog process.
+    Use as a context manager.
     """
 
-    def __init__(self, url: str, pid: int, *, data_dir: Path, server: NatsServer | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        pid: int,
+        *,
+        data_dir: Path,
+        server: NatsServer | None,
+        watchdog: _Watchdog | None = None,
+    ) -> None:
         self.url = url
         self.pid = pid
         self.data_dir = data_dir
         self._server = server
+        self._watchdog = watchdog
 
     @property
     def owned(self) -> bool:
@@ -597,6 +654,8 @@ class EmbeddedHandle:
         server, self._server = self._server, None
         if server is None:
             return
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
         server.stop()
         with _locked(self.data_dir):
             recorded = _read_server_json(self.data_dir)
@@ -623,7 +682,8 @@ def ensure_embedded(
     A server is running when ``data_dir/server.json`` names a live pid whose URL
     answers as NATS; the handle then attaches (``owned=False``). Otherwise a new
     server starts on the directory (on ``port``, or a free one) and the handle
-    owns it. A lock on ``data_dir/server.lock`` makes concurrent callers, in any
+    owns it: it stops when the handle stops, or when this process dies without
+    stopping it. A lock on ``data_dir/server.lock`` makes concurrent callers, in any
     process, agree on one server. JetStream data in the directory is kept.
     Raises ``Unavailable`` if the server does not start, ``ConfigurationError``
     without a nats-server binary.
@@ -649,17 +709,21 @@ def ensure_embedded(
             )
         server = NatsServer(data_dir, port=port)
         server.start(timeout)
+        watchdog = None
         try:
             pid = server.pid
             assert pid is not None
+            watchdog = _Watchdog(pid)
             _write_server_json(
                 data_dir,
                 {"url": server.url, "pid": pid, "started_at": datetime.now(UTC).isoformat()},
             )
         except BaseException:
+            if watchdog is not None:
+                watchdog.dismiss()
             server.stop()
             raise
-        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server)
+        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog)
 
 
 @contextlib.contextmanager

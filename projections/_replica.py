@@ -33,6 +33,7 @@ from typing import Self
 
 import anyio
 import anyio.abc
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from runstate.engine._connection import open_nats, provision
@@ -251,7 +252,10 @@ async def default_store_path(nc: NATS, settings: Settings, name: str, *, owner: 
 
 async def _close_connection(nc: NATS) -> None:
     with anyio.CancelScope(shield=True):
-        await nc.close()
+        try:
+            await nc.close()
+        except (OSError, nats.errors.Error):
+            pass  # the server went away (an outage): there is nothing left to flush to it
 
 
 async def _stop_server(handle: EmbeddedHandle) -> None:

@@ -146,12 +146,14 @@ async def _write_runs(url: str) -> tuple[str, str]:
             for task in tasks:
                 try:
                     async with task.attempting():
+                        await task.record_metadata(worker=f"worker-{task.attempt}")
                         if task.index == 1 and task.attempt == 0:
                             raise ValueError("bad batch 7")
                         await task.save(metrics={"loss": 0.1 * (task.index or 0)})
                 except ValueError:
                     await task.retry()
                     async with task.attempting():
+                        await task.record_metadata(worker=f"worker-{task.attempt}")
                         await task.save(metrics={"loss": 0.5})
             async with run.task("end", parents=tasks) as end:
                 await end.save(model={"layers": [4, 2]}, weights=complex(1, 2))
@@ -221,11 +223,75 @@ def test_an_unreachable_nats_exits_1_quickly() -> None:
     assert time.monotonic() - started < 10
 
 
+def test_connection_options_that_cannot_work_say_why_in_one_line(tmp_path: Path) -> None:
+    """``--nats http://``, ``--nats ""`` and a missing ``--data-dir``: exit 2, one clear line."""
+    http = runstate("runs", "--nats", "http://127.0.0.1:4222")
+    assert http.returncode == 2, http
+    assert "the scheme http:// is not one NATS speaks" in http.stderr
+    empty = runstate("runs", "--nats", "")
+    assert empty.returncode == 2, empty
+    assert (
+        "Invalid value for '--nats': is empty; give a NATS URL" in empty.stderr
+        and "Traceback" not in empty.stderr
+    )
+    missing = tmp_path / "nonexistent" / "x"
+    for args in (("runs",), ("show", "Train/1"), ("events", "Train"), ("watch", "Train/1")):
+        result = runstate(*args, "--data-dir", str(missing))
+        assert result.returncode == 2, result
+        assert result.stderr.strip().splitlines() == [
+            f"error: there is no runstate data directory {missing}; start one with runstate "
+            f"server --data-dir {missing} (or runstate demo), or give --nats URL"
+        ]
+    assert not missing.parent.exists()
+
+
 def test_an_unknown_run_exits_2(written: Written) -> None:
     """A well-formed pathspec naming nothing is NotFound: exit status 2, one line."""
     result = runstate("show", "Cli/99", "--nats", written.url)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: run Cli/99 does not exist"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("show", "Cli/99"),
+        ("events", "Cli/99"),
+        ("events", "Cli/99", "--follow"),
+        ("events", "Nowhere"),
+        ("watch", "Cli/99"),
+        ("watch", "Cli/1/nostep"),
+        ("watch", "Nowhere"),
+    ],
+    ids=" ".join,
+)
+def test_every_command_says_not_found_in_one_line_with_exit_2(
+    written: Written, args: tuple[str, ...]
+) -> None:
+    """``show``, ``events`` (also ``--follow``) and ``watch`` of nothing: one line, exit 2."""
+    result = runstate(*args, "--nats", written.url, timeout=30)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert args[1] in lines[0]
+    assert result.stdout == ""
+
+
+async def test_watch_wait_waits_for_a_run_that_does_not_exist_yet(written: Written) -> None:
+    """``watch --wait`` of a run not created yet says it waits, then follows it to its end."""
+    watcher = Running("watch", "Later/1", "--wait", "--nats", written.url)
+    try:
+        assert watcher.process.stderr is not None
+        line = await anyio.to_thread.run_sync(watcher.process.stderr.readline)
+        assert "Later/1 does not exist yet; waiting for it" in line
+        async with connect(written.url, projector=False) as client:
+            run = await client.create_run("Later")
+            async with run.running():
+                pass
+        assert await anyio.to_thread.run_sync(watcher.process.wait, 20) == 0
+        await anyio.to_thread.run_sync(watcher.wait_for, r"^Later/1  completed")
+    finally:
+        watcher.close()
 
 
 # -- reads -----------------------------------------------------------------------
@@ -240,6 +306,45 @@ def test_runs_lists_newest_first(written: Written) -> None:
     assert lines[1].startswith("Cli/2") and "failed" in lines[1]
     assert lines[2].startswith("Cli/1") and "completed" in lines[2] and "production" in lines[2]
     assert "5/5 tasks" in lines[2]
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_runs_to_a_closed_pipe_exits_0_quietly(written: Written, buffered: bool) -> None:
+    """``runstate runs | head`` whose reader has gone: exit 0, nothing on stderr."""
+    env = _env()
+    if buffered:  # then the write fails only when the interpreter flushes on exit
+        del env["PYTHONUNBUFFERED"]
+    process = subprocess.Popen(
+        [*RUNSTATE, "runs", "--nats", written.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command writes anything
+    status = process.wait(30)
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert (status, stderr) == (0, "")
+
+
+def test_runs_to_a_file_keeps_every_tag_whole(written: Written, tmp_path: Path) -> None:
+    """Off a terminal ``runs`` is not cut at 80 columns: a long tag is printed whole."""
+    long_tag = "a-rather-long-tag-" * 6
+
+    async def create() -> None:
+        async with connect(written.url, projector=False) as client:
+            await client.create_run("Wide", tags=[long_tag])
+
+    anyio.run(create)
+    env = {k: v for k, v in _env().items() if k != "COLUMNS"}
+    out = tmp_path / "runs.txt"
+    with open(out, "w") as f:
+        status = subprocess.run(
+            [*RUNSTATE, "runs", "Wide", "--nats", written.url], stdout=f, env=env, timeout=30
+        ).returncode
+    assert status == 0
+    assert long_tag in out.read_text()
 
 
 def test_runs_filters_and_prints_json(written: Written) -> None:
@@ -279,6 +384,26 @@ def test_show_task_has_attempts_exception_metadata_and_artifacts(written: Writte
     assert "parents: Cli/1/train/" in latest.stdout
 
 
+def test_show_attempt_shows_that_attempts_metadata_in_text_and_json(written: Written) -> None:
+    """``show TASK --attempt 0`` (text and ``--json``) is attempt 0's state and metadata."""
+    text = runstate("show", written.flaky_task, "--attempt", "0", "--nats", written.url)
+    assert text.returncode == 0, text.stderr
+    assert "worker = worker-0" in text.stdout and "worker-1" not in text.stdout
+    assert "attempt_ok = False" in text.stdout
+    shown = runstate("show", written.flaky_task, "--attempt", "0", "--json", "--nats", written.url)
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert (view["attempt"], view["state"]) == (0, "failed")
+    assert [(m["name"], m["value"]) for m in view["metadata"]] == [("worker", "worker-0")]
+    assert view["metadata_dict"]["worker"] == "worker-0"
+    assert view["metadata_dict"]["attempt"] == "0"
+    latest = json.loads(
+        runstate("show", written.flaky_task, "--json", "--nats", written.url).stdout
+    )
+    assert (latest["attempt"], latest["state"]) == (1, "completed")
+    assert latest["metadata_dict"]["worker"] == "worker-1"
+
+
 def test_show_artifact_prints_its_value_and_json_prints_the_view(written: Written) -> None:
     """``show ARTIFACT`` prints the value; ``--json`` prints the object's view."""
     value = runstate("show", f"{written.end_task}/model", "--nats", written.url)
@@ -312,7 +437,7 @@ def test_events_prints_the_history_with_sequences(written: Written) -> None:
 
 async def test_events_follow_prints_new_events_until_interrupted(written: Written) -> None:
     """``events --follow`` prints new events as they are written; Ctrl-C exits 0."""
-    follow = Running("events", "Follow", "--follow", "--nats", written.url)
+    follow = Running("events", "Follow", "--follow", "--wait", "--nats", written.url)
     try:
         async with connect(written.url, projector=False) as client:
             await client.create_run("Follow", tags=["followed"])
@@ -348,6 +473,64 @@ async def test_watch_follows_a_run_until_it_finishes(written: Written) -> None:
             assert any("Watched/1/only/1" in line for line in watcher.lines)
         finally:
             watcher.close()
+
+
+def _stderr_line(process: subprocess.Popen[str], pattern: str) -> str:
+    """Read stderr lines until one matches ``pattern`` (the test's timeout bounds the wait)."""
+    assert process.stderr is not None
+    seen = []
+    while True:
+        line = process.stderr.readline()
+        if not line:
+            raise AssertionError(f"stderr ended before {pattern!r}: {seen}")
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+
+
+@pytest.mark.parametrize("command", ["watch", "events"])
+async def test_a_follower_says_it_lost_its_embedded_server_and_gives_up(
+    tmp_path: Path, command: str
+) -> None:
+    """When the owner stops the server, ``watch`` and ``events -f`` say so, then exit 1."""
+    server = Running("server", "--data-dir", str(tmp_path))
+    try:
+        url = (await anyio.to_thread.run_sync(server.wait_for, r"ready: (nats://\S+)")).group(1)
+        async with connect(url, projector=False) as client:
+            run = await client.create_run("Gone")
+        args = ("watch", run.pathspec) if command == "watch" else ("events", run.pathspec, "-f")
+        follower = Running(*args, "--data-dir", str(tmp_path))
+        try:
+            await anyio.to_thread.run_sync(follower.wait_for, r"Gone/1")
+            await anyio.to_thread.run_sync(server.stop)
+            await anyio.to_thread.run_sync(
+                _stderr_line, follower.process, r"^lost the connection to NATS at nats://"
+            )
+            last = await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^error: ")
+            assert f"the embedded NATS server of {tmp_path}" in last
+            assert await anyio.to_thread.run_sync(follower.process.wait, 30) == 1
+        finally:
+            follower.close()
+    finally:
+        server.close()
+
+
+async def test_a_follower_says_when_it_lost_and_regained_the_connection(
+    nats_server: NatsServer,
+) -> None:
+    """``events --follow`` on a URL says when NATS goes away and when it is back, and goes on."""
+    follower = Running("events", "Back", "--follow", "--wait", "--nats", nats_server.url)
+    try:
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"does not exist yet")
+        await anyio.to_thread.run_sync(nats_server.stop)
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^lost the connection")
+        await anyio.to_thread.run_sync(nats_server.start)
+        await anyio.to_thread.run_sync(_stderr_line, follower.process, r"^reconnected to NATS")
+        async with connect(nats_server.url, projector=False) as client:
+            await client.create_run("Back")
+        await anyio.to_thread.run_sync(follower.wait_for, r"run\.created\s+Back/1")
+    finally:
+        assert await anyio.to_thread.run_sync(follower.stop, signal.SIGINT) == 0
 
 
 # -- the live view ----------------------------------------------------------------
@@ -417,6 +600,39 @@ def test_live_board_shows_run_state_steps_counts_and_events() -> None:
     assert re.search(r"└ train\s+failed .* 2 completed · 1 failed", text), text
     assert "latest events" in text and "→ failed: boom" in text
     assert f"{len(changes)} updates" in text
+
+
+def test_the_demo_board_counts_events_written_as_its_summary_does() -> None:
+    """The demo's header counts events written (not changes shown), as events and events/s."""
+    from runstate.client.cli._demo import DemoResult, summary_lines
+
+    board = LiveBoard("demo", counts_events=True)
+    for change in _changes():
+        board.apply(change)
+    assert board.updates == 0  # changes shown are not events written
+    board.updates = 411
+    header = _render(board).splitlines()[0]
+    assert re.search(r"· 411 events · \d+ events/s", header), header
+    result = DemoResult()
+    result.events, result.commits, result.elapsed = 411, 300, 10.0
+    summary = " ".join(line.plain for line in summary_lines(result, ""))
+    assert "events written: 411 in 300 commits, 41 events/s" in summary
+
+
+def test_the_demo_names_runstate_as_the_shell_will_find_it(tmp_path: Path) -> None:
+    """Outside the venv (``runstate`` not on PATH) the next commands say the script's path."""
+    script = Path(sys.executable).parent / "runstate"
+    code = "from runstate.client.cli._app import command_name; print(command_name())"
+    outside = {**_env(), "PATH": "/usr/bin:/bin"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=outside, cwd=tmp_path
+    )
+    assert found.stdout.strip() == str(script)
+    inside = {**_env(), "PATH": f"{script.parent}:/usr/bin:/bin"}
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=inside, cwd=tmp_path
+    )
+    assert found.stdout.strip() == "runstate"
 
 
 def test_live_board_hides_runs_from_before_it_started() -> None:

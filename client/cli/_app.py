@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -60,6 +61,7 @@ __all__ = [
     "GlobalOptions",
     "InterruptedByUser",
     "cli",
+    "command_name",
     "configure_logs",
     "current_options",
     "echo_json",
@@ -163,8 +165,8 @@ def reporting_errors(command: Callable[..., None]) -> Callable[..., None]:
         except BaseException as exc:
             if any(isinstance(leaf, BrokenPipeError) for leaf in _leaves(exc)):
                 # the reader went away (``runstate events X | head``): stop quietly
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                raise click.exceptions.Exit(1) from None
+                _silence_stdout()
+                raise click.exceptions.Exit(0) from None
             error = _as_cli_error(exc)
             if error is exc:
                 raise
@@ -206,7 +208,29 @@ class GlobalOptions:
         return "".join(parts)
 
 
+def command_name() -> str:
+    """How to type ``runstate`` here: its name if the shell finds this one, else its path.
+
+    After ``python3 -m venv .venv && .venv/bin/pip install ...`` without
+    activating the venv, ``runstate`` is not on ``PATH``: the demo's next
+    commands then say ``.venv/bin/runstate``.
+    """
+    script = Path(sys.executable).parent / "runstate"
+    found = shutil.which("runstate")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "runstate"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else str(script)
+
+
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if param.name == "nats" and value is not None and not value.strip():
+        raise click.BadParameter(
+            "is empty; give a NATS URL such as nats://127.0.0.1:4222, or leave --nats out "
+            "to use the embedded server of --data-dir",
+            ctx=ctx,
+            param=param,
+        )
     if value is not None and param.name is not None:
         setattr(ctx.ensure_object(GlobalOptions), param.name, value)
     return value
@@ -267,8 +291,33 @@ def configure_logs(default: str) -> None:
     configure_logging(os.environ.get("RUNSTATE_LOG_LEVEL") or default, force=True)
 
 
+#: the width of output to a file or pipe: wide enough that no table cell is cut
+_UNBOUNDED_WIDTH = 10_000
+
+
 def new_console() -> Console:
-    return Console(highlight=False)
+    """The console a command prints to: the terminal's width, or no limit off a terminal.
+
+    rich gives a file or pipe 80 columns, which would cut a table's cells
+    (tags, messages); ``COLUMNS`` still sets the width when given.
+    """
+    console = _Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = _Console(highlight=False, width=_UNBOUNDED_WIDTH)
+    return console
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # the reader went away (``runstate runs | head``): stop quietly, as it asked
+        # (rich's own handler exits with status 1)
+        _silence_stdout()
+        raise click.exceptions.Exit(0)
+
+
+def _silence_stdout() -> None:
+    """Send what is left for stdout nowhere: its reader has gone."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def echo_json(value: Any) -> None:
@@ -329,6 +378,18 @@ async def read_caught_up(
 
 
 def reading_settings(settings: Settings) -> Settings:
+    """Settings for a command that only reads: it gives up sooner, and creates no data directory.
+
+    Raises ``BadInputError`` when, without a NATS URL, the data directory does not
+    exist: only the commands that create a store (``server``, ``projector``,
+    ``demo``) make one.
+    """
+    if settings.nats_url is None and not settings.data_dir.is_dir():
+        raise BadInputError(
+            f"there is no runstate data directory {settings.data_dir}; start one with "
+            f"runstate server --data-dir {settings.data_dir} (or runstate demo), "
+            "or give --nats URL"
+        )
     return settings.replace(retry_budget=min(settings.retry_budget, _CONNECT_BUDGET))
 
 

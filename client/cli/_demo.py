@@ -389,7 +389,10 @@ async def run_demo(
     async with _demo_client(settings) as (client, own_replica):
         since = datetime.now(UTC) - timedelta(seconds=1)
         board = LiveBoard(
-            f"runstate demo · {config.workers} workers", since=since, max_runs=max(8, config.runs)
+            f"runstate demo · {config.workers} workers",
+            since=since,
+            max_runs=max(8, config.runs),
+            counts_events=True,
         )
         started = time.monotonic()
 
@@ -417,6 +420,8 @@ async def run_demo(
             narrate = None if config.live else say
             tg.start_soon(_watch_flows, client, flows, board, watching, narrate)
             await watching.wait()
+            for flow in flows:
+                tg.start_soon(_count_events, client, flow, first + 1, board)
             for number in range(1, config.workers + 1):
                 tg.start_soon(demo.work, number)
             if config.live:
@@ -434,7 +439,7 @@ async def run_demo(
             result.finished = not deadline.cancel_called
             await anyio.sleep(0.3)  # let the watches show the last changes
             tg.cancel_scope.cancel()
-        result.elapsed = time.monotonic() - started
+        result.elapsed = board.elapsed  # the clock of the live header's rate
         last = await client.log.stream_last_sequence()
         result.commits = last - first
         for flow in flows:
@@ -450,6 +455,13 @@ async def run_demo(
 async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
     await stop.wait()
     scope.cancel()
+
+
+async def _count_events(client: Client, flow: str, since: int, board: LiveBoard) -> None:
+    """Count the events written to ``flow`` from ``since`` on the board, as the summary does."""
+    async with client.events(flow, since=since) as events:
+        async for _ in events:
+            board.updates += 1
 
 
 async def _watch_flows(
@@ -527,8 +539,11 @@ async def _print_progress(board: LiveBoard, console: Console, started: float) ->
             console.print(line, soft_wrap=True)
 
 
-def summary_lines(result: DemoResult, hint: str) -> list[Text]:
-    """The demo's closing summary: runs by state, events written, and what to run next."""
+def summary_lines(result: DemoResult, hint: str, command: str = "runstate") -> list[Text]:
+    """The demo's closing summary: runs by state, events written, and what to run next.
+
+    ``command`` is how to type ``runstate`` (``.venv/bin/runstate`` outside the venv).
+    """
     lines: list[Text] = []
     how = (
         "all runs finished"
@@ -548,6 +563,7 @@ def summary_lines(result: DemoResult, hint: str) -> list[Text]:
         line = Text(f"    {pathspec:<16}")
         line.append_text(state_text(state))
         lines.append(line)
+    # the live header's definition: events written to the demo's flows, per second of the demo
     rate = result.events / result.elapsed if result.elapsed > 0 else math.nan
     written = Text(f"  events written: {result.events} in {result.commits} commits, ")
     written.append(f"{rate:.0f} events/s ")
@@ -561,12 +577,12 @@ def summary_lines(result: DemoResult, hint: str) -> list[Text]:
     )
     task = result.crash or f"{train}/start/1"
     lines.append(Text("inspect what it wrote:", style="bold"))
-    for command in (
-        f"runstate{hint} runs Train",
-        f"runstate{hint} show {train}",
-        f"runstate{hint} show {task}",
-        f"runstate{hint} watch {train}",
-        f"runstate{hint} events {train}",
+    for suggested in (
+        f"{command}{hint} runs Train",
+        f"{command}{hint} show {train}",
+        f"{command}{hint} show {task}",
+        f"{command}{hint} watch {train}",
+        f"{command}{hint} events {train}",
     ):
-        lines.append(Text(f"  {command}", style="cyan"))
+        lines.append(Text(f"  {suggested}", style="cyan"))
     return lines

@@ -9,6 +9,7 @@ import anyio.abc
 import click
 
 from runstate.client.cli._app import (
+    command_name,
     configure_logs,
     current_options,
     global_options,
@@ -87,5 +88,5 @@ def demo(duration: float, workers: int, runs: int, tasks: int, no_live: bool) ->
         return result
 
     result = anyio.run(main)
-    for line in summary_lines(result, options.hint()):
+    for line in summary_lines(result, options.hint(), command_name()):
         console.print(line, soft_wrap=True)

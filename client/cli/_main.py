@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 from runstate.client.cli._app import cli
@@ -18,4 +20,16 @@ for _command in (server, projector, demo, runs, show, watch, events, bench):
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``runstate`` console script."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="runstate")
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="runstate")
+    finally:
+        _flush_stdout()
+
+
+def _flush_stdout() -> None:
+    """Flush what is left for stdout; a reader that went away (``| head``) is no error."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the interpreter flushes again on exit: let that go nowhere, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -40,12 +45,11 @@ from runstate.client.cli._render import (
     task_tree,
     value_preview,
 )
-from runstate.engine._names import parse_pathspec
+from runstate.engine._names import Pathspec, parse_pathspec
+from runstate.engine._server import _pid_alive, _read_server_json
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.errors import (
-    RunstateError,
-)
-from runstate.projections._views import RunView
+from runstate.engine.errors import NotFound, RunstateError, Unavailable
+from runstate.projections._views import RunView, TaskView
 
 __all__ = ["events", "runs", "show", "watch"]
 
@@ -173,6 +177,9 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
     async def body(client: Client, after: int | None) -> None:
         obj = await client.get(pathspec, attempt=attempt, after=after)
         if as_json:
+            if isinstance(obj, Task):
+                echo_json(_task_as_of(obj.view, obj.attempt))
+                return
             view = obj.info if isinstance(obj, Flow) else obj.view
             click.echo(view.model_dump_json(indent=2))
             return
@@ -193,6 +200,28 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
             console.print(value_preview(await _load(obj)))
 
     anyio.run(functools.partial(read_caught_up, settings, body))
+
+
+def _task_as_of(view: TaskView, attempt: int) -> dict[str, Any]:
+    """A task's view as JSON, as of one attempt: its state, times, metadata and artifacts.
+
+    ``attempts`` still lists every attempt; ``metadata_dict`` is Metaflow's for this one.
+    """
+    data = view.model_dump(mode="json")
+    chosen = view.attempt_view(attempt)
+    if chosen is not None and attempt != view.attempt:
+        data.update(
+            attempt=attempt,
+            state=chosen.state.value,
+            label=chosen.label,
+            message=chosen.message,
+            started_at=chosen.model_dump(mode="json")["started_at"],
+            finished_at=chosen.model_dump(mode="json")["finished_at"],
+        )
+    data["metadata"] = [m for m in data["metadata"] if m["attempt"] == attempt]
+    data["artifacts"] = [a for a in data["artifacts"] if a["attempt"] == attempt]
+    data["metadata_dict"] = view.metadata_of(attempt)
+    return data
 
 
 async def _tasks_to_show(
@@ -242,22 +271,116 @@ async def _load(artifact: DataArtifact) -> Any:
 # -- watch -------------------------------------------------------------------
 
 
+_WAIT_OPTION = click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the object if it does not exist yet (default: exit 2, as for a typo).",
+)
+
+
+async def _exists(client: Client, path: Pathspec) -> bool:
+    """Whether the log holds any event of ``path`` (a step exists once it has a task)."""
+    async for _ in client.log.read(client.subjects.for_pathspec(path), limit=1):
+        return True
+    return False
+
+
+async def _require(client: Client, pathspec: str, path: Pathspec, *, wait: bool) -> None:
+    """Raise ``NotFound`` unless ``path`` exists, or ``wait`` says to wait for it (say so)."""
+    if await _exists(client, path):
+        return
+    if not wait:
+        raise NotFound(f"{pathspec} does not exist (add --wait to wait for it)")
+    click.echo(f"{pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True)
+
+
+def _follower(client: Client) -> Client:
+    """A client on ``client``'s connection that rides out any outage (``watch``, ``-f``).
+
+    The reading commands give up connecting after a few seconds; once
+    following, an outage is reported as it comes and goes
+    (``_reporting_connection``), and the follow resumes whenever NATS is back.
+    """
+    assert client.nc is not None
+    settings = client.settings.replace(retry_budget=math.inf)
+    return Client.over_nats(client.nc, settings, namespace=None)
+
+
+#: seconds a follower goes on after its embedded server's process has gone, then gives up
+_GONE_SERVER_GRACE = 5.0
+
+
+@asynccontextmanager
+async def _reporting_connection(client: Client, *, embedded: bool) -> AsyncIterator[None]:
+    """Say on stderr when the connection is lost and regained, while the block runs.
+
+    On the embedded server (``embedded``), once its process has gone for
+    ``_GONE_SERVER_GRACE`` seconds nobody will bring it back on that port:
+    raise ``Unavailable`` then, instead of waiting for ever.
+    """
+    server_pid = _embedded_pid(client.settings.data_dir) if embedded else None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_report_connection, client, server_pid)
+        yield
+        tg.cancel_scope.cancel()
+
+
+def _embedded_pid(data_dir: Path) -> int | None:
+    recorded = _read_server_json(data_dir)
+    pid = recorded.get("pid") if recorded is not None else None
+    return pid if isinstance(pid, int) else None
+
+
+async def _report_connection(client: Client, server_pid: int | None) -> None:
+    nc = client.nc
+    assert nc is not None
+    url = client.settings.nats_url
+    lost_at: float | None = None
+    gone_at: float | None = None
+    while True:
+        await anyio.sleep(0.2)
+        if nc.is_connected:
+            if lost_at is not None:
+                click.echo(f"reconnected to NATS at {url}", err=True)
+            lost_at = gone_at = None
+            continue
+        now = time.monotonic()
+        if lost_at is None:
+            lost_at = now
+            click.echo(
+                f"lost the connection to NATS at {url}; reconnecting (Ctrl-C to stop)", err=True
+            )
+        if server_pid is not None and gone_at is None and not _pid_alive(server_pid):
+            gone_at = now
+        if nc.is_closed:
+            raise Unavailable(f"the connection to NATS at {url} was closed; follow again")
+        if gone_at is not None and now - gone_at >= _GONE_SERVER_GRACE:
+            raise Unavailable(
+                f"the embedded NATS server of {client.settings.data_dir} (pid {server_pid}) "
+                "has stopped, with the process that ran it; start it again with "
+                f"runstate server --data-dir {client.settings.data_dir}, then follow again"
+            )
+
+
 @click.command()
 @global_options()
 @click.argument("pathspec")
+@_WAIT_OPTION
 @reporting_errors
-def watch(pathspec: str) -> None:
+def watch(pathspec: str, wait: bool) -> None:
     """Watch a run (or a flow, step or task) live until it finishes.
 
     Shows the run's state, each step's progress and task counts by state,
     and the latest events, updated as events arrive. A run, step or task
     watch ends when its run finishes; a flow watch runs until Ctrl-C.
     Ctrl-C exits with status 0. When stdout is not a terminal it prints
-    one line per event instead.
+    one line per event instead. An object that does not exist is an error
+    (exit 2) unless --wait says to wait for it.
 
     \b
-    Example:
+    Examples:
       runstate watch Train/42
+      runstate watch Train/43 --wait
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec, max_depth=4)
@@ -267,13 +390,16 @@ def watch(pathspec: str) -> None:
     run_pathspec = path.run_pathspec if path.run is not None else None
 
     async def body() -> None:
-        async with connect(settings=settings, namespace=None) as client:
+        async with connect(settings=settings, namespace=None) as connected:
+            client = _follower(connected)
             board = LiveBoard(f"watching {pathspec}")
-            async with client.watch(pathspec) as changes:
-                if live:
-                    await _watch_live(changes, board, console, run_pathspec)
-                else:
-                    await _watch_plain(changes, board, console, run_pathspec)
+            async with _reporting_connection(client, embedded=settings.nats_url is None):
+                await _require(client, pathspec, path, wait=wait)
+                async with client.watch(pathspec) as changes:
+                    if live:
+                        await _watch_live(changes, board, console, run_pathspec)
+                    else:
+                        await _watch_plain(changes, board, console, run_pathspec)
 
     anyio.run(stoppable, body)
 
@@ -315,10 +441,6 @@ async def _watch_plain(
     async for change in changes:
         board.apply(change)
         if change.event is None:
-            if not board.runs and run_pathspec is not None:
-                click.echo(
-                    f"{run_pathspec} does not exist yet; waiting for it (Ctrl-C to stop)", err=True
-                )
             for run in board.shown_runs():
                 console.print(_run_line(run), soft_wrap=True)
             if _run_finished(board, run_pathspec):
@@ -373,12 +495,15 @@ def _run_line(run: RunView) -> Text:
     is_flag=True,
     help="One JSON object per line: sequence, index, subject, event.",
 )
+@_WAIT_OPTION
 @reporting_errors
-def events(pathspec: str, follow: bool, since: int, as_json: bool) -> None:
+def events(pathspec: str, follow: bool, since: int, as_json: bool, wait: bool) -> None:
     """Print the event history of a flow, run, step or task, oldest first.
 
     Each line: stream sequence, time, type, pathspec, attempt, summary.
-    Read straight from the event stream (no projector needed).
+    Read straight from the event stream (no projector needed). An object
+    with no events is an error (exit 2) unless --follow --wait says to wait
+    for it.
 
     \b
     Examples:
@@ -387,13 +512,20 @@ def events(pathspec: str, follow: bool, since: int, as_json: bool) -> None:
       runstate events Train --follow
     """
     configure_logs("warning")
-    parse_pathspec(pathspec, max_depth=4)
+    path = parse_pathspec(pathspec, max_depth=4)
+    if wait and not follow:
+        raise click.UsageError("--wait applies with --follow")
     settings = reading_settings(current_options().settings())
     console = new_console()
 
     async def body() -> None:
         count = 0
-        async with connect(settings=settings, namespace=None, projector=False) as client:
+        async with (
+            connect(settings=settings, namespace=None, projector=False) as connected,
+            _reporting_connection(connected, embedded=settings.nats_url is None),
+        ):
+            client = _follower(connected) if follow else connected
+            await _require(client, pathspec, path, wait=wait)
             async with client.events(pathspec, since=since, follow=follow) as records:
                 async for record in records:
                     count += 1

@@ -411,9 +411,10 @@ def task_tree(
         if view.exception is not None and view.exception.traceback:
             lines = view.exception.traceback.rstrip().splitlines()[-traceback_lines:]
             node.add(Text("\n".join(lines), style="dim"))
-    if task.metadata:
-        meta = tree.add(Text("metadata", style="bold"))
-        for name, value in task.metadata_dict.items():
+    metadata = task.metadata_of(attempt)
+    if metadata:
+        meta = tree.add(Text(f"metadata (attempt {attempt})", style="bold"))
+        for name, value in metadata.items():
             meta.add(Text(f"{name} = {_shorten(value, 80)}"))
     artifacts = task.artifacts_of(attempt)
     if artifacts:
@@ -443,6 +444,10 @@ class LiveBoard:
     Steps are listed for every run when few runs are shown, else only for the
     unfinished ones. Task rows appear when the watch follows tasks (a step or
     task watch). Not thread-safe: render it from the thread that applies.
+
+    The header counts ``updates``: the changes applied, or, with
+    ``counts_events`` (the demo's board), the events written, which its owner
+    adds to ``updates`` itself (``rate`` is either per second since the start).
     """
 
     def __init__(
@@ -453,8 +458,10 @@ class LiveBoard:
         max_runs: int = 8,
         max_events: int = 8,
         max_tasks: int = 12,
+        counts_events: bool = False,
     ) -> None:
         self.title = title
+        self.counts_events = counts_events
         self.since = since
         self.max_runs = max_runs
         self.max_tasks = max_tasks
@@ -477,7 +484,8 @@ class LiveBoard:
                 self.tasks[view.pathspec] = view
         if change.event is not None:
             self.events.append((change.sequence, change.event))
-            self.updates += 1
+            if not self.counts_events:
+                self.updates += 1
 
     def note(self, message: str, style: str = "yellow") -> None:
         """Show a line of commentary under the events (the demo's story)."""
@@ -493,13 +501,20 @@ class LiveBoard:
     def elapsed(self) -> float:
         return time.monotonic() - self._started
 
+    @property
+    def rate(self) -> float:
+        """``updates`` per second since the board started."""
+        elapsed = self.elapsed
+        return self.updates / elapsed if elapsed > 0 else 0.0
+
     def __rich__(self) -> RenderableType:
         parts: list[RenderableType] = []
         elapsed = self.elapsed
-        rate = self.updates / elapsed if elapsed > 0 else 0.0
         header = Text(self.title, style="bold")
+        what = "events" if self.counts_events else "updates"
         header.append(
-            f"   {format_duration(elapsed)} · {self.updates} updates · {rate:.0f}/s", style="dim"
+            f"   {format_duration(elapsed)} · {self.updates} {what} · {self.rate:.0f} {what}/s",
+            style="dim",
         )
         parts.append(header)
         parts.append(self._runs_table())
