@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import orjson
@@ -15,7 +15,11 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel
 
 from runstate.client import _namespace
+from runstate.client._data import DataArtifact
+from runstate.client._objects import Flow, FlowInfo, Run, Step, Task, object_from_reply
+from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
+from runstate.client._watch import Change, EventRecord, Subscription, events, watch
 from runstate.engine._commits import Receipt
 from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
@@ -29,11 +33,6 @@ from runstate.engine.errors import NotFound
 from runstate.projections._queries import Page as ViewPage
 from runstate.projections._replica import Replica
 from runstate.projections._views import RunView, TaskView
-
-if TYPE_CHECKING:
-    from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
-    from runstate.client._pages import Page
-    from runstate.client._watch import Change, EventRecord, Subscription
 
 __all__ = ["Client", "connect"]
 
@@ -162,7 +161,6 @@ class Client:
         ``NotInNamespace``, ``Timeout`` (``after`` not applied in ``read_wait``)
         or ``Unavailable`` (no query service answering).
         """
-        from runstate.client._objects import object_from_reply
 
         parse_pathspec(pathspec)
         body = {
@@ -174,14 +172,12 @@ class Client:
         return object_from_reply(self, await self.request("get", body), attempt)
 
     async def flow(self, name: str, *, after: After = None) -> Flow:
-        from runstate.client._objects import Flow
 
         obj = await self.get(name, after=after)
         assert isinstance(obj, Flow)
         return obj
 
     async def run(self, pathspec: str, *, after: After = None) -> Run:
-        from runstate.client._objects import Run
 
         parse_pathspec(pathspec, min_depth=2, max_depth=2)
         obj = await self.get(pathspec, after=after)
@@ -189,7 +185,6 @@ class Client:
         return obj
 
     async def step(self, pathspec: str, *, after: After = None) -> Step:
-        from runstate.client._objects import Step
 
         parse_pathspec(pathspec, min_depth=3, max_depth=3)
         obj = await self.get(pathspec, after=after)
@@ -197,7 +192,6 @@ class Client:
         return obj
 
     async def task(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Task:
-        from runstate.client._objects import Task
 
         parse_pathspec(pathspec, min_depth=4, max_depth=4)
         obj = await self.get(pathspec, attempt=attempt, after=after)
@@ -207,7 +201,6 @@ class Client:
     async def artifact(
         self, pathspec: str, *, attempt: int | None = None, after: After = None
     ) -> DataArtifact:
-        from runstate.client._objects import DataArtifact
 
         parse_pathspec(pathspec, min_depth=5, max_depth=5)
         obj = await self.get(pathspec, attempt=attempt, after=after)
@@ -216,7 +209,6 @@ class Client:
 
     async def flows(self, *, after: After = None) -> list[Flow]:
         """Every flow with a run in the current namespace."""
-        from runstate.client._objects import Flow, FlowInfo
 
         result = await self.request("flows", {"namespace": self.namespace, "after": _after(after)})
         return [Flow(self, FlowInfo.model_validate(item)) for item in result]
@@ -225,7 +217,6 @@ class Client:
         self, flow: str, *, successful: bool = False, after: After = None
     ) -> Run | None:
         """The newest run of ``flow`` (the newest completed one with ``successful=True``)."""
-        from runstate.client._objects import Run
 
         try:
             result = await self.request(
@@ -266,8 +257,6 @@ class Client:
         Raises ``BadFilter`` for an unknown sort key or state, a bad
         ``page_size`` or a cursor from another query.
         """
-        from runstate.client._objects import Run
-        from runstate.client._pages import Page
 
         # Materialised once: the next pages repeat exactly this query.
         tags, any_tags = list(tags), list(any_tags)
@@ -323,8 +312,6 @@ class Client:
         after: After = None,
     ) -> Page[Task]:
         """One page of the tasks of ``step`` in ``run`` (optionally of some states)."""
-        from runstate.client._objects import Task
-        from runstate.client._pages import Page
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
         namespace = self.namespace
@@ -354,7 +341,6 @@ class Client:
         self, pathspec: str, *, start: int = 1, limit: int = 100
     ) -> tuple[list[EventRecord], int | None]:
         """One page of an object's event history from the stream, and the next start."""
-        from runstate.client._watch import EventRecord
 
         body = {"pathspec": pathspec, "start": start, "limit": limit}
         result = await self.request("history", body)
@@ -377,7 +363,6 @@ class Client:
         A flow watch follows the flow's 200 newest runs of the namespace and
         every run of the namespace created while it watches.
         """
-        from runstate.client._watch import watch
 
         return watch(self, pathspec)
 
@@ -385,7 +370,6 @@ class Client:
         self, pathspec: str, *, since: int = 1, follow: bool = True
     ) -> Subscription[EventRecord]:
         """The raw events of an object from sequence ``since``, then live ones (``follow``)."""
-        from runstate.client._watch import events
 
         return events(self, pathspec, since=since, follow=follow)
 

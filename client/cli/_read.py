@@ -14,7 +14,8 @@ from rich.live import Live
 from rich.text import Text
 
 from runstate.client._client import Client, connect
-from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
+from runstate.client._data import DataArtifact
+from runstate.client._objects import Flow, Run, Step, Task
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
