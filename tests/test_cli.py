@@ -31,7 +31,7 @@ from rich.console import Console
 from runstate.client import connect
 from runstate.client._watch import Change
 from runstate.client.cli import cli
-from runstate.client.cli._render import LiveBoard
+from runstate.client.cli._board import LiveBoard
 from runstate.engine._events import (
     ForeachFrame,
     RunCreated,

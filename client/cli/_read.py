@@ -27,20 +27,16 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._board import LiveBoard
 from runstate.client.cli._render import (
-    LiveBoard,
-    artifact_header,
     counts_text,
     event_line,
     format_duration,
     preview_text,
-    run_tree,
-    runs_table,
     state_text,
-    step_tree,
-    task_tree,
     value_preview,
 )
+from runstate.client.cli._trees import artifact_header, run_tree, runs_table, step_tree, task_tree
 from runstate.engine._names import parse_pathspec
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import (
