@@ -183,6 +183,36 @@ class EventFactory:
                 yield self.metadata(pathspec, attempt)
         yield self.task_state(pathspec, attempt, TaskState.COMPLETED)
 
+    def run_commits(self, run_id: str, tasks: int) -> list[list[Event]]:
+        """The commits of one complete run with ``tasks`` foreach tasks of step ``train``.
+
+        Each task is created and started in one commit and records an artifact
+        and completes in another, as a worker appends them; the run is
+        ``production``-tagged when its id is even.
+        """
+        production = run_id.isdigit() and int(run_id) % 2 == 0
+        commits: list[list[Event]] = [
+            [self.run_created(run_id, production=production)],
+            [self.run_state(run_id, RunState.RUNNING)],
+        ]
+        for k in range(tasks):
+            task_id = str(k + 1)
+            pathspec = f"{self.flow}/{run_id}/train/{task_id}"
+            commits.append(
+                [
+                    self.task_created(run_id, "train", task_id, index=k),
+                    self.task_state(pathspec, 0, TaskState.RUNNING),
+                ]
+            )
+            commits.append(
+                [
+                    self.artifacts(pathspec, 0, k / 100),
+                    self.task_state(pathspec, 0, TaskState.COMPLETED),
+                ]
+            )
+        commits.append([self.run_state(run_id, RunState.COMPLETED)])
+        return commits
+
     def workload_run(
         self, number: int, run_id: str, tasks: int, *, data: bool = True
     ) -> Iterator[Event]:
