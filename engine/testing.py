@@ -10,7 +10,9 @@ Importing this module needs pytest.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 import pytest
@@ -22,6 +24,7 @@ from runstate.engine._events import (
     ArtifactsRecordedPayload,
     Event,
     ForeachFrame,
+    Heartbeat,
     MetadataEntry,
     MetadataRecorded,
     MetadataRecordedPayload,
@@ -29,10 +32,13 @@ from runstate.engine._events import (
     RunCreatedPayload,
     RunStateChanged,
     RunStateChangedPayload,
+    RunTagsChanged,
+    RunTagsChangedPayload,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
     TaskCreatedPayload,
+    utcnow,
 )
 from runstate.engine._names import parse_pathspec
 from runstate.engine._states import RunState, TaskState
@@ -51,105 +57,209 @@ __all__ = ["EventFactory", "EventLogContract"]
 class EventFactory:
     """Builds the events a worker writes, without the worker: for tests and benchmarks.
 
-    Events are of flow ``flow`` (the standard workload's ``Train`` by default);
-    ``workload_run`` is one run of the standard workload (shared/WORKLOAD.md).
+    Events are of flow ``flow`` (the standard workload's ``Train`` by default)
+    and written by ``user``; ``workload_run`` is one run of the standard
+    workload (shared/WORKLOAD.md). A run is named by its id in ``flow`` or by
+    its pathspec (``"Flow/id"``). With ``start``, events occur at ``start``
+    plus ``at`` seconds (``at=0`` unless given), so folds are reproducible;
+    without it, at ``at`` seconds from now (now unless given). Keyword
+    arguments a method does not name go to the event's payload.
     """
 
-    def __init__(self, user: str = "tester", flow: str = "Train") -> None:
+    def __init__(
+        self, user: str = "tester", flow: str = "Train", *, start: datetime | None = None
+    ) -> None:
         self.user = user
         self.flow = flow
+        self.start = start
         self.system_tags = [f"user:{user}"]
 
-    def run_created(self, run_id: str, *, production: bool = False) -> RunCreated:
+    def occurred_at(self, at: float | datetime | None = None) -> datetime:
+        """The time of an event ``at`` seconds after ``start`` (see the class), or at ``at``."""
+        if isinstance(at, datetime):
+            return at
+        base = self.start if self.start is not None else utcnow()
+        return base + timedelta(seconds=at or 0)
+
+    def _run(self, run: str) -> tuple[str, str]:
+        """(pathspec, run id) of a run id of the factory's flow or a run pathspec."""
+        if "/" in run:
+            return run, run.rsplit("/", 1)[1]
+        return f"{self.flow}/{run}", run
+
+    def run_created(
+        self,
+        run: str,
+        *,
+        production: bool = False,
+        at: float | datetime | None = None,
+        **payload: Any,
+    ) -> RunCreated:
+        """A run's creation, with the workload's parameters and tags unless ``payload`` says."""
+        pathspec, run_id = self._run(run)
+        fields: dict[str, Any] = {
+            "parameters": {"lr": 0.01, "epochs": 3},
+            "tags": ["production"] if production else [],
+            "system_tags": self.system_tags,
+            "user": self.user,
+            **payload,
+        }
         return RunCreated(
-            pathspec=f"{self.flow}/{run_id}",
+            pathspec=pathspec,
+            occurred_at=self.occurred_at(at),
             actor=self.user,
-            payload=RunCreatedPayload(
-                flow=self.flow,
-                run_id=run_id,
-                parameters={"lr": 0.01, "epochs": 3},
-                tags=["production"] if production else [],
-                system_tags=self.system_tags,
-                user=self.user,
-            ),
+            payload=RunCreatedPayload(flow=pathspec.split("/")[0], run_id=run_id, **fields),
         )
 
     def run_state(
-        self, run_id: str, state: RunState, message: str | None = None
+        self,
+        run: str,
+        state: RunState,
+        message: str | None = None,
+        *,
+        at: float | datetime | None = None,
+        **payload: Any,
     ) -> RunStateChanged:
+        """A run's state change (``label``, ``resume``... in ``payload``)."""
         return RunStateChanged(
-            pathspec=f"{self.flow}/{run_id}",
+            pathspec=self._run(run)[0],
+            occurred_at=self.occurred_at(at),
             actor=self.user,
-            payload=RunStateChangedPayload(state=state, message=message),
+            payload=RunStateChangedPayload(state=state, message=message, **payload),
+        )
+
+    def run_tags(
+        self,
+        run: str,
+        *,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        replace: Sequence[str] | None = None,
+        at: float | datetime | None = None,
+    ) -> RunTagsChanged:
+        """A change of a run's user tags: ``replace`` them all, then ``add`` and ``remove``."""
+        return RunTagsChanged(
+            pathspec=self._run(run)[0],
+            occurred_at=self.occurred_at(at),
+            actor=self.user,
+            payload=RunTagsChangedPayload(
+                add=list(add),
+                remove=list(remove),
+                replace=None if replace is None else list(replace),
+            ),
         )
 
     def task_created(
         self,
-        run_id: str,
-        step: str,
-        task_id: str,
+        run: str,
+        step: str | None = None,
+        task_id: str | None = None,
         index: int | None = None,
         num_splits: int | None = None,
         parents: Sequence[str] = (),
+        *,
+        at: float | datetime | None = None,
+        **payload: Any,
     ) -> TaskCreated:
+        """A task's creation; ``run`` alone may be the task's pathspec (no ``step``, ``task_id``).
+
+        ``index`` makes it a foreach task (with a one-frame foreach stack).
+        """
+        if step is None or task_id is None:
+            pathspec = run
+            step, task_id = run.split("/")[2:4]
+        else:
+            pathspec = f"{self._run(run)[0]}/{step}/{task_id}"
         stack = (
             [ForeachFrame(step=step, index=index, num_splits=num_splits)]
             if index is not None
             else []
         )
+        fields: dict[str, Any] = {
+            "foreach_index": index,
+            "foreach_stack": stack,
+            "parent_tasks": list(parents),
+            **payload,
+        }
         return TaskCreated(
-            pathspec=f"{self.flow}/{run_id}/{step}/{task_id}",
+            pathspec=pathspec,
             attempt=0,
+            occurred_at=self.occurred_at(at),
             actor=self.user,
-            payload=TaskCreatedPayload(
-                step=step,
-                task_id=task_id,
-                foreach_index=index,
-                foreach_stack=stack,
-                parent_tasks=list(parents),
-            ),
+            payload=TaskCreatedPayload(step=step, task_id=task_id, **fields),
         )
 
     def task_state(
         self,
         pathspec: str,
-        attempt: int,
+        attempt: int | None,
         state: TaskState,
         message: str | None = None,
         label: str | None = None,
+        *,
+        at: float | datetime | None = None,
+        **payload: Any,
     ) -> TaskAttemptStateChanged:
+        """A task attempt's state change (``exception``... in ``payload``)."""
         return TaskAttemptStateChanged(
             pathspec=pathspec,
             attempt=attempt,
+            occurred_at=self.occurred_at(at),
             actor=self.user,
-            payload=TaskAttemptStatePayload(state=state, message=message, label=label),
+            payload=TaskAttemptStatePayload(state=state, message=message, label=label, **payload),
         )
 
-    def artifacts(self, pathspec: str, attempt: int, accuracy: float) -> ArtifactsRecorded:
+    def artifacts(
+        self,
+        pathspec: str,
+        attempt: int | None,
+        accuracy: float = 0.5,
+        *,
+        records: Sequence[ArtifactRecord] | None = None,
+        at: float | datetime | None = None,
+    ) -> ArtifactsRecorded:
+        """Artifacts recorded by a task attempt: ``records``, or one inline ``accuracy``."""
+        if records is None:
+            records = [
+                ArtifactRecord(
+                    name="accuracy", sha256="0" * 64, size=6, codec="json", inline=accuracy
+                )
+            ]
         return ArtifactsRecorded(
             pathspec=pathspec,
             attempt=attempt,
+            occurred_at=self.occurred_at(at),
             actor=self.user,
-            payload=ArtifactsRecordedPayload(
-                artifacts=[
-                    ArtifactRecord(
-                        name="accuracy", sha256="0" * 64, size=6, codec="json", inline=accuracy
-                    )
-                ]
-            ),
+            payload=ArtifactsRecordedPayload(artifacts=list(records)),
         )
 
-    def metadata(self, pathspec: str, attempt: int) -> MetadataRecorded:
+    def metadata(
+        self,
+        pathspec: str,
+        attempt: int | None,
+        entries: Iterable[tuple[str, str]] | None = None,
+        *,
+        at: float | datetime | None = None,
+    ) -> MetadataRecorded:
+        """Metadata recorded by a task attempt: ``entries`` (name, value), or the workload's."""
+        if entries is None:
+            entries = [("runtime", "local"), ("python_version", "3.11")]
         return MetadataRecorded(
             pathspec=pathspec,
             attempt=attempt,
+            occurred_at=self.occurred_at(at),
             actor=self.user,
             payload=MetadataRecordedPayload(
-                entries=[
-                    MetadataEntry(name="runtime", value="local"),
-                    MetadataEntry(name="python_version", value="3.11"),
-                ]
+                entries=[MetadataEntry(name=name, value=value) for name, value in entries]
             ),
+        )
+
+    def heartbeat(
+        self, pathspec: str, attempt: int | None = None, *, at: float | datetime | None = None
+    ) -> Heartbeat:
+        """A heartbeat of a run or a task attempt."""
+        return Heartbeat(
+            pathspec=pathspec, attempt=attempt, occurred_at=self.occurred_at(at), actor=self.user
         )
 
     def task_lifecycle(
@@ -257,12 +367,7 @@ class EventFactory:
 
 
 def _metadata(pathspec: str, value: str = "x") -> MetadataRecorded:
-    return MetadataRecorded(
-        pathspec=pathspec,
-        attempt=0,
-        actor="tester",
-        payload=MetadataRecordedPayload(entries=[MetadataEntry(name="note", value=value)]),
-    )
+    return EventFactory().metadata(pathspec, 0, [("note", value)])
 
 
 class EventLogContract:
