@@ -123,36 +123,7 @@ async def test_watches_of_one_run_share_one_follow_of_the_log() -> None:
         assert len(client.log._follows) == 1  # type: ignore[attr-defined]
 
 
-async def test_events_go_from_history_into_live_and_stop_at_the_end_without_follow() -> None:
-    """``events(since=)`` replays stored events then live ones; without follow it ends."""
-    async with in_memory() as client:
-        run = await client.create_run("Events")
-        await run.start()
-        async with client.events(run.pathspec, since=1) as records:
-            replayed = [await anext(records), await anext(records)]
-            assert [r.event.type for r in replayed] == ["run.created", "run.state_changed"]
-            await run.complete()
-            live = await anext(records)
-            assert live.sequence > replayed[-1].sequence
-        async with client.events(run.pathspec, follow=False) as stored:
-            assert len([record async for record in stored]) == 3
-
-
-async def test_run_wait_returns_once_the_run_is_finished() -> None:
-    """``Run.wait`` returns the finished run; with a short timeout on a running one, Timeout."""
-    async with in_memory() as client:
-        handle = await client.create_run("Waits")
-        await handle.start()
-        run = await client.run(handle.pathspec, after=handle.receipt)
-        with pytest.raises(Timeout):
-            await run.wait(timeout=0.2)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(handle.complete)
-            finished = await run.wait(timeout=10)
-        assert finished.state is RunState.COMPLETED
-
-
-# -- moved from the JetStream suite: watch, events and run.wait logic, no server --
+# -- events, run.wait and what a watch covers ----------------------------------------
 
 
 async def test_events_since_goes_from_history_into_live() -> None:
