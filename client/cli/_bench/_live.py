@@ -24,11 +24,11 @@ from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._connection import jetstream_api
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import encode_commit
 from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._names import Subjects
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.testing import EventFactory
 
 
 class _Deliveries:

@@ -29,11 +29,11 @@ from runstate.client.cli._bench._harness import (
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._connection import open_nats
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
 from runstate.engine._typing import EventLog
-from runstate.engine.testing import EventFactory
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
 from runstate.projections._projector import Projector
