@@ -10,12 +10,12 @@ here (``from runstate.client import NotFound``).
 
 from runstate.client._client import Client as Client
 from runstate.client._client import connect as connect
+from runstate.client._data import Data as Data
+from runstate.client._data import DataArtifact as DataArtifact
 from runstate.client._namespace import default_namespace as default_namespace
 from runstate.client._namespace import get_namespace as get_namespace
 from runstate.client._namespace import namespace as namespace
 from runstate.client._objects import Code as Code
-from runstate.client._objects import Data as Data
-from runstate.client._objects import DataArtifact as DataArtifact
 from runstate.client._objects import Flow as Flow
 from runstate.client._objects import Run as Run
 from runstate.client._objects import Step as Step

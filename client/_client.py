@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import orjson
@@ -15,7 +15,11 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
 from runstate.client import _namespace
+from runstate.client._data import DataArtifact
+from runstate.client._objects import Flow, FlowInfo, Run, Step, Task, object_from_reply
+from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
+from runstate.client._watch import Change, EventRecord, Subscription, events, watch
 from runstate.engine._commits import Receipt
 from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
@@ -39,11 +43,6 @@ from runstate.projections._protocol import (
 from runstate.projections._queries import Page as ViewPage
 from runstate.projections._replica import Replica
 from runstate.projections._views import RunView, TaskView
-
-if TYPE_CHECKING:
-    from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
-    from runstate.client._pages import Page
-    from runstate.client._watch import Change, EventRecord, Subscription
 
 __all__ = ["Client", "connect"]
 
@@ -175,7 +174,6 @@ class Client:
         ``NotInNamespace``, ``Timeout`` (``after`` not applied in ``read_wait``)
         or ``Unavailable`` (no query service answering).
         """
-        from runstate.client._objects import object_from_reply
 
         parse_pathspec(pathspec)
         query = self.query(
@@ -188,14 +186,12 @@ class Client:
         return object_from_reply(self, await self.request(query), attempt)
 
     async def flow(self, name: str, *, after: After = None) -> Flow:
-        from runstate.client._objects import Flow
 
         obj = await self.get(name, after=after)
         assert isinstance(obj, Flow)
         return obj
 
     async def run(self, pathspec: str, *, after: After = None) -> Run:
-        from runstate.client._objects import Run
 
         parse_pathspec(pathspec, min_depth=2, max_depth=2)
         obj = await self.get(pathspec, after=after)
@@ -203,7 +199,6 @@ class Client:
         return obj
 
     async def step(self, pathspec: str, *, after: After = None) -> Step:
-        from runstate.client._objects import Step
 
         parse_pathspec(pathspec, min_depth=3, max_depth=3)
         obj = await self.get(pathspec, after=after)
@@ -211,7 +206,6 @@ class Client:
         return obj
 
     async def task(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Task:
-        from runstate.client._objects import Task
 
         parse_pathspec(pathspec, min_depth=4, max_depth=4)
         obj = await self.get(pathspec, attempt=attempt, after=after)
@@ -221,7 +215,6 @@ class Client:
     async def artifact(
         self, pathspec: str, *, attempt: int | None = None, after: After = None
     ) -> DataArtifact:
-        from runstate.client._objects import DataArtifact
 
         parse_pathspec(pathspec, min_depth=5, max_depth=5)
         obj = await self.get(pathspec, attempt=attempt, after=after)
@@ -230,7 +223,6 @@ class Client:
 
     async def flows(self, *, after: After = None) -> list[Flow]:
         """Every flow with a run in the current namespace."""
-        from runstate.client._objects import Flow, FlowInfo
 
         result = await self.request(
             self.query(FlowsRequest, namespace=self.namespace, after=_after(after))
@@ -241,7 +233,6 @@ class Client:
         self, flow: str, *, successful: bool = False, after: After = None
     ) -> Run | None:
         """The newest run of ``flow`` (the newest completed one with ``successful=True``)."""
-        from runstate.client._objects import Run
 
         try:
             result = await self.request(
@@ -282,8 +273,6 @@ class Client:
         Raises ``BadFilter`` for an unknown sort key or state, a bad
         ``page_size`` or a cursor from another query.
         """
-        from runstate.client._objects import Run
-        from runstate.client._pages import Page
 
         # Materialised once: the next pages repeat exactly this query.
         tags, any_tags = list(tags), list(any_tags)
@@ -340,8 +329,6 @@ class Client:
         after: After = None,
     ) -> Page[Task]:
         """One page of the tasks of ``step`` in ``run`` (optionally of some states)."""
-        from runstate.client._objects import Task
-        from runstate.client._pages import Page
 
         states = [state] if isinstance(state, str | TaskState) else list(state or [])
         namespace = self.namespace
@@ -369,7 +356,6 @@ class Client:
         self, pathspec: str, *, start: int = 1, limit: int = 100
     ) -> tuple[list[EventRecord], int | None]:
         """One page of an object's event history from the stream, and the next start."""
-        from runstate.client._watch import EventRecord
 
         result = await self.request(
             self.query(HistoryRequest, pathspec=pathspec, start=start, limit=limit)
@@ -393,7 +379,6 @@ class Client:
         A flow watch follows the flow's 200 newest runs of the namespace and
         every run of the namespace created while it watches.
         """
-        from runstate.client._watch import watch
 
         return watch(self, pathspec)
 
@@ -401,7 +386,6 @@ class Client:
         self, pathspec: str, *, since: int = 1, follow: bool = True
     ) -> Subscription[EventRecord]:
         """The raw events of an object from sequence ``since``, then live ones (``follow``)."""
-        from runstate.client._watch import events
 
         return events(self, pathspec, since=since, follow=follow)
 

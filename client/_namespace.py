@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from runstate.engine._settings import _default_user as user_of_process
+
 __all__ = ["default_namespace", "get_namespace", "namespace"]
 
 
@@ -54,7 +56,5 @@ def default_namespace() -> str | None:
 
 def default_namespace_value() -> str | None:
     if _default_user is None:
-        from runstate.engine._settings import _default_user as user_of_process
-
         return f"user:{user_of_process()}"
     return f"user:{_default_user}"

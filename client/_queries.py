@@ -40,6 +40,7 @@ class NatsQueries:
 
     async def request(self, endpoint: str, payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109
         subject = f"{self._prefix}.{endpoint}"
+
         def give_up(exc: BaseException) -> Unavailable:
             return Unavailable(
                 "no query service is answering; start one with `runstate server` or "

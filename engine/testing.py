@@ -10,32 +10,16 @@ Importing this module needs pytest.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
 
 import anyio
 import pytest
 
 from runstate.engine._commits import ATOMIC_BATCH_LIMIT, Commit, Delivery
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import (
-    ArtifactRecord,
-    ArtifactsRecorded,
-    ArtifactsRecordedPayload,
-    Event,
-    ForeachFrame,
-    MetadataEntry,
     MetadataRecorded,
-    MetadataRecordedPayload,
-    RunCreated,
-    RunCreatedPayload,
-    RunStateChanged,
-    RunStateChangedPayload,
-    TaskAttemptStateChanged,
-    TaskAttemptStatePayload,
-    TaskCreated,
-    TaskCreatedPayload,
 )
 from runstate.engine._names import parse_pathspec
-from runstate.engine._states import RunState, TaskState
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import (
     ConflictError,
@@ -48,191 +32,7 @@ from runstate.engine.errors import (
 __all__ = ["EventFactory", "EventLogContract"]
 
 
-class EventFactory:
-    """Builds the events a worker writes, without the worker: for tests and benchmarks.
-
-    Events are of flow ``flow`` (the standard workload's ``Train`` by default);
-    ``workload_run`` is one run of the standard workload (shared/WORKLOAD.md).
-    """
-
-    def __init__(self, user: str = "tester", flow: str = "Train") -> None:
-        self.user = user
-        self.flow = flow
-        self.system_tags = [f"user:{user}"]
-
-    def run_created(self, run_id: str, *, production: bool = False) -> RunCreated:
-        return RunCreated(
-            pathspec=f"{self.flow}/{run_id}",
-            actor=self.user,
-            payload=RunCreatedPayload(
-                flow=self.flow,
-                run_id=run_id,
-                parameters={"lr": 0.01, "epochs": 3},
-                tags=["production"] if production else [],
-                system_tags=self.system_tags,
-                user=self.user,
-            ),
-        )
-
-    def run_state(
-        self, run_id: str, state: RunState, message: str | None = None
-    ) -> RunStateChanged:
-        return RunStateChanged(
-            pathspec=f"{self.flow}/{run_id}",
-            actor=self.user,
-            payload=RunStateChangedPayload(state=state, message=message),
-        )
-
-    def task_created(
-        self,
-        run_id: str,
-        step: str,
-        task_id: str,
-        index: int | None = None,
-        num_splits: int | None = None,
-        parents: Sequence[str] = (),
-    ) -> TaskCreated:
-        stack = (
-            [ForeachFrame(step=step, index=index, num_splits=num_splits)]
-            if index is not None
-            else []
-        )
-        return TaskCreated(
-            pathspec=f"{self.flow}/{run_id}/{step}/{task_id}",
-            attempt=0,
-            actor=self.user,
-            payload=TaskCreatedPayload(
-                step=step,
-                task_id=task_id,
-                foreach_index=index,
-                foreach_stack=stack,
-                parent_tasks=list(parents),
-            ),
-        )
-
-    def task_state(
-        self,
-        pathspec: str,
-        attempt: int,
-        state: TaskState,
-        message: str | None = None,
-        label: str | None = None,
-    ) -> TaskAttemptStateChanged:
-        return TaskAttemptStateChanged(
-            pathspec=pathspec,
-            attempt=attempt,
-            actor=self.user,
-            payload=TaskAttemptStatePayload(state=state, message=message, label=label),
-        )
-
-    def artifacts(self, pathspec: str, attempt: int, accuracy: float) -> ArtifactsRecorded:
-        return ArtifactsRecorded(
-            pathspec=pathspec,
-            attempt=attempt,
-            actor=self.user,
-            payload=ArtifactsRecordedPayload(
-                artifacts=[
-                    ArtifactRecord(
-                        name="accuracy", sha256="0" * 64, size=6, codec="json", inline=accuracy
-                    )
-                ]
-            ),
-        )
-
-    def metadata(self, pathspec: str, attempt: int) -> MetadataRecorded:
-        return MetadataRecorded(
-            pathspec=pathspec,
-            attempt=attempt,
-            actor=self.user,
-            payload=MetadataRecordedPayload(
-                entries=[
-                    MetadataEntry(name="runtime", value="local"),
-                    MetadataEntry(name="python_version", value="3.11"),
-                ]
-            ),
-        )
-
-    def task_lifecycle(
-        self,
-        run_id: str,
-        step: str,
-        task_id: str,
-        *,
-        index: int | None = None,
-        num_splits: int | None = None,
-        parents: Sequence[str] = (),
-        fail_first: bool = False,
-        fail_only: bool = False,
-        data: bool = True,
-    ) -> Iterator[Event]:
-        """A task's events, one per commit as a worker appends them."""
-        pathspec = f"{self.flow}/{run_id}/{step}/{task_id}"
-        yield self.task_created(run_id, step, task_id, index, num_splits, parents)
-        yield self.task_state(pathspec, 0, TaskState.RUNNING)
-        attempt = 0
-        if fail_first or fail_only:
-            yield self.task_state(pathspec, 0, TaskState.FAILED, message="RuntimeError: injected")
-            if fail_only:
-                return
-            attempt = 1
-            yield self.task_state(pathspec, 1, TaskState.PENDING, label="AwaitingRetry")
-            yield self.task_state(pathspec, 1, TaskState.RUNNING)
-        if data:
-            yield self.artifacts(pathspec, attempt, 0.5 + (index or 0) / 1000)
-            if index is None or index % 5 == 0:
-                yield self.metadata(pathspec, attempt)
-        yield self.task_state(pathspec, attempt, TaskState.COMPLETED)
-
-    def workload_run(
-        self, number: int, run_id: str, tasks: int, *, data: bool = True
-    ) -> Iterator[Event]:
-        """Every event of run ``number`` of the standard workload, in a valid order.
-
-        177 state transitions at T=50; with ``data`` also the artifacts and
-        metadata a real task records (about 240 events in all).
-        """
-        yield self.run_created(run_id, production=number % 2 == 0)
-        yield self.run_state(run_id, RunState.RUNNING)
-        start = f"{self.flow}/{run_id}/start/1"
-        yield from self.task_lifecycle(run_id, "start", "1", data=data)
-        train = []
-        for k in range(1, tasks + 1):
-            task_id = str(k + 1)
-            train.append(f"{self.flow}/{run_id}/train/{task_id}")
-            yield from self.task_lifecycle(
-                run_id,
-                "train",
-                task_id,
-                index=k - 1,
-                num_splits=tasks,
-                parents=[start],
-                fail_first=k % 10 == 0,
-                data=data,
-            )
-        join_id, end_id = str(tasks + 2), str(tasks + 3)
-        yield from self.task_lifecycle(run_id, "join", join_id, parents=train, data=data)
-        failing = number == 7
-        yield from self.task_lifecycle(
-            run_id,
-            "end",
-            end_id,
-            parents=[f"{self.flow}/{run_id}/join/{join_id}"],
-            fail_only=failing,
-            data=data,
-        )
-        if failing:
-            yield self.run_state(run_id, RunState.FAILED, message="end failed")
-        else:
-            yield self.run_state(run_id, RunState.COMPLETED)
-
-
-def _metadata(pathspec: str, value: str = "x") -> MetadataRecorded:
-    return MetadataRecorded(
-        pathspec=pathspec,
-        attempt=0,
-        actor="tester",
-        payload=MetadataRecordedPayload(entries=[MetadataEntry(name="note", value=value)]),
-    )
+_factory = EventFactory()
 
 
 class EventLogContract:
@@ -258,8 +58,8 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """Receipts carry the stream sequence; reading gives every event back, in order."""
-        first = await log.append(_metadata(self.run, "a"))
-        second = await log.append([_metadata(self.task, "b"), _metadata(self.task, "c")])
+        first = await log.append(_factory.note(self.run, "a"))
+        second = await log.append([_factory.note(self.task, "b"), _factory.note(self.task, "c")])
         assert second.sequence == first.sequence + 1 and second.events == 2
         commits = [commit async for commit in log.read()]
         assert [c.sequence for c in commits] == [first.sequence, second.sequence]
@@ -277,11 +77,11 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """An append expecting another version stores nothing and says the current version."""
-        first = await log.append(_metadata(self.task), expected_version=0)
+        first = await log.append(_factory.note(self.task), expected_version=0)
         with pytest.raises(ConflictError) as info:
-            await log.append(_metadata(self.task), expected_version=0)
+            await log.append(_factory.note(self.task), expected_version=0)
         assert info.value.current_version == first.sequence
-        second = await log.append(_metadata(self.task), expected_version=first.sequence)
+        second = await log.append(_factory.note(self.task), expected_version=first.sequence)
         assert await log.last_sequence(self.subject(log, self.task)) == second.sequence
         assert await log.stream_last_sequence() == 2
 
@@ -289,15 +89,15 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """Expecting version 0 across the run fails once any subject of the run has a commit."""
-        await log.append(_metadata(self.task))
+        await log.append(_factory.note(self.task))
         with pytest.raises(ConflictError):
-            await log.append(_metadata(self.run), expected_version=0, across_run=True)
-        await log.append(_metadata(self.other_run), expected_version=0, across_run=True)
+            await log.append(_factory.note(self.run), expected_version=0, across_run=True)
+        await log.append(_factory.note(self.other_run), expected_version=0, across_run=True)
 
     async def test_a_commit_id_is_stored_once(self, log: EventLog) -> None:
         """Appending a commit id again returns the first receipt, marked duplicate."""
-        first = await log.append(_metadata(self.run), commit_id="the-one")
-        again = await log.append(_metadata(self.run), commit_id="the-one")
+        first = await log.append(_factory.note(self.run), commit_id="the-one")
+        again = await log.append(_factory.note(self.run), commit_id="the-one")
         assert again.sequence == first.sequence and again.duplicate and not first.duplicate
         assert await log.stream_last_sequence() == 1
 
@@ -305,27 +105,27 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """A retry of a stored commit that expected a version is its own receipt, no conflict."""
-        first = await log.append(_metadata(self.task), expected_version=0, commit_id="retry-me")
-        again = await log.append(_metadata(self.task), expected_version=0, commit_id="retry-me")
+        first = await log.append(_factory.note(self.task), expected_version=0, commit_id="retry-me")
+        again = await log.append(_factory.note(self.task), expected_version=0, commit_id="retry-me")
         assert again.sequence == first.sequence and again.duplicate
 
     async def test_bad_commits_are_refused_before_anything_is_stored(self, log: EventLog) -> None:
         """Mixed entities, a step's events and an oversized commit raise typed errors."""
         with pytest.raises(InvalidEvent):
-            await log.append([_metadata(self.run), _metadata(self.task)])
+            await log.append([_factory.note(self.run), _factory.note(self.task)])
         with pytest.raises(InvalidEvent):
             await log.append([])
         with pytest.raises(InvalidName):
-            await log.append(_metadata("Contract/1/train"))
+            await log.append(_factory.note("Contract/1/train"))
         with pytest.raises(PayloadTooLarge):
-            await log.append(_metadata(self.run, "x" * (log.max_payload + 1)))
+            await log.append(_factory.note(self.run, "x" * (log.max_payload + 1)))
         assert await log.stream_last_sequence() == 0
 
     async def test_a_pipeline_confirms_its_appends_in_order(self, log: EventLog) -> None:
         """A pipeline's receipts come in append order with contiguous sequences."""
         async with log.pipeline() as pipe:
             for n in range(300):
-                await pipe.append(_metadata(f"Contract/1/train/{n % 7}", str(n)))
+                await pipe.append(_factory.note(f"Contract/1/train/{n % 7}", str(n)))
             receipts = await pipe.flush()
         sequences = [r.sequence for r in receipts]
         assert sequences == list(range(sequences[0], sequences[0] + 300))
@@ -334,12 +134,12 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """flush raises the conflict; the other commits are stored and in ``results``."""
-        await log.append(_metadata(self.task), expected_version=0)
+        await log.append(_factory.note(self.task), expected_version=0)
         with pytest.raises(ConflictError):
             async with log.pipeline() as pipe:
-                await pipe.append(_metadata(self.run))
-                await pipe.append(_metadata(self.task), expected_version=0)
-                await pipe.append(_metadata(self.other_run))
+                await pipe.append(_factory.note(self.run))
+                await pipe.append(_factory.note(self.task), expected_version=0)
+                await pipe.append(_factory.note(self.other_run))
         outcomes = pipe.results
         assert isinstance(outcomes[1], ConflictError)
         assert outcomes[0] is not None and outcomes[2] is not None
@@ -349,7 +149,7 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """All commits of a batch get consecutive sequences."""
-        commits = [Commit([_metadata(f"Contract/1/train/{n}")], 0) for n in range(5)]
+        commits = [Commit([_factory.note(f"Contract/1/train/{n}")], 0) for n in range(5)]
         receipts = await log.append_atomic(commits)
         assert [r.sequence for r in receipts] == [1, 2, 3, 4, 5]
         assert await log.append_atomic([]) == []
@@ -358,23 +158,23 @@ class EventLogContract:
         self, log: EventLog
     ) -> None:
         """One failed version check in a batch stores none of its commits."""
-        await log.append(_metadata(self.task), expected_version=0)
+        await log.append(_factory.note(self.task), expected_version=0)
         commits = [
-            Commit([_metadata("Contract/1/train/2")], 0),
-            Commit([_metadata(self.task)], 0),
+            Commit([_factory.note("Contract/1/train/2")], 0),
+            Commit([_factory.note(self.task)], 0),
         ]
         with pytest.raises(ConflictError):
             await log.append_atomic(commits)
         assert await log.stream_last_sequence() == 1
         with pytest.raises(PayloadTooLarge):
-            await log.append_atomic([Commit([_metadata(self.run)])] * (ATOMIC_BATCH_LIMIT + 1))
+            await log.append_atomic([Commit([_factory.note(self.run)])] * (ATOMIC_BATCH_LIMIT + 1))
 
     async def test_read_filters_by_subject_and_starts_and_stops_where_asked(
         self, log: EventLog
     ) -> None:
         """A subject filter, a start and a limit select the commits read."""
         for n in range(6):
-            await log.append(_metadata(self.task if n % 2 else self.run, str(n)))
+            await log.append(_factory.note(self.task if n % 2 else self.run, str(n)))
         task_subject = self.subject(log, self.task)
         assert [c.sequence for c in await log.read_entity(task_subject)] == [2, 4, 6]
         assert [c.sequence async for c in log.read(start=3, limit=2)] == [3, 4]
@@ -387,16 +187,16 @@ class EventLogContract:
     ) -> None:
         """A follow from a sequence gives what is stored from there, then what comes."""
         for n in range(3):
-            await log.append(_metadata(self.run, str(n)))
+            await log.append(_factory.note(self.run, str(n)))
         seen: list[int] = []
         with anyio.fail_after(10):
             async with log.follow(start=2) as batches:
-                await log.append(_metadata(self.task))
+                await log.append(_factory.note(self.task))
                 async for batch in batches:
                     seen.extend(delivery[0] for delivery in batch)
                     if seen[-1] >= 5:
                         break
-                    await log.append(_metadata(self.task))
+                    await log.append(_factory.note(self.task))
         assert seen == [2, 3, 4, 5]
 
     async def test_follow_with_a_filter_and_a_listener_pushes_only_matching_commits(
@@ -414,10 +214,10 @@ class EventLogContract:
         task_subject = self.subject(log, self.task)
         with anyio.fail_after(10):
             async with log.follow(task_subject, start=1, on_delivery=listen) as follow:
-                await log.append(_metadata(self.run))
-                await log.append(_metadata(self.task))
-                await log.append(_metadata(self.other_run))
-                await log.append(_metadata(self.task))
+                await log.append(_factory.note(self.run))
+                await log.append(_factory.note(self.task))
+                await log.append(_factory.note(self.other_run))
+                await log.append(_factory.note(self.task))
                 await arrived.wait()
                 assert follow.delivered == 4
         assert pushed == [(2, task_subject), (4, task_subject)]
@@ -425,7 +225,7 @@ class EventLogContract:
     async def test_drain_hands_on_each_delivery_until_told_to_stop(self, log: EventLog) -> None:
         """``drain`` delivers in order from ``start`` until ``deliver`` returns True."""
         for n in range(10):
-            await log.append(_metadata(self.run, str(n)))
+            await log.append(_factory.note(self.run, str(n)))
         seen: list[int] = []
 
         def deliver(sequence: int, subject: str, data: bytes) -> bool:
@@ -472,7 +272,7 @@ class EventLogContract:
     async def test_the_identity_of_a_log_stays_while_it_lives(self, log: EventLog) -> None:
         """``stream_identity`` is the same before and after appends."""
         before = await log.stream_identity()
-        await log.append(_metadata(self.run))
+        await log.append(_factory.note(self.run))
         assert await log.stream_identity() == before
 
     async def test_a_heartbeat_and_a_dead_letter_are_accepted(self, log: EventLog) -> None:

@@ -49,7 +49,7 @@ import anyio.abc
 
 from runstate.engine._connection import open_nats
 from runstate.engine._jetstream import JetStreamEventLog
-from runstate.engine._logging import get_logger
+from runstate.engine._logging import configure_logging, get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import InvalidEvent, InvalidName
@@ -447,8 +447,6 @@ def encode_acknowledgement(sequence: int) -> bytes:
 
 
 def main() -> None:
-    from runstate.engine._logging import configure_logging
-
     configure_logging("warning", force=True)
     try:
         anyio.run(_serve)

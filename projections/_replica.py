@@ -37,8 +37,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._embedded import EmbeddedHandle, ensure_embedded
 from runstate.engine._names import Subjects
-from runstate.engine._server import EmbeddedHandle, ensure_embedded
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock

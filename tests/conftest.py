@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runstate.engine._server import NatsCluster, NatsServer
+from runstate.engine._cluster import NatsCluster
+from runstate.engine._server import NatsServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,4 +1,4 @@
-"""Artifact values on a real nats-server: JSON inline, pickles, the object store by sha256."""
+"""Artifact values (JSON inline, pickles, blobs by sha256) in memory and in JetStream."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from runstate.engine import (
 )
 from runstate.engine._artifacts import encode_value
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
+from runstate.engine._memory import MemoryBlobStore, MemoryEventLog
 from runstate.engine.errors import InvalidName, NotFound, UnsafeArtifact
 
 pytestmark = pytest.mark.anyio
@@ -54,8 +54,19 @@ async def nc(settings: Settings) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture
-def store(nc: NATS, settings: Settings) -> ArtifactStore:
+def js_store(nc: NATS, settings: Settings) -> ArtifactStore:
     return ArtifactStore(JetStreamBlobStore(nc, settings), settings)
+
+
+@pytest.fixture
+def memory_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", user="tester", inline_artifact_limit=1024)
+
+
+@pytest.fixture
+def store(memory_settings: Settings) -> ArtifactStore:
+    """An artifact store over the in-memory blob store: the encoding logic, no server."""
+    return ArtifactStore(MemoryBlobStore(), memory_settings)
 
 
 async def blob_names(nc: NATS, settings: Settings) -> list[str]:
@@ -93,21 +104,21 @@ async def test_non_json_values_are_pickled_and_round_trip(store: ArtifactStore) 
 
 
 async def test_large_value_goes_to_the_object_store_by_sha256(
-    store: ArtifactStore, nc: NATS, settings: Settings
+    js_store: ArtifactStore, nc: NATS, settings: Settings
 ) -> None:
     """A value over inline_artifact_limit is stored as a blob named by its sha256."""
     value = {"weights": list(range(2000))}
     codec, data = encode_value(value)
 
-    record = await store.record("model", value)
+    record = await js_store.record("model", value)
 
     assert codec == "json"
     assert record.size == len(data) > settings.inline_artifact_limit
     assert record.sha256 == hashlib.sha256(data).hexdigest()
     assert record.ref == record.sha256
     assert not record.is_inline and record.inline is None
-    assert await store.load(record) == value
-    assert await store.load_bytes(record) == data
+    assert await js_store.load(record) == value
+    assert await js_store.load_bytes(record) == data
     assert await blob_names(nc, settings) == [record.sha256]
 
 
@@ -122,29 +133,26 @@ async def test_large_pickle_round_trips_through_the_object_store(store: Artifact
 
 
 async def test_saving_the_same_large_value_twice_stores_one_object(
-    store: ArtifactStore, nc: NATS, settings: Settings
+    js_store: ArtifactStore, nc: NATS, settings: Settings
 ) -> None:
     """Equal large values share one blob: the object store holds one entry with one chunk set."""
     value = list(range(5000))
 
-    first = await store.record("a", value)
+    first = await js_store.record("a", value)
     bucket = await nc.jetstream().object_store(f"{settings.prefix}_blobs")
     messages = (await bucket.status()).stream_info.state.messages
-    second = await store.record("b", value)
+    second = await js_store.record("b", value)
 
     assert first.ref == second.ref
     assert await blob_names(nc, settings) == [first.sha256]
     assert (await bucket.status()).stream_info.state.messages == messages
 
 
-async def test_untrusted_pickle_is_refused(nc: NATS, settings: Settings) -> None:
+async def test_untrusted_pickle_is_refused(memory_settings: Settings) -> None:
     """With trust_pickles=False a pickled artifact raises UnsafeArtifact; JSON still loads."""
-    record = await ArtifactStore(JetStreamBlobStore(nc, settings), settings).record(
-        "model", Model("m", (1.0,))
-    )
-    cautious = ArtifactStore(
-        JetStreamBlobStore(nc, settings), settings.replace(trust_pickles=False)
-    )
+    blobs = MemoryBlobStore()
+    record = await ArtifactStore(blobs, memory_settings).record("model", Model("m", (1.0,)))
+    cautious = ArtifactStore(blobs, memory_settings.replace(trust_pickles=False))
 
     with pytest.raises(UnsafeArtifact, match="trust_pickles"):
         await cautious.load(record)
@@ -162,19 +170,19 @@ async def test_missing_blob_raises_not_found(store: ArtifactStore) -> None:
 
 
 async def test_bad_artifact_name_raises_invalid_name(
-    store: ArtifactStore, nc: NATS, settings: Settings
+    js_store: ArtifactStore, nc: NATS, settings: Settings
 ) -> None:
     """An artifact name that is not an identifier raises InvalidName and stores nothing."""
     with pytest.raises(InvalidName):
-        await store.record("not a name", list(range(5000)))
+        await js_store.record("not a name", list(range(5000)))
     assert await blob_names(nc, settings) == []
 
 
 async def test_task_save_records_artifacts_readable_from_the_log(
-    nc: NATS, settings: Settings
+    memory_settings: Settings,
 ) -> None:
     """task.save puts small values inline and large ones by reference in one event."""
-    log = JetStreamEventLog(nc, settings)
+    log = MemoryEventLog(memory_settings)
     writer = Writer(log)
     run = await writer.create_run("Train")
     task = await run.create_task("train", start=True)

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from runstate.client import connect
+from runstate.client.testing import in_memory
 from runstate.engine import Settings, open_nats
 from runstate.engine._names import Subjects
 from runstate.engine.errors import InvalidEvent
@@ -85,14 +86,12 @@ async def test_a_naive_time_from_a_foreign_writer_is_set_aside_and_reads_still_w
             await nc.close()
 
 
-async def test_the_worker_api_raises_invalid_event_for_bad_values(
-    nats_url: str, tmp_path: Path
-) -> None:
+async def test_the_worker_api_raises_invalid_event_for_bad_values() -> None:
     """create_run with NaN or a set, save(lambda) or a 10,000-deep list: InvalidEvent, no crash."""
     deep: list[object] = []
     for _ in range(10_000):
         deep = [deep]
-    async with connect(nats_url, projector=True, data_dir=tmp_path) as client:
+    async with in_memory() as client:
         for parameters in ({"x": float("nan")}, {"x": [1.0, float("-inf")]}, {"x": {1, 2}}):
             with pytest.raises(InvalidEvent, match=r"parameters\.x"):
                 await client.create_run("Bad", parameters=parameters)

@@ -31,20 +31,11 @@ from rich.console import Console
 from runstate.client import connect
 from runstate.client._watch import Change
 from runstate.client.cli import cli
-from runstate.client.cli._render import LiveBoard
-from runstate.engine._events import (
-    ForeachFrame,
-    RunCreated,
-    RunCreatedPayload,
-    RunStateChanged,
-    RunStateChangedPayload,
-    TaskAttemptStateChanged,
-    TaskAttemptStatePayload,
-    TaskCreated,
-    TaskCreatedPayload,
-)
+from runstate.client.cli._board import LiveBoard
+from runstate.engine._events import Event
 from runstate.engine._server import NatsServer
 from runstate.engine._states import RunState, TaskState
+from runstate.engine.testing import EventFactory
 from runstate.projections._reducers import fold_run
 from runstate.projections._views import RunView
 
@@ -538,37 +529,15 @@ async def test_a_follower_says_when_it_lost_and_regained_the_connection(
 
 def _changes() -> list[Change]:
     """A run going running, fanning out three train tasks: two complete, one fails."""
-    events = [
-        RunCreated(pathspec="Train/1", payload=RunCreatedPayload(flow="Train", run_id="1")),
-        RunStateChanged(pathspec="Train/1", payload=RunStateChangedPayload(state=RunState.RUNNING)),
-    ]
+    factory = EventFactory()
+    events: list[Event] = [factory.run_created("1"), factory.run_state("1", RunState.RUNNING)]
     for i in range(3):
-        frame = ForeachFrame(step="train", index=i, num_splits=3)
         pathspec = f"Train/1/train/{i + 1}"
-        events.append(
-            TaskCreated(
-                pathspec=pathspec,
-                attempt=0,
-                payload=TaskCreatedPayload(
-                    step="train", task_id=str(i + 1), foreach_index=i, foreach_stack=[frame]
-                ),
-            )
-        )
-        events.append(
-            TaskAttemptStateChanged(
-                pathspec=pathspec,
-                attempt=0,
-                payload=TaskAttemptStatePayload(state=TaskState.RUNNING),
-            )
-        )
+        events.append(factory.task_created("1", "train", str(i + 1), index=i, num_splits=3))
+        events.append(factory.task_state(pathspec, 0, TaskState.RUNNING))
     for i, state in enumerate([TaskState.COMPLETED, TaskState.COMPLETED, TaskState.FAILED]):
-        events.append(
-            TaskAttemptStateChanged(
-                pathspec=f"Train/1/train/{i + 1}",
-                attempt=0,
-                payload=TaskAttemptStatePayload(state=state, message="boom" if i == 2 else None),
-            )
-        )
+        message = "boom" if i == 2 else None
+        events.append(factory.task_state(f"Train/1/train/{i + 1}", 0, state, message))
     view: RunView | None = None
     changes = []
     for sequence, event in enumerate(events, start=1):

@@ -11,7 +11,7 @@ import pytest
 
 from runstate.client import connect
 from runstate.engine import JetStreamEventLog, Settings, Writer, open_nats, provision
-from runstate.engine._server import NatsCluster
+from runstate.engine._cluster import NatsCluster
 from runstate.engine.errors import Unavailable
 from runstate.projections import serve_replica
 

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runstate.engine._events import (
     Event,
-    RunCreated,
-    RunCreatedPayload,
-    TaskAttemptStateChanged,
-    TaskAttemptStatePayload,
-    TaskCreated,
-    TaskCreatedPayload,
 )
 from runstate.engine._states import RunState, TaskState
+from runstate.engine.testing import EventFactory
 from runstate.projections._reducers import FoldBatch, ViewKey, fold, touched
 from runstate.projections._views import Position, RunView, TaskView
 
@@ -28,32 +22,7 @@ Views = dict[ViewKey, RunView | TaskView]
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 
 
-def run_created(run: str, t: int) -> RunCreated:
-    flow, run_id = run.split("/")
-    return RunCreated(
-        pathspec=run,
-        occurred_at=T0 + timedelta(seconds=t),
-        payload=RunCreatedPayload(flow=flow, run_id=run_id, state=RunState.RUNNING),
-    )
-
-
-def task_created(task: str, parents: Sequence[str], t: int) -> TaskCreated:
-    step, task_id = task.split("/")[2:]
-    return TaskCreated(
-        pathspec=task,
-        attempt=0,
-        occurred_at=T0 + timedelta(seconds=t),
-        payload=TaskCreatedPayload(step=step, task_id=task_id, parent_tasks=list(parents)),
-    )
-
-
-def task_state(task: str, state: TaskState, t: int) -> TaskAttemptStateChanged:
-    return TaskAttemptStateChanged(
-        pathspec=task,
-        attempt=0,
-        occurred_at=T0 + timedelta(seconds=t),
-        payload=TaskAttemptStatePayload(state=state),
-    )
+factory = EventFactory(start=T0)
 
 
 def run_of(event: Event) -> str:
@@ -70,16 +39,16 @@ def logs_with_cross_run_parents(draw: st.DrawFn) -> list[tuple[Event, Position]]
     for t in range(draw(st.integers(5, 60))):
         kind = rnd.random()
         if kind < 0.1 or not events:
-            events.append(run_created(rnd.choice(runs), t))
+            events.append(factory.run_created(rnd.choice(runs), state=RunState.RUNNING, at=t))
         elif kind < 0.6:
             run = rnd.choice(runs)
             task = f"{run}/{rnd.choice(['start', 'train'])}/{t}"
             candidates = [*tasks, f"{rnd.choice(runs)}/start/999"]
             parents = rnd.sample(candidates, min(len(candidates), rnd.randint(0, 3)))
-            events.append(task_created(task, parents, t))
+            events.append(factory.task_created(task, parents=parents, at=t))
             tasks.append(task)
         elif tasks:
-            events.append(task_state(rnd.choice(tasks), TaskState.RUNNING, t))
+            events.append(factory.task_state(rnd.choice(tasks), 0, TaskState.RUNNING, at=t))
     positioned: list[tuple[Event, Position]] = []
     sequence = 0
     for event in events:
@@ -144,11 +113,11 @@ def test_a_task_with_a_parent_in_another_run_is_rejected_and_leaves_the_parent_a
     """The creation is recorded as rejected in its run; no task, no child in the other run."""
     parent = "Train/1/start/1"
     log: list[Event] = [
-        run_created("Train/1", 0),
-        task_created(parent, [], 1),
-        run_created("Train/2", 2),
-        task_created("Train/2/start/2", [], 3),
-        task_created("Train/2/join/3", ["Train/2/start/2", parent], 4),
+        factory.run_created("Train/1", state=RunState.RUNNING, at=0),
+        factory.task_created(parent, parents=[], at=1),
+        factory.run_created("Train/2", state=RunState.RUNNING, at=2),
+        factory.task_created("Train/2/start/2", parents=[], at=3),
+        factory.task_created("Train/2/join/3", parents=["Train/2/start/2", parent], at=4),
     ]
     views = fold({}, [(event, (i + 1, 0)) for i, event in enumerate(log)])
     other = views[("task", parent)]
@@ -167,9 +136,9 @@ def test_a_task_with_a_parent_in_another_run_is_rejected_and_leaves_the_parent_a
 def test_a_parent_of_the_same_run_still_gets_its_child() -> None:
     """Parents within the run are unchanged: the child is added to each once."""
     log: list[Event] = [
-        run_created("Train/1", 0),
-        task_created("Train/1/start/1", [], 1),
-        task_created("Train/1/end/2", ["Train/1/start/1"], 2),
+        factory.run_created("Train/1", state=RunState.RUNNING, at=0),
+        factory.task_created("Train/1/start/1", parents=[], at=1),
+        factory.task_created("Train/1/end/2", parents=["Train/1/start/1"], at=2),
     ]
     views = fold({}, [(event, (i + 1, 0)) for i, event in enumerate(log)])
     start = views[("task", "Train/1/start/1")]

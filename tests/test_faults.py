@@ -21,15 +21,13 @@ from nats.aio.client import Client as NATS
 from runstate.engine import (
     EventLog,
     JetStreamEventLog,
-    MetadataEntry,
-    MetadataRecorded,
     Receipt,
     Settings,
 )
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._events import MetadataRecordedPayload
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import ConflictError, RunstateError, Unavailable
+from runstate.engine.testing import EventFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -49,12 +47,7 @@ class Attempt:
     unsent: bool = False
 
 
-def note(pathspec: str, text: str) -> MetadataRecorded:
-    return MetadataRecorded(
-        pathspec=pathspec,
-        attempt=0,
-        payload=MetadataRecordedPayload(entries=[MetadataEntry(name="note", value=text)]),
-    )
+factory = EventFactory()
 
 
 async def write_sequentially(log: EventLog, attempts: list[Attempt], stop: anyio.Event) -> None:
@@ -67,7 +60,7 @@ async def write_sequentially(log: EventLog, attempts: list[Attempt], stop: anyio
         attempts.append(attempt)
         try:
             attempt.receipt = await log.append(
-                note("Crash/1/s/1", attempt.commit_id),
+                factory.note("Crash/1/s/1", attempt.commit_id),
                 expected_version=expected,
                 commit_id=attempt.commit_id,
             )
@@ -96,7 +89,8 @@ async def write_pipelined(log: EventLog, attempts: list[Attempt], stop: anyio.Ev
                     attempts.append(attempt)
                     batch.append(attempt)
                     await pipeline.append(
-                        note(f"Crash/1/s/{i % 10}", attempt.commit_id), commit_id=attempt.commit_id
+                        factory.note(f"Crash/1/s/{i % 10}", attempt.commit_id),
+                        commit_id=attempt.commit_id,
                     )
                 receipts = await pipeline.flush()
         except Unavailable as exc:

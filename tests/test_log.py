@@ -19,12 +19,10 @@ from runstate.engine import (
     Commit,
     EventLog,
     JetStreamEventLog,
-    MetadataEntry,
     MetadataRecorded,
     Settings,
 )
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._events import MetadataRecordedPayload
 from runstate.engine._server import NatsServer, find_nats_server
 from runstate.engine.errors import (
     ConflictError,
@@ -34,17 +32,12 @@ from runstate.engine.errors import (
     PayloadTooLarge,
     Unavailable,
 )
+from runstate.engine.testing import EventFactory
 
 pytestmark = pytest.mark.anyio
 
 
-def note(pathspec: str, text: str) -> MetadataRecorded:
-    """A small event of the entity at ``pathspec`` carrying ``text``."""
-    return MetadataRecorded(
-        pathspec=pathspec,
-        attempt=0,
-        payload=MetadataRecordedPayload(entries=[MetadataEntry(name="note", value=text)]),
-    )
+factory = EventFactory()
 
 
 def text_of(event: object) -> str:
@@ -82,9 +75,9 @@ async def message_count(log: EventLog) -> int:
 
 async def test_append_returns_receipts_and_read_gives_the_events_back(log: EventLog) -> None:
     """Appends get increasing sequences and read/read_entity return the events in order."""
-    first = await log.append(note("F/1", "a"))
-    second = await log.append([note("F/1/s/1", "b"), note("F/1/s/1", "c")])
-    third = await log.append(note("F/1", "d"))
+    first = await log.append(factory.note("F/1", "a"))
+    second = await log.append([factory.note("F/1/s/1", "b"), factory.note("F/1/s/1", "c")])
+    third = await log.append(factory.note("F/1", "d"))
 
     assert (first.sequence, second.sequence, third.sequence) == (1, 2, 3)
     assert first.subject == "rs.ev.F.1.r"
@@ -105,11 +98,11 @@ async def test_append_with_a_stale_version_raises_conflict_with_the_current_one(
     log: EventLog,
 ) -> None:
     """An append expecting an old version raises ConflictError carrying the version now."""
-    first = await log.append(note("F/1/s/1", "a"), expected_version=0)
-    second = await log.append(note("F/1/s/1", "b"), expected_version=first.sequence)
+    first = await log.append(factory.note("F/1/s/1", "a"), expected_version=0)
+    second = await log.append(factory.note("F/1/s/1", "b"), expected_version=first.sequence)
 
     with pytest.raises(ConflictError) as caught:
-        await log.append(note("F/1/s/1", "c"), expected_version=first.sequence)
+        await log.append(factory.note("F/1/s/1", "c"), expected_version=first.sequence)
 
     assert caught.value.current_version == second.sequence
     assert caught.value.expected_version == first.sequence
@@ -118,14 +111,18 @@ async def test_append_with_a_stale_version_raises_conflict_with_the_current_one(
 
 async def test_across_run_version_covers_every_subject_of_the_run(log: EventLog) -> None:
     """With across_run the expected version is the run's last sequence over all its subjects."""
-    header = await log.append(note("F/1", "created"), expected_version=0, across_run=True)
-    task = await log.append(note("F/1/s/1", "task"))
+    header = await log.append(factory.note("F/1", "created"), expected_version=0, across_run=True)
+    task = await log.append(factory.note("F/1/s/1", "task"))
 
     with pytest.raises(ConflictError) as caught:
-        await log.append(note("F/1", "late"), expected_version=header.sequence, across_run=True)
+        await log.append(
+            factory.note("F/1", "late"), expected_version=header.sequence, across_run=True
+        )
     assert caught.value.current_version == task.sequence
 
-    receipt = await log.append(note("F/1", "ok"), expected_version=task.sequence, across_run=True)
+    receipt = await log.append(
+        factory.note("F/1", "ok"), expected_version=task.sequence, across_run=True
+    )
     assert receipt.sequence == task.sequence + 1
 
 
@@ -134,8 +131,8 @@ async def test_across_run_version_covers_every_subject_of_the_run(log: EventLog)
 
 async def test_retried_append_without_expected_version_is_stored_once(log: EventLog) -> None:
     """A repeat with the same commit id is dropped by the duplicate window: same sequence."""
-    first = await log.append(note("F/1", "a"), commit_id="commit-a")
-    again = await log.append(note("F/1", "a"), commit_id="commit-a")
+    first = await log.append(factory.note("F/1", "a"), commit_id="commit-a")
+    again = await log.append(factory.note("F/1", "a"), commit_id="commit-a")
 
     assert not first.duplicate
     assert again.duplicate
@@ -147,17 +144,17 @@ async def test_retried_append_with_expected_version_returns_the_original_receipt
     log: EventLog,
 ) -> None:
     """A retried OCC append whose first try was stored gets its receipt, not a conflict."""
-    await log.append(note("F/1/s/1", "before"))
-    first = await log.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+    await log.append(factory.note("F/1/s/1", "before"))
+    first = await log.append(factory.note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
     # the server checks the expected sequence before de-duplication (error 10071)
-    again = await log.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+    again = await log.append(factory.note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
 
     assert again.duplicate
     assert again.sequence == first.sequence == 2
     assert again.commit_id == "commit-a"
     assert await message_count(log) == 2
     with pytest.raises(ConflictError) as caught:
-        await log.append(note("F/1/s/1", "b"), expected_version=1, commit_id="commit-b")
+        await log.append(factory.note("F/1/s/1", "b"), expected_version=1, commit_id="commit-b")
     assert caught.value.current_version == 2
 
 
@@ -166,14 +163,14 @@ async def test_pipelined_retry_with_expected_version_returns_the_original_receip
 ) -> None:
     """Through a pipeline too, a commit already stored under its id is not a conflict with itself;
     another commit at the same expected version is."""
-    await log.append(note("F/1/s/1", "before"))
-    first = await log.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+    await log.append(factory.note("F/1/s/1", "before"))
+    first = await log.append(factory.note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
 
     async with log.pipeline() as pipe:
-        await pipe.append(note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
-        await pipe.append(note("F/2/s/1", "other"), commit_id="commit-o")
+        await pipe.append(factory.note("F/1/s/1", "a"), expected_version=1, commit_id="commit-a")
+        await pipe.append(factory.note("F/2/s/1", "other"), commit_id="commit-o")
         receipts = await pipe.flush()
-        await pipe.append(note("F/1/s/1", "b"), expected_version=1, commit_id="commit-b")
+        await pipe.append(factory.note("F/1/s/1", "b"), expected_version=1, commit_id="commit-b")
         with pytest.raises(ConflictError) as caught:
             await pipe.flush()
 
@@ -191,23 +188,23 @@ async def test_oversized_commit_raises_payload_too_large_and_sends_nothing(
     log: EventLog,
 ) -> None:
     """A commit over the server's max_payload raises PayloadTooLarge before sending."""
-    await log.append(note("F/1", "small"))
-    big = note("F/1/s/1", "x" * (2 * 1024 * 1024))
+    await log.append(factory.note("F/1", "small"))
+    big = factory.note("F/1/s/1", "x" * (2 * 1024 * 1024))
 
     with pytest.raises(PayloadTooLarge, match="over the server's limit"):
         await log.append(big)
     with pytest.raises(PayloadTooLarge):
-        await log.append_atomic([Commit([note("F/1/s/2", "ok")]), Commit([big])])
+        await log.append_atomic([Commit([factory.note("F/1/s/2", "ok")]), Commit([big])])
 
     assert await log.stream_last_sequence() == 1
 
 
 async def test_commit_of_two_entities_raises_invalid_event(log: EventLog) -> None:
     """Events of different entities cannot share a commit: InvalidEvent, nothing sent."""
-    await log.append(note("F/1", "before"))
+    await log.append(factory.note("F/1", "before"))
 
     with pytest.raises(InvalidEvent, match="one entity"):
-        await log.append([note("F/1/s/1", "a"), note("F/1/s/2", "b")])
+        await log.append([factory.note("F/1/s/1", "a"), factory.note("F/1/s/2", "b")])
     with pytest.raises(InvalidEvent):
         await log.append([])
 
@@ -218,7 +215,7 @@ async def test_events_of_a_flow_or_step_or_bad_name_raise_invalid_name(log: Even
     """Only runs and tasks have events; a malformed pathspec raises InvalidName."""
     for pathspec in ("F", "F/1/s", "F/1/s/*", "F/>", "a.b/1"):
         with pytest.raises(InvalidName):
-            await log.append(note(pathspec, "x"))
+            await log.append(factory.note(pathspec, "x"))
 
     assert await log.stream_last_sequence() == 0
 
@@ -230,7 +227,7 @@ async def test_pipeline_confirms_2000_appends_with_contiguous_sequences(log: Eve
     """2,000 pipelined appends are confirmed together, receipts in append order."""
     async with log.pipeline() as pipeline:
         for i in range(2000):
-            await pipeline.append(note(f"F/1/s/{i % 7}", str(i)))
+            await pipeline.append(factory.note(f"F/1/s/{i % 7}", str(i)))
         receipts = await pipeline.flush()
 
     assert [r.sequence for r in receipts] == list(range(1, 2001))
@@ -243,13 +240,13 @@ async def test_pipeline_conflict_is_raised_by_flush_and_the_others_are_stored(
     log: EventLog,
 ) -> None:
     """A pipelined append with a wrong version raises ConflictError at flush; the rest land."""
-    await log.append(note("F/1/s/bad", "existing"))
+    await log.append(factory.note("F/1/s/bad", "existing"))
     async with log.pipeline() as pipeline:
         for i in range(10):
             if i == 4:
-                await pipeline.append(note("F/1/s/bad", "stale"), expected_version=0)
+                await pipeline.append(factory.note("F/1/s/bad", "stale"), expected_version=0)
             else:
-                await pipeline.append(note(f"F/1/s/{i}", str(i)), expected_version=0)
+                await pipeline.append(factory.note(f"F/1/s/{i}", str(i)), expected_version=0)
         with pytest.raises(ConflictError) as caught:
             await pipeline.flush()
         results = pipeline.results
@@ -267,8 +264,8 @@ async def test_pipeline_conflict_is_raised_by_flush_and_the_others_are_stored(
 
 async def test_atomic_batch_is_stored_in_consecutive_sequences(log: EventLog) -> None:
     """append_atomic stores every commit, in order, in consecutive sequences."""
-    await log.append(note("F/1", "header"))
-    commits = [Commit([note(f"F/1/s/{i}", str(i))], expected_version=0) for i in range(5)]
+    await log.append(factory.note("F/1", "header"))
+    commits = [Commit([factory.note(f"F/1/s/{i}", str(i))], expected_version=0) for i in range(5)]
 
     receipts = await log.append_atomic(commits)
 
@@ -283,7 +280,8 @@ async def test_retried_atomic_batch_returns_the_original_receipts(
 ) -> None:
     """Sending the same batch again (a retry after a lost ack) returns its receipts, stores once."""
     commits = [
-        Commit([note(f"F/1/s/{i}", str(i))], expected_version=expected_version) for i in range(3)
+        Commit([factory.note(f"F/1/s/{i}", str(i))], expected_version=expected_version)
+        for i in range(3)
     ]
     first = await log.append_atomic(commits)
 
@@ -296,8 +294,8 @@ async def test_retried_atomic_batch_returns_the_original_receipts(
 
 async def test_atomic_batch_with_one_wrong_version_stores_nothing(log: EventLog) -> None:
     """One failed version check in an atomic batch stores none of it and raises ConflictError."""
-    await log.append(note("F/1/s/2", "existing"))
-    commits = [Commit([note(f"F/1/s/{i}", str(i))], expected_version=0) for i in range(5)]
+    await log.append(factory.note("F/1/s/2", "existing"))
+    commits = [Commit([factory.note(f"F/1/s/{i}", str(i))], expected_version=0) for i in range(5)]
 
     with pytest.raises(ConflictError):
         await log.append_atomic(commits)
@@ -329,7 +327,7 @@ async def test_increment_counts_atomically_under_concurrency(log: EventLog) -> N
 
 async def test_provision_is_idempotent(nc: NATS, settings: Settings, log: EventLog) -> None:
     """Provisioning twice (or with a changed window) keeps the streams and their messages."""
-    await log.append(note("F/1", "kept"))
+    await log.append(factory.note("F/1", "kept"))
 
     await provision(nc, settings)
     await provision(nc, settings.replace(duplicate_window=10.0))
@@ -337,7 +335,7 @@ async def test_provision_is_idempotent(nc: NATS, settings: Settings, log: EventL
     info = await nc.jetstream().stream_info(log.subjects.events_stream)
     assert info.state.messages == 1
     assert info.config.duplicate_window == pytest.approx(10.0)
-    assert (await log.append(note("F/1", "more"))).sequence == 2
+    assert (await log.append(factory.note("F/1", "more"))).sequence == 2
 
 
 async def test_open_nats_accepts_comma_separated_urls(nats_url: str, settings: Settings) -> None:
@@ -410,10 +408,10 @@ async def test_nothing_listening_raises_unavailable_within_the_retry_budget(
 
 async def test_connection_survives_a_server_restart(nats_server: NatsServer, log: EventLog) -> None:
     """After a clean restart the same EventLog reconnects and appends continue the stream."""
-    first = await log.append(note("F/1", "before"))
+    first = await log.append(factory.note("F/1", "before"))
     await anyio.to_thread.run_sync(nats_server.restart)
 
-    second = await log.append(note("F/1", "after"), expected_version=first.sequence)
+    second = await log.append(factory.note("F/1", "after"), expected_version=first.sequence)
 
     assert second.sequence == first.sequence + 1
 

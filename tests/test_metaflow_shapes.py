@@ -23,18 +23,10 @@ from runstate.client.compat import (
     get_metadata,
     metadata,
 )
-from runstate.engine._events import (
-    MetadataEntry,
-    MetadataRecorded,
-    MetadataRecordedPayload,
-    TaskAttemptStateChanged,
-    TaskAttemptStatePayload,
-    TaskCreated,
-    TaskCreatedPayload,
-)
 from runstate.engine._server import NatsServer
 from runstate.engine._states import TaskState
 from runstate.engine.errors import ConfigurationError
+from runstate.engine.testing import EventFactory
 from runstate.projections._reducers import fold
 from runstate.projections._views import TaskView
 
@@ -46,22 +38,11 @@ def at(seconds: int) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def state(attempt: int, new: TaskState, t: int) -> TaskAttemptStateChanged:
-    return TaskAttemptStateChanged(
-        pathspec=TASK,
-        attempt=attempt,
-        occurred_at=at(t),
-        payload=TaskAttemptStatePayload(state=new),
-    )
+factory = EventFactory(start=T0)
 
 
 def task_view(*events: object, runtime_name: str | None = None) -> TaskView:
-    created = TaskCreated(
-        pathspec=TASK,
-        attempt=0,
-        occurred_at=at(0),
-        payload=TaskCreatedPayload(step="train", task_id="7", runtime_name=runtime_name),
-    )
+    created = factory.task_created(TASK, runtime_name=runtime_name)
     log = [created, *events]
     views = fold({}, [(event, (i + 1, 0)) for i, event in enumerate(log)])  # type: ignore[misc]
     view = views[("task", TASK)]
@@ -74,7 +55,10 @@ def task_view(*events: object, runtime_name: str | None = None) -> TaskView:
 
 def test_a_task_without_recorded_metadata_has_metaflows_entries() -> None:
     """attempt, runtime, times and attempt_ok come from the task's state, not from a worker."""
-    view = task_view(state(0, TaskState.RUNNING, 1), state(0, TaskState.COMPLETED, 3))
+    view = task_view(
+        factory.task_state(TASK, 0, TaskState.RUNNING, at=1),
+        factory.task_state(TASK, 0, TaskState.COMPLETED, at=3),
+    )
     assert view.metadata == ()
     assert view.metadata_of() == {
         "attempt": "0",
@@ -87,21 +71,11 @@ def test_a_task_without_recorded_metadata_has_metaflows_entries() -> None:
 
 def test_metadata_is_per_attempt_and_recorded_entries_win() -> None:
     """Each attempt has its own entries; a worker's recorded value replaces a derived one."""
-    recorded = MetadataRecorded(
-        pathspec=TASK,
-        attempt=1,
-        occurred_at=at(5),
-        payload=MetadataRecordedPayload(
-            entries=[
-                MetadataEntry(name="runtime", value="k8s"),
-                MetadataEntry(name="host", value="h"),
-            ]
-        ),
-    )
+    recorded = factory.metadata(TASK, 1, [("runtime", "k8s"), ("host", "h")], at=5)
     view = task_view(
-        state(0, TaskState.RUNNING, 1),
-        state(0, TaskState.FAILED, 2),
-        state(1, TaskState.PENDING, 3),
+        factory.task_state(TASK, 0, TaskState.RUNNING, at=1),
+        factory.task_state(TASK, 0, TaskState.FAILED, at=2),
+        factory.task_state(TASK, 1, TaskState.PENDING, at=3),
         recorded,
         runtime_name="local",
     )

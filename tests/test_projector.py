@@ -21,82 +21,19 @@ import pytest
 
 from runstate.client import connect
 from runstate.engine import (
-    RunCreated,
-    RunStateChanged,
     Settings,
-    TaskAttemptStateChanged,
-    TaskCreated,
     open_nats,
     provision,
-)
-from runstate.engine._events import (
-    ArtifactRecord,
-    ArtifactsRecorded,
-    RunCreatedPayload,
-    RunStateChangedPayload,
-    TaskAttemptStatePayload,
-    TaskCreatedPayload,
 )
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import NotFound, Timeout
+from runstate.engine.testing import EventFactory
 from runstate.projections import Projector, SQLiteReadStore, serve_replica
 from runstate.projections._feeder import feeder_command
 from runstate.projections._protocol import GetRequest
 
 pytestmark = pytest.mark.anyio
-
-
-def _run_events(flow: str, run: int, tasks: int) -> list[list[Any]]:
-    """Commits of one complete run with ``tasks`` train tasks (each its own commit list)."""
-    spec = f"{flow}/{run}"
-    commits: list[list[Any]] = [
-        [
-            RunCreated(
-                pathspec=spec,
-                payload=RunCreatedPayload(
-                    flow=flow, run_id=str(run), tags=["production"] if run % 2 == 0 else []
-                ),
-            )
-        ],
-        [RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="running"))],
-    ]
-    for k in range(tasks):
-        task = f"{spec}/train/{k + 1}"
-        commits.append(
-            [
-                TaskCreated(
-                    pathspec=task,
-                    attempt=0,
-                    payload=TaskCreatedPayload(step="train", task_id=str(k + 1), foreach_index=k),
-                ),
-                TaskAttemptStateChanged(
-                    pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="running")
-                ),
-            ]
-        )
-        commits.append(
-            [
-                ArtifactsRecorded(
-                    pathspec=task,
-                    attempt=0,
-                    payload={
-                        "artifacts": [
-                            ArtifactRecord(
-                                name="acc", sha256="0" * 64, size=4, codec="json", inline=k / 100
-                            )
-                        ]
-                    },
-                ),
-                TaskAttemptStateChanged(
-                    pathspec=task, attempt=0, payload=TaskAttemptStatePayload(state="completed")
-                ),
-            ]
-        )
-    commits.append(
-        [RunStateChanged(pathspec=spec, payload=RunStateChangedPayload(state="completed"))]
-    )
-    return commits
 
 
 async def _write_log(url: str, runs: int, tasks: int, flow: str = "Train") -> int:
@@ -108,7 +45,7 @@ async def _write_log(url: str, runs: int, tasks: int, flow: str = "Train") -> in
         log = JetStreamEventLog(nc, settings)
         async with log.pipeline() as pipe:
             for run in range(1, runs + 1):
-                for commit in _run_events(flow, run, tasks):
+                for commit in EventFactory(flow=flow).run_commits(str(run), tasks):
                     await pipe.append(commit)
             receipts = await pipe.flush()
         return receipts[-1].sequence
@@ -268,7 +205,7 @@ async def test_malformed_messages_are_deadlettered_and_later_events_applied(
                 "rs.ev.Train.1.r", orjson.dumps([{"type": "run.exploded", "pathspec": "Train/1"}])
             )
             log = JetStreamEventLog(nc, settings)
-            good = await log.append(_run_events("Train", 1, 0)[0])
+            good = await log.append(EventFactory().run_created("1"))
             await replica.projector.wait_for(good.sequence, timeout=10)
             letters = replica.store.list_deadletters(10)
             assert [d.sequence for d in letters] == [bad.seq, foreign.seq, unknown_type.seq]
@@ -404,27 +341,6 @@ async def test_a_store_from_another_stream_is_rebuilt(nats_server: Any, tmp_path
         assert replica.store.get_run("Other/1") is not None
 
 
-async def test_history_pages_through_an_objects_events(nats_url: str, tmp_path: Path) -> None:
-    """The history endpoint returns an object's events oldest first, a page of commits at a time."""
-    last = await _write_log(nats_url, runs=2, tasks=3)
-    async with (
-        _replica(nats_url, tmp_path / "v.sqlite3") as replica,
-        connect(nats_url, projector=False, namespace=None) as client,
-    ):
-        await replica.projector.wait_for(last)
-        seen: list[tuple[int, int]] = []
-        start: int | None = 1
-        pages = 0
-        while start is not None:
-            records, start = await client.history("Train/2", start=start, limit=3)
-            seen.extend((r.sequence, r.index) for r in records)
-            assert all(r.event.pathspec.startswith("Train/2") for r in records)
-            pages += 1
-        expected = [(r.sequence, r.index) async for r in client.events("Train/2", follow=False)]
-        assert seen == expected and len(seen) == 2 + 3 * 4 + 1
-        assert pages == 4  # 9 commits, 3 a page, then an empty last page
-
-
 async def _fold_log(nats_url: str, store: Path, **options: Any) -> Any:
     """A projector with ``options`` that has folded the whole log into ``store``."""
     from runstate.projections import Projector, SQLiteReadStore
@@ -540,16 +456,6 @@ def _deadletters(store: Path) -> list[Any]:
         return db.execute(
             "SELECT sequence, subject, reason, data FROM deadletters ORDER BY sequence"
         ).fetchall()
-
-
-async def test_a_batch_wider_than_the_view_cache_loses_nothing(
-    nats_url: str, tmp_path: Path
-) -> None:
-    """A batch touching more views than the projector caches folds every event all the same."""
-    await _write_log(nats_url, runs=4, tasks=30)
-    await _fold_log(nats_url, tmp_path / "small.sqlite3", cache_size=5, batch_size=10_000)
-    await _fold_log(nats_url, tmp_path / "fresh.sqlite3")
-    assert _rows(tmp_path / "small.sqlite3") == _rows(tmp_path / "fresh.sqlite3")
 
 
 async def test_a_long_backlog_is_held_back_and_resumed_without_loss(

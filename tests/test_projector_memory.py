@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runstate.client.testing import in_memory
 from runstate.engine import Commit, MemoryEventLog, Settings
 from runstate.engine.testing import EventFactory
 from runstate.projections import Projector
@@ -156,3 +157,36 @@ def test_live_appends_in_any_chunking_fold_to_the_same_views(split: list[int]) -
         store.close()
 
     anyio.run(scenario)
+
+
+async def test_a_batch_wider_than_the_view_cache_loses_nothing() -> None:
+    """A batch touching more views than the projector caches folds every event all the same."""
+    log = MemoryEventLog(Settings())
+    await _write_workload(log, runs=4, tasks=30)
+    runs, tasks = _pathspecs(4, 30)
+    async for small_cache in _fold(log, cache_size=5, batch_size=10_000):
+        small = _views(small_cache.store, runs, tasks)
+    async for fresh in _fold(log):
+        expected = _views(fresh.store, runs, tasks)
+    assert small == expected and len(small[1]) == len(tasks)
+
+
+async def test_history_pages_through_an_objects_events() -> None:
+    """The history endpoint returns an object's events oldest first, a page of commits at a time."""
+    factory = EventFactory("tester", FLOW)
+    async with in_memory() as client:
+        for run_id in ("1", "2"):
+            for commit in factory.run_commits(run_id, 3):
+                await client.log.append_commit(Commit(commit))
+        await client.request("status", {"after": await client.log.stream_last_sequence()})
+        seen: list[tuple[int, int]] = []
+        start: int | None = 1
+        pages = 0
+        while start is not None:
+            records, start = await client.history(f"{FLOW}/2", start=start, limit=3)
+            seen.extend((r.sequence, r.index) for r in records)
+            assert all(r.event.pathspec.startswith(f"{FLOW}/2") for r in records)
+            pages += 1
+        expected = [(r.sequence, r.index) async for r in client.events(f"{FLOW}/2", follow=False)]
+        assert seen == expected and len(seen) == 2 + 3 * 4 + 1
+        assert pages == 4  # 9 commits, 3 a page, then an empty last page

@@ -123,5 +123,22 @@ def test_importing_the_client_loads_no_command_line_dependency() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_the_command_line_loads_no_test_dependency() -> None:
+    """The command line, ``runstate bench`` included, imports no dev-only pytest or hypothesis."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runstate.client.cli._main\n"
+            "print(sorted(m for m in ('pytest', 'hypothesis') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def _module(name: str) -> ModuleType:
     return importlib.import_module(name)

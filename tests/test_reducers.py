@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,28 +15,14 @@ from hypothesis import strategies as st
 
 from runstate.engine._events import (
     ArtifactRecord,
-    ArtifactsRecorded,
-    ArtifactsRecordedPayload,
     Event,
     ExceptionInfo,
     ForeachFrame,
-    Heartbeat,
-    MetadataEntry,
-    MetadataRecorded,
-    MetadataRecordedPayload,
-    RunCreated,
-    RunCreatedPayload,
-    RunStateChanged,
-    RunStateChangedPayload,
-    RunTagsChanged,
-    RunTagsChangedPayload,
-    TaskAttemptStateChanged,
-    TaskAttemptStatePayload,
     TaskCreated,
-    TaskCreatedPayload,
 )
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine.errors import IllegalTransition
+from runstate.engine.testing import EventFactory
 from runstate.projections._reducers import ViewKey, fold, fold_run, fold_task, fold_view, touched
 from runstate.projections._views import Position, RunView, StepView, TaskView
 
@@ -54,93 +40,17 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-# -- event builders -----------------------------------------------------------------
+# -- events ------------------------------------------------------------------------
+
+factory = EventFactory(flow="Train", start=T0)
 
 
-def run_created(
-    run: str = RUN, state: RunState = R.PENDING, t: float = 0, **payload: Any
-) -> RunCreated:
-    flow, run_id = run.split("/")[:2]
-    return RunCreated(
-        pathspec=run,
-        occurred_at=at(t),
-        payload=RunCreatedPayload(flow=flow, run_id=run_id, state=state, **payload),
-    )
-
-
-def run_state(
-    state: RunState, t: float = 0, run: str = RUN, *, resume: bool = False, **payload: Any
-) -> RunStateChanged:
-    return RunStateChanged(
-        pathspec=run,
-        occurred_at=at(t),
-        payload=RunStateChangedPayload(state=state, resume=resume, **payload),
-    )
-
-
-def run_tags(
-    add: Sequence[str] = (), remove: Sequence[str] = (), replace: Sequence[str] | None = None
-) -> RunTagsChanged:
-    return RunTagsChanged(
-        pathspec=RUN,
-        payload=RunTagsChangedPayload(
-            add=list(add), remove=list(remove), replace=None if replace is None else list(replace)
-        ),
-    )
-
-
-def task_created(
-    task: str, t: float = 0, parents: Sequence[str] = (), **payload: Any
-) -> TaskCreated:
-    step, task_id = task.split("/")[2:4]
-    return TaskCreated(
-        pathspec=task,
-        attempt=0,
-        occurred_at=at(t),
-        payload=TaskCreatedPayload(
-            step=step, task_id=task_id, parent_tasks=list(parents), **payload
-        ),
-    )
-
-
-def task_state(
-    task: str, attempt: int | None, state: TaskState, t: float = 0, **payload: Any
-) -> TaskAttemptStateChanged:
-    return TaskAttemptStateChanged(
-        pathspec=task,
-        attempt=attempt,
-        occurred_at=at(t),
-        payload=TaskAttemptStatePayload(state=state, **payload),
-    )
-
-
-def artifacts(
-    task: str, attempt: int | None, *records: tuple[str, str], t: float = 0
-) -> ArtifactsRecorded:
-    return ArtifactsRecorded(
-        pathspec=task,
-        attempt=attempt,
-        occurred_at=at(t),
-        payload=ArtifactsRecordedPayload(
-            artifacts=[
-                ArtifactRecord(name=name, sha256=sha, size=len(sha), codec="json", inline=sha)
-                for name, sha in records
-            ]
-        ),
-    )
-
-
-def metadata(
-    task: str, attempt: int | None, *entries: tuple[str, str], t: float = 0
-) -> MetadataRecorded:
-    return MetadataRecorded(
-        pathspec=task,
-        attempt=attempt,
-        occurred_at=at(t),
-        payload=MetadataRecordedPayload(
-            entries=[MetadataEntry(name=name, value=value) for name, value in entries]
-        ),
-    )
+def _records(*artifacts: tuple[str, str]) -> list[ArtifactRecord]:
+    """Inline JSON artifacts (name, sha256), each with its sha256 as its value."""
+    return [
+        ArtifactRecord(name=name, sha256=sha, size=len(sha), codec="json", inline=sha)
+        for name, sha in artifacts
+    ]
 
 
 def positioned(events: Iterable[Event]) -> list[tuple[Event, Position]]:
@@ -174,9 +84,10 @@ def without_rejections(view: RunView | TaskView) -> dict[str, Any]:
 def test_run_created() -> None:
     """RunCreated makes the run view from its payload."""
     views = fold_all(
-        run_created(
+        factory.run_created(
+            RUN,
             state=R.SCHEDULED,
-            t=5,
+            at=5,
             tags=["production"],
             system_tags=["user:alice"],
             parameters={"alpha": 0.5},
@@ -202,27 +113,30 @@ def test_run_created() -> None:
 
 def test_run_number_only_for_numeric_ids() -> None:
     """run_number is the id as an integer when it is all digits, else None."""
-    assert run_of(fold_all(run_created("Train/007")), "Train/007").run_number == 7
-    assert run_of(fold_all(run_created("Train/nightly-3")), "Train/nightly-3").run_number is None
+    assert run_of(fold_all(factory.run_created("Train/007")), "Train/007").run_number == 7
+    assert (
+        run_of(fold_all(factory.run_created("Train/nightly-3")), "Train/nightly-3").run_number
+        is None
+    )
 
 
 def test_run_created_running_is_started() -> None:
     """A run created running has started when it was created."""
-    run = run_of(fold_all(run_created(state=R.RUNNING, t=3)))
+    run = run_of(fold_all(factory.run_created(RUN, state=R.RUNNING, at=3)))
     assert run.started_at == at(3)
 
 
 def test_run_created_in_an_illegal_state_makes_no_view() -> None:
     """A RunCreated whose initial state the machine refuses creates nothing."""
-    assert fold_run(None, run_created(state=R.COMPLETED), (1, 0)) is None
+    assert fold_run(None, factory.run_created(RUN, state=R.COMPLETED), (1, 0)) is None
 
 
 def test_events_without_a_run_header_make_no_run_view() -> None:
     """Without its RunCreated, a run's other events leave the run view missing."""
     events: list[Event] = [
-        run_state(R.RUNNING),
-        task_created(START),
-        task_state(START, 0, T.RUNNING),
+        factory.run_state(RUN, R.RUNNING),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.RUNNING),
     ]
     for event in events:
         assert fold_run(None, event, (1, 0)) is None
@@ -232,9 +146,9 @@ def test_run_lifecycle_times() -> None:
     """started_at is the first time running, finished_at the time it ends."""
     run = run_of(
         fold_all(
-            run_created(t=0),
-            run_state(R.RUNNING, 10, label="Started", message="on gpu-3"),
-            run_state(R.COMPLETED, 70),
+            factory.run_created(RUN, at=0),
+            factory.run_state(RUN, R.RUNNING, at=10, label="Started", message="on gpu-3"),
+            factory.run_state(RUN, R.COMPLETED, at=70),
         )
     )
     assert run.state is R.COMPLETED
@@ -247,29 +161,39 @@ def test_run_lifecycle_times() -> None:
 def test_run_resume_clears_finished_at_and_keeps_started_at() -> None:
     """A resume reopens a failed run: finished_at is cleared, started_at stays the first."""
     views = fold_all(
-        run_created(t=0),
-        run_state(R.RUNNING, 10),
-        run_state(R.FAILED, 20),
-        run_state(R.RUNNING, 30, resume=True, label="Resumed"),
+        factory.run_created(RUN, at=0),
+        factory.run_state(RUN, R.RUNNING, at=10),
+        factory.run_state(RUN, R.FAILED, at=20),
+        factory.run_state(RUN, R.RUNNING, at=30, resume=True, label="Resumed"),
     )
     run = run_of(views)
     assert run.state is R.RUNNING and run.label == "Resumed"
     assert (run.started_at, run.finished_at) == (at(10), None)
-    views = fold(views, [(run_state(R.COMPLETED, 40), (5, 0))])
+    views = fold(views, [(factory.run_state(RUN, R.COMPLETED, at=40), (5, 0))])
     assert run_of(views).finished_at == at(40)
 
 
 def test_cancelling_is_not_finished() -> None:
     """cancelling is on the way to an end, not an end."""
-    run = run_of(fold_all(run_created(), run_state(R.RUNNING, 1), run_state(R.CANCELLING, 2)))
+    run = run_of(
+        fold_all(
+            factory.run_created(RUN),
+            factory.run_state(RUN, R.RUNNING, at=1),
+            factory.run_state(RUN, R.CANCELLING, at=2),
+        )
+    )
     assert run.finished_at is None and not run.finished
 
 
 def test_illegal_run_transition_is_rejected() -> None:
     """An illegal run change is recorded in rejected and changes nothing but position."""
-    views = fold_all(run_created(), run_state(R.RUNNING, 1), run_state(R.COMPLETED, 2))
+    views = fold_all(
+        factory.run_created(RUN),
+        factory.run_state(RUN, R.RUNNING, at=1),
+        factory.run_state(RUN, R.COMPLETED, at=2),
+    )
     before = run_of(views)
-    views = fold(views, [(run_state(R.RUNNING, 3), (7, 2))])
+    views = fold(views, [(factory.run_state(RUN, R.RUNNING, at=3), (7, 2))])
     after = run_of(views)
     assert without_rejections(after) == without_rejections(before)
     assert after.position == (7, 2)
@@ -281,15 +205,21 @@ def test_illegal_run_transition_is_rejected() -> None:
 
 def test_resume_of_a_completed_run_is_rejected() -> None:
     """resume=True from completed is refused like any illegal change."""
-    views = fold_all(run_created(), run_state(R.RUNNING), run_state(R.COMPLETED))
-    views = fold(views, [(run_state(R.RUNNING, resume=True), (9, 0))])
+    views = fold_all(
+        factory.run_created(RUN),
+        factory.run_state(RUN, R.RUNNING),
+        factory.run_state(RUN, R.COMPLETED),
+    )
+    views = fold(views, [(factory.run_state(RUN, R.RUNNING, resume=True), (9, 0))])
     assert run_of(views).state is R.COMPLETED
     assert len(run_of(views).rejected) == 1
 
 
 def test_second_run_created_is_rejected() -> None:
     """A second RunCreated of an existing run is rejected and replaces nothing."""
-    views = fold_all(run_created(tags=["a"]), run_created(tags=["b"], state=R.RUNNING))
+    views = fold_all(
+        factory.run_created(RUN, tags=["a"]), factory.run_created(RUN, state=R.RUNNING, tags=["b"])
+    )
     run = run_of(views)
     assert run.tags == {"a"} and run.state is R.PENDING
     assert [r.type for r in run.rejected] == ["run.created"]
@@ -297,36 +227,40 @@ def test_second_run_created_is_rejected() -> None:
 
 def test_tags_replace_then_add_then_remove() -> None:
     """A tag change replaces, then adds, then removes user tags; system tags never change."""
-    views = fold_all(run_created(tags=["a", "b"], system_tags=["user:alice", "runtime:k8s"]))
-    views = fold(views, [(run_tags(add=["c"], remove=["a", "user:alice"]), (2, 0))])
+    views = fold_all(
+        factory.run_created(RUN, tags=["a", "b"], system_tags=["user:alice", "runtime:k8s"])
+    )
+    views = fold(views, [(factory.run_tags(RUN, add=["c"], remove=["a", "user:alice"]), (2, 0))])
     assert run_of(views).tags == {"b", "c"}
-    views = fold(views, [(run_tags(replace=["x", "y"], add=["z"], remove=["y"]), (3, 0))])
+    views = fold(
+        views, [(factory.run_tags(RUN, replace=["x", "y"], add=["z"], remove=["y"]), (3, 0))]
+    )
     run = run_of(views)
     assert run.tags == {"x", "z"}
     assert run.system_tags == {"user:alice", "runtime:k8s"}
-    views = fold(views, [(run_tags(replace=[]), (4, 0))])
+    views = fold(views, [(factory.run_tags(RUN, replace=[]), (4, 0))])
     assert run_of(views).tags == frozenset()
     assert run_of(views).system_tags == {"user:alice", "runtime:k8s"}
 
 
 def test_a_tag_change_that_changes_nothing_returns_the_same_view() -> None:
     """Adding a tag the run has already leaves the view (and its position) as it is."""
-    run = run_of(fold_all(run_created(tags=["a"])))
-    assert fold_run(run, run_tags(add=["a"], remove=["zzz"]), (5, 0)) is run
+    run = run_of(fold_all(factory.run_created(RUN, tags=["a"])))
+    assert fold_run(run, factory.run_tags(RUN, add=["a"], remove=["zzz"]), (5, 0)) is run
 
 
 def test_events_of_other_runs_heartbeats_artifacts_and_metadata_leave_a_run_alone() -> None:
     """A run view is returned as is for events that do not concern it."""
-    run = run_of(fold_all(run_created(), task_created(START)))
+    run = run_of(fold_all(factory.run_created(RUN), factory.task_created(START)))
     events: list[Event] = [
-        run_state(R.RUNNING, run="Train/43"),
-        task_created("Train/43/start/1"),
-        task_created("Train/421/start/1"),
-        task_state("Train/43/start/1", 0, T.RUNNING),
-        Heartbeat(pathspec=RUN),
-        Heartbeat(pathspec=START),
-        artifacts(START, 0, ("x", "1")),
-        metadata(START, 0, ("host", "h")),
+        factory.run_state("Train/43", R.RUNNING),
+        factory.task_created("Train/43/start/1"),
+        factory.task_created("Train/421/start/1"),
+        factory.task_state("Train/43/start/1", 0, T.RUNNING),
+        factory.heartbeat(RUN),
+        factory.heartbeat(START),
+        factory.artifacts(START, 0, records=_records(("x", "1"))),
+        factory.metadata(START, 0, [("host", "h")]),
     ]
     for event in events:
         assert fold_run(run, event, (100, 0)) is run
@@ -338,11 +272,11 @@ def test_events_of_other_runs_heartbeats_artifacts_and_metadata_leave_a_run_alon
 def test_task_created_adds_step_summaries_in_order_of_first_appearance() -> None:
     """Steps appear in the order their first task was created, with that task's time."""
     views = fold_all(
-        run_created(),
-        task_created(START, 1),
-        task_created(f"{RUN}/train/2", 2, [START], foreach_index=0),
-        task_created(f"{RUN}/train/3", 3, [START], foreach_index=1),
-        task_created(f"{RUN}/join/4", 4, [f"{RUN}/train/2", f"{RUN}/train/3"]),
+        factory.run_created(RUN),
+        factory.task_created(START, at=1),
+        factory.task_created(f"{RUN}/train/2", parents=[START], at=2, foreach_index=0),
+        factory.task_created(f"{RUN}/train/3", parents=[START], at=3, foreach_index=1),
+        factory.task_created(f"{RUN}/join/4", parents=[f"{RUN}/train/2", f"{RUN}/train/3"], at=4),
     )
     run = run_of(views)
     assert [s.name for s in run.steps] == ["start", "train", "join"]
@@ -358,7 +292,13 @@ def test_task_created_adds_step_summaries_in_order_of_first_appearance() -> None
 
 def test_end_task() -> None:
     """The run knows the task of its end step once it is created."""
-    run = run_of(fold_all(run_created(), task_created(START), task_created(END, 1, [START])))
+    run = run_of(
+        fold_all(
+            factory.run_created(RUN),
+            factory.task_created(START),
+            factory.task_created(END, parents=[START], at=1),
+        )
+    )
     assert run.end_task == END
 
 
@@ -366,29 +306,29 @@ def test_step_counts_status_and_finished_at() -> None:
     """A step's counts and status follow its tasks; finished_at is set once all are done."""
     a, b = f"{RUN}/train/2", f"{RUN}/train/3"
     views = fold_all(
-        run_created(),
-        task_created(a, 1),
-        task_created(b, 1),
-        task_state(a, 0, T.RUNNING, 2),
-        task_state(a, 0, T.COMPLETED, 3),
+        factory.run_created(RUN),
+        factory.task_created(a, at=1),
+        factory.task_created(b, at=1),
+        factory.task_state(a, 0, T.RUNNING, at=2),
+        factory.task_state(a, 0, T.COMPLETED, at=3),
     )
     train = run_of(views).step("train")
     assert train is not None
     assert train.counts() == {"completed": 1, "pending": 1}
     assert train.status == "running" and train.finished_at is None
-    views = fold(views, [(task_state(b, 0, T.RUNNING, 4), (6, 0))])
-    views = fold(views, [(task_state(b, 0, T.FAILED, 5), (7, 0))])
+    views = fold(views, [(factory.task_state(b, 0, T.RUNNING, at=4), (6, 0))])
+    views = fold(views, [(factory.task_state(b, 0, T.FAILED, at=5), (7, 0))])
     train = run_of(views).step("train")
     assert train is not None
     assert train.counts() == {"completed": 1, "failed": 1}
     assert train.status == "failed" and train.finished_at == at(5)
     # a retry reopens the step
-    views = fold(views, [(task_state(b, 1, T.PENDING, 6), (8, 0))])
+    views = fold(views, [(factory.task_state(b, 1, T.PENDING, at=6), (8, 0))])
     train = run_of(views).step("train")
     assert train is not None
     assert train.task_states["3"] is T.PENDING and train.finished_at is None
-    views = fold(views, [(task_state(b, 1, T.RUNNING, 7), (9, 0))])
-    views = fold(views, [(task_state(b, 1, T.COMPLETED, 8), (10, 0))])
+    views = fold(views, [(factory.task_state(b, 1, T.RUNNING, at=7), (9, 0))])
+    views = fold(views, [(factory.task_state(b, 1, T.COMPLETED, at=8), (10, 0))])
     run = run_of(views)
     train = run.step("train")
     assert train is not None
@@ -402,10 +342,10 @@ def test_step_counts_status_and_finished_at() -> None:
 def test_a_new_task_reopens_a_finished_step() -> None:
     """A task created in a step whose tasks had all finished clears its finished_at."""
     views = fold_all(
-        run_created(),
-        task_created(START),
-        task_state(START, 0, T.FAILED, 1),
-        task_created(f"{RUN}/start/2", 2),
+        factory.run_created(RUN),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.FAILED, at=1),
+        factory.task_created(f"{RUN}/start/2", at=2),
     )
     start = run_of(views).step("start")
     assert start is not None
@@ -415,14 +355,14 @@ def test_a_new_task_reopens_a_finished_step() -> None:
 def test_run_summary_ignores_illegal_task_changes() -> None:
     """A task change the machine refuses does not move the run's summary."""
     views = fold_all(
-        run_created(),
-        task_created(START),
-        task_state(START, 0, T.COMPLETED),  # pending -> completed skips running
-        task_state(START, 0, T.RUNNING),
-        task_state(START, 0, T.COMPLETED),
-        task_state(START, 1, T.PENDING),  # a retry after success
-        task_state(START, 0, T.RUNNING),  # a finished attempt
-        task_created(START),  # created twice
+        factory.run_created(RUN),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.COMPLETED),  # pending -> completed skips running
+        factory.task_state(START, 0, T.RUNNING),
+        factory.task_state(START, 0, T.COMPLETED),
+        factory.task_state(START, 1, T.PENDING),  # a retry after success
+        factory.task_state(START, 0, T.RUNNING),  # a finished attempt
+        factory.task_created(START),  # created twice
     )
     start = run_of(views).step("start")
     assert start is not None
@@ -433,9 +373,9 @@ def test_run_summary_ignores_illegal_task_changes() -> None:
 
 def test_task_state_of_an_unknown_task_leaves_the_run_alone() -> None:
     """A state change for a task the run has not seen created changes nothing."""
-    run = run_of(fold_all(run_created(), task_created(START)))
-    assert fold_run(run, task_state(f"{RUN}/train/5", 0, T.RUNNING), (9, 0)) is run
-    assert fold_run(run, task_state(f"{RUN}/start/5", 0, T.RUNNING), (9, 0)) is run
+    run = run_of(fold_all(factory.run_created(RUN), factory.task_created(START)))
+    assert fold_run(run, factory.task_state(f"{RUN}/train/5", 0, T.RUNNING), (9, 0)) is run
+    assert fold_run(run, factory.task_state(f"{RUN}/start/5", 0, T.RUNNING), (9, 0)) is run
 
 
 # -- tasks ----------------------------------------------------------------------------------
@@ -446,10 +386,10 @@ def test_task_created() -> None:
     frame = ForeachFrame(step="train", index=3, num_splits=8, value="lr=0.1")
     task = task_of(
         fold_all(
-            task_created(
+            factory.task_created(
                 f"{RUN}/train/5",
-                7,
-                [START],
+                parents=[START],
+                at=7,
                 foreach_index=3,
                 foreach_stack=[frame],
                 runtime_name="k8s",
@@ -473,11 +413,11 @@ def test_children_are_added_to_their_parents_once() -> None:
     a, b = f"{RUN}/train/2", f"{RUN}/train/3"
     join = f"{RUN}/join/4"
     events = [
-        task_created(START),
-        task_created(a, 1, [START]),
-        task_created(b, 1, [START]),
-        task_created(join, 2, [a, b, a]),
-        task_created(join, 3, [a, b]),  # created again, later
+        factory.task_created(START),
+        factory.task_created(a, parents=[START], at=1),
+        factory.task_created(b, parents=[START], at=1),
+        factory.task_created(join, parents=[a, b, a], at=2),
+        factory.task_created(join, parents=[a, b], at=3),  # created again, later
     ]
     views = fold_all(*events)
     assert task_of(views, START).child_tasks == (a, b)
@@ -489,7 +429,7 @@ def test_children_are_added_to_their_parents_once() -> None:
 
 def test_a_missing_parent_is_not_created_from_its_child() -> None:
     """Folding a child's creation into a parent that does not exist creates no parent view."""
-    child = task_created(f"{RUN}/train/2", 1, [START])
+    child = factory.task_created(f"{RUN}/train/2", parents=[START], at=1)
     assert ("task", START) not in fold_all(child)
     assert fold_view(("task", START), None, child, (1, 0)) is None
 
@@ -498,20 +438,22 @@ def test_attempt_lifecycle() -> None:
     """Running sets started_at, an end sets finished_at and the exception; times are per attempt."""
     boom = ExceptionInfo(type="ValueError", message="boom", traceback="...")
     views = fold_all(
-        task_created(START, 0),
-        task_state(START, 0, T.RUNNING, 1, label="Started"),
-        task_state(START, 0, T.FAILED, 2, message="bad input", exception=boom),
+        factory.task_created(START, at=0),
+        factory.task_state(START, 0, T.RUNNING, at=1, label="Started"),
+        factory.task_state(START, 0, T.FAILED, at=2, message="bad input", exception=boom),
     )
     task = task_of(views, START)
     assert task.state is T.FAILED and task.message == "bad input" and task.label is None
     assert (task.started_at, task.finished_at, task.duration) == (at(1), at(2), 1)
     assert task.exception == boom and task.finished and not task.successful
-    views = fold(views, [(task_state(START, 1, T.PENDING, 3, label="AwaitingRetry"), (4, 0))])
+    views = fold(
+        views, [(factory.task_state(START, 1, T.PENDING, at=3, label="AwaitingRetry"), (4, 0))]
+    )
     task = task_of(views, START)
     assert task.attempt == 1 and task.state is T.PENDING and task.label == "AwaitingRetry"
     assert task.started_at is None and task.finished_at is None and task.exception is None
-    views = fold(views, [(task_state(START, 1, T.RUNNING, 4), (5, 0))])
-    views = fold(views, [(task_state(START, 1, T.COMPLETED, 6), (6, 0))])
+    views = fold(views, [(factory.task_state(START, 1, T.RUNNING, at=4), (5, 0))])
+    views = fold(views, [(factory.task_state(START, 1, T.COMPLETED, at=6), (6, 0))])
     task = task_of(views, START)
     assert task.state is T.COMPLETED and task.successful
     assert (task.started_at, task.finished_at) == (at(4), at(6))
@@ -524,7 +466,9 @@ def test_attempt_lifecycle() -> None:
 
 def test_a_pending_attempt_may_fail_without_running() -> None:
     """An attempt that fails before it starts has a finished_at and no started_at."""
-    task = task_of(fold_all(task_created(START), task_state(START, 0, T.CRASHED, 5)), START)
+    task = task_of(
+        fold_all(factory.task_created(START), factory.task_state(START, 0, T.CRASHED, at=5)), START
+    )
     assert task.state is T.CRASHED
     assert (task.started_at, task.finished_at, task.duration) == (None, at(5), None)
 
@@ -532,11 +476,11 @@ def test_a_pending_attempt_may_fail_without_running() -> None:
 def test_state_change_without_attempt_means_the_current_one() -> None:
     """A state event that names no attempt applies to the current attempt."""
     views = fold_all(
-        run_created(),
-        task_created(START),
-        task_state(START, 0, T.FAILED),
-        task_state(START, 1, T.PENDING),
-        task_state(START, None, T.RUNNING),
+        factory.run_created(RUN),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.FAILED),
+        factory.task_state(START, 1, T.PENDING),
+        factory.task_state(START, None, T.RUNNING),
     )
     task = task_of(views, START)
     assert (task.attempt, task.state) == (1, T.RUNNING)
@@ -548,30 +492,36 @@ def test_state_change_without_attempt_means_the_current_one() -> None:
 @pytest.mark.parametrize(
     ("events", "reason"),
     [
-        ([task_state(START, 0, T.COMPLETED)], "cannot go from pending to completed"),
+        ([factory.task_state(START, 0, T.COMPLETED)], "cannot go from pending to completed"),
         (
             [
-                task_state(START, 0, T.RUNNING),
-                task_state(START, 0, T.COMPLETED),
-                task_state(START, 0, T.RUNNING),
+                factory.task_state(START, 0, T.RUNNING),
+                factory.task_state(START, 0, T.COMPLETED),
+                factory.task_state(START, 0, T.RUNNING),
             ],
             "the attempt has finished",
         ),
         (
             [
-                task_state(START, 0, T.RUNNING),
-                task_state(START, 0, T.COMPLETED),
-                task_state(START, 1, T.PENDING),
+                factory.task_state(START, 0, T.RUNNING),
+                factory.task_state(START, 0, T.COMPLETED),
+                factory.task_state(START, 1, T.PENDING),
             ],
             "only a failed, cancelled or crashed attempt may be retried",
         ),
-        ([task_state(START, 0, T.FAILED), task_state(START, 2, T.PENDING)], "the next is 1"),
-        ([task_state(START, 0, T.FAILED), task_state(START, 1, T.RUNNING)], "starts pending"),
+        (
+            [factory.task_state(START, 0, T.FAILED), factory.task_state(START, 2, T.PENDING)],
+            "the next is 1",
+        ),
+        (
+            [factory.task_state(START, 0, T.FAILED), factory.task_state(START, 1, T.RUNNING)],
+            "starts pending",
+        ),
         (
             [
-                task_state(START, 0, T.FAILED),
-                task_state(START, 1, T.PENDING),
-                task_state(START, 0, T.RUNNING),
+                factory.task_state(START, 0, T.FAILED),
+                factory.task_state(START, 1, T.PENDING),
+                factory.task_state(START, 0, T.RUNNING),
             ],
             "the latest attempt is 1",
         ),
@@ -579,7 +529,7 @@ def test_state_change_without_attempt_means_the_current_one() -> None:
 )
 def test_illegal_task_transition_is_rejected(events: list[Event], reason: str) -> None:
     """An illegal task change is recorded in rejected, naming why, and changes no state."""
-    views = fold_all(task_created(START), *events[:-1])
+    views = fold_all(factory.task_created(START), *events[:-1])
     before = task_of(views, START)
     seq = len(events) + 1
     views = fold(views, [(events[-1], (seq, 3))])
@@ -595,14 +545,14 @@ def test_illegal_task_transition_is_rejected(events: list[Event], reason: str) -
 def test_artifacts_per_attempt() -> None:
     """Artifacts belong to an attempt; the latest value of a name wins within an attempt."""
     views = fold_all(
-        task_created(START),
-        task_state(START, 0, T.RUNNING),
-        artifacts(START, 0, ("model", "m0"), ("score", "s0"), t=2),
-        task_state(START, 0, T.FAILED),
-        task_state(START, 1, T.PENDING),
-        task_state(START, 1, T.RUNNING),
-        artifacts(START, None, ("model", "m1a"), t=7),
-        artifacts(START, 1, ("model", "m1b"), t=8),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.RUNNING),
+        factory.artifacts(START, 0, records=_records(("model", "m0"), ("score", "s0")), at=2),
+        factory.task_state(START, 0, T.FAILED),
+        factory.task_state(START, 1, T.PENDING),
+        factory.task_state(START, 1, T.RUNNING),
+        factory.artifacts(START, None, records=_records(("model", "m1a")), at=7),
+        factory.artifacts(START, 1, records=_records(("model", "m1b")), at=8),
     )
     task = task_of(views, START)
     latest = task.artifacts_of()
@@ -618,11 +568,13 @@ def test_artifacts_per_attempt() -> None:
 
 def test_identical_artifact_records_are_kept_once() -> None:
     """The same (name, attempt, sha256) twice in one commit is recorded once."""
-    created = task_of(fold_all(task_created(START)), START)
-    event = artifacts(START, 0, ("model", "m"), ("model", "m"), ("model", "m2"))
+    created = task_of(fold_all(factory.task_created(START)), START)
+    event = factory.artifacts(
+        START, 0, records=_records(("model", "m"), ("model", "m"), ("model", "m2"))
+    )
     once = fold_task(created, event, (5, 0))
     assert once is not None
-    task = fold_task(once, artifacts(START, 0, ("model", "m")), (5, 1))
+    task = fold_task(once, factory.artifacts(START, 0, records=_records(("model", "m"))), (5, 1))
     assert task is once  # the second event added nothing
     assert [(a.name, a.sha256, a.sequence) for a in task.artifacts] == [
         ("model", "m", 5),
@@ -632,7 +584,11 @@ def test_identical_artifact_records_are_kept_once() -> None:
 
 def test_artifacts_and_metadata_of_a_missing_attempt_are_rejected() -> None:
     """Recording for an attempt the task does not have yet is rejected."""
-    views = fold_all(task_created(START), artifacts(START, 1, ("model", "m")), metadata(START, 3))
+    views = fold_all(
+        factory.task_created(START),
+        factory.artifacts(START, 1, records=_records(("model", "m"))),
+        factory.metadata(START, 3, []),
+    )
     task = task_of(views, START)
     assert task.artifacts == () and task.metadata == ()
     assert [r.type for r in task.rejected] == ["task.artifacts_recorded", "task.metadata_recorded"]
@@ -642,12 +598,12 @@ def test_artifacts_and_metadata_of_a_missing_attempt_are_rejected() -> None:
 def test_metadata_latest_value() -> None:
     """metadata_dict holds the latest value of each name; entries keep their attempt."""
     views = fold_all(
-        task_created(START),
-        metadata(START, 0, ("host", "h1"), ("gpu", "0"), t=1),
-        task_state(START, 0, T.FAILED),
-        task_state(START, 1, T.PENDING),
-        metadata(START, 1, ("host", "h2"), t=5),
-        metadata(START, None),  # no entries: nothing to record
+        factory.task_created(START),
+        factory.metadata(START, 0, [("host", "h1"), ("gpu", "0")], at=1),
+        factory.task_state(START, 0, T.FAILED),
+        factory.task_state(START, 1, T.PENDING),
+        factory.metadata(START, 1, [("host", "h2")], at=5),
+        factory.metadata(START, None, []),  # no entries: nothing to record
     )
     task = task_of(views, START)
     assert task.metadata_dict == {"host": "h2", "gpu": "0"}
@@ -661,27 +617,31 @@ def test_metadata_latest_value() -> None:
 
 def test_events_of_other_tasks_leave_a_task_alone() -> None:
     """A task view is returned as is for other tasks' events, run events and heartbeats."""
-    task = task_of(fold_all(task_created(START)), START)
+    task = task_of(fold_all(factory.task_created(START)), START)
     other = f"{RUN}/start/2"
     events: list[Event] = [
-        task_state(other, 0, T.RUNNING),
-        artifacts(other, 0, ("x", "1")),
-        metadata(other, 0, ("a", "b")),
-        task_created(other, 0, [f"{RUN}/start/3"]),
-        run_created(),
-        run_state(R.RUNNING),
-        Heartbeat(pathspec=START),
+        factory.task_state(other, 0, T.RUNNING),
+        factory.artifacts(other, 0, records=_records(("x", "1"))),
+        factory.metadata(other, 0, [("a", "b")]),
+        factory.task_created(other, parents=[f"{RUN}/start/3"], at=0),
+        factory.run_created(RUN),
+        factory.run_state(RUN, R.RUNNING),
+        factory.heartbeat(START),
     ]
     for event in events:
         assert fold_task(task, event, (100, 0)) is task
-    assert fold_task(None, task_state(START, 0, T.RUNNING), (1, 0)) is None
+    assert fold_task(None, factory.task_state(START, 0, T.RUNNING), (1, 0)) is None
 
 
 def test_position_makes_folding_idempotent() -> None:
     """An event at or before a view's position returns the view unchanged."""
-    views = fold_all(run_created(), task_created(START), task_state(START, 0, T.RUNNING))
+    views = fold_all(
+        factory.run_created(RUN),
+        factory.task_created(START),
+        factory.task_state(START, 0, T.RUNNING),
+    )
     run, task = run_of(views), task_of(views, START)
-    late = task_state(START, 0, T.COMPLETED)
+    late = factory.task_state(START, 0, T.COMPLETED)
     for position in [(3, 0), (2, 5), (1, 0)]:
         assert fold_task(task, late, position) is task
         assert fold_run(run, late, position) is run
@@ -690,47 +650,49 @@ def test_position_makes_folding_idempotent() -> None:
 
 def test_touched() -> None:
     """Each event type names the views it may change."""
-    assert touched(run_created()) == [("run", RUN)]
-    assert touched(run_state(R.RUNNING)) == [("run", RUN)]
-    assert touched(run_tags(add=["a"])) == [("run", RUN)]
-    assert touched(task_state(START, 0, T.RUNNING)) == [("run", RUN), ("task", START)]
-    assert touched(task_created(f"{RUN}/join/4", 0, [START, f"{RUN}/train/2", START])) == [
+    assert touched(factory.run_created(RUN)) == [("run", RUN)]
+    assert touched(factory.run_state(RUN, R.RUNNING)) == [("run", RUN)]
+    assert touched(factory.run_tags(RUN, add=["a"])) == [("run", RUN)]
+    assert touched(factory.task_state(START, 0, T.RUNNING)) == [("run", RUN), ("task", START)]
+    assert touched(
+        factory.task_created(f"{RUN}/join/4", parents=[START, f"{RUN}/train/2", START], at=0)
+    ) == [
         ("run", RUN),
         ("task", f"{RUN}/join/4"),
         ("task", START),
         ("task", f"{RUN}/train/2"),
     ]
-    assert touched(artifacts(START, 0)) == [("task", START)]
-    assert touched(metadata(START, 0)) == [("task", START)]
-    assert touched(Heartbeat(pathspec=START)) == []
+    assert touched(factory.artifacts(START, 0, records=_records())) == [("task", START)]
+    assert touched(factory.metadata(START, 0, [])) == [("task", START)]
+    assert touched(factory.heartbeat(START)) == []
 
 
 def test_malformed_pathspecs_touch_nothing() -> None:
     """Events whose pathspec is not of a run (or task) touch and create no view."""
     events: list[Event] = [
-        run_created("Train/42/extra"),
-        task_created(f"{RUN}/train/1/extra"),
-        task_state(f"{RUN}/train", 0, T.RUNNING),
-        metadata("Train", 0),
+        factory.run_created("Train/42/extra"),
+        factory.task_created(f"{RUN}/train/1/extra"),
+        factory.task_state(f"{RUN}/train", 0, T.RUNNING),
+        factory.metadata("Train", 0, []),
     ]
     for event in events:
         assert touched(event) == []
-    assert fold_run(None, run_created("Train/42/extra"), (1, 0)) is None
-    assert fold_task(None, task_created(f"{RUN}/train/1/extra"), (1, 0)) is None
+    assert fold_run(None, factory.run_created("Train/42/extra"), (1, 0)) is None
+    assert fold_task(None, factory.task_created(f"{RUN}/train/1/extra"), (1, 0)) is None
 
 
 def test_views_survive_a_json_round_trip() -> None:
     """Views built without validation equal the same views stored as JSON and loaded back."""
     views = fold_all(
-        run_created(tags=["t"], parameters={"p": [1, 2.5, None, {"x": "é"}]}),
-        run_state(R.RUNNING),
-        task_created(START, foreach_stack=[ForeachFrame(step="start", index=0)]),
-        task_state(START, 0, T.RUNNING),
-        artifacts(START, 0, ("model", "m")),
-        metadata(START, 0, ("host", "h")),
-        task_state(START, 0, T.FAILED, exception=ExceptionInfo(type="E", message="m")),
-        run_state(R.CANCELLED),  # legal
-        run_state(R.COMPLETED),  # rejected
+        factory.run_created(RUN, tags=["t"], parameters={"p": [1, 2.5, None, {"x": "é"}]}),
+        factory.run_state(RUN, R.RUNNING),
+        factory.task_created(START, foreach_stack=[ForeachFrame(step="start", index=0)]),
+        factory.task_state(START, 0, T.RUNNING),
+        factory.artifacts(START, 0, records=_records(("model", "m"))),
+        factory.metadata(START, 0, [("host", "h")]),
+        factory.task_state(START, 0, T.FAILED, exception=ExceptionInfo(type="E", message="m")),
+        factory.run_state(RUN, R.CANCELLED),  # legal
+        factory.run_state(RUN, R.COMPLETED),  # rejected
     )
     for view in views.values():
         assert type(view).model_validate_json(view.model_dump_json()) == view
@@ -809,16 +771,16 @@ class _Generator:
         event: Event
         if kind == 0 and candidates:
             a, s = reset if reset in candidates and self.maybe(0.4) else self.rnd.choice(candidates)
-            event = task_state(plan.path, a, s)
+            event = factory.task_state(plan.path, a, s)
         elif kind == 1:
-            event = artifacts(plan.path, plan.attempt + 1, ("ghost", "g"))
+            event = factory.artifacts(plan.path, plan.attempt + 1, records=_records(("ghost", "g")))
         else:
-            event = task_created(plan.path)
+            event = factory.task_created(plan.path)
         self.illegal.add(event.id)
         plan.events.append(event)
 
     def step(self, plan: _TaskPlan, attempt: int, state: TaskState, **payload: Any) -> None:
-        plan.events.append(task_state(plan.path, attempt, state, **payload))
+        plan.events.append(factory.task_state(plan.path, attempt, state, **payload))
         plan.attempt, plan.state = attempt, state
         self.sprinkle_task(plan)
 
@@ -826,17 +788,23 @@ class _Generator:
         if self.maybe(0.5):
             names = self.rnd.sample(["model", "score", "data"], self.rnd.randint(1, 2))
             records = [(n, f"{n}-{plan.attempt}-{self.rnd.randrange(3)}") for n in names]
-            plan.events.append(artifacts(plan.path, plan.attempt, *records))
+            plan.events.append(
+                factory.artifacts(plan.path, plan.attempt, records=_records(*records))
+            )
         if self.maybe(0.4):
             value = str(self.rnd.randrange(3))
-            plan.events.append(metadata(plan.path, None, ("host", value), ("attempt", value)))
+            plan.events.append(
+                factory.metadata(plan.path, None, [("host", value), ("attempt", value)])
+            )
 
     def task(
         self, run: str, step: str, task_id: int, parents: list[str], index: int | None = None
     ) -> tuple[TaskCreated, _TaskPlan]:
         path = f"{run}/{step}/{task_id}"
         stack = [ForeachFrame(step=step, index=index)] if index is not None else []
-        created = task_created(path, 0, parents, foreach_index=index, foreach_stack=stack)
+        created = factory.task_created(
+            path, parents=parents, at=0, foreach_index=index, foreach_stack=stack
+        )
         plan = _TaskPlan(path)
         self.sprinkle_task(plan)
         attempts = self.draw(st.integers(1, 3))
@@ -872,10 +840,10 @@ class _Generator:
                     candidates.append((new, resume))
         event: Event
         if self.maybe(0.2):
-            event = run_created(run)
+            event = factory.run_created(run)
         else:
             new, resume = self.rnd.choice(candidates)
-            event = run_state(new, run=run, resume=resume)
+            event = factory.run_state(run, new, resume=resume)
         self.illegal.add(event.id)
         events.append(event)
 
@@ -883,9 +851,9 @@ class _Generator:
         run = f"Train/{number}"
         initial = self.rnd.choice([R.SCHEDULED, R.PENDING, R.RUNNING])
         events: list[Event] = [
-            run_created(
+            factory.run_created(
                 run,
-                initial,
+                state=initial,
                 tags=["production"] if number % 2 == 0 else [],
                 system_tags=["user:me"],
             )
@@ -894,7 +862,7 @@ class _Generator:
         self.sprinkle_run(events, run, state)
         for new in [R.PENDING, R.RUNNING]:
             if (state, new) in [(R.SCHEDULED, R.PENDING), (R.PENDING, R.RUNNING)]:
-                events.append(run_state(new, run=run))
+                events.append(factory.run_state(run, new))
                 state = new
                 self.sprinkle_run(events, run, state)
         start_created, start = self.task(run, "start", 1, [])
@@ -910,28 +878,26 @@ class _Generator:
         events += [join_created, *join.events, end_created, *end.events]
         final = self.rnd.choice([R.COMPLETED, R.FAILED, R.CANCELLING, R.CRASHED, None])
         if final is not None:
-            events.append(run_state(final, run=run))
+            events.append(factory.run_state(run, final))
             state = final
             self.sprinkle_run(events, run, state)
             if final is R.CANCELLING:
-                events.append(run_state(R.CANCELLED, run=run))
+                events.append(factory.run_state(run, R.CANCELLED))
                 state = R.CANCELLED
             if state in (R.FAILED, R.CRASHED, R.CANCELLED) and self.maybe(0.3):
-                events.append(run_state(R.RUNNING, run=run, resume=True))
-                events.append(run_state(R.COMPLETED, run=run))
+                events.append(factory.run_state(run, R.RUNNING, resume=True))
+                events.append(factory.run_state(run, R.COMPLETED))
         # tag changes anywhere after the header
         for _ in range(self.rnd.randrange(3)):
-            tag_event = RunTagsChanged(
-                pathspec=run,
-                payload=RunTagsChangedPayload(
-                    add=self.rnd.sample(["a", "b", "c"], self.rnd.randrange(3)),
-                    remove=self.rnd.sample(["a", "b", "user:me"], self.rnd.randrange(2)),
-                    replace=["x"] if self.maybe(0.2) else None,
-                ),
+            tag_event = factory.run_tags(
+                run,
+                add=self.rnd.sample(["a", "b", "c"], self.rnd.randrange(3)),
+                remove=self.rnd.sample(["a", "b", "user:me"], self.rnd.randrange(2)),
+                replace=["x"] if self.maybe(0.2) else None,
             )
             events.insert(self.rnd.randrange(1, len(events) + 1), tag_event)
         if self.maybe(0.3):
-            events.insert(self.rnd.randrange(1, len(events) + 1), Heartbeat(pathspec=start.path))
+            events.insert(self.rnd.randrange(1, len(events) + 1), factory.heartbeat(start.path))
         return events
 
     def interleave(self, sequences: list[list[Event]]) -> list[Event]:

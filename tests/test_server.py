@@ -21,15 +21,10 @@ from nats.aio.client import Client
 from nats.js.api import StreamInfo
 
 from runstate.engine import _server
+from runstate.engine._cluster import CLUSTER_CONF_TEMPLATE, NatsCluster, render_cluster_config
 from runstate.engine._connection import _ensure_stream, _patiently
-from runstate.engine._server import (
-    CLUSTER_CONF_TEMPLATE,
-    NatsCluster,
-    NatsServer,
-    ensure_embedded,
-    find_nats_server,
-    render_cluster_config,
-)
+from runstate.engine._embedded import ensure_embedded
+from runstate.engine._server import NatsServer, find_nats_server
 from runstate.engine.errors import ConfigurationError, Unavailable
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -190,7 +185,7 @@ async def test_kill_then_restart_keeps_acknowledged_messages(nats_server: NatsSe
 _SECOND_PROCESS = """
 import json, sys
 from pathlib import Path
-from runstate.engine._server import ensure_embedded
+from runstate.engine._embedded import ensure_embedded
 handle = ensure_embedded(Path(sys.argv[1]))
 print(json.dumps({"url": handle.url, "pid": handle.pid, "owned": handle.owned}))
 handle.stop()

@@ -18,9 +18,8 @@ import pytest
 from _workload import caught_up, drive_tasks, replica_client
 from nats.aio.client import Client as NATS
 
-from runstate.client import Change, Client, EventRecord, RunState, connect
+from runstate.client import Change, Client, RunState, connect
 from runstate.engine._server import NatsServer
-from runstate.engine.errors import Timeout
 from runstate.projections import ReplicaParts, RunView, serve_replica
 
 pytestmark = pytest.mark.anyio
@@ -219,90 +218,6 @@ async def test_watcher_survives_a_nats_restart(nats_server: NatsServer, tmp_path
 # -- events ------------------------------------------------------------------------------
 
 
-async def test_events_since_goes_from_history_into_live(nats_url: str, tmp_path: Path) -> None:
-    """events(since=) replays history from that sequence, then delivers new events live."""
-    async with replica_client(nats_url, tmp_path) as client:
-        run = await client.create_run("EventsFlow")
-        await run.start()
-        task = await run.create_task("work", "a", start=True)
-        middle = (await task.complete()).sequence
-        await run.add_tag("history")
-        history = await positions(client, run.pathspec)
-        assert len(history) == 6  # created, running, task created+running, completed, tag
-        records: list[EventRecord] = []
-        with anyio.fail_after(10):
-            async with client.events(run.pathspec, since=middle) as events:
-                async for record in events:
-                    records.append(record)
-                    if record.sequence == history[-1][0]:
-                        await run.complete()  # written while we listen
-                    if record.event.type == "run.state_changed" and record.sequence > middle:
-                        break
-        got = [(r.sequence, r.index) for r in records]
-        assert got[:2] == [p for p in history if p[0] >= middle]
-        assert len(got) == 3 and got[2][0] > history[-1][0]
-        assert [r.event.type for r in records] == [
-            "task.state_changed",
-            "run.tags_changed",
-            "run.state_changed",
-        ]
-        assert records[0].subject.endswith(".t.work.a") and records[1].subject.endswith(".r")
-        assert records[2].event.payload.state is RunState.COMPLETED  # type: ignore[union-attr]
-        final = await positions(client, run.pathspec)
-        assert final == history + got[2:]
-        items, _ = await client.history(run.pathspec)
-        assert [(r.sequence, r.index) for r in items] == final
-
-
-async def test_events_without_follow_stop_at_the_end(nats_url: str, tmp_path: Path) -> None:
-    """events(follow=False) yields the stored events from since and then ends."""
-    async with replica_client(nats_url, tmp_path) as client:
-        run = await client.create_run("EventsFlow")
-        await run.start()
-        await run.create_task("work", "a", start=True)
-        with anyio.fail_after(5):
-            everything = await positions(client, run.pathspec)
-            async with client.events(run.pathspec, since=everything[1][0], follow=False) as ev:
-                tail = [(r.sequence, r.index) async for r in ev]
-            task_only = await positions(client, f"{run.pathspec}/work/a")
-        assert everything[1:] == tail and len(everything) == 4
-        assert task_only == everything[2:]
-
-
-# -- run.wait ----------------------------------------------------------------------------
-
-
-async def test_run_wait_returns_when_finished(nats_url: str, tmp_path: Path) -> None:
-    """run.wait() returns the finished run once it is terminal, and at once if it already is."""
-    async with replica_client(nats_url, tmp_path) as client, anyio.create_task_group() as tg:
-        handle = await client.create_run("WaitFlow")
-        await handle.start()
-        run = await client.run(handle.pathspec, after=handle.receipt)
-
-        async def finish_later() -> None:
-            await anyio.sleep(0.3)
-            await handle.fail("out of memory")
-
-        tg.start_soon(finish_later)
-        with anyio.fail_after(5):
-            done = await run.wait(timeout=4)
-            assert done.state is RunState.FAILED and done.finished
-            assert done.message == "out of memory"
-            again = await done.wait(timeout=1)
-            assert again.state is RunState.FAILED
-
-
-async def test_run_wait_times_out_while_running(nats_url: str, tmp_path: Path) -> None:
-    """run.wait(timeout=) raises Timeout naming the run if it does not finish in time."""
-    async with replica_client(nats_url, tmp_path) as client:
-        handle = await client.create_run("WaitFlow")
-        await handle.start()
-        run = await client.run(handle.pathspec, after=handle.receipt)
-        with anyio.fail_after(5), pytest.raises(Timeout, match=handle.pathspec):
-            await run.wait(timeout=0.3)
-        assert (await run.refresh()).state is RunState.RUNNING
-
-
 # -- leaving the block stops the consumer ------------------------------------------------
 
 
@@ -356,64 +271,6 @@ async def leave_events(client: Client, pathspec: str, subscribed: Callable[[], b
         async with client.events(pathspec) as events:
             async for _ in events:
                 assert subscribed()
-
-
-# -- what a watch covers -----------------------------------------------------------------
-
-
-async def test_flow_watch_follows_new_runs_of_its_namespace(nats_url: str, tmp_path: Path) -> None:
-    """A flow watch shows runs created while watching, but not those of other namespaces."""
-    async with replica_client(nats_url, tmp_path) as client:
-        mine = await client.create_run("ScopeFlow")
-        await caught_up(client)
-        with anyio.fail_after(10):
-            async with client.watch("ScopeFlow") as changes:
-                snapshot = await anext(changes)
-                assert list(snapshot.views) == [("run", mine.pathspec)]
-                await client.create_run("ScopeFlow", user="bob")  # user:bob, not user:<me>
-                new = await client.create_run("ScopeFlow")
-                created = await anext(changes)
-                assert created.changed == (("run", new.pathspec),)
-                assert created.run is not None and created.run.pathspec == new.pathspec
-                await mine.start()
-                started = await anext(changes)
-                assert started.changed == (("run", mine.pathspec),)
-                assert started.run is not None and started.run.state is RunState.RUNNING
-                assert len(started.runs) == 2
-
-
-async def test_task_and_step_watches_follow_their_tasks(nats_url: str, tmp_path: Path) -> None:
-    """A task watch shows its task's data, state and children; a step watch new tasks."""
-    async with replica_client(nats_url, tmp_path) as client:
-        run = await client.create_run("ScopeFlow")
-        await run.start()
-        task = await run.create_task("work", "a", start=True)
-        await caught_up(client)
-        pathspec = task.pathspec
-        with anyio.fail_after(10):
-            async with (
-                client.watch(pathspec) as on_task,
-                client.watch(f"{run.pathspec}/work") as on_step,
-            ):
-                first = await anext(on_task)
-                assert first.task is None and ("task", pathspec) in first.views
-                assert [t.pathspec for t in (await anext(on_step)).tasks] == [pathspec]
-                await task.save(loss=0.5)
-                saved = await anext(on_task)
-                assert saved.changed == (("task", pathspec),) and saved.task is not None
-                assert [a.name for a in saved.task.artifacts] == ["loss"]
-                await task.complete()
-                done = await anext(on_task)
-                assert set(done.changed) == {("run", run.pathspec), ("task", pathspec)}
-                assert done.task is not None and done.task.state == "completed"
-                child = await run.create_task("work", "b", parents=[task])
-                linked = await anext(on_task)
-                assert linked.views[("task", pathspec)].child_tasks == (child.pathspec,)
-                assert ("task", child.pathspec) not in linked.views
-                for _ in range(3):  # the step watch: save, complete, then the new task
-                    step_change = await anext(on_step)
-                assert ("task", child.pathspec) in step_change.changed
-                assert sorted(t.pathspec for t in step_change.tasks) == [pathspec, child.pathspec]
 
 
 async def test_watches_of_one_run_share_one_consumer_and_each_sees_every_change_once(

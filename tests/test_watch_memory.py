@@ -1,11 +1,13 @@
-"""Watches over an in-memory runstate: the hand-over from snapshot to live, no server."""
+"""Watches over an in-memory runstate: the hand-over from snapshot to live, events, run.wait
+and what each watch covers, with no server."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
+from _workload import caught_up
 
-from runstate.client import Client, RunState
+from runstate.client import Client, EventRecord, RunState
 from runstate.client.testing import in_memory
 from runstate.engine.errors import Timeout
 from runstate.projections import RunView
@@ -121,33 +123,143 @@ async def test_watches_of_one_run_share_one_follow_of_the_log() -> None:
         assert len(client.log._follows) == 1  # type: ignore[attr-defined]
 
 
-async def test_events_go_from_history_into_live_and_stop_at_the_end_without_follow() -> None:
-    """``events(since=)`` replays stored events then live ones; without follow it ends."""
+# -- events, run.wait and what a watch covers ----------------------------------------
+
+
+async def test_events_since_goes_from_history_into_live() -> None:
+    """events(since=) replays history from that sequence, then delivers new events live."""
     async with in_memory() as client:
-        run = await client.create_run("Events")
+        run = await client.create_run("EventsFlow")
         await run.start()
-        async with client.events(run.pathspec, since=1) as records:
-            replayed = [await anext(records), await anext(records)]
-            assert [r.event.type for r in replayed] == ["run.created", "run.state_changed"]
-            await run.complete()
-            live = await anext(records)
-            assert live.sequence > replayed[-1].sequence
-        async with client.events(run.pathspec, follow=False) as stored:
-            assert len([record async for record in stored]) == 3
+        task = await run.create_task("work", "a", start=True)
+        middle = (await task.complete()).sequence
+        await run.add_tag("history")
+        history = await _positions(client, run.pathspec)
+        assert len(history) == 6  # created, running, task created+running, completed, tag
+        records: list[EventRecord] = []
+        with anyio.fail_after(10):
+            async with client.events(run.pathspec, since=middle) as events:
+                async for record in events:
+                    records.append(record)
+                    if record.sequence == history[-1][0]:
+                        await run.complete()  # written while we listen
+                    if record.event.type == "run.state_changed" and record.sequence > middle:
+                        break
+        got = [(r.sequence, r.index) for r in records]
+        assert got[:2] == [p for p in history if p[0] >= middle]
+        assert len(got) == 3 and got[2][0] > history[-1][0]
+        assert [r.event.type for r in records] == [
+            "task.state_changed",
+            "run.tags_changed",
+            "run.state_changed",
+        ]
+        assert records[0].subject.endswith(".t.work.a") and records[1].subject.endswith(".r")
+        assert records[2].event.payload.state is RunState.COMPLETED  # type: ignore[union-attr]
+        final = await _positions(client, run.pathspec)
+        assert final == history + got[2:]
+        items, _ = await client.history(run.pathspec)
+        assert [(r.sequence, r.index) for r in items] == final
 
 
-async def test_run_wait_returns_once_the_run_is_finished() -> None:
-    """``Run.wait`` returns the finished run; with a short timeout on a running one, Timeout."""
+async def test_events_without_follow_stop_at_the_end() -> None:
+    """events(follow=False) yields the stored events from since and then ends."""
     async with in_memory() as client:
-        handle = await client.create_run("Waits")
+        run = await client.create_run("EventsFlow")
+        await run.start()
+        await run.create_task("work", "a", start=True)
+        with anyio.fail_after(5):
+            everything = await _positions(client, run.pathspec)
+            async with client.events(run.pathspec, since=everything[1][0], follow=False) as ev:
+                tail = [(r.sequence, r.index) async for r in ev]
+            task_only = await _positions(client, f"{run.pathspec}/work/a")
+        assert everything[1:] == tail and len(everything) == 4
+        assert task_only == everything[2:]
+
+
+async def test_run_wait_returns_when_finished() -> None:
+    """run.wait() returns the finished run once it is terminal, and at once if it already is."""
+    async with in_memory() as client, anyio.create_task_group() as tg:
+        handle = await client.create_run("WaitFlow")
         await handle.start()
         run = await client.run(handle.pathspec, after=handle.receipt)
-        with pytest.raises(Timeout):
-            await run.wait(timeout=0.2)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(handle.complete)
-            finished = await run.wait(timeout=10)
-        assert finished.state is RunState.COMPLETED
+
+        async def finish_later() -> None:
+            await anyio.sleep(0.3)
+            await handle.fail("out of memory")
+
+        tg.start_soon(finish_later)
+        with anyio.fail_after(5):
+            done = await run.wait(timeout=4)
+            assert done.state is RunState.FAILED and done.finished
+            assert done.message == "out of memory"
+            again = await done.wait(timeout=1)
+            assert again.state is RunState.FAILED
+
+
+async def test_run_wait_times_out_while_running() -> None:
+    """run.wait(timeout=) raises Timeout naming the run if it does not finish in time."""
+    async with in_memory() as client:
+        handle = await client.create_run("WaitFlow")
+        await handle.start()
+        run = await client.run(handle.pathspec, after=handle.receipt)
+        with anyio.fail_after(5), pytest.raises(Timeout, match=handle.pathspec):
+            await run.wait(timeout=0.3)
+        assert (await run.refresh()).state is RunState.RUNNING
+
+
+async def test_flow_watch_follows_new_runs_of_its_namespace() -> None:
+    """A flow watch shows runs created while watching, but not those of other namespaces."""
+    async with in_memory() as client:
+        mine = await client.create_run("ScopeFlow")
+        await caught_up(client)
+        with anyio.fail_after(10):
+            async with client.watch("ScopeFlow") as changes:
+                snapshot = await anext(changes)
+                assert list(snapshot.views) == [("run", mine.pathspec)]
+                await client.create_run("ScopeFlow", user="bob")  # user:bob, not user:<me>
+                new = await client.create_run("ScopeFlow")
+                created = await anext(changes)
+                assert created.changed == (("run", new.pathspec),)
+                assert created.run is not None and created.run.pathspec == new.pathspec
+                await mine.start()
+                started = await anext(changes)
+                assert started.changed == (("run", mine.pathspec),)
+                assert started.run is not None and started.run.state is RunState.RUNNING
+                assert len(started.runs) == 2
+
+
+async def test_task_and_step_watches_follow_their_tasks() -> None:
+    """A task watch shows its task's data, state and children; a step watch new tasks."""
+    async with in_memory() as client:
+        run = await client.create_run("ScopeFlow")
+        await run.start()
+        task = await run.create_task("work", "a", start=True)
+        await caught_up(client)
+        pathspec = task.pathspec
+        with anyio.fail_after(10):
+            async with (
+                client.watch(pathspec) as on_task,
+                client.watch(f"{run.pathspec}/work") as on_step,
+            ):
+                first = await anext(on_task)
+                assert first.task is None and ("task", pathspec) in first.views
+                assert [t.pathspec for t in (await anext(on_step)).tasks] == [pathspec]
+                await task.save(loss=0.5)
+                saved = await anext(on_task)
+                assert saved.changed == (("task", pathspec),) and saved.task is not None
+                assert [a.name for a in saved.task.artifacts] == ["loss"]
+                await task.complete()
+                done = await anext(on_task)
+                assert set(done.changed) == {("run", run.pathspec), ("task", pathspec)}
+                assert done.task is not None and done.task.state == "completed"
+                child = await run.create_task("work", "b", parents=[task])
+                linked = await anext(on_task)
+                assert linked.views[("task", pathspec)].child_tasks == (child.pathspec,)
+                assert ("task", child.pathspec) not in linked.views
+                for _ in range(3):  # the step watch: save, complete, then the new task
+                    step_change = await anext(on_step)
+                assert ("task", child.pathspec) in step_change.changed
+                assert sorted(t.pathspec for t in step_change.tasks) == [pathspec, child.pathspec]
 
 
 async def test_an_error_inside_the_block_comes_out_as_itself() -> None:

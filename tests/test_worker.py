@@ -27,7 +27,7 @@ from runstate.engine import (
     Writer,
     encode_commit,
 )
-from runstate.engine._events import RunCreatedPayload, decode_event
+from runstate.engine._events import decode_event
 from runstate.engine.errors import (
     ConflictError,
     IdempotencyKeyReused,
@@ -37,6 +37,7 @@ from runstate.engine.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from runstate.engine.testing import EventFactory
 
 pytestmark = pytest.mark.anyio
 
@@ -187,10 +188,8 @@ async def test_idempotency_key_recorded_by_a_creator_that_died_creates_the_run_o
     """A key recorded without its run.created (the creator died) creates that run exactly once."""
     # what _create_once does before it appends: take an id, record the creation under the key
     rid = str(await log.increment(writer.subjects.run_counter("Train")))
-    event = RunCreated(
-        pathspec=f"Train/{rid}",
-        actor="dead-worker",
-        payload=RunCreatedPayload(flow="Train", run_id=rid, idempotency_key="k", user="dead"),
+    event = EventFactory("dead-worker").run_created(
+        rid, idempotency_key="k", user="dead", parameters={}, tags=[], system_tags=[]
     )
     await log.claim_key("Train\0k", encode_commit([event]))
     assert await run_created_count(log) == 0

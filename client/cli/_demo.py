@@ -39,7 +39,8 @@ from rich.text import Text
 
 from runstate.client._client import Client
 from runstate.client._watch import Change
-from runstate.client.cli._render import LiveBoard, counts_text, state_text
+from runstate.client.cli._board import LiveBoard
+from runstate.client.cli._render import counts_text, state_text
 from runstate.engine._events import RunStateChanged, TaskAttemptStateChanged
 from runstate.engine._handles import TaskHandle
 from runstate.engine._settings import Settings

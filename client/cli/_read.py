@@ -19,7 +19,8 @@ from rich.live import Live
 from rich.text import Text
 
 from runstate.client._client import Client, connect
-from runstate.client._objects import DataArtifact, Flow, Run, Step, Task
+from runstate.client._data import DataArtifact
+from runstate.client._objects import Flow, Run, Step, Task
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
@@ -31,22 +32,19 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._board import LiveBoard
 from runstate.client.cli._render import (
-    LiveBoard,
-    artifact_header,
     counts_text,
     event_line,
     format_duration,
     preview_text,
-    run_tree,
-    runs_table,
     state_text,
-    step_tree,
-    task_tree,
     value_preview,
 )
+from runstate.client.cli._trees import artifact_header, run_tree, runs_table, step_tree, task_tree
+from runstate.engine._embedded import _read_server_json
 from runstate.engine._names import Pathspec, parse_pathspec
-from runstate.engine._server import _pid_alive, _read_server_json
+from runstate.engine._server import _pid_alive
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, Unavailable
 from runstate.projections._views import RunView, TaskView

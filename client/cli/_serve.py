@@ -21,6 +21,7 @@ from runstate.projections._replica import Replica
 
 __all__ = ["projector", "server"]
 
+
 async def _serve(
     settings: Settings,
     *,

@@ -11,10 +11,10 @@ from runstate.client.cli._bench._harness import _connection, _Place, _say, _serv
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target
 from runstate.engine._commits import Commit, new_commit_id
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event, encode_commit
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._states import TaskState
-from runstate.engine.testing import EventFactory
 
 
 async def _purge(nc: NATS, stream: str) -> None:

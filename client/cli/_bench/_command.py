@@ -26,6 +26,7 @@ from runstate.client.cli._bench._report import (
     markdown,
 )
 from runstate.client.cli._bench._workload import bench_workload
+from runstate.engine._logging import configure_logging
 
 BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection")
 
@@ -197,8 +198,6 @@ def bench(
 
     BENCHMARKS: append, workload, reads, facade, live, projection, or all (the default).
     """
-    from runstate.engine._logging import configure_logging
-
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
     if quick:

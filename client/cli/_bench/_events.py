@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import (
     Event,
 )
 from runstate.engine._typing import EventLog
-from runstate.engine.testing import EventFactory
 
 
 def _commits(events: Iterator[Event], per_commit: int) -> Iterator[list[Event]]:

@@ -7,6 +7,7 @@ import time
 
 import anyio
 
+from runstate.client import compat
 from runstate.client.cli._bench._harness import _client, _Place, _read_after, _server_version
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
@@ -15,7 +16,6 @@ from runstate.client.cli._bench._workload import WriteResult, write_workload
 
 def bench_facade(place: _Place, p: BenchParams, report: Report) -> None:
     """Read (a) through ``runstate.client.compat`` against the async client, same loop."""
-    from runstate.client import compat
 
     async def write() -> WriteResult:
         async with _client(place) as client:

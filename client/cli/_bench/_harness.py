@@ -19,10 +19,13 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from nats.aio.client import Client as NATS
 
+from runstate.client._client import connect
 from runstate.client.cli._bench._params import ProjectorMode
 from runstate.engine._commits import new_commit_id
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._logging import configure_logging
 from runstate.engine._names import Subjects
+from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Timeout
 from runstate.projections._replica import Replica
@@ -53,8 +56,6 @@ class _Place:
 @contextlib.contextmanager
 def _place(url: str | None) -> Iterator[_Place]:
     """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``."""
-    from runstate.engine._server import NatsServer
-
     with tempfile.TemporaryDirectory(prefix="runstate-bench-") as scratch:
         tmp = Path(scratch)
         if url is not None:
@@ -178,8 +179,6 @@ async def _serve_replica(url: str, prefix: str, store: str) -> None:
 
 def _replica_main(argv: Sequence[str]) -> None:
     """``python -m runstate.client.cli._bench _replica URL PREFIX STORE``: serve; stop at EOF."""
-    from runstate.engine._logging import configure_logging
-
     configure_logging("warning", force=True)
     url, prefix, store = argv
     anyio.run(_serve_replica, url, prefix, store)
@@ -187,8 +186,6 @@ def _replica_main(argv: Sequence[str]) -> None:
 
 @contextlib.asynccontextmanager
 async def _client(place: _Place) -> AsyncIterator[Any]:
-    from runstate.client._client import connect
-
     async with connect(place.url, settings=place.settings(), projector=False) as client:
         yield client
 

@@ -23,11 +23,12 @@ from runstate.client.cli._bench._harness import (
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._commits import Receipt, new_commit_id
+from runstate.engine._connection import jetstream_api
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import encode_commit
 from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._names import Subjects
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.testing import EventFactory
 
 
 class _Deliveries:
@@ -159,8 +160,6 @@ async def _make_room_for_consumers(nc: NATS, subjects: Subjects, needed: int) ->
     Every watch is an ordered consumer, and nats-server 2.15 caps a stream
     that sets no ``max_consumers`` at 1,000 consumers (error 10026).
     """
-    from runstate.engine._connection import jetstream_api
-
     name = subjects.events_stream
     info = await jetstream_api(nc, f"$JS.API.STREAM.INFO.{name}")
     config = info["config"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import sys
@@ -28,10 +29,15 @@ from runstate.client.cli._bench._harness import (
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._connection import open_nats
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._jetstream import JetStreamEventLog
+from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
 from runstate.engine._typing import EventLog
-from runstate.engine.testing import EventFactory
+from runstate.projections._feeder import feeder_command
+from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
+from runstate.projections._projector import Projector
+from runstate.projections._store import SQLiteReadStore
 
 
 async def _catch_up(
@@ -42,13 +48,6 @@ async def _catch_up(
     The projector runs in this process with the garbage-collector policy
     and the feeder process that `runstate server`/`runstate projector` use.
     """
-    import gc
-
-    from runstate.projections._feeder import feeder_command
-    from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
-    from runstate.projections._projector import Projector
-    from runstate.projections._store import SQLiteReadStore
-
     thresholds = gc.get_threshold()
     tune_gc_for_projection()
     store = SQLiteReadStore(store_path)
@@ -119,8 +118,6 @@ async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds:
 
 
 async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: int) -> None:
-    import gc
-
     settings = Settings(nats_url=url, prefix=prefix)
     # Writers are other machines' processes: on this machine the load yields the CPU to
     # the system under test (nats-server, the replica, the probe) when both want it.
@@ -150,8 +147,6 @@ def _load_main(argv: Sequence[str]) -> None:
     Prints ``ready`` once connected with its commits built, starts on a line on
     stdin, and prints ``sent <events> <seconds>`` when done.
     """
-    from runstate.engine._logging import configure_logging
-
     configure_logging("warning", force=True)
     url, prefix, rate, seconds, tasks = argv
     anyio.run(_serve_load, url, prefix, int(rate), float(seconds), int(tasks))
@@ -178,8 +173,6 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
         receipt = await log.append(first)
         await _wait_applied(client, receipt.sequence)
         # Keep this process's own garbage collections out of the measured latency.
-        import gc
-
         gc.collect()
         gc.freeze()
         samples: list[tuple[float, float]] = []

@@ -20,9 +20,9 @@ from runstate.client.cli._bench._harness import (
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
 from runstate.client.cli._bench._workload import write_workload
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event
 from runstate.engine._states import RunState
-from runstate.engine.testing import EventFactory
 
 NOTE_METRIC_READS = "read (e), one task's metric history, is not implemented in runstate yet"
 

@@ -22,11 +22,11 @@ from runstate.client.cli._bench._harness import (
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
 from runstate.engine._commits import Receipt, new_commit_id
+from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import encode_commit
 from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._states import TaskState
 from runstate.engine._worker import Writer
-from runstate.engine.testing import EventFactory
 
 NOTE_METRICS = (
     "metric points (3 `loss` points per successful train task) are not implemented in "

@@ -1,0 +1,207 @@
+"""The embedded nats-server of a data directory, recorded in its ``server.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from runstate.engine._logging import get_logger
+from runstate.engine._server import NatsServer, _answers_nats, _pid_alive
+
+__all__ = ["EmbeddedHandle", "ensure_embedded"]
+
+_SERVER_JSON = "server.json"
+_SERVER_LOCK = "server.lock"
+
+log = get_logger("runstate.server")
+
+
+#: the watchdog of an embedded server: a shell that waits for a line on its stdin (a pipe
+#: whose only writer is the owner). ``stop`` means the owner stops the server itself; end
+#: of file without it means the owner died (SIGTERM, SIGKILL, a crash), so it stops the server.
+_WATCHDOG = 'read -r word; [ "$word" = stop ] || kill -TERM "$1" 2>/dev/null'
+
+
+class _Watchdog:
+    """Stops a server when the process that started it dies without stopping it.
+
+    nats-server cannot follow its parent's life, and ``PR_SET_PDEATHSIG``
+    follows the parent *thread* (the embedded server starts in a worker
+    thread, which may end long before the process). So a tiny ``sh`` in a
+    session of its own holds the read end of a pipe only this process
+    writes to: the kernel closes it however this process ends.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        read_end, write_end = os.pipe()  # not inherited by later children (PEP 446)
+        try:
+            self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG, "runstate-watchdog", str(server_pid)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._pipe = os.fdopen(write_end, "wb", buffering=0)
+
+    def dismiss(self) -> None:
+        """The owner stops the server itself: let the watchdog exit without a signal."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            self._pipe.write(b"stop\n")
+        self._pipe.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+
+
+class EmbeddedHandle:
+    """The embedded server of a data directory: one this process started, or one it found.
+
+    ``owned`` says whether this process started it; ``stop()`` stops an owned
+    server and does nothing for one attached to. An owned server is stopped
+    however this process ends: by ``stop()``, or, when the process dies
+    without calling it (a signal, ``os._exit``), by a watchdog process.
+    Use as a context manager.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        pid: int,
+        *,
+        data_dir: Path,
+        server: NatsServer | None,
+        watchdog: _Watchdog | None = None,
+    ) -> None:
+        self.url = url
+        self.pid = pid
+        self.data_dir = data_dir
+        self._server = server
+        self._watchdog = watchdog
+
+    @property
+    def owned(self) -> bool:
+        """Whether this handle started the server (and ``stop()`` stops it)."""
+        return self._server is not None
+
+    def __repr__(self) -> str:
+        return f"<EmbeddedHandle {self.url} pid={self.pid} owned={self.owned}>"
+
+    def stop(self) -> None:
+        """Stop the server if this handle owns it and forget it in ``server.json``; idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._watchdog is not None:
+            self._watchdog.dismiss()
+        server.stop()
+        with _locked(self.data_dir):
+            recorded = _read_server_json(self.data_dir)
+            if recorded is not None and recorded.get("pid") == self.pid:
+                (self.data_dir / _SERVER_JSON).unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def ensure_embedded(
+    data_dir: Path, *, port: int | None = None, timeout: float = 10.0
+) -> EmbeddedHandle:
+    """Return the embedded server of ``data_dir``, starting one if none runs.
+
+    A server is running when ``data_dir/server.json`` names a live pid whose URL
+    answers as NATS; the handle then attaches (``owned=False``). Otherwise a new
+    server starts on the directory (on ``port``, or a free one) and the handle
+    owns it: it stops when the handle stops, or when this process dies without
+    stopping it. A lock on ``data_dir/server.lock`` makes concurrent callers, in any
+    process, agree on one server. JetStream data in the directory is kept.
+    Raises ``Unavailable`` if the server does not start, ``ConfigurationError``
+    without a nats-server binary.
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(data_dir):
+        recorded = _read_server_json(data_dir)
+        if recorded is not None:
+            url, pid = recorded.get("url"), recorded.get("pid")
+            if (
+                isinstance(url, str)
+                and isinstance(pid, int)
+                and _pid_alive(pid)
+                and _answers_nats(url)
+            ):
+                log.info(
+                    "attached to embedded nats-server", url=url, pid=pid, data_dir=str(data_dir)
+                )
+                return EmbeddedHandle(url, pid, data_dir=data_dir, server=None)
+            log.info(
+                "replacing stale embedded server record", recorded=recorded, data_dir=str(data_dir)
+            )
+        server = NatsServer(data_dir, port=port)
+        server.start(timeout)
+        watchdog = None
+        try:
+            pid = server.pid
+            assert pid is not None
+            watchdog = _Watchdog(pid)
+            _write_server_json(
+                data_dir,
+                {"url": server.url, "pid": pid, "started_at": datetime.now(UTC).isoformat()},
+            )
+        except BaseException:
+            if watchdog is not None:
+                watchdog.dismiss()
+            server.stop()
+            raise
+        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog)
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    with open(data_dir / _SERVER_LOCK, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _read_server_json(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        recorded = json.loads((data_dir / _SERVER_JSON).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _write_server_json(data_dir: Path, record: dict[str, Any]) -> None:
+    target = data_dir / _SERVER_JSON
+    temporary = target.with_name(f".{_SERVER_JSON}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)

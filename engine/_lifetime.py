@@ -1,0 +1,76 @@
+"""A run's or task's lifetime as a block: heartbeats while it runs, finished when it ends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+from runstate.engine._logging import get_logger
+
+if TYPE_CHECKING:
+    from runstate.engine._handles import RunHandle
+    from runstate.engine._task_handle import TaskHandle
+    from runstate.engine._worker import Writer
+
+__all__: list[str] = []
+
+log = get_logger("runstate.worker")
+
+
+@asynccontextmanager
+async def _lifetime(
+    handle: RunHandle | TaskHandle,
+    heartbeat: bool,
+    fail: Callable[[BaseException], Awaitable[object]],
+) -> AsyncIterator[None]:
+    """Heartbeat while the block runs, then finish the entity: completed at the end,
+    ``fail(exception)`` if the block raises, cancelled if it is cancelled."""
+    async with _heartbeating(handle._writer, handle.pathspec, heartbeat):
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                if not handle.state.terminal:
+                    await handle.cancel("cancelled")
+            raise
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if not handle.state.terminal:
+                    await fail(exc)
+            raise
+    if not handle.state.terminal:
+        await handle.complete()
+
+
+@asynccontextmanager
+async def _heartbeating(writer: Writer, pathspec: str, enabled: bool) -> AsyncIterator[None]:
+    """Send heartbeats for ``pathspec`` every ``settings.heartbeat_interval`` while inside."""
+    if not enabled:
+        yield
+        return
+    interval = writer.log.settings.heartbeat_interval
+
+    async def beat() -> None:
+        while True:
+            try:
+                await writer.heartbeat(pathspec)
+            except Exception as exc:  # a missed beat is not worth failing the task
+                log.debug("heartbeat.failed", pathspec=pathspec, error=str(exc))
+            await anyio.sleep(interval)
+
+    # The block's exception is re-raised outside the task group: inside it, anyio
+    # would wrap it in an ExceptionGroup and callers could not catch it by type.
+    error: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(beat)
+        try:
+            yield
+        except Exception as exc:
+            error = exc
+        finally:
+            group.cancel_scope.cancel()
+    if error is not None:
+        raise error
