@@ -43,6 +43,7 @@ from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
 from runstate.engine.errors import RunstateError as RunstateError
 from runstate.engine.errors import ServerAlreadyRunning as ServerAlreadyRunning
 from runstate.engine.errors import ServerTooOld as ServerTooOld
+from runstate.engine.errors import StepWentBack as StepWentBack
 from runstate.engine.errors import StoreInUse as StoreInUse
 from runstate.engine.errors import Timeout as Timeout
 from runstate.engine.errors import Unavailable as Unavailable
@@ -76,6 +77,7 @@ __all__ = [
     "ServerAlreadyRunning",
     "ServerTooOld",
     "Step",
+    "StepWentBack",
     "StoreInUse",
     "Subscription",
     "Task",

@@ -15,6 +15,7 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
+from runstate.engine._points import all_points, points_stream
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -189,6 +190,7 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
     """The stream configurations runstate needs, as JetStream API JSON."""
     subjects = Subjects(settings.prefix)
     window_ns = int(settings.duplicate_window * 1e9)
+    metrics_age_ns = int(settings.metrics_max_age * 1e9)
     common = {"storage": "file", "num_replicas": settings.replicas, "retention": "limits"}
     return [
         {
@@ -199,6 +201,17 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
             "allow_direct": True,
             "allow_atomic": True,
             "discard": "new",
+            "max_consumers": settings.max_consumers,
+        },
+        {
+            **common,
+            "name": points_stream(settings.prefix),
+            "subjects": [all_points(settings.prefix)],
+            # JetStream wants the duplicate window within the age limit
+            "duplicate_window": min(window_ns, metrics_age_ns) if metrics_age_ns else window_ns,
+            "max_age": metrics_age_ns,
+            "allow_direct": True,
+            "discard": "old",
             "max_consumers": settings.max_consumers,
         },
         {

@@ -43,12 +43,14 @@ from runstate.engine._events import (
     utcnow,
 )
 from runstate.engine._logging import get_logger
+from runstate.engine._metrics_writer import MetricsBuffer, flushing_periodically
 from runstate.engine._names import (
     Pathspec,
     check_id,
     check_step_name,
     parse_pathspec,
 )
+from runstate.engine._points import PointReceipt
 from runstate.engine._states import (
     RunState,
     TaskState,
@@ -119,6 +121,7 @@ class RunHandle:
         self.version = version
         #: the receipt of the last write through this handle (pass as ``after=``)
         self.receipt = receipt
+        self._metrics: MetricsBuffer | None = None
 
     @classmethod
     def from_commits(cls, writer: Writer, commits: Sequence[StoredCommit]) -> RunHandle:
@@ -428,6 +431,18 @@ class RunHandle:
     async def heartbeat(self) -> None:
         await self._writer.heartbeat(self.pathspec)
 
+    # -- metrics (runstate.engine._metrics_writer) ----------------------------
+
+    async def log(self, row: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Log a row of metrics of the run, as W&B's ``run.log``: see ``TaskHandle.log``."""
+        if self._metrics is None:
+            self._metrics = MetricsBuffer(self._writer.log, self.pathspec, None)
+        await self._metrics.log(row, step)
+
+    async def flush(self) -> PointReceipt | None:
+        """Send the buffered metric rows now; see ``TaskHandle.flush``."""
+        return None if self._metrics is None else await self._metrics.flush()
+
 
 def _apply_tags(tags: set[str], payload: RunTagsChangedPayload) -> set[str]:
     result = set(payload.replace) if payload.replace is not None else set(tags)
@@ -450,6 +465,7 @@ class TaskHandle:
         self.index: int | None = None
         self.version = version
         self.receipt: Receipt | None = None
+        self._metrics: MetricsBuffer | None = None
 
     @classmethod
     def from_commits(
@@ -611,6 +627,34 @@ class TaskHandle:
     async def heartbeat(self) -> None:
         await self._writer.heartbeat(self.pathspec)
 
+    # -- metrics (runstate.engine._metrics_writer) ----------------------------
+
+    async def log(self, row: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Log a row of metrics of the current attempt, as W&B's ``run.log``.
+
+        ``step`` defaults to the last step + 1 (0 first); a step before the
+        last raises ``StepWentBack``, the last step again adds keys to its
+        row. Values are numbers (NaN and infinities included), bools or
+        strings, else ``InvalidEvent``. Rows are buffered and sent in
+        batches: when the buffer is full, every second inside the task's
+        block, at its exit and on ``flush()``.
+        """
+        metrics = self._metrics
+        if metrics is None or metrics.attempt != self.attempt:
+            if metrics is not None:
+                await metrics.flush()  # the earlier attempt's rows go first
+            metrics = self._metrics = MetricsBuffer(self._writer.log, self.pathspec, self.attempt)
+        await metrics.log(row, step)
+
+    async def flush(self) -> PointReceipt | None:
+        """Send the buffered metric rows now and return the last batch's receipt.
+
+        Pass its ``sequence`` as ``after=`` to a metric read to see them.
+        Raises ``Unavailable`` when they cannot be stored within the retry
+        budget; they stay buffered and are sent again with the same commit ids.
+        """
+        return None if self._metrics is None else await self._metrics.flush()
+
 
 @asynccontextmanager
 async def _lifetime(
@@ -618,23 +662,42 @@ async def _lifetime(
     heartbeat: bool,
     fail: Callable[[BaseException], Awaitable[object]],
 ) -> AsyncIterator[None]:
-    """Heartbeat while the block runs, then finish the entity: completed at the end,
-    ``fail(exception)`` if the block raises, cancelled if it is cancelled."""
-    async with _heartbeating(handle._writer, handle.pathspec, heartbeat):
+    """Heartbeat (and flush metric rows) while the block runs, then finish the entity:
+    completed at the end, ``fail(exception)`` if the block raises, cancelled if it is
+    cancelled. Metric rows are flushed before the entity finishes; a flush that fails
+    at the end fails the entity with its error, which propagates."""
+    interval = handle._writer.log.settings.metrics_flush_interval
+    async with (
+        _heartbeating(handle._writer, handle.pathspec, heartbeat),
+        flushing_periodically(handle.flush, interval),
+    ):
         try:
             yield
+            await handle.flush()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
+                await _flush_quietly(handle)
                 if not handle.state.terminal:
                     await handle.cancel("cancelled")
             raise
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                await _flush_quietly(handle)
                 if not handle.state.terminal:
                     await fail(exc)
             raise
     if not handle.state.terminal:
         await handle.complete()
+
+
+async def _flush_quietly(handle: RunHandle | TaskHandle) -> None:
+    """Flush what the block logged before it failed, within one request's time; a
+    fault here is logged, the block's own error being the one to report."""
+    with anyio.move_on_after(handle._writer.log.settings.request_timeout):
+        try:
+            await handle.flush()
+        except Exception as exc:
+            log.warning("metrics.flush_failed", pathspec=handle.pathspec, error=str(exc))
 
 
 @asynccontextmanager
