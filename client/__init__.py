@@ -27,6 +27,7 @@ from runstate.client._watch import Subscription as Subscription
 from runstate.engine._commits import Receipt as Receipt
 from runstate.engine._handles import RunHandle as RunHandle
 from runstate.engine._handles import TaskHandle as TaskHandle
+from runstate.engine._points import PointReceipt as PointReceipt
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
 from runstate.engine.errors import BadFilter as BadFilter
@@ -69,6 +70,7 @@ __all__ = [
     "NotInNamespace",
     "Page",
     "PayloadTooLarge",
+    "PointReceipt",
     "Receipt",
     "Run",
     "RunHandle",

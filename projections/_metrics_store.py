@@ -223,7 +223,7 @@ class MetricsStore:
             wire: dict[str, Any] = {}
             for key, value in row.items():
                 wire[key] = wire_value(value)
-                if key != STEP:
+                if key[0] != "_":  # _step and _timestamp live in the row only
                     points = by_key.get(key)
                     if points is None:
                         points = by_key[key] = []
@@ -243,9 +243,8 @@ class MetricsStore:
             )
         count = 0
         for key, points in by_key.items():
-            if key != "_timestamp":
-                count += len(points)
-                self._apply_points(stream_id, key, points)
+            count += len(points)
+            self._apply_points(stream_id, key, points)
         return count
 
     def _apply_points(self, stream_id: int, key: str, points: list[tuple[int, Any]]) -> None:

@@ -113,7 +113,7 @@ class MetricKeysRequest(MetricsRequest):
 class MetricHistoryRequest(MetricsRequest):
     """Sampled history (``runstate.projections._sampling``)."""
 
-    samples: int = Field(default=500, ge=5, le=1_000_000)
+    samples: int = Field(default=500, ge=8, le=1_000_000)
     keys: list[str] | None = None
     x_axis: str = "_step"
 
