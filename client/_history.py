@@ -13,6 +13,8 @@ import importlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from runstate.engine._points import PointReceipt, decode_value
 from runstate.engine.errors import ConfigurationError
 
@@ -24,13 +26,20 @@ __all__ = ["History"]
 _History = list[dict[str, Any]]
 
 
-def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows from the wire: tagged NaN and infinities back to floats."""
+def _rows(rows: list[dict[str, Any]], raw: bytes) -> list[dict[str, Any]]:
+    """Rows from the wire (``raw``, the reply): tagged NaN and infinities back to floats.
+
+    Most replies hold none, and are then taken as they are."""
+    if _TAG not in raw:
+        return rows
     for row in rows:
         for key, value in row.items():
             if type(value) is dict:
                 row[key] = decode_value(value)
     return rows
+
+
+_TAG = b'{"$f":'
 
 
 def _pandas() -> Any:
@@ -71,12 +80,10 @@ class History:
     ) -> Any:
         body = self._body(stream, after)
         body.update(samples=samples, keys=list(keys) if keys is not None else None, x_axis=x_axis)
-        if pandas:
-            module = _pandas()  # before the request: say what is missing first
-            rows = _rows(await self._client.request("metric_history", body))
-            return module.DataFrame.from_records(rows)
-        result: _History = _rows(await self._client.request("metric_history", body))
-        return result
+        module = _pandas() if pandas else None  # before the request: say what is missing
+        raw = await self._client._request("metric_history", body, None)
+        rows: _History = _rows(orjson.loads(raw)["result"], raw)
+        return rows if module is None else module.DataFrame.from_records(rows)
 
     async def scan_history(
         self,
@@ -96,8 +103,9 @@ class History:
             max_step=max_step,
         )
         while True:
-            page = await self._client.request("metric_scan", body)
-            for row in _rows(page["rows"]):
+            raw = await self._client._request("metric_scan", body, None)
+            page = orjson.loads(raw)["result"]
+            for row in _rows(page["rows"], raw):
                 yield row
             if page["next_start"] is None:
                 return

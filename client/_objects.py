@@ -337,6 +337,10 @@ class Run(_Object):
         summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
         return summary
 
+    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
+        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
+        return await self.summary("system", after=after)
+
     def _history(self) -> History:
         return History(self._client, self.pathspec, None)
 
@@ -607,6 +611,10 @@ class Task(_Object):
         """Each metric key's latest logged value."""
         summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
         return summary
+
+    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
+        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
+        return await self.summary("system", after=after)
 
     def _history(self) -> History:
         return History(self._client, self.pathspec, self._attempt)

@@ -57,6 +57,7 @@ from runstate.engine._states import (
     check_run_transition,
     check_task_transition,
 )
+from runstate.engine._system_metrics import sampling_system
 from runstate.engine._values import check_json_value
 from runstate.engine.errors import (
     ConflictError,
@@ -667,9 +668,11 @@ async def _lifetime(
     cancelled. Metric rows are flushed before the entity finishes; a flush that fails
     at the end fails the entity with its error, which propagates."""
     interval = handle._writer.log.settings.metrics_flush_interval
+    attempt = handle.attempt if isinstance(handle, TaskHandle) else None
     async with (
         _heartbeating(handle._writer, handle.pathspec, heartbeat),
         flushing_periodically(handle.flush, interval),
+        sampling_system(handle._writer.log, handle.pathspec, attempt),
     ):
         try:
             yield

@@ -68,6 +68,9 @@ class Settings:
     metrics_max_age: float = 0.0
     #: seconds between flushes of buffered metric rows while a task or run block runs
     metrics_flush_interval: float = 1.0
+    #: seconds between samples of the worker process's CPU and memory into the ``system``
+    #: metric stream while a task or run block runs (0: none; needs ``runstate[system]``)
+    system_metrics_interval: float = 0.0
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)

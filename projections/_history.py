@@ -91,10 +91,12 @@ def scan_page(
     max_step: int | None,
     page_size: int,
     start: int | None,
+    max_bytes: int = 1 << 62,
 ) -> tuple[list[bytes], int | None]:
     """Rows from ``min_step`` to ``max_step`` (both included), ``page_size`` rows of
-    steps at a time from ``start``; the rows and the next page's start (None at the
-    end). With ``keys``, only rows that have all of them (and only those keys)."""
+    steps at a time from ``start`` (fewer when they would pass ``max_bytes``, a reply's
+    limit); the rows and the next page's start (None at the end). With ``keys``, only
+    rows that have all of them (and only those keys)."""
     sid = store.stream_id(entity, attempt, stream)
     if sid is None:
         return [], None
@@ -112,10 +114,19 @@ def scan_page(
     page = store.rows_between(sid, first, last, page_size)
     if not page:
         return [], None
+    size = 0
+    for index, (step, data) in enumerate(page):
+        size += len(data) + 1
+        if size > max_bytes and index > 0:
+            return _kept(page[:index], wanted), step
     high = page[-1][0]
     following = high + 1 if len(page) == page_size and high < last else None
+    return _kept(page, wanted), following
+
+
+def _kept(page: Sequence[tuple[int, bytes]], wanted: list[str] | None) -> list[bytes]:
     datas = [data for _, data in page]
-    return (datas if wanted is None else _only(datas, wanted)), following
+    return datas if wanted is None else _only(datas, wanted)
 
 
 def keys_reply(

@@ -366,6 +366,10 @@ class QueryService:
         attempts = store.attempts(str(path))
         return store, str(path), attempts[-1] if attempts else 0
 
+    def _reply_limit(self) -> int:
+        """The bytes of rows a reply may carry: NATS's message limit, less room around them."""
+        return (self._nc.max_payload if self._nc is not None else 1024 * 1024) - 4096
+
     async def _metric_keys(self, req: MetricKeysRequest) -> bytes:
         store, entity, attempt = self._metrics_target(req)
         return _result(orjson.dumps(keys_reply(store, entity, attempt, req.stream)))
@@ -395,6 +399,7 @@ class QueryService:
             max_step=req.max_step,
             page_size=req.page_size,
             start=req.start,
+            max_bytes=self._reply_limit(),
         )
         return _result(
             b'{"rows":['

@@ -23,7 +23,10 @@ from runstate.client.testing import in_memory
 from runstate.engine import MemoryEventLog, Settings
 from runstate.engine._handles import TaskHandle
 from runstate.engine._metrics_writer import MetricsBuffer
-from runstate.engine._points import decode_points
+from runstate.engine._points import PointBatch, decode_points
+from runstate.engine._worker import Writer
+from runstate.projections._history import scan_page
+from runstate.projections._metrics_store import MetricsStore
 
 pytestmark = pytest.mark.anyio
 
@@ -279,3 +282,74 @@ def test_the_guides_metrics_example_runs_as_written(capsys: pytest.CaptureFixtur
     assert printed[1:4] == ["10 0.01", "11 0.011", "12 0.012"]
     assert printed[4] == "['acc', 'loss'] 999"
     assert printed[-1] == "{'best_acc': 0.999}"
+
+
+async def test_a_scan_page_is_cut_where_a_reply_would_pass_its_limit() -> None:
+    """Pages stop before the reply's byte limit and the next page starts at the row left out."""
+    store = MetricsStore(":memory:")
+    rows = [{"_step": step, "_timestamp": 0.0, "text": "x" * 50} for step in range(100)]
+    store.apply([PointBatch("F/1", None, "default", rows)], 1)
+    seen: list[int] = []
+    start: int | None = None
+    while True:
+        page, start = scan_page(
+            store,
+            "F/1",
+            None,
+            "default",
+            keys=None,
+            min_step=None,
+            max_step=None,
+            page_size=1000,
+            start=start,
+            max_bytes=500,
+        )
+        assert 0 < sum(len(data) + 1 for data in page) <= 500
+        seen.extend(int(data.split(b'"_step":')[1].split(b",")[0]) for data in page)
+        if start is None:
+            break
+    store.close()
+    assert seen == list(range(100))
+
+
+async def test_history_with_another_x_axis_keeps_only_rows_that_have_it(client: Client) -> None:
+    """``x_axis="acc"`` gives the rows where acc was logged, with the keys asked for."""
+    run = await client.create_run("Train")
+    for step in range(10):
+        await run.log({"loss": step / 10, **({"acc": step} if step % 3 == 0 else {})})
+    receipt = await run.flush()
+    view = await client.run(run.pathspec, after=run.receipt)
+    rows = await view.history(keys=["loss"], x_axis="acc", after=receipt)
+    assert [(r["_step"], r["acc"], r["loss"]) for r in rows] == [
+        (0, 0, 0.0),
+        (3, 3, 0.3),
+        (6, 6, 0.6),
+        (9, 9, 0.9),
+    ]
+    assert await view.history(keys=["nope"]) == []
+
+
+async def test_the_system_sampler_logs_cpu_and_memory_while_a_task_runs() -> None:
+    """With ``system_metrics_interval`` set, a task's block logs its process's CPU and memory."""
+    pytest.importorskip("psutil")
+    async with in_memory(Settings(system_metrics_interval=0.01)) as client:
+        run = await client.create_run("Train")
+        async with run.task("train", heartbeat=False) as task:
+            with anyio.fail_after(10):
+                while await client.log.points.last_sequence() < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+        view = await client.task(task.pathspec, after=task.receipt)
+        latest = await view.system_metrics(after=2)
+        assert set(latest) == {"cpu_percent", "memory_rss_mb", "memory_percent", "threads"}
+        assert latest["memory_rss_mb"] > 0 and latest["threads"] >= 1
+        rows = await view.history(stream="system")
+        assert len(rows) >= 2 and await view.history() == []
+
+
+def test_asking_for_system_metrics_without_psutil_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without psutil, a writer with ``system_metrics_interval`` set raises at once."""
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with pytest.raises(ConfigurationError, match=r"runstate\[system\]"):
+        Writer(MemoryEventLog(Settings(system_metrics_interval=1.0)))
