@@ -32,6 +32,10 @@ log = get_logger("runstate.connection")
 
 MIN_SERVER_VERSION = (2, 11, 0)
 
+#: "no suitable peers for placement": while a cluster starts, a node that has not joined
+#: yet cannot hold a replica, so provisioning asks again within the retry budget
+_NO_PEERS_YET = 10005
+
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_ca is None and settings.tls_cert is None:
@@ -250,7 +254,7 @@ async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
         error = reply.get("error")
         if error is None:
             return
-    if transient_api_error(error):
+    if transient_api_error(error) or error.get("err_code") == _NO_PEERS_YET:
         raise TransientRefusal(f"{error.get('description')} (code {error.get('err_code')})")
     raise RunstateError(
         f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
@@ -276,7 +280,7 @@ async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
     except nats.js.errors.ServiceUnavailableError as exc:
         raise TransientRefusal(str(exc)) from None
     except nats.js.errors.APIError as exc:
-        if exc.err_code in TRANSIENT_CODES:
+        if exc.err_code in TRANSIENT_CODES or exc.err_code == _NO_PEERS_YET:
             raise TransientRefusal(str(exc.description)) from None
         raise RunstateError(f"cannot create buckets: {exc.description}") from None
     except nats.errors.TimeoutError:

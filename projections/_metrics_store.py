@@ -128,6 +128,27 @@ def _fold(block: _Block | None, step: int, value: Any) -> _Block:
     return block
 
 
+def _fold_chunk(block: _Block | None, chunk: list[tuple[int, Any]]) -> _Block:
+    """A block's summary with points that come after its own (``_fold`` for each)."""
+    ordered = [(value, step) for step, value in chunk if orderable(value)]
+    last = chunk[-1][0]
+    if block is None:
+        block = [None, None, None, None, last]
+    block[4] = max(block[4], last)
+    if ordered:
+        low = min(ordered)  # the least value, the earliest step on ties
+        high = max(ordered, key=_highest_first)
+        if block[1] is None or low[0] < block[0]:
+            block[0], block[1] = low
+        if block[3] is None or high[0] > block[2]:
+            block[2], block[3] = high
+    return block
+
+
+def _highest_first(point: tuple[Any, int]) -> tuple[Any, int]:
+    return point[0], -point[1]
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesInfo:
     """One key of an entity's stream: its steps, how many points, its latest value."""
@@ -218,17 +239,19 @@ class MetricsStore:
         by_key: dict[str, list[tuple[int, Any]]] = {}
         fresh: list[tuple[int, int, bytes]] = []
         merged: list[tuple[bytes, int, int]] = []
+        tagged = batch.tagged
         for row in batch.rows:
             step = row[STEP]
-            wire: dict[str, Any] = {}
             for key, value in row.items():
-                wire[key] = wire_value(value)
                 if key[0] != "_":  # _step and _timestamp live in the row only
                     points = by_key.get(key)
                     if points is None:
                         points = by_key[key] = []
                     points.append((step, value))
-            data = orjson.dumps(wire)
+            # the row as it travelled: NaN and infinities tagged again, if it had any
+            data = orjson.dumps(
+                {key: wire_value(value) for key, value in row.items()} if tagged else row
+            )
             if last_row is not None and step <= last_row:
                 merged.append((data, stream_id, step))
             else:
@@ -290,7 +313,12 @@ class MetricsStore:
             )
         db.executemany(
             "INSERT OR REPLACE INTO metric_points (series, step, value, kind) VALUES (?, ?, ?, ?)",
-            [(series, step, *_stored(value)) for step, value in points],
+            [
+                (series, step, value, _NUMBER)
+                if type(value) is float and value == value
+                else (series, step, *_stored(value))
+                for step, value in points
+            ],
         )
         self._apply_blocks(int(series or 0), points, again)
 
@@ -299,18 +327,23 @@ class MetricsStore:
         size = self.block
         touched: dict[int, _Block | None] = {}
         redo = {step // size for step in again}
-        for step, value in points:
-            number = step // size
+        # the points of each block (they come in step order), folded with the builtins
+        start = 0
+        while start < len(points):
+            number = points[start][0] // size
+            end = start + 1
+            while end < len(points) and points[end][0] // size == number:
+                end += 1
+            chunk = points[start:end]
+            start = end
             if number in redo:
                 continue
-            if number not in touched:
-                row = db.execute(
-                    "SELECT low, low_step, high, high_step, last_step FROM metric_blocks "
-                    "WHERE series = ? AND block = ?",
-                    (series, number),
-                ).fetchone()
-                touched[number] = list(row) if row is not None else None
-            touched[number] = _fold(touched[number], step, value)
+            row = db.execute(
+                "SELECT low, low_step, high, high_step, last_step FROM metric_blocks "
+                "WHERE series = ? AND block = ?",
+                (series, number),
+            ).fetchone()
+            touched[number] = _fold_chunk(list(row) if row is not None else None, chunk)
         for number in redo:  # summed up again from the points now stored
             block: _Block | None = None
             for step, value, kind in db.execute(

@@ -23,7 +23,7 @@ from runstate.client.testing import in_memory
 from runstate.engine import MemoryEventLog, Settings
 from runstate.engine._handles import TaskHandle
 from runstate.engine._metrics_writer import MetricsBuffer
-from runstate.engine._points import PointBatch, decode_points
+from runstate.engine._points import PointBatch, decode_points, encode_points
 from runstate.engine._worker import Writer
 from runstate.projections._history import scan_page
 from runstate.projections._metrics_store import MetricsStore
@@ -353,3 +353,30 @@ def test_asking_for_system_metrics_without_psutil_names_the_extra(
     monkeypatch.setitem(sys.modules, "psutil", None)
     with pytest.raises(ConfigurationError, match=r"runstate\[system\]"):
         Writer(MemoryEventLog(Settings(system_metrics_interval=1.0)))
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        b'[{"_step":0,"x":null}]',
+        b'[{"_step":0,"x":[1]}]',
+        b'[{"_step":0,"x":{"a":1}}]',
+        b'[{"_step":"0","x":1}]',
+        b"[]]",
+    ],
+)
+def test_a_message_that_is_not_a_points_batch_is_refused(rows: bytes) -> None:
+    """Nulls, lists, objects other than a tag and a step that is not an int are not points."""
+    with pytest.raises(InvalidEvent):
+        decode_points(b'{"v":1,"p":"F/1","a":null,"s":"default","rows":' + rows + b"}")
+
+
+def test_a_message_decodes_tags_and_braces_in_strings() -> None:
+    """Tagged values come back as floats, and strings may hold braces and brackets."""
+    batch = decode_points(
+        b'{"v":1,"p":"F/1/s/2","a":0,"s":"default","rows":'
+        b'[{"_step":0,"x":{"$f":"-inf"},"note":"{[a]}"},{"_step":1,"x":2}]}'
+    )
+    assert batch.rows == [{"_step": 0, "x": -math.inf, "note": "{[a]}"}, {"_step": 1, "x": 2}]
+    plain = encode_points("F/1", None, "default", [{"_step": 0, "_timestamp": 1.0, "x": 1.5}])
+    assert batch.tagged and not decode_points(plain).tagged
