@@ -27,6 +27,7 @@ from runstate.client._watch import Subscription as Subscription
 from runstate.engine._commits import Receipt as Receipt
 from runstate.engine._handles import RunHandle as RunHandle
 from runstate.engine._handles import TaskHandle as TaskHandle
+from runstate.engine._points import PointReceipt as PointReceipt
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
 from runstate.engine.errors import BadFilter as BadFilter
@@ -43,6 +44,7 @@ from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
 from runstate.engine.errors import RunstateError as RunstateError
 from runstate.engine.errors import ServerAlreadyRunning as ServerAlreadyRunning
 from runstate.engine.errors import ServerTooOld as ServerTooOld
+from runstate.engine.errors import StepWentBack as StepWentBack
 from runstate.engine.errors import StoreInUse as StoreInUse
 from runstate.engine.errors import Timeout as Timeout
 from runstate.engine.errors import Unavailable as Unavailable
@@ -68,6 +70,7 @@ __all__ = [
     "NotInNamespace",
     "Page",
     "PayloadTooLarge",
+    "PointReceipt",
     "Receipt",
     "Run",
     "RunHandle",
@@ -76,6 +79,7 @@ __all__ = [
     "ServerAlreadyRunning",
     "ServerTooOld",
     "Step",
+    "StepWentBack",
     "StoreInUse",
     "Subscription",
     "Task",

@@ -12,7 +12,7 @@ from the object store) is a coroutine::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,10 @@ import anyio
 
 from runstate.client._base import _Object
 from runstate.client._data import Data, DataArtifact
+from runstate.client._history import History
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
+from runstate.engine._points import PointReceipt
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, Timeout
 from runstate.projections._protocol import StepsRequest
@@ -263,6 +265,67 @@ class Run(_Object):
         return await self.refresh(after=receipt)
 
 
+    # -- metrics, with W&B's names (runstate.client._history) -------------------
+
+    async def history(
+        self,
+        samples: int = 500,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = False,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> Any:
+        """Sampled metric rows of the run (first, last, and each bucket's minimum, maximum
+        and last kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
+        DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
+        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every metric row of the run from ``min_step`` to ``max_step`` (both included),
+        ``page_size`` rows a request; with ``keys``, only rows that have all of them."""
+        return self._history().scan_history(
+            keys, page_size, min_step, max_step, stream, after=after
+        )
+
+    async def history_keys(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> list[str]:
+        """The metric keys the run has logged."""
+        keys: list[str] = (await self._history().keys(stream, after=after))["keys"]
+        return keys
+
+    async def last_history_step(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> int | None:
+        """The last step the run logged a row at (None before the first)."""
+        step: int | None = (await self._history().keys(stream, after=after))["last_step"]
+        return step
+
+    async def summary(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """Each metric key's latest logged value."""
+        summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
+        return summary
+
+    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
+        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
+        return await self.summary("system", after=after)
+
+    def _history(self) -> History:
+        return History(self._client, self.pathspec, None)
+
 class Step(_Object):
     """A step of a run: its tasks and their counts by state."""
 
@@ -476,6 +539,67 @@ class Task(_Object):
 
     def watch(self) -> Subscription[Change]:
         return self._client.watch(self.pathspec)
+
+    # -- metrics, with W&B's names (runstate.client._history) -------------------
+
+    async def history(
+        self,
+        samples: int = 500,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = False,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> Any:
+        """Sampled metric rows of this attempt (first, last, and each bucket's minimum, maximum
+        and last kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
+        DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
+        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every metric row of this attempt from ``min_step`` to ``max_step`` (both included),
+        ``page_size`` rows a request; with ``keys``, only rows that have all of them."""
+        return self._history().scan_history(
+            keys, page_size, min_step, max_step, stream, after=after
+        )
+
+    async def history_keys(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> list[str]:
+        """The metric keys this attempt has logged."""
+        keys: list[str] = (await self._history().keys(stream, after=after))["keys"]
+        return keys
+
+    async def last_history_step(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> int | None:
+        """The last step this attempt logged a row at (None before the first)."""
+        step: int | None = (await self._history().keys(stream, after=after))["last_step"]
+        return step
+
+    async def summary(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """Each metric key's latest logged value."""
+        summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
+        return summary
+
+    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
+        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
+        return await self.summary("system", after=after)
+
+    def _history(self) -> History:
+        return History(self._client, self.pathspec, self._attempt)
 
 
 def object_from_reply(

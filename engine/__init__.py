@@ -31,6 +31,7 @@ from runstate.engine._memory import MemoryEventLog as MemoryEventLog
 from runstate.engine._names import Pathspec as Pathspec
 from runstate.engine._names import Subjects as Subjects
 from runstate.engine._names import parse_pathspec as parse_pathspec
+from runstate.engine._points import PointReceipt as PointReceipt
 from runstate.engine._settings import Settings as Settings
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
@@ -38,6 +39,7 @@ from runstate.engine._typing import BlobStore as BlobStore
 from runstate.engine._typing import EventLog as EventLog
 from runstate.engine._typing import Follow as Follow
 from runstate.engine._typing import Pipeline as Pipeline
+from runstate.engine._typing import PointLog as PointLog
 from runstate.engine._worker import Writer as Writer
 
 __all__ = [
@@ -59,6 +61,8 @@ __all__ = [
     "MetadataRecorded",
     "Pathspec",
     "Pipeline",
+    "PointLog",
+    "PointReceipt",
     "Receipt",
     "RunCreated",
     "RunHandle",

@@ -16,6 +16,7 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
+from runstate.engine._points import all_points, points_stream
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -37,6 +38,10 @@ _NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 
 #: what a server answers to a wrong user, password, token or credentials, lower-cased
 _AUTHORIZATION_VIOLATION = "authorization violation"
+
+#: "no suitable peers for placement": while a cluster starts, a node that has not joined
+#: yet cannot hold a replica, so provisioning asks again within the retry budget
+_NO_PEERS_YET = 10005
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -224,6 +229,7 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
     """The stream configurations runstate needs, as JetStream API JSON."""
     subjects = Subjects(settings.prefix)
     window_ns = int(settings.duplicate_window * 1e9)
+    metrics_age_ns = int(settings.metrics_max_age * 1e9)
     common = {"storage": "file", "num_replicas": settings.replicas, "retention": "limits"}
     return [
         {
@@ -234,6 +240,17 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
             "allow_direct": True,
             "allow_atomic": True,
             "discard": "new",
+            "max_consumers": settings.max_consumers,
+        },
+        {
+            **common,
+            "name": points_stream(settings.prefix),
+            "subjects": [all_points(settings.prefix)],
+            # JetStream wants the duplicate window within the age limit
+            "duplicate_window": min(window_ns, metrics_age_ns) if metrics_age_ns else window_ns,
+            "max_age": metrics_age_ns,
+            "allow_direct": True,
+            "discard": "old",
             "max_consumers": settings.max_consumers,
         },
         {
@@ -272,7 +289,7 @@ async def _ensure_stream(nc: NATS, config: dict[str, Any]) -> None:
         error = reply.get("error")
         if error is None:
             return
-    if transient_api_error(error):
+    if transient_api_error(error) or error.get("err_code") == _NO_PEERS_YET:
         raise TransientRefusal(f"{error.get('description')} (code {error.get('err_code')})")
     raise RunstateError(
         f"cannot create stream {name}: {error.get('description')} (code {error.get('err_code')})"
@@ -298,7 +315,7 @@ async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
     except nats.js.errors.ServiceUnavailableError as exc:
         raise TransientRefusal(str(exc)) from None
     except nats.js.errors.APIError as exc:
-        if exc.err_code in TRANSIENT_CODES:
+        if exc.err_code in TRANSIENT_CODES or exc.err_code == _NO_PEERS_YET:
             raise TransientRefusal(str(exc.description)) from None
         raise RunstateError(f"cannot create buckets: {exc.description}") from None
     except nats.errors.TimeoutError:

@@ -30,7 +30,9 @@ from runstate.engine._events import (
     TaskCreatedPayload,
 )
 from runstate.engine._lifetime import _lifetime
+from runstate.engine._metrics_writer import MetricsBuffer
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
+from runstate.engine._points import PointReceipt
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine._task_handle import _COMMUTING_RETRIES, TaskHandle
 from runstate.engine._values import check_json_value
@@ -74,6 +76,7 @@ class RunHandle:
         self.version = version
         #: the receipt of the last write through this handle (pass as ``after=``)
         self.receipt = receipt
+        self._metrics: MetricsBuffer | None = None
 
     @classmethod
     def from_commits(cls, writer: Writer, commits: Sequence[StoredCommit]) -> RunHandle:
@@ -382,6 +385,18 @@ class RunHandle:
 
     async def heartbeat(self) -> None:
         await self._writer.heartbeat(self.pathspec)
+
+    # -- metrics (runstate.engine._metrics_writer) ----------------------------
+
+    async def log(self, row: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Log a row of metrics of the run, as W&B's ``run.log``: see ``TaskHandle.log``."""
+        if self._metrics is None:
+            self._metrics = MetricsBuffer(self._writer.log, self.pathspec, None)
+        await self._metrics.log(row, step)
+
+    async def flush(self) -> PointReceipt | None:
+        """Send the buffered metric rows now; see ``TaskHandle.flush``."""
+        return None if self._metrics is None else await self._metrics.flush()
 
 
 def _apply_tags(tags: set[str], payload: RunTagsChangedPayload) -> set[str]:

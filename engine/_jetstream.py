@@ -41,6 +41,7 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
+from runstate.engine._jetstream_points import JetStreamPointLog
 from runstate.engine._names import Subjects
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
@@ -74,6 +75,7 @@ class JetStreamEventLog:
         self._encoder = CommitEncoder(self.subjects)
         self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)
+        self._points = JetStreamPointLog(nc, settings, self._replies)
         self._kv: Any = None
 
     @property
@@ -83,6 +85,11 @@ class JetStreamEventLog:
     @property
     def blobs(self) -> JetStreamBlobStore:
         return self._blobs
+
+    @property
+    def points(self) -> JetStreamPointLog:
+        """The metric points stream, beside the commits."""
+        return self._points
 
     @property
     def max_payload(self) -> int:

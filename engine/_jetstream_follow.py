@@ -50,12 +50,14 @@ async def ordered_consumer(
     subject: str,
     start: int,
     on_msg: Callable[[Msg], Awaitable[None]],
+    stream: str | None = None,
 ) -> Any:
-    """An ordered push consumer of ``subject`` from stream sequence ``start``."""
+    """An ordered push consumer of ``subject`` from stream sequence ``start``
+    (of the events stream unless ``stream`` names another)."""
     return await nc.jetstream().subscribe(
         subject,
         cb=on_msg,
-        stream=subjects.events_stream,
+        stream=stream or subjects.events_stream,
         ordered_consumer=True,
         config=ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
@@ -68,7 +70,9 @@ async def ordered_consumer(
     )
 
 
-async def _stop(nc: NATS, subjects: Subjects, sub: Any, settings: Settings) -> None:
+async def _stop(
+    nc: NATS, subjects: Subjects, sub: Any, settings: Settings, stream: str | None = None
+) -> None:
     """Unsubscribe and delete the server's consumer now rather than at its inactivity
     threshold; bounded and shielded, so a lost connection cannot hold the caller."""
     with anyio.CancelScope(shield=True):
@@ -78,7 +82,9 @@ async def _stop(nc: NATS, subjects: Subjects, sub: Any, settings: Settings) -> N
             pass
         with anyio.move_on_after(settings.request_timeout):
             try:
-                await nc.jetstream().delete_consumer(subjects.events_stream, sub._consumer)
+                await nc.jetstream().delete_consumer(
+                    stream or subjects.events_stream, sub._consumer
+                )
             except (nats.errors.Error, nats.js.errors.Error, AttributeError):
                 pass
 
@@ -95,8 +101,11 @@ class JetStreamFollow:
         *,
         buffer_limit: int = BUFFER_LIMIT,
         on_delivery: Callable[[Delivery], None] | None = None,
+        stream: str | None = None,
     ) -> None:
         self._nc = nc
+        #: the stream followed (None: the events stream)
+        self._stream = stream
         self._listener = on_delivery
         self._settings = settings
         self._subjects = Subjects(settings.prefix)
@@ -120,7 +129,7 @@ class JetStreamFollow:
     async def __aexit__(self, *exc_info: object) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            await _stop(self._nc, self._subjects, sub, self._settings)
+            await _stop(self._nc, self._subjects, sub, self._settings, self._stream)
         self._buffer.clear()
 
     async def _on_msg(self, msg: Msg) -> None:
@@ -138,7 +147,9 @@ class JetStreamFollow:
 
     async def _subscribe(self, start: int) -> Any:
         return await retry(
-            lambda: ordered_consumer(self._nc, self._subjects, self._subject, start, self._on_msg),
+            lambda: ordered_consumer(
+                self._nc, self._subjects, self._subject, start, self._on_msg, self._stream
+            ),
             budget=self._settings.retry_budget,
             give_up=lambda exc: Unavailable(
                 f"could not follow {self._subject} from sequence {start} "
@@ -184,7 +195,7 @@ class JetStreamFollow:
         """
         if self._sub is not None and len(self._buffer) >= self._buffer_limit:
             sub, self._sub = self._sub, None
-            await _stop(self._nc, self._subjects, sub, self._settings)
+            await _stop(self._nc, self._subjects, sub, self._settings, self._stream)
             self.pauses += 1
             log.debug("follow.paused", held=len(self._buffer), delivered=self.delivered)
         elif self._sub is None and len(self._buffer) <= self._buffer_limit // 5:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runstate.engine._logging import get_logger
+from runstate.engine._metrics_writer import flushing_periodically
+from runstate.engine._system_metrics import sampling_system
 
 if TYPE_CHECKING:
     from runstate.engine._handles import RunHandle
@@ -26,23 +28,44 @@ async def _lifetime(
     heartbeat: bool,
     fail: Callable[[BaseException], Awaitable[object]],
 ) -> AsyncIterator[None]:
-    """Heartbeat while the block runs, then finish the entity: completed at the end,
-    ``fail(exception)`` if the block raises, cancelled if it is cancelled."""
-    async with _heartbeating(handle._writer, handle.pathspec, heartbeat):
+    """Heartbeat (and flush metric rows) while the block runs, then finish the entity:
+    completed at the end, ``fail(exception)`` if the block raises, cancelled if it is
+    cancelled. Metric rows are flushed before the entity finishes; a flush that fails
+    at the end fails the entity with its error, which propagates."""
+    interval = handle._writer.log.settings.metrics_flush_interval
+    attempt: int | None = getattr(handle, "attempt", None)  # a run's points have none
+    async with (
+        _heartbeating(handle._writer, handle.pathspec, heartbeat),
+        flushing_periodically(handle.flush, interval),
+        sampling_system(handle._writer.log, handle.pathspec, attempt),
+    ):
         try:
             yield
+            await handle.flush()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
+                await _flush_quietly(handle)
                 if not handle.state.terminal:
                     await handle.cancel("cancelled")
             raise
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
+                await _flush_quietly(handle)
                 if not handle.state.terminal:
                     await fail(exc)
             raise
     if not handle.state.terminal:
         await handle.complete()
+
+
+async def _flush_quietly(handle: RunHandle | TaskHandle) -> None:
+    """Flush what the block logged before it failed, within one request's time; a
+    fault here is logged, the block's own error being the one to report."""
+    with anyio.move_on_after(handle._writer.log.settings.request_timeout):
+        try:
+            await handle.flush()
+        except Exception as exc:
+            log.warning("metrics.flush_failed", pathspec=handle.pathspec, error=str(exc))
 
 
 @asynccontextmanager

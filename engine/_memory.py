@@ -14,6 +14,7 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -31,6 +32,9 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
+
+if TYPE_CHECKING:
+    from runstate.engine._memory_points import MemoryPointLog
 
 __all__ = ["MemoryBlobStore", "MemoryEventLog", "subject_matches"]
 
@@ -208,6 +212,15 @@ class MemoryEventLog:
         #: (sequence, subject, reason, data) of every commit set aside
         self.deadletters: list[tuple[int, str, str, bytes]] = []
         self._ids = itertools.count(1)
+        # imported here: the points log's module imports ``subject_matches`` from this one
+        from runstate.engine._memory_points import MemoryPointLog
+
+        self._points = MemoryPointLog(self.settings.prefix)
+
+    @property
+    def points(self) -> MemoryPointLog:
+        """The metric points stream, beside the commits."""
+        return self._points
 
     @property
     def blobs(self) -> MemoryBlobStore:

@@ -63,6 +63,14 @@ class Settings:
     #: consumers the events stream allows: every live watch and projector replica is one.
     #: nats-server 2.15 defaults to 1,000 and no longer accepts -1 for "unlimited".
     max_consumers: int = 100_000
+    #: seconds the metric points stream keeps a batch (0: for ever); the read store keeps
+    #: what it has projected either way
+    metrics_max_age: float = 0.0
+    #: seconds between flushes of buffered metric rows while a task or run block runs
+    metrics_flush_interval: float = 1.0
+    #: seconds between samples of the worker process's CPU and memory into the ``system``
+    #: metric stream while a task or run block runs (0: none; needs ``runstate[system]``)
+    system_metrics_interval: float = 0.0
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -70,6 +78,8 @@ class Settings:
             raise ConfigurationError(f"replicas must be 1, 3 or 5, not {self.replicas}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("give both tls_cert and tls_key, or neither")
+        if self.metrics_max_age < 0:
+            raise ConfigurationError("metrics_max_age is seconds (0 keeps points for ever)")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "heartbeat_timeout must be longer than heartbeat_interval "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback as tb
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,9 @@ from runstate.engine._events import (
     utcnow,
 )
 from runstate.engine._lifetime import _lifetime
+from runstate.engine._metrics_writer import MetricsBuffer
 from runstate.engine._names import Pathspec
+from runstate.engine._points import PointReceipt
 from runstate.engine._states import TaskState, check_task_transition
 from runstate.engine._values import check_json_value
 from runstate.engine.errors import ConflictError
@@ -69,6 +71,7 @@ class TaskHandle:
         self.index: int | None = None
         self.version = version
         self.receipt: Receipt | None = None
+        self._metrics: MetricsBuffer | None = None
 
     @classmethod
     def from_commits(
@@ -229,3 +232,31 @@ class TaskHandle:
 
     async def heartbeat(self) -> None:
         await self._writer.heartbeat(self.pathspec)
+
+    # -- metrics (runstate.engine._metrics_writer) ----------------------------
+
+    async def log(self, row: Mapping[str, Any], *, step: int | None = None) -> None:
+        """Log a row of metrics of the current attempt, as W&B's ``run.log``.
+
+        ``step`` defaults to the last step + 1 (0 first); a step before the
+        last raises ``StepWentBack``, the last step again adds keys to its
+        row. Values are numbers (NaN and infinities included), bools or
+        strings, else ``InvalidEvent``. Rows are buffered and sent in
+        batches: when the buffer is full, every second inside the task's
+        block, at its exit and on ``flush()``.
+        """
+        metrics = self._metrics
+        if metrics is None or metrics.attempt != self.attempt:
+            if metrics is not None:
+                await metrics.flush()  # the earlier attempt's rows go first
+            metrics = self._metrics = MetricsBuffer(self._writer.log, self.pathspec, self.attempt)
+        await metrics.log(row, step)
+
+    async def flush(self) -> PointReceipt | None:
+        """Send the buffered metric rows now and return the last batch's receipt.
+
+        Pass its ``sequence`` as ``after=`` to a metric read to see them.
+        Raises ``Unavailable`` when they cannot be stored within the retry
+        budget; they stay buffered and are sent again with the same commit ids.
+        """
+        return None if self._metrics is None else await self._metrics.flush()

@@ -14,10 +14,11 @@ from typing import Protocol, runtime_checkable
 from runstate.engine._commits import Commit, Delivery, Receipt, StoredCommit
 from runstate.engine._events import Event
 from runstate.engine._names import Subjects
+from runstate.engine._points import PointReceipt
 from runstate.engine._settings import Settings
 from runstate.engine.errors import RunstateError
 
-__all__ = ["BlobStore", "EventLog", "Follow", "Pipeline"]
+__all__ = ["BlobStore", "EventLog", "Follow", "Pipeline", "PointLog"]
 
 
 class Pipeline(Protocol):
@@ -89,6 +90,30 @@ class BlobStore(Protocol):
         """The bytes stored under ``name``; ``NotFound`` if none."""
 
 
+class PointLog(Protocol):
+    """The metric points stream (``runstate.engine._points``): batches with a commit id.
+
+    A batch appended again with its commit id (within the duplicate window)
+    is stored once and its first receipt returned, marked ``duplicate``.
+    Faults outside the caller's control raise ``Unavailable`` after
+    ``settings.retry_budget`` seconds.
+    """
+
+    async def append(self, subject: str, data: bytes, commit_id: str) -> PointReceipt:
+        """Store one encoded batch of points on ``subject``."""
+
+    async def last_sequence(self) -> int:
+        """The last sequence of the points stream (0 when empty)."""
+
+    def read(
+        self, subject_filter: str | None = None, *, start: int = 1
+    ) -> AsyncIterator[Delivery]:
+        """Batches matching ``subject_filter`` from ``start`` to the end when reading began."""
+
+    def follow(self, subject_filter: str | None = None, *, start: int = 1) -> Follow:
+        """A live read of batches from ``start`` on (see ``Follow``)."""
+
+
 @runtime_checkable
 class EventLog(Protocol):
     """The append-only log of commits, with what writers keep beside it.
@@ -105,6 +130,10 @@ class EventLog(Protocol):
 
     @property
     def blobs(self) -> BlobStore: ...
+
+    @property
+    def points(self) -> PointLog:
+        """The metric points stream beside the commits."""
 
     @property
     def max_payload(self) -> int:

@@ -39,6 +39,7 @@ from runstate.engine._states import (
     RunState,
     check_run_transition,
 )
+from runstate.engine._system_metrics import check_sampler
 from runstate.engine._typing import EventLog
 from runstate.engine._values import check_json_value
 from runstate.engine.errors import (
@@ -66,6 +67,7 @@ class Writer:
         self.log = log
         self.subjects = log.subjects
         self.artifacts = ArtifactStore(log.blobs, log.settings)
+        check_sampler(log)
 
     @property
     def user(self) -> str:

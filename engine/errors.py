@@ -7,6 +7,7 @@
     ├── InvalidEvent           an event or commit does not match the schema
     ├── PayloadTooLarge        a commit or artifact is over the configured limit
     ├── IllegalTransition      a state change the state machine does not allow
+    ├── StepWentBack           a metric row logged at a step before the last one
     ├── ConflictError          someone else appended to the entity first
     ├── IdempotencyKeyReused   an idempotency key repeated with other parameters
     ├── NotFound               no object at that pathspec
@@ -22,7 +23,7 @@
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
-``PayloadTooLarge``, ``IllegalTransition``, ``BadFilter``) are raised before
+``PayloadTooLarge``, ``IllegalTransition``, ``StepWentBack``, ``BadFilter``) are raised before
 anything is sent. Errors caused by something outside (``Unavailable``,
 ``Timeout``) leave every acknowledged write in place: a write either has a
 receipt or may be retried with the same commit id.
@@ -47,6 +48,7 @@ __all__ = [
     "RunstateError",
     "ServerAlreadyRunning",
     "ServerTooOld",
+    "StepWentBack",
     "StoreInUse",
     "Timeout",
     "Unavailable",
@@ -104,6 +106,12 @@ class IllegalTransition(RunstateError):
         self.entity = entity
         self.from_state = from_state
         self.to_state = to_state
+
+
+class StepWentBack(RunstateError, ValueError):
+    """A metric row was logged at a step before the entity's last step (W&B refuses it too)."""
+
+    code = "step_went_back"
 
 
 class ConflictError(RunstateError):
@@ -222,6 +230,7 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         ServerAlreadyRunning,
         ConfigurationError,
         IdempotencyKeyReused,
+        StepWentBack,
     )
 }
 

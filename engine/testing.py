@@ -20,6 +20,7 @@ from runstate.engine._events import (
     MetadataRecorded,
 )
 from runstate.engine._names import parse_pathspec
+from runstate.engine._points import decode_points, encode_points, points_subject
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import (
     ConflictError,
@@ -280,3 +281,55 @@ class EventLogContract:
         await log.beat(log.subjects.heartbeat(parse_pathspec(self.task)), b"{}")
         await log.publish_deadletter(1, "rs.ev.x", "not runstate's", b"junk")
         assert await log.stream_last_sequence() == 0
+
+    # -- the points stream (runstate.engine._points) ---------------------------------
+
+    def _points(self, log: EventLog, n: int, attempt: int | None = 0) -> tuple[str, bytes]:
+        path = parse_pathspec(self.task if attempt is not None else self.run)
+        rows = [{"_step": n, "_timestamp": 1.0, "loss": float(n)}]
+        subject = points_subject(log.settings.prefix, path)
+        return subject, encode_points(str(path), attempt, "default", rows)
+
+    async def test_points_appends_return_increasing_sequences_and_read_gives_them_back(
+        self, log: EventLog
+    ) -> None:
+        """Batches of points get increasing sequences in their own stream, read back as sent."""
+        sent = [self._points(log, n) for n in range(3)] + [self._points(log, 9, None)]
+        receipts = [await log.points.append(s, d, f"pts-{i}") for i, (s, d) in enumerate(sent)]
+        assert [r.sequence for r in receipts] == [1, 2, 3, 4]
+        assert await log.stream_last_sequence() == 0  # the events stream is untouched
+        assert await log.points.last_sequence() == 4
+        read = [delivery async for delivery in log.points.read(start=2)]
+        assert [(seq, subject, data) for seq, subject, data in read] == [
+            (n + 2, s, d) for n, (s, d) in enumerate(sent[1:])
+        ]
+        only_run = [d async for d in log.points.read(sent[3][0])]
+        assert [d[0] for d in only_run] == [4]
+        assert decode_points(read[0][2]).rows[0]["loss"] == 1.0
+
+    async def test_a_points_batch_sent_again_with_its_commit_id_is_stored_once(
+        self, log: EventLog
+    ) -> None:
+        """The duplicate window drops a batch sent again with its commit id."""
+        subject, data = self._points(log, 0)
+        first = await log.points.append(subject, data, "pts-once")
+        again = await log.points.append(subject, data, "pts-once")
+        assert (again.sequence, again.duplicate, first.duplicate) == (first.sequence, True, False)
+        assert await log.points.last_sequence() == 1
+
+    async def test_points_follow_delivers_history_then_live_batches_each_once(
+        self, log: EventLog
+    ) -> None:
+        """A points follow gives what is stored from its start, then what comes, in order."""
+        for n in range(3):
+            await log.points.append(*self._points(log, n), f"f-{n}")
+        seen: list[int] = []
+        with anyio.fail_after(10):
+            async with log.points.follow(start=2) as batches:
+                await log.points.append(*self._points(log, 3), "f-3")
+                async for batch in batches:
+                    seen.extend(delivery[0] for delivery in batch)
+                    if seen[-1] >= 5:
+                        break
+                    await log.points.append(*self._points(log, seen[-1] + 1), f"f-{seen[-1]}x")
+        assert seen == [2, 3, 4, 5]

@@ -10,6 +10,8 @@ A reply is JSON: ``{"result": ...}`` on success; an error reply carries the
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from runstate.engine._states import TaskState
@@ -17,10 +19,15 @@ from runstate.projections._queries import RunQuery
 
 __all__ = [
     "ENDPOINTS",
+    "METRIC_ENDPOINTS",
     "FlowsRequest",
     "GetRequest",
     "HistoryRequest",
     "LatestRequest",
+    "MetricHistoryRequest",
+    "MetricKeysRequest",
+    "MetricScanRequest",
+    "MetricsRequest",
     "RunsRequest",
     "StatusRequest",
     "StepsRequest",
@@ -88,6 +95,39 @@ class StatusRequest(_Request):
     pass
 
 
+class MetricsRequest(_Request):
+    """Metric reads of a run or task (``after`` is a points sequence: a flush's receipt).
+
+    ``attempt``: a task's attempt (default: the latest that logged metrics).
+    """
+
+    pathspec: str
+    attempt: int | None = Field(default=None, ge=0)
+    stream: Literal["default", "system"] = "default"
+
+
+class MetricKeysRequest(MetricsRequest):
+    """The keys logged, the last step and the summary."""
+
+
+class MetricHistoryRequest(MetricsRequest):
+    """Sampled history (``runstate.projections._sampling``)."""
+
+    samples: int = Field(default=500, ge=8, le=1_000_000)
+    keys: list[str] | None = None
+    x_axis: str = "_step"
+
+
+class MetricScanRequest(MetricsRequest):
+    """Every row in a step range, a page at a time from ``start``."""
+
+    keys: list[str] | None = None
+    page_size: int = Field(default=1000, ge=1, le=100_000)
+    min_step: int | None = None
+    max_step: int | None = None
+    start: int | None = None
+
+
 #: endpoint name -> request model; the subject is ``<prefix>.q.<name>``
 ENDPOINTS: dict[str, type[_Request] | type[RunsRequest]] = {
     "get": GetRequest,
@@ -98,4 +138,10 @@ ENDPOINTS: dict[str, type[_Request] | type[RunsRequest]] = {
     "tasks": TasksRequest,
     "history": HistoryRequest,
     "status": StatusRequest,
+    "metric_keys": MetricKeysRequest,
+    "metric_history": MetricHistoryRequest,
+    "metric_scan": MetricScanRequest,
 }
+
+#: the endpoints answered from the metrics store, whose ``after`` is a points sequence
+METRIC_ENDPOINTS = frozenset({"metric_keys", "metric_history", "metric_scan"})

@@ -42,6 +42,7 @@ from runstate.engine._names import Subjects
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
+from runstate.projections._metrics_projector import MetricsProjector
 from runstate.projections._projector import Projector
 from runstate.projections._reaper import Reaper
 from runstate.projections._runner import ReplicaParts, serve_replica
@@ -107,6 +108,8 @@ class Replica:
         self.projector: Projector | None = None
         self.service: QueryService | None = None
         self.reaper: Reaper | None = None
+        #: the metrics projector beside the projector (its store: ``<store>.metrics.sqlite3``)
+        self.metrics: MetricsProjector | None = None
         self._want_projector = projector
         self._rebuild = rebuild
         self._run_reaper = reaper
@@ -235,6 +238,7 @@ class Replica:
         )
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
+        self.metrics = parts.metrics
 
 
 async def default_store_path(nc: NATS, settings: Settings, name: str, *, owner: bool) -> Path:

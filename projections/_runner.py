@@ -19,13 +19,15 @@ from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
+from runstate.projections._metrics_projector import MetricsProjector
+from runstate.projections._metrics_store import MetricsStore
 from runstate.projections._projector import Projector
 from runstate.projections._reaper import Reaper
 from runstate.projections._service import QueryService
 from runstate.projections._store import SQLiteReadStore
 from runstate.projections._typing import ReadStore
 
-__all__ = ["ReplicaParts", "serve_replica"]
+__all__ = ["ReplicaParts", "metrics_store_path", "serve_replica"]
 
 log = get_logger("runstate.replica")
 
@@ -38,6 +40,7 @@ class ReplicaParts:
     service: QueryService
     reaper: Reaper | None
     store: ReadStore
+    metrics: MetricsProjector | None = None
 
 
 async def serve_replica(
@@ -66,15 +69,18 @@ async def serve_replica(
     if isinstance(store_path, Path):
         store_path.parent.mkdir(parents=True, exist_ok=True)
     store: ReadStore = SQLiteReadStore(store_path)
+    metrics_store = MetricsStore(metrics_store_path(store_path))
     try:
         event_log = JetStreamEventLog(nc, settings)
         # a process of its own may start processes of its own: a feeder for long backlogs
         feeder = feeder_command() if dedicated else None
         options = {} if feed_from is None else {"feed_from": feed_from}
         projector = Projector(event_log, store, name=name, feeder=feeder, **options)
+        metrics = MetricsProjector(event_log, metrics_store)
         if rebuild:
             await projector.rebuild()
-        service = QueryService(projector, event_log, nc=nc)
+            await metrics.rebuild()
+        service = QueryService(projector, event_log, nc=nc, metrics=metrics)
         the_reaper = (
             Reaper(nc, Writer(event_log), timeout=settings.heartbeat_timeout) if reaper else None
         )
@@ -83,10 +89,21 @@ async def serve_replica(
                 tg.start_soon(keep_heap_frozen)
             tg.start_soon(projector.run)
             await projector.wait_started()
+            tg.start_soon(metrics.run)
+            await metrics.wait_started()
             await tg.start(service.run)
             if the_reaper is not None:
                 tg.start_soon(the_reaper.run)
             log.info("replica.started", name=name, store=str(store_path), applied=projector.applied)
-            task_status.started(ReplicaParts(projector, service, the_reaper, store))
+            task_status.started(ReplicaParts(projector, service, the_reaper, store, metrics))
     finally:
         store.close()
+        metrics_store.close()
+
+
+def metrics_store_path(store_path: Path | str) -> Path | str:
+    """The metrics store beside a read store: ``views.sqlite3`` -> ``views.metrics.sqlite3``."""
+    if str(store_path) == ":memory:":
+        return ":memory:"
+    path = Path(store_path)
+    return path.with_name(f"{path.stem}.metrics{path.suffix}")

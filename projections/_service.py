@@ -28,14 +28,23 @@ from runstate.engine.errors import (
     NotFound,
     NotInNamespace,
     RunstateError,
+    Unavailable,
 )
+from runstate.projections._history import history_rows, keys_reply, scan_page
+from runstate.projections._metrics_projector import MetricsProjector
+from runstate.projections._metrics_store import MetricsStore
 from runstate.projections._projector import Projector
 from runstate.projections._protocol import (
     ENDPOINTS,
+    METRIC_ENDPOINTS,
     FlowsRequest,
     GetRequest,
     HistoryRequest,
     LatestRequest,
+    MetricHistoryRequest,
+    MetricKeysRequest,
+    MetricScanRequest,
+    MetricsRequest,
     RunsRequest,
     StatusRequest,
     StepsRequest,
@@ -77,9 +86,17 @@ def _default(value: Any) -> Any:
 class QueryService:
     """Answers the endpoints of ``runstate.projections._protocol`` from a projector's store."""
 
-    def __init__(self, projector: Projector, log: EventLog, *, nc: NATS | None = None) -> None:
+    def __init__(
+        self,
+        projector: Projector,
+        log: EventLog,
+        *,
+        nc: NATS | None = None,
+        metrics: MetricsProjector | None = None,
+    ) -> None:
         self._nc = nc
         self._projector = projector
+        self._metrics = metrics
         self._store = projector.store
         self._log = log
         self._service: Service | None = None
@@ -92,6 +109,9 @@ class QueryService:
             "tasks": self._tasks,
             "history": self._history,
             "status": self._status,
+            "metric_keys": self._metric_keys,
+            "metric_history": self._metric_history,
+            "metric_scan": self._metric_scan,
         }
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -138,7 +158,7 @@ class QueryService:
         """The reply to a parsed request, once ``after`` is applied; typed errors only."""
         try:
             if parsed.after is not None:
-                await self._projector.wait_for(parsed.after, parsed.wait)
+                await self._follower(endpoint).wait_for(parsed.after, parsed.wait)
             return await self._handlers[endpoint](parsed)
         except RunstateError:
             raise
@@ -164,13 +184,24 @@ class QueryService:
                 await self._error(request, exc)
                 return
             after = parsed.after
-            if after is not None and self._projector.applied < after:
+            if after is not None and self._follower(name).applied < after:
                 assert self._task_group is not None
                 self._task_group.start_soon(self._respond, request, name, parsed)
                 return
             await self._respond(request, name, parsed)
 
         return handle
+
+    def _follower(self, endpoint: str) -> Projector | MetricsProjector:
+        """The projector whose sequence an endpoint's ``after`` counts in."""
+        if endpoint in METRIC_ENDPOINTS:
+            return self._metrics_projector()
+        return self._projector
+
+    def _metrics_projector(self) -> MetricsProjector:
+        if self._metrics is None:
+            raise Unavailable("this replica does not project metrics")
+        return self._metrics
 
     async def _respond(self, request: Request, endpoint: str, parsed: Any) -> None:
         try:
@@ -321,6 +352,70 @@ class QueryService:
                     "name": self._projector.name,
                 }
             )
+        )
+
+
+    # -- metrics (runstate.projections._history) ----------------------------------
+
+    def _metrics_target(self, req: MetricsRequest) -> tuple[MetricsStore, str, int | None]:
+        """The store, entity and attempt a metric read is about; ``NotFound`` for neither
+        a run nor a task that exists."""
+        store = self._metrics_projector().store
+        path = parse_pathspec(req.pathspec, min_depth=2, max_depth=4)
+        if path.step is None:
+            if self._store.get_run_json(str(path)) is None:
+                raise NotFound(f"run {path} does not exist")
+            return store, str(path), None
+        if path.task is None:
+            raise BadFilter(f"metrics belong to a run or a task, not to step {path}")
+        if self._store.get_task_json(str(path)) is None:
+            raise NotFound(f"task {path} does not exist")
+        if req.attempt is not None:
+            return store, str(path), req.attempt
+        attempts = store.attempts(str(path))
+        return store, str(path), attempts[-1] if attempts else 0
+
+    def _reply_limit(self) -> int:
+        """The bytes of rows a reply may carry: NATS's message limit, less room around them."""
+        return (self._nc.max_payload if self._nc is not None else 1024 * 1024) - 4096
+
+    async def _metric_keys(self, req: MetricKeysRequest) -> bytes:
+        store, entity, attempt = self._metrics_target(req)
+        return _result(orjson.dumps(keys_reply(store, entity, attempt, req.stream)))
+
+    async def _metric_history(self, req: MetricHistoryRequest) -> bytes:
+        store, entity, attempt = self._metrics_target(req)
+        rows = history_rows(
+            store,
+            entity,
+            attempt,
+            req.stream,
+            samples=req.samples,
+            keys=req.keys,
+            x_axis=req.x_axis,
+        )
+        return _result(b"[" + b",".join(rows) + b"]")
+
+    async def _metric_scan(self, req: MetricScanRequest) -> bytes:
+        store, entity, attempt = self._metrics_target(req)
+        rows, next_start = scan_page(
+            store,
+            entity,
+            attempt,
+            req.stream,
+            keys=req.keys,
+            min_step=req.min_step,
+            max_step=req.max_step,
+            page_size=req.page_size,
+            start=req.start,
+            max_bytes=self._reply_limit(),
+        )
+        return _result(
+            b'{"rows":['
+            + b",".join(rows)
+            + b'],"next_start":'
+            + orjson.dumps(next_start)
+            + b"}"
         )
 
 

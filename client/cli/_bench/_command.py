@@ -14,6 +14,7 @@ from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._live import bench_live
+from runstate.client.cli._bench._metrics import bench_metrics
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._projection import bench_projection
 from runstate.client.cli._bench._reads import bench_reads
@@ -28,7 +29,7 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection")
+BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics")
 
 
 _PARAMETERS = {
@@ -46,6 +47,7 @@ _PARAMETERS = {
         "lag_seconds",
         "projector",
     ),
+    "metrics": ("metric_rows", "metric_keys", "metric_scans", "calls", "projector"),
 }
 
 
@@ -55,6 +57,7 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "reads": bench_reads,
     "live": bench_live,
     "projection": bench_projection,
+    "metrics": bench_metrics,
 }
 
 
@@ -108,6 +111,8 @@ _QUICK = {
     "events": 100_000,
     "catchup_repeat": 1,
     "lag_seconds": 5.0,
+    "metric_rows": 100_000,
+    "metric_scans": 1,
 }
 
 
@@ -186,6 +191,11 @@ _QUICK = {
     type=click.FloatRange(0),
     help="projection: seconds of steady load, 0 to skip [10].",
 )
+@click.option(
+    "--metric-rows", type=click.IntRange(1), help="metrics: rows logged by one run [1000000]."
+)
+@click.option("--metric-keys", type=click.IntRange(1), help="metrics: keys per row [5].")
+@click.option("--metric-scans", type=click.IntRange(1), help="metrics: full scans timed [3].")
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -196,7 +206,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, or all (the default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, or all (the
+    default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

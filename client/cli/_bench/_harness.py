@@ -25,6 +25,7 @@ from runstate.engine._commits import new_commit_id
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._logging import configure_logging
 from runstate.engine._names import Subjects
+from runstate.engine._points import points_stream
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Timeout
@@ -84,6 +85,7 @@ async def _delete_streams(place: _Place) -> None:
             subjects.heartbeats_stream,
             subjects.counters_stream,
             subjects.deadletter_stream,
+            points_stream(settings.prefix),
             f"KV_{subjects.idempotency_bucket}",
             f"OBJ_{subjects.blobs_bucket}",
         ):

@@ -41,6 +41,10 @@ class BenchParams:
     catchup_repeat: int = 3
     lag_rate: int = 5000
     lag_seconds: float = 10.0
+    # metrics
+    metric_rows: int = 1_000_000
+    metric_keys: int = 5
+    metric_scans: int = 3
 
     def for_report(self, *names: str) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in names}

@@ -24,7 +24,7 @@ from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event
 from runstate.engine._states import RunState
 
-NOTE_METRIC_READS = "read (e), one task's metric history, is not implemented in runstate yet"
+NOTE_METRIC_READS = "read (e), one task's state and metric history, is measured by `bench metrics`"
 
 
 async def _time_calls(

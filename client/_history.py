@@ -1,0 +1,123 @@
+"""Reading a run's or task's metrics with W&B's names, through the query service.
+
+``Run`` and ``Task`` (``_objects``) call these: ``history`` (sampled, see
+``runstate.projections._sampling``), ``scan_history`` (every row, paged),
+``history_keys``, ``last_history_step`` and ``summary`` (each key's latest
+logged value). ``after=`` takes a flush's receipt (or its sequence): the
+read then sees every point of that flush.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from runstate.engine._points import PointReceipt, decode_value
+from runstate.engine.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from runstate.client._client import Client
+
+__all__ = ["History"]
+
+_History = list[dict[str, Any]]
+
+
+def _rows(rows: list[dict[str, Any]], raw: bytes) -> list[dict[str, Any]]:
+    """Rows from the wire (``raw``, the reply): tagged NaN and infinities back to floats.
+
+    Most replies hold none, and are then taken as they are."""
+    if _TAG not in raw:
+        return rows
+    for row in rows:
+        for key, value in row.items():
+            if type(value) is dict:
+                row[key] = decode_value(value)
+    return rows
+
+
+_TAG = b'{"$f":'
+
+
+def _pandas() -> Any:
+    try:
+        return importlib.import_module("pandas")
+    except ImportError:
+        raise ConfigurationError(
+            "pandas=True needs pandas: install the extra, pip install 'runstate[pandas]'"
+        ) from None
+
+
+class History:
+    """The metric reads of one run, or of one attempt of a task (``attempt`` None: a run)."""
+
+    def __init__(self, client: Client, pathspec: str, attempt: int | None) -> None:
+        self._client = client
+        self._pathspec = pathspec
+        self._attempt = attempt
+
+    def _body(self, stream: str, after: int | PointReceipt | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"pathspec": self._pathspec, "stream": stream}
+        if self._attempt is not None:
+            body["attempt"] = self._attempt
+        if after is not None:
+            body["after"] = after.sequence if isinstance(after, PointReceipt) else int(after)
+            body["wait"] = self._client.read_wait
+        return body
+
+    async def history(
+        self,
+        samples: int = 500,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = False,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> Any:
+        body = self._body(stream, after)
+        body.update(samples=samples, keys=list(keys) if keys is not None else None, x_axis=x_axis)
+        module = _pandas() if pandas else None  # before the request: say what is missing
+        raw = await self._client._request("metric_history", body, None)
+        rows: _History = _rows(orjson.loads(raw)["result"], raw)
+        return rows if module is None else module.DataFrame.from_records(rows)
+
+    async def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        body = self._body(stream, after)
+        body.update(
+            keys=list(keys) if keys is not None else None,
+            page_size=page_size,
+            min_step=min_step,
+            max_step=max_step,
+        )
+        while True:
+            raw = await self._client._request("metric_scan", body, None)
+            page = orjson.loads(raw)["result"]
+            for row in _rows(page["rows"], raw):
+                yield row
+            if page["next_start"] is None:
+                return
+            body["start"] = page["next_start"]
+            body.pop("after", None)  # seen once, it stays seen
+
+    async def keys(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """``{"keys": [...], "last_step": int | None, "summary": {...}}``."""
+        reply: dict[str, Any] = await self._client.request("metric_keys", self._body(stream, after))
+        summary = reply["summary"]
+        for key, value in summary.items():
+            summary[key] = decode_value(value)
+        return reply

@@ -1,0 +1,150 @@
+"""The ``metrics`` benchmark: metric ingest, sampled history, full scans and read (e).
+
+One run logs ``metric_rows`` rows of ``metric_keys`` keys through
+``RunHandle.log`` (buffered, flushed in batches), timed in tenths: that is
+the ingest figure, in points (key-values) per second. Once the replica has
+projected them: ``history(samples=500)`` of one key over those rows,
+``scan_history`` of every row and key, and read (e) of WORKLOAD.md (one
+task's state and its metric history: a train task with 3 ``loss`` points).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runstate.client.cli._bench._harness import (
+    _client,
+    _Place,
+    _replica,
+    _say,
+    _server_version,
+)
+from runstate.client.cli._bench._params import FLOW, BenchParams
+from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.engine.errors import Timeout
+
+__all__ = ["bench_metrics"]
+
+#: rows a scan asks for per request
+SCAN_PAGE = 10_000
+
+
+async def _projected(run: Any, sequence: int) -> None:
+    """Wait until the replica has projected points sequence ``sequence`` (past the 5 s bound)."""
+    while True:
+        try:
+            await run.history_keys(after=sequence)
+            return
+        except Timeout:
+            continue
+
+
+async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
+    """Ingest, history, scan and read (e) over one run of ``metric_rows`` rows."""
+    keys = [f"k{i}" for i in range(p.metric_keys)]
+    keys[0] = "loss"
+    async with _replica(place, p.projector), _client(place) as client:
+        report.server_version = _server_version(client.nc)
+        handle = await client.create_run(FLOW)
+        _say(f"metrics: logging {p.metric_rows:,} rows of {len(keys)} keys")
+        rates = []
+        tenth = max(1, p.metric_rows // 10)
+        step = 0
+        while step < p.metric_rows:
+            count = min(tenth, p.metric_rows - step)
+            started = time.perf_counter()
+            for _ in range(count):
+                value = 1.0 / (step + 1)
+                await handle.log(dict.fromkeys(keys, value))
+                step += 1
+            receipt = await handle.flush()
+            rates.append(count * len(keys) / (time.perf_counter() - started))
+        report.add(
+            Figure(
+                "ingest_points_per_s",
+                f"metric ingest from one process ({len(keys)} keys a row)",
+                "points/s",
+                rates,
+                higher_is_better=True,
+                target=Target("median", ">=", 200_000),
+            )
+        )
+        _say(f"metrics: ingest p50 {quantile(rates, 0.5):,.0f} points/s")
+        assert receipt is not None
+        started = time.perf_counter()
+        run = await client.run(handle.pathspec, after=handle.receipt)
+        await _projected(run, receipt.sequence)
+        report.notes.append(
+            f"{p.metric_rows:,} rows of {len(keys)} keys queryable "
+            f"{time.perf_counter() - started:.1f}s after the last flush"
+        )
+
+        samples = []
+        for i in range(p.calls + 10):
+            started = time.perf_counter()
+            rows = await run.history(samples=500, keys=["loss"])
+            if i >= 10:
+                samples.append(time.perf_counter() - started)
+        assert 0 < len(rows) <= 500
+        report.add(
+            Figure(
+                "history_ms",
+                f"history(samples=500) of one key over {p.metric_rows:,} points",
+                "ms",
+                _ms(samples),
+                target=Target("median", "<", 20),
+            )
+        )
+        _say(f"metrics: history p50 {quantile(_ms(samples), 0.5):.1f} ms")
+
+        scans = []
+        for _ in range(p.metric_scans):
+            started = time.perf_counter()
+            seen = width = 0
+            async for row in run.scan_history(page_size=SCAN_PAGE):
+                seen += 1
+                width = len(row)
+            scans.append(time.perf_counter() - started)
+            assert seen == p.metric_rows and width == len(keys) + 2
+        report.add(
+            Figure(
+                "scan_s",
+                f"scan_history of {p.metric_rows:,} rows x {len(keys)} keys "
+                f"(pages of {SCAN_PAGE:,})",
+                "s",
+                scans,
+                target=Target("median", "<", 5),
+            )
+        )
+        _say(f"metrics: scan p50 {quantile(scans, 0.5):.2f} s")
+
+        async with handle.task("train", index=0, heartbeat=False) as task:
+            for value in (0.9, 0.5, 0.3):
+                await task.log({"loss": value})
+        points = await task.flush()  # the block's exit sent them: this is that receipt
+        assert points is not None
+
+        async def read_e() -> None:
+            view = await client.task(task.pathspec)
+            history = await view.history()
+            assert view.state is not None and len(history) == 3
+
+        await client.task(task.pathspec, after=task.receipt)
+        await _projected(run, points.sequence)
+        samples = []
+        for i in range(p.calls + 20):
+            started = time.perf_counter()
+            await read_e()
+            if i >= 20:
+                samples.append(time.perf_counter() - started)
+        report.add(
+            Figure(
+                "read_e_ms",
+                "(e) one task's state and its metric history",
+                "ms",
+                _ms(samples),
+                target=Target("median", "<", 2),
+            )
+        )
+        _say(f"metrics: read (e) p50 {quantile(_ms(samples), 0.5):.2f} ms")

@@ -1,0 +1,154 @@
+"""The metric points stream on JetStream: batches appended with a commit id, read and followed.
+
+A batch's commit id is its ``Nats-Msg-Id``, so a flush retried after a lost
+ack (or a server restart) is stored once within the duplicate window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from runstate.engine._acks import parse_ack
+from runstate.engine._commits import Delivery
+from runstate.engine._jetstream_follow import JetStreamFollow
+from runstate.engine._points import PointReceipt, all_points, points_stream
+from runstate.engine._replies import Replies
+from runstate.engine._retry import TransientRefusal, retry
+from runstate.engine._settings import Settings
+from runstate.engine.errors import RunstateError, Unavailable
+
+__all__ = ["JetStreamPointLog"]
+
+
+class JetStreamPointLog:
+    """Appends batches of points to ``<PREFIX>_METRICS`` and reads them back."""
+
+    def __init__(self, nc: NATS, settings: Settings, replies: Replies) -> None:
+        self._nc = nc
+        self._settings = settings
+        self._replies = replies
+        self._js = nc.jetstream()
+        self.prefix = settings.prefix
+        self.stream = points_stream(settings.prefix)
+
+    async def append(self, subject: str, data: bytes, commit_id: str) -> PointReceipt:
+        """Store one batch; transient faults are retried with ``commit_id`` within the
+        retry budget, then ``Unavailable`` (the batch may be sent again with its id)."""
+        headers = {"Nats-Msg-Id": commit_id}
+
+        async def attempt() -> PointReceipt:
+            try:
+                msg = await self._replies.request(
+                    subject, data, headers, timeout=self._settings.request_timeout
+                )
+            except nats.errors.ConnectionClosedError:
+                raise Unavailable(
+                    f"the NATS connection closed before points batch {commit_id} was "
+                    "confirmed; send it again with the same commit id",
+                    commit_id=commit_id,
+                ) from None
+            ack = parse_ack(msg.data)
+            if ack.error is None:
+                return PointReceipt(ack.sequence, subject, commit_id, ack.duplicate)
+            if ack.transient:
+                raise TransientRefusal(f"JetStream refused for now: {ack.error.get('description')}")
+            raise RunstateError(
+                f"JetStream refused points on {subject}: {ack.error.get('description')} "
+                f"(code {ack.error.get('err_code')})"
+            )
+
+        def give_up(exc: BaseException) -> Unavailable:
+            return Unavailable(
+                f"could not store points on {subject} within "
+                f"{self._settings.retry_budget:.0f}s ({exc or type(exc).__name__}); "
+                f"send them again with commit id {commit_id}",
+                commit_id=commit_id,
+            )
+
+        return await retry(
+            attempt, budget=self._settings.retry_budget, give_up=give_up, what="points.append"
+        )
+
+    async def last_sequence(self) -> int:
+        """The last sequence of the points stream (0 when empty)."""
+        info = await retry(
+            lambda: self._js.stream_info(self.stream),
+            budget=self._settings.retry_budget,
+            give_up=lambda exc: Unavailable(
+                f"could not read the stream {self.stream} ({type(exc).__name__})"
+            ),
+            what="points.stream_info",
+        )
+        return int(info.state.last_seq)
+
+    async def read(
+        self, subject_filter: str | None = None, *, start: int = 1
+    ) -> AsyncIterator[Delivery]:
+        """Batches of points matching ``subject_filter`` from ``start`` up to the end of
+        the stream when reading began, as ``(sequence, subject, data)``."""
+        subject = subject_filter or all_points(self.prefix)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start),
+            filter_subject=subject,
+            mem_storage=True,
+            inactive_threshold=10.0,
+        )
+
+        def give_up(exc: BaseException) -> Unavailable:
+            return Unavailable(f"could not read points of {subject} ({type(exc).__name__})")
+
+        sub: Any = await retry(
+            lambda: self._js.pull_subscribe(
+                subject, durable=None, stream=self.stream, config=config
+            ),
+            budget=self._settings.retry_budget,
+            give_up=give_up,
+            what="points.read",
+        )
+        name: str | None = None
+        try:
+            info = await sub.consumer_info()
+            name = info.name
+            wanted = int(info.num_pending or 0)
+            count = 0
+            while count < wanted:
+                msgs = await retry(
+                    partial(
+                        sub.fetch, min(512, wanted - count), timeout=self._settings.request_timeout
+                    ),
+                    budget=self._settings.retry_budget,
+                    give_up=give_up,
+                    first_delay=0.0,
+                    what="points.fetch",
+                )
+                for msg in msgs:
+                    yield (int(msg.metadata.sequence.stream), msg.subject, msg.data)
+                    count += 1
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                try:
+                    await sub.unsubscribe()
+                    if name is not None:
+                        await self._js.delete_consumer(self.stream, name)
+                except (nats.errors.Error, nats.js.errors.Error):
+                    pass
+
+    def follow(self, subject_filter: str | None = None, *, start: int = 1) -> JetStreamFollow:
+        """A live read of points from ``start``: see ``Follow``."""
+        return JetStreamFollow(
+            self._nc,
+            self._settings,
+            subject_filter or all_points(self.prefix),
+            start,
+            stream=self.stream,
+        )
