@@ -14,6 +14,7 @@ from runstate.client.testing import in_memory
 from runstate.engine import Commit, MemoryEventLog, Settings
 from runstate.engine.testing import EventFactory
 from runstate.projections import Projector
+from runstate.projections._protocol import StatusRequest
 from runstate.projections._store import SQLiteReadStore
 
 pytestmark = pytest.mark.anyio
@@ -178,7 +179,9 @@ async def test_history_pages_through_an_objects_events() -> None:
         for run_id in ("1", "2"):
             for commit in factory.run_commits(run_id, 3):
                 await client.log.append_commit(Commit(commit))
-        await client.request("status", {"after": await client.log.stream_last_sequence()})
+        await client.request(
+            client.query(StatusRequest, after=await client.log.stream_last_sequence())
+        )
         seen: list[tuple[int, int]] = []
         start: int | None = 1
         pages = 0
