@@ -17,6 +17,11 @@ import orjson
 
 from runstate.engine._points import PointReceipt, decode_value
 from runstate.engine.errors import ConfigurationError
+from runstate.projections._protocol import (
+    MetricHistoryRequest,
+    MetricKeysRequest,
+    MetricScanRequest,
+)
 
 if TYPE_CHECKING:
     from runstate.client._client import Client
@@ -60,13 +65,13 @@ class History:
         self._attempt = attempt
 
     def _body(self, stream: str, after: int | PointReceipt | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"pathspec": self._pathspec, "stream": stream}
-        if self._attempt is not None:
-            body["attempt"] = self._attempt
-        if after is not None:
-            body["after"] = after.sequence if isinstance(after, PointReceipt) else int(after)
-            body["wait"] = self._client.read_wait
-        return body
+        """The fields every metric request has (``Client.query`` adds ``wait`` to ``after``)."""
+        return {
+            "pathspec": self._pathspec,
+            "stream": stream,
+            "attempt": self._attempt,
+            "after": after.sequence if isinstance(after, PointReceipt) else after,
+        }
 
     async def history(
         self,
@@ -81,7 +86,7 @@ class History:
         body = self._body(stream, after)
         body.update(samples=samples, keys=list(keys) if keys is not None else None, x_axis=x_axis)
         module = _pandas() if pandas else None  # before the request: say what is missing
-        raw = await self._client._request("metric_history", body, None)
+        raw = await self._client._request(self._client.query(MetricHistoryRequest, **body), None)
         rows: _History = _rows(orjson.loads(raw)["result"], raw)
         return rows if module is None else module.DataFrame.from_records(rows)
 
@@ -103,20 +108,22 @@ class History:
             max_step=max_step,
         )
         while True:
-            raw = await self._client._request("metric_scan", body, None)
+            raw = await self._client._request(self._client.query(MetricScanRequest, **body), None)
             page = orjson.loads(raw)["result"]
             for row in _rows(page["rows"], raw):
                 yield row
             if page["next_start"] is None:
                 return
             body["start"] = page["next_start"]
-            body.pop("after", None)  # seen once, it stays seen
+            body["after"] = None  # seen once, it stays seen
 
     async def keys(
         self, stream: str = "default", *, after: int | PointReceipt | None = None
     ) -> dict[str, Any]:
         """``{"keys": [...], "last_step": int | None, "summary": {...}}``."""
-        reply: dict[str, Any] = await self._client.request("metric_keys", self._body(stream, after))
+        reply: dict[str, Any] = await self._client.request(
+            self._client.query(MetricKeysRequest, **self._body(stream, after))
+        )
         summary = reply["summary"]
         for key, value in summary.items():
             summary[key] = decode_value(value)

@@ -29,31 +29,18 @@ from runstate.engine._commits import (
     check_atomic_size,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._names import Subjects
+from runstate.engine._memory_points import MemoryPointLog
+from runstate.engine._names import Subjects, subject_matches
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
 
 if TYPE_CHECKING:
     from runstate.engine._memory_points import MemoryPointLog
 
-__all__ = ["MemoryBlobStore", "MemoryEventLog", "subject_matches"]
+__all__ = ["MemoryBlobStore", "MemoryEventLog"]
 
 #: nats-server's default largest message, less room for headers
 _MAX_PAYLOAD = 1024 * 1024 - 512
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """Whether ``subject`` matches a NATS subject ``pattern`` (``*`` one token, ``>`` the rest)."""
-    if pattern == subject:
-        return True
-    wanted = pattern.split(".")
-    tokens = subject.split(".")
-    for index, token in enumerate(wanted):
-        if token == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (token != "*" and token != tokens[index]):
-            return False
-    return len(tokens) == len(wanted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +199,6 @@ class MemoryEventLog:
         #: (sequence, subject, reason, data) of every commit set aside
         self.deadletters: list[tuple[int, str, str, bytes]] = []
         self._ids = itertools.count(1)
-        # imported here: the points log's module imports ``subject_matches`` from this one
-        from runstate.engine._memory_points import MemoryPointLog
-
         self._points = MemoryPointLog(self.settings.prefix)
 
     @property

@@ -8,7 +8,7 @@ import anyio
 import anyio.lowlevel
 
 from runstate.engine._commits import Delivery
-from runstate.engine._memory import subject_matches
+from runstate.engine._names import subject_matches
 from runstate.engine._points import PointReceipt, all_points
 
 __all__ = ["MemoryPointLog"]

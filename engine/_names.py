@@ -19,6 +19,7 @@ __all__ = [
     "check_prefix",
     "check_step_name",
     "parse_pathspec",
+    "subject_matches",
 ]
 
 _FLOW_OR_STEP = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -255,3 +256,17 @@ class Subjects:
     @property
     def service_name(self) -> str:
         return f"{self.prefix}-query"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether ``subject`` matches a NATS subject ``pattern`` (``*`` one token, ``>`` the rest)."""
+    if pattern == subject:
+        return True
+    wanted = pattern.split(".")
+    tokens = subject.split(".")
+    for index, token in enumerate(wanted):
+        if token == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (token != "*" and token != tokens[index]):
+            return False
+    return len(tokens) == len(wanted)

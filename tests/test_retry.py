@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runstate.engine._memory import subject_matches
+from runstate.engine._names import subject_matches
 from runstate.engine._retry import TransientRefusal, retry, transient_api_error
 from runstate.engine.errors import RunstateError, Unavailable
 
