@@ -529,7 +529,12 @@ class JetStreamEventLog:
         )
         consumer_name: str | None = None
         try:
-            info = await sub.consumer_info()
+            info = await retry(
+                sub.consumer_info,
+                budget=self.settings.retry_budget,
+                give_up=give_up,
+                what="read.consumer_info",
+            )
             consumer_name = info.name
             pending = int(info.num_pending or 0)
             count = 0
