@@ -14,7 +14,6 @@ import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.lowlevel
@@ -33,9 +32,6 @@ from runstate.engine._memory_points import MemoryPointLog
 from runstate.engine._names import Subjects, subject_matches
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
-
-if TYPE_CHECKING:
-    from runstate.engine._memory_points import MemoryPointLog
 
 __all__ = ["MemoryBlobStore", "MemoryEventLog"]
 
