@@ -26,7 +26,10 @@ from runstate.projections._protocol import (
 if TYPE_CHECKING:
     from runstate.client._client import Client
 
-__all__ = ["History"]
+__all__ = [
+    "History",
+    "MetricReads",
+]
 
 _History = list[dict[str, Any]]
 
@@ -128,3 +131,66 @@ class History:
         for key, value in summary.items():
             summary[key] = decode_value(value)
         return reply
+
+
+class MetricReads:
+    """Metric reads with W&B's names, for a run or one attempt of a task (``_history``)."""
+
+    def _history(self) -> History:
+        raise NotImplementedError
+
+    async def history(
+        self,
+        samples: int = 500,
+        keys: Sequence[str] | None = None,
+        x_axis: str = "_step",
+        pandas: bool = False,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> Any:
+        """Sampled metric rows (first, last, and each bucket's minimum, maximum and last
+        kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
+        DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
+        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
+
+    def scan_history(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every metric row from ``min_step`` to ``max_step`` (both included), ``page_size``
+        rows a request; with ``keys``, only rows that have all of them."""
+        return self._history().scan_history(
+            keys, page_size, min_step, max_step, stream, after=after
+        )
+
+    async def history_keys(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> list[str]:
+        """The metric keys logged."""
+        keys: list[str] = (await self._history().keys(stream, after=after))["keys"]
+        return keys
+
+    async def last_history_step(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> int | None:
+        """The last step a row was logged at (None before the first)."""
+        step: int | None = (await self._history().keys(stream, after=after))["last_step"]
+        return step
+
+    async def summary(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """Each metric key's latest logged value."""
+        summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
+        return summary
+
+    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
+        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
+        return await self.summary("system", after=after)

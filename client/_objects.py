@@ -12,7 +12,7 @@ from the object store) is a coroutine::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +20,9 @@ import anyio
 
 from runstate.client._base import _Object
 from runstate.client._data import Data, DataArtifact
-from runstate.client._history import History
+from runstate.client._history import History, MetricReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
-from runstate.engine._points import PointReceipt
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import NotFound, RunstateError, Timeout
 from runstate.projections._protocol import StepsRequest
@@ -101,7 +100,7 @@ class Code:
         return f"Code(script_name={self.script_name!r})"
 
 
-class Run(_Object):
+class Run(MetricReads, _Object):
     """One execution of a flow, as of the snapshot ``view``."""
 
     def __init__(self, client: Client, view: RunView) -> None:
@@ -264,67 +263,9 @@ class Run(_Object):
         receipt = await handle.replace_tags(sorted(tags))
         return await self.refresh(after=receipt)
 
-
-    # -- metrics, with W&B's names (runstate.client._history) -------------------
-
-    async def history(
-        self,
-        samples: int = 500,
-        keys: Sequence[str] | None = None,
-        x_axis: str = "_step",
-        pandas: bool = False,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> Any:
-        """Sampled metric rows of the run (first, last, and each bucket's minimum, maximum
-        and last kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
-        DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
-        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
-
-    def scan_history(
-        self,
-        keys: Sequence[str] | None = None,
-        page_size: int = 1000,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every metric row of the run from ``min_step`` to ``max_step`` (both included),
-        ``page_size`` rows a request; with ``keys``, only rows that have all of them."""
-        return self._history().scan_history(
-            keys, page_size, min_step, max_step, stream, after=after
-        )
-
-    async def history_keys(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> list[str]:
-        """The metric keys the run has logged."""
-        keys: list[str] = (await self._history().keys(stream, after=after))["keys"]
-        return keys
-
-    async def last_history_step(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> int | None:
-        """The last step the run logged a row at (None before the first)."""
-        step: int | None = (await self._history().keys(stream, after=after))["last_step"]
-        return step
-
-    async def summary(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> dict[str, Any]:
-        """Each metric key's latest logged value."""
-        summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
-        return summary
-
-    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
-        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
-        return await self.summary("system", after=after)
-
     def _history(self) -> History:
         return History(self._client, self.pathspec, None)
+
 
 class Step(_Object):
     """A step of a run: its tasks and their counts by state."""
@@ -383,7 +324,7 @@ class Step(_Object):
         return self._client.task(f"{self.pathspec}/{task_id}")
 
 
-class Task(_Object):
+class Task(MetricReads, _Object):
     """A task, showing its latest attempt or the one chosen with ``attempt=``."""
 
     def __init__(self, client: Client, view: TaskView, attempt: int | None = None) -> None:
@@ -539,64 +480,6 @@ class Task(_Object):
 
     def watch(self) -> Subscription[Change]:
         return self._client.watch(self.pathspec)
-
-    # -- metrics, with W&B's names (runstate.client._history) -------------------
-
-    async def history(
-        self,
-        samples: int = 500,
-        keys: Sequence[str] | None = None,
-        x_axis: str = "_step",
-        pandas: bool = False,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> Any:
-        """Sampled metric rows of this attempt (first, last, and each bucket's minimum, maximum
-        and last kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
-        DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
-        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
-
-    def scan_history(
-        self,
-        keys: Sequence[str] | None = None,
-        page_size: int = 1000,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every metric row of this attempt from ``min_step`` to ``max_step`` (both included),
-        ``page_size`` rows a request; with ``keys``, only rows that have all of them."""
-        return self._history().scan_history(
-            keys, page_size, min_step, max_step, stream, after=after
-        )
-
-    async def history_keys(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> list[str]:
-        """The metric keys this attempt has logged."""
-        keys: list[str] = (await self._history().keys(stream, after=after))["keys"]
-        return keys
-
-    async def last_history_step(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> int | None:
-        """The last step this attempt logged a row at (None before the first)."""
-        step: int | None = (await self._history().keys(stream, after=after))["last_step"]
-        return step
-
-    async def summary(
-        self, stream: str = "default", *, after: int | PointReceipt | None = None
-    ) -> dict[str, Any]:
-        """Each metric key's latest logged value."""
-        summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
-        return summary
-
-    async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
-        """The latest system metrics sampled (``Settings.system_metrics_interval``)."""
-        return await self.summary("system", after=after)
 
     def _history(self) -> History:
         return History(self._client, self.pathspec, self._attempt)
