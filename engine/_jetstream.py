@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from functools import partial
 from typing import Any
 
-import anyio
 import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RawStreamMsg
+from nats.js.api import RawStreamMsg
 
 from runstate.engine._acks import Ack, conflict_sequence, header, parse_ack
 from runstate.engine._commits import (
@@ -42,6 +40,7 @@ from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
 from runstate.engine._jetstream_points import JetStreamPointLog
+from runstate.engine._jetstream_read import read_stream
 from runstate.engine._names import Subjects
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
@@ -504,14 +503,6 @@ class JetStreamEventLog:
         that cannot be decoded raise ``InvalidEvent`` naming their sequence.
         """
         subject = subject_filter or self.subjects.all_events
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(1, start),
-            filter_subject=subject,
-            mem_storage=True,
-            inactive_threshold=10.0,
-        )
 
         def give_up(exc: BaseException) -> Unavailable:
             return Unavailable(
@@ -519,52 +510,17 @@ class JetStreamEventLog:
                 f"{self.settings.retry_budget:.0f}s; is the stream available?"
             )
 
-        sub = await retry(
-            lambda: self._js.pull_subscribe(
-                subject, durable=None, stream=self._stream, config=config
-            ),
-            budget=self.settings.retry_budget,
+        async for msg in read_stream(
+            self._js,
+            self.settings,
+            self._stream,
+            subject,
+            start=start,
+            limit=limit,
             give_up=give_up,
-            what="read",
-        )
-        consumer_name: str | None = None
-        try:
-            info = await retry(
-                sub.consumer_info,
-                budget=self.settings.retry_budget,
-                give_up=give_up,
-                what="read.consumer_info",
-            )
-            consumer_name = info.name
-            pending = int(info.num_pending or 0)
-            count = 0
-            wanted = pending if limit is None else min(pending, limit)
-            while count < wanted:
-                # The messages exist (num_pending said so): a cluster may be
-                # electing a leader, so fetches are asked again within the budget.
-                msgs = await retry(
-                    partial(
-                        sub.fetch, min(batch, wanted - count), timeout=self.settings.request_timeout
-                    ),
-                    budget=self.settings.retry_budget,
-                    give_up=give_up,
-                    first_delay=0.0,
-                    what="read.fetch",
-                )
-                for msg in msgs:
-                    yield self._stored(msg)
-                    count += 1
-                    if count >= wanted:
-                        break
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                try:
-                    await sub.unsubscribe()
-                    if consumer_name is not None:
-                        # An ephemeral consumer would otherwise linger until its inactivity timeout.
-                        await self._js.delete_consumer(self._stream, consumer_name)
-                except (nats.errors.Error, nats.js.errors.Error):
-                    pass
+            batch=batch,
+        ):
+            yield self._stored(msg)
 
     def _stored(self, msg: Msg) -> StoredCommit:
         seq = int(msg.metadata.sequence.stream)

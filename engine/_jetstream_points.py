@@ -7,18 +7,15 @@ ack (or a server restart) is stored once within the duplicate window.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
-from typing import Any
 
-import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from runstate.engine._acks import parse_ack
 from runstate.engine._commits import Delivery
 from runstate.engine._jetstream_follow import JetStreamFollow
+from runstate.engine._jetstream_read import read_stream
 from runstate.engine._points import PointReceipt, all_points, points_stream
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TransientRefusal, retry
@@ -95,53 +92,14 @@ class JetStreamPointLog:
         """Batches of points matching ``subject_filter`` from ``start`` up to the end of
         the stream when reading began, as ``(sequence, subject, data)``."""
         subject = subject_filter or all_points(self.prefix)
-        config = ConsumerConfig(
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(1, start),
-            filter_subject=subject,
-            mem_storage=True,
-            inactive_threshold=10.0,
-        )
 
         def give_up(exc: BaseException) -> Unavailable:
             return Unavailable(f"could not read points of {subject} ({type(exc).__name__})")
 
-        sub: Any = await retry(
-            lambda: self._js.pull_subscribe(
-                subject, durable=None, stream=self.stream, config=config
-            ),
-            budget=self._settings.retry_budget,
-            give_up=give_up,
-            what="points.read",
-        )
-        name: str | None = None
-        try:
-            info = await sub.consumer_info()
-            name = info.name
-            wanted = int(info.num_pending or 0)
-            count = 0
-            while count < wanted:
-                msgs = await retry(
-                    partial(
-                        sub.fetch, min(512, wanted - count), timeout=self._settings.request_timeout
-                    ),
-                    budget=self._settings.retry_budget,
-                    give_up=give_up,
-                    first_delay=0.0,
-                    what="points.fetch",
-                )
-                for msg in msgs:
-                    yield (int(msg.metadata.sequence.stream), msg.subject, msg.data)
-                    count += 1
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-                try:
-                    await sub.unsubscribe()
-                    if name is not None:
-                        await self._js.delete_consumer(self.stream, name)
-                except (nats.errors.Error, nats.js.errors.Error):
-                    pass
+        async for msg in read_stream(
+            self._js, self._settings, self.stream, subject, start=start, limit=None, give_up=give_up
+        ):
+            yield (int(msg.metadata.sequence.stream), msg.subject, msg.data)
 
     def follow(self, subject_filter: str | None = None, *, start: int = 1) -> JetStreamFollow:
         """A live read of points from ``start``: see ``Follow``."""
