@@ -227,12 +227,11 @@ class RunHandle:
         check_step_name(step)
         given = check_id(task_id, "task id") if task_id is not None else None
         check_json_value(dict(environment_info or {}), "environment_info")
-        parents = list(parents)
-        self._check_parents(parents)
+        parent_specs = self._parent_pathspecs(parents)
         while True:
             tid = given or str(await self._writer.log.increment(self._task_counter()))
             events = self._task_events(
-                step, tid, index, foreach_stack, parents, runtime_name, environment_info, start
+                step, tid, index, foreach_stack, parent_specs, runtime_name, environment_info, start
             )
             try:
                 receipt = await self._writer.log.append(events, expected_version=0)
@@ -247,8 +246,10 @@ class RunHandle:
         handle.index = index
         return handle
 
-    def _check_parents(self, parents: Iterable[str | TaskHandle]) -> None:
-        """``InvalidName`` for a parent that is not a task of this run."""
+    def _parent_pathspecs(self, parents: Iterable[str | TaskHandle]) -> list[str]:
+        """The parents' pathspecs, checked once: ``InvalidName`` for a malformed one or a
+        task of another run."""
+        specs = []
         for parent in parents:
             spec = parent.pathspec if isinstance(parent, TaskHandle) else parent
             path = parse_pathspec(spec, min_depth=4, max_depth=4)
@@ -257,6 +258,8 @@ class RunHandle:
                     f"parent task {spec} belongs to another run than {self.pathspec}; a task's "
                     "parents are tasks of its own run (record a link to another run as metadata)"
                 )
+            specs.append(spec)
+        return specs
 
     def _task_counter(self) -> str:
         return self._writer.subjects.task_counter(self.flow, self.id)
@@ -267,15 +270,13 @@ class RunHandle:
         tid: str,
         index: int | None,
         foreach_stack: Sequence[ForeachFrame],
-        parents: Iterable[str | TaskHandle],
+        parent_specs: list[str],
         runtime_name: str | None,
         environment_info: Mapping[str, Any] | None,
         start: bool,
     ) -> list[Event]:
+        """A new task's events; ``parent_specs`` come checked from ``_parent_pathspecs``."""
         pathspec = f"{self.pathspec}/{step}/{tid}"
-        parent_specs = [p.pathspec if isinstance(p, TaskHandle) else p for p in parents]
-        for parent in parent_specs:
-            parse_pathspec(parent, min_depth=4, max_depth=4)
         stack = list(foreach_stack)
         if index is not None and not stack:
             stack = [ForeachFrame(step=step, index=index)]
@@ -327,8 +328,7 @@ class RunHandle:
                 f"a foreach creates at most {ATOMIC_BATCH_LIMIT} tasks at once (one atomic "
                 f"batch), not {count}; split it into several foreach steps"
             )
-        parent_list = list(parents)
-        self._check_parents(parent_list)
+        parent_list = self._parent_pathspecs(parents)
         last = await self._writer.log.increment(self._task_counter(), by=count)
         first = last - count + 1
         commits = []
