@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import click
 
+from runstate.client._client import Client
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
@@ -31,8 +33,10 @@ async def _serve(
     name: str,
     rebuild: bool,
     own_server: bool,
+    http: tuple[str, int] | None = None,
 ) -> None:
-    """Run the embedded server (without a URL) and a replica, until cancelled."""
+    """Run the embedded server (without a URL), a replica and the gateway (``http``:
+    host and port), until cancelled."""
     async with Replica(
         settings,
         projector=replica,
@@ -45,7 +49,26 @@ async def _serve(
         connection_name=f"runstate-{name}",
     ) as running:
         _announce(running)
+        if http is not None:
+            await _serve_http(running, *http)
         await anyio.sleep_forever()
+
+
+async def _serve_http(replica: Replica, host: str, port: int) -> None:
+    """Serve the HTTP gateway over the replica's connection until cancelled."""
+    from runstate.client.web import serve  # the web extra, loaded only to serve it
+
+    client = Client.over_nats(replica.nc, replica.settings)
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(functools.partial(serve, client, host=host, port=port))
+        click.echo(f"  HTTP gateway: {url}  (API docs: {url}/docs)")
+        await anyio.sleep_forever()
+
+
+def _web_available() -> bool:
+    return importlib.util.find_spec("fastapi") is not None and (
+        importlib.util.find_spec("uvicorn") is not None
+    )
 
 
 def _announce(replica: Replica) -> None:
@@ -73,14 +96,33 @@ def _announce(replica: Replica) -> None:
 @click.option(
     "--no-projector", is_flag=True, help="Run only the NATS server, no projector replica."
 )
+@click.option(
+    "--http-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where the HTTP gateway listens (loopback only by default).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8222,
+    show_default=True,
+    help="The HTTP gateway's port (0: a free one).",
+)
+@click.option("--no-http", is_flag=True, help="Do not serve the HTTP gateway.")
 @reporting_errors
-def server(port: int | None, no_projector: bool) -> None:
+def server(
+    port: int | None, no_projector: bool, http_host: str, http_port: int, no_http: bool
+) -> None:
     """Run the embedded NATS JetStream server and a projector replica, in the foreground.
 
     Starts nats-server with JetStream on --data-dir, creates the streams,
     and runs a projector replica (read store: <data-dir>/views.sqlite3)
     with its query service and heartbeat reaper. It prints the NATS URL and
-    runs until Ctrl-C or SIGTERM, then stops the server. The data directory
+    runs until Ctrl-C or SIGTERM, then stops the server. It also serves the
+    HTTP gateway (REST, server-sent events, API docs at /docs) on
+    --http-host:--http-port and prints its URL, unless --no-http or the web
+    extra is not installed. The data directory
     survives restarts: events are kept and the replica resumes from its
     checkpoint. With --nats URL it runs only the replica, against that NATS
     (its store: as `runstate projector --name server` would have it).
@@ -100,6 +142,12 @@ def server(port: int | None, no_projector: bool) -> None:
             raise click.UsageError(
                 "with --nats the server command runs only a replica; --no-projector leaves nothing"
             )
+    http = None
+    if not no_http:
+        if _web_available():
+            http = (http_host, http_port)
+        else:
+            click.echo("HTTP gateway off: install it with pip install 'runstate[web]'")
     anyio.run(
         stoppable,
         functools.partial(
@@ -111,6 +159,7 @@ def server(port: int | None, no_projector: bool) -> None:
             name="server",
             rebuild=False,
             own_server=True,
+            http=http,
         ),
     )
 

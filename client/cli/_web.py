@@ -1,0 +1,69 @@
+"""``runstate web``: the HTTP gateway alone, over a NATS where replicas answer queries."""
+
+from __future__ import annotations
+
+import functools
+
+import anyio
+import click
+
+from runstate.client._client import connect
+from runstate.client.cli._app import (
+    configure_logs,
+    current_options,
+    global_options,
+    reporting_errors,
+    stoppable,
+)
+from runstate.engine._settings import Settings
+from runstate.engine.errors import ConfigurationError
+
+__all__ = ["web"]
+
+
+async def _gateway(settings: Settings, host: str, port: int) -> None:
+    try:
+        from runstate.client.web import serve
+    except ImportError:
+        raise ConfigurationError(
+            "the HTTP gateway needs the web extra: pip install 'runstate[web]'"
+        ) from None
+    async with connect(settings=settings, projector=False) as client:
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(functools.partial(serve, client, host=host, port=port))
+            click.echo(f"runstate HTTP gateway ready: {url}")
+            click.echo(f"  API docs: {url}/docs   NATS: {client.settings.nats_url}")
+            click.echo("  stop with Ctrl-C")
+            await anyio.sleep_forever()
+
+
+@click.command()
+@global_options()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Where to listen (loopback only by default; 0.0.0.0 for every interface).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8222,
+    show_default=True,
+    help="The port (0: a free one).",
+)
+@reporting_errors
+def web(host: str, port: int) -> None:
+    """Run the HTTP gateway alone: REST with OpenAPI, server-sent events, API docs.
+
+    It is a client like any other: reads go to the query service of the
+    replicas on --nats (run `runstate server` or `runstate projector`),
+    writes to the log. Run several side by side, behind a load balancer.
+
+    \b
+    Example:
+      runstate web --nats nats://nats:4222 --host 0.0.0.0 --port 8222
+    """
+    configure_logs("info")
+    settings = current_options().settings()
+    anyio.run(stoppable, functools.partial(_gateway, settings, host, port))

@@ -1,0 +1,112 @@
+"""``create_app``: the gateway's ASGI application, around one ``Client``.
+
+FastAPI on Starlette: its OpenAPI comes from the same pydantic models the
+query service answers with, and it runs on anyio, as runstate does. The
+interactive API page (``/docs``) is Swagger UI served from package data
+(the ``fastapi-offline`` distribution ships its files), so it works with no
+network; ``/openapi.json`` is the schema it shows.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from importlib.resources import files
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from runstate.client._client import Client
+from runstate.client.web import _live, _reads, _writes
+from runstate.client.web._problems import install_problem_handlers, problem_response
+from runstate.engine.errors import RunstateError
+
+__all__ = ["DOCS_ASSETS", "create_app"]
+
+#: where the docs page's scripts and styles are served from
+DOCS_ASSETS = "/docs-assets"
+
+#: seconds /readyz waits for a query service to answer
+_READY_WAIT = 2.0
+
+
+def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
+    """The HTTP gateway over ``client``: REST under ``/api/v1``, SSE, ``/docs``, probes.
+
+    Reads see every namespace unless a request names one (``?namespace=``).
+    ``keepalive``: seconds an idle event stream waits before sending a
+    comment, so proxies keep it open. The caller owns ``client`` (connects
+    and closes it); the app only uses it.
+    """
+    app = FastAPI(
+        title="runstate",
+        summary="Run state of workflows and ML runs: reads, writes and live events.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+    )
+    reads = client.with_namespace(None)
+    # Every namespace's copy of the client shares these, so one feed per subject
+    # serves the whole gateway (``runstate.client._watch``) and commits decode once.
+    reads.__dict__.setdefault("_feeds", {})
+    reads.__dict__.setdefault("_feeds_lock", anyio.Lock())
+    reads.__dict__.setdefault("_decoded", OrderedDict())
+    app.state.client = reads
+    app.state.keepalive = keepalive
+    install_problem_handlers(app)
+    app.include_router(_reads.router)
+    app.include_router(_writes.router)
+    app.include_router(_live.router)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_files())), name="docs-assets")
+    app.add_api_route("/docs", _docs_page, include_in_schema=False)
+    app.add_api_route("/", _home, include_in_schema=False)
+    app.add_api_route("/healthz", _healthz, summary="The process is alive", tags=["probes"])
+    app.add_api_route(
+        "/readyz",
+        _readyz,
+        summary="NATS is connected and a query service answers",
+        tags=["probes"],
+        responses={503: {"description": "Not ready: the problem says why."}},
+    )
+    return app
+
+
+def _swagger_files() -> object:
+    return files("fastapi_offline") / "static"
+
+
+async def _docs_page() -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="runstate API",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        # Swagger UI's default asks an online validator for a badge: nothing leaves here.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+async def _home() -> RedirectResponse:
+    return RedirectResponse("/docs")
+
+
+async def _healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+async def _readyz(request: Request) -> Response:
+    client: Client = request.app.state.client
+    if client.nc is not None and not client.nc.is_connected:
+        return problem_response(
+            request, 503, "unavailable", "Not ready", "the gateway is not connected to NATS"
+        )
+    try:
+        with anyio.fail_after(_READY_WAIT):
+            status = await client.status()
+    except (RunstateError, TimeoutError) as exc:
+        detail = exc.message if isinstance(exc, RunstateError) else "no query service answered"
+        return problem_response(request, 503, "unavailable", "Not ready", detail)
+    return _reads.json_response({"status": "ready", "applied": status["applied"]})

@@ -1,0 +1,274 @@
+"""Live over HTTP: server-sent events of a watch (``/watch``) and of raw events (``/events``).
+
+Each SSE message's ``id`` is a stream sequence, so a browser's automatic
+reconnect (``Last-Event-ID``) resumes where it left off:
+
+- ``/api/v1/watch/{pathspec}``: a ``snapshot`` (the views, ``id`` the
+  sequence they are as of), then one ``change`` per commit that changed a
+  view (its events, positions and the views after them). A resume sends only
+  the commits after ``Last-Event-ID``; when the state has moved past it
+  while the client was away, it sends one snapshot as of the newest
+  sequence first (which holds every change missed). No change is lost and
+  none is sent twice: ``client.watch``'s guarantee.
+- ``/api/v1/events/{pathspec}``: one ``commit`` message per commit of the
+  object (its sequence, subject and events), from ``since`` or after
+  ``Last-Event-ID``, then live ones.
+
+Fan-out: both join the gateway client's feed of the subject (one log follow
+per subject, ``runstate.client._watch``), so a thousand browsers on one run
+cost one consumer. Idle streams get a comment every ``keepalive`` seconds so
+proxies keep them open; a client that goes leaves its feed at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from typing import Annotated, Any
+
+import anyio
+import orjson
+from anyio.streams.memory import MemoryObjectSendStream
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from runstate.client._client import Client
+from runstate.client._watch import _fold_into, _join, _leave, _new_commits, _snapshot
+from runstate.client.web._reads import reader
+from runstate.engine._events import Event
+from runstate.engine._names import Pathspec, parse_pathspec
+from runstate.engine.errors import RunstateError
+from runstate.projections._views import RunView, TaskView
+
+__all__ = ["EventStream", "router", "sse_frame"]
+
+router = APIRouter(prefix="/api/v1", tags=["live"])
+
+Frames = MemoryObjectSendStream[bytes]
+
+_KEEPALIVE = b": keep-alive\n\n"
+
+
+def sse_frame(event: str, data: bytes, id: int | None = None) -> bytes:
+    """One SSE message (``data`` is one line of JSON)."""
+    head = b"" if id is None else b"id: %d\n" % id
+    return head + b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class EventStream(Response):
+    """A ``text/event-stream`` response fed by ``produce``, until it ends or the client goes.
+
+    ``produce`` sends whole SSE messages to the stream it is given; while it
+    sends nothing for ``keepalive`` seconds a comment goes out instead. When
+    the client disconnects, ``produce`` is cancelled (its ``finally`` blocks
+    run); a ``RunstateError`` it raises is sent as an ``error`` message.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, produce: Callable[[Frames], Awaitable[None]], keepalive: float) -> None:
+        # As a StreamingResponse: no body, so no Content-Length.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._produce = produce
+        self._keepalive = keepalive
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        frames_in, frames = anyio.create_memory_object_stream[bytes](64)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run, frames_in)
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            await send(
+                {"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True}
+            )
+            async with frames:
+                while True:
+                    frame: bytes | None = _KEEPALIVE
+                    with anyio.move_on_after(self._keepalive):
+                        try:
+                            frame = await frames.receive()
+                        except anyio.EndOfStream:
+                            frame = None
+                    if frame is None:
+                        break
+                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+            tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _run(self, frames: Frames) -> None:
+        async with frames:
+            try:
+                await self._produce(frames)
+            except RunstateError as exc:
+                error = {"code": exc.code, "detail": exc.message}
+                await frames.send(sse_frame("error", orjson.dumps(error)))
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+def _last_event_id(header: str | None) -> int | None:
+    if header is None or not header.strip().isdigit():
+        return None  # a browser sends what we sent; anything else starts afresh
+    return int(header.strip())
+
+
+LastEventId = Annotated[
+    str | None,
+    Header(description="The id of the last message received: resume after it."),
+]
+
+
+def _keepalive(request: Request) -> float:
+    value: float = request.app.state.keepalive
+    return value
+
+
+def _dump(model: BaseModel) -> Any:
+    return orjson.Fragment(model.model_dump_json())
+
+
+def _views_json(views: list[RunView | TaskView]) -> dict[str, list[Any]]:
+    return {
+        "runs": [_dump(v) for v in views if isinstance(v, RunView)],
+        "tasks": [_dump(v) for v in views if isinstance(v, TaskView)],
+    }
+
+
+@router.get(
+    "/watch/{pathspec:path}",
+    summary="Server-sent events: the live state of a flow, run, step or task",
+    response_class=EventStream,
+    status_code=200,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def watch(
+    pathspec: str,
+    request: Request,
+    last_event_id: LastEventId = None,
+    namespace: Annotated[str | None, Query()] = None,
+) -> EventStream:
+    path = parse_pathspec(pathspec, min_depth=1, max_depth=4)  # a bad one: 422 before streaming
+    client = reader(request, namespace)
+    last = _last_event_id(last_event_id)
+
+    async def produce(frames: Frames) -> None:
+        await _watch(client, path, last, frames)
+
+    return EventStream(produce, _keepalive(request))
+
+
+async def _watch(client: Client, path: Pathspec, last: int | None, frames: Frames) -> None:
+    namespace = client.namespace
+    subject = client.subjects.for_pathspec(path)
+    if path.step is not None or path.task is not None:
+        subject = client.subjects.run_all(path.flow, path.run or "")
+    # As client.watch: join the feed, cut, then read the snapshot after the cut.
+    feed, send, receive = await _join(client, subject)
+    try:
+        cut = feed.delivered
+        views = await _snapshot(client, path, cut)
+        as_of = max([(cut, 0), *(view.position for view in views.values())])[0]
+        sent = last if last is not None else -1
+        if as_of > sent:
+            body = {"sequence": as_of, **_views_json(list(views.values()))}
+            await frames.send(sse_frame("snapshot", orjson.dumps(body), as_of))
+            sent = as_of
+        async with aclosing(_new_commits(client, receive, as_of)) as commits:
+            async for seq, _, commit in commits:
+                changes = _fold_commit(views, commit, seq, path, namespace)
+                if changes and seq > sent:
+                    body = {"sequence": seq, "changes": changes}
+                    await frames.send(sse_frame("change", orjson.dumps(body), seq))
+                    sent = seq
+        if send in feed.overflowed:
+            raise RunstateError(
+                f"the watch of {path} fell too far behind and was stopped; reconnect to resume"
+            )
+    finally:
+        receive.close()
+        await _leave(client, feed, send)
+
+
+def _fold_commit(
+    views: dict[tuple[str, str], RunView | TaskView],
+    commit: list[Event],
+    seq: int,
+    path: Pathspec,
+    namespace: str | None,
+) -> list[dict[str, Any]]:
+    """Fold a commit's events into ``views``; each event that changed a view, as JSON."""
+    changes = []
+    for index, event in enumerate(commit):
+        changed = _fold_into(views, event, (seq, index), path, namespace)
+        if changed:
+            changes.append(
+                {
+                    "position": [seq, index],
+                    "event": _dump(event),
+                    **_views_json([views[key] for key in changed]),
+                }
+            )
+    return changes
+
+
+@router.get(
+    "/events/{pathspec:path}",
+    summary="Server-sent events: an object's raw events, one message per commit, then live",
+    response_class=EventStream,
+    status_code=200,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    pathspec: str,
+    request: Request,
+    since: Annotated[int, Query(ge=1, description="The first sequence to send.")] = 1,
+    last_event_id: LastEventId = None,
+) -> EventStream:
+    path = parse_pathspec(pathspec, min_depth=1, max_depth=4)
+    client = reader(request, None)
+    last = _last_event_id(last_event_id)
+    start = last + 1 if last is not None else since
+
+    async def produce(frames: Frames) -> None:
+        await _events(client, path, start, frames)
+
+    return EventStream(produce, _keepalive(request))
+
+
+def _commit_frame(seq: int, subject: str, commit: list[Event]) -> bytes:
+    body = {"sequence": seq, "subject": subject, "events": [_dump(e) for e in commit]}
+    return sse_frame("commit", orjson.dumps(body), seq)
+
+
+async def _events(client: Client, path: Pathspec, start: int, frames: Frames) -> None:
+    subject = client.subjects.for_pathspec(path)
+    feed, send, receive = await _join(client, subject)
+    try:
+        # What the feed delivered before this stream joined is read from the log;
+        # every later commit comes from the feed, each exactly once.
+        cut = feed.delivered
+        last = start - 1
+        if start <= cut:
+            async for stored in client.log.read(subject, start=start):
+                if stored.sequence > cut:
+                    break
+                await frames.send(_commit_frame(stored.sequence, stored.subject, stored.events))
+                last = stored.sequence
+        async with aclosing(_new_commits(client, receive, max(last, cut))) as commits:
+            async for seq, delivered_on, commit in commits:
+                await frames.send(_commit_frame(seq, delivered_on, commit))
+        if send in feed.overflowed:
+            raise RunstateError(f"the event stream of {path} fell too far behind; reconnect")
+    finally:
+        receive.close()
+        await _leave(client, feed, send)

@@ -1,0 +1,85 @@
+"""``serve``: the gateway on a socket, with uvicorn, inside an anyio task group."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import anyio
+import anyio.abc
+import uvicorn
+
+from runstate.client._client import Client
+from runstate.client.web._app import create_app
+from runstate.engine.errors import ConfigurationError
+
+__all__ = ["DEFAULT_HTTP_PORT", "serve"]
+
+DEFAULT_HTTP_PORT = 8222
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, leaving signals to the process that runs it (it stops on cancellation)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the HTTP gateway cannot listen on {host}:{port} ({exc.strerror}); "
+            "choose another --http-port, or 0 for a free one"
+        ) from None
+
+
+async def serve(
+    client: Client,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_HTTP_PORT,
+    keepalive: float = 15.0,
+    task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the gateway over ``client`` on ``host:port`` until cancelled.
+
+    Reports its URL through ``task_status`` once it accepts connections
+    (``port=0``: a free port, named in the URL). Raises
+    ``ConfigurationError`` when it cannot listen there. Open event streams
+    are closed a second after a stop.
+    """
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(client, keepalive=keepalive),
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    server = _Server(config)
+
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):  # it stops by should_exit, and closes its sockets
+            await server.serve(sockets=[sock])
+
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                while not server.started:
+                    if server.should_exit:
+                        return
+                    await anyio.sleep(0.01)
+                task_status.started(f"http://{shown}:{bound_port}")
+                await anyio.sleep_forever()
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
