@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
