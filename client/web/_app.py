@@ -47,12 +47,13 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    # Every copy of the client (one per namespace asked for) shares these, so one feed
+    # per subject serves the whole gateway (``runstate.client._watch``) and each commit
+    # decodes once.
+    client.__dict__.setdefault("_feeds", {})
+    client.__dict__.setdefault("_feeds_lock", anyio.Lock())
+    client.__dict__.setdefault("_decoded", OrderedDict())
     reads = client.with_namespace(None)
-    # Every namespace's copy of the client shares these, so one feed per subject
-    # serves the whole gateway (``runstate.client._watch``) and commits decode once.
-    reads.__dict__.setdefault("_feeds", {})
-    reads.__dict__.setdefault("_feeds_lock", anyio.Lock())
-    reads.__dict__.setdefault("_decoded", OrderedDict())
     app.state.client = reads
     app.state.keepalive = keepalive
     install_problem_handlers(app)
