@@ -19,9 +19,14 @@ from runstate.client.cli._app import (
     stoppable,
 )
 from runstate.engine._settings import Settings
+from runstate.engine.errors import ConfigurationError
 from runstate.projections._replica import Replica
 
 __all__ = ["projector", "server"]
+
+#: the HTTP gateway's port unless told (runstate.client.web.DEFAULT_HTTP_PORT, which
+#: this module does not import: the web extra may be absent)
+DEFAULT_HTTP_PORT = 8480
 
 
 async def _serve(
@@ -33,10 +38,10 @@ async def _serve(
     name: str,
     rebuild: bool,
     own_server: bool,
-    http: tuple[str, int] | None = None,
+    http: tuple[str, int | None] | None = None,
 ) -> None:
     """Run the embedded server (without a URL), a replica and the gateway (``http``:
-    host and port), until cancelled."""
+    host and port, None for the default one), until cancelled."""
     async with Replica(
         settings,
         projector=replica,
@@ -54,13 +59,25 @@ async def _serve(
         await anyio.sleep_forever()
 
 
-async def _serve_http(replica: Replica, host: str, port: int) -> None:
-    """Serve the HTTP gateway over the replica's connection until cancelled."""
+async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
+    """Serve the HTTP gateway over the replica's connection until cancelled.
+
+    Without a port given, a default port another process holds leaves the
+    server without a gateway (it says so) rather than stopping it.
+    """
     from runstate.client.web import serve  # the web extra, loaded only to serve it
 
     client = Client.over_nats(replica.nc, replica.settings)
     async with anyio.create_task_group() as tg:
-        url = await tg.start(functools.partial(serve, client, host=host, port=port))
+        try:
+            url = await tg.start(
+                functools.partial(serve, client, host=host, port=port or DEFAULT_HTTP_PORT)
+            )
+        except ConfigurationError as exc:
+            if port is not None:
+                raise
+            click.echo(f"  HTTP gateway off: {exc.message}")
+            return
         click.echo(f"  HTTP gateway: {url}  (API docs: {url}/docs)")
         await anyio.sleep_forever()
 
@@ -105,14 +122,13 @@ def _announce(replica: Replica) -> None:
 @click.option(
     "--http-port",
     type=click.IntRange(0, 65535),
-    default=8222,
-    show_default=True,
-    help="The HTTP gateway's port (0: a free one).",
+    help=f"The HTTP gateway's port (0: a free one). Default: {DEFAULT_HTTP_PORT}, or none "
+    "when another process has it (the server then says so and runs without the gateway).",
 )
 @click.option("--no-http", is_flag=True, help="Do not serve the HTTP gateway.")
 @reporting_errors
 def server(
-    port: int | None, no_projector: bool, http_host: str, http_port: int, no_http: bool
+    port: int | None, no_projector: bool, http_host: str, http_port: int | None, no_http: bool
 ) -> None:
     """Run the embedded NATS JetStream server and a projector replica, in the foreground.
 
@@ -142,7 +158,7 @@ def server(
             raise click.UsageError(
                 "with --nats the server command runs only a replica; --no-projector leaves nothing"
             )
-    http = None
+    http: tuple[str, int | None] | None = None
     if not no_http:
         if _web_available():
             http = (http_host, http_port)

@@ -48,7 +48,7 @@ async def _gateway(settings: Settings, host: str, port: int) -> None:
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=8222,
+    default=8480,
     show_default=True,
     help="The port (0: a free one).",
 )
@@ -62,7 +62,7 @@ def web(host: str, port: int) -> None:
 
     \b
     Example:
-      runstate web --nats nats://nats:4222 --host 0.0.0.0 --port 8222
+      runstate web --nats nats://nats:4222 --host 0.0.0.0 --port 8480
     """
     configure_logs("info")
     settings = current_options().settings()

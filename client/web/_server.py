@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from runstate.engine.errors import ConfigurationError
 
 __all__ = ["DEFAULT_HTTP_PORT", "serve"]
 
-DEFAULT_HTTP_PORT = 8222
+DEFAULT_HTTP_PORT = 8480
 
 
 class _Server(uvicorn.Server):
@@ -32,8 +33,9 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family)
     except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise ConfigurationError(
-            f"the HTTP gateway cannot listen on {host}:{port} ({exc.strerror}); "
+            f"the HTTP gateway cannot listen on {host}:{port} ({reason}); "
             "choose another --http-port, or 0 for a free one"
         ) from None
 
