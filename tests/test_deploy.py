@@ -584,19 +584,26 @@ def test_single_node_config_starts_with_jetstream(processes: Processes, tmp_path
 def test_cluster_configs_form_a_jetstream_cluster(processes: Processes, tmp_path: Path) -> None:
     """nats-cluster-n1..n3.conf themselves, their ports remapped, form one JetStream cluster
     of three; the projectors of compose.yaml and kubernetes/projector.yaml, with their
-    environment (RUNSTATE_REPLICAS=3) and their NATS URL remapped, become ready on it."""
+    environment (RUNSTATE_REPLICAS=3) and their NATS URL remapped, and the gateway of
+    compose.yaml, become ready on it."""
     confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
     for conf in confs:
         processes.start([find_nats_server(), "-c", conf], conf.stem)
     await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
     urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
-    projectors = [inv for inv in INVOCATIONS if not inv.source.endswith(".service")]
+    others = [inv for inv in INVOCATIONS if not inv.source.endswith(".service")]
+    projectors = [inv for inv in others if inv.argv[0] == "projector"]
     assert len(projectors) == 2
     for invocation in projectors:
         assert invocation.env.get("RUNSTATE_REPLICAS") == "3", invocation.source
         run_until_ready(
             processes, invocation, tmp_path, nats=urls, ready=f"replica ready on {urls}"
         )
+    # the HTTP gateway of compose.yaml, on a free loopback port
+    (gateway,) = [inv for inv in others if inv.argv[0] == "web"]
+    run_until_ready(
+        processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port="0", ready="gateway ready"
+    )
 
 
 # -- runstate command lines ---------------------------------------------------------------------
