@@ -91,8 +91,8 @@ async def test_a_watch_stream_sends_the_snapshot_then_each_commit() -> None:
 
 
 async def test_browsers_on_one_run_share_one_feed_which_ends_when_they_go() -> None:
-    """Twenty streams of one run are twenty watches of one feed; each gets the change;
-    when they disconnect, the feed is closed."""
+    """Twenty streams of one run are twenty watches of one feed (as /metrics says too);
+    each gets the change; when they disconnect, the feed is closed."""
     async with in_memory() as client, served(client) as http:
         run = await client.create_run("Train")
         feeds: dict[str, Any] = client.__dict__["_feeds"]
@@ -113,6 +113,9 @@ async def test_browsers_on_one_run_share_one_feed_which_ends_when_they_go() -> N
                     tg.start_soon(browser)
                 await opened.wait()
                 assert len(feeds) == 1
+                scraped = (await http.get("/metrics")).text
+                assert 'runstate_sse_clients{kind="watch"} 20.0' in scraped
+                assert "runstate_feeds 1.0" in scraped and "runstate_watchers 20.0" in scraped
                 receipt = await run.start()
             assert got == [receipt.sequence] * 20
             for _ in range(1000):  # each disconnect leaves the feed; the last one closes it

@@ -469,3 +469,24 @@ async def test_openapi_is_built_from_the_view_models() -> None:
     assert run["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RunView"
     }
+
+
+async def test_metrics_count_requests_queries_and_the_replica() -> None:
+    """/metrics counts requests by route template and status, times queries by endpoint, and
+    reports the replica's applied sequence, lag and events applied."""
+    async with gateway() as (client, http):
+        last = await _populate(client)
+        await client.run("Train/1", after=last)
+        assert (await http.get("/api/v1/runs/Train/1")).status_code == 200
+        assert (await http.get("/api/v1/runs/Nope/1")).status_code == 404
+        text = (await http.get("/metrics")).text
+        status = await client.status()
+    route = 'route="/api/v1/runs/{flow}/{run_id}"'
+    assert f'runstate_http_requests_total{{method="GET",{route},status="200"}} 1.0' in text
+    assert f'runstate_http_requests_total{{method="GET",{route},status="404"}} 1.0' in text
+    assert 'runstate_query_duration_seconds_count{endpoint="get"} 2.0' in text
+    assert f"runstate_projector_applied_sequence {float(status['applied'])}" in text
+    assert f"runstate_projector_events_applied_total {float(status['events_applied'])}" in text
+    assert "runstate_projector_lag_events 0.0" in text
+    assert "runstate_query_service_up 1.0" in text
+    assert "runstate_feeds 0.0" in text

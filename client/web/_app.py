@@ -1,5 +1,8 @@
 """``create_app``: the gateway's ASGI application, around one ``Client``.
 
+Besides the API: ``/healthz`` and ``/readyz`` (probes) and ``/metrics``
+(Prometheus, ``_metrics``).
+
 FastAPI on Starlette: its OpenAPI comes from the same pydantic models the
 query service answers with, and it runs on anyio, as runstate does. The
 interactive API page (``/docs``) is Swagger UI served from package data
@@ -15,11 +18,12 @@ from importlib.resources import files
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from runstate.client._client import Client
 from runstate.client.web import _live, _reads, _writes
+from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
 from runstate.engine.errors import RunstateError
 
@@ -33,7 +37,8 @@ _READY_WAIT = 2.0
 
 
 def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
-    """The HTTP gateway over ``client``: REST under ``/api/v1``, SSE, ``/docs``, probes.
+    """The HTTP gateway over ``client``: REST under ``/api/v1``, SSE, ``/docs``, probes
+    and ``/metrics``.
 
     Reads see every namespace unless a request names one (``?namespace=``).
     ``keepalive``: seconds an idle event stream waits before sending a
@@ -54,8 +59,12 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     client.__dict__.setdefault("_feeds_lock", anyio.Lock())
     client.__dict__.setdefault("_decoded", OrderedDict())
     reads = client.with_namespace(None)
+    metrics = GatewayMetrics()
+    reads.queries = TimedQueries(reads.queries, metrics.query_seconds)
     app.state.client = reads
     app.state.keepalive = keepalive
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetrics, metrics=metrics)
     install_problem_handlers(app)
     app.include_router(_reads.router)
     app.include_router(_writes.router)
@@ -63,6 +72,13 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_files())), name="docs-assets")
     app.add_api_route("/docs", _docs_page, include_in_schema=False)
     app.add_api_route("/", _home, include_in_schema=False)
+    app.add_api_route(
+        "/metrics",
+        metrics_page,
+        summary="Prometheus metrics: requests, query latencies, streams, the replica's progress",
+        tags=["probes"],
+        response_class=PlainTextResponse,
+    )
     app.add_api_route("/healthz", _healthz, summary="The process is alive", tags=["probes"])
     app.add_api_route(
         "/readyz",

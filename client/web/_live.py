@@ -68,15 +68,31 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, produce: Callable[[Frames], Awaitable[None]], keepalive: float) -> None:
+    def __init__(
+        self,
+        produce: Callable[[Frames], Awaitable[None]],
+        keepalive: float,
+        open_streams: Any = None,
+    ) -> None:
         # As a StreamingResponse: no body, so no Content-Length.
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._produce = produce
         self._keepalive = keepalive
+        #: a gauge counting the open streams of this kind (``/metrics``), or None
+        self._open_streams = open_streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._open_streams is not None:
+            self._open_streams.inc()
+        try:
+            await self._stream(receive, send)
+        finally:
+            if self._open_streams is not None:
+                self._open_streams.dec()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -128,9 +144,12 @@ LastEventId = Annotated[
 ]
 
 
-def _keepalive(request: Request) -> float:
-    value: float = request.app.state.keepalive
-    return value
+def _stream(
+    request: Request, kind: str, produce: Callable[[Frames], Awaitable[None]]
+) -> EventStream:
+    """An event stream of ``kind`` (watch, events), counted in ``/metrics`` while open."""
+    streams = request.app.state.metrics.streams.labels(kind)
+    return EventStream(produce, request.app.state.keepalive, streams)
 
 
 def _dump(model: BaseModel) -> Any:
@@ -164,7 +183,7 @@ async def watch(
     async def produce(frames: Frames) -> None:
         await _watch(client, path, last, frames)
 
-    return EventStream(produce, _keepalive(request))
+    return _stream(request, "watch", produce)
 
 
 async def _watch(client: Client, path: Pathspec, last: int | None, frames: Frames) -> None:
@@ -242,7 +261,7 @@ async def events(
     async def produce(frames: Frames) -> None:
         await _events(client, path, start, frames)
 
-    return EventStream(produce, _keepalive(request))
+    return _stream(request, "events", produce)
 
 
 def _commit_frame(seq: int, subject: str, commit: list[Event]) -> bytes:
