@@ -60,6 +60,10 @@ TINY: dict[str, list[str]] = {
         "500",
     ],
     "metrics": ["--metric-rows", "300", "--metric-scans", "1", "--calls", "5"],
+    "http": [
+        *("-R", "2", "-T", "3", "-W", "2", "--calls", "5", "--scale-runs", "200"),
+        *("--changes", "3", "--sse-clients", "3", "--http-writers", "2"),
+    ],
 }
 
 READS = {"get_run", "latest_successful", "runs_by_tag", "tasks_of_step"}
@@ -91,6 +95,13 @@ FIGURES: dict[str, set[str]] = {
         "lag_rate_events_per_s",
     },
     "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms"},
+    "http": {
+        "get_run_ms",
+        "runs_by_tag_ms",
+        "sse_append_ms",
+        "sse_fanout_ms",
+        "http_transitions_per_s",
+    },
 }
 # differences of two timings may be zero or negative on a single call
 SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w4"}

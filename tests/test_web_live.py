@@ -4,6 +4,7 @@ gateway over a real nats-server."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pytest
 from runstate.client import Client, RunState, connect
 from runstate.client.testing import in_memory
 from runstate.client.web import serve
+from runstate.client.web._server import _bind
 
 pytestmark = pytest.mark.anyio
 
@@ -263,3 +265,13 @@ async def test_the_watch_stream_resumes_after_a_dropped_connection(
         final = resumed[-1].data["changes"][-1]["runs"][0]
         stored = await client.run("Train/1", after=last.sequence)
         assert final == orjson.loads(stored.view.model_dump_json())
+
+
+def test_the_gateway_listens_on_a_socket_asyncio_sets_nodelay_on() -> None:
+    """The listening socket says it is TCP, so asyncio sets TCP_NODELAY on each connection
+    (else a keep-alive response waits for the client's delayed ACK)."""
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

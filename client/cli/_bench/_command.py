@@ -13,6 +13,7 @@ import click
 from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
 from runstate.client.cli._bench._harness import _Place, _place
+from runstate.client.cli._bench._http import bench_http
 from runstate.client.cli._bench._live import bench_live
 from runstate.client.cli._bench._metrics import bench_metrics
 from runstate.client.cli._bench._params import BenchParams
@@ -29,7 +30,7 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics")
+BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics", "http")
 
 
 _PARAMETERS = {
@@ -48,6 +49,17 @@ _PARAMETERS = {
         "projector",
     ),
     "metrics": ("metric_rows", "metric_keys", "metric_scans", "calls", "projector"),
+    "http": (
+        "runs",
+        "tasks",
+        "writers",
+        "calls",
+        "scale_runs",
+        "changes",
+        "sse_clients",
+        "http_writers",
+        "projector",
+    ),
 }
 
 
@@ -58,6 +70,7 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "live": bench_live,
     "projection": bench_projection,
     "metrics": bench_metrics,
+    "http": bench_http,
 }
 
 
@@ -196,6 +209,12 @@ _QUICK = {
 )
 @click.option("--metric-keys", type=click.IntRange(1), help="metrics: keys per row [5].")
 @click.option("--metric-scans", type=click.IntRange(1), help="metrics: full scans timed [3].")
+@click.option("--sse-clients", type=click.IntRange(1), help="http: SSE clients on one run [1000].")
+@click.option(
+    "--http-writers",
+    type=click.IntRange(1),
+    help="http: writers, each on its own keep-alive connection [16].",
+)
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -206,8 +225,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, or all (the
-    default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, http (needs
+    the web extra and httpx), or all (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

@@ -41,6 +41,9 @@ class BenchParams:
     catchup_repeat: int = 3
     lag_rate: int = 5000
     lag_seconds: float = 10.0
+    # http
+    sse_clients: int = 1000
+    http_writers: int = 16
     # metrics
     metric_rows: int = 1_000_000
     metric_keys: int = 5
