@@ -107,13 +107,15 @@ def test_client_exports_every_exception() -> None:
 
 
 def test_importing_the_client_loads_no_command_line_dependency() -> None:
-    """``import runstate.client`` (and its compat facade) loads neither click nor rich."""
+    """``import runstate.client`` (and its compat facade) loads neither click nor rich, nor
+    the web gateway's FastAPI, Starlette or uvicorn."""
     result = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys, runstate.client, runstate.client.compat\n"
-            "print(sorted(m for m in ('click', 'rich') if m in sys.modules))",
+            "print(sorted(m for m in ('click', 'rich', 'fastapi', 'starlette', 'uvicorn')"
+            " if m in sys.modules))",
         ],
         capture_output=True,
         text=True,

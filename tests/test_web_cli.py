@@ -87,3 +87,20 @@ def test_no_http_runs_the_server_without_the_gateway(tmp_path: Path) -> None:
     finally:
         assert running.stop() == 0
     assert "HTTP gateway" not in (tmp_path / "out").read_text()
+
+
+def test_the_command_line_loads_the_gateway_only_to_serve_it() -> None:
+    """Importing the command line loads no FastAPI or uvicorn (the web extra is optional)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runstate.client.cli._main\n"
+            "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
