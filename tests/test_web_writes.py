@@ -244,3 +244,26 @@ async def test_a_too_large_write_is_413() -> None:
         )
         _problem(response, 413, "payload_too_large")
         assert task["version"] > 0
+
+
+async def test_a_kept_handle_never_hides_another_writer() -> None:
+    """The gateway keeps the handle of a task it wrote; a transition naming that version
+    after another writer moved the task is still 412, and naming one version twice
+    succeeds once."""
+    async with gateway() as (client, http):
+        _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        task = _ok(await http.post("/api/v1/runs/Train/1/tasks", json={"step": "s"}), 201)
+        url = "/api/v1/runs/Train/1/steps/s/tasks/1/transitions"
+        version = f'"{task["version"]}"'
+        running = {"state": "running"}
+        first = await http.post(url, json=running, headers={"If-Match": version})
+        again = await http.post(url, json=running, headers={"If-Match": version})
+        assert first.status_code == 200 and again.status_code == 412
+        kept = f'"{first.json()["version"]}"'
+        handle = await client.writer.task("Train/1/s/1")
+        await handle.complete()  # another writer, behind the gateway's back
+        stale = await http.post(url, json={"state": "failed"}, headers={"If-Match": kept})
+        problem = _problem(stale, 412, "conflict")
+        assert problem["current_version"] == handle.version
+        read = await client.task("Train/1/s/1", after=handle.version)
+    assert read.state is TaskState.COMPLETED

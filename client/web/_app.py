@@ -13,6 +13,8 @@ network; ``/openapi.json`` is the schema it shows.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 
 import anyio
@@ -46,6 +48,7 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     and closes it); the app only uses it.
     """
     app = FastAPI(
+        lifespan=_lifespan,
         title="runstate",
         summary="Run state of workflows and ML runs: reads, writes and live events.",
         version="1",
@@ -64,6 +67,10 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     app.state.client = reads
     app.state.keepalive = keepalive
     app.state.metrics = metrics
+    #: the live watch channels, by pathspec and namespace (``_live.Channel``)
+    app.state.channels = {}
+    #: the writers' handles the gateway keeps (``_writes._kept``)
+    app.state.handles = OrderedDict()
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_problem_handlers(app)
     app.include_router(_reads.router)
@@ -88,6 +95,15 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
         responses={503: {"description": "Not ready: the problem says why."}},
     )
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """A task group for what outlives one request: the watch channels shared by streams."""
+    async with anyio.create_task_group() as tasks:
+        app.state.tasks = tasks
+        yield
+        tasks.cancel_scope.cancel()
 
 
 def _swagger_files() -> object:

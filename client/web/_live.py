@@ -14,10 +14,13 @@ reconnect (``Last-Event-ID``) resumes where it left off:
   object (its sequence, subject and events), from ``since`` or after
   ``Last-Event-ID``, then live ones.
 
-Fan-out: both join the gateway client's feed of the subject (one log follow
-per subject, ``runstate.client._watch``), so a thousand browsers on one run
-cost one consumer. Idle streams get a comment every ``keepalive`` seconds so
-proxies keep them open; a client that goes leaves its feed at once.
+Fan-out: every watch stream of one pathspec shares one ``Channel``, which
+folds each commit once and encodes its message once for all of them; the
+channels and the event streams join the gateway client's feed of their
+subject (one log follow per subject, ``runstate.client._watch``). So a
+thousand browsers on one run cost one consumer and one fold per commit.
+Idle streams get a comment every ``keepalive`` seconds so proxies keep them
+open; a client that goes leaves at once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from contextlib import aclosing
 from typing import Annotated, Any
 
 import anyio
+import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import APIRouter, Header, Query, Request
@@ -42,7 +46,7 @@ from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine.errors import RunstateError
 from runstate.projections._views import RunView, TaskView
 
-__all__ = ["EventStream", "router", "sse_frame"]
+__all__ = ["Channel", "EventStream", "router", "sse_frame"]
 
 router = APIRouter(prefix="/api/v1", tags=["live"])
 
@@ -179,43 +183,154 @@ async def watch(
     path = parse_pathspec(pathspec, min_depth=1, max_depth=4)  # a bad one: 422 before streaming
     client = reader(request, namespace)
     last = _last_event_id(last_event_id)
+    channels: dict[tuple[str, str | None], Channel] = request.app.state.channels
+    tasks: anyio.abc.TaskGroup | None = getattr(request.app.state, "tasks", None)
 
     async def produce(frames: Frames) -> None:
-        await _watch(client, path, last, frames)
+        if tasks is None:
+            # No lifespan ran (an app driven without a server): a channel of its own.
+            async with anyio.create_task_group() as tg:
+                own = Channel(client, path, {})
+                tg.start_soon(own.run)
+                await own.relay(last, frames)
+                tg.cancel_scope.cancel()
+            return
+        key = (str(path), client.namespace)
+        channel = channels.get(key)
+        if channel is None or channel.closed:
+            channel = channels[key] = Channel(client, path, channels)
+            tasks.start_soon(channel.run)
+        await channel.relay(last, frames)
 
     return _stream(request, "watch", produce)
 
 
-async def _watch(client: Client, path: Pathspec, last: int | None, frames: Frames) -> None:
-    namespace = client.namespace
-    subject = client.subjects.for_pathspec(path)
-    if path.step is not None or path.task is not None:
-        subject = client.subjects.run_all(path.flow, path.run or "")
-    # As client.watch: join the feed, cut, then read the snapshot after the cut.
-    feed, send, receive = await _join(client, subject)
-    try:
-        cut = feed.delivered
-        views = await _snapshot(client, path, cut)
-        as_of = max([(cut, 0), *(view.position for view in views.values())])[0]
-        sent = last if last is not None else -1
-        if as_of > sent:
-            body = {"sequence": as_of, **_views_json(list(views.values()))}
-            await frames.send(sse_frame("snapshot", orjson.dumps(body), as_of))
-            sent = as_of
-        async with aclosing(_new_commits(client, receive, as_of)) as commits:
-            async for seq, _, commit in commits:
-                changes = _fold_commit(views, commit, seq, path, namespace)
-                if changes and seq > sent:
-                    body = {"sequence": seq, "changes": changes}
-                    await frames.send(sse_frame("change", orjson.dumps(body), seq))
-                    sent = seq
-        if send in feed.overflowed:
-            raise RunstateError(
-                f"the watch of {path} fell too far behind and was stopped; reconnect to resume"
+#: messages a stream may fall behind its channel before it is closed (it then resumes)
+_STREAM_BUFFER = 1000
+
+
+class Channel:
+    """The live state of one pathspec, folded once and sent to every SSE client of it.
+
+    ``run`` does what ``client.watch`` does (join the client's feed, cut,
+    read the snapshot after the cut, fold each later commit) and turns each
+    commit that changed a view into one ``change`` message, encoded once for
+    all. A client joining takes the views as they are (a ``snapshot`` as of
+    ``sequence``) unless its ``Last-Event-ID`` is at or past them, and every
+    later message; none with an id it has. A client that falls
+    ``_STREAM_BUFFER`` messages behind is disconnected, to resume with its
+    ``Last-Event-ID``. The last client to leave stops the channel.
+    """
+
+    def __init__(
+        self, client: Client, path: Pathspec, registry: dict[tuple[str, str | None], Channel]
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.views: dict[tuple[str, str], RunView | TaskView] = {}
+        #: the sequence the views are as of
+        self.sequence = -1
+        self.closed = False
+        self._registry = registry
+        self._key = (str(path), client.namespace)
+        self._started = anyio.Event()
+        self._subscribers: dict[MemoryObjectSendStream[bytes], int] = {}
+        self._error: bytes | None = None
+        self._snapshot: tuple[int, bytes] | None = None
+        self._scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            try:
+                await self._fold()
+            except RunstateError as exc:
+                self._error = sse_frame(
+                    "error", orjson.dumps({"code": exc.code, "detail": exc.message})
+                )
+            finally:
+                self._close()
+
+    async def _fold(self) -> None:
+        client, path = self.client, self.path
+        namespace = client.namespace
+        subject = client.subjects.for_pathspec(path)
+        if path.step is not None or path.task is not None:
+            subject = client.subjects.run_all(path.flow, path.run or "")
+        feed, send, receive = await _join(client, subject)
+        try:
+            cut = feed.delivered
+            self.views = await _snapshot(client, path, cut)
+            as_of = max([(cut, 0), *(view.position for view in self.views.values())])[0]
+            self.sequence = as_of
+            self._started.set()
+            async with aclosing(_new_commits(client, receive, as_of)) as commits:
+                async for seq, _, commit in commits:
+                    changes = _fold_commit(self.views, commit, seq, path, namespace)
+                    self.sequence = seq
+                    if changes:
+                        body = {"sequence": seq, "changes": changes}
+                        self._broadcast(seq, sse_frame("change", orjson.dumps(body), seq))
+            if send in feed.overflowed:
+                raise RunstateError(
+                    f"the watch of {path} fell too far behind and was stopped; reconnect"
+                )
+        finally:
+            receive.close()
+            await _leave(client, feed, send)
+
+    def _broadcast(self, seq: int, frame: bytes) -> None:
+        for stream, seen in list(self._subscribers.items()):
+            if seq <= seen:
+                continue
+            try:
+                stream.send_nowait(frame)
+            except anyio.WouldBlock:
+                del self._subscribers[stream]
+                stream.close()  # its client reconnects and resumes after what it got
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._subscribers.pop(stream, None)
+
+    def _snapshot_frame(self) -> bytes:
+        if self._snapshot is None or self._snapshot[0] != self.sequence:
+            body = {"sequence": self.sequence, **_views_json(list(self.views.values()))}
+            self._snapshot = (
+                self.sequence,
+                sse_frame("snapshot", orjson.dumps(body), self.sequence),
             )
-    finally:
-        receive.close()
-        await _leave(client, feed, send)
+        return self._snapshot[1]
+
+    async def relay(self, last: int | None, frames: Frames) -> None:
+        """Send this channel's messages for a client that has everything up to ``last``."""
+        await self._started.wait()
+        if self._error is not None:
+            await frames.send(self._error)
+            return
+        send, receive = anyio.create_memory_object_stream[bytes](_STREAM_BUFFER)
+        with send, receive:
+            # No await from here to the registration: no commit can come in between.
+            if last is None or self.sequence > last:
+                send.send_nowait(self._snapshot_frame())
+                last = self.sequence
+            self._subscribers[send] = last
+            try:
+                async for frame in receive:
+                    await frames.send(frame)
+                if self._error is not None:
+                    await frames.send(self._error)
+            finally:
+                self._subscribers.pop(send, None)
+                if not self._subscribers:
+                    # at once, so a client arriving now starts a new channel
+                    self._close()
+                    self._scope.cancel()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._started.set()
+        if self._registry.get(self._key) is self:
+            del self._registry[self._key]
+        for stream in self._subscribers:
+            stream.close()
 
 
 def _fold_commit(

@@ -67,7 +67,7 @@ async def serve(
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         create_app(client, keepalive=keepalive),
-        lifespan="off",
+        lifespan="on",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=1,

@@ -8,14 +8,18 @@ read, and the entity's ``version`` (also the ``ETag``).
 Transitions use optimistic concurrency in HTTP's terms: ``If-Match`` carries
 the version a read's ``ETag`` gave (``*``: whatever it is now). It is
 required (428 without it); a stale one is 412 with ``current_version``.
-Tags, metadata and artifacts commute, so they need no ``If-Match``.
+Tags, metadata and artifacts commute, so they need no ``If-Match``. The
+gateway keeps the handles of what it wrote last (``_kept``), so a worker's
+next transition naming the version it was given costs one append.
 Creating a run honours ``Idempotency-Key`` as the IETF draft describes.
 """
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -180,6 +184,44 @@ def _check_version(handle: RunHandle | TaskHandle, versions: set[int] | None) ->
         raise _stale(handle.pathspec, handle.version)
 
 
+#: handles kept by the gateway after its writes (by pathspec), the oldest dropped first
+_HANDLES_KEPT = 10_000
+
+_H = TypeVar("_H", RunHandle, TaskHandle)
+
+
+def _kept(request: Request, pathspec: str, versions: set[int] | None) -> Any:
+    """A copy of the handle this gateway kept of ``pathspec``, if it is at one of
+    ``versions``; else None (load it from the log).
+
+    An entity's state at a version never changes, so a handle kept at the
+    version ``If-Match`` names is as good as one read from the log: the
+    append still expects that version, and a writer that came in between
+    makes it a 412. Each request gets its own copy, so two requests naming
+    one version cannot both succeed.
+    """
+    if versions is None:
+        return None
+    handles: OrderedDict[str, RunHandle | TaskHandle] = request.app.state.handles
+    handle = handles.get(pathspec)
+    if handle is None or handle.version not in versions:
+        return None
+    return copy.copy(handle)
+
+
+def _keep(request: Request, handle: _H) -> _H:
+    handles: OrderedDict[str, RunHandle | TaskHandle] = request.app.state.handles
+    handles[handle.pathspec] = handle
+    handles.move_to_end(handle.pathspec)
+    if len(handles) > _HANDLES_KEPT:
+        handles.popitem(last=False)
+    return handle
+
+
+def _forget(request: Request, pathspec: str) -> None:
+    request.app.state.handles.pop(pathspec, None)
+
+
 def _stale(pathspec: str, current: int) -> Problem:
     return Problem(
         412,
@@ -280,15 +322,19 @@ async def transition_run(
     flow: str, run_id: str, body: RunTransition, request: Request, if_match: IfMatch = None
 ) -> Response:
     versions = _versions(if_match, required=True, what="a transition")
-    handle = await client_of(request).run_handle(_run_pathspec(flow, run_id))
-    _check_version(handle, versions)
+    pathspec = _run_pathspec(flow, run_id)
+    handle: RunHandle | None = _kept(request, pathspec, versions)
+    if handle is None:
+        handle = await client_of(request).run_handle(pathspec)
+        _check_version(handle, versions)
     try:
         receipt = await handle.transition(
             body.state, label=body.label, message=body.message, resume=body.resume
         )
     except ConflictError as exc:
+        _forget(request, pathspec)
         raise _stale(handle.pathspec, exc.current_version) from None
-    return _written(handle, receipt.sequence)
+    return _written(_keep(request, handle), receipt.sequence)
 
 
 @router.post(
@@ -345,6 +391,7 @@ async def create_task(flow: str, run_id: str, body: CreateTask, request: Request
         start=body.start,
     )
     assert task.receipt is not None
+    _keep(request, task)
     location = f"/api/v1/runs/{flow}/{run_id}/steps/{task.step}/tasks/{task.id}"
     return _written(task, task.receipt.sequence, 201, Location=location)
 
@@ -379,8 +426,11 @@ async def transition_task(
     if_match: IfMatch = None,
 ) -> Response:
     versions = _versions(if_match, required=True, what="a transition")
-    handle = await _task_handle(request, flow, run_id, step, task_id)
-    _check_version(handle, versions)
+    pathspec = str(parse_pathspec(f"{flow}/{run_id}/{step}/{task_id}", min_depth=4, max_depth=4))
+    handle: TaskHandle | None = _kept(request, pathspec, versions)
+    if handle is None:
+        handle = await _task_handle(request, flow, run_id, step, task_id)
+        _check_version(handle, versions)
     try:
         receipt = await handle.transition(
             body.state,
@@ -390,8 +440,9 @@ async def transition_task(
             exception=body.exception,
         )
     except ConflictError as exc:
+        _forget(request, pathspec)
         raise _stale(handle.pathspec, exc.current_version) from None
-    return _written(handle, receipt.sequence)
+    return _written(_keep(request, handle), receipt.sequence)
 
 
 @router.post(
