@@ -34,6 +34,7 @@ import anyio.abc
 import orjson
 from anyio.streams.memory import MemoryObjectSendStream
 from fastapi import APIRouter, Header, Query, Request
+from prometheus_client import Gauge
 from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -76,7 +77,7 @@ class EventStream(Response):
         self,
         produce: Callable[[Frames], Awaitable[None]],
         keepalive: float,
-        open_streams: Any = None,
+        open_streams: Gauge | None = None,
     ) -> None:
         # As a StreamingResponse: no body, so no Content-Length.
         self.status_code = 200
