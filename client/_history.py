@@ -103,6 +103,23 @@ class History:
         *,
         after: int | PointReceipt | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
+        async for page in self.scan_pages(
+            keys, page_size, min_step, max_step, stream, after=after
+        ):
+            for row in page:
+                yield row
+
+    async def scan_pages(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """``scan_history`` a page at a time (the blocking facades cross threads per page)."""
         body = self._body(stream, after)
         body.update(
             keys=list(keys) if keys is not None else None,
@@ -113,8 +130,7 @@ class History:
         while True:
             raw = await self._client._request(self._client.query(MetricScanRequest, **body), None)
             page = orjson.loads(raw)["result"]
-            for row in _rows(page["rows"], raw):
-                yield row
+            yield _rows(page["rows"], raw)
             if page["next_start"] is None:
                 return
             body["start"] = page["next_start"]
