@@ -10,6 +10,7 @@ task's state and its metric history: a train task with 3 ``loss`` points).
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
@@ -38,6 +39,14 @@ async def _projected(run: Any, sequence: int) -> None:
             return
         except Timeout:
             continue
+
+
+def _optional_pandas() -> Any:
+    """pandas if installed (the DataFrame figure needs it), else None."""
+    try:
+        return importlib.import_module("pandas")
+    except ImportError:
+        return None
 
 
 async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
@@ -118,6 +127,30 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
             )
         )
         _say(f"metrics: scan p50 {quantile(scans, 0.5):.2f} s")
+
+        pandas = _optional_pandas()
+        if pandas is None:
+            _say("metrics: no scan_frame_s without pandas (pip install 'runstate[pandas]')")
+        else:
+            frames = []
+            for _ in range(p.metric_scans):
+                started = time.perf_counter()
+                rows = [row async for row in run.scan_history(page_size=SCAN_PAGE)]
+                frame = pandas.DataFrame.from_records(rows)
+                frames.append(time.perf_counter() - started)
+                assert frame.shape == (p.metric_rows, len(keys) + 2)
+                del rows, frame
+            report.add(
+                Figure(
+                    "scan_frame_s",
+                    f"DataFrame.from_records(scan_history) of {p.metric_rows:,} rows x "
+                    f"{len(keys)} keys",
+                    "s",
+                    frames,
+                    target=Target("median", "<", 8),
+                )
+            )
+            _say(f"metrics: scan to a DataFrame p50 {quantile(frames, 0.5):.2f} s")
 
         async with handle.task("train", index=0, heartbeat=False) as task:
             for value in (0.9, 0.5, 0.3):
