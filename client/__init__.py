@@ -21,6 +21,7 @@ from runstate.client._objects import Run as Run
 from runstate.client._objects import Step as Step
 from runstate.client._objects import Task as Task
 from runstate.client._pages import Page as Page
+from runstate.client._tails import MetricRow as MetricRow
 from runstate.client._watch import Change as Change
 from runstate.client._watch import EventRecord as EventRecord
 from runstate.client._watch import Subscription as Subscription
@@ -66,6 +67,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "JetStreamDisabled",
+    "MetricRow",
     "NotFound",
     "NotInNamespace",
     "Page",

@@ -15,12 +15,13 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runstate.client._objects import Run, Task
+from runstate.client._subscription import Subscription
 from runstate.engine._commits import Delivery
 from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
@@ -35,37 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["Change", "EventRecord", "Subscription", "events", "watch"]
 
 ViewKey = tuple[str, str]
-
-T = TypeVar("T")
-
-
-class Subscription(Generic[T]):
-    """A live stream of items; use as ``async with client.watch(p) as changes: async for ...``.
-
-    Leaving the ``async with`` block (normally, by an exception, or by
-    cancellation) stops the consumer at once. Iterating without the block
-    also works, but then the consumer stops only when the iterator is
-    garbage-collected or ``aclose()`` is called.
-    """
-
-    def __init__(self, generator: AsyncGenerator[T, None]) -> None:
-        self._generator = generator
-
-    async def __aenter__(self) -> Subscription[T]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Subscription[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._generator.__anext__()
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._generator.aclose()
 
 
 @dataclass(frozen=True, slots=True)
