@@ -16,7 +16,7 @@ the batch it travelled in and its index in that batch. A tail started with
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from runstate.engine.errors import BadFilter, InvalidEvent
 if TYPE_CHECKING:
     from runstate.engine._typing import EventLog
 
-__all__ = ["ANY_ATTEMPT", "MetricRow", "Position", "follow_rows"]
+__all__ = ["ANY_ATTEMPT", "MetricRow", "Position", "follow_rows", "read_rows"]
 
 #: ``(points-stream sequence of the row's batch, index of the row in it)``
 Position = tuple[int, int]
@@ -115,6 +115,31 @@ def follow_rows(
     return Subscription(_rows(log, subject, attempt, wanted, stream, position))
 
 
+def _rows_of(
+    sequence: int,
+    data: bytes,
+    attempt: int | None,
+    wanted: frozenset[str] | None,
+    stream: str,
+    first: int,
+) -> Iterator[MetricRow]:
+    """The rows of one delivered batch that a tail wants, from index ``first`` on."""
+    try:
+        batch = decode_points(data)
+    except InvalidEvent:
+        return  # not a points batch: the metrics projector skips it too
+    if batch.stream != stream or (batch.attempt != attempt and attempt != ANY_ATTEMPT):
+        return
+    rows = batch.rows
+    for index in range(first, len(rows)):
+        row = rows[index]
+        if wanted is not None:
+            if not wanted.issubset(row):
+                continue
+            row = {key: value for key, value in row.items() if key[0] == "_" or key in wanted}
+        yield MetricRow(sequence, index, batch.attempt, row)
+
+
 async def _rows(
     log: EventLog,
     subject: str,
@@ -127,21 +152,24 @@ async def _rows(
     async with log.points.follow(subject, start=start) as batches:
         async for deliveries in batches:
             for sequence, _, data in deliveries:
-                try:
-                    batch = decode_points(data)
-                except InvalidEvent:
-                    continue  # not a points batch: the metrics projector skips it too
-                if batch.stream != stream or (batch.attempt != attempt and attempt != ANY_ATTEMPT):
-                    continue
-                rows = batch.rows
-                for index in range(seen + 1 if sequence == start else 0, len(rows)):
-                    row = rows[index]
-                    if wanted is not None:
-                        if not wanted.issubset(row):
-                            continue
-                        row = {
-                            key: value
-                            for key, value in row.items()
-                            if key[0] == "_" or key in wanted
-                        }
-                    yield MetricRow(sequence, index, batch.attempt, row)
+                first = seen + 1 if sequence == start else 0
+                for row in _rows_of(sequence, data, attempt, wanted, stream, first):
+                    yield row
+
+
+async def read_rows(
+    log: EventLog,
+    pathspec: str,
+    attempt: int | None,
+    resume: Position | None = None,
+    stream: str = "default",
+) -> list[MetricRow]:
+    """The rows a tail of ``pathspec`` would yield from ``resume`` up to the end of the
+    points stream now (not live): what a tail stopped at ``resume`` has not seen yet."""
+    subject = points_subject(log.settings.prefix, parse_pathspec(pathspec, min_depth=2))
+    start, seen = (1, -1) if resume is None else resume
+    rows: list[MetricRow] = []
+    async for sequence, _, data in log.points.read(subject, start=start):
+        first = seen + 1 if sequence == start else 0
+        rows.extend(_rows_of(sequence, data, attempt, None, stream, first))
+    return rows

@@ -466,6 +466,28 @@ async def test_watch_follows_a_run_until_it_finishes(written: Written) -> None:
             watcher.close()
 
 
+async def test_watch_with_metric_prints_each_row_a_running_task_logs(written: Written) -> None:
+    """``watch RUN --metric loss`` prints each row of a running task: value and sparkline."""
+    async with connect(written.url, projector=False) as client:
+        run = await client.create_run("Metered")
+        watcher = Running("watch", run.pathspec, "--metric", "loss", "--nats", written.url)
+        try:
+            await anyio.to_thread.run_sync(watcher.wait_for, r"^Metered/1  pending")
+            async with run.running():
+                async with run.task("train") as task:
+                    for loss in (1.0, 0.5, 0.25):
+                        await task.log({"loss": loss, "acc": 1 - loss})
+            status = await anyio.to_thread.run_sync(watcher.process.wait, 20)
+            assert status == 0
+            line = await anyio.to_thread.run_sync(watcher.wait_for, r"^Metered/1/train/1  step 2")
+            assert line.string.split("loss", 1)[1].split() == ["0.25", "█▃▁"]
+            steps = [re.search(r"step (\d+)", ln) for ln in watcher.lines if "/train/1 " in ln]
+            assert [int(m.group(1)) for m in steps if m] == [0, 1, 2]
+            assert not any("acc" in ln for ln in watcher.lines)
+        finally:
+            watcher.close()
+
+
 def _stderr_line(process: subprocess.Popen[str], pattern: str) -> str:
     """Read stderr lines until one matches ``pattern`` (the test's timeout bounds the wait)."""
     assert process.stderr is not None

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import click
 import orjson
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
@@ -41,6 +41,7 @@ from runstate.client.cli._render import (
     state_text,
     value_preview,
 )
+from runstate.client.cli._sparklines import MetricTails, metric_tails, tailing, track_running
 from runstate.client.cli._trees import artifact_header, run_tree, runs_table, step_tree, task_tree
 from runstate.engine._embedded import _read_server_json
 from runstate.engine._names import Pathspec, parse_pathspec
@@ -364,8 +365,15 @@ async def _report_connection(client: Client, server_pid: int | None) -> None:
 @global_options()
 @click.argument("pathspec")
 @_WAIT_OPTION
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    metavar="KEY",
+    help="Show this metric of each running task: latest value and sparkline (repeatable).",
+)
 @reporting_errors
-def watch(pathspec: str, wait: bool) -> None:
+def watch(pathspec: str, wait: bool, metrics: tuple[str, ...]) -> None:
     """Watch a run (or a flow, step or task) live until it finishes.
 
     Shows the run's state, each step's progress and task counts by state,
@@ -375,10 +383,15 @@ def watch(pathspec: str, wait: bool) -> None:
     one line per event instead. An object that does not exist is an error
     (exit 2) unless --wait says to wait for it.
 
+    With --metric, running tasks (up to 12) show the metric's latest value
+    and a sparkline of its recent points, followed live from the metric
+    points stream; not on a terminal, one line per row logged.
+
     \b
     Examples:
       runstate watch Train/42
       runstate watch Train/43 --wait
+      runstate watch Train/42 --metric loss --metric acc
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec, max_depth=4)
@@ -391,13 +404,14 @@ def watch(pathspec: str, wait: bool) -> None:
         async with connect(settings=settings, namespace=None) as connected:
             client = _follower(connected)
             board = LiveBoard(f"watching {pathspec}")
+            tails = metric_tails(client.log, metrics, console, live=live)
             async with _reporting_connection(client, embedded=settings.nats_url is None):
                 await _require(client, pathspec, path, wait=wait)
                 async with client.watch(pathspec) as changes:
                     if live:
-                        await _watch_live(changes, board, console, run_pathspec)
+                        await _watch_live(changes, board, console, run_pathspec, tails)
                     else:
-                        await _watch_plain(changes, board, console, run_pathspec)
+                        await _watch_plain(changes, board, console, run_pathspec, tails)
 
     anyio.run(stoppable, body)
 
@@ -408,10 +422,15 @@ def _run_finished(board: LiveBoard, run_pathspec: str | None) -> bool:
 
 
 async def _watch_live(
-    changes: Any, board: LiveBoard, console: Console, run_pathspec: str | None
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None = None,
 ) -> None:
-    with Live(board, console=console, auto_refresh=False) as live:
-        async with anyio.create_task_group() as tg:
+    shown = board if tails is None else Group(board, tails)
+    with Live(shown, console=console, auto_refresh=False) as live:
+        async with tailing(tails), anyio.create_task_group() as tg:
 
             async def refresh() -> None:
                 while True:
@@ -421,6 +440,7 @@ async def _watch_live(
             tg.start_soon(refresh)
             async for change in changes:
                 board.apply(change)
+                await track_running(tails, board, change)
                 if change.event is not None and board.notes and board.runs:
                     board.notes.clear()  # the run it waited for exists now
                 if change.event is None and not board.runs and run_pathspec is not None:
@@ -434,10 +454,26 @@ async def _watch_live(
 
 
 async def _watch_plain(
-    changes: Any, board: LiveBoard, console: Console, run_pathspec: str | None
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None = None,
+) -> None:
+    async with tailing(tails):
+        await _print_changes(changes, board, console, run_pathspec, tails)
+
+
+async def _print_changes(
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None,
 ) -> None:
     async for change in changes:
         board.apply(change)
+        await track_running(tails, board, change)
         if change.event is None:
             for run in board.shown_runs():
                 console.print(_run_line(run), soft_wrap=True)
