@@ -43,7 +43,7 @@ TINY: dict[str, list[str]] = {
         "--atomic-batch",
         "100",
     ],
-    "workload": ["--repeat", "1", "-R", "2", "-T", "3", "-W", "1,4"],
+    "workload": ["--repeat", "1", "-R", "2", "-T", "3", "-W", "1,64"],
     "reads": ["-R", "2", "-T", "3", "-W", "4", "--calls", "5", "--scale-runs", "200"],
     "facade": ["--calls", "5"],
     "live": ["--changes", "5", "--watchers", "3", "--watch-runs", "3"],
@@ -77,11 +77,16 @@ FIGURES: dict[str, set[str]] = {
         "transitions_per_s_w1",
         "raw_acked_per_s_w1",
         "projector_drain_ms_w1",
-        "transitions_per_s_w4",
-        "raw_acked_per_s_w4",
-        "projector_drain_ms_w4",
+        "transitions_per_s_w64_no_projector",
+        "transitions_per_s_w64_points_no_projector",
+        "transitions_per_s_w64",
+        "transitions_per_s_w64_points",
+        "raw_acked_per_s_w64",
+        "projector_drain_ms_w64",
     },
-    "reads": {f"r_{key}_ms" for key in READS} | {f"scale_{key}_ms" for key in READS},
+    "reads": {f"r_{key}_ms" for key in READS}
+    | {f"scale_{key}_ms" for key in READS}
+    | {"r_task_history_ms"},
     "facade": {"async_get_run_ms", "facade_get_run_ms", "facade_added_ms"},
     "live": {"watch_ms", "watchers_ms", "watched_runs_ms", "raw_ordered_ms"},
     "projection": {
@@ -90,10 +95,10 @@ FIGURES: dict[str, set[str]] = {
         "lag_ms",
         "lag_rate_events_per_s",
     },
-    "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms"},
+    "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms", "tail_ms"},
 }
 # differences of two timings may be zero or negative on a single call
-SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w4"}
+SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w64"}
 
 
 def run_bench(*args: str) -> dict[str, Any]:

@@ -34,8 +34,17 @@ BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "me
 
 _PARAMETERS = {
     "append": ("repeat", "messages", "batch_events", "atomic_batch", "in_flight"),
-    "workload": ("repeat", "runs", "tasks", "writers", "projector"),
-    "reads": ("runs", "tasks", "writers", "calls", "scale_runs", "scale_task_runs", "projector"),
+    "workload": ("repeat", "runs", "tasks", "writers", "points", "projector"),
+    "reads": (
+        "runs",
+        "tasks",
+        "writers",
+        "points",
+        "calls",
+        "scale_runs",
+        "scale_task_runs",
+        "projector",
+    ),
     "facade": ("calls",),
     "live": ("changes", "watchers", "watch_runs", "projector"),
     "projection": (
@@ -155,6 +164,11 @@ _QUICK = {
 @click.option("--tasks", "-T", type=click.IntRange(1), help="train foreach tasks T [50].")
 @click.option(
     "--writers", "-W", callback=_writers, help="workload: writer counts, e.g. 1,8,64 [1,8,64]."
+)
+@click.option(
+    "--points",
+    type=click.IntRange(0),
+    help="workload/reads: loss points per successful train task, 0 for none [3].",
 )
 @click.option("--calls", type=click.IntRange(1), help="reads/facade: calls per figure [200].")
 @click.option(

@@ -27,6 +27,8 @@ class BenchParams:
     runs: int = 20
     tasks: int = 50
     writers: tuple[int, ...] = (1, 8, 64)
+    #: ``loss`` points logged by each train task's successful attempt (0: none)
+    points: int = 3
     # reads, facade
     calls: int = 200
     scale_runs: int = 100_000
