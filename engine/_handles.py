@@ -30,7 +30,7 @@ from runstate.engine._events import (
     TaskCreatedPayload,
 )
 from runstate.engine._lifetime import _lifetime
-from runstate.engine._metrics_writer import MetricsBuffer
+from runstate.engine._metrics_writer import MetricsBuffer, PeriodicFlush
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
 from runstate.engine._points import PointReceipt
 from runstate.engine._states import RunState, TaskState, check_run_transition
@@ -77,6 +77,8 @@ class RunHandle:
         #: the receipt of the last write through this handle (pass as ``after=``)
         self.receipt = receipt
         self._metrics: MetricsBuffer | None = None
+        #: the periodic flush of the block running this entity (``_lifetime``), if any
+        self._periodic: PeriodicFlush | None = None
 
     @classmethod
     def from_commits(cls, writer: Writer, commits: Sequence[StoredCommit]) -> RunHandle:
@@ -393,6 +395,8 @@ class RunHandle:
         if self._metrics is None:
             self._metrics = MetricsBuffer(self._writer.log, self.pathspec, None)
         await self._metrics.log(row, step)
+        if self._periodic is not None:
+            self._periodic.wanted()
 
     async def flush(self) -> PointReceipt | None:
         """Send the buffered metric rows now; see ``TaskHandle.flush``."""

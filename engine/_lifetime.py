@@ -36,19 +36,23 @@ async def _lifetime(
     attempt: int | None = getattr(handle, "attempt", None)  # a run's points have none
     async with (
         _heartbeating(handle._writer, handle.pathspec, heartbeat),
-        flushing_periodically(handle.flush, interval),
+        flushing_periodically(handle.flush, interval, lazy=True) as periodic,
         sampling_system(handle._writer.log, handle.pathspec, attempt),
     ):
+        handle._periodic = periodic  # its log() starts the flushing once rows wait
         try:
             yield
+            handle._periodic = None
             await handle.flush()
         except anyio.get_cancelled_exc_class():
+            handle._periodic = None
             with anyio.CancelScope(shield=True):
                 await _flush_quietly(handle)
                 if not handle.state.terminal:
                     await handle.cancel("cancelled")
             raise
         except BaseException as exc:
+            handle._periodic = None
             with anyio.CancelScope(shield=True):
                 await _flush_quietly(handle)
                 if not handle.state.terminal:

@@ -17,12 +17,14 @@ nothing is acknowledged twice.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from runstate.engine._commits import new_commit_id
 from runstate.engine._logging import get_logger
@@ -39,7 +41,7 @@ from runstate.engine._points import (
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import InvalidEvent, StepWentBack
 
-__all__ = ["MetricsBuffer", "flushing_periodically"]
+__all__ = ["MetricsBuffer", "PeriodicFlush", "flushing_periodically"]
 
 log = get_logger("runstate.metrics")
 
@@ -119,6 +121,8 @@ class MetricsBuffer:
         the retry budget; the rows stay buffered and the next flush sends them
         again with the same commit ids.
         """
+        if not self._rows and not self._unacknowledged and not self._lock.locked():
+            return self.receipt  # nothing to send, and no flush under way to wait for
         async with self._lock:
             if self._rows:
                 rows, self._rows = self._rows, []
@@ -143,16 +147,65 @@ class MetricsBuffer:
         return self._encode(rows[:half]) + self._encode(rows[half:])
 
 
+class PeriodicFlush:
+    """The periodic flush of one block; ``wanted()`` starts it, once, if it is not running.
+
+    Started through ``wanted()``, it begins after one interval, from a timer of the
+    event loop: most blocks that log are over before then, and a task in a task
+    group costs about 150 µs to start and stop, more than a short task's appends.
+    """
+
+    def __init__(
+        self, group: anyio.abc.TaskGroup, tick: Callable[[float], Awaitable[None]], interval: float
+    ) -> None:
+        self._group = group
+        self._tick = tick
+        self._interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self.started = False
+
+    def wanted(self) -> None:
+        """Make sure the flush runs from one interval on (rows wait to be sent)."""
+        if self.started or self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio: no timer to wait with, start at once
+            self.start(self._interval)
+            return
+        self._timer = loop.call_later(self._interval, self.start, 0.0)
+
+    def start(self, first_delay: float) -> None:
+        """Flush every interval, the first time after ``first_delay`` seconds."""
+        self._timer = None
+        if not self.started:
+            self.started = True
+            self._group.start_soon(self._tick, first_delay)
+
+    def stop(self) -> None:
+        """Cancel a start still waiting for its timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @asynccontextmanager
 async def flushing_periodically(
-    flush: Callable[[], Awaitable[object]], interval: float
-) -> AsyncIterator[None]:
+    flush: Callable[[], Awaitable[object]], interval: float, *, lazy: bool = False
+) -> AsyncIterator[PeriodicFlush]:
     """Call ``flush`` every ``interval`` seconds while inside; its faults are left for
-    the flush at the block's exit to raise."""
+    the flush at the block's exit to raise.
 
-    async def tick() -> None:
+    With ``lazy``, the flushing starts only once ``wanted()`` is called on what the
+    block is given (as the first row is logged), and then one interval later (see
+    ``PeriodicFlush``).
+    """
+
+    async def tick(first_delay: float) -> None:
+        delay = first_delay
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(delay)
+            delay = interval
             try:
                 await flush()
             except Exception as exc:  # the rows stay buffered; the exit's flush raises
@@ -162,12 +215,16 @@ async def flushing_periodically(
     # so that callers can catch it by type rather than inside an ExceptionGroup.
     error: Exception | None = None
     async with anyio.create_task_group() as group:
-        group.start_soon(tick)
+        periodic = PeriodicFlush(group, tick, interval)
+        if not lazy:
+            periodic.start(interval)
         try:
-            yield
+            yield periodic
         except Exception as exc:
             error = exc
         finally:
-            group.cancel_scope.cancel()
+            periodic.stop()
+            if periodic.started:
+                group.cancel_scope.cancel()
     if error is not None:
         raise error

@@ -27,7 +27,7 @@ from runstate.engine._events import (
     utcnow,
 )
 from runstate.engine._lifetime import _lifetime
-from runstate.engine._metrics_writer import MetricsBuffer
+from runstate.engine._metrics_writer import MetricsBuffer, PeriodicFlush
 from runstate.engine._names import Pathspec
 from runstate.engine._points import PointReceipt
 from runstate.engine._states import TaskState, check_task_transition
@@ -72,6 +72,8 @@ class TaskHandle:
         self.version = version
         self.receipt: Receipt | None = None
         self._metrics: MetricsBuffer | None = None
+        #: the periodic flush of the block running this entity (``_lifetime``), if any
+        self._periodic: PeriodicFlush | None = None
 
     @classmethod
     def from_commits(
@@ -251,6 +253,8 @@ class TaskHandle:
                 await metrics.flush()  # the earlier attempt's rows go first
             metrics = self._metrics = MetricsBuffer(self._writer.log, self.pathspec, self.attempt)
         await metrics.log(row, step)
+        if self._periodic is not None:
+            self._periodic.wanted()
 
     async def flush(self) -> PointReceipt | None:
         """Send the buffered metric rows now and return the last batch's receipt.
