@@ -178,3 +178,16 @@ async def test_bad_arguments_are_refused_before_anything_is_read(
     view = await client.run(run.pathspec, after=run.receipt)
     with pytest.raises(BadFilter, match=message):
         view.follow_history(**options)
+
+
+async def test_a_tail_sees_a_running_blocks_rows_without_a_flush_call() -> None:
+    """Inside a block, each row reaches a tail within the flush interval, the later ones too."""
+    async with in_memory(Settings(metrics_flush_interval=0.02)) as client:
+        run = await client.create_run("Train")
+        async with run.task("train", heartbeat=False) as task:
+            view = await client.task(task.pathspec, after=task.receipt)
+            async with view.follow_history() as rows:
+                for loss in (1.0, 0.5, 0.25):
+                    await task.log({"loss": loss})
+                    (row,) = await _take(rows, 1)
+                    assert row["loss"] == loss
