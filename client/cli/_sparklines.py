@@ -226,7 +226,7 @@ class MetricTails:
 
     def __rich__(self) -> RenderableType:
         if not self.tasks:
-            return Text(f"no running task to show {', '.join(self.metrics)} of", style="dim")
+            return Text(f"{', '.join(self.metrics)}: no running task", style="dim")
         table = Table(
             box=None,
             header_style="bold",
