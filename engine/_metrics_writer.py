@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -156,7 +156,10 @@ class PeriodicFlush:
     """
 
     def __init__(
-        self, group: anyio.abc.TaskGroup, tick: Callable[[float], Awaitable[None]], interval: float
+        self,
+        group: anyio.abc.TaskGroup,
+        tick: Callable[[float], Coroutine[Any, Any, None]],
+        interval: float,
     ) -> None:
         self._group = group
         self._tick = tick
