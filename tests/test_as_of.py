@@ -13,13 +13,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runstate.client import BadFilter, Change, Client, NotFound, NotInNamespace
+from runstate.client import BadFilter, Change, Client, NotFound, NotInNamespace, connect
 from runstate.client.testing import in_memory
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event, encode_commit
@@ -353,3 +354,43 @@ async def test_as_of_keeps_the_namespace_of_the_moment() -> None:
         with pytest.raises(NotInNamespace):
             await client.with_namespace("production").run(RUN, as_of=1)
         assert (await client.with_namespace(None).run(RUN, as_of=1)).id == "1"
+
+
+# -- on a real nats-server -----------------------------------------------------------
+
+
+async def test_as_of_a_sequence_and_a_time_on_jetstream(nats_url: str, tmp_path: Path) -> None:
+    """On JetStream, ``as_of`` a receipt's sequence and a time between writes read the run then,
+    equal to what the replica stored after those writes."""
+    async with connect(nats_url, projector=True, data_dir=tmp_path, namespace=None) as client:
+        run = await client.create_run("Train", tags=["x"])
+        created = run.receipt.sequence
+        async with run.running():
+            async with run.task("start") as task:
+                await task.save(accuracy=0.5)
+            started = await client.run(run.pathspec, after=task.receipt)
+            await anyio.sleep(0.05)
+            between = datetime.now(UTC)
+            await anyio.sleep(0.05)
+            shards = await run.foreach("train", 4, parents=[task])
+            for shard in shards:
+                async with shard.attempting():
+                    await shard.save(accuracy=0.9)
+        assert task.receipt is not None
+        at_start = await client.run(run.pathspec, as_of=task.receipt.sequence)
+        assert at_start.view == started.view and at_start.step_names == ["start"]
+        by_time = await client.run(run.pathspec, as_of=between)
+        assert by_time.view == started.view
+        assert by_time.as_of == between and by_time.as_of_sequence == task.receipt.sequence
+        (start,) = await (await by_time["start"]).tasks()
+        assert start.data.accuracy == 0.5
+        first = await client.run(run.pathspec, as_of=created)
+        assert first.state is RunState.PENDING and first.step_names == []
+        finished = await client.run(run.pathspec, after=client.last_write)
+        latest = await client.run(run.pathspec, as_of=await client.log.stream_last_sequence())
+        assert latest.view == finished.view and latest.state is RunState.COMPLETED
+        tasks = await (await latest["train"]).tasks()
+        stored = await (await finished["train"]).tasks()
+        assert [t.view for t in tasks] == [t.view for t in stored]
+        with pytest.raises(NotFound, match="did not exist yet"):
+            await client.run(run.pathspec, as_of=created - 1)
