@@ -35,7 +35,16 @@ BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "me
 _PARAMETERS = {
     "append": ("repeat", "messages", "batch_events", "atomic_batch", "in_flight"),
     "workload": ("repeat", "runs", "tasks", "writers", "projector"),
-    "reads": ("runs", "tasks", "writers", "calls", "scale_runs", "scale_task_runs", "projector"),
+    "reads": (
+        "runs",
+        "tasks",
+        "writers",
+        "calls",
+        "scale_runs",
+        "scale_task_runs",
+        "as_of_events",
+        "projector",
+    ),
     "facade": ("calls",),
     "live": ("changes", "watchers", "watch_runs", "projector"),
     "projection": (
@@ -166,6 +175,11 @@ _QUICK = {
     "--scale-task-runs",
     type=click.IntRange(1),
     help="reads: runs of the scale phase with the full task set [5].",
+)
+@click.option(
+    "--as-of-events",
+    type=click.IntRange(1),
+    help="reads: events of the run read as_of (time travel) [10000].",
 )
 @click.option("--changes", type=click.IntRange(1), help="live: changes per figure [200].")
 @click.option("--watchers", type=click.IntRange(0), help="live: watchers on one run [100].")
