@@ -38,7 +38,7 @@ __all__ = [
 AsOf = int | datetime
 
 #: runs whose timelines a client keeps
-_TIMELINES = 4
+_TIMELINES = 2
 
 
 def check_as_of(as_of: object, after: object = None) -> AsOf:

@@ -454,11 +454,16 @@ class JetStreamEventLog:
     # -- reading -----------------------------------------------------------
 
     async def last_sequence(self, subject: str) -> int:
-        """The sequence of the last commit on a subject or a subject filter, 0 if none."""
+        """The sequence of the last commit on a subject or a subject filter, 0 if none.
+
+        Asked of the stream leader: on a cluster a direct get may be answered
+        by a replica that has not stored an acknowledged commit yet, and a
+        read ``as_of`` that commit would then stop short of it.
+        """
 
         async def attempt() -> int:
             try:
-                msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+                msg = await self._js.get_last_msg(self._stream, subject)
             except nats.js.errors.NotFoundError:
                 return 0
             return int(msg.seq or 0)
