@@ -78,7 +78,7 @@ async def moment_of(client: Client, path: Pathspec, as_of: AsOf) -> Moment:
         moment = await timeline.at(as_of)
     run = moment.run_view
     if run is None:
-        if timeline.created_at_sequence is None and not await _exists(client, path):
+        if timeline.first_sequence is None and not await _exists(client, path):
             raise NotFound(f"run {path.run_pathspec} does not exist")
         raise NotFound(
             f"run {path.run_pathspec} did not exist yet at {describe(as_of)}; "

@@ -24,7 +24,7 @@ from runstate.client._history import History, MetricReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.errors import NotFound, RunstateError, Timeout
+from runstate.engine.errors import BadFilter, NotFound, RunstateError, Timeout
 from runstate.projections._as_of import Moment
 from runstate.projections._protocol import StepsRequest
 from runstate.projections._queries import FlowSummary
@@ -327,7 +327,11 @@ class Step(_AsOf, _Object):
     async def tasks(self, state: TaskState | str | None = None) -> list[Task]:
         """Every task of the step (optionally of one state), in task order."""
         if self._moment is not None:
-            wanted = None if state is None else TaskState(state)
+            try:
+                wanted = None if state is None else TaskState(state)
+            except ValueError:
+                states = ", ".join(s.value for s in TaskState)
+                raise BadFilter(f"unknown task state {state!r}; states are {states}") from None
             return [
                 Task(self._client, view, None, self._moment)
                 for view in self._moment.tasks(self.id)

@@ -142,8 +142,8 @@ class RunTimeline:
         self._lock = anyio.Lock()
 
     @property
-    def created_at_sequence(self) -> int | None:
-        """The sequence of the run's first commit read (its creation), if any was read."""
+    def first_sequence(self) -> int | None:
+        """The sequence of the run's first commit read (its creation, usually), if any."""
         return self._sequences[0] if self._sequences else None
 
     async def at(self, sequence: int, *, time: datetime | None = None) -> Moment:

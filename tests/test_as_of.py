@@ -285,6 +285,8 @@ async def test_navigation_from_an_as_of_object_stays_at_its_moment() -> None:
         assert task.attempt == 0 and task.state is TaskState.FAILED
         assert [t.state for t in await train.tasks(state="failed")] == [TaskState.FAILED]
         assert await train.tasks(state="completed") == []
+        with pytest.raises(BadFilter, match="unknown task state"):
+            await train.tasks(state="sleeping")
         (parent,) = await task.parent_tasks()
         assert parent.pathspec == f"{RUN}/start/1" and parent.as_of == marks["failed"]
         assert [c.pathspec for c in await parent.child_tasks()] == [task.pathspec]
