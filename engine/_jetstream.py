@@ -497,7 +497,7 @@ class JetStreamEventLog:
             reply = orjson.loads(msg.data)
             error = reply.get("error")
             if error is None:
-                return min(last, int(reply["message"]["seq"]) - 1)
+                return int(reply["message"]["seq"]) - 1
             if error.get("code") == 404:
                 return last
             if transient_api_error(error):

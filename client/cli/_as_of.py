@@ -13,7 +13,7 @@ from runstate.client._objects import Run, Step, Task
 from runstate.engine._names import Pathspec
 from runstate.engine._states import TaskState
 
-__all__ = ["AS_OF_HELP", "AsOfParam", "moment_line", "object_as_of", "tasks_as_of"]
+__all__ = ["AS_OF_HELP", "moment_line", "object_as_of", "parse_as_of", "tasks_as_of"]
 
 AS_OF_HELP = (
     "Show it as it was: after the events up to stream sequence SEQ, or from the events "
@@ -21,27 +21,25 @@ AS_OF_HELP = (
 )
 
 
-class AsOfParam(click.ParamType):
-    """A stream sequence (digits) or an ISO 8601 time (UTC when it has no offset)."""
-
-    name = "SEQ|TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int | datetime):
-            return value
-        text = str(value).strip()
-        if text.isdigit():
-            return int(text)
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(
-                f"{value!r} is neither a stream sequence (digits) nor an ISO 8601 time "
-                "such as 2026-11-22T09:30:00+00:00",
-                param,
-                ctx,
-            )
-        return when if when.utcoffset() is not None else when.replace(tzinfo=UTC)
+def parse_as_of(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> int | datetime | None:
+    """``--as-of``: a stream sequence (digits) or an ISO 8601 time (UTC when it has no offset)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a stream sequence (digits) nor an ISO 8601 time "
+            "such as 2026-11-22T09:30:00+00:00",
+            ctx,
+            param,
+        ) from None
+    return when if when.utcoffset() is not None else when.replace(tzinfo=UTC)
 
 
 async def object_as_of(

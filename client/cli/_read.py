@@ -33,7 +33,7 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
-from runstate.client.cli._as_of import AS_OF_HELP, AsOfParam, object_as_of, tasks_as_of
+from runstate.client.cli._as_of import AS_OF_HELP, object_as_of, parse_as_of, tasks_as_of
 from runstate.client.cli._board import LiveBoard
 from runstate.client.cli._render import (
     counts_text,
@@ -152,7 +152,7 @@ def runs(
     type=click.IntRange(min=0),
     help="The attempt of a task or artifact (default: the latest).",
 )
-@click.option("--as-of", "as_of", type=AsOfParam(), help=AS_OF_HELP)
+@click.option("--as-of", "as_of", metavar="SEQ|TIME", callback=parse_as_of, help=AS_OF_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the object's view as JSON.")
 @reporting_errors
 def show(pathspec: str, attempt: int | None, as_of: int | datetime | None, as_json: bool) -> None:
