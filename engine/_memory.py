@@ -35,12 +35,7 @@ from runstate.engine._events import Event, decode_commit
 from runstate.engine._memory_points import MemoryPointLog
 from runstate.engine._names import Subjects, subject_matches
 from runstate.engine._settings import Settings
-from runstate.engine.errors import (
-    ConflictError,
-    InvalidEvent,
-    NotFound,
-    RunstateError,
-)
+from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
 
 __all__ = ["MemoryBlobStore", "MemoryEventLog"]
 
