@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
 from runstate.client import _namespace
+from runstate.client._as_of import AsOf, check_as_of, run_at, step_at, task_at
 from runstate.client._data import DataArtifact
 from runstate.client._objects import Flow, FlowInfo, Run, Step, Task, object_from_reply
 from runstate.client._pages import Page
@@ -191,22 +192,47 @@ class Client:
         assert isinstance(obj, Flow)
         return obj
 
-    async def run(self, pathspec: str, *, after: After = None) -> Run:
+    async def run(self, pathspec: str, *, after: After = None, as_of: AsOf | None = None) -> Run:
+        """The run at ``pathspec``; with ``as_of``, as it was then.
 
+        ``as_of`` is a sequence of the events stream (the views after every
+        commit up to it: a receipt's ``sequence``, an ``after=`` value) or an
+        aware datetime (the views from the commits the log had stored by
+        then, by the server's clock). The run is folded from its own events
+        with the projector's reducers; objects reached from it (``steps()``,
+        ``run[step]``, ``tasks()``, parents) are of the same moment. Raises
+        ``NotFound`` if the run did not exist yet then, and ``BadFilter`` for
+        a naive datetime, anything else that is not a sequence, or ``after``
+        given too.
+        """
+        if as_of is not None:
+            return await run_at(self, pathspec, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=2, max_depth=2)
         obj = await self.get(pathspec, after=after)
         assert isinstance(obj, Run)
         return obj
 
-    async def step(self, pathspec: str, *, after: After = None) -> Step:
-
+    async def step(self, pathspec: str, *, after: After = None, as_of: AsOf | None = None) -> Step:
+        """The step at ``pathspec``; with ``as_of``, as it was then (see ``run``)."""
+        if as_of is not None:
+            return await step_at(self, pathspec, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=3, max_depth=3)
         obj = await self.get(pathspec, after=after)
         assert isinstance(obj, Step)
         return obj
 
-    async def task(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Task:
-
+    async def task(
+        self,
+        pathspec: str,
+        *,
+        attempt: int | None = None,
+        after: After = None,
+        as_of: AsOf | None = None,
+    ) -> Task:
+        """The task at ``pathspec`` (its latest attempt, or ``attempt``); with ``as_of``, as it
+        was then (see ``run``)."""
+        if as_of is not None:
+            return await task_at(self, pathspec, attempt, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=4, max_depth=4)
         obj = await self.get(pathspec, attempt=attempt, after=after)
         assert isinstance(obj, Task)

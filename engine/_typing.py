@@ -8,6 +8,7 @@ process, for unit tests and for trying runstate without a server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
@@ -160,7 +161,15 @@ class EventLog(Protocol):
         """Many appends in flight, confirmed together."""
 
     async def last_sequence(self, subject: str) -> int:
-        """The sequence of the last commit on a literal subject, 0 if none."""
+        """The sequence of the last commit on ``subject`` (a literal subject, or a filter
+        such as a whole run's ``rs.ev.<flow>.<run>.>``), 0 if none."""
+
+    async def sequence_at(self, when: datetime) -> int:
+        """The last sequence the log had stored at ``when`` (an aware time), 0 if none.
+
+        Stored times are the log's own clock (the server's, on JetStream), not
+        the writers'. A time not yet past gives the log's last sequence now.
+        """
 
     async def stream_last_sequence(self) -> int:
         """The last sequence of the log (0 when empty)."""

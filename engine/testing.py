@@ -10,6 +10,7 @@ Importing this module needs pytest.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
@@ -23,6 +24,7 @@ from runstate.engine._names import parse_pathspec
 from runstate.engine._points import decode_points, encode_points, points_subject
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import (
+    BadFilter,
     ConflictError,
     InvalidEvent,
     InvalidName,
@@ -236,6 +238,34 @@ class EventLogContract:
         with anyio.fail_after(10):
             await log.drain(deliver, start=3)
         assert seen == [3, 4, 5, 6, 7, 8]
+
+    async def test_last_sequence_of_a_subject_filter_is_its_last_commit(
+        self, log: EventLog
+    ) -> None:
+        """``last_sequence`` of a whole run's filter is the run's last commit, 0 for none."""
+        await log.append(_factory.note(self.run))
+        await log.append(_factory.note(self.task))
+        await log.append(_factory.note(self.other_run))
+        assert await log.last_sequence(log.subjects.run_all("Contract", "1")) == 2
+        assert await log.last_sequence(log.subjects.run_all("Contract", "9")) == 0
+
+    async def test_sequence_at_a_time_is_the_last_commit_stored_by_then(
+        self, log: EventLog
+    ) -> None:
+        """``sequence_at`` gives the last sequence stored at a time; a naive time is refused."""
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        await log.append(_factory.note(self.run, "0"))
+        await anyio.sleep(0.05)
+        middle = datetime.now(UTC)
+        await anyio.sleep(0.05)
+        await log.append(_factory.note(self.run, "1"))
+        await log.append(_factory.note(self.task))
+        assert await log.sequence_at(before) == 0
+        assert await log.sequence_at(middle) == 1
+        assert await log.sequence_at(middle.astimezone(timezone(timedelta(hours=-5)))) == 1
+        assert await log.sequence_at(datetime.now(UTC) + timedelta(hours=1)) == 3
+        with pytest.raises(BadFilter):
+            await log.sequence_at(datetime(2026, 1, 1))
 
     async def test_counters_count_atomically(self, log: EventLog) -> None:
         """Concurrent increments each get their own value; the last is the sum."""

@@ -50,7 +50,7 @@ from runstate.engine._events import (
     TaskAttemptStateChanged,
     TaskCreated,
 )
-from runstate.projections._drafts import _Draft, foreign_parent
+from runstate.projections._drafts import _Draft, foreign_parent, parents_of
 from runstate.projections._run_reducer import _RunDraft, fold_run
 from runstate.projections._task_reducer import _TaskDraft, fold_task
 from runstate.projections._views import Position, RunView, TaskView
@@ -109,11 +109,12 @@ def touched(event: Event) -> list[ViewKey]:
     if route == "task":
         return [("task", pathspec)]
     keys: list[ViewKey] = [("run", pathspec.rsplit("/", 2)[0]), ("task", pathspec)]
-    if type(event) is TaskCreated and foreign_parent(event) is None:
+    if type(event) is TaskCreated and parents_of(event) is not None:
+        seen = {pathspec}
         for parent in event.payload.parent_tasks:
-            key = ("task", parent)
-            if key not in keys:
-                keys.append(key)
+            if parent not in seen:
+                seen.add(parent)
+                keys.append(("task", parent))
     return keys
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "from_micros",
     "micros",
     "run_row",
+    "task_order",
     "task_row",
     "transaction",
 ]
@@ -242,6 +243,11 @@ def _task_number(task_id: str) -> int:
         return _number(int(task_id))
     except ValueError:
         return MISSING
+
+
+def task_order(view: TaskView) -> tuple[int, int, str]:
+    """The key the tasks of a step are listed by (the store's ``tasks_in_order``)."""
+    return _number(view.foreach_index), _task_number(view.task_id), view.task_id
 
 
 def run_row(view: RunView) -> tuple[Any, ...]:

@@ -44,7 +44,20 @@ TINY: dict[str, list[str]] = {
         "100",
     ],
     "workload": ["--repeat", "1", "-R", "2", "-T", "3", "-W", "1,64"],
-    "reads": ["-R", "2", "-T", "3", "-W", "4", "--calls", "5", "--scale-runs", "200"],
+    "reads": [
+        "-R",
+        "2",
+        "-T",
+        "3",
+        "-W",
+        "4",
+        "--calls",
+        "5",
+        "--scale-runs",
+        "200",
+        "--as-of-events",
+        "300",
+    ],
     "facade": ["--calls", "5"],
     "live": ["--changes", "5", "--watchers", "3", "--watch-runs", "3"],
     "projection": [
@@ -86,7 +99,7 @@ FIGURES: dict[str, set[str]] = {
     },
     "reads": {f"r_{key}_ms" for key in READS}
     | {f"scale_{key}_ms" for key in READS}
-    | {"r_task_history_ms"},
+    | {"r_task_history_ms", "as_of_ms", "as_of_first_ms"},
     "facade": {"async_get_run_ms", "facade_get_run_ms", "facade_added_ms"},
     "live": {"watch_ms", "watchers_ms", "watched_runs_ms", "raw_ordered_ms"},
     "projection": {

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._as_of import AS_OF_HELP, object_as_of, parse_as_of, tasks_as_of
 from runstate.client.cli._board import LiveBoard
 from runstate.client.cli._render import (
     counts_text,
@@ -151,9 +153,10 @@ def runs(
     type=click.IntRange(min=0),
     help="The attempt of a task or artifact (default: the latest).",
 )
+@click.option("--as-of", "as_of", metavar="SEQ|TIME", callback=parse_as_of, help=AS_OF_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the object's view as JSON.")
 @reporting_errors
-def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
+def show(pathspec: str, attempt: int | None, as_of: int | datetime | None, as_json: bool) -> None:
     """Show a flow, run, step, task or artifact.
 
     A flow: its runs. A run: a tree of its steps and tasks with states and
@@ -164,17 +167,25 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
     Examples:
       runstate show Train/1
       runstate show Train/1/train/5 --attempt 0
+      runstate show Train/1 --as-of 120
+      runstate show Train/1 --as-of 2026-11-22T09:30:00+00:00
       runstate show Train/1/end/20/model
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec)
     if attempt is not None and path.task is None:
         raise click.UsageError("--attempt applies to a task or an artifact pathspec")
+    if as_of is not None and path.run is None:
+        raise click.UsageError("--as-of applies to a run, step, task or artifact pathspec")
     settings = reading_settings(current_options().settings())
     console = new_console()
 
     async def body(client: Client, after: int | None) -> None:
-        obj = await client.get(pathspec, attempt=attempt, after=after)
+        if as_of is None:
+            obj = await client.get(pathspec, attempt=attempt, after=after)
+        else:
+            obj, moment = await object_as_of(client, path, attempt, as_of)
+            click.echo(moment, err=as_json)  # on stderr with --json: the JSON stays whole
         if as_json:
             if isinstance(obj, Task):
                 echo_json(_task_as_of(obj.view, obj.attempt))
@@ -227,6 +238,8 @@ async def _tasks_to_show(
     client: Client, step: Step, after: int | None, limit: int
 ) -> tuple[list[Any], int]:
     """Up to ``limit`` tasks of a step: all when that many, else the unsuccessful and unfinished."""
+    if step.as_of is not None:
+        return await tasks_as_of(step, limit)
     if step.tasks_total <= limit:
         page = await client.tasks(step.run_pathspec, step.id, page_size=limit, after=after)
     else:

@@ -43,6 +43,7 @@ _PARAMETERS = {
         "calls",
         "scale_runs",
         "scale_task_runs",
+        "as_of_events",
         "projector",
     ),
     "facade": ("calls",),
@@ -180,6 +181,11 @@ _QUICK = {
     "--scale-task-runs",
     type=click.IntRange(1),
     help="reads: runs of the scale phase with the full task set [5].",
+)
+@click.option(
+    "--as-of-events",
+    type=click.IntRange(1),
+    help="reads: events of the run read as_of (time travel) [10000].",
 )
 @click.option("--changes", type=click.IntRange(1), help="live: changes per figure [200].")
 @click.option("--watchers", type=click.IntRange(0), help="live: watchers on one run [100].")

@@ -33,6 +33,7 @@ class BenchParams:
     calls: int = 200
     scale_runs: int = 100_000
     scale_task_runs: int = 5
+    as_of_events: int = 10_000
     # live
     changes: int = 200
     watchers: int = 100

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from runstate.client.cli._bench._as_of import bench_as_of
 from runstate.client.cli._bench._events import _append_all, _commits
 from runstate.client.cli._bench._harness import (
     _client,
@@ -187,6 +188,7 @@ async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
         )
         if p.points:
             await _read_e(client, report, p, result.run_pathspecs, result.points_sequence)
+        await bench_as_of(client, report, p)
         if p.scale_runs <= 0:
             return
         _say(f"reads: writing {p.scale_runs:,} runs with pipelined appends")
