@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import anyio
 
+from runstate.engine._capture import capturing
 from runstate.engine._logging import get_logger
 from runstate.engine._metrics_writer import flushing_periodically
 from runstate.engine._system_metrics import sampling_system
 
 if TYPE_CHECKING:
     from runstate.engine._handles import RunHandle
+    from runstate.engine._log_writer import LogBuffer
     from runstate.engine._task_handle import TaskHandle
     from runstate.engine._worker import Writer
 
@@ -27,11 +30,13 @@ async def _lifetime(
     handle: RunHandle | TaskHandle,
     heartbeat: bool,
     fail: Callable[[BaseException], Awaitable[object]],
+    output: LogBuffer | None = None,
 ) -> AsyncIterator[None]:
-    """Heartbeat (and flush metric rows) while the block runs, then finish the entity:
-    completed at the end, ``fail(exception)`` if the block raises, cancelled if it is
-    cancelled. Metric rows are flushed before the entity finishes; a flush that fails
-    at the end fails the entity with its error, which propagates."""
+    """Heartbeat (and flush metric rows and log lines) while the block runs, then finish
+    the entity: completed at the end, ``fail(exception)`` if the block raises, cancelled
+    if it is cancelled. With ``output``, the block's output is captured into it
+    (``_capture``). Rows and lines are flushed before the entity finishes; a flush that
+    fails at the end fails the entity with its error, which propagates."""
     interval = handle._writer.log.settings.metrics_flush_interval
     attempt: int | None = getattr(handle, "attempt", None)  # a run's points have none
     async with (
@@ -40,7 +45,8 @@ async def _lifetime(
         sampling_system(handle._writer.log, handle.pathspec, attempt),
     ):
         try:
-            yield
+            with capturing(output) if output is not None else contextlib.nullcontext():
+                yield
             await handle.flush()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):

@@ -1,0 +1,164 @@
+"""Writing a task's log lines: buffered, sent in batches, each batch stored once.
+
+A ``LogBuffer`` holds what one task attempt wrote to stdout and stderr (by
+``TaskHandle.write_log``, or captured inside its block: ``_capture``) and
+sends it to the log lines stream (``runstate.engine._lines``) as one
+message per batch: every ``settings.metrics_flush_interval`` seconds while
+the task's block runs, when the buffer is full (``write_log``), at the
+block's exit, and on ``flush()``.
+
+As ``MetricsBuffer`` does for metric rows: a batch keeps its commit id until
+it is acknowledged, a flush that fails raises to its caller and leaves the
+batch buffered, and the next flush sends it again with the same id, so
+JetStream stores it once.
+
+Writes may come from several threads (a thread started with the task's
+context writes to its buffer), so the lines themselves are guarded by a
+thread lock; sending is guarded by the event loop's lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from runstate.engine._batches import BatchReceipt
+from runstate.engine._commits import new_commit_id
+from runstate.engine._lines import encode_lines, lines_subject, max_line_chars
+from runstate.engine._names import parse_pathspec
+from runstate.engine._typing import EventLog
+
+__all__ = ["MAX_LINES", "LogBuffer"]
+
+#: lines held at most before ``write_log`` sends them
+MAX_LINES = 20_000
+#: bytes a line costs in a message besides its text (time, stream, brackets)
+_LINE_OVERHEAD = 32
+
+
+class LogBuffer:
+    """The lines one task attempt has written and not yet sent."""
+
+    def __init__(
+        self, event_log: EventLog, pathspec: str, attempt: int, *, max_lines: int = MAX_LINES
+    ) -> None:
+        self._log = event_log
+        self.pathspec = pathspec
+        self.attempt = attempt
+        self._subject = lines_subject(event_log.settings.prefix, parse_pathspec(pathspec))
+        self._max_lines = max_lines
+        self._max_line = max_line_chars(event_log.max_payload)
+        self._guard = threading.Lock()
+        self._lines: list[list[Any]] = []
+        # per stream, a line begun and not yet ended: [time, pieces, characters]
+        self._partial: dict[int, list[Any]] = {}
+        # batches encoded and not yet acknowledged, oldest first: (commit id, data, lines)
+        self._unacknowledged: list[tuple[str, bytes, int]] = []
+        self._lock = anyio.Lock()
+        #: the receipt of the last batch stored (a position in the lines stream)
+        self.receipt: BatchReceipt | None = None
+
+    @property
+    def pending(self) -> int:
+        """Lines written and not yet acknowledged (a line not yet ended is not counted)."""
+        return len(self._lines) + sum(lines for _, _, lines in self._unacknowledged)
+
+    @property
+    def full(self) -> bool:
+        return len(self._lines) >= self._max_lines
+
+    def write(self, stream: int, text: str) -> None:
+        """Add ``text`` written to ``stream`` (1 stdout, 2 stderr), as a file would take it.
+
+        Each newline ends a line; what follows the last one waits for the
+        rest of its line (or ``end_lines``). A line keeps the time its first
+        character was written.
+        """
+        now = time.time()
+        with self._guard:
+            start = 0
+            partial = self._partial.get(stream)
+            while (end := text.find("\n", start)) >= 0:
+                if partial is None:
+                    self._add(now, stream, text[start : end + 1])
+                else:
+                    partial[1].append(text[start : end + 1])
+                    self._add(partial[0], stream, "".join(partial[1]))
+                    del self._partial[stream]
+                    partial = None
+                start = end + 1
+            if start < len(text):
+                rest = text[start:]
+                if partial is None:
+                    partial = self._partial[stream] = [now, [], 0]
+                partial[1].append(rest)
+                partial[2] += len(rest)
+                if partial[2] >= self._max_line:  # a line that never ends (a progress bar)
+                    del self._partial[stream]
+                    self._add(partial[0], stream, "".join(partial[1]))
+
+    def write_lines(self, stream: int, text: str) -> None:
+        """Add ``text`` as whole lines: each newline ends one, and so does its end."""
+        now = time.time()
+        pieces = text.split("\n")
+        if text.endswith("\n"):
+            pieces.pop()
+        with self._guard:
+            for piece in pieces:
+                self._add(now, stream, piece + "\n")
+
+    def end_lines(self) -> None:
+        """End the lines begun and not ended (the block that wrote them is over)."""
+        with self._guard:
+            partials, self._partial = self._partial, {}
+            for stream, (started, pieces, _) in sorted(partials.items(), key=lambda i: i[1][0]):
+                self._add(started, stream, "".join(pieces))
+
+    def _add(self, at: float, stream: int, line: str) -> None:
+        limit = self._max_line
+        if len(line) <= limit:
+            self._lines.append([at, stream, line])
+            return
+        for start in range(0, len(line), limit):
+            self._lines.append([at, stream, line[start : start + limit]])
+
+    async def flush(self) -> BatchReceipt | None:
+        """Send every buffered line; the last batch's receipt (None if nothing was sent yet).
+
+        Raises ``Unavailable`` when the lines stream cannot be reached within
+        the retry budget; the lines stay buffered and the next flush sends
+        them again with the same commit ids.
+        """
+        async with self._lock:
+            with self._guard:
+                lines, self._lines = self._lines, []
+            if lines:
+                self._unacknowledged.extend(self._encode(lines))
+            while self._unacknowledged:
+                commit_id, data, _ = self._unacknowledged[0]
+                self.receipt = await self._log.lines.append(self._subject, data, commit_id)
+                del self._unacknowledged[0]
+            return self.receipt
+
+    def _encode(self, lines: list[list[Any]]) -> list[tuple[str, bytes, int]]:
+        """Lines as messages within the log's payload limit: cut where their texts would
+        fill half of it, then halved until each fits (a piece of a line always fits)."""
+        budget = self._log.max_payload // 2
+        messages: list[tuple[str, bytes, int]] = []
+        first = size = 0
+        for index, line in enumerate(lines):
+            size += len(line[2]) + _LINE_OVERHEAD
+            if size > budget and index > first:
+                messages += self._fitted(lines[first:index])
+                first, size = index, len(line[2]) + _LINE_OVERHEAD
+        return messages + self._fitted(lines[first:])
+
+    def _fitted(self, lines: list[list[Any]]) -> list[tuple[str, bytes, int]]:
+        data = encode_lines(self.pathspec, self.attempt, lines)
+        if len(data) <= self._log.max_payload or len(lines) == 1:
+            return [(new_commit_id(), data, len(lines))]
+        half = len(lines) // 2
+        return self._fitted(lines[:half]) + self._fitted(lines[half:])
