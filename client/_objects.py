@@ -21,6 +21,7 @@ import anyio
 from runstate.client._base import _Object
 from runstate.client._data import Data, DataArtifact
 from runstate.client._history import History, MetricReads
+from runstate.client._logs import LogReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
 from runstate.engine._states import RunState, TaskState
@@ -324,7 +325,7 @@ class Step(_Object):
         return self._client.task(f"{self.pathspec}/{task_id}")
 
 
-class Task(MetricReads, _Object):
+class Task(LogReads, MetricReads, _Object):
     """A task, showing its latest attempt or the one chosen with ``attempt=``."""
 
     def __init__(self, client: Client, view: TaskView, attempt: int | None = None) -> None:
