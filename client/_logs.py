@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from runstate.engine._batches import BatchReceipt
 from runstate.engine._lines import STDERR, STDOUT, decode_lines, lines_subject
 from runstate.engine._names import parse_pathspec
@@ -112,7 +110,7 @@ def _lines_of(
     skip = resume[1] if sequence == resume[0] else -1
     return [
         LogLine(sequence, index, line[0], _NAMES.get(line[1], str(line[1])), line[2])
-        for index, line in enumerate(batch.lines)
+        for index, line in enumerate(batch.lines())
         if index > skip and (number is None or line[1] == number)
     ]
 
@@ -132,13 +130,13 @@ async def read_log_lines(
 async def read_log_text(log: EventLog, pathspec: str, attempt: int, stream: str = "stdout") -> str:
     """Everything a task's ``attempt`` wrote to ``stream``, as one string."""
     number = _stream(stream)
+    assert number is not None
     subject = _subject(log, pathspec)
     texts: list[str] = []
-    loads = orjson.loads
     async for _, _, data in log.lines.read(subject):
-        message: dict[str, Any] = loads(data)  # a bulk read: the texts, not a LogLine each
-        if message.get("a") == attempt:
-            texts += [line[2] for line in message["l"] if line[1] == number]
+        batch = decode_lines(data)  # a bulk read: each batch's text whole, no LogLine each
+        if batch.attempt == attempt:
+            texts.append(batch.text_of(number))
     return "".join(texts)
 
 

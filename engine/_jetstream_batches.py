@@ -25,6 +25,9 @@ from runstate.engine.errors import RunstateError, Unavailable
 
 __all__ = ["JetStreamBatchLog"]
 
+#: bytes a read asks the server for at most in one fetch
+_FETCH_BYTES = 16 * 1024 * 1024
+
 
 class JetStreamBatchLog:
     """Appends batches to one side stream (``<PREFIX>_METRICS``, ``<PREFIX>_LOGS``) and reads
@@ -102,8 +105,18 @@ class JetStreamBatchLog:
                 f"could not read {self._side.what} of {subject} ({type(exc).__name__})"
             )
 
+        # a batch may be as large as the server's payload limit: a fetch of 512 of them
+        # (hundreds of MB) would not arrive within a request's time
+        batch = max(1, min(512, _FETCH_BYTES // max(1, self._nc.max_payload)))
         async for msg in read_stream(
-            self._js, self._settings, self.stream, subject, start=start, limit=None, give_up=give_up
+            self._js,
+            self._settings,
+            self.stream,
+            subject,
+            start=start,
+            limit=None,
+            give_up=give_up,
+            batch=batch,
         ):
             yield (int(msg.metadata.sequence.stream), msg.subject, msg.data)
 

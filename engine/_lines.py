@@ -4,23 +4,27 @@ A task's stdout and stderr go to a stream of their own (``<PREFIX>_LOGS``,
 subjects ``<prefix>.lg.<flow>.<run>.t.<step>.<task>``: tasks only, as
 Metaflow keeps logs per task), with their own retention, and are read from
 that stream (they are not projected). One message is one batch of lines of
-one task attempt::
+one task attempt, by column::
 
     {"v":1,"p":"Train/42/train/3","a":0,
-     "l":[[1733480000.25,1,"epoch 1\\n"],[1733480000.26,2,"warning: ...\\n"], ...]}
+     "t":[1733480000.25,1733480000.26],"s":[1,2],"n":[8,20],
+     "x":"epoch 1\\nwarning: it is slow\\n"}
 
-Each line is ``[wall time, stream, text]``: the time its first character
-was written (seconds since the epoch), the stream as its file descriptor
-(1 stdout, 2 stderr), and the text as written, ending in a newline unless
-the line was cut: a block that ended mid-line, or a line longer than
-``max_line_chars`` split in pieces (concatenating a stream's texts gives
-back exactly what was written).
+Line ``i`` was begun at wall time ``t[i]`` (seconds since the epoch), on
+stream ``s[i]`` (its file descriptor: 1 stdout, 2 stderr), and its text is
+the next ``n[i]`` characters of ``x``: the text as written, ending in a
+newline unless the line was cut (a block that ended mid-line, or a line
+longer than ``max_line_chars`` split in pieces), so that concatenating a
+stream's texts gives back exactly what was written. By column, because a
+task's output is mostly read whole: a batch's text of one stream is then
+one string as decoded, with no object made per line (a list per line made
+decoding three times slower than the read's target allows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -32,6 +36,7 @@ __all__ = [
     "LINES_SCHEMA_VERSION",
     "STDERR",
     "STDOUT",
+    "Line",
     "LineBatch",
     "all_lines",
     "decode_lines",
@@ -44,6 +49,9 @@ __all__ = [
 ]
 
 LINES_SCHEMA_VERSION = 1
+
+#: a line as written: (wall time, stream, text)
+Line = tuple[float, int, str]
 
 #: the streams of a task's output, by their file descriptors
 STDOUT, STDERR = 1, 2
@@ -94,16 +102,51 @@ def max_line_chars(max_payload: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class LineBatch:
-    """A decoded lines message: ``[time, stream, text]`` lines of one task attempt."""
+    """A decoded lines message: the lines of one task attempt, by column."""
 
     pathspec: str
     attempt: int
-    lines: list[list[Any]]
+    times: list[float]
+    streams: list[int]
+    lengths: list[int]
+    #: the lines' texts, one after the other
+    text: str
+
+    def lines(self) -> list[Line]:
+        """Each line as ``(time, stream, text)``."""
+        text = self.text
+        lines: list[Line] = []
+        end = 0
+        for at, stream, length in zip(self.times, self.streams, self.lengths, strict=True):
+            start, end = end, end + length
+            lines.append((at, stream, text[start:end]))
+        return lines
+
+    def text_of(self, stream: int) -> str:
+        """What the batch's lines of ``stream`` hold, one after the other."""
+        streams = self.streams
+        if stream not in streams:
+            return ""
+        other = STDERR if stream == STDOUT else STDOUT
+        if other not in streams:  # one stream only: the common case, with no walk
+            return self.text
+        return "".join(line[2] for line in self.lines() if line[1] == stream)
 
 
-def encode_lines(pathspec: str, attempt: int, lines: list[list[Any]]) -> bytes:
-    """One lines message of ``[time, stream, text]`` lines."""
-    return orjson.dumps({"v": LINES_SCHEMA_VERSION, "p": pathspec, "a": attempt, "l": lines})
+def encode_lines(pathspec: str, attempt: int, lines: Sequence[Line]) -> bytes:
+    """One lines message of ``(time, stream, text)`` lines."""
+    times, streams, texts = zip(*lines, strict=True) if lines else ((), (), ())
+    return orjson.dumps(
+        {
+            "v": LINES_SCHEMA_VERSION,
+            "p": pathspec,
+            "a": attempt,
+            "t": times,
+            "s": streams,
+            "n": list(map(len, texts)),
+            "x": "".join(texts),
+        }
+    )
 
 
 def decode_lines(data: bytes) -> LineBatch:
@@ -112,12 +155,18 @@ def decode_lines(data: bytes) -> LineBatch:
         message = orjson.loads(data)
         if message["v"] != LINES_SCHEMA_VERSION:
             raise InvalidEvent(f"lines schema version {message['v']} is not known to this reader")
-        attempt = message["a"]
-        lines = message["l"]
-        if type(attempt) is not int or type(lines) is not list:
-            raise TypeError("the attempt is not an int or the lines not a list")
-        parse_pathspec(message["p"], min_depth=4, max_depth=4)
-        return LineBatch(message["p"], attempt, lines)
+        batch = LineBatch(
+            message["p"], message["a"], message["t"], message["s"], message["n"], message["x"]
+        )
+        if (
+            type(batch.attempt) is not int
+            or type(batch.text) is not str
+            or not len(batch.times) == len(batch.streams) == len(batch.lengths)
+            or sum(batch.lengths) != len(batch.text)
+        ):
+            raise ValueError("its columns do not agree")
+        parse_pathspec(batch.pathspec, min_depth=4, max_depth=4)
+        return batch
     except InvalidEvent:
         raise
     except (

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
 
 import anyio
 
 from runstate.engine._batches import BatchReceipt
 from runstate.engine._commits import new_commit_id
-from runstate.engine._lines import encode_lines, lines_subject, max_line_chars
+from runstate.engine._lines import Line, encode_lines, lines_subject, max_line_chars
 from runstate.engine._names import parse_pathspec
 from runstate.engine._typing import EventLog
 
@@ -52,9 +51,10 @@ class LogBuffer:
         self._max_lines = max_lines
         self._max_line = max_line_chars(event_log.max_payload)
         self._guard = threading.Lock()
-        self._lines: list[list[Any]] = []
-        # per stream, a line begun and not yet ended: [time, pieces, characters]
-        self._partial: dict[int, list[Any]] = {}
+        # (time, stream, text): tuples of atoms, which the garbage collector stops tracking
+        self._lines: list[Line] = []
+        # per stream, a line begun and not yet ended: (time, text so far)
+        self._partial: dict[int, tuple[float, str]] = {}
         # batches encoded and not yet acknowledged, oldest first: (commit id, data, lines)
         self._unacknowledged: list[tuple[str, bytes, int]] = []
         self._lock = anyio.Lock()
@@ -77,28 +77,28 @@ class LogBuffer:
         rest of its line (or ``end_lines``). A line keeps the time its first
         character was written.
         """
-        now = time.time()
+        if not text:
+            return
         with self._guard:
+            partial = self._partial.pop(stream, None)
+            if partial is None:
+                at = time.time()
+            else:
+                at, text = partial[0], partial[1] + text
+            end = text.find("\n")
+            if end == len(text) - 1:  # one whole line: print's common case
+                self._add(at, stream, text)
+                return
             start = 0
-            partial = self._partial.get(stream)
-            while (end := text.find("\n", start)) >= 0:
-                if partial is None:
-                    self._add(now, stream, text[start : end + 1])
-                else:
-                    partial[1].append(text[start : end + 1])
-                    self._add(partial[0], stream, "".join(partial[1]))
-                    del self._partial[stream]
-                    partial = None
-                start = end + 1
-            if start < len(text):
-                rest = text[start:]
-                if partial is None:
-                    partial = self._partial[stream] = [now, [], 0]
-                partial[1].append(rest)
-                partial[2] += len(rest)
-                if partial[2] >= self._max_line:  # a line that never ends (a progress bar)
-                    del self._partial[stream]
-                    self._add(partial[0], stream, "".join(partial[1]))
+            while end >= 0:
+                self._add(at, stream, text[start : end + 1])
+                at = time.time()
+                start, end = end + 1, text.find("\n", end + 1)
+            rest = text[start:]
+            if len(rest) >= self._max_line:  # a line that never ends (a progress bar)
+                self._add(at, stream, rest)
+            elif rest:
+                self._partial[stream] = (at, rest)
 
     def write_lines(self, stream: int, text: str) -> None:
         """Add ``text`` as whole lines: each newline ends one, and so does its end."""
@@ -114,16 +114,16 @@ class LogBuffer:
         """End the lines begun and not ended (the block that wrote them is over)."""
         with self._guard:
             partials, self._partial = self._partial, {}
-            for stream, (started, pieces, _) in sorted(partials.items(), key=lambda i: i[1][0]):
-                self._add(started, stream, "".join(pieces))
+            for stream, (started, text) in sorted(partials.items(), key=lambda i: i[1][0]):
+                self._add(started, stream, text)
 
     def _add(self, at: float, stream: int, line: str) -> None:
         limit = self._max_line
         if len(line) <= limit:
-            self._lines.append([at, stream, line])
+            self._lines.append((at, stream, line))
             return
         for start in range(0, len(line), limit):
-            self._lines.append([at, stream, line[start : start + limit]])
+            self._lines.append((at, stream, line[start : start + limit]))
 
     async def flush(self) -> BatchReceipt | None:
         """Send every buffered line; the last batch's receipt (None if nothing was sent yet).
@@ -143,7 +143,7 @@ class LogBuffer:
                 del self._unacknowledged[0]
             return self.receipt
 
-    def _encode(self, lines: list[list[Any]]) -> list[tuple[str, bytes, int]]:
+    def _encode(self, lines: list[Line]) -> list[tuple[str, bytes, int]]:
         """Lines as messages within the log's payload limit: cut where their texts would
         fill half of it, then halved until each fits (a piece of a line always fits)."""
         budget = self._log.max_payload // 2
@@ -156,7 +156,7 @@ class LogBuffer:
                 first, size = index, len(line[2]) + _LINE_OVERHEAD
         return messages + self._fitted(lines[first:])
 
-    def _fitted(self, lines: list[list[Any]]) -> list[tuple[str, bytes, int]]:
+    def _fitted(self, lines: list[Line]) -> list[tuple[str, bytes, int]]:
         data = encode_lines(self.pathspec, self.attempt, lines)
         if len(data) <= self._log.max_payload or len(lines) == 1:
             return [(new_commit_id(), data, len(lines))]

@@ -298,7 +298,7 @@ class EventLogContract:
         if side == "lines":
             path = parse_pathspec(self.task)
             number = 1 if attempt is None else attempt
-            lines = [[1.0, 1, f"{float(n)}\n"]]
+            lines = [(1.0, 1, f"{float(n)}\n")]
             return lines_subject(log.settings.prefix, path), encode_lines(str(path), number, lines)
         path = parse_pathspec(self.task if attempt is not None else self.run)
         rows = [{"_step": n, "_timestamp": 1.0, "loss": float(n)}]
@@ -308,7 +308,7 @@ class EventLogContract:
     @staticmethod
     def _value(side: str, data: bytes) -> float:
         if side == "lines":
-            return float(decode_lines(data).lines[0][2])
+            return float(decode_lines(data).lines()[0][2])
         return float(decode_points(data).rows[0]["loss"])
 
     async def test_side_appends_return_increasing_sequences_and_read_gives_them_back(

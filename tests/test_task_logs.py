@@ -231,7 +231,7 @@ async def test_long_lines_are_cut_in_pieces_every_batch_within_the_payload_limit
             print(f"short {n}")
     sizes = [len(data) for _, _, data in log.lines.messages]
     assert max(sizes) <= log.max_payload and len(sizes) > 1
-    pieces = [line for _, _, data in log.lines.messages for line in decode_lines(data).lines]
+    pieces = [line for _, _, data in log.lines.messages for line in decode_lines(data).lines()]
     limit = max_line_chars(log.max_payload)
     assert all(len(piece[2]) <= limit for piece in pieces)
     assert "".join(piece[2] for piece in pieces) == long + "".join(
@@ -340,7 +340,7 @@ def test_a_thread_with_the_tasks_context_writes_to_the_task() -> None:
         for thread in (with_context, without):
             thread.start()
             thread.join()
-    assert buffer._lines == [[buffer._lines[0][0], STDOUT, "inside\n"]]
+    assert buffer._lines == [(buffer._lines[0][0], STDOUT, "inside\n")]
 
 
 def test_the_logs_command_explains_itself_with_an_example() -> None:
