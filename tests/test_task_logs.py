@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runstate.client import BadFilter, Client, InvalidEvent, LogLine, Task, Unavailable
 from runstate.client.testing import in_memory
@@ -352,3 +354,55 @@ def test_the_logs_command_explains_itself_with_an_example() -> None:
     result = CliRunner().invoke(cli, ["logs", "--help"])
     assert result.exit_code == 0
     assert all(part in result.output for part in ("--stderr", "--follow", "--attempt", "Example"))
+
+
+async def test_a_record_no_other_handler_takes_still_reaches_the_terminal_once(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no logging handler configured, a warning goes to the terminal as logging's last
+    resort would have sent it, and to the task's stderr once."""
+    run = await client.create_run("Train")
+    root = logging.getLogger()
+    async with run.task("train") as task:
+        others = [handler for handler in root.handlers if type(handler).__name__ != "_TaskHandler"]
+        for handler in others:  # pytest's own capture handlers
+            root.removeHandler(handler)
+        try:
+            logging.getLogger("user").warning("nobody configured logging")
+        finally:
+            for handler in others:
+                root.addHandler(handler)
+    assert capsys.readouterr().err == "nobody configured logging\n"
+    assert (
+        await _read(client, task.pathspec, "stderr") == "WARNING:user:nobody configured logging\n"
+    )
+
+
+def _written(text: str, cuts: list[int], max_line: int | None = None) -> list[str]:
+    """The texts of the lines a buffer keeps of ``text`` written in pieces cut at ``cuts``."""
+    buffer = LogBuffer(MemoryEventLog(Settings()), "Train/1/train/1", 0)
+    if max_line is not None:
+        buffer._max_line = max_line
+    at = 0
+    for cut in sorted(cuts):
+        buffer.write(STDOUT, text[at:cut])
+        at = max(at, cut)
+    buffer.write(STDOUT, text[at:])
+    buffer.end_lines()
+    return [line[2] for line in buffer._lines]
+
+
+@given(st.text(alphabet="ab\n", max_size=120), st.lists(st.integers(0, 120), max_size=12))
+def test_lines_do_not_depend_on_how_the_writes_were_cut(text: str, cuts: list[int]) -> None:
+    """However a text is cut into writes, the buffer keeps its lines, each newline ending one."""
+    assert _written(text, cuts) == text.splitlines(keepends=True)
+
+
+@given(st.text(alphabet="ab\n", max_size=120), st.lists(st.integers(0, 120), max_size=12))
+def test_long_lines_come_back_whole_from_pieces_within_the_limit(
+    text: str, cuts: list[int]
+) -> None:
+    """With a small line limit every piece fits it and the pieces concatenate to the text."""
+    pieces = _written(text, cuts, max_line=5)
+    assert all(0 < len(piece) <= 5 for piece in pieces)
+    assert "".join(pieces) == text
