@@ -40,6 +40,9 @@ __all__ = ["capturing", "not_capturing"]
 
 _current: ContextVar[LogBuffer | None] = ContextVar("runstate_task_output", default=None)
 
+#: the globals of the ``logging`` module: a write made from its code is a record's
+_LOGGING = vars(logging)
+
 
 class _Tee:
     """Stands for ``sys.stdout`` or ``sys.stderr``: writes to the real stream, then to the
@@ -52,7 +55,7 @@ class _Tee:
     def write(self, text: str) -> int:
         written = self.real.write(text)
         buffer = _current.get()
-        if buffer is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
+        if buffer is not None and sys._getframe(1).f_globals is not _LOGGING:
             buffer.write(self._stream, text)
         return written
 

@@ -77,17 +77,20 @@ class LogBuffer:
         rest of its line (or ``end_lines``). A line keeps the time its first
         character was written.
         """
-        if not text:
-            return
+        # print() writes its text, then "\n": both paths below are the hot ones
         with self._guard:
             partial = self._partial.pop(stream, None)
             if partial is None:
+                if "\n" not in text:
+                    if text:
+                        self._partial[stream] = (time.time(), text)
+                    return
                 at = time.time()
             else:
                 at, text = partial[0], partial[1] + text
             end = text.find("\n")
-            if end == len(text) - 1:  # one whole line: print's common case
-                self._add(at, stream, text)
+            if end == len(text) - 1 and end < self._max_line:  # one whole line
+                self._lines.append((at, stream, text))
                 return
             start = 0
             while end >= 0:

@@ -3,8 +3,8 @@
 - Ingest: one task block prints ``log_lines`` lines of 80 characters
   (``print``, captured by the block, sent in batches as it runs), timed in
   tenths, each tenth up to its lines being stored (``flush_logs``); the
-  terminal side of the tee goes to a null writer, so that the figure is
-  runstate's and not the terminal's.
+  terminal side of the tee goes to ``/dev/null``, so that the figure is
+  runstate's and not a terminal's.
 - Read-back: those lines as one string, ``task.logs()``'s read
   (``client._logs.read_log_text``) straight from the log lines stream, in MB/s.
 - Tail: a follower of another task's lines; each sample writes one line with
@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-import io
+import os
 import sys
 import time
 from typing import Any
@@ -31,13 +31,6 @@ __all__ = ["bench_logs"]
 LINE = 80
 
 
-class _Null(io.TextIOBase):
-    """A terminal that takes everything and shows nothing."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
 async def bench_logs(place: _Place, p: BenchParams, report: Report) -> None:
     """Ingest, read-back and tail latency of one task's output."""
     async with _client(place) as client:
@@ -47,7 +40,7 @@ async def bench_logs(place: _Place, p: BenchParams, report: Report) -> None:
         rates = []
         tenth = max(1, p.log_lines // 10)
         stdout = sys.stdout
-        sys.stdout = _Null()
+        sys.stdout = open(os.devnull, "w")  # noqa: ASYNC230 - /dev/null never blocks
         try:
             async with run.task("train", index=0, heartbeat=False) as task:
                 written = 0
@@ -62,6 +55,7 @@ async def bench_logs(place: _Place, p: BenchParams, report: Report) -> None:
                     rates.append(count / (time.perf_counter() - started))
                     written += count
         finally:
+            sys.stdout.close()
             sys.stdout = stdout
         report.add(
             Figure(
