@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from runstate.engine._capture import capturing
+from runstate.engine._lines import STDERR
 from runstate.engine._logging import get_logger
 from runstate.engine._metrics_writer import flushing_periodically
 from runstate.engine._system_metrics import sampling_system
@@ -35,7 +36,8 @@ async def _lifetime(
     """Heartbeat (and flush metric rows and log lines) while the block runs, then finish
     the entity: completed at the end, ``fail(exception)`` if the block raises, cancelled
     if it is cancelled. With ``output``, the block's output is captured into it
-    (``_capture``). Rows and lines are flushed before the entity finishes; a flush that
+    (``_capture``), and an exception the block raises ends its stderr with its traceback.
+    Rows and lines are flushed before the entity finishes; a flush that
     fails at the end fails the entity with its error, which propagates."""
     interval = handle._writer.log.settings.metrics_flush_interval
     attempt: int | None = getattr(handle, "attempt", None)  # a run's points have none
@@ -45,8 +47,15 @@ async def _lifetime(
         sampling_system(handle._writer.log, handle.pathspec, attempt),
     ):
         try:
-            with capturing(output) if output is not None else contextlib.nullcontext():
+            if output is None:
                 yield
+            else:
+                with capturing(output):
+                    try:
+                        yield
+                    except Exception as exc:  # its traceback ends the task's stderr, as Metaflow's
+                        output.write_lines(STDERR, "".join(traceback.format_exception(exc)))
+                        raise
             await handle.flush()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):

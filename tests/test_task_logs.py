@@ -406,3 +406,16 @@ def test_long_lines_come_back_whole_from_pieces_within_the_limit(
     pieces = _written(text, cuts, max_line=5)
     assert all(0 < len(piece) <= 5 for piece in pieces)
     assert "".join(pieces) == text
+
+
+async def test_a_failing_blocks_traceback_ends_its_stderr(client: Client) -> None:
+    """The exception a task block raises is written to the end of its stderr, as Metaflow's."""
+    run = await client.create_run("Train")
+    with pytest.raises(ValueError, match="boom"):
+        async with run.task("train") as task:
+            print("working")
+            raise ValueError("boom")
+    stderr = await _read(client, task.pathspec, "stderr")
+    assert stderr.startswith("Traceback (most recent call last):\n")
+    assert stderr.endswith("ValueError: boom\n")
+    assert await _read(client, task.pathspec) == "working\n"
