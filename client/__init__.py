@@ -12,6 +12,7 @@ from runstate.client._client import Client as Client
 from runstate.client._client import connect as connect
 from runstate.client._data import Data as Data
 from runstate.client._data import DataArtifact as DataArtifact
+from runstate.client._logs import LogLine as LogLine
 from runstate.client._namespace import default_namespace as default_namespace
 from runstate.client._namespace import get_namespace as get_namespace
 from runstate.client._namespace import namespace as namespace
@@ -67,6 +68,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "JetStreamDisabled",
+    "LogLine",
     "MetricRow",
     "NotFound",
     "NotInNamespace",

@@ -21,6 +21,7 @@ import anyio
 from runstate.client._base import _AsOf, _Object
 from runstate.client._data import Data, DataArtifact
 from runstate.client._history import History, MetricReads
+from runstate.client._logs import LogReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
 from runstate.engine._states import RunState, TaskState
@@ -368,7 +369,7 @@ class Step(_AsOf, _Object):
         return Task(self._client, view, None, self._moment)
 
 
-class Task(_AsOf, MetricReads, _Object):
+class Task(_AsOf, LogReads, MetricReads, _Object):
     """A task, showing its latest attempt or the one chosen with ``attempt=``."""
 
     def __init__(

@@ -1,6 +1,7 @@
 """runstate.engine: the write side (events, names, state machines, the event log)."""
 
 from runstate.engine._artifacts import ArtifactStore as ArtifactStore
+from runstate.engine._batches import BatchReceipt as BatchReceipt
 from runstate.engine._commits import Commit as Commit
 from runstate.engine._commits import Delivery as Delivery
 from runstate.engine._commits import Receipt as Receipt
@@ -35,17 +36,19 @@ from runstate.engine._points import PointReceipt as PointReceipt
 from runstate.engine._settings import Settings as Settings
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
+from runstate.engine._typing import BatchLog as BatchLog
 from runstate.engine._typing import BlobStore as BlobStore
 from runstate.engine._typing import EventLog as EventLog
 from runstate.engine._typing import Follow as Follow
 from runstate.engine._typing import Pipeline as Pipeline
-from runstate.engine._typing import PointLog as PointLog
 from runstate.engine._worker import Writer as Writer
 
 __all__ = [
     "ArtifactRecord",
     "ArtifactStore",
     "ArtifactsRecorded",
+    "BatchLog",
+    "BatchReceipt",
     "BlobStore",
     "Commit",
     "Delivery",
@@ -61,7 +64,6 @@ __all__ = [
     "MetadataRecorded",
     "Pathspec",
     "Pipeline",
-    "PointLog",
     "PointReceipt",
     "Receipt",
     "RunCreated",

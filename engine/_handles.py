@@ -365,13 +365,16 @@ class RunHandle:
         runtime_name: str | None = None,
         environment_info: Mapping[str, Any] | None = None,
         heartbeat: bool = True,
+        capture_output: bool = True,
     ) -> AsyncIterator[TaskHandle]:
         """Create a task and run the block as its attempt 0.
 
         The task is created pending and started running in one commit, sends
         heartbeats while the block runs, and is completed at exit; if the
         block raises, the attempt is failed with the exception (type, message,
-        traceback) and the exception propagates.
+        traceback) and the exception propagates. What the block prints or
+        logs is written to the task's log lines too, unless ``capture_output``
+        is False (see ``TaskHandle.attempting``).
         """
         handle = await self.create_task(
             step,
@@ -382,7 +385,7 @@ class RunHandle:
             environment_info=environment_info,
             start=True,
         )
-        async with handle.attempting(heartbeat=heartbeat):
+        async with handle.attempting(heartbeat=heartbeat, capture_output=capture_output):
             yield handle
 
     async def heartbeat(self) -> None:

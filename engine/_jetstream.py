@@ -38,12 +38,14 @@ from runstate.engine._commits import (
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._jetstream_batches import JetStreamBatchLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
-from runstate.engine._jetstream_points import JetStreamPointLog
 from runstate.engine._jetstream_read import read_stream
+from runstate.engine._lines import lines_side
 from runstate.engine._names import Subjects
+from runstate.engine._points import points_side
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
@@ -76,7 +78,8 @@ class JetStreamEventLog:
         self._encoder = CommitEncoder(self.subjects)
         self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)
-        self._points = JetStreamPointLog(nc, settings, self._replies)
+        self._points = JetStreamBatchLog(nc, settings, self._replies, points_side(settings.prefix))
+        self._lines = JetStreamBatchLog(nc, settings, self._replies, lines_side(settings.prefix))
         self._kv: Any = None
 
     @property
@@ -88,9 +91,14 @@ class JetStreamEventLog:
         return self._blobs
 
     @property
-    def points(self) -> JetStreamPointLog:
+    def points(self) -> JetStreamBatchLog:
         """The metric points stream, beside the commits."""
         return self._points
+
+    @property
+    def lines(self) -> JetStreamBatchLog:
+        """The task log lines stream, beside the commits."""
+        return self._lines
 
     @property
     def max_payload(self) -> int:

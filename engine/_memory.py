@@ -32,8 +32,10 @@ from runstate.engine._commits import (
     check_read_time,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._memory_points import MemoryPointLog
+from runstate.engine._lines import lines_side
+from runstate.engine._memory_batches import MemoryBatchLog
 from runstate.engine._names import Subjects, subject_matches
+from runstate.engine._points import points_side
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
 
@@ -203,12 +205,18 @@ class MemoryEventLog:
         #: (sequence, subject, reason, data) of every commit set aside
         self.deadletters: list[tuple[int, str, str, bytes]] = []
         self._ids = itertools.count(1)
-        self._points = MemoryPointLog(self.settings.prefix)
+        self._points = MemoryBatchLog(points_side(self.settings.prefix))
+        self._lines = MemoryBatchLog(lines_side(self.settings.prefix))
 
     @property
-    def points(self) -> MemoryPointLog:
+    def points(self) -> MemoryBatchLog:
         """The metric points stream, beside the commits."""
         return self._points
+
+    @property
+    def lines(self) -> MemoryBatchLog:
+        """The task log lines stream, beside the commits."""
+        return self._lines
 
     @property
     def blobs(self) -> MemoryBlobStore:

@@ -18,6 +18,7 @@ nothing is acknowledged twice.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -166,17 +167,29 @@ class PeriodicFlush:
         self._interval = interval
         self._timer: asyncio.TimerHandle | None = None
         self.started = False
+        # the loop's thread: a captured print in another thread asks through the loop
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio): no timer to wait with
+            self._loop = None
 
     def wanted(self) -> None:
-        """Make sure the flush runs from one interval on (rows wait to be sent)."""
+        """Make sure the flush runs from one interval on (rows or lines wait to be sent).
+
+        Callable from any thread: from another than the loop's, it is passed on to
+        the loop (a thread started in a task's context writes to its log).
+        """
         if self.started or self._timer is not None:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on asyncio: no timer to wait with, start at once
+        if threading.get_ident() != self._thread:
+            if self._loop is not None:  # (else the block's exit sends what waits)
+                self._loop.call_soon_threadsafe(self.wanted)
+            return
+        if self._loop is None:
             self.start(self._interval)
             return
-        self._timer = loop.call_later(self._interval, self.start, 0.0)
+        self._timer = self._loop.call_later(self._interval, self.start, 0.0)
 
     def start(self, first_delay: float) -> None:
         """Flush every interval, the first time after ``first_delay`` seconds."""

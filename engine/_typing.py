@@ -12,14 +12,14 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from runstate.engine._batches import BatchReceipt
 from runstate.engine._commits import Commit, Delivery, Receipt, StoredCommit
 from runstate.engine._events import Event
 from runstate.engine._names import Subjects
-from runstate.engine._points import PointReceipt
 from runstate.engine._settings import Settings
 from runstate.engine.errors import RunstateError
 
-__all__ = ["BlobStore", "EventLog", "Follow", "Pipeline", "PointLog"]
+__all__ = ["BatchLog", "BlobStore", "EventLog", "Follow", "Pipeline"]
 
 
 class Pipeline(Protocol):
@@ -91,8 +91,10 @@ class BlobStore(Protocol):
         """The bytes stored under ``name``; ``NotFound`` if none."""
 
 
-class PointLog(Protocol):
-    """The metric points stream (``runstate.engine._points``): batches with a commit id.
+class BatchLog(Protocol):
+    """A side stream of batches with a commit id (``runstate.engine._batches``): the metric
+    points (``EventLog.points``, ``runstate.engine._points``) or the task log lines
+    (``EventLog.lines``, ``runstate.engine._lines``).
 
     A batch appended again with its commit id (within the duplicate window)
     is stored once and its first receipt returned, marked ``duplicate``.
@@ -100,15 +102,13 @@ class PointLog(Protocol):
     ``settings.retry_budget`` seconds.
     """
 
-    async def append(self, subject: str, data: bytes, commit_id: str) -> PointReceipt:
-        """Store one encoded batch of points on ``subject``."""
+    async def append(self, subject: str, data: bytes, commit_id: str) -> BatchReceipt:
+        """Store one encoded batch on ``subject``."""
 
     async def last_sequence(self) -> int:
-        """The last sequence of the points stream (0 when empty)."""
+        """The last sequence of the stream (0 when empty)."""
 
-    def read(
-        self, subject_filter: str | None = None, *, start: int = 1
-    ) -> AsyncIterator[Delivery]:
+    def read(self, subject_filter: str | None = None, *, start: int = 1) -> AsyncIterator[Delivery]:
         """Batches matching ``subject_filter`` from ``start`` to the end when reading began."""
 
     def follow(self, subject_filter: str | None = None, *, start: int = 1) -> Follow:
@@ -133,8 +133,12 @@ class EventLog(Protocol):
     def blobs(self) -> BlobStore: ...
 
     @property
-    def points(self) -> PointLog:
+    def points(self) -> BatchLog:
         """The metric points stream beside the commits."""
+
+    @property
+    def lines(self) -> BatchLog:
+        """The task log lines stream beside the commits."""
 
     @property
     def max_payload(self) -> int:

@@ -354,7 +354,6 @@ class QueryService:
             )
         )
 
-
     # -- metrics (runstate.projections._history) ----------------------------------
 
     def _metrics_target(self, req: MetricsRequest) -> tuple[MetricsStore, str, int | None]:
@@ -411,11 +410,7 @@ class QueryService:
             max_bytes=self._reply_limit(),
         )
         return _result(
-            b'{"rows":['
-            + b",".join(rows)
-            + b'],"next_start":'
-            + orjson.dumps(next_start)
-            + b"}"
+            b'{"rows":[' + b",".join(rows) + b'],"next_start":' + orjson.dumps(next_start) + b"}"
         )
 
 

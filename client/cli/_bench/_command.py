@@ -14,6 +14,7 @@ from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._live import bench_live
+from runstate.client.cli._bench._logs import bench_logs
 from runstate.client.cli._bench._metrics import bench_metrics
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._projection import bench_projection
@@ -29,7 +30,7 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics")
+BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics", "logs")
 
 
 _PARAMETERS = {
@@ -58,6 +59,7 @@ _PARAMETERS = {
         "projector",
     ),
     "metrics": ("metric_rows", "metric_keys", "metric_scans", "calls", "projector"),
+    "logs": ("log_lines", "log_reads", "changes"),
 }
 
 
@@ -68,6 +70,7 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "live": bench_live,
     "projection": bench_projection,
     "metrics": bench_metrics,
+    "logs": bench_logs,
 }
 
 
@@ -123,6 +126,8 @@ _QUICK = {
     "lag_seconds": 5.0,
     "metric_rows": 100_000,
     "metric_scans": 1,
+    "log_lines": 100_000,
+    "log_reads": 1,
 }
 
 
@@ -216,6 +221,10 @@ _QUICK = {
 )
 @click.option("--metric-keys", type=click.IntRange(1), help="metrics: keys per row [5].")
 @click.option("--metric-scans", type=click.IntRange(1), help="metrics: full scans timed [3].")
+@click.option(
+    "--log-lines", type=click.IntRange(1), help="logs: lines printed by one task [1000000]."
+)
+@click.option("--log-reads", type=click.IntRange(1), help="logs: read-backs timed [3].")
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -226,8 +235,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, or all (the
-    default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, or all
+    (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

@@ -48,6 +48,9 @@ class BenchParams:
     metric_rows: int = 1_000_000
     metric_keys: int = 5
     metric_scans: int = 3
+    # logs
+    log_lines: int = 1_000_000
+    log_reads: int = 3
 
     def for_report(self, *names: str) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in names}
