@@ -24,6 +24,8 @@ from runstate.engine._events import (
     RunStateChangedPayload,
     RunTagsChanged,
     RunTagsChangedPayload,
+    RunUpdated,
+    RunUpdatedPayload,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
@@ -32,16 +34,75 @@ from runstate.engine._events import (
 from runstate.engine._lifetime import _lifetime
 from runstate.engine._metrics_writer import MetricsBuffer
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
-from runstate.engine._points import PointReceipt
+from runstate.engine._points import PointReceipt, wire_value
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine._task_handle import _COMMUTING_RETRIES, TaskHandle
 from runstate.engine._values import check_json_value
-from runstate.engine.errors import ConflictError, InvalidName, NotFound, PayloadTooLarge
+from runstate.engine.errors import (
+    ConflictError,
+    InvalidEvent,
+    InvalidName,
+    NotFound,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
     from runstate.engine._worker import Writer
 
-__all__ = ["RunHandle", "TaskHandle", "check_tags"]
+__all__ = ["UNCHANGED", "RunHandle", "TaskHandle", "check_tags", "run_update"]
+
+
+class _Unchanged:
+    """The type of ``UNCHANGED``."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+#: a run's name or notes left as they are (None clears them)
+UNCHANGED = _Unchanged()
+
+
+def run_update(
+    *,
+    name: str | _Unchanged | None = UNCHANGED,
+    notes: str | _Unchanged | None = UNCHANGED,
+    config: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | None = None,
+) -> RunUpdatedPayload:
+    """The payload of a ``run.updated`` event, checked; ``InvalidEvent`` for a bad value.
+
+    ``config`` and ``summary`` values are JSON values; a summary value may also
+    be a NaN or an infinity (as a metric point may), tagged for the journey.
+    """
+    changes: list[Any] = []
+    fields: dict[str, Any] = {}
+    for label, value in (("name", name), ("notes", notes)):
+        if value is UNCHANGED:
+            continue
+        if value is not None and not isinstance(value, str):
+            raise InvalidEvent(f"a run's {label} is a str or None, not {type(value).__name__}")
+        changes.append(label)
+        fields[label] = value
+    for label, values in (("config", config), ("summary", summary)):
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise InvalidEvent(
+                f"{label} is a mapping of keys to JSON values, not {type(values).__name__}"
+            )
+        given = dict(values)
+        if label == "summary":
+            given = {key: wire_value(value) for key, value in given.items()}
+        for key in given:
+            if not isinstance(key, str) or not key:
+                raise InvalidEvent(f"{label} key {key!r}: use a non-empty string")
+        check_json_value(given, label)
+        if given:
+            fields[label] = given
+    if not changes and not fields:
+        raise InvalidEvent("nothing to update: give a name, notes, config or summary values")
+    return RunUpdatedPayload(changes=changes, **fields)
 
 
 def check_tags(tags: Iterable[str]) -> list[str]:
@@ -203,6 +264,48 @@ class RunHandle:
                 continue
             self.tags = _apply_tags(self.tags, payload)
             return receipt
+        raise ConflictError(self.pathspec, self.version, -1)
+
+    # -- name, notes, config and summary (W&B's edits of a run) ---------------
+
+    async def update_summary(self, values: Mapping[str, Any]) -> Receipt:
+        """Set summary values, which override the latest logged value of their keys
+        (later logged points too), as W&B's ``run.summary.update``."""
+        return await self.update(summary=values)
+
+    async def update_config(self, values: Mapping[str, Any]) -> Receipt:
+        """Add to or change the run's config (its parameters, then every update)."""
+        return await self.update(config=values)
+
+    async def set_name(self, name: str | None) -> Receipt:
+        """Set the run's display name (None clears it)."""
+        return await self.update(name=name)
+
+    async def set_notes(self, notes: str | None) -> Receipt:
+        """Set the run's notes (None clears them)."""
+        return await self.update(notes=notes)
+
+    async def update(
+        self,
+        *,
+        name: str | _Unchanged | None = UNCHANGED,
+        notes: str | _Unchanged | None = UNCHANGED,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Change any of name, notes, config and summary in one ``run.updated`` event.
+
+        Allowed in every state, finished runs included. Edits commute: on a
+        version conflict the handle reloads the run and appends again. Raises
+        ``InvalidEvent`` for a value that is not JSON, before anything is sent.
+        """
+        payload = run_update(name=name, notes=notes, config=config, summary=summary)
+        event = RunUpdated(pathspec=self.pathspec, actor=self._writer.user, payload=payload)
+        for _ in range(_COMMUTING_RETRIES):
+            try:
+                return await self._append(event)
+            except ConflictError:
+                await self._reload()
         raise ConflictError(self.pathspec, self.version, -1)
 
     # -- tasks ---------------------------------------------------------------
