@@ -22,11 +22,12 @@ from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
 from runstate.client._watch import Change, EventRecord, Subscription, events, watch
 from runstate.engine._commits import Receipt
-from runstate.engine._handles import UNCHANGED, RunHandle, run_update
+from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
 from runstate.engine._points import PointReceipt
+from runstate.engine._run_update import UNCHANGED, run_update
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._typing import EventLog

@@ -25,7 +25,6 @@ from runstate.engine._events import (
     RunTagsChanged,
     RunTagsChangedPayload,
     RunUpdated,
-    RunUpdatedPayload,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
@@ -34,75 +33,17 @@ from runstate.engine._events import (
 from runstate.engine._lifetime import _lifetime
 from runstate.engine._metrics_writer import MetricsBuffer
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
-from runstate.engine._points import PointReceipt, wire_value
+from runstate.engine._points import PointReceipt
+from runstate.engine._run_update import UNCHANGED, Unchanged, run_update
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine._task_handle import _COMMUTING_RETRIES, TaskHandle
 from runstate.engine._values import check_json_value
-from runstate.engine.errors import (
-    ConflictError,
-    InvalidEvent,
-    InvalidName,
-    NotFound,
-    PayloadTooLarge,
-)
+from runstate.engine.errors import ConflictError, InvalidName, NotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from runstate.engine._worker import Writer
 
-__all__ = ["UNCHANGED", "RunHandle", "TaskHandle", "check_tags", "run_update"]
-
-
-class _Unchanged:
-    """The type of ``UNCHANGED``."""
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
-
-
-#: a run's name or notes left as they are (None clears them)
-UNCHANGED = _Unchanged()
-
-
-def run_update(
-    *,
-    name: str | _Unchanged | None = UNCHANGED,
-    notes: str | _Unchanged | None = UNCHANGED,
-    config: Mapping[str, Any] | None = None,
-    summary: Mapping[str, Any] | None = None,
-) -> RunUpdatedPayload:
-    """The payload of a ``run.updated`` event, checked; ``InvalidEvent`` for a bad value.
-
-    ``config`` and ``summary`` values are JSON values; a summary value may also
-    be a NaN or an infinity (as a metric point may), tagged for the journey.
-    """
-    changes: list[Any] = []
-    fields: dict[str, Any] = {}
-    for label, value in (("name", name), ("notes", notes)):
-        if value is UNCHANGED:
-            continue
-        if value is not None and not isinstance(value, str):
-            raise InvalidEvent(f"a run's {label} is a str or None, not {type(value).__name__}")
-        changes.append(label)
-        fields[label] = value
-    for label, values in (("config", config), ("summary", summary)):
-        if values is None:
-            continue
-        if not isinstance(values, Mapping):
-            raise InvalidEvent(
-                f"{label} is a mapping of keys to JSON values, not {type(values).__name__}"
-            )
-        given = dict(values)
-        if label == "summary":
-            given = {key: wire_value(value) for key, value in given.items()}
-        for key in given:
-            if not isinstance(key, str) or not key:
-                raise InvalidEvent(f"{label} key {key!r}: use a non-empty string")
-        check_json_value(given, label)
-        if given:
-            fields[label] = given
-    if not changes and not fields:
-        raise InvalidEvent("nothing to update: give a name, notes, config or summary values")
-    return RunUpdatedPayload(changes=changes, **fields)
+__all__ = ["RunHandle", "TaskHandle", "check_tags"]
 
 
 def check_tags(tags: Iterable[str]) -> list[str]:
@@ -288,8 +229,8 @@ class RunHandle:
     async def update(
         self,
         *,
-        name: str | _Unchanged | None = UNCHANGED,
-        notes: str | _Unchanged | None = UNCHANGED,
+        name: str | Unchanged | None = UNCHANGED,
+        notes: str | Unchanged | None = UNCHANGED,
         config: Mapping[str, Any] | None = None,
         summary: Mapping[str, Any] | None = None,
     ) -> Receipt:

@@ -55,7 +55,7 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
 }
 
-_TEXT_FORM = re.compile(r"^\s*([A-Za-z]+)\.(.+?)\s*(==|!=|<=|>=|=|<|>)\s*(.*?)\s*$", re.DOTALL)
+_TEXT_FORM = re.compile(r"^\s*([A-Za-z]+)\.(\S.*?)\s*(==|!=|<=|>=|=|<|>)\s*(.*?)\s*$", re.DOTALL)
 
 
 def check_value_field(field: str) -> str:
