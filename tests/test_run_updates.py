@@ -6,6 +6,7 @@ import math
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from runstate.client import (
     InvalidEvent,
     NotFound,
     RunState,
+    connect,
 )
 from runstate.client.testing import in_memory
 from runstate.engine import Settings
@@ -386,3 +388,27 @@ async def test_runs_frame_without_pandas_names_the_extra(
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ConfigurationError, match=r"runs_frame needs pandas.*runstate\[pandas\]"):
         await client.runs_frame()
+
+
+async def test_over_nats_edits_and_lists_by_logged_and_explicit_summary(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """On a real server and a file store: lists by summary see points and edits alike."""
+    async with connect(nats_url, projector=True, data_dir=tmp_path) as client:
+        runs = await _runs_with_metrics(client, [0.2, 0.6, 0.4])
+        points = await runs[0].flush()
+        await runs[0].log({"acc": 0.7})
+        points = await runs[0].flush()
+        assert points is not None
+        edit = await client.update_run(runs[2].pathspec, name="best", summary={"acc": 0.9})
+        await client.runs(after=edit)
+        page = await client.runs(where=["summary.acc >= 0.6"], sort="-summary.acc", after=points)
+        assert [run.pathspec for run in page.items] == [
+            runs[2].pathspec,
+            runs[0].pathspec,
+            runs[1].pathspec,
+        ]
+        assert page.items[0].display_name == "best"
+        frame = await client.runs_frame(runs[0].flow, sort="-summary.acc")
+        assert list(frame["summary.acc"]) == [0.9, 0.7, 0.6]
+        assert list(frame["display_name"].isna()) == [False, True, True]
