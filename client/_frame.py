@@ -24,6 +24,9 @@ __all__ = ["runs_frame"]
 
 _TAG = b'{"$f":'
 
+#: the most runs a request asks for
+_MAX_LIMIT = 100_000
+
 
 class _Columns:
     """Columns of runs, joined page after page (a key a page lacks is None there)."""
@@ -37,14 +40,26 @@ class _Columns:
         count = len(page["columns"]["pathspec"])
         for name, values in page["columns"].items():
             self.base[name] += values
-        for part, columns in self.keyed.items():
-            for key, values in page[part].items():
-                if tagged and part == "summary":
-                    values = [untag(value) for value in values]
+        # explicit summary values after the logged ones: they win
+        for part, values_of in (
+            ("config", page["config"]),
+            ("summary", page["logged"]),
+            ("summary", page["explicit"]),
+        ):
+            columns = self.keyed[part]
+            for key, values in values_of.items():
                 column = columns.get(key)
                 if column is None:
                     column = columns[key] = [None] * self.size
-                column += values
+                if len(column) < self.size + count:
+                    column += [None] * (self.size + count - len(column))
+                offset = self.size
+                if tagged and part == "summary":
+                    for index, value in values.items():
+                        column[offset + int(index)] = untag(value)
+                else:
+                    for index, value in values.items():
+                        column[offset + int(index)] = value
         self.size += count
         for columns in self.keyed.values():
             for column in columns.values():
@@ -73,5 +88,16 @@ async def runs_frame(client: Client, query: RunsFrameRequest) -> Any:
         cursor = page["next_cursor"]
         if cursor is None:
             return columns.frame(pd)
+        # as many runs as fill most of a reply, at this page's bytes a run: the service
+        # need not try a page that is too long first
+        count = max(1, len(page["columns"]["pathspec"]))
+        limit = max(1, min(_MAX_LIMIT, int(0.8 * _reply_bytes(client) * count / len(raw))))
         # seen once, ``after`` stays seen
-        query = query.model_copy(update={"cursor": cursor, "after": None, "after_points": None})
+        query = query.model_copy(
+            update={"cursor": cursor, "after": None, "after_points": None, "limit": limit}
+        )
+
+
+def _reply_bytes(client: Client) -> int:
+    """The bytes a reply may carry: the server's message limit (1 MB without NATS)."""
+    return client.nc.max_payload if client.nc is not None else 1024 * 1024

@@ -70,9 +70,10 @@ class RunsRequest(RunQuery):
 
 
 class RunsFrameRequest(RunsRequest):
-    """Runs as columns (``runstate.projections._frame``), up to ``limit`` a reply."""
+    """Runs as columns (``runstate.projections._frame``), up to ``limit`` a reply (fewer
+    when they would not fit in one)."""
 
-    limit: int = Field(default=20_000, ge=1, le=100_000)
+    limit: int = Field(default=2_000, ge=1, le=100_000)
 
 
 class LatestRequest(_Request):

@@ -332,9 +332,11 @@ class ReadStoreContract:
         q = RunQuery(flow="Train", sort="run_number", limit=1000)
         frame = orjson.loads(store.runs_frame_json(q, 1_000_000))
         assert frame["columns"]["pathspec"] == reference(views, q)
-        assert frame["config"]["lr"] == [None, 0.1, 0.02, 0.1]
-        assert frame["config"]["opt"] == [None, None, "adam", None]
-        assert frame["summary"]["acc"] == [None, 0.9, 0.95, "n/a"]
+        # values by the run's index in the page; a run without the key has none
+        assert frame["config"]["lr"] == {"1": 0.1, "2": 0.02, "3": 0.1}
+        assert frame["config"]["opt"] == {"2": "adam"}
+        assert frame["explicit"]["acc"] == {"1": 0.9, "2": 0.95, "3": "n/a"}
+        assert frame["logged"] == {}
         assert frame["columns"]["tags"][1] == ["gpu", "production"]
         assert frame["columns"]["finished_at"][3] is None and frame["next_cursor"] is None
         pathspecs: list[str] = []

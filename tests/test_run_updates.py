@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from runstate.client import (
 )
 from runstate.client.testing import in_memory
 from runstate.engine import Settings
+from runstate.engine._points import untag, wire_value
 from runstate.engine.testing import EventFactory
 from runstate.projections._conditions import (
     Condition,
@@ -32,7 +34,10 @@ from runstate.projections._conditions import (
     reference_match,
     stored_value,
 )
+from runstate.projections._queries import RunQuery
 from runstate.projections._reducers import fold_run
+from runstate.projections._store import SQLiteReadStore
+from runstate.projections._store_examples import make_run
 from runstate.projections._views import RunView
 
 pytestmark = pytest.mark.anyio
@@ -412,3 +417,35 @@ async def test_over_nats_edits_and_lists_by_logged_and_explicit_summary(
         frame = await client.runs_frame(runs[0].flow, sort="-summary.acc")
         assert list(frame["summary.acc"]) == [0.9, 0.7, 0.6]
         assert list(frame["display_name"].isna()) == [False, True, True]
+
+
+_any_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(max_size=5),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+
+
+@given(values=st.lists(_any_values, min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_frame_values_read_back_exactly(values: list[Any]) -> None:
+    """Every config and summary value reaches a frame exactly, floats to the last bit."""
+    with SQLiteReadStore(":memory:") as store:
+        views = [
+            make_run(number=i + 1, config={"v": wire_value(v)}, summary={"v": wire_value(v)})
+            for i, v in enumerate(values)
+        ]
+        store.commit(views, [], 1)
+        q = RunQuery(sort="run_number", limit=1000)
+        frame = orjson.loads(store.runs_frame_json(q, 10**9))
+    for part in ("config", "explicit"):
+        column = frame[part]["v"]
+        read = [untag(column[str(i)]) for i in range(len(values))]
+        for got, want in zip(read, values, strict=True):
+            if isinstance(want, float) and math.isnan(want):
+                assert isinstance(got, float) and math.isnan(got)
+            else:
+                assert got == want and type(got) is type(want), (got, want)

@@ -12,6 +12,7 @@ import click
 
 from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
+from runstate.client.cli._bench._frame import bench_frame
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._live import bench_live
 from runstate.client.cli._bench._metrics import bench_metrics
@@ -29,7 +30,7 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics")
+BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics", "frame")
 
 
 _PARAMETERS = {
@@ -48,6 +49,7 @@ _PARAMETERS = {
         "projector",
     ),
     "metrics": ("metric_rows", "metric_keys", "metric_scans", "calls", "projector"),
+    "frame": ("frame_runs", "frame_repeat", "calls", "projector"),
 }
 
 
@@ -58,6 +60,7 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "live": bench_live,
     "projection": bench_projection,
     "metrics": bench_metrics,
+    "frame": bench_frame,
 }
 
 
@@ -196,6 +199,10 @@ _QUICK = {
 )
 @click.option("--metric-keys", type=click.IntRange(1), help="metrics: keys per row [5].")
 @click.option("--metric-scans", type=click.IntRange(1), help="metrics: full scans timed [3].")
+@click.option(
+    "--frame-runs", type=click.IntRange(1), help="frame: runs exported to a DataFrame [10000]."
+)
+@click.option("--frame-repeat", type=click.IntRange(1), help="frame: exports timed [10].")
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -206,8 +213,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, or all (the
-    default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, frame, or all
+    (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

@@ -45,6 +45,9 @@ class BenchParams:
     metric_rows: int = 1_000_000
     metric_keys: int = 5
     metric_scans: int = 3
+    # frame
+    frame_runs: int = 10_000
+    frame_repeat: int = 10
 
     def for_report(self, *names: str) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in names}
