@@ -449,3 +449,22 @@ def test_frame_values_read_back_exactly(values: list[Any]) -> None:
                 assert isinstance(got, float) and math.isnan(got)
             else:
                 assert got == want and type(got) is type(want), (got, want)
+
+
+def test_show_of_a_run_shows_its_name_notes_config_and_explicit_summary() -> None:
+    """``runstate show RUN``'s tree names the run and lists its notes, config and summary."""
+    from rich.console import Console
+
+    from runstate.client.cli._trees import run_tree
+
+    view = make_run(
+        parameters={"lr": 0.1},
+        config={"lr": 0.2},
+        summary={"acc": 0.9, "best": {"$f": "inf"}},
+    ).model_copy(update={"display_name": "baseline", "notes": "first try"})
+    console = Console(width=200, record=True)
+    console.print(run_tree(view, [], {}))
+    out = console.export_text()
+    assert out.splitlines()[0].startswith("Train/1 (baseline)  completed")
+    assert "config: lr=0.2" in out and "summary: acc=0.9, best=inf" in out
+    assert "notes: first try" in out
