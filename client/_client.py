@@ -147,7 +147,7 @@ class Client:
         before ``Timeout``. Raises ``BadFilter`` for a field the protocol refuses.
         """
         given = {name: value for name, value in fields.items() if value is not None}
-        if "after" in given:
+        if "after" in given or "after_points" in given:
             given.setdefault("wait", self.read_wait)
         try:
             return model(**given)
@@ -175,7 +175,8 @@ class Client:
         timeout: float | None,  # noqa: ASYNC109 - a bound on one NATS request
     ) -> bytes:
         """The reply's bytes, ``{"result": ...}``; an error reply raises its typed error."""
-        wait = float(getattr(query, "wait", 0.0)) if getattr(query, "after", None) else 0.0
+        waits = getattr(query, "after", None) or getattr(query, "after_points", None)
+        wait = float(getattr(query, "wait", 0.0)) if waits else 0.0
         return await self.queries.request(
             _ENDPOINT_OF[type(query)],
             query.model_dump_json(exclude_defaults=True).encode(),

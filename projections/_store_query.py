@@ -121,8 +121,10 @@ class StoreQueries:
             finally:
                 self._reader.execute("DETACH DATABASE metrics")
 
-    def _read_runs(self, sql: str, args: Sequence[Any]) -> list[Any]:
-        """A runs query that may join the metrics store (``runs_sql``'s ``metrics``)."""
+    def _read_runs(self, sql: str, args: Sequence[Any], metrics: str | None) -> list[Any]:
+        """A runs query, joining the metrics store when ``metrics`` names it."""
+        if metrics is None:
+            return self._read(sql, args)
         with self._metrics_attached():
             return self._reader.execute(sql, args).fetchall()
 
@@ -228,8 +230,9 @@ class StoreQueries:
 
         Raises ``BadFilter`` for a cursor that did not come from this query's sort.
         """
-        sql, args = runs_sql(q, self._metrics_schema(q))
-        rows = self._read_runs(sql, args)
+        metrics = self._metrics_schema(q)
+        sql, args = runs_sql(q, metrics)
+        rows = self._read_runs(sql, args, metrics)
         return self._page(rows, q.limit, q.sort)
 
     def list_runs(self, q: RunQuery) -> Page[RunView]:

@@ -468,3 +468,28 @@ def test_show_of_a_run_shows_its_name_notes_config_and_explicit_summary() -> Non
     assert out.splitlines()[0].startswith("Train/1 (baseline)  completed")
     assert "config: lr=0.2" in out and "summary: acc=0.9, best=inf" in out
     assert "notes: first try" in out
+
+
+def test_summary_and_config_values_are_joined_by_primary_key(tmp_path: Path) -> None:
+    """A list by summary and config reads each run's values by key, never scanning a table."""
+    from runstate.projections._metrics_store import MetricsStore
+    from runstate.projections._store_query import runs_sql
+
+    metrics = MetricsStore(tmp_path / "v.metrics.sqlite3")
+    with SQLiteReadStore(tmp_path / "v.sqlite3") as store:
+        store.attach_metrics(metrics.uri)
+        q = RunQuery(
+            flow="Train",
+            where=[parse_condition("summary.acc > 0.5"), parse_condition("config.lr < 1")],
+            sort="-summary.loss",
+        )
+        plan = [
+            row[3]
+            for row in store._reader.execute(
+                "EXPLAIN QUERY PLAN " + runs_sql(q, "metrics")[0], runs_sql(q, "metrics")[1]
+            )
+        ]
+    metrics.close()
+    scans = [step for step in plan if step.startswith("SCAN") and not step.startswith("SCAN r")]
+    assert scans == [], plan
+    assert sum("PRIMARY KEY" in step or "autoindex" in step for step in plan) >= 5, plan
