@@ -493,3 +493,15 @@ def test_summary_and_config_values_are_joined_by_primary_key(tmp_path: Path) -> 
     scans = [step for step in plan if step.startswith("SCAN") and not step.startswith("SCAN r")]
     assert scans == [], plan
     assert sum("PRIMARY KEY" in step or "autoindex" in step for step in plan) >= 5, plan
+
+
+async def test_an_edit_from_a_stale_handle_is_retried_as_tag_changes_are(client: Client) -> None:
+    """Edits commute: a handle that missed another writer's change reloads and appends."""
+    run = await client.create_run("Train")
+    other = await client.run_handle(run.pathspec)
+    await other.add_tags("seen")
+    await other.set_notes("from the other")
+    receipt = await run.update_summary({"acc": 0.5})  # run's version is stale by two
+    read = await client.run(run.pathspec, after=receipt)
+    assert read.summary_overrides == {"acc": 0.5} and read.notes == "from the other"
+    assert "seen" in read.tags
