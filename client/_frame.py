@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
+from anyio.abc import TaskGroup
 
 from runstate.client._history import _pandas
 from runstate.engine._points import untag
@@ -78,24 +80,70 @@ class _Columns:
 
 
 async def runs_frame(client: Client, query: RunsFrameRequest) -> Any:
-    """The DataFrame of every run ``query`` selects (``Client.runs_frame``)."""
+    """The DataFrame of every run ``query`` selects (``Client.runs_frame``).
+
+    The next page is asked for as soon as a reply arrives, before this one
+    is read: the replica makes it while the client turns this one into
+    columns.
+    """
     pd = _pandas("runs_frame")  # before the first request: say what is missing
     columns = _Columns()
-    while True:
-        raw = await client._request(query, None)
-        page = orjson.loads(raw)["result"]
-        columns.add(page, _TAG in raw)
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return columns.frame(pd)
-        # as many runs as fill most of a reply, at this page's bytes a run: the service
-        # need not try a page that is too long first
-        count = max(1, len(page["columns"]["pathspec"]))
-        limit = max(1, min(_MAX_LIMIT, int(0.8 * _reply_bytes(client) * count / len(raw))))
-        # seen once, ``after`` stays seen
-        query = query.model_copy(
-            update={"cursor": cursor, "after": None, "after_points": None, "limit": limit}
-        )
+    async with anyio.create_task_group() as tg:
+        reply = _Reply(client, query, tg)
+        while True:
+            raw = await reply.wait()
+            cursor, count = _head(raw)
+            if cursor is not None:
+                # as many runs as fill most of a reply, at this page's bytes a run: the
+                # service need not try a page that is too long first
+                limit = int(0.8 * _reply_bytes(client) * max(1, count) / len(raw))
+                # seen once, ``after`` stays seen
+                query = query.model_copy(
+                    update={
+                        "cursor": cursor,
+                        "after": None,
+                        "after_points": None,
+                        "limit": max(1, min(_MAX_LIMIT, limit)),
+                    }
+                )
+                next_reply = _Reply(client, query, tg)
+            columns.add(orjson.loads(raw)["result"], _TAG in raw)
+            if cursor is None:
+                return columns.frame(pd)
+            reply = next_reply
+
+
+class _Reply:
+    """One page's request, sent at once in ``tg``; ``wait()`` for its bytes."""
+
+    def __init__(self, client: Client, query: RunsFrameRequest, tg: TaskGroup) -> None:
+        self._done = anyio.Event()
+        self._raw = b""
+        self._error: BaseException | None = None
+        tg.start_soon(self._send, client, query)
+
+    async def _send(self, client: Client, query: RunsFrameRequest) -> None:
+        try:
+            self._raw = await client._request(query, None)
+        except Exception as exc:  # raised to the waiter, not out of the task group
+            self._error = exc
+        self._done.set()
+
+    async def wait(self) -> bytes:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._raw
+
+
+def _head(raw: bytes) -> tuple[str | None, int]:
+    """The cursor and count a page starts with (``{"result":{"next_cursor":...,"count":n``),
+    read without parsing the page."""
+    start = raw.index(b'"next_cursor":') + len(b'"next_cursor":')
+    middle = raw.index(b',"count":', start)
+    end = raw.index(b",", middle + 1)
+    cursor: str | None = orjson.loads(raw[start:middle])
+    return cursor, int(raw[middle + len(b',"count":') : end])
 
 
 def _reply_bytes(client: Client) -> int:

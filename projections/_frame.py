@@ -8,7 +8,8 @@ values of all of them at once, by primary key. The reply is column lists,
 and the values of each key by the run's index in the page, made JSON by
 SQLite itself (a Python object per value cost more than all the rest)::
 
-    {"columns": {"pathspec": [...], "flow": [...], ...}, "next_cursor": null,
+    {"next_cursor": null, "count": 3,
+     "columns": {"pathspec": [...], "flow": [...], ...},
      "config": {"lr": {"0": 0.1, "2": 0.2}, ...},
      "logged": {"acc": {...}}, "explicit": {"acc": {...}}}
 
@@ -16,7 +17,9 @@ Times are microseconds since the epoch (null: not finished), ``duration``
 microseconds; ``logged`` are the latest logged values of the run's own
 metrics, ``explicit`` its explicit summary values (which win); NaN and
 infinities are tagged as in a points batch. A reply stays under the bytes
-it may carry: it then holds fewer runs, with a cursor to continue.
+it may carry: it then holds fewer runs, with a cursor to continue. The
+cursor and the count come first, so that a client can ask for the next
+page before it reads this one.
 """
 
 from __future__ import annotations
@@ -110,13 +113,13 @@ def _page(conn: sqlite3.Connection, q: RunQuery, metrics: str | None) -> bytes:
     cursor = encode_cursor(q.sort, tuple(rows[-1][width:])) if more and rows else None
     return b"".join(
         [
-            b'{"columns":',
+            b'{"next_cursor":',
+            orjson.dumps(cursor),
+            b',"count":%d,"columns":' % len(rows),
             orjson.dumps(columns)[:-1],
             b',"tags":',
             tags,
-            b'},"next_cursor":',
-            orjson.dumps(cursor),
-            b',"config":',
+            b'},"config":',
             _objects(config),
             b',"logged":',
             _objects(logged),
