@@ -100,6 +100,8 @@ class StoreQueries:
         its write transactions: it attaches it for each read that needs it.
         """
         with self._read_lock:
+            if self._metrics_kept:  # attached before (another service on this store)
+                self._reader.execute("DETACH DATABASE metrics")
             self._metrics_uri = uri
             self._metrics_kept = not self._shares_writer()
             if self._metrics_kept:

@@ -505,3 +505,16 @@ async def test_an_edit_from_a_stale_handle_is_retried_as_tag_changes_are(client:
     read = await client.run(run.pathspec, after=receipt)
     assert read.summary_overrides == {"acc": 0.5} and read.notes == "from the other"
     assert "seen" in read.tags
+
+
+def test_attaching_the_metrics_store_again_replaces_it(tmp_path: Path) -> None:
+    """A second query service on one store attaches the metrics store again without error."""
+    from runstate.projections._metrics_store import MetricsStore
+
+    metrics = MetricsStore(tmp_path / "v.metrics.sqlite3")
+    with SQLiteReadStore(tmp_path / "v.sqlite3") as store:
+        store.attach_metrics(metrics.uri)
+        store.attach_metrics(metrics.uri)
+        where = [parse_condition("summary.acc > 0")]
+        assert store.list_runs_json(RunQuery(where=where)) == ([], None)
+    metrics.close()
