@@ -105,7 +105,9 @@ class PointLog(Protocol):
     async def last_sequence(self) -> int:
         """The last sequence of the points stream (0 when empty)."""
 
-    def read(self, subject_filter: str | None = None, *, start: int = 1) -> AsyncIterator[Delivery]:
+    def read(
+        self, subject_filter: str | None = None, *, start: int = 1
+    ) -> AsyncIterator[Delivery]:
         """Batches matching ``subject_filter`` from ``start`` to the end when reading began."""
 
     def follow(self, subject_filter: str | None = None, *, start: int = 1) -> Follow:

@@ -367,6 +367,7 @@ class QueryService:
             )
         )
 
+
     # -- metrics (runstate.projections._history) ----------------------------------
 
     def _metrics_target(self, req: MetricsRequest) -> tuple[MetricsStore, str, int | None]:
@@ -423,7 +424,11 @@ class QueryService:
             max_bytes=self._reply_limit(),
         )
         return _result(
-            b'{"rows":[' + b",".join(rows) + b'],"next_start":' + orjson.dumps(next_start) + b"}"
+            b'{"rows":['
+            + b",".join(rows)
+            + b'],"next_start":'
+            + orjson.dumps(next_start)
+            + b"}"
         )
 
 
