@@ -53,12 +53,12 @@ def _rows(rows: list[dict[str, Any]], raw: bytes) -> list[dict[str, Any]]:
 _TAG = b'{"$f":'
 
 
-def _pandas() -> Any:
+def _pandas(what: str = "pandas=True") -> Any:
     try:
         return importlib.import_module("pandas")
     except ImportError:
         raise ConfigurationError(
-            "pandas=True needs pandas: install the extra, pip install 'runstate[pandas]'"
+            f"{what} needs pandas: install the extra, pip install 'runstate[pandas]'"
         ) from None
 
 

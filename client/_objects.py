@@ -24,6 +24,7 @@ from runstate.client._history import History, MetricReads
 from runstate.client._logs import LogReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
+from runstate.engine._points import PointReceipt, untag
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import BadFilter, NotFound, RunstateError, Timeout
 from runstate.projections._as_of import Moment
@@ -180,7 +181,39 @@ class Run(_AsOf, MetricReads, _Object):
 
     @property
     def parameters(self) -> dict[str, Any]:
+        """The parameters the run was created with (``config`` adds later updates)."""
         return dict(self.view.parameters)
+
+    @property
+    def display_name(self) -> str | None:
+        """The display name set with ``set_name``/``update_run`` (None: not set)."""
+        return self.view.display_name
+
+    @property
+    def notes(self) -> str | None:
+        return self.view.notes
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The parameters at creation merged with every config update (the later wins)."""
+        return dict(self.view.config)
+
+    @property
+    def summary_overrides(self) -> dict[str, Any]:
+        """The summary values set explicitly (``update_summary``), which ``summary()``
+        puts over the logged ones."""
+        return {key: untag(value) for key, value in self.view.summary_overrides.items()}
+
+    async def summary(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """Each metric key's latest logged value, with the explicit summary values
+        (``summary_overrides``) over them key by key: an explicit value wins over
+        points of its key logged later too, as W&B's ``summary.update`` does."""
+        summary = await super().summary(stream, after=after)
+        if stream == "default":
+            summary.update(self.summary_overrides)
+        return summary
 
     @property
     def code(self) -> Code | None:

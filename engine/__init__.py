@@ -19,6 +19,7 @@ from runstate.engine._events import MetadataRecorded as MetadataRecorded
 from runstate.engine._events import RunCreated as RunCreated
 from runstate.engine._events import RunStateChanged as RunStateChanged
 from runstate.engine._events import RunTagsChanged as RunTagsChanged
+from runstate.engine._events import RunUpdated as RunUpdated
 from runstate.engine._events import TaskAttemptStateChanged as TaskAttemptStateChanged
 from runstate.engine._events import TaskCreated as TaskCreated
 from runstate.engine._events import decode_commit as decode_commit
@@ -71,6 +72,7 @@ __all__ = [
     "RunState",
     "RunStateChanged",
     "RunTagsChanged",
+    "RunUpdated",
     "Settings",
     "StoredCommit",
     "Subjects",

@@ -24,6 +24,7 @@ from runstate.engine._events import (
     RunStateChangedPayload,
     RunTagsChanged,
     RunTagsChangedPayload,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
@@ -33,6 +34,7 @@ from runstate.engine._lifetime import _lifetime
 from runstate.engine._metrics_writer import MetricsBuffer, PeriodicFlush
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
 from runstate.engine._points import PointReceipt
+from runstate.engine._run_update import UNCHANGED, Unchanged, run_update
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine._task_handle import _COMMUTING_RETRIES, TaskHandle
 from runstate.engine._values import check_json_value
@@ -205,6 +207,48 @@ class RunHandle:
                 continue
             self.tags = _apply_tags(self.tags, payload)
             return receipt
+        raise ConflictError(self.pathspec, self.version, -1)
+
+    # -- name, notes, config and summary (W&B's edits of a run) ---------------
+
+    async def update_summary(self, values: Mapping[str, Any]) -> Receipt:
+        """Set summary values, which override the latest logged value of their keys
+        (later logged points too), as W&B's ``run.summary.update``."""
+        return await self.update(summary=values)
+
+    async def update_config(self, values: Mapping[str, Any]) -> Receipt:
+        """Add to or change the run's config (its parameters, then every update)."""
+        return await self.update(config=values)
+
+    async def set_name(self, name: str | None) -> Receipt:
+        """Set the run's display name (None clears it)."""
+        return await self.update(name=name)
+
+    async def set_notes(self, notes: str | None) -> Receipt:
+        """Set the run's notes (None clears them)."""
+        return await self.update(notes=notes)
+
+    async def update(
+        self,
+        *,
+        name: str | Unchanged | None = UNCHANGED,
+        notes: str | Unchanged | None = UNCHANGED,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Change any of name, notes, config and summary in one ``run.updated`` event.
+
+        Allowed in every state, finished runs included. Edits commute: on a
+        version conflict the handle reloads the run and appends again. Raises
+        ``InvalidEvent`` for a value that is not JSON, before anything is sent.
+        """
+        payload = run_update(name=name, notes=notes, config=config, summary=summary)
+        event = RunUpdated(pathspec=self.pathspec, actor=self._writer.user, payload=payload)
+        for _ in range(_COMMUTING_RETRIES):
+            try:
+                return await self._append(event)
+            except ConflictError:
+                await self._reload()
         raise ConflictError(self.pathspec, self.version, -1)
 
     # -- tasks ---------------------------------------------------------------

@@ -43,6 +43,7 @@ __all__ = [
     "points_side",
     "points_stream",
     "points_subject",
+    "untag",
     "wire_value",
 ]
 
@@ -162,6 +163,14 @@ def encode_points(
 def decode_value(value: Any) -> Any:
     """A value as logged (a tagged NaN or infinity back to its float)."""
     if type(value) is dict:
+        return _TAGGED[value["$f"]]
+    return value
+
+
+def untag(value: Any) -> Any:
+    """``decode_value`` for a value that may be any JSON value (a summary value): only
+    a tag of a NaN or an infinity is turned back into its float."""
+    if type(value) is dict and len(value) == 1 and value.get("$f") in _TAGGED:
         return _TAGGED[value["$f"]]
     return value
 

@@ -47,6 +47,7 @@ from runstate.engine._events import (
     RunCreated,
     RunStateChanged,
     RunTagsChanged,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskCreated,
 )
@@ -80,6 +81,7 @@ _ROUTES: dict[type[Any], str] = {
     RunCreated: "run",
     RunStateChanged: "run",
     RunTagsChanged: "run",
+    RunUpdated: "run",
     TaskCreated: "run+task",
     TaskAttemptStateChanged: "run+task",
     ArtifactsRecorded: "task",

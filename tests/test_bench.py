@@ -74,6 +74,7 @@ TINY: dict[str, list[str]] = {
     ],
     "metrics": ["--metric-rows", "300", "--metric-scans", "1", "--calls", "5"],
     "logs": ["--log-lines", "300", "--log-reads", "1", "--changes", "5"],
+    "frame": ["--frame-runs", "200", "--frame-repeat", "2", "--calls", "5"],
 }
 
 READS = {"get_run", "latest_successful", "runs_by_tag", "tasks_of_step"}
@@ -111,6 +112,7 @@ FIGURES: dict[str, set[str]] = {
     },
     "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms", "tail_ms"},
     "logs": {"ingest_lines_per_s", "read_mb_per_s", "tail_ms"},
+    "frame": {"runs_frame_s", "runs_by_summary_ms"},
 }
 # differences of two timings may be zero or negative on a single call
 SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w64"}

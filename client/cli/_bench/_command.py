@@ -12,6 +12,7 @@ import click
 
 from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
+from runstate.client.cli._bench._frame import bench_frame
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._live import bench_live
 from runstate.client.cli._bench._logs import bench_logs
@@ -30,7 +31,17 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics", "logs")
+BENCHMARKS = (
+    "append",
+    "workload",
+    "reads",
+    "facade",
+    "live",
+    "projection",
+    "metrics",
+    "logs",
+    "frame",
+)
 
 
 _PARAMETERS = {
@@ -60,6 +71,7 @@ _PARAMETERS = {
     ),
     "metrics": ("metric_rows", "metric_keys", "metric_scans", "calls", "projector"),
     "logs": ("log_lines", "log_reads", "changes"),
+    "frame": ("frame_runs", "frame_repeat", "calls", "projector"),
 }
 
 
@@ -71,6 +83,7 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "projection": bench_projection,
     "metrics": bench_metrics,
     "logs": bench_logs,
+    "frame": bench_frame,
 }
 
 
@@ -225,6 +238,10 @@ _QUICK = {
     "--log-lines", type=click.IntRange(1), help="logs: lines printed by one task [1000000]."
 )
 @click.option("--log-reads", type=click.IntRange(1), help="logs: read-backs timed [3].")
+@click.option(
+    "--frame-runs", type=click.IntRange(1), help="frame: runs exported to a DataFrame [10000]."
+)
+@click.option("--frame-repeat", type=click.IntRange(1), help="frame: exports timed [10].")
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -235,8 +252,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, or all
-    (the default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
+    or all (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

@@ -51,6 +51,9 @@ class BenchParams:
     # logs
     log_lines: int = 1_000_000
     log_reads: int = 3
+    # frame
+    frame_runs: int = 10_000
+    frame_repeat: int = 10
 
     def for_report(self, *names: str) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in names}
