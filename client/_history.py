@@ -11,7 +11,7 @@ every point of that flush.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -121,7 +121,7 @@ class History:
         stream: str = "default",
         *,
         after: int | PointReceipt | None = None,
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """``scan_history`` a page at a time (the blocking facades cross threads per page)."""
         body = self._body(stream, after)
         body.update(
