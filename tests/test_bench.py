@@ -110,7 +110,14 @@ FIGURES: dict[str, set[str]] = {
         "lag_ms",
         "lag_rate_events_per_s",
     },
-    "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms", "tail_ms"},
+    "metrics": {
+        "ingest_points_per_s",
+        "history_ms",
+        "scan_s",
+        "scan_frame_s",
+        "read_e_ms",
+        "tail_ms",
+    },
     "logs": {"ingest_lines_per_s", "read_mb_per_s", "tail_ms"},
     "frame": {"runs_frame_s", "runs_by_summary_ms"},
 }
