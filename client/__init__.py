@@ -12,6 +12,7 @@ from runstate.client._client import Client as Client
 from runstate.client._client import connect as connect
 from runstate.client._data import Data as Data
 from runstate.client._data import DataArtifact as DataArtifact
+from runstate.client._logs import LogLine as LogLine
 from runstate.client._namespace import default_namespace as default_namespace
 from runstate.client._namespace import get_namespace as get_namespace
 from runstate.client._namespace import namespace as namespace
@@ -21,6 +22,7 @@ from runstate.client._objects import Run as Run
 from runstate.client._objects import Step as Step
 from runstate.client._objects import Task as Task
 from runstate.client._pages import Page as Page
+from runstate.client._tails import MetricRow as MetricRow
 from runstate.client._watch import Change as Change
 from runstate.client._watch import EventRecord as EventRecord
 from runstate.client._watch import Subscription as Subscription
@@ -66,6 +68,8 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "JetStreamDisabled",
+    "LogLine",
+    "MetricRow",
     "NotFound",
     "NotInNamespace",
     "Page",

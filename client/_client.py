@@ -15,7 +15,9 @@ from nats.aio.client import Client as NATS
 from pydantic import BaseModel, ValidationError
 
 from runstate.client import _namespace
+from runstate.client._as_of import AsOf, check_as_of, run_at, step_at, task_at
 from runstate.client._data import DataArtifact
+from runstate.client._frame import runs_frame
 from runstate.client._objects import Flow, FlowInfo, Run, Step, Task, object_from_reply
 from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
@@ -25,17 +27,21 @@ from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects, parse_pathspec
+from runstate.engine._points import PointReceipt
+from runstate.engine._run_update import UNCHANGED, run_update
 from runstate.engine._settings import Settings
 from runstate.engine._states import RunState, TaskState
 from runstate.engine._typing import EventLog
 from runstate.engine._worker import Writer
 from runstate.engine.errors import BadFilter, NotFound
+from runstate.projections._conditions import Condition, parse_condition
 from runstate.projections._protocol import (
     ENDPOINTS,
     FlowsRequest,
     GetRequest,
     HistoryRequest,
     LatestRequest,
+    RunsFrameRequest,
     RunsRequest,
     StatusRequest,
     TasksRequest,
@@ -51,12 +57,26 @@ log = get_logger("runstate.client")
 After = int | Receipt | None
 
 
+#: a list's ``after``: an events receipt or sequence, or a points receipt (a flush's)
+ListAfter = int | Receipt | PointReceipt | None
+
+#: a condition of ``runs(where=...)``: ``"summary.acc > 0.9"`` or ``("summary.acc", ">", 0.9)``
+Where = str | tuple[Any, ...] | Condition
+
+
 def _after(after: After) -> int | None:
     if after is None:
         return None
     if isinstance(after, Receipt):
         return after.sequence
     return int(after)
+
+
+def _list_after(after: ListAfter) -> dict[str, int | None]:
+    """The ``after`` fields of a list request: a points receipt waits for its points."""
+    if isinstance(after, PointReceipt):
+        return {"after_points": after.sequence}
+    return {"after": _after(after)}
 
 
 class Client:
@@ -128,7 +148,7 @@ class Client:
         before ``Timeout``. Raises ``BadFilter`` for a field the protocol refuses.
         """
         given = {name: value for name, value in fields.items() if value is not None}
-        if "after" in given:
+        if "after" in given or "after_points" in given:
             given.setdefault("wait", self.read_wait)
         try:
             return model(**given)
@@ -156,7 +176,8 @@ class Client:
         timeout: float | None,  # noqa: ASYNC109 - a bound on one NATS request
     ) -> bytes:
         """The reply's bytes, ``{"result": ...}``; an error reply raises its typed error."""
-        wait = float(getattr(query, "wait", 0.0)) if getattr(query, "after", None) else 0.0
+        waits = getattr(query, "after", None) or getattr(query, "after_points", None)
+        wait = float(getattr(query, "wait", 0.0)) if waits else 0.0
         return await self.queries.request(
             _ENDPOINT_OF[type(query)],
             query.model_dump_json(exclude_defaults=True).encode(),
@@ -191,22 +212,47 @@ class Client:
         assert isinstance(obj, Flow)
         return obj
 
-    async def run(self, pathspec: str, *, after: After = None) -> Run:
+    async def run(self, pathspec: str, *, after: After = None, as_of: AsOf | None = None) -> Run:
+        """The run at ``pathspec``; with ``as_of``, as it was then.
 
+        ``as_of`` is a sequence of the events stream (the views after every
+        commit up to it: a receipt's ``sequence``, an ``after=`` value) or an
+        aware datetime (the views from the commits the log had stored by
+        then, by the server's clock). The run is folded from its own events
+        with the projector's reducers; objects reached from it (``steps()``,
+        ``run[step]``, ``tasks()``, parents) are of the same moment. Raises
+        ``NotFound`` if the run did not exist yet then, and ``BadFilter`` for
+        a naive datetime, anything else that is not a sequence, or ``after``
+        given too.
+        """
+        if as_of is not None:
+            return await run_at(self, pathspec, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=2, max_depth=2)
         obj = await self.get(pathspec, after=after)
         assert isinstance(obj, Run)
         return obj
 
-    async def step(self, pathspec: str, *, after: After = None) -> Step:
-
+    async def step(self, pathspec: str, *, after: After = None, as_of: AsOf | None = None) -> Step:
+        """The step at ``pathspec``; with ``as_of``, as it was then (see ``run``)."""
+        if as_of is not None:
+            return await step_at(self, pathspec, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=3, max_depth=3)
         obj = await self.get(pathspec, after=after)
         assert isinstance(obj, Step)
         return obj
 
-    async def task(self, pathspec: str, *, attempt: int | None = None, after: After = None) -> Task:
-
+    async def task(
+        self,
+        pathspec: str,
+        *,
+        attempt: int | None = None,
+        after: After = None,
+        as_of: AsOf | None = None,
+    ) -> Task:
+        """The task at ``pathspec`` (its latest attempt, or ``attempt``); with ``as_of``, as it
+        was then (see ``run``)."""
+        if as_of is not None:
+            return await task_at(self, pathspec, attempt, check_as_of(as_of, after))
         parse_pathspec(pathspec, min_depth=4, max_depth=4)
         obj = await self.get(pathspec, attempt=attempt, after=after)
         assert isinstance(obj, Task)
@@ -261,21 +307,30 @@ class Client:
         finished_after: datetime | None = None,
         finished_before: datetime | None = None,
         parameters: Mapping[str, Any] | None = None,
+        where: Iterable[Where] = (),
         sort: str = "-created_at",
         page_size: int = 50,
         cursor: str | None = None,
-        after: After = None,
+        after: ListAfter = None,
     ) -> Page[Run]:
         """One page of runs matching the filters, sorted (``"-created_at"``: newest first).
 
+        ``where``: conditions on summary and config values, all of which must
+        hold (``"summary.acc > 0.9"``, ``("config.lr", "<=", 0.01)``; operators
+        ``= != < <= > >=``, values JSON literals). ``sort`` also takes
+        ``summary.<key>`` and ``config.<key>`` (runs without a value last).
+        ``after``: an events receipt, or a flush's points receipt, whose
+        points the summaries then include.
+
         ``page.next_cursor`` fetches the next page; ``async for run in page.all()``
         walks every page, with the same filters and namespace as this one.
-        Raises ``BadFilter`` for an unknown sort key or state, a bad
+        Raises ``BadFilter`` for an unknown sort key, state or condition, a bad
         ``page_size`` or a cursor from another query.
         """
 
         # Materialised once: the next pages repeat exactly this query.
         tags, any_tags = list(tags), list(any_tags)
+        conditions = [parse_condition(condition) for condition in where]
         states = [state] if isinstance(state, str | RunState) else list(state or [])
         namespace = self.namespace
         query = self.query(
@@ -290,11 +345,12 @@ class Client:
             finished_after=finished_after,
             finished_before=finished_before,
             parameters=dict(parameters or {}),
+            where=conditions,
             namespace=namespace,
             sort=sort,
             limit=page_size,
             cursor=cursor,
-            after=_after(after),
+            **_list_after(after),
         )
         result = await self._request_page(query, _RUNS_REPLY)
         items = [Run(self, view) for view in result.items]
@@ -311,12 +367,59 @@ class Client:
                 finished_after=finished_after,
                 finished_before=finished_before,
                 parameters=parameters,
+                where=conditions,
                 sort=sort,
                 page_size=page_size,
                 cursor=next_cursor,
             )
 
         return Page(items, result.next_cursor, fetch_next)
+
+    async def runs_frame(
+        self,
+        flow: str | None = None,
+        *,
+        tags: Iterable[str] = (),
+        any_tags: Iterable[str] = (),
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        user: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        finished_after: datetime | None = None,
+        finished_before: datetime | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        where: Iterable[Where] = (),
+        sort: str = "-created_at",
+        after: ListAfter = None,
+    ) -> Any:
+        """Every run ``runs`` would list with these filters, as one pandas DataFrame.
+
+        Columns: pathspec, flow, run_id, display_name, state, user, tags (the
+        user tags), created_at, finished_at (UTC times), duration (seconds),
+        then ``config.<key>`` and ``summary.<key>`` for every key any of the
+        runs has (None where a run has none). The runs come in large pages of
+        columns, not one object each. Raises ``ConfigurationError`` naming
+        the ``pandas`` extra when pandas is missing, ``BadFilter`` as ``runs``.
+        """
+        states = [state] if isinstance(state, str | RunState) else list(state or [])
+        query = self.query(
+            RunsFrameRequest,
+            flow=flow,
+            tags_all=list(tags),
+            tags_any=list(any_tags),
+            state=[str(s) for s in states],
+            user=user,
+            created_after=created_after,
+            created_before=created_before,
+            finished_after=finished_after,
+            finished_before=finished_before,
+            parameters=dict(parameters or {}),
+            where=[parse_condition(condition) for condition in where],
+            namespace=self.namespace,
+            sort=sort,
+            **_list_after(after),
+        )
+        return await runs_frame(self, query)
 
     async def tasks(
         self,
@@ -401,6 +504,28 @@ class Client:
     async def run_handle(self, pathspec: str) -> RunHandle:
         """The writer's handle of an existing run (for orchestrators: cancel, resume, tags)."""
         return await self.writer.run(pathspec)
+
+    async def update_run(
+        self,
+        pathspec: str,
+        *,
+        name: Any = UNCHANGED,
+        notes: Any = UNCHANGED,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Edit a run, in any state, in one event: its display ``name`` and ``notes`` (None
+        clears them; left unchanged unless given), ``config`` and ``summary`` values.
+
+        See ``RunHandle.update``. Raises ``NotFound`` for no such run and
+        ``InvalidEvent`` for a value that is not JSON. Pass the receipt as a
+        read's ``after=`` to see the edit.
+        """
+        run_update(name=name, notes=notes, config=config, summary=summary)  # checked first
+        handle = await self.writer.run(pathspec)
+        receipt = await handle.update(name=name, notes=notes, config=config, summary=summary)
+        self.last_write = max(self.last_write, receipt.sequence)
+        return receipt
 
 
 @asynccontextmanager

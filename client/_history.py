@@ -3,18 +3,21 @@
 ``Run`` and ``Task`` (``_objects``) call these: ``history`` (sampled, see
 ``runstate.projections._sampling``), ``scan_history`` (every row, paged),
 ``history_keys``, ``last_history_step`` and ``summary`` (each key's latest
-logged value). ``after=`` takes a flush's receipt (or its sequence): the
-read then sees every point of that flush.
+logged value), and ``follow_history`` (a live tail, ``_tails``).
+``after=`` takes a flush's receipt (or its sequence): the read then sees
+every point of that flush.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from runstate.client._subscription import Subscription
+from runstate.client._tails import MetricRow, Position, follow_rows
 from runstate.engine._points import PointReceipt, decode_value
 from runstate.engine.errors import ConfigurationError
 from runstate.projections._protocol import (
@@ -50,12 +53,12 @@ def _rows(rows: list[dict[str, Any]], raw: bytes) -> list[dict[str, Any]]:
 _TAG = b'{"$f":'
 
 
-def _pandas() -> Any:
+def _pandas(what: str = "pandas=True") -> Any:
     try:
         return importlib.import_module("pandas")
     except ImportError:
         raise ConfigurationError(
-            "pandas=True needs pandas: install the extra, pip install 'runstate[pandas]'"
+            f"{what} needs pandas: install the extra, pip install 'runstate[pandas]'"
         ) from None
 
 
@@ -103,6 +106,23 @@ class History:
         *,
         after: int | PointReceipt | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
+        async for page in self.scan_pages(
+            keys, page_size, min_step, max_step, stream, after=after
+        ):
+            for row in page:
+                yield row
+
+    async def scan_pages(
+        self,
+        keys: Sequence[str] | None = None,
+        page_size: int = 1000,
+        min_step: int | None = None,
+        max_step: int | None = None,
+        stream: str = "default",
+        *,
+        after: int | PointReceipt | None = None,
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """``scan_history`` a page at a time (the blocking facades cross threads per page)."""
         body = self._body(stream, after)
         body.update(
             keys=list(keys) if keys is not None else None,
@@ -113,8 +133,7 @@ class History:
         while True:
             raw = await self._client._request(self._client.query(MetricScanRequest, **body), None)
             page = orjson.loads(raw)["result"]
-            for row in _rows(page["rows"], raw):
-                yield row
+            yield _rows(page["rows"], raw)
             if page["next_start"] is None:
                 return
             body["start"] = page["next_start"]
@@ -131,6 +150,11 @@ class History:
         for key, value in summary.items():
             summary[key] = decode_value(value)
         return reply
+
+    def follow(
+        self, keys: Sequence[str] | None, stream: str, resume: Position | None
+    ) -> Subscription[MetricRow]:
+        return follow_rows(self._client.log, self._pathspec, self._attempt, keys, stream, resume)
 
 
 class MetricReads:
@@ -190,6 +214,26 @@ class MetricReads:
         """Each metric key's latest logged value."""
         summary: dict[str, Any] = (await self._history().keys(stream, after=after))["summary"]
         return summary
+
+    def follow_history(
+        self,
+        keys: Sequence[str] | None = None,
+        stream: str = "default",
+        *,
+        resume: Position | None = None,
+    ) -> Subscription[MetricRow]:
+        """Every metric row from the first (or right after ``resume``), then each row as it
+        is logged, live: ``async with task.follow_history() as rows: async for row in rows:``.
+
+        Read from the points stream itself, so no row is missed or repeated between
+        history and live rows, across NATS reconnects and projector restarts. Each
+        ``MetricRow`` has a ``position``; pass it as ``resume=`` to a new tail to go on
+        right after that row. A task's tail follows the attempt this ``Task`` shows
+        (its latest when it was read). With ``keys``, only rows that have all of them
+        (holding only those keys, as ``scan_history``). ``BadFilter`` for an unknown
+        stream, keys that are not a list of names, or a ``resume`` that is not a position.
+        """
+        return self._history().follow(keys, stream, resume)
 
     async def system_metrics(self, *, after: int | PointReceipt | None = None) -> dict[str, Any]:
         """The latest system metrics sampled (``Settings.system_metrics_interval``)."""

@@ -18,13 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from runstate.client._base import _Object
+from runstate.client._base import _AsOf, _Object
 from runstate.client._data import Data, DataArtifact
 from runstate.client._history import History, MetricReads
+from runstate.client._logs import LogReads
 from runstate.engine._commits import Receipt
 from runstate.engine._events import ExceptionInfo, ForeachFrame
+from runstate.engine._points import PointReceipt, untag
 from runstate.engine._states import RunState, TaskState
-from runstate.engine.errors import NotFound, RunstateError, Timeout
+from runstate.engine.errors import BadFilter, NotFound, RunstateError, Timeout
+from runstate.projections._as_of import Moment
 from runstate.projections._protocol import StepsRequest
 from runstate.projections._queries import FlowSummary
 from runstate.projections._views import (
@@ -40,7 +43,16 @@ if TYPE_CHECKING:
     from runstate.client._client import Client
     from runstate.client._watch import Change, Subscription
 
-__all__ = ["Code", "Flow", "FlowInfo", "Metadata", "Run", "Step", "Task", "object_from_reply"]
+__all__ = [
+    "Code",
+    "Flow",
+    "FlowInfo",
+    "Metadata",
+    "Run",
+    "Step",
+    "Task",
+    "object_from_reply",
+]
 
 FlowInfo = FlowSummary
 Metadata = MetadataView
@@ -100,11 +112,12 @@ class Code:
         return f"Code(script_name={self.script_name!r})"
 
 
-class Run(MetricReads, _Object):
+class Run(_AsOf, MetricReads, _Object):
     """One execution of a flow, as of the snapshot ``view``."""
 
-    def __init__(self, client: Client, view: RunView) -> None:
+    def __init__(self, client: Client, view: RunView, moment: Moment | None = None) -> None:
         self._client = client
+        self._moment = moment
         self.view = view
         self.id = view.run_id
         self.pathspec = view.pathspec
@@ -168,7 +181,39 @@ class Run(MetricReads, _Object):
 
     @property
     def parameters(self) -> dict[str, Any]:
+        """The parameters the run was created with (``config`` adds later updates)."""
         return dict(self.view.parameters)
+
+    @property
+    def display_name(self) -> str | None:
+        """The display name set with ``set_name``/``update_run`` (None: not set)."""
+        return self.view.display_name
+
+    @property
+    def notes(self) -> str | None:
+        return self.view.notes
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The parameters at creation merged with every config update (the later wins)."""
+        return dict(self.view.config)
+
+    @property
+    def summary_overrides(self) -> dict[str, Any]:
+        """The summary values set explicitly (``update_summary``), which ``summary()``
+        puts over the logged ones."""
+        return {key: untag(value) for key, value in self.view.summary_overrides.items()}
+
+    async def summary(
+        self, stream: str = "default", *, after: int | PointReceipt | None = None
+    ) -> dict[str, Any]:
+        """Each metric key's latest logged value, with the explicit summary values
+        (``summary_overrides``) over them key by key: an explicit value wins over
+        points of its key logged later too, as W&B's ``summary.update`` does."""
+        summary = await super().summary(stream, after=after)
+        if stream == "default":
+            summary.update(self.summary_overrides)
+        return summary
 
     @property
     def code(self) -> Code | None:
@@ -188,12 +233,16 @@ class Run(MetricReads, _Object):
 
     async def steps(self) -> list[Step]:
         """The run's steps in the order they began."""
+        if self._moment is not None:
+            return [Step(self._client, view, self._moment) for view in self._moment.steps()]
         result = await self._client.request(
             self._client.query(StepsRequest, run=self.pathspec, namespace=self._client.namespace)
         )
         return [Step(self._client, StepView.model_validate(item)) for item in result]
 
     async def step(self, name: str) -> Step:
+        if self._moment is not None:
+            return Step(self._client, self._moment.step_view(name), self._moment)
         return await self._client.step(f"{self.pathspec}/{name}")
 
     def __getitem__(self, name: str) -> Awaitable[Step]:
@@ -208,6 +257,9 @@ class Run(MetricReads, _Object):
         """The task of the ``end`` step, once it exists."""
         if self.view.end_task is None:
             return None
+        if self._moment is not None:
+            view = self._moment.task_view(self.view.end_task)
+            return Task(self._client, view, None, self._moment)
         return await self._client.task(self.view.end_task)
 
     async def data(self) -> Data | None:
@@ -216,7 +268,7 @@ class Run(MetricReads, _Object):
         return task.data if task is not None else None
 
     async def refresh(self, *, after: int | Receipt | None = None) -> Run:
-        """A newer snapshot of this run."""
+        """A newer snapshot of this run (the latest views, even if this one was read ``as_of``)."""
         return await self._client.run(self.pathspec, after=after)
 
     async def wait(self, timeout: float | None = None) -> Run:  # noqa: ASYNC109 - Metaflow's shape
@@ -267,11 +319,12 @@ class Run(MetricReads, _Object):
         return History(self._client, self.pathspec, None)
 
 
-class Step(_Object):
+class Step(_AsOf, _Object):
     """A step of a run: its tasks and their counts by state."""
 
-    def __init__(self, client: Client, view: StepView) -> None:
+    def __init__(self, client: Client, view: StepView, moment: Moment | None = None) -> None:
         self._client = client
+        self._moment = moment
         self.view = view
         self.id = view.step
         self.pathspec = view.pathspec
@@ -307,28 +360,60 @@ class Step(_Object):
 
     async def tasks(self, state: TaskState | str | None = None) -> list[Task]:
         """Every task of the step (optionally of one state), in task order."""
+        if self._moment is not None:
+            try:
+                wanted = None if state is None else TaskState(state)
+            except ValueError:
+                states = ", ".join(s.value for s in TaskState)
+                raise BadFilter(f"unknown task state {state!r}; states are {states}") from None
+            return [
+                Task(self._client, view, None, self._moment)
+                for view in self._moment.tasks(self.id)
+                if wanted is None or view.state is wanted
+            ]
         page = await self._client.tasks(self.run_pathspec, self.id, state=state)
         return [task async for task in page.all()]
 
     async def task(self) -> Task | None:
         """The step's first task (the only one for a linear step)."""
+        if self._moment is not None:
+            tasks = self._moment.tasks(self.id)
+            return Task(self._client, tasks[0], None, self._moment) if tasks else None
         page = await self._client.tasks(self.run_pathspec, self.id, page_size=1)
         return page.items[0] if page.items else None
 
     async def __aiter__(self) -> AsyncIterator[Task]:
+        if self._moment is not None:
+            for task in await self.tasks():
+                yield task
+            return
         page = await self._client.tasks(self.run_pathspec, self.id)
         async for task in page.all():
             yield task
 
     def __getitem__(self, task_id: str | int) -> Awaitable[Task]:
+        if self._moment is not None:
+            return self._task_now(str(task_id))
         return self._client.task(f"{self.pathspec}/{task_id}")
 
+    async def _task_now(self, task_id: str) -> Task:
+        assert self._moment is not None
+        view = self._moment.task_view(f"{self.pathspec}/{task_id}")
+        return Task(self._client, view, None, self._moment)
 
-class Task(MetricReads, _Object):
+
+class Task(_AsOf, LogReads, MetricReads, _Object):
     """A task, showing its latest attempt or the one chosen with ``attempt=``."""
 
-    def __init__(self, client: Client, view: TaskView, attempt: int | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        view: TaskView,
+        attempt: int | None = None,
+        moment: Moment | None = None,
+    ) -> None:
         self._client = client
+        self._moment = moment
         self.view = view
         self.id = view.task_id
         self.pathspec = view.pathspec
@@ -445,11 +530,20 @@ class Task(MetricReads, _Object):
 
     async def parent_tasks(self) -> list[Task]:
         """The tasks this one came from (the previous step's, or a foreach's branches)."""
+        if self._moment is not None:
+            return [self._at(p) for p in self.view.parent_tasks]
         return [await self._client.task(p) for p in self.view.parent_tasks]
 
     async def child_tasks(self) -> list[Task]:
         """The tasks that named this one as a parent."""
+        if self._moment is not None:
+            return [self._at(p) for p in self.view.child_tasks]
         return [await self._client.task(p) for p in self.view.child_tasks]
+
+    def _at(self, pathspec: str) -> Task:
+        """The task at ``pathspec`` at this task's moment."""
+        assert self._moment is not None
+        return Task(self._client, self._moment.task_view(pathspec), None, self._moment)
 
     @property
     def data(self) -> Data:
@@ -476,6 +570,7 @@ class Task(MetricReads, _Object):
         return iter(self.artifacts)
 
     async def refresh(self, *, after: int | Receipt | None = None) -> Task:
+        """A newer snapshot of this task (the latest views, even if this one was read ``as_of``)."""
         return await self._client.task(self.pathspec, attempt=None, after=after)
 
     def watch(self) -> Subscription[Change]:

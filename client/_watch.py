@@ -15,17 +15,19 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runstate.client._objects import Run, Task
+from runstate.client._subscription import Subscription
 from runstate.engine._commits import Delivery
-from runstate.engine._events import Event, RunCreated, TaskCreated, decode_commit, decode_event
+from runstate.engine._events import Event, RunCreated, TaskCreated, decode_event
 from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine._typing import Follow
-from runstate.engine.errors import InvalidEvent, NotFound, RunstateError
+from runstate.engine.errors import InvalidEvent, InvalidName, NotFound, RunstateError
+from runstate.projections._folding import CommitDecoder
 from runstate.projections._reducers import fold_view, touched
 from runstate.projections._views import Position, RunView, TaskView
 
@@ -35,37 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["Change", "EventRecord", "Subscription", "events", "watch"]
 
 ViewKey = tuple[str, str]
-
-T = TypeVar("T")
-
-
-class Subscription(Generic[T]):
-    """A live stream of items; use as ``async with client.watch(p) as changes: async for ...``.
-
-    Leaving the ``async with`` block (normally, by an exception, or by
-    cancellation) stops the consumer at once. Iterating without the block
-    also works, but then the consumer stops only when the iterator is
-    garbage-collected or ``aclose()`` is called.
-    """
-
-    def __init__(self, generator: AsyncGenerator[T, None]) -> None:
-        self._generator = generator
-
-    async def __aenter__(self) -> Subscription[T]:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def __aiter__(self) -> Subscription[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._generator.__anext__()
-
-    async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._generator.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,18 +217,23 @@ async def _leave(client: Client, feed: _Feed, send: MemoryObjectSendStream[Deliv
 _DECODED_CACHE = 4096
 
 
-def _decode(client: Client, sequence: int, data: bytes) -> list[Event]:
+def _decode(client: Client, sequence: int, subject: str, data: bytes) -> list[Event]:
     """Decode a commit once per client, however many of its watches receive it.
 
     Events are immutable, so watches may share them; the cache keeps the most
-    recent commits by stream sequence. Raises ``InvalidEvent`` like ``decode_commit``.
+    recent commits by stream sequence. Decoded and checked against its subject
+    as the projector does (``CommitDecoder``): raises ``InvalidEvent`` or
+    ``InvalidName`` for a commit the projector dead-letters.
     """
     cache: OrderedDict[int, list[Event]] | None = client.__dict__.get("_decoded")
     if cache is None:
         cache = client.__dict__["_decoded"] = OrderedDict()
     events = cache.get(sequence)
     if events is None:
-        events = decode_commit(data)
+        decoder: CommitDecoder = client.__dict__.setdefault(
+            "_commit_decoder", CommitDecoder(client.subjects)
+        )
+        events = decoder.decode(subject, data)
         cache[sequence] = events
         if len(cache) > _DECODED_CACHE:
             cache.popitem(last=False)
@@ -269,15 +245,15 @@ async def _new_commits(
 ) -> AsyncGenerator[tuple[int, str, list[Event]], None]:
     """(sequence, subject, events) of each commit delivered after ``last``, once.
 
-    Commits that do not decode are skipped, as the projector dead-letters them.
+    Commits the projector dead-letters (undecodable, or not of their subject) are skipped.
     """
     async for seq, subject, data in receive:
         if seq <= last:
             continue
         last = seq
         try:
-            commit = _decode(client, seq, data)
-        except InvalidEvent:
+            commit = _decode(client, seq, subject, data)
+        except (InvalidEvent, InvalidName):
             continue
         yield seq, subject, commit
 
@@ -375,8 +351,8 @@ async def _events(
         async for batch in batches:
             for seq, delivered_on, data in batch:
                 try:
-                    decoded = _decode(client, seq, data)
-                except InvalidEvent:
+                    decoded = _decode(client, seq, delivered_on, data)
+                except (InvalidEvent, InvalidName):
                     continue  # set aside by the projector as a dead letter
                 for index, event in enumerate(decoded):
                     yield EventRecord(seq, index, delivered_on, event)

@@ -412,6 +412,27 @@ class Task(_Wrapper):
         return self._obj.metadata_dict  # type: ignore[no-any-return]
 
     @property
+    def stdout(self) -> str:
+        """Everything this attempt wrote to stdout (Metaflow's ``task.stdout``)."""
+        return _call(self._obj.logs, "stdout")  # type: ignore[no-any-return]
+
+    @property
+    def stderr(self) -> str:
+        """Everything this attempt wrote to stderr (Metaflow's ``task.stderr``)."""
+        return _call(self._obj.logs, "stderr")  # type: ignore[no-any-return]
+
+    def loglines(self, stream: str = "stdout") -> Iterator[tuple[datetime, str]]:
+        """Metaflow's ``task.loglines(stream)``: (time, line) of each line, oldest first."""
+
+        async def read() -> list[tuple[datetime, str]]:
+            return [
+                (line.at, line.text.removesuffix("\n"))
+                async for line in self._obj.log_lines(stream)
+            ]
+
+        return iter(_call(read))
+
+    @property
     def parent_tasks(self) -> list[Task]:
         return [Task._wrap(t) for t in _call(self._obj.parent_tasks)]
 

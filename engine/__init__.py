@@ -1,6 +1,7 @@
 """runstate.engine: the write side (events, names, state machines, the event log)."""
 
 from runstate.engine._artifacts import ArtifactStore as ArtifactStore
+from runstate.engine._batches import BatchReceipt as BatchReceipt
 from runstate.engine._commits import Commit as Commit
 from runstate.engine._commits import Delivery as Delivery
 from runstate.engine._commits import Receipt as Receipt
@@ -18,6 +19,7 @@ from runstate.engine._events import MetadataRecorded as MetadataRecorded
 from runstate.engine._events import RunCreated as RunCreated
 from runstate.engine._events import RunStateChanged as RunStateChanged
 from runstate.engine._events import RunTagsChanged as RunTagsChanged
+from runstate.engine._events import RunUpdated as RunUpdated
 from runstate.engine._events import TaskAttemptStateChanged as TaskAttemptStateChanged
 from runstate.engine._events import TaskCreated as TaskCreated
 from runstate.engine._events import decode_commit as decode_commit
@@ -35,17 +37,19 @@ from runstate.engine._points import PointReceipt as PointReceipt
 from runstate.engine._settings import Settings as Settings
 from runstate.engine._states import RunState as RunState
 from runstate.engine._states import TaskState as TaskState
+from runstate.engine._typing import BatchLog as BatchLog
 from runstate.engine._typing import BlobStore as BlobStore
 from runstate.engine._typing import EventLog as EventLog
 from runstate.engine._typing import Follow as Follow
 from runstate.engine._typing import Pipeline as Pipeline
-from runstate.engine._typing import PointLog as PointLog
 from runstate.engine._worker import Writer as Writer
 
 __all__ = [
     "ArtifactRecord",
     "ArtifactStore",
     "ArtifactsRecorded",
+    "BatchLog",
+    "BatchReceipt",
     "BlobStore",
     "Commit",
     "Delivery",
@@ -61,7 +65,6 @@ __all__ = [
     "MetadataRecorded",
     "Pathspec",
     "Pipeline",
-    "PointLog",
     "PointReceipt",
     "Receipt",
     "RunCreated",
@@ -69,6 +72,7 @@ __all__ = [
     "RunState",
     "RunStateChanged",
     "RunTagsChanged",
+    "RunUpdated",
     "Settings",
     "StoredCommit",
     "Subjects",

@@ -11,12 +11,14 @@ import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from nats.nuid import NUID
 
 from runstate.engine._events import Event, encode_commit
 from runstate.engine._names import Pathspec, Subjects, parse_pathspec
-from runstate.engine.errors import InvalidEvent, InvalidName, PayloadTooLarge
+from runstate.engine.errors import BadFilter, InvalidEvent, InvalidName, PayloadTooLarge
 
 __all__ = [
     "ATOMIC_BATCH_LIMIT",
@@ -26,6 +28,7 @@ __all__ = [
     "EncodedCommit",
     "Receipt",
     "StoredCommit",
+    "check_read_time",
     "new_commit_id",
 ]
 
@@ -179,3 +182,16 @@ def check_atomic_size(commits: Sequence[Commit]) -> None:
         raise PayloadTooLarge(
             f"an atomic batch holds at most {ATOMIC_BATCH_LIMIT} commits, not {len(commits)}"
         )
+
+
+def check_read_time(when: Any) -> datetime:
+    """``when`` if it is an aware datetime; ``BadFilter`` if not (a naive one could be any time).
+
+    For reads of the log as it was at a time (``EventLog.sequence_at``).
+    """
+    if not isinstance(when, datetime) or when.utcoffset() is None:
+        raise BadFilter(
+            f"a time to read the log at is an aware datetime, not {when!r}: give it a "
+            "timezone, such as datetime(2026, 11, 22, 9, 30, tzinfo=UTC)"
+        )
+    return when

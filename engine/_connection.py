@@ -14,9 +14,11 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
+from runstate.engine._batches import SideStream
+from runstate.engine._lines import lines_side
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
-from runstate.engine._points import all_points, points_stream
+from runstate.engine._points import points_side
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
@@ -229,8 +231,22 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
     """The stream configurations runstate needs, as JetStream API JSON."""
     subjects = Subjects(settings.prefix)
     window_ns = int(settings.duplicate_window * 1e9)
-    metrics_age_ns = int(settings.metrics_max_age * 1e9)
     common = {"storage": "file", "num_replicas": settings.replicas, "retention": "limits"}
+
+    def side_stream(side: SideStream, max_age: float) -> dict[str, Any]:
+        age_ns = int(max_age * 1e9)
+        return {
+            **common,
+            "name": side.name,
+            "subjects": [side.subjects],
+            # JetStream wants the duplicate window within the age limit
+            "duplicate_window": min(window_ns, age_ns) if age_ns else window_ns,
+            "max_age": age_ns,
+            "allow_direct": True,
+            "discard": "old",
+            "max_consumers": settings.max_consumers,
+        }
+
     return [
         {
             **common,
@@ -242,17 +258,8 @@ def stream_configs(settings: Settings) -> list[dict[str, Any]]:
             "discard": "new",
             "max_consumers": settings.max_consumers,
         },
-        {
-            **common,
-            "name": points_stream(settings.prefix),
-            "subjects": [all_points(settings.prefix)],
-            # JetStream wants the duplicate window within the age limit
-            "duplicate_window": min(window_ns, metrics_age_ns) if metrics_age_ns else window_ns,
-            "max_age": metrics_age_ns,
-            "allow_direct": True,
-            "discard": "old",
-            "max_consumers": settings.max_consumers,
-        },
+        side_stream(points_side(settings.prefix), settings.metrics_max_age),
+        side_stream(lines_side(settings.prefix), settings.logs_max_age),
         {
             **common,
             "name": subjects.heartbeats_stream,

@@ -25,12 +25,14 @@ from runstate.engine._events import (
     RunStateChangedPayload,
     RunTagsChanged,
     RunTagsChangedPayload,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
     TaskCreatedPayload,
     utcnow,
 )
+from runstate.engine._run_update import run_update
 from runstate.engine._states import RunState, TaskState
 
 __all__ = ["EventFactory"]
@@ -129,6 +131,21 @@ class EventFactory:
                 remove=list(remove),
                 replace=None if replace is None else list(replace),
             ),
+        )
+
+    def run_updated(
+        self,
+        run: str,
+        *,
+        at: float | datetime | None = None,
+        **changes: Any,
+    ) -> RunUpdated:
+        """A run's edit: ``name``, ``notes``, ``config``, ``summary`` as ``RunHandle.update``."""
+        return RunUpdated(
+            pathspec=self._run(run)[0],
+            occurred_at=self.occurred_at(at),
+            actor=self.user,
+            payload=run_update(**changes),
         )
 
     def task_created(

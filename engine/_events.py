@@ -50,6 +50,7 @@ __all__ = [
     "RunCreated",
     "RunStateChanged",
     "RunTagsChanged",
+    "RunUpdated",
     "TaskAttemptStateChanged",
     "TaskCreated",
     "construct_fields",
@@ -261,6 +262,24 @@ class RunTagsChangedPayload(_Model):
     replace: list[str] | None = None
 
 
+class RunUpdatedPayload(_Model):
+    """A change of a run's display name, notes, config or summary (W&B's run edits).
+
+    ``changes`` names which of ``name`` and ``notes`` the event sets (None
+    clears it); the other is left as it was. ``config`` and ``summary`` are
+    merged into the run's, key by key. A summary value that is a NaN or an
+    infinity travels tagged as in a points batch (``{"$f": "nan"}``).
+    """
+
+    changes: list[Literal["name", "notes"]] = Field(default_factory=list)
+    name: str | None = None
+    notes: str | None = None
+    config: dict[str, JsonValue] = Field(default_factory=dict)
+    summary: dict[str, JsonValue] = Field(default_factory=dict)
+
+    _json_fields = ("config", "summary")
+
+
 class TaskCreatedPayload(_Model):
     step: str
     task_id: str
@@ -321,6 +340,11 @@ class RunTagsChanged(_Envelope):
     payload: RunTagsChangedPayload
 
 
+class RunUpdated(_Envelope):
+    type: Literal["run.updated"] = "run.updated"
+    payload: RunUpdatedPayload
+
+
 class TaskCreated(_Envelope):
     type: Literal["task.created"] = "task.created"
     payload: TaskCreatedPayload
@@ -350,6 +374,7 @@ Event: TypeAlias = Annotated[
     RunCreated
     | RunStateChanged
     | RunTagsChanged
+    | RunUpdated
     | TaskCreated
     | TaskAttemptStateChanged
     | ArtifactsRecorded
@@ -360,7 +385,9 @@ Event: TypeAlias = Annotated[
 
 #: the event types with JSON fields (parameters, inline artifact values, environment
 #: info): the only ones that can hold a float, so a NaN or an infinity
-_CARRIES_JSON: frozenset[type[_Envelope]] = frozenset({RunCreated, TaskCreated, ArtifactsRecorded})
+_CARRIES_JSON: frozenset[type[_Envelope]] = frozenset(
+    {RunCreated, RunUpdated, TaskCreated, ArtifactsRecorded}
+)
 
 EVENT_TYPES: dict[str, type[_Envelope]] = {
     cls.model_fields["type"].default: cls
@@ -368,6 +395,7 @@ EVENT_TYPES: dict[str, type[_Envelope]] = {
         RunCreated,
         RunStateChanged,
         RunTagsChanged,
+        RunUpdated,
         TaskCreated,
         TaskAttemptStateChanged,
         ArtifactsRecorded,

@@ -24,15 +24,17 @@ from runstate.engine._events import (
     RunStateChangedPayload,
     RunTagsChanged,
     RunTagsChangedPayload,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskAttemptStatePayload,
     TaskCreated,
     TaskCreatedPayload,
 )
 from runstate.engine._lifetime import _lifetime
-from runstate.engine._metrics_writer import MetricsBuffer
+from runstate.engine._metrics_writer import MetricsBuffer, PeriodicFlush
 from runstate.engine._names import Pathspec, check_id, check_step_name, parse_pathspec
 from runstate.engine._points import PointReceipt
+from runstate.engine._run_update import UNCHANGED, Unchanged, run_update
 from runstate.engine._states import RunState, TaskState, check_run_transition
 from runstate.engine._task_handle import _COMMUTING_RETRIES, TaskHandle
 from runstate.engine._values import check_json_value
@@ -77,6 +79,8 @@ class RunHandle:
         #: the receipt of the last write through this handle (pass as ``after=``)
         self.receipt = receipt
         self._metrics: MetricsBuffer | None = None
+        #: the periodic flush of the block running this entity (``_lifetime``), if any
+        self._periodic: PeriodicFlush | None = None
 
     @classmethod
     def from_commits(cls, writer: Writer, commits: Sequence[StoredCommit]) -> RunHandle:
@@ -203,6 +207,48 @@ class RunHandle:
                 continue
             self.tags = _apply_tags(self.tags, payload)
             return receipt
+        raise ConflictError(self.pathspec, self.version, -1)
+
+    # -- name, notes, config and summary (W&B's edits of a run) ---------------
+
+    async def update_summary(self, values: Mapping[str, Any]) -> Receipt:
+        """Set summary values, which override the latest logged value of their keys
+        (later logged points too), as W&B's ``run.summary.update``."""
+        return await self.update(summary=values)
+
+    async def update_config(self, values: Mapping[str, Any]) -> Receipt:
+        """Add to or change the run's config (its parameters, then every update)."""
+        return await self.update(config=values)
+
+    async def set_name(self, name: str | None) -> Receipt:
+        """Set the run's display name (None clears it)."""
+        return await self.update(name=name)
+
+    async def set_notes(self, notes: str | None) -> Receipt:
+        """Set the run's notes (None clears them)."""
+        return await self.update(notes=notes)
+
+    async def update(
+        self,
+        *,
+        name: str | Unchanged | None = UNCHANGED,
+        notes: str | Unchanged | None = UNCHANGED,
+        config: Mapping[str, Any] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> Receipt:
+        """Change any of name, notes, config and summary in one ``run.updated`` event.
+
+        Allowed in every state, finished runs included. Edits commute: on a
+        version conflict the handle reloads the run and appends again. Raises
+        ``InvalidEvent`` for a value that is not JSON, before anything is sent.
+        """
+        payload = run_update(name=name, notes=notes, config=config, summary=summary)
+        event = RunUpdated(pathspec=self.pathspec, actor=self._writer.user, payload=payload)
+        for _ in range(_COMMUTING_RETRIES):
+            try:
+                return await self._append(event)
+            except ConflictError:
+                await self._reload()
         raise ConflictError(self.pathspec, self.version, -1)
 
     # -- tasks ---------------------------------------------------------------
@@ -363,13 +409,16 @@ class RunHandle:
         runtime_name: str | None = None,
         environment_info: Mapping[str, Any] | None = None,
         heartbeat: bool = True,
+        capture_output: bool = True,
     ) -> AsyncIterator[TaskHandle]:
         """Create a task and run the block as its attempt 0.
 
         The task is created pending and started running in one commit, sends
         heartbeats while the block runs, and is completed at exit; if the
         block raises, the attempt is failed with the exception (type, message,
-        traceback) and the exception propagates.
+        traceback) and the exception propagates. What the block prints or
+        logs is written to the task's log lines too, unless ``capture_output``
+        is False (see ``TaskHandle.attempting``).
         """
         handle = await self.create_task(
             step,
@@ -380,7 +429,7 @@ class RunHandle:
             environment_info=environment_info,
             start=True,
         )
-        async with handle.attempting(heartbeat=heartbeat):
+        async with handle.attempting(heartbeat=heartbeat, capture_output=capture_output):
             yield handle
 
     async def heartbeat(self) -> None:
@@ -393,6 +442,8 @@ class RunHandle:
         if self._metrics is None:
             self._metrics = MetricsBuffer(self._writer.log, self.pathspec, None)
         await self._metrics.log(row, step)
+        if self._periodic is not None:
+            self._periodic.wanted()
 
     async def flush(self) -> PointReceipt | None:
         """Send the buffered metric rows now; see ``TaskHandle.flush``."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
@@ -33,15 +34,18 @@ from runstate.engine._commits import (
     Receipt,
     StoredCommit,
     check_atomic_size,
+    check_read_time,
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._jetstream_batches import JetStreamBatchLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
-from runstate.engine._jetstream_points import JetStreamPointLog
 from runstate.engine._jetstream_read import read_stream
+from runstate.engine._lines import lines_side
 from runstate.engine._names import Subjects
+from runstate.engine._points import points_side
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
@@ -74,7 +78,8 @@ class JetStreamEventLog:
         self._encoder = CommitEncoder(self.subjects)
         self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)
-        self._points = JetStreamPointLog(nc, settings, self._replies)
+        self._points = JetStreamBatchLog(nc, settings, self._replies, points_side(settings.prefix))
+        self._lines = JetStreamBatchLog(nc, settings, self._replies, lines_side(settings.prefix))
         self._kv: Any = None
 
     @property
@@ -86,9 +91,14 @@ class JetStreamEventLog:
         return self._blobs
 
     @property
-    def points(self) -> JetStreamPointLog:
+    def points(self) -> JetStreamBatchLog:
         """The metric points stream, beside the commits."""
         return self._points
+
+    @property
+    def lines(self) -> JetStreamBatchLog:
+        """The task log lines stream, beside the commits."""
+        return self._lines
 
     @property
     def max_payload(self) -> int:
@@ -452,11 +462,16 @@ class JetStreamEventLog:
     # -- reading -----------------------------------------------------------
 
     async def last_sequence(self, subject: str) -> int:
-        """The sequence of the last commit on a (literal) subject, 0 if none."""
+        """The sequence of the last commit on a subject or a subject filter, 0 if none.
+
+        Asked of the stream leader: on a cluster a direct get may be answered
+        by a replica that has not stored an acknowledged commit yet, and a
+        read ``as_of`` that commit would then stop short of it.
+        """
 
         async def attempt() -> int:
             try:
-                msg = await self._js.get_last_msg(self._stream, subject, direct=True)
+                msg = await self._js.get_last_msg(self._stream, subject)
             except nats.js.errors.NotFoundError:
                 return 0
             return int(msg.seq or 0)
@@ -468,6 +483,42 @@ class JetStreamEventLog:
                 f"could not read the version of {subject} ({type(exc).__name__})"
             ),
             what="last_sequence",
+        )
+
+    async def sequence_at(self, when: datetime) -> int:
+        """The last sequence stored at ``when`` by the server's clock (0 if none).
+
+        The stream's last sequence is read first, then the first message
+        stored after ``when`` is asked of the stream leader: its sequence less
+        one, since the events stream has no gaps. If there is none, every
+        message stored by then was stored at or before ``when``, the last
+        sequence first read included; a message stored since, after it, is
+        later than ``when`` if ``when`` is past.
+        """
+        last = await self.stream_last_sequence()
+        after = _rfc3339_ns(check_read_time(when), plus_ns=1)
+        request = orjson.dumps({"start_time": after})
+        subject = f"{self._js._prefix}.STREAM.MSG.GET.{self._stream}"
+
+        async def attempt() -> int:
+            msg = await self._nc.request(subject, request, timeout=self.settings.request_timeout)
+            reply = orjson.loads(msg.data)
+            error = reply.get("error")
+            if error is None:
+                return int(reply["message"]["seq"]) - 1
+            if error.get("code") == 404:
+                return last
+            if transient_api_error(error):
+                raise TransientRefusal(str(error.get("description")))
+            raise RunstateError(f"the stream refused a read by time: {error.get('description')}")
+
+        return await retry(
+            attempt,
+            budget=self.settings.retry_budget,
+            give_up=lambda exc: Unavailable(
+                f"could not find the log's sequence at {when.isoformat()} ({type(exc).__name__})"
+            ),
+            what="sequence_at",
         )
 
     async def _stream_info(self) -> Any:
@@ -567,3 +618,10 @@ class JetStreamEventLog:
         await drain(
             self._nc, self.settings, subject_filter or self.subjects.all_events, start, deliver
         )
+
+
+def _rfc3339_ns(when: datetime, *, plus_ns: int = 0) -> str:
+    """``when`` plus ``plus_ns`` nanoseconds in UTC, as RFC 3339 with nanoseconds (JetStream's)."""
+    utc = when.astimezone(UTC)
+    nanoseconds = utc.microsecond * 1000 + plus_ns
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds:09d}Z"

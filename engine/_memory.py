@@ -9,11 +9,14 @@ outlives the object.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import anyio
 import anyio.lowlevel
@@ -26,14 +29,19 @@ from runstate.engine._commits import (
     Receipt,
     StoredCommit,
     check_atomic_size,
+    check_read_time,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._memory_points import MemoryPointLog
+from runstate.engine._lines import lines_side
+from runstate.engine._memory_batches import MemoryBatchLog
 from runstate.engine._names import Subjects, subject_matches
+from runstate.engine._points import points_side
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
 
 __all__ = ["MemoryBlobStore", "MemoryEventLog"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: nats-server's default largest message, less room for headers
 _MAX_PAYLOAD = 1024 * 1024 - 512
@@ -45,6 +53,8 @@ class _Stored:
     subject: str
     data: bytes
     commit_id: str
+    #: when it was stored, in ns since the epoch (never before the commit stored before it)
+    stored_at: int
 
 
 class MemoryBlobStore:
@@ -195,12 +205,18 @@ class MemoryEventLog:
         #: (sequence, subject, reason, data) of every commit set aside
         self.deadletters: list[tuple[int, str, str, bytes]] = []
         self._ids = itertools.count(1)
-        self._points = MemoryPointLog(self.settings.prefix)
+        self._points = MemoryBatchLog(points_side(self.settings.prefix))
+        self._lines = MemoryBatchLog(lines_side(self.settings.prefix))
 
     @property
-    def points(self) -> MemoryPointLog:
+    def points(self) -> MemoryBatchLog:
         """The metric points stream, beside the commits."""
         return self._points
+
+    @property
+    def lines(self) -> MemoryBatchLog:
+        """The task log lines stream, beside the commits."""
+        return self._lines
 
     @property
     def blobs(self) -> MemoryBlobStore:
@@ -238,7 +254,9 @@ class MemoryEventLog:
             )
         self._check(encoded)
         sequence = len(self._messages) + 1
-        stored = _Stored(sequence, encoded.subject, encoded.data, commit.commit_id)
+        stored = _Stored(
+            sequence, encoded.subject, encoded.data, commit.commit_id, self._store_time()
+        )
         self._messages.append(stored)
         self._last_by_subject[encoded.subject] = sequence
         path = encoded.path
@@ -249,6 +267,13 @@ class MemoryEventLog:
         for follow in list(self._follows):
             follow.offer(stored)
         return receipt
+
+    def _store_time(self) -> int:
+        """Now, in ns since the epoch, and never before the last commit's time."""
+        now = time.time_ns()
+        if self._messages:
+            now = max(now, self._messages[-1].stored_at)
+        return now
 
     async def append(
         self,
@@ -323,7 +348,19 @@ class MemoryEventLog:
     # -- reading -----------------------------------------------------------
 
     async def last_sequence(self, subject: str) -> int:
-        return self._last_by_subject.get(subject, 0)
+        if "*" not in subject and ">" not in subject:
+            return self._last_by_subject.get(subject, 0)
+        for stored in reversed(self._messages):
+            if subject_matches(subject, stored.subject):
+                return stored.sequence
+        return 0
+
+    async def sequence_at(self, when: datetime) -> int:
+        delta = check_read_time(when) - _EPOCH
+        seconds = delta.days * 86_400 + delta.seconds
+        nanoseconds = seconds * 1_000_000_000 + delta.microseconds * 1000
+        # the stored times never go back, so the commits stored by then are a prefix
+        return bisect.bisect_right(self._messages, nanoseconds, key=lambda m: m.stored_at)
 
     async def stream_last_sequence(self) -> int:
         return len(self._messages)
@@ -382,7 +419,13 @@ class MemoryEventLog:
 
     def put_raw(self, subject: str, data: bytes) -> int:
         """Store bytes on a subject as a foreign writer might; returns the sequence."""
-        stored = _Stored(len(self._messages) + 1, subject, bytes(data), f"raw-{next(self._ids)}")
+        stored = _Stored(
+            len(self._messages) + 1,
+            subject,
+            bytes(data),
+            f"raw-{next(self._ids)}",
+            self._store_time(),
+        )
         self._messages.append(stored)
         self._last_by_subject[subject] = stored.sequence
         for follow in list(self._follows):

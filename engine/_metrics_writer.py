@@ -17,12 +17,15 @@ nothing is acknowledged twice.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from runstate.engine._commits import new_commit_id
 from runstate.engine._logging import get_logger
@@ -39,7 +42,7 @@ from runstate.engine._points import (
 from runstate.engine._typing import EventLog
 from runstate.engine.errors import InvalidEvent, StepWentBack
 
-__all__ = ["MetricsBuffer", "flushing_periodically"]
+__all__ = ["MetricsBuffer", "PeriodicFlush", "flushing_periodically"]
 
 log = get_logger("runstate.metrics")
 
@@ -119,6 +122,8 @@ class MetricsBuffer:
         the retry budget; the rows stay buffered and the next flush sends them
         again with the same commit ids.
         """
+        if not self._rows and not self._unacknowledged and not self._lock.locked():
+            return self.receipt  # nothing to send, and no flush under way to wait for
         async with self._lock:
             if self._rows:
                 rows, self._rows = self._rows, []
@@ -143,16 +148,80 @@ class MetricsBuffer:
         return self._encode(rows[:half]) + self._encode(rows[half:])
 
 
+class PeriodicFlush:
+    """The periodic flush of one block; ``wanted()`` starts it, once, if it is not running.
+
+    Started through ``wanted()``, it begins after one interval, from a timer of the
+    event loop: most blocks that log are over before then, and a task in a task
+    group costs about 150 µs to start and stop, more than a short task's appends.
+    """
+
+    def __init__(
+        self,
+        group: anyio.abc.TaskGroup,
+        tick: Callable[[float], Coroutine[Any, Any, None]],
+        interval: float,
+    ) -> None:
+        self._group = group
+        self._tick = tick
+        self._interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self.started = False
+        # the loop's thread: a captured print in another thread asks through the loop
+        self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio): no timer to wait with
+            self._loop = None
+
+    def wanted(self) -> None:
+        """Make sure the flush runs from one interval on (rows or lines wait to be sent).
+
+        Callable from any thread: from another than the loop's, it is passed on to
+        the loop (a thread started in a task's context writes to its log).
+        """
+        if self.started or self._timer is not None:
+            return
+        if threading.get_ident() != self._thread:
+            if self._loop is not None:  # (else the block's exit sends what waits)
+                self._loop.call_soon_threadsafe(self.wanted)
+            return
+        if self._loop is None:
+            self.start(self._interval)
+            return
+        self._timer = self._loop.call_later(self._interval, self.start, 0.0)
+
+    def start(self, first_delay: float) -> None:
+        """Flush every interval, the first time after ``first_delay`` seconds."""
+        self._timer = None
+        if not self.started:
+            self.started = True
+            self._group.start_soon(self._tick, first_delay)
+
+    def stop(self) -> None:
+        """Cancel a start still waiting for its timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 @asynccontextmanager
 async def flushing_periodically(
-    flush: Callable[[], Awaitable[object]], interval: float
-) -> AsyncIterator[None]:
+    flush: Callable[[], Awaitable[object]], interval: float, *, lazy: bool = False
+) -> AsyncIterator[PeriodicFlush]:
     """Call ``flush`` every ``interval`` seconds while inside; its faults are left for
-    the flush at the block's exit to raise."""
+    the flush at the block's exit to raise.
 
-    async def tick() -> None:
+    With ``lazy``, the flushing starts only once ``wanted()`` is called on what the
+    block is given (as the first row is logged), and then one interval later (see
+    ``PeriodicFlush``).
+    """
+
+    async def tick(first_delay: float) -> None:
+        delay = first_delay
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(delay)
+            delay = interval
             try:
                 await flush()
             except Exception as exc:  # the rows stay buffered; the exit's flush raises
@@ -162,12 +231,16 @@ async def flushing_periodically(
     # so that callers can catch it by type rather than inside an ExceptionGroup.
     error: Exception | None = None
     async with anyio.create_task_group() as group:
-        group.start_soon(tick)
+        periodic = PeriodicFlush(group, tick, interval)
+        if not lazy:
+            periodic.start(interval)
         try:
-            yield
+            yield periodic
         except Exception as exc:
             error = exc
         finally:
-            group.cancel_scope.cancel()
+            periodic.stop()
+            if periodic.started:
+                group.cancel_scope.cancel()
     if error is not None:
         raise error

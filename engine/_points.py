@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from runstate.engine._batches import BatchReceipt, SideStream
 from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine.errors import InvalidEvent, InvalidName
 
@@ -39,8 +40,10 @@ __all__ = [
     "decode_points",
     "decode_value",
     "encode_points",
+    "points_side",
     "points_stream",
     "points_subject",
+    "untag",
     "wire_value",
 ]
 
@@ -80,17 +83,13 @@ def points_subject(prefix: str, path: Pathspec) -> str:
     return f"{prefix}.mt.{path.flow}.{path.run}.r"
 
 
-@dataclass(frozen=True, slots=True)
-class PointReceipt:
-    """Proof that a batch of points is stored: its sequence in the points stream.
+#: the receipt of a batch of points (pass its ``sequence`` as ``after=`` to a metric read)
+PointReceipt = BatchReceipt
 
-    Pass ``sequence`` as ``after=`` to a metric read to see the batch.
-    """
 
-    sequence: int
-    subject: str
-    commit_id: str
-    duplicate: bool = False
+def points_side(prefix: str) -> SideStream:
+    """The points stream of ``prefix`` as a ``SideStream``."""
+    return SideStream(points_stream(prefix), all_points(prefix), "points")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +163,14 @@ def encode_points(
 def decode_value(value: Any) -> Any:
     """A value as logged (a tagged NaN or infinity back to its float)."""
     if type(value) is dict:
+        return _TAGGED[value["$f"]]
+    return value
+
+
+def untag(value: Any) -> Any:
+    """``decode_value`` for a value that may be any JSON value (a summary value): only
+    a tag of a NaN or an infinity is turned back into its float."""
+    if type(value) is dict and len(value) == 1 and value.get("$f") in _TAGGED:
         return _TAGGED[value["$f"]]
     return value
 

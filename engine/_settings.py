@@ -66,8 +66,12 @@ class Settings:
     #: seconds the metric points stream keeps a batch (0: for ever); the read store keeps
     #: what it has projected either way
     metrics_max_age: float = 0.0
-    #: seconds between flushes of buffered metric rows while a task or run block runs
+    #: seconds between flushes of buffered metric rows (and a task's log lines) while a
+    #: task or run block runs
     metrics_flush_interval: float = 1.0
+    #: seconds the task log lines stream keeps a batch (0: for ever); lines are read from
+    #: that stream only, so this is how long a task's output stays readable
+    logs_max_age: float = 0.0
     #: seconds between samples of the worker process's CPU and memory into the ``system``
     #: metric stream while a task or run block runs (0: none; needs ``runstate[system]``)
     system_metrics_interval: float = 0.0
@@ -80,6 +84,8 @@ class Settings:
             raise ConfigurationError("give both tls_cert and tls_key, or neither")
         if self.metrics_max_age < 0:
             raise ConfigurationError("metrics_max_age is seconds (0 keeps points for ever)")
+        if self.logs_max_age < 0:
+            raise ConfigurationError("logs_max_age is seconds (0 keeps log lines for ever)")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "heartbeat_timeout must be longer than heartbeat_interval "

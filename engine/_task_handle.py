@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from runstate.engine._batches import BatchReceipt
+from runstate.engine._capture import not_capturing
 from runstate.engine._commits import Receipt, StoredCommit
 from runstate.engine._events import (
     ArtifactsRecorded,
@@ -27,12 +29,14 @@ from runstate.engine._events import (
     utcnow,
 )
 from runstate.engine._lifetime import _lifetime
-from runstate.engine._metrics_writer import MetricsBuffer
+from runstate.engine._lines import stream_number
+from runstate.engine._log_writer import LogBuffer
+from runstate.engine._metrics_writer import MetricsBuffer, PeriodicFlush
 from runstate.engine._names import Pathspec
 from runstate.engine._points import PointReceipt
 from runstate.engine._states import TaskState, check_task_transition
 from runstate.engine._values import check_json_value
-from runstate.engine.errors import ConflictError
+from runstate.engine.errors import ConflictError, InvalidEvent
 
 if TYPE_CHECKING:
     from runstate.engine._worker import Writer
@@ -72,6 +76,10 @@ class TaskHandle:
         self.version = version
         self.receipt: Receipt | None = None
         self._metrics: MetricsBuffer | None = None
+        #: the periodic flush of the block running this entity (``_lifetime``), if any
+        self._periodic: PeriodicFlush | None = None
+        self._output: LogBuffer | None = None
+        self._earlier_output: list[LogBuffer] = []
 
     @classmethod
     def from_commits(
@@ -186,11 +194,19 @@ class TaskHandle:
         return await self.transition(TaskState.PENDING, attempt=self.attempt + 1, label=label)
 
     @asynccontextmanager
-    async def attempting(self, *, heartbeat: bool = True) -> AsyncIterator[TaskHandle]:
-        """Run the block as the current attempt: start it if pending, heartbeat, then finish it."""
+    async def attempting(
+        self, *, heartbeat: bool = True, capture_output: bool = True
+    ) -> AsyncIterator[TaskHandle]:
+        """Run the block as the current attempt: start it if pending, heartbeat, then finish it.
+
+        With ``capture_output`` (the default), what the block's context
+        prints or logs is also written to this attempt's log lines
+        (``runstate.engine._capture``).
+        """
         if self.state is TaskState.PENDING:
             await self.start()
-        async with _lifetime(self, heartbeat, self.fail):
+        output = self._output_buffer() if capture_output else None
+        async with _lifetime(self, heartbeat, self.fail, output):
             yield self
 
     # -- data ----------------------------------------------------------------
@@ -251,12 +267,51 @@ class TaskHandle:
                 await metrics.flush()  # the earlier attempt's rows go first
             metrics = self._metrics = MetricsBuffer(self._writer.log, self.pathspec, self.attempt)
         await metrics.log(row, step)
+        if self._periodic is not None:
+            self._periodic.wanted()
 
     async def flush(self) -> PointReceipt | None:
-        """Send the buffered metric rows now and return the last batch's receipt.
+        """Send the buffered log lines and metric rows now; the last metric batch's receipt.
 
         Pass its ``sequence`` as ``after=`` to a metric read to see them.
         Raises ``Unavailable`` when they cannot be stored within the retry
         budget; they stay buffered and are sent again with the same commit ids.
         """
+        await self.flush_logs()
         return None if self._metrics is None else await self._metrics.flush()
+
+    # -- log lines (runstate.engine._log_writer) -------------------------------
+
+    def _output_buffer(self) -> LogBuffer:
+        """The log lines buffer of the current attempt (made when the attempt changed)."""
+        output = self._output
+        if output is None or output.attempt != self.attempt:
+            if output is not None:
+                self._earlier_output.append(output)  # sent first, by the next flush
+            output = self._output = LogBuffer(self._writer.log, self.pathspec, self.attempt)
+        return output
+
+    async def write_log(self, text: str, stream: str = "stdout") -> None:
+        """Write ``text`` to the current attempt's ``stdout`` or ``stderr`` log, as lines.
+
+        Each newline ends a line, and so does the end of ``text``; each line
+        keeps the time it was written. Lines are buffered and sent as
+        ``log`` rows are (see ``log``). ``InvalidEvent`` for a text that is
+        not a string or another stream, before anything is buffered.
+        """
+        number = stream_number(stream)
+        if not isinstance(text, str):
+            raise InvalidEvent(f"write_log() takes a string, not {type(text).__name__}")
+        output = self._output_buffer()
+        output.write_lines(number, text)
+        if output.full:
+            await self.flush_logs()
+
+    async def flush_logs(self) -> BatchReceipt | None:
+        """Send the buffered log lines now; the receipt of the last batch stored (None if
+        none was). Raises ``Unavailable`` as ``flush`` does."""
+        with not_capturing():
+            while self._earlier_output:
+                await self._earlier_output[0].flush()
+                del self._earlier_output[0]
+            return None if self._output is None else await self._output.flush()

@@ -8,17 +8,18 @@ process, for unit tests and for trying runstate without a server.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+from runstate.engine._batches import BatchReceipt
 from runstate.engine._commits import Commit, Delivery, Receipt, StoredCommit
 from runstate.engine._events import Event
 from runstate.engine._names import Subjects
-from runstate.engine._points import PointReceipt
 from runstate.engine._settings import Settings
 from runstate.engine.errors import RunstateError
 
-__all__ = ["BlobStore", "EventLog", "Follow", "Pipeline", "PointLog"]
+__all__ = ["BatchLog", "BlobStore", "EventLog", "Follow", "Pipeline"]
 
 
 class Pipeline(Protocol):
@@ -90,8 +91,10 @@ class BlobStore(Protocol):
         """The bytes stored under ``name``; ``NotFound`` if none."""
 
 
-class PointLog(Protocol):
-    """The metric points stream (``runstate.engine._points``): batches with a commit id.
+class BatchLog(Protocol):
+    """A side stream of batches with a commit id (``runstate.engine._batches``): the metric
+    points (``EventLog.points``, ``runstate.engine._points``) or the task log lines
+    (``EventLog.lines``, ``runstate.engine._lines``).
 
     A batch appended again with its commit id (within the duplicate window)
     is stored once and its first receipt returned, marked ``duplicate``.
@@ -99,15 +102,13 @@ class PointLog(Protocol):
     ``settings.retry_budget`` seconds.
     """
 
-    async def append(self, subject: str, data: bytes, commit_id: str) -> PointReceipt:
-        """Store one encoded batch of points on ``subject``."""
+    async def append(self, subject: str, data: bytes, commit_id: str) -> BatchReceipt:
+        """Store one encoded batch on ``subject``."""
 
     async def last_sequence(self) -> int:
-        """The last sequence of the points stream (0 when empty)."""
+        """The last sequence of the stream (0 when empty)."""
 
-    def read(
-        self, subject_filter: str | None = None, *, start: int = 1
-    ) -> AsyncIterator[Delivery]:
+    def read(self, subject_filter: str | None = None, *, start: int = 1) -> AsyncIterator[Delivery]:
         """Batches matching ``subject_filter`` from ``start`` to the end when reading began."""
 
     def follow(self, subject_filter: str | None = None, *, start: int = 1) -> Follow:
@@ -132,8 +133,12 @@ class EventLog(Protocol):
     def blobs(self) -> BlobStore: ...
 
     @property
-    def points(self) -> PointLog:
+    def points(self) -> BatchLog:
         """The metric points stream beside the commits."""
+
+    @property
+    def lines(self) -> BatchLog:
+        """The task log lines stream beside the commits."""
 
     @property
     def max_payload(self) -> int:
@@ -160,7 +165,15 @@ class EventLog(Protocol):
         """Many appends in flight, confirmed together."""
 
     async def last_sequence(self, subject: str) -> int:
-        """The sequence of the last commit on a literal subject, 0 if none."""
+        """The sequence of the last commit on ``subject`` (a literal subject, or a filter
+        such as a whole run's ``rs.ev.<flow>.<run>.>``), 0 if none."""
+
+    async def sequence_at(self, when: datetime) -> int:
+        """The last sequence the log had stored at ``when`` (an aware time), 0 if none.
+
+        Stored times are the log's own clock (the server's, on JetStream), not
+        the writers'. A time not yet past gives the log's last sequence now.
+        """
 
     async def stream_last_sequence(self) -> int:
         """The last sequence of the log (0 when empty)."""

@@ -10,6 +10,7 @@ Importing this module needs pytest.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
@@ -19,10 +20,12 @@ from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import (
     MetadataRecorded,
 )
+from runstate.engine._lines import decode_lines, encode_lines, lines_subject
 from runstate.engine._names import parse_pathspec
 from runstate.engine._points import decode_points, encode_points, points_subject
-from runstate.engine._typing import EventLog
+from runstate.engine._typing import BatchLog, EventLog
 from runstate.engine.errors import (
+    BadFilter,
     ConflictError,
     InvalidEvent,
     InvalidName,
@@ -237,6 +240,34 @@ class EventLogContract:
             await log.drain(deliver, start=3)
         assert seen == [3, 4, 5, 6, 7, 8]
 
+    async def test_last_sequence_of_a_subject_filter_is_its_last_commit(
+        self, log: EventLog
+    ) -> None:
+        """``last_sequence`` of a whole run's filter is the run's last commit, 0 for none."""
+        await log.append(_factory.note(self.run))
+        await log.append(_factory.note(self.task))
+        await log.append(_factory.note(self.other_run))
+        assert await log.last_sequence(log.subjects.run_all("Contract", "1")) == 2
+        assert await log.last_sequence(log.subjects.run_all("Contract", "9")) == 0
+
+    async def test_sequence_at_a_time_is_the_last_commit_stored_by_then(
+        self, log: EventLog
+    ) -> None:
+        """``sequence_at`` gives the last sequence stored at a time; a naive time is refused."""
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        await log.append(_factory.note(self.run, "0"))
+        await anyio.sleep(0.05)
+        middle = datetime.now(UTC)
+        await anyio.sleep(0.05)
+        await log.append(_factory.note(self.run, "1"))
+        await log.append(_factory.note(self.task))
+        assert await log.sequence_at(before) == 0
+        assert await log.sequence_at(middle) == 1
+        assert await log.sequence_at(middle.astimezone(timezone(timedelta(hours=-5)))) == 1
+        assert await log.sequence_at(datetime.now(UTC) + timedelta(hours=1)) == 3
+        with pytest.raises(BadFilter):
+            await log.sequence_at(datetime(2026, 1, 1))
+
     async def test_counters_count_atomically(self, log: EventLog) -> None:
         """Concurrent increments each get their own value; the last is the sum."""
         subject = log.subjects.run_counter("Contract")
@@ -282,54 +313,89 @@ class EventLogContract:
         await log.publish_deadletter(1, "rs.ev.x", "not runstate's", b"junk")
         assert await log.stream_last_sequence() == 0
 
-    # -- the points stream (runstate.engine._points) ---------------------------------
+    # -- the side streams: metric points and log lines (runstate.engine._batches) ------
 
-    def _points(self, log: EventLog, n: int, attempt: int | None = 0) -> tuple[str, bytes]:
+    @pytest.fixture(params=["points", "lines"])
+    def side(self, request: pytest.FixtureRequest) -> str:
+        """Which side stream a test runs on: ``log.points`` or ``log.lines``."""
+        return str(request.param)
+
+    def _batch(
+        self, log: EventLog, side: str, n: int, attempt: int | None = 0
+    ) -> tuple[str, bytes]:
+        """A message of side stream ``side`` carrying ``n``: on the task, or on the run
+        (points) or the task's next attempt (lines) when ``attempt`` is None."""
+        if side == "lines":
+            path = parse_pathspec(self.task)
+            number = 1 if attempt is None else attempt
+            lines = [(1.0, 1, f"{float(n)}\n")]
+            return lines_subject(log.settings.prefix, path), encode_lines(str(path), number, lines)
         path = parse_pathspec(self.task if attempt is not None else self.run)
         rows = [{"_step": n, "_timestamp": 1.0, "loss": float(n)}]
         subject = points_subject(log.settings.prefix, path)
         return subject, encode_points(str(path), attempt, "default", rows)
 
-    async def test_points_appends_return_increasing_sequences_and_read_gives_them_back(
-        self, log: EventLog
+    @staticmethod
+    def _value(side: str, data: bytes) -> float:
+        if side == "lines":
+            return float(decode_lines(data).lines()[0][2])
+        return float(decode_points(data).rows[0]["loss"])
+
+    async def test_side_appends_return_increasing_sequences_and_read_gives_them_back(
+        self, log: EventLog, side: str
     ) -> None:
-        """Batches of points get increasing sequences in their own stream, read back as sent."""
-        sent = [self._points(log, n) for n in range(3)] + [self._points(log, 9, None)]
-        receipts = [await log.points.append(s, d, f"pts-{i}") for i, (s, d) in enumerate(sent)]
+        """Batches get increasing sequences in their own stream, read back as sent."""
+        stream: BatchLog = getattr(log, side)
+        sent = [self._batch(log, side, n) for n in range(3)] + [self._batch(log, side, 9, None)]
+        receipts = [await stream.append(s, d, f"b-{i}") for i, (s, d) in enumerate(sent)]
         assert [r.sequence for r in receipts] == [1, 2, 3, 4]
         assert await log.stream_last_sequence() == 0  # the events stream is untouched
-        assert await log.points.last_sequence() == 4
-        read = [delivery async for delivery in log.points.read(start=2)]
+        assert await stream.last_sequence() == 4
+        read = [delivery async for delivery in stream.read(start=2)]
         assert [(seq, subject, data) for seq, subject, data in read] == [
             (n + 2, s, d) for n, (s, d) in enumerate(sent[1:])
         ]
-        only_run = [d async for d in log.points.read(sent[3][0])]
-        assert [d[0] for d in only_run] == [4]
-        assert decode_points(read[0][2]).rows[0]["loss"] == 1.0
+        assert self._value(side, read[0][2]) == 1.0
+        if side == "points":
+            only_run = [d async for d in stream.read(sent[3][0])]
+            assert [d[0] for d in only_run] == [4]
+        else:
+            only_task = [d async for d in stream.read(sent[0][0])]
+            assert [d[0] for d in only_task] == [1, 2, 3, 4]
 
-    async def test_a_points_batch_sent_again_with_its_commit_id_is_stored_once(
-        self, log: EventLog
+    async def test_side_streams_are_apart(self, log: EventLog) -> None:
+        """Points and lines are streams of their own: neither reads the other's batches."""
+        await log.points.append(*self._batch(log, "points", 0), "apart-p")
+        await log.lines.append(*self._batch(log, "lines", 1), "apart-l")
+        assert [d[0] async for d in log.lines.read()] == [1]
+        assert [self._value("points", d[2]) async for d in log.points.read()] == [0.0]
+        assert await log.lines.last_sequence() == await log.points.last_sequence() == 1
+
+    async def test_a_side_batch_sent_again_with_its_commit_id_is_stored_once(
+        self, log: EventLog, side: str
     ) -> None:
         """The duplicate window drops a batch sent again with its commit id."""
-        subject, data = self._points(log, 0)
-        first = await log.points.append(subject, data, "pts-once")
-        again = await log.points.append(subject, data, "pts-once")
+        stream: BatchLog = getattr(log, side)
+        subject, data = self._batch(log, side, 0)
+        first = await stream.append(subject, data, "b-once")
+        again = await stream.append(subject, data, "b-once")
         assert (again.sequence, again.duplicate, first.duplicate) == (first.sequence, True, False)
-        assert await log.points.last_sequence() == 1
+        assert await stream.last_sequence() == 1
 
-    async def test_points_follow_delivers_history_then_live_batches_each_once(
-        self, log: EventLog
+    async def test_side_follow_delivers_history_then_live_batches_each_once(
+        self, log: EventLog, side: str
     ) -> None:
-        """A points follow gives what is stored from its start, then what comes, in order."""
+        """A follow gives what is stored from its start, then what comes, in order."""
+        stream: BatchLog = getattr(log, side)
         for n in range(3):
-            await log.points.append(*self._points(log, n), f"f-{n}")
+            await stream.append(*self._batch(log, side, n), f"f-{n}")
         seen: list[int] = []
         with anyio.fail_after(10):
-            async with log.points.follow(start=2) as batches:
-                await log.points.append(*self._points(log, 3), "f-3")
+            async with stream.follow(start=2) as batches:
+                await stream.append(*self._batch(log, side, 3), "f-3")
                 async for batch in batches:
                     seen.extend(delivery[0] for delivery in batch)
                     if seen[-1] >= 5:
                         break
-                    await log.points.append(*self._points(log, seen[-1] + 1), f"f-{seen[-1]}x")
+                    await stream.append(*self._batch(log, side, seen[-1] + 1), f"f-{seen[-1]}x")
         assert seen == [2, 3, 4, 5]

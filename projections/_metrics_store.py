@@ -22,11 +22,14 @@ each points message is applied exactly once.
 
 The store is a file of its own beside the events read store (or
 ``:memory:``): the metrics projector writes it on its own connection, so
-high-volume points never hold the events projector's transactions.
+high-volume points never hold the events projector's transactions. The read
+store attaches it read-only (``uri``) to filter and sort runs by summary
+values; an in-memory store is therefore a named shared-cache database.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -90,6 +93,9 @@ CREATE TABLE IF NOT EXISTS metric_checkpoint (
 """
 
 _NUMBER, _BOOL, _NAN, _TEXT = 0, 1, 2, 3
+
+#: names of in-memory stores in this process (shared cache: the read store attaches them)
+_memory_names = itertools.count(1)
 _RUN_ATTEMPT = -1
 
 # a block's summary: [low, low_step, high, high_step, last_step]
@@ -168,8 +174,20 @@ class MetricsStore:
     def __init__(self, path: Path | str, *, block: int = BLOCK) -> None:
         self.path = str(path)
         self.block = block
+        if self.path == ":memory:":
+            name = f"runstate-metrics-{id(self)}-{next(_memory_names)}"
+            target = f"file:{name}?mode=memory&cache=shared"
+            #: where a reader attaches this store (read-only for a file)
+            self.uri = target
+        else:
+            target = self.path
+            self.uri = Path(self.path).resolve().as_uri() + "?mode=ro"
         self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, cached_statements=256
+            target,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,
+            uri=self.path == ":memory:",
         )
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")

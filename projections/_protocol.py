@@ -28,6 +28,7 @@ __all__ = [
     "MetricKeysRequest",
     "MetricScanRequest",
     "MetricsRequest",
+    "RunsFrameRequest",
     "RunsRequest",
     "StatusRequest",
     "StepsRequest",
@@ -57,10 +58,22 @@ class FlowsRequest(_Request):
 
 
 class RunsRequest(RunQuery):
-    """A ``RunQuery`` (the same fields, checked the same way) sent to the query service."""
+    """A ``RunQuery`` (the same fields, checked the same way) sent to the query service.
+
+    ``after_points``: a points sequence (a flush's receipt) to wait for as
+    well, so that summary conditions and sorts see those points.
+    """
 
     after: int | None = None
+    after_points: int | None = None
     wait: float = Field(default=5.0, gt=0, le=60)
+
+
+class RunsFrameRequest(RunsRequest):
+    """Runs as columns (``runstate.projections._frame``), up to ``limit`` a reply (fewer
+    when they would not fit in one)."""
+
+    limit: int = Field(default=2_000, ge=1, le=100_000)
 
 
 class LatestRequest(_Request):
@@ -133,6 +146,7 @@ ENDPOINTS: dict[str, type[_Request] | type[RunsRequest]] = {
     "get": GetRequest,
     "flows": FlowsRequest,
     "runs": RunsRequest,
+    "runs_frame": RunsFrameRequest,
     "latest": LatestRequest,
     "steps": StepsRequest,
     "tasks": TasksRequest,

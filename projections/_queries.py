@@ -31,6 +31,7 @@ from pydantic_core import ErrorDetails
 from runstate.engine._names import check_flow_name, check_step_name, parse_pathspec
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import BadFilter
+from runstate.projections._conditions import Condition, check_value_field
 
 __all__ = [
     "RUN_SORT_KEYS",
@@ -48,8 +49,8 @@ RUN_SORT_KEYS = ("created_at", "finished_at", "duration", "run_number")
 
 T = TypeVar("T")
 
-#: a sort-key value as a cursor carries it
-CursorValue = int | str
+#: a sort-key value as a cursor carries it (a float: a summary or config value)
+CursorValue = int | float | str
 
 
 class _Query(BaseModel):
@@ -120,6 +121,7 @@ class RunQuery(_Query):
     finished_after: datetime | None = None
     finished_before: datetime | None = None
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    where: list[Condition] = Field(default_factory=list)
     namespace: str | None = None
     sort: str = "-created_at"
     limit: int = Field(default=50, ge=1, le=1000)
@@ -133,12 +135,18 @@ class RunQuery(_Query):
     @field_validator("sort")
     @classmethod
     def _check_sort(cls, value: str) -> str:
-        if value.removeprefix("-") not in RUN_SORT_KEYS:
-            raise ValueError(
-                f"unknown sort key; use one of {', '.join(RUN_SORT_KEYS)}, "
-                "with a leading '-' for descending"
-            )
-        return value
+        key = value.removeprefix("-")
+        if key in RUN_SORT_KEYS:
+            return value
+        if "." in key:
+            try:
+                return value[: len(value) - len(key)] + check_value_field(key)
+            except ValueError:
+                pass
+        raise ValueError(
+            f"unknown sort key; use one of {', '.join(RUN_SORT_KEYS)}, summary.<key> or "
+            "config.<key>, with a leading '-' for descending"
+        )
 
     @field_validator("created_after", "created_before", "finished_after", "finished_before")
     @classmethod
@@ -241,7 +249,7 @@ def decode_cursor(cursor: str, sort: str, width: int) -> tuple[CursorValue, ...]
     if (
         not isinstance(key, list)
         or len(key) != width
-        or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in key)
+        or not all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in key)
     ):
         raise BadFilter("cursor is damaged; pass the next_cursor of the previous page unchanged")
     return tuple(key)

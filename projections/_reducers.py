@@ -47,10 +47,11 @@ from runstate.engine._events import (
     RunCreated,
     RunStateChanged,
     RunTagsChanged,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskCreated,
 )
-from runstate.projections._drafts import _Draft, foreign_parent
+from runstate.projections._drafts import _Draft, foreign_parent, parents_of
 from runstate.projections._run_reducer import _RunDraft, fold_run
 from runstate.projections._task_reducer import _TaskDraft, fold_task
 from runstate.projections._views import Position, RunView, TaskView
@@ -80,6 +81,7 @@ _ROUTES: dict[type[Any], str] = {
     RunCreated: "run",
     RunStateChanged: "run",
     RunTagsChanged: "run",
+    RunUpdated: "run",
     TaskCreated: "run+task",
     TaskAttemptStateChanged: "run+task",
     ArtifactsRecorded: "task",
@@ -109,11 +111,12 @@ def touched(event: Event) -> list[ViewKey]:
     if route == "task":
         return [("task", pathspec)]
     keys: list[ViewKey] = [("run", pathspec.rsplit("/", 2)[0]), ("task", pathspec)]
-    if type(event) is TaskCreated and foreign_parent(event) is None:
+    if type(event) is TaskCreated and parents_of(event) is not None:
+        seen = {pathspec}
         for parent in event.payload.parent_tasks:
-            key = ("task", parent)
-            if key not in keys:
-                keys.append(key)
+            if parent not in seen:
+                seen.add(parent)
+                keys.append(("task", parent))
     return keys
 
 

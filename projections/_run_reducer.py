@@ -25,6 +25,7 @@ from runstate.engine._events import (
     RunCreated,
     RunStateChanged,
     RunTagsChanged,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskCreated,
     construct_fields,
@@ -81,6 +82,8 @@ class _RunDraft(_Draft):
             "tags": frozenset(payload.tags),
             "system_tags": frozenset(payload.system_tags),
             "parameters": payload.parameters,
+            # the very same dict until a config update: the store writes its rows once
+            "config": payload.parameters,
             "script_name": payload.script_name,
             "scheduled_at": payload.scheduled_at,
             "idempotency_key": payload.idempotency_key,
@@ -169,6 +172,24 @@ def _run_tags(draft: _RunDraft, event: RunTagsChanged, position: Position) -> No
         draft.mark(position)
 
 
+def _run_updated(draft: _RunDraft, event: RunUpdated, position: Position) -> None:
+    # in any state: name, notes, config and summary are edited after a run finishes too
+    if event.pathspec != draft.pathspec:
+        return
+    fields = draft.fields
+    assert fields is not None
+    payload = event.payload
+    if "name" in payload.changes:
+        fields["display_name"] = payload.name
+    if "notes" in payload.changes:
+        fields["notes"] = payload.notes
+    if payload.config:
+        fields["config"] = {**fields["config"], **payload.config}
+    if payload.summary:
+        fields["summary_overrides"] = {**fields["summary_overrides"], **payload.summary}
+    draft.mark(position)
+
+
 def _run_task_created(draft: _RunDraft, event: TaskCreated, position: Position) -> None:
     where = draft.step_of(event.pathspec)
     if where is None:
@@ -246,6 +267,7 @@ _RunDraft.steps = {
     TaskCreated: _run_task_created,
     RunStateChanged: _run_state,
     RunTagsChanged: _run_tags,
+    RunUpdated: _run_updated,
     RunCreated: _run_created_again,
 }
 

@@ -28,7 +28,9 @@ from runstate.projections._views import RunView, TaskView
 __all__ = [
     "MISSING",
     "RUNS",
+    "RUN_CONFIG",
     "RUN_PARAMS",
+    "RUN_SUMMARY",
     "RUN_TAGS",
     "SCHEMA_VERSION",
     "TASKS",
@@ -39,12 +41,13 @@ __all__ = [
     "from_micros",
     "micros",
     "run_row",
+    "task_order",
     "task_row",
     "transaction",
 ]
 
 #: bump when the tables change: a store of another version is emptied and rebuilt from the log
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: the stored value of a missing number or time; sorts below every real value
 MISSING = -(2**63)
@@ -69,6 +72,8 @@ CREATE TABLE runs (
     created_at INTEGER NOT NULL,
     finished_at INTEGER NOT NULL,
     duration INTEGER NOT NULL,
+    display_name TEXT,
+    tags TEXT NOT NULL,
     json BLOB NOT NULL
 );
 CREATE INDEX runs_by_flow_created_at ON runs (flow, created_at, run_number, pathspec);
@@ -99,6 +104,24 @@ CREATE TABLE run_params (
     name TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (pathspec, name)
+) WITHOUT ROWID;
+
+-- config: parameters merged with config updates; summary: explicit summary values only
+-- (logged values are in the metrics store); value and kind as _conditions.stored_value
+CREATE TABLE run_config (
+    pathspec TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value,
+    kind INTEGER NOT NULL,
+    PRIMARY KEY (pathspec, key)
+) WITHOUT ROWID;
+
+CREATE TABLE run_summary (
+    pathspec TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value,
+    kind INTEGER NOT NULL,
+    PRIMARY KEY (pathspec, key)
 ) WITHOUT ROWID;
 
 CREATE TABLE tasks (
@@ -137,7 +160,17 @@ CREATE TABLE deadletters (
 );
 """
 
-_TABLES = ("meta", "runs", "run_tags", "run_params", "tasks", "flows", "deadletters")
+_TABLES = (
+    "meta",
+    "runs",
+    "run_tags",
+    "run_params",
+    "run_config",
+    "run_summary",
+    "tasks",
+    "flows",
+    "deadletters",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +186,24 @@ class Table:
 RUNS = Table(
     "runs",
     ("pathspec",),
-    ("flow", "run_id", "run_number", "state", "user", "created_at", "finished_at", "duration"),
+    (
+        "flow",
+        "run_id",
+        "run_number",
+        "state",
+        "user",
+        "created_at",
+        "finished_at",
+        "duration",
+        "display_name",
+        "tags",
+    ),
     ("json",),
 )
 RUN_TAGS = Table("run_tags", ("pathspec", "tag"), ("flow", "state", "created_at", "run_number"))
 RUN_PARAMS = Table("run_params", ("pathspec", "name"), ("value",))
+RUN_CONFIG = Table("run_config", ("pathspec", "key"), ("value", "kind"))
+RUN_SUMMARY = Table("run_summary", ("pathspec", "key"), ("value", "kind"))
 TASKS = Table(
     "tasks",
     ("pathspec",),
@@ -244,6 +290,11 @@ def _task_number(task_id: str) -> int:
         return MISSING
 
 
+def task_order(view: TaskView) -> tuple[int, int, str]:
+    """The key the tasks of a step are listed by (the store's ``tasks_in_order``)."""
+    return _number(view.foreach_index), _task_number(view.task_id), view.task_id
+
+
 def run_row(view: RunView) -> tuple[Any, ...]:
     """The columns of ``RUNS`` after the key."""
     created = micros(view.created_at)
@@ -261,6 +312,8 @@ def run_row(view: RunView) -> tuple[Any, ...]:
         created,
         finished,
         duration,
+        view.display_name,
+        orjson.dumps(sorted(view.tags)).decode(),
         view.model_dump_json().encode(),
     )
 

@@ -45,6 +45,7 @@ from runstate.projections._protocol import (
     MetricKeysRequest,
     MetricScanRequest,
     MetricsRequest,
+    RunsFrameRequest,
     RunsRequest,
     StatusRequest,
     StepsRequest,
@@ -98,12 +99,16 @@ class QueryService:
         self._projector = projector
         self._metrics = metrics
         self._store = projector.store
+        if metrics is not None:
+            # summary conditions, sorts and frames read the logged values there
+            self._store.attach_metrics(metrics.store.uri)
         self._log = log
         self._service: Service | None = None
         self._handlers: dict[str, Handler] = {
             "get": self._get,
             "flows": self._flows,
             "runs": self._runs,
+            "runs_frame": self._runs_frame,
             "latest": self._latest,
             "steps": self._steps,
             "tasks": self._tasks,
@@ -159,6 +164,8 @@ class QueryService:
         try:
             if parsed.after is not None:
                 await self._follower(endpoint).wait_for(parsed.after, parsed.wait)
+            if getattr(parsed, "after_points", None) is not None:
+                await self._metrics_projector().wait_for(parsed.after_points, parsed.wait)
             return await self._handlers[endpoint](parsed)
         except RunstateError:
             raise
@@ -184,7 +191,10 @@ class QueryService:
                 await self._error(request, exc)
                 return
             after = parsed.after
-            if after is not None and self._follower(name).applied < after:
+            points = getattr(parsed, "after_points", None)
+            if (after is not None and self._follower(name).applied < after) or (
+                points is not None and (self._metrics is None or self._metrics.applied < points)
+            ):
                 assert self._task_group is not None
                 self._task_group.start_soon(self._respond, request, name, parsed)
                 return
@@ -284,6 +294,9 @@ class QueryService:
         items, cursor = self._store.list_runs_json(req)
         return _page(items, cursor)
 
+    async def _runs_frame(self, req: RunsFrameRequest) -> bytes:
+        return _result(self._store.runs_frame_json(req, self._reply_limit()))
+
     async def _latest(self, req: LatestRequest) -> bytes:
         view = self._store.latest_run(req.flow, successful=req.successful, namespace=req.namespace)
         if view is None:
@@ -354,7 +367,6 @@ class QueryService:
             )
         )
 
-
     # -- metrics (runstate.projections._history) ----------------------------------
 
     def _metrics_target(self, req: MetricsRequest) -> tuple[MetricsStore, str, int | None]:
@@ -411,11 +423,7 @@ class QueryService:
             max_bytes=self._reply_limit(),
         )
         return _result(
-            b'{"rows":['
-            + b",".join(rows)
-            + b'],"next_start":'
-            + orjson.dumps(next_start)
-            + b"}"
+            b'{"rows":[' + b",".join(rows) + b'],"next_start":' + orjson.dumps(next_start) + b"}"
         )
 
 

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Self
 
+from runstate.projections._frame import frame_page
+from runstate.projections._queries import RunQuery
 from runstate.projections._schema import ensure_schema
 from runstate.projections._store_query import StoreQueries
 from runstate.projections._store_write import StoreWriter
@@ -59,6 +61,12 @@ class SQLiteReadStore(StoreWriter, StoreQueries):
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA mmap_size = 268435456")
         return conn
+
+    def runs_frame_json(self, q: RunQuery, max_bytes: int) -> bytes:
+        """The runs ``q`` selects (up to ``q.limit``) as columns, at most ``max_bytes`` of JSON:
+        see ``runstate.projections._frame``."""
+        with self._metrics_attached() as metrics:
+            return frame_page(self._reader, q, metrics, max_bytes)
 
     def close(self) -> None:
         """Close every connection; the store is unusable afterwards."""

@@ -15,6 +15,7 @@ from pydantic import JsonValue
 
 from runstate.engine._events import replace_fields
 from runstate.engine._states import RunState, TaskState
+from runstate.projections._conditions import Condition, reference_match, stored_value
 from runstate.projections._queries import RUN_SORT_KEYS, Page, RunQuery, TaskQuery
 from runstate.projections._typing import ReadStore
 from runstate.projections._views import RunView, StepSummary, TaskView
@@ -60,8 +61,12 @@ def make_run(
     system_tags: frozenset[str] | set[str] | None = None,
     parameters: dict[str, JsonValue] | None = None,
     steps: tuple[StepSummary, ...] = (),
+    config: dict[str, JsonValue] | None = None,
+    summary: dict[str, JsonValue] | None = None,
 ) -> RunView:
+    """A run view; ``config`` (default: the parameters) and ``summary`` (explicit values)."""
     run_id = run_id if run_id is not None else str(number)
+    parameters = parameters or {}
     return RunView(
         pathspec=f"{flow}/{run_id}",
         flow=flow,
@@ -74,7 +79,9 @@ def make_run(
         user=user,
         tags=frozenset(tags),
         system_tags=frozenset({f"user:{user}"} if system_tags is None else system_tags),
-        parameters=parameters or {},
+        parameters=parameters,
+        config=parameters if config is None else config,
+        summary_overrides=summary or {},
         steps=steps,
     )
 
@@ -103,7 +110,9 @@ def make_task(
 #: where a missing value (an unfinished run's finish time, a run without a number) sorts
 _SMALLEST = -(2**63)
 
-ALL_SORTS = [prefix + key for key in RUN_SORT_KEYS for prefix in ("", "-")]
+ALL_SORTS = [
+    prefix + key for key in (*RUN_SORT_KEYS, "summary.acc", "config.lr") for prefix in ("", "-")
+]
 
 
 def list_runs(store: ReadStore, q: RunQuery) -> Page[RunView]:
@@ -142,7 +151,26 @@ def _micros(value: datetime) -> int:
     return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
+def _value_of(view: RunView, field: str) -> tuple[bool, Any]:
+    """Whether a run has a value for ``summary.<key>``/``config.<key>``, and the value."""
+    source, _, key = field.partition(".")
+    values = view.config if source == "config" else view.summary_overrides
+    return key in values, values.get(key)
+
+
+def _value_order(value: Any) -> tuple[int, Any]:
+    """SQLite's order of stored values: numbers (bools as 0/1) before text."""
+    stored, _ = stored_value(value)
+    return (1, stored) if isinstance(stored, str) else (0, stored)
+
+
 def reference_key(view: RunView, key: str) -> tuple[Any, ...]:
+    if "." in key:
+        present, value = _value_of(view, key)
+        stored = stored_value(value)[0] if present else None
+        if stored is None:  # missing, null or NaN: last in either direction
+            return (1, (0, 0), view.pathspec)
+        return (0, _value_order(value), view.pathspec)
     number = _SMALLEST if view.run_number is None else view.run_number
     if key == "created_at":
         return (_micros(view.created_at), number, view.pathspec)
@@ -193,9 +221,19 @@ def _reference_matches(view: RunView, q: RunQuery) -> bool:
     )
 
 
+def _reference_where(view: RunView, conditions: list[Condition]) -> bool:
+    return all(reference_match(*_value_of(view, c.field), c) for c in conditions)
+
+
 def reference(views: list[RunView], q: RunQuery) -> list[str]:
     chosen = [view for view in views if _reference_matches(view, q)]
-    chosen.sort(key=lambda view: reference_key(view, q.sort_key), reverse=q.descending)
+    chosen = [view for view in chosen if _reference_where(view, q.where)]
+    if "." in q.sort_key and q.descending:
+        # descending, runs without a value still come last
+        chosen.sort(key=lambda view: reference_key(view, q.sort_key)[1:], reverse=True)
+        chosen.sort(key=lambda view: reference_key(view, q.sort_key)[0])
+    else:
+        chosen.sort(key=lambda view: reference_key(view, q.sort_key), reverse=q.descending)
     return [view.pathspec for view in chosen]
 
 
@@ -212,6 +250,7 @@ def dataset() -> list[RunView]:
             started=20,
             tags={"production", "gpu"},
             parameters={"lr": 0.1, "layers": 3},
+            summary={"acc": 0.9, "best": True},
         ),
         make_run(
             "Train",
@@ -222,6 +261,8 @@ def dataset() -> list[RunView]:
             user="bob",
             tags={"gpu"},
             parameters={"lr": 0.2, "layers": 3.0},
+            config={"lr": 0.02, "layers": 3.0, "opt": "adam"},
+            summary={"acc": 0.95},
         ),
         make_run(
             "Train",
@@ -231,6 +272,7 @@ def dataset() -> list[RunView]:
             tags={"production"},
             system_tags={"user:alice", "production:deploy1"},
             parameters={"lr": 0.1},
+            summary={"acc": "n/a"},
         ),
         make_run(
             "Train",
@@ -249,6 +291,7 @@ def dataset() -> list[RunView]:
             tags={"production"},
             user="bob",
             parameters={"flag": 1},
+            summary={"acc": 0.9, "best": None},
         ),
         make_run(
             "Eval",
@@ -290,6 +333,20 @@ FILTERS: list[dict[str, Any]] = [
     {"namespace": "user:bob", "flow": "Eval"},
     {"namespace": "production:deploy1"},
     {"namespace": "user:alice", "tags_all": ["production"], "state": ["running"]},
+    {"where": [Condition(field="summary.acc", op=">", value=0.9)]},
+    {"where": [Condition(field="summary.acc", op=">=", value=0.9)], "flow": "Train"},
+    {"where": [Condition(field="summary.acc", op="!=", value=0.9)]},
+    {"where": [Condition(field="summary.acc", op="=", value="n/a")]},
+    {"where": [Condition(field="summary.best", op="=", value=None)]},
+    {"where": [Condition(field="summary.best", op="=", value=True)]},
+    {"where": [Condition(field="config.lr", op="<", value=0.1)]},
+    {"where": [Condition(field="config.opt", op="!=", value=None)], "tags_all": ["gpu"]},
+    {
+        "where": [
+            Condition(field="config.lr", op="<=", value=0.1),
+            Condition(field="summary.acc", op=">", value=0),
+        ]
+    },
 ]
 
 
@@ -299,6 +356,20 @@ _flows = st.sampled_from(["A", "B"])
 _times = st.integers(min_value=0, max_value=6)
 _tags = st.frozensets(st.sampled_from(["t1", "t2", "t3", "user:u1", "user:u2"]), max_size=3)
 _values: st.SearchStrategy[JsonValue] = st.sampled_from([1, 1.0, 2, True, "a", None, [1], {"k": 1}])
+_summaries: st.SearchStrategy[JsonValue] = st.sampled_from(
+    [0, 0.5, 1, 1.0, True, False, "a", "b", None, [1], {"$f": "nan"}, {"$f": "inf"}]
+)
+_conditions = st.builds(
+    Condition,
+    field=st.sampled_from(["summary.acc", "config.lr", "config.p"]),
+    op=st.sampled_from(["=", "!=", "<", ">="]),
+    value=st.sampled_from([0.5, 1, "a", "b"]),
+) | st.builds(
+    Condition,
+    field=st.sampled_from(["summary.acc", "config.lr"]),
+    op=st.sampled_from(["=", "!="]),
+    value=st.sampled_from([True, None]),
+)
 
 
 @st.composite
@@ -322,6 +393,8 @@ def run_views(draw: st.DrawFn, prefix: str = "r") -> list[RunView]:
                 tags=draw(_tags),
                 system_tags=draw(_tags),
                 parameters=draw(st.dictionaries(st.sampled_from(["p", "q"]), _values, max_size=2)),
+                config=draw(st.none() | st.dictionaries(st.just("lr"), _summaries, max_size=1)),
+                summary=draw(st.dictionaries(st.just("acc"), _summaries, max_size=1)),
             )
         )
     return views
@@ -341,6 +414,7 @@ run_queries = st.fixed_dictionaries(
         "finished_before": st.integers(0, 12).map(at),
         "parameters": st.dictionaries(st.sampled_from(["p", "q"]), _values, max_size=1),
         "namespace": st.sampled_from(["user:u1", "user:u2", "t1"]),
+        "where": st.lists(_conditions, max_size=2),
     },
 )
 
@@ -374,6 +448,10 @@ def view_histories(draw: st.DrawFn) -> list[tuple[list[RunView], list[TaskView]]
                             "state": st.sampled_from(list(RunState)),
                             "tags": _tags,
                             "parameters": st.dictionaries(st.just("p"), _values, max_size=1),
+                            "config": st.dictionaries(st.just("lr"), _summaries, max_size=1),
+                            "summary_overrides": st.dictionaries(
+                                st.just("acc"), _summaries, max_size=1
+                            ),
                             "finished_at": _times.map(at),
                         },
                     )
@@ -424,7 +502,14 @@ def snapshot(store: ReadStore) -> dict[str, Any]:
             for letter in store.list_deadletters()
         ],
     }
-    for filters in ({}, {"tags_all": ["t1"]}, {"state": ["failed"]}, {"parameters": {"p": 1}}):
+    for filters in (
+        {},
+        {"tags_all": ["t1"]},
+        {"state": ["failed"]},
+        {"parameters": {"p": 1}},
+        {"where": [Condition(field="summary.acc", op="<", value=1)]},
+        {"where": [Condition(field="config.lr", op="!=", value=None)]},
+    ):
         for sort in ALL_SORTS:
             seen[f"{filters} {sort}"] = ids(all_pages(store, RunQuery(**filters, sort=sort)))
     for run in runs:

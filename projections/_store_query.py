@@ -23,17 +23,26 @@ pinned by ``tests/test_store.py`` with EXPLAIN QUERY PLAN):
   checked per run through primary keys. Sorted by another key than
   ``created_at``, the tag's runs are sorted in a temporary b-tree;
 - tasks of a step: ``tasks_in_order`` (run, step, foreach index, task
-  number, task id), the task order.
+  number, task id), the task order;
+- conditions on and sorts by summary or config values
+  (``runstate.projections._conditions``): each key named is a left join by
+  primary key, ``run_config``/``run_summary`` (explicit summary values)
+  here and, when the metrics store is attached (``attach_metrics``), its
+  ``metric_series`` of the run's own stream (logged latest values): an
+  explicit value wins. Such a sort orders the selected runs in a temporary
+  b-tree.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from runstate.engine._states import RunState
+from runstate.projections._conditions import condition_sql
 from runstate.projections._queries import (
     CursorValue,
     DeadLetter,
@@ -74,10 +83,59 @@ class StoreQueries:
     def __init__(self, conn: sqlite3.Connection, lock: threading.Lock) -> None:
         self._reader = conn
         self._read_lock = lock
+        #: the URI of the attached metrics store, None when none is
+        self._metrics_uri: str | None = None
+        #: whether it stays attached (a reader of its own), or is attached per read
+        self._metrics_kept = False
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._read_lock:
             return self._reader.execute(sql, args).fetchall()
+
+    def attach_metrics(self, uri: str) -> None:
+        """Read the logged summaries of runs from the metrics store at ``uri`` (a SQLite URI).
+
+        A file store's reader attaches it for good. An in-memory store reads
+        on its writer's connection, which must not hold the metrics store in
+        its write transactions: it attaches it for each read that needs it.
+        """
+        with self._read_lock:
+            if self._metrics_kept:  # attached before (another service on this store)
+                self._reader.execute("DETACH DATABASE metrics")
+            self._metrics_uri = uri
+            self._metrics_kept = not self._shares_writer()
+            if self._metrics_kept:
+                self._reader.execute("ATTACH DATABASE ? AS metrics", (uri,))
+
+    def _shares_writer(self) -> bool:
+        return self._reader is getattr(self, "_writer", None)
+
+    @contextmanager
+    def _metrics_attached(self) -> Iterator[str | None]:
+        """Under the read lock: the schema name of the metrics store (None: not attached)."""
+        with self._read_lock:
+            if self._metrics_uri is None or self._metrics_kept:
+                yield "metrics" if self._metrics_uri is not None else None
+                return
+            self._reader.execute("ATTACH DATABASE ? AS metrics", (self._metrics_uri,))
+            try:
+                yield "metrics"
+            finally:
+                self._reader.execute("DETACH DATABASE metrics")
+
+    def _read_runs(self, sql: str, args: Sequence[Any], metrics: str | None) -> list[Any]:
+        """A runs query, joining the metrics store when ``metrics`` names it."""
+        if metrics is None:
+            return self._read(sql, args)
+        with self._metrics_attached():
+            return self._reader.execute(sql, args).fetchall()
+
+    def _metrics_schema(self, q: RunQuery) -> str | None:
+        """The schema to join for ``q``'s summary values, if it names any and one is attached."""
+        if self._metrics_uri is None:
+            return None
+        names = [c.field for c in q.where] + [q.sort_key]
+        return "metrics" if any(name.startswith("summary.") for name in names) else None
 
     # -- reading: what the views include ---------------------------------------
 
@@ -174,8 +232,10 @@ class StoreQueries:
 
         Raises ``BadFilter`` for a cursor that did not come from this query's sort.
         """
-        sql, args = runs_sql(q)
-        return self._page(sql, args, q.limit, q.sort)
+        metrics = self._metrics_schema(q)
+        sql, args = runs_sql(q, metrics)
+        rows = self._read_runs(sql, args, metrics)
+        return self._page(rows, q.limit, q.sort)
 
     def list_runs(self, q: RunQuery) -> Page[RunView]:
         """One page of the runs ``q`` selects, in its order (see ``RunQuery``)."""
@@ -214,7 +274,7 @@ class StoreQueries:
     def list_tasks_json(self, q: TaskQuery) -> tuple[list[bytes], str | None]:
         """One page of ``q`` as the stored JSON of each task, and the cursor of the next page."""
         sql, args = tasks_sql(q)
-        return self._page(sql, args, q.limit, _TASK_SORT)
+        return self._page(self._read(sql, args), q.limit, _TASK_SORT)
 
     def list_tasks(self, q: TaskQuery) -> Page[TaskView]:
         """One page of the tasks of a step, in task order (see ``TaskQuery``)."""
@@ -223,11 +283,8 @@ class StoreQueries:
             items=[TaskView.model_validate_json(raw) for raw in items], next_cursor=cursor
         )
 
-    def _page(
-        self, sql: str, args: Sequence[Any], limit: int, sort: str
-    ) -> tuple[list[bytes], str | None]:
+    def _page(self, rows: list[Any], limit: int, sort: str) -> tuple[list[bytes], str | None]:
         # the query asks for limit + 1 rows: one more tells whether a next page exists
-        rows = self._read(sql, args)
         cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -258,12 +315,20 @@ def _flow_summary(row: tuple[str, int, int]) -> FlowSummary:
 # -- the runs query ----------------------------------------------------------------
 
 
-def runs_sql(q: RunQuery) -> tuple[str, list[Any]]:
-    """The SELECT answering ``q``: the run's JSON then its sort key, limit + 1 rows."""
-    order = _RUN_ORDER[q.sort_key]
+def runs_sql(
+    q: RunQuery, metrics: str | None = None, select: str = "r.json"
+) -> tuple[str, list[Any]]:
+    """The SELECT answering ``q``: ``select`` (the run's JSON) then its sort key, limit + 1 rows.
+
+    ``metrics``: the schema name of the attached metrics store, whose logged
+    latest values summary conditions and sorts then read (else explicit
+    summary values only).
+    """
     tags = q.required_tags
     where: list[str] = []
     args: list[Any] = []
+    joins: list[str] = []
+    join_args: list[Any] = []
     if tags:
         # the first required tag drives: its run_tags rows are in (flow, [state,]) creation order
         source = "run_tags AS t CROSS JOIN runs AS r ON r.pathspec = t.pathspec"
@@ -274,7 +339,27 @@ def runs_sql(q: RunQuery) -> tuple[str, list[Any]]:
     else:
         source = "runs AS r"
         base = "r"
-    keys = [f"{base if column in _TAG_COLUMNS else 'r'}.{column}" for column in order]
+    values: dict[str, tuple[str, str]] = {}
+
+    def value_of(field: str) -> tuple[str, str]:
+        """The (value, kind) expressions of a summary or config field, joined once each."""
+        if field not in values:
+            values[field] = _join_value(field, len(values), metrics, joins, join_args)
+        return values[field]
+
+    if q.sort_key in _RUN_ORDER:
+        order = _RUN_ORDER[q.sort_key]
+        keys = [f"{base if column in _TAG_COLUMNS else 'r'}.{column}" for column in order]
+    else:
+        sorted_by, _ = value_of(q.sort_key)
+        # without a value last either way: first (value IS NULL) ascending, (NOT NULL) descending
+        missing = f"({sorted_by} IS {'NOT ' if q.descending else ''}NULL)"
+        keys = [missing, f"coalesce({sorted_by}, 0)", "r.pathspec"]
+    for condition in q.where:
+        expr, kind = value_of(condition.field)
+        test, test_args = condition_sql(expr, kind, condition)
+        where.append(test)
+        args += test_args
     if q.flow is not None:
         where.append(f"{base}.flow = ?")
         args.append(q.flow)
@@ -320,12 +405,38 @@ def runs_sql(q: RunQuery) -> tuple[str, list[Any]]:
         where.append(f"({', '.join(keys)}) {'<' if q.descending else '>'} ({marks})")
         args += decode_cursor(q.cursor, q.sort, len(keys))
     sql = (
-        f"SELECT r.json, {', '.join(keys)} FROM {source}"
+        f"SELECT {select}, {', '.join(keys)} FROM {source}"
+        + "".join(joins)
         + (f" WHERE {' AND '.join(where)}" if where else "")
         + f" ORDER BY {', '.join(f'{key} {direction}' for key in keys)} LIMIT ?"
     )
-    args.append(q.limit + 1)
-    return sql, args
+    return sql, [*join_args, *args, q.limit + 1]
+
+
+def _join_value(
+    field: str, n: int, metrics: str | None, joins: list[str], args: list[Any]
+) -> tuple[str, str]:
+    """Join what a run's value of ``field`` is read from; its (value, kind) expressions."""
+    source, _, key = field.partition(".")
+    table = "run_config" if source == "config" else "run_summary"
+    joins.append(f" LEFT JOIN {table} AS v{n} ON v{n}.pathspec = r.pathspec AND v{n}.key = ?")
+    args.append(key)
+    if source == "config" or metrics is None:
+        return f"v{n}.value", f"v{n}.kind"
+    if not any(" AS ms " in join for join in joins):
+        joins.append(
+            f" LEFT JOIN {metrics}.metric_streams AS ms ON ms.entity = r.pathspec "
+            "AND ms.attempt = -1 AND ms.stream = 'default'"
+        )
+    joins.append(
+        f" LEFT JOIN {metrics}.metric_series AS l{n} ON l{n}.stream_id = ms.id AND l{n}.key = ?"
+    )
+    args.append(key)
+    # an explicit value wins over the logged one
+    return (
+        f"(CASE WHEN v{n}.kind IS NULL THEN l{n}.value ELSE v{n}.value END)",
+        f"coalesce(v{n}.kind, l{n}.kind)",
+    )
 
 
 def tasks_sql(q: TaskQuery) -> tuple[str, list[Any]]:

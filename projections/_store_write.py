@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from runstate.projections._conditions import stored_value
 from runstate.projections._schema import (
+    RUN_CONFIG,
     RUN_PARAMS,
+    RUN_SUMMARY,
     RUN_TAGS,
     RUNS,
     TASKS,
@@ -41,7 +44,8 @@ _CHUNK = 500
 
 @dataclass(frozen=True, slots=True)
 class _RunSide:
-    """What a run's rows in ``run_tags`` and ``run_params`` are made from.
+    """What a run's rows in ``run_tags``, ``run_params``, ``run_config`` and ``run_summary``
+    are made from.
 
     Views keep the very same tag sets and parameter dict from one version to
     the next until they change, so identity tells "unchanged" cheaply; the
@@ -51,6 +55,8 @@ class _RunSide:
     tags: frozenset[str]
     system_tags: frozenset[str]
     parameters: dict[str, Any]
+    config: dict[str, Any]
+    summary: dict[str, Any]
     tag_columns: tuple[Any, ...]
 
     def same_tags(self, other: _RunSide) -> bool:
@@ -90,8 +96,12 @@ def prepare_commit(
     run_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     tag_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     param_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    config_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    summary_rows: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     tag_runs: list[str] = []
     param_runs: list[str] = []
+    config_runs: list[str] = []
+    summary_runs: list[str] = []
     if len(written) > 50_000:
         written.clear()
     # the last view of a run in the batch wins, with its own tags and parameters
@@ -100,7 +110,12 @@ def prepare_commit(
         run_rows[(view.pathspec,)] = row
         flow, _, number, state, _, created = row[:6]
         side = _RunSide(
-            view.tags, view.system_tags, view.parameters, (flow, state, created, number)
+            view.tags,
+            view.system_tags,
+            view.parameters,
+            view.config,
+            view.summary_overrides,
+            (flow, state, created, number),
         )
         # most commits of a run change neither: its tag and parameter rows stay as they are
         last = written.get(view.pathspec)
@@ -112,6 +127,14 @@ def prepare_commit(
             param_runs.append(view.pathspec)
             for name, value in view.parameters.items():
                 param_rows[(view.pathspec, name)] = (canonical_json(value),)
+        if last is None or last.config is not side.config:
+            config_runs.append(view.pathspec)
+            for key, value in view.config.items():
+                config_rows[(view.pathspec, key)] = stored_value(value)
+        if last is None or last.summary is not side.summary:
+            summary_runs.append(view.pathspec)
+            for key, value in view.summary_overrides.items():
+                summary_rows[(view.pathspec, key)] = stored_value(value)
         # recorded now, for the next commit's rows (``write`` forgets them all if it fails)
         written[view.pathspec] = side
     task_rows = {(view.pathspec,): task_row(view) for view in tasks}
@@ -121,6 +144,8 @@ def prepare_commit(
             (RUNS, run_rows, [key[0] for key in run_rows]),
             (RUN_TAGS, tag_rows, tag_runs),
             (RUN_PARAMS, param_rows, param_runs),
+            (RUN_CONFIG, config_rows, config_runs),
+            (RUN_SUMMARY, summary_rows, summary_runs),
             (TASKS, task_rows, [key[0] for key in task_rows]),
         ],
         list(deadletters),

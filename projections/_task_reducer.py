@@ -21,7 +21,7 @@ from runstate.projections._drafts import (
     _TERMINAL_TASK,
     _Draft,
     _split_task,
-    foreign_parent,
+    parents_of,
 )
 from runstate.projections._views import ArtifactView, AttemptView, MetadataView, Position, TaskView
 
@@ -39,7 +39,7 @@ class _TaskDraft(_Draft):
     def create(self, event: TaskCreated, position: Position) -> None:
         pathspec = event.pathspec
         parts = _split_task(pathspec)
-        if parts is None or foreign_parent(event) is not None:
+        if parts is None or parents_of(event) is None:
             return  # the run view records a creation with a foreign parent as rejected
         run, step, task_id = parts
         flow, run_id = run.split("/")
@@ -83,7 +83,10 @@ def _seal_latest(attempts: list[AttemptView | dict[str, Any]]) -> None:
 def _task_created(draft: _TaskDraft, event: TaskCreated, position: Position) -> None:
     if event.pathspec == draft.pathspec:
         draft.reject(event, position, f"{draft.pathspec}: the task exists already")
-    elif draft.pathspec in event.payload.parent_tasks and foreign_parent(event) is None:
+    else:
+        parents = parents_of(event)
+        if parents is None or draft.pathspec not in parents:
+            return
         if event.pathspec not in draft.current("child_tasks"):
             draft.list("child_tasks").append(event.pathspec)
             draft.mark(position)

@@ -141,6 +141,15 @@ class ReadStore(Protocol):
         """
         ...
 
+    def runs_frame_json(self, q: RunQuery, max_bytes: int) -> bytes:
+        """The runs ``q`` selects (up to ``q.limit``) as columns, at most ``max_bytes`` of
+        JSON (``runstate.projections._frame``)."""
+        ...
+
+    def attach_metrics(self, uri: str) -> None:
+        """Read runs' logged summary values from the metrics store at ``uri``."""
+        ...
+
     def latest_run(
         self, flow: str, *, successful: bool = False, namespace: str | None = None
     ) -> RunView | None:

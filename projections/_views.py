@@ -227,6 +227,13 @@ class RunView(_View):
     tags: frozenset[str] = frozenset()
     system_tags: frozenset[str] = frozenset()
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
+    #: the display name and notes (``run.updated``), None until set
+    display_name: str | None = None
+    notes: str | None = None
+    #: the parameters at creation merged with every config update (later wins)
+    config: dict[str, JsonValue] = Field(default_factory=dict)
+    #: explicit summary values (``run.updated``); NaN and infinities tagged as on the wire
+    summary_overrides: dict[str, JsonValue] = Field(default_factory=dict)
     script_name: str | None = None
     scheduled_at: datetime | None = None
     idempotency_key: str | None = None

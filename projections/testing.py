@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from runstate.engine._events import replace_fields
 from runstate.engine._states import RunState, TaskState
 from runstate.engine.errors import BadFilter
+from runstate.projections._conditions import Condition
 from runstate.projections._queries import (
     DeadLetter,
     FlowSummary,
@@ -306,6 +308,47 @@ class ReadStoreContract:
         for filters in ({}, {"flow": "Train"}, {"tags_all": ["production"]}):
             q = RunQuery(**filters, sort=sort, limit=2)
             assert ids(all_pages(store, q)) == reference(views, q)
+
+    def test_summary_and_config_spot_checks(self, store: ReadStore) -> None:
+        """Conditions compare values of their own kind; sorts put runs without a value last."""
+        store.commit(dataset(), [], 1)
+        where = [Condition(field="summary.acc", op=">", value=0.5)]
+        assert ids(list_runs(store, RunQuery(where=where, sort="-summary.acc"))) == [
+            "Train/2",
+            "Train/1",
+            "Eval/1",
+        ]
+        text = [Condition(field="summary.acc", op=">", value="a")]
+        assert ids(list_runs(store, RunQuery(where=text))) == ["Train/3"]
+        by_lr = ids(list_runs(store, RunQuery(flow="Train", sort="-config.lr")))
+        assert by_lr == ["Train/3", "Train/1", "Train/2", "Train/adhoc"]
+
+    def test_runs_frame_has_the_columns_of_the_selected_runs_in_pages(
+        self, store: ReadStore
+    ) -> None:
+        """A frame holds the runs a list selects, in its order, cut into pages by size."""
+        views = dataset()
+        store.commit(views, [], 1)
+        q = RunQuery(flow="Train", sort="run_number", limit=1000)
+        frame = orjson.loads(store.runs_frame_json(q, 1_000_000))
+        assert frame["columns"]["pathspec"] == reference(views, q)
+        # values by the run's index in the page; a run without the key has none
+        assert frame["config"]["lr"] == {"1": 0.1, "2": 0.02, "3": 0.1}
+        assert frame["config"]["opt"] == {"2": "adam"}
+        assert frame["explicit"]["acc"] == {"1": 0.9, "2": 0.95, "3": "n/a"}
+        assert frame["logged"] == {}
+        assert frame["columns"]["tags"][1] == ["gpu", "production"]
+        assert frame["columns"]["finished_at"][3] is None and frame["next_cursor"] is None
+        pathspecs: list[str] = []
+        cursor = None
+        while True:
+            page = orjson.loads(store.runs_frame_json(q.model_copy(update={"cursor": cursor}), 700))
+            assert 0 < len(page["columns"]["pathspec"]) < 4
+            pathspecs += page["columns"]["pathspec"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert pathspecs == reference(views, q)
 
     def test_missing_sort_values_sort_as_smallest(self, store: ReadStore) -> None:
         """Unfinished runs come last newest-finished first, and first oldest-finished first."""

@@ -43,8 +43,21 @@ TINY: dict[str, list[str]] = {
         "--atomic-batch",
         "100",
     ],
-    "workload": ["--repeat", "1", "-R", "2", "-T", "3", "-W", "1,4"],
-    "reads": ["-R", "2", "-T", "3", "-W", "4", "--calls", "5", "--scale-runs", "200"],
+    "workload": ["--repeat", "1", "-R", "2", "-T", "3", "-W", "1,64"],
+    "reads": [
+        "-R",
+        "2",
+        "-T",
+        "3",
+        "-W",
+        "4",
+        "--calls",
+        "5",
+        "--scale-runs",
+        "200",
+        "--as-of-events",
+        "300",
+    ],
     "facade": ["--calls", "5"],
     "live": ["--changes", "5", "--watchers", "3", "--watch-runs", "3"],
     "projection": [
@@ -64,6 +77,8 @@ TINY: dict[str, list[str]] = {
         *("-R", "2", "-T", "3", "-W", "2", "--calls", "5", "--scale-runs", "200"),
         *("--changes", "3", "--sse-clients", "3", "--http-writers", "2"),
     ],
+    "logs": ["--log-lines", "300", "--log-reads", "1", "--changes", "5"],
+    "frame": ["--frame-runs", "200", "--frame-repeat", "2", "--calls", "5"],
 }
 
 READS = {"get_run", "latest_successful", "runs_by_tag", "tasks_of_step"}
@@ -81,11 +96,16 @@ FIGURES: dict[str, set[str]] = {
         "transitions_per_s_w1",
         "raw_acked_per_s_w1",
         "projector_drain_ms_w1",
-        "transitions_per_s_w4",
-        "raw_acked_per_s_w4",
-        "projector_drain_ms_w4",
+        "transitions_per_s_w64_no_projector",
+        "transitions_per_s_w64_points_no_projector",
+        "transitions_per_s_w64",
+        "transitions_per_s_w64_points",
+        "raw_acked_per_s_w64",
+        "projector_drain_ms_w64",
     },
-    "reads": {f"r_{key}_ms" for key in READS} | {f"scale_{key}_ms" for key in READS},
+    "reads": {f"r_{key}_ms" for key in READS}
+    | {f"scale_{key}_ms" for key in READS}
+    | {"r_task_history_ms", "as_of_ms", "as_of_first_ms"},
     "facade": {"async_get_run_ms", "facade_get_run_ms", "facade_added_ms"},
     "live": {"watch_ms", "watchers_ms", "watched_runs_ms", "raw_ordered_ms"},
     "projection": {
@@ -94,7 +114,6 @@ FIGURES: dict[str, set[str]] = {
         "lag_ms",
         "lag_rate_events_per_s",
     },
-    "metrics": {"ingest_points_per_s", "history_ms", "scan_s", "read_e_ms"},
     "http": {
         "get_run_ms",
         "runs_by_tag_ms",
@@ -102,9 +121,19 @@ FIGURES: dict[str, set[str]] = {
         "sse_fanout_ms",
         "http_transitions_per_s",
     },
+    "metrics": {
+        "ingest_points_per_s",
+        "history_ms",
+        "scan_s",
+        "scan_frame_s",
+        "read_e_ms",
+        "tail_ms",
+    },
+    "logs": {"ingest_lines_per_s", "read_mb_per_s", "tail_ms"},
+    "frame": {"runs_frame_s", "runs_by_summary_ms"},
 }
 # differences of two timings may be zero or negative on a single call
-SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w4"}
+SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w64"}
 
 
 def run_bench(*args: str) -> dict[str, Any]:

@@ -405,6 +405,42 @@ def test_show_artifact_prints_its_value_and_json_prints_the_view(written: Writte
     assert data["pathspec"] == "Cli/1" and data["state"] == "completed"
 
 
+def test_show_as_of_shows_the_run_as_it_was_at_a_sequence_or_time(written: Written) -> None:
+    """``show --as-of SEQ|TIME`` renders the run as it was then, with a line naming the moment."""
+    records = [
+        json.loads(line)
+        for line in runstate("events", "Cli/1", "--json", "--nats", written.url).stdout.splitlines()
+    ]
+    failed = next(
+        r["sequence"]
+        for r in records
+        if r["event"]["pathspec"] == written.flaky_task
+        and r["event"]["payload"].get("state") == "failed"
+    )
+    result = runstate("show", "Cli/1", "--as-of", str(failed), "--nats", written.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"as of sequence {failed}"
+    assert lines[1].startswith("Cli/1  running")
+    assert "failed" in result.stdout and "── end" not in result.stdout  # no end step yet
+    task = runstate(
+        "show", written.flaky_task, "--as-of", str(failed), "--json", "--nats", written.url
+    )
+    assert task.returncode == 0, task.stderr
+    assert (json.loads(task.stdout)["state"], task.stderr.strip()) == (
+        "failed",
+        f"as of sequence {failed}",
+    )
+    later = runstate("show", "Cli/1", "--as-of", "2100-01-01T00:00:00", "--nats", written.url)
+    assert later.returncode == 0, later.stderr
+    assert later.stdout.startswith("as of 2100-01-01T00:00:00+00:00 (the events up to sequence")
+    assert "Cli/1  completed" in later.stdout
+    before = runstate("show", "Cli/1", "--as-of", "2000-01-01T00:00:00Z", "--nats", written.url)
+    assert before.returncode == 2 and "did not exist yet" in before.stderr
+    bad = runstate("show", "Cli/1", "--as-of", "yesterday", "--nats", written.url)
+    assert bad.returncode == 2 and "neither a stream sequence" in bad.stderr
+
+
 def test_events_prints_the_history_with_sequences(written: Written) -> None:
     """``events RUN`` prints every event in order; ``--json`` one object a line; ``--since``."""
     result = runstate("events", "Cli/1", "--nats", written.url)
@@ -462,6 +498,28 @@ async def test_watch_follows_a_run_until_it_finishes(written: Written) -> None:
             assert status == 0
             assert any("→ running" in line for line in watcher.lines)
             assert any("Watched/1/only/1" in line for line in watcher.lines)
+        finally:
+            watcher.close()
+
+
+async def test_watch_with_metric_prints_each_row_a_running_task_logs(written: Written) -> None:
+    """``watch RUN --metric loss`` prints each row of a running task: value and sparkline."""
+    async with connect(written.url, projector=False) as client:
+        run = await client.create_run("Metered")
+        watcher = Running("watch", run.pathspec, "--metric", "loss", "--nats", written.url)
+        try:
+            await anyio.to_thread.run_sync(watcher.wait_for, r"^Metered/1  pending")
+            async with run.running():
+                async with run.task("train") as task:
+                    for loss in (1.0, 0.5, 0.25):
+                        await task.log({"loss": loss, "acc": 1 - loss})
+            status = await anyio.to_thread.run_sync(watcher.process.wait, 20)
+            assert status == 0
+            line = await anyio.to_thread.run_sync(watcher.wait_for, r"^Metered/1/train/1  step 2")
+            assert line.string.split("loss", 1)[1].split() == ["0.25", "█▃▁"]
+            steps = [re.search(r"step (\d+)", ln) for ln in watcher.lines if "/train/1 " in ln]
+            assert [int(m.group(1)) for m in steps if m] == [0, 1, 2]
+            assert not any("acc" in ln for ln in watcher.lines)
         finally:
             watcher.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -896,6 +897,17 @@ class _Generator:
                 replace=["x"] if self.maybe(0.2) else None,
             )
             events.insert(self.rnd.randrange(1, len(events) + 1), tag_event)
+        # edits of name, notes, config and summary anywhere after the header, in any state
+        for _ in range(self.rnd.randrange(3)):
+            edit = self.rnd.choice(
+                [
+                    {"name": self.rnd.choice(["a", "b", None])},
+                    {"notes": "n", "config": {"lr": self.rnd.randrange(3)}},
+                    {"summary": {"acc": self.rnd.random(), "best": math.nan}},
+                ]
+            )
+            update = factory.run_updated(run, **edit)
+            events.insert(self.rnd.randrange(1, len(events) + 1), update)
         if self.maybe(0.3):
             events.insert(self.rnd.randrange(1, len(events) + 1), factory.heartbeat(start.path))
         return events

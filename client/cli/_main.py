@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from runstate.client.cli._app import cli
 from runstate.client.cli._bench import bench
 from runstate.client.cli._demo_command import demo
+from runstate.client.cli._logs_command import logs
 from runstate.client.cli._read import events, runs, show, watch
 from runstate.client.cli._serve import projector, server
 from runstate.client.cli._web import web
 
 __all__ = ["cli", "main"]
 
-for _command in (server, projector, web, demo, runs, show, watch, events, bench):
+for _command in (server, projector, web, demo, runs, show, watch, events, logs, bench):
     cli.add_command(_command)
 
 

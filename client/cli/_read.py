@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import anyio
 import anyio.abc
 import click
 import orjson
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.text import Text
 
@@ -32,6 +33,7 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._as_of import AS_OF_HELP, object_as_of, parse_as_of, tasks_as_of
 from runstate.client.cli._board import LiveBoard
 from runstate.client.cli._render import (
     counts_text,
@@ -41,6 +43,7 @@ from runstate.client.cli._render import (
     state_text,
     value_preview,
 )
+from runstate.client.cli._sparklines import MetricTails, metric_tails, tailing, track_running
 from runstate.client.cli._trees import artifact_header, run_tree, runs_table, step_tree, task_tree
 from runstate.engine._embedded import _read_server_json
 from runstate.engine._names import Pathspec, parse_pathspec
@@ -150,9 +153,10 @@ def runs(
     type=click.IntRange(min=0),
     help="The attempt of a task or artifact (default: the latest).",
 )
+@click.option("--as-of", "as_of", metavar="SEQ|TIME", callback=parse_as_of, help=AS_OF_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the object's view as JSON.")
 @reporting_errors
-def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
+def show(pathspec: str, attempt: int | None, as_of: int | datetime | None, as_json: bool) -> None:
     """Show a flow, run, step, task or artifact.
 
     A flow: its runs. A run: a tree of its steps and tasks with states and
@@ -163,17 +167,25 @@ def show(pathspec: str, attempt: int | None, as_json: bool) -> None:
     Examples:
       runstate show Train/1
       runstate show Train/1/train/5 --attempt 0
+      runstate show Train/1 --as-of 120
+      runstate show Train/1 --as-of 2026-11-22T09:30:00+00:00
       runstate show Train/1/end/20/model
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec)
     if attempt is not None and path.task is None:
         raise click.UsageError("--attempt applies to a task or an artifact pathspec")
+    if as_of is not None and path.run is None:
+        raise click.UsageError("--as-of applies to a run, step, task or artifact pathspec")
     settings = reading_settings(current_options().settings())
     console = new_console()
 
     async def body(client: Client, after: int | None) -> None:
-        obj = await client.get(pathspec, attempt=attempt, after=after)
+        if as_of is None:
+            obj = await client.get(pathspec, attempt=attempt, after=after)
+        else:
+            obj, moment = await object_as_of(client, path, attempt, as_of)
+            click.echo(moment, err=as_json)  # on stderr with --json: the JSON stays whole
         if as_json:
             if isinstance(obj, Task):
                 echo_json(_task_as_of(obj.view, obj.attempt))
@@ -226,6 +238,8 @@ async def _tasks_to_show(
     client: Client, step: Step, after: int | None, limit: int
 ) -> tuple[list[Any], int]:
     """Up to ``limit`` tasks of a step: all when that many, else the unsuccessful and unfinished."""
+    if step.as_of is not None:
+        return await tasks_as_of(step, limit)
     if step.tasks_total <= limit:
         page = await client.tasks(step.run_pathspec, step.id, page_size=limit, after=after)
     else:
@@ -364,8 +378,15 @@ async def _report_connection(client: Client, server_pid: int | None) -> None:
 @global_options()
 @click.argument("pathspec")
 @_WAIT_OPTION
+@click.option(
+    "--metric",
+    "metrics",
+    multiple=True,
+    metavar="KEY",
+    help="Show this metric of each running task: latest value and sparkline (repeatable).",
+)
 @reporting_errors
-def watch(pathspec: str, wait: bool) -> None:
+def watch(pathspec: str, wait: bool, metrics: tuple[str, ...]) -> None:
     """Watch a run (or a flow, step or task) live until it finishes.
 
     Shows the run's state, each step's progress and task counts by state,
@@ -375,10 +396,15 @@ def watch(pathspec: str, wait: bool) -> None:
     one line per event instead. An object that does not exist is an error
     (exit 2) unless --wait says to wait for it.
 
+    With --metric, running tasks (up to 12) show the metric's latest value
+    and a sparkline of its recent points, followed live from the metric
+    points stream; not on a terminal, one line per row logged.
+
     \b
     Examples:
       runstate watch Train/42
       runstate watch Train/43 --wait
+      runstate watch Train/42 --metric loss --metric acc
     """
     configure_logs("warning")
     path = parse_pathspec(pathspec, max_depth=4)
@@ -391,13 +417,14 @@ def watch(pathspec: str, wait: bool) -> None:
         async with connect(settings=settings, namespace=None) as connected:
             client = _follower(connected)
             board = LiveBoard(f"watching {pathspec}")
+            tails = metric_tails(client.log, metrics, console, live=live)
             async with _reporting_connection(client, embedded=settings.nats_url is None):
                 await _require(client, pathspec, path, wait=wait)
                 async with client.watch(pathspec) as changes:
                     if live:
-                        await _watch_live(changes, board, console, run_pathspec)
+                        await _watch_live(changes, board, console, run_pathspec, tails)
                     else:
-                        await _watch_plain(changes, board, console, run_pathspec)
+                        await _watch_plain(changes, board, console, run_pathspec, tails)
 
     anyio.run(stoppable, body)
 
@@ -408,10 +435,15 @@ def _run_finished(board: LiveBoard, run_pathspec: str | None) -> bool:
 
 
 async def _watch_live(
-    changes: Any, board: LiveBoard, console: Console, run_pathspec: str | None
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None = None,
 ) -> None:
-    with Live(board, console=console, auto_refresh=False) as live:
-        async with anyio.create_task_group() as tg:
+    shown = board if tails is None else Group(board, tails)
+    with Live(shown, console=console, auto_refresh=False) as live:
+        async with tailing(tails), anyio.create_task_group() as tg:
 
             async def refresh() -> None:
                 while True:
@@ -421,6 +453,7 @@ async def _watch_live(
             tg.start_soon(refresh)
             async for change in changes:
                 board.apply(change)
+                await track_running(tails, board, change)
                 if change.event is not None and board.notes and board.runs:
                     board.notes.clear()  # the run it waited for exists now
                 if change.event is None and not board.runs and run_pathspec is not None:
@@ -434,10 +467,26 @@ async def _watch_live(
 
 
 async def _watch_plain(
-    changes: Any, board: LiveBoard, console: Console, run_pathspec: str | None
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None = None,
+) -> None:
+    async with tailing(tails):
+        await _print_changes(changes, board, console, run_pathspec, tails)
+
+
+async def _print_changes(
+    changes: Any,
+    board: LiveBoard,
+    console: Console,
+    run_pathspec: str | None,
+    tails: MetricTails | None,
 ) -> None:
     async for change in changes:
         board.apply(change)
+        await track_running(tails, board, change)
         if change.event is None:
             for run in board.shown_runs():
                 console.print(_run_line(run), soft_wrap=True)

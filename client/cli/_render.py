@@ -25,6 +25,7 @@ from runstate.engine._events import (
     RunCreated,
     RunStateChanged,
     RunTagsChanged,
+    RunUpdated,
     TaskAttemptStateChanged,
     TaskCreated,
 )
@@ -176,6 +177,12 @@ def event_summary(event: Event) -> str:
         if tags.replace is not None:
             return "tags = " + (", ".join(tags.replace) or "(none)")
         return " ".join([*(f"+{t}" for t in tags.add), *(f"-{t}" for t in tags.remove)]) or "tags"
+    if isinstance(event, RunUpdated):
+        update = event.payload
+        parts = [f"{label} = {getattr(update, label)!r}" for label in update.changes]
+        parts += [f"config {', '.join(update.config)}"] if update.config else []
+        parts += [f"summary {', '.join(update.summary)}"] if update.summary else []
+        return _shorten("; ".join(parts), 120)
     if isinstance(event, TaskCreated):
         task = event.payload
         text = "created"

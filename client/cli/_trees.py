@@ -19,6 +19,7 @@ from runstate.client.cli._render import (
     format_size,
     state_text,
 )
+from runstate.engine._points import untag
 from runstate.projections._views import ArtifactView, RunView, StepView, TaskView
 
 __all__ = ["artifact_header", "run_tree", "runs_table", "step_tree", "task_tree"]
@@ -105,6 +106,8 @@ def run_tree(
     of its tasks were left out (listed as a hint to show the step).
     """
     header = Text(run.pathspec, style="bold")
+    if run.display_name:
+        header.append(f" ({_shorten(run.display_name, 60)})", style="bold")
     header.append("  ")
     header.append_text(state_text(run.state.value, run.label))
     duration = run.duration if run.duration is not None else _seconds_between(run.started_at, None)
@@ -120,7 +123,14 @@ def run_tree(
         details.append("tags: " + ", ".join(sorted(run.tags)))
     if run.parameters:
         details.append("parameters: " + ", ".join(f"{k}={v}" for k, v in run.parameters.items()))
-    tree.add(Text("; ".join(details), style="dim"))
+    if run.config != run.parameters:
+        details.append("config: " + ", ".join(f"{k}={v}" for k, v in run.config.items()))
+    if run.summary_overrides:
+        summary = ", ".join(f"{k}={untag(v)}" for k, v in run.summary_overrides.items())
+        details.append("summary: " + summary)
+    tree.add(Text(_shorten("; ".join(details), 400), style="dim"))
+    if run.notes:
+        tree.add(Text("notes: " + _shorten(run.notes, 200), style="dim"))
     for step in steps:
         seconds = _seconds_between(step.created_at, step.finished_at)
         branch = tree.add(_step_label(step.step, step.status, step.counts, seconds))

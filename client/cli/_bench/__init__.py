@@ -20,6 +20,8 @@ Benchmarks:
   1,000 watched runs) and raw JetStream ordered-consumer latency.
 - ``projection``: catch-up rate of a fresh projector on a log of 1,000,000
   events, and append-to-queryable lag at a steady 5,000 events/s.
+- ``metrics``: metric ingest, sampled history, full scans, read (e).
+- ``logs``: a task's captured output: ingest, read-back, live tail latency.
 
 For a rate ("higher is better") the p95 column is the rate that 95% of the
 samples reach (the 5th percentile): the slow tail, like a latency's p95.

@@ -12,9 +12,11 @@ import click
 
 from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
+from runstate.client.cli._bench._frame import bench_frame
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._http import bench_http
 from runstate.client.cli._bench._live import bench_live
+from runstate.client.cli._bench._logs import bench_logs
 from runstate.client.cli._bench._metrics import bench_metrics
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._projection import bench_projection
@@ -30,13 +32,34 @@ from runstate.client.cli._bench._report import (
 from runstate.client.cli._bench._workload import bench_workload
 from runstate.engine._logging import configure_logging
 
-BENCHMARKS = ("append", "workload", "reads", "facade", "live", "projection", "metrics", "http")
+BENCHMARKS = (
+    "append",
+    "workload",
+    "reads",
+    "facade",
+    "live",
+    "projection",
+    "metrics",
+    "logs",
+    "frame",
+    "http",
+)
 
 
 _PARAMETERS = {
     "append": ("repeat", "messages", "batch_events", "atomic_batch", "in_flight"),
-    "workload": ("repeat", "runs", "tasks", "writers", "projector"),
-    "reads": ("runs", "tasks", "writers", "calls", "scale_runs", "scale_task_runs", "projector"),
+    "workload": ("repeat", "runs", "tasks", "writers", "points", "projector"),
+    "reads": (
+        "runs",
+        "tasks",
+        "writers",
+        "points",
+        "calls",
+        "scale_runs",
+        "scale_task_runs",
+        "as_of_events",
+        "projector",
+    ),
     "facade": ("calls",),
     "live": ("changes", "watchers", "watch_runs", "projector"),
     "projection": (
@@ -60,6 +83,8 @@ _PARAMETERS = {
         "http_writers",
         "projector",
     ),
+    "logs": ("log_lines", "log_reads", "changes"),
+    "frame": ("frame_runs", "frame_repeat", "calls", "projector"),
 }
 
 
@@ -71,6 +96,8 @@ _ASYNC: dict[str, Callable[[_Place, BenchParams, Report], Awaitable[None]]] = {
     "projection": bench_projection,
     "metrics": bench_metrics,
     "http": bench_http,
+    "logs": bench_logs,
+    "frame": bench_frame,
 }
 
 
@@ -126,6 +153,8 @@ _QUICK = {
     "lag_seconds": 5.0,
     "metric_rows": 100_000,
     "metric_scans": 1,
+    "log_lines": 100_000,
+    "log_reads": 1,
 }
 
 
@@ -169,6 +198,11 @@ _QUICK = {
 @click.option(
     "--writers", "-W", callback=_writers, help="workload: writer counts, e.g. 1,8,64 [1,8,64]."
 )
+@click.option(
+    "--points",
+    type=click.IntRange(0),
+    help="workload/reads: loss points per successful train task, 0 for none [3].",
+)
 @click.option("--calls", type=click.IntRange(1), help="reads/facade: calls per figure [200].")
 @click.option(
     "--scale-runs",
@@ -179,6 +213,11 @@ _QUICK = {
     "--scale-task-runs",
     type=click.IntRange(1),
     help="reads: runs of the scale phase with the full task set [5].",
+)
+@click.option(
+    "--as-of-events",
+    type=click.IntRange(1),
+    help="reads: events of the run read as_of (time travel) [10000].",
 )
 @click.option("--changes", type=click.IntRange(1), help="live: changes per figure [200].")
 @click.option("--watchers", type=click.IntRange(0), help="live: watchers on one run [100].")
@@ -215,6 +254,14 @@ _QUICK = {
     type=click.IntRange(1),
     help="http: writers, each on its own keep-alive connection [16].",
 )
+@click.option(
+    "--log-lines", type=click.IntRange(1), help="logs: lines printed by one task [1000000]."
+)
+@click.option("--log-reads", type=click.IntRange(1), help="logs: read-backs timed [3].")
+@click.option(
+    "--frame-runs", type=click.IntRange(1), help="frame: runs exported to a DataFrame [10000]."
+)
+@click.option("--frame-repeat", type=click.IntRange(1), help="frame: exports timed [10].")
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
@@ -225,8 +272,8 @@ def bench(
 ) -> None:
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
-    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, http (needs
-    the web extra and httpx), or all (the default).
+    BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
+    http (needs the web extra and httpx), or all (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)

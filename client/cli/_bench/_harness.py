@@ -23,6 +23,7 @@ from runstate.client._client import connect
 from runstate.client.cli._bench._params import ProjectorMode
 from runstate.engine._commits import new_commit_id
 from runstate.engine._connection import open_nats, provision
+from runstate.engine._lines import lines_stream
 from runstate.engine._logging import configure_logging
 from runstate.engine._names import Subjects
 from runstate.engine._points import points_stream
@@ -86,6 +87,7 @@ async def _delete_streams(place: _Place) -> None:
             subjects.counters_stream,
             subjects.deadletter_stream,
             points_stream(settings.prefix),
+            lines_stream(settings.prefix),
             f"KV_{subjects.idempotency_bucket}",
             f"OBJ_{subjects.blobs_bucket}",
         ):

@@ -1,4 +1,4 @@
-"""The ``metrics`` benchmark: metric ingest, sampled history, full scans and read (e).
+"""The ``metrics`` benchmark: metric ingest, sampled history, full scans, read (e), live tails.
 
 One run logs ``metric_rows`` rows of ``metric_keys`` keys through
 ``RunHandle.log`` (buffered, flushed in batches), timed in tenths: that is
@@ -6,12 +6,17 @@ the ingest figure, in points (key-values) per second. Once the replica has
 projected them: ``history(samples=500)`` of one key over those rows,
 ``scan_history`` of every row and key, and read (e) of WORKLOAD.md (one
 task's state and its metric history: a train task with 3 ``loss`` points).
+Last, the live tail: a task's ``follow_history`` while the task logs one row
+at a time, each flushed: from just before the flush to the tail's delivery.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
+
+import anyio
 
 from runstate.client.cli._bench._harness import (
     _client,
@@ -26,6 +31,9 @@ from runstate.engine.errors import Timeout
 
 __all__ = ["bench_metrics"]
 
+#: rows flushed and delivered before the tail's latency is timed
+TAIL_WARMUP = 20
+
 #: rows a scan asks for per request
 SCAN_PAGE = 10_000
 
@@ -38,6 +46,14 @@ async def _projected(run: Any, sequence: int) -> None:
             return
         except Timeout:
             continue
+
+
+def _optional_pandas() -> Any:
+    """pandas if installed (the DataFrame figure needs it), else None."""
+    try:
+        return importlib.import_module("pandas")
+    except ImportError:
+        return None
 
 
 async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
@@ -119,6 +135,30 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
         )
         _say(f"metrics: scan p50 {quantile(scans, 0.5):.2f} s")
 
+        pandas = _optional_pandas()
+        if pandas is None:
+            _say("metrics: no scan_frame_s without pandas (pip install 'runstate[pandas]')")
+        else:
+            frames = []
+            for _ in range(p.metric_scans):
+                started = time.perf_counter()
+                rows = [row async for row in run.scan_history(page_size=SCAN_PAGE)]
+                frame = pandas.DataFrame.from_records(rows)
+                frames.append(time.perf_counter() - started)
+                assert frame.shape == (p.metric_rows, len(keys) + 2)
+                del rows, frame
+            report.add(
+                Figure(
+                    "scan_frame_s",
+                    f"DataFrame.from_records(scan_history) of {p.metric_rows:,} rows x "
+                    f"{len(keys)} keys",
+                    "s",
+                    frames,
+                    target=Target("median", "<", 8),
+                )
+            )
+            _say(f"metrics: scan to a DataFrame p50 {quantile(frames, 0.5):.2f} s")
+
         async with handle.task("train", index=0, heartbeat=False) as task:
             for value in (0.9, 0.5, 0.3):
                 await task.log({"loss": value})
@@ -148,3 +188,52 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
             )
         )
         _say(f"metrics: read (e) p50 {quantile(_ms(samples), 0.5):.2f} ms")
+
+        samples = await _tail_latency(client, handle, p.calls)
+        report.add(
+            Figure(
+                "tail_ms",
+                "live tail: one row flushed -> follow_history delivers it",
+                "ms",
+                _ms(samples),
+                target=(Target("median", "<", 2), Target("p95", "<", 5)),
+            )
+        )
+        _say(
+            f"metrics: tail p50 {quantile(_ms(samples), 0.5):.2f} ms, "
+            f"p95 {quantile(_ms(samples), 0.95):.2f} ms"
+        )
+
+
+async def _tail_latency(client: Any, handle: Any, calls: int) -> list[float]:
+    """A new task logs ``calls`` rows one at a time, each flushed at once; for each, the
+    time from just before the flush to its delivery to a tail of the task."""
+    delivered: dict[int, float] = {}
+    arrived = anyio.Event()
+    async with handle.task("tail", heartbeat=False) as task:
+        view = await client.task(task.pathspec, after=task.receipt)
+
+        async def follow(ready: anyio.Event) -> None:
+            async with view.follow_history() as rows:
+                ready.set()
+                async for row in rows:
+                    delivered[row.step] = time.perf_counter()
+                    arrived.set()
+
+        samples: list[float] = []
+        async with anyio.create_task_group() as group:
+            ready = anyio.Event()
+            group.start_soon(follow, ready)
+            await ready.wait()
+            for step in range(TAIL_WARMUP + calls):
+                started = time.perf_counter()
+                await task.log({"loss": 1 / (step + 1)})
+                await task.flush()
+                with anyio.fail_after(10):
+                    while step not in delivered:  # the tail sets ``arrived`` on each row
+                        arrived = anyio.Event()
+                        await arrived.wait()
+                if step >= TAIL_WARMUP:
+                    samples.append(delivered[step] - started)
+            group.cancel_scope.cancel()
+    return samples

@@ -27,10 +27,13 @@ class BenchParams:
     runs: int = 20
     tasks: int = 50
     writers: tuple[int, ...] = (1, 8, 64)
+    #: ``loss`` points logged by each train task's successful attempt (0: none)
+    points: int = 3
     # reads, facade
     calls: int = 200
     scale_runs: int = 100_000
     scale_task_runs: int = 5
+    as_of_events: int = 10_000
     # live
     changes: int = 200
     watchers: int = 100
@@ -48,6 +51,12 @@ class BenchParams:
     metric_rows: int = 1_000_000
     metric_keys: int = 5
     metric_scans: int = 3
+    # logs
+    log_lines: int = 1_000_000
+    log_reads: int = 3
+    # frame
+    frame_runs: int = 10_000
+    frame_repeat: int = 10
 
     def for_report(self, *names: str) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in names}

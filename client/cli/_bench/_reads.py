@@ -1,4 +1,8 @@
-"""The ``reads`` benchmark: reads (a)-(d) through the async client, at R and at scale."""
+"""The ``reads`` benchmark: reads (a)-(e) through the async client, at R and at scale.
+
+(e), a task's state and its metric history, needs the workload's points
+(``--points``): it is timed at R only, the scale phase's runs having none.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from runstate.client.cli._bench._as_of import bench_as_of
 from runstate.client.cli._bench._events import _append_all, _commits
 from runstate.client.cli._bench._harness import (
     _client,
@@ -23,8 +28,12 @@ from runstate.client.cli._bench._workload import write_workload
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event
 from runstate.engine._states import RunState
+from runstate.engine.errors import Timeout
 
-NOTE_METRIC_READS = "read (e), one task's state and metric history, is measured by `bench metrics`"
+NOTE_METRIC_READS = (
+    "read (e), one task's state and metric history, is timed at R only (the scale phase's "
+    "runs log no points); `bench metrics` times it too, on a run of its own"
+)
 
 
 async def _time_calls(
@@ -88,6 +97,43 @@ async def _read_figures(
         _say(f"reads {label}: {what}: p50 {quantile(_ms(samples), 0.5):.2f} ms")
 
 
+async def _read_e(
+    client: Any, report: Report, p: BenchParams, runs: Sequence[str], points_sequence: int
+) -> None:
+    """(e) one train task's state and its metric history, cycling through the train tasks."""
+    tasks = [f"{run}/train/{k + 1}" for run in runs for k in range(1, p.tasks + 1)]
+    await client.task(tasks[-1])
+    await _metrics_applied(client, tasks[-1], points_sequence)
+
+    async def task_history(i: int) -> None:
+        task = await client.task(tasks[i % len(tasks)])
+        history = await task.history()
+        assert task.state is not None and len(history) == p.points
+
+    samples = await _time_calls(p.calls, task_history)
+    report.add(
+        Figure(
+            "r_task_history_ms",
+            f"(e) one task's state and its metric history (R={p.runs})",
+            "ms",
+            _ms(samples),
+            target=Target("median", "<", 2.0),
+        )
+    )
+    _say(f"reads R={p.runs}: (e) task and metric history: p50 {quantile(_ms(samples), 0.5):.2f} ms")
+
+
+async def _metrics_applied(client: Any, pathspec: str, sequence: int) -> None:
+    """Wait until the replica has projected points sequence ``sequence`` (past the 5 s bound)."""
+    task = await client.task(pathspec)
+    while True:
+        try:
+            await task.history_keys(after=sequence)
+            return
+        except Timeout:
+            continue
+
+
 async def _write_scale(
     client: Any, p: BenchParams, first_id: int
 ) -> tuple[list[str], list[str], int]:
@@ -128,7 +174,7 @@ async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
     async with _replica(place, p.projector), _client(place) as client:
         report.server_version = _server_version(client.nc)
         _say(f"reads: writing {p.runs} workload runs")
-        result = await write_workload(client.writer, p.runs, p.tasks, max(p.writers))
+        result = await write_workload(client.writer, p.runs, p.tasks, max(p.writers), p.points)
         await _wait_applied(client, result.last_sequence)
         await _read_figures(
             client,
@@ -140,6 +186,9 @@ async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
             result.run_pathspecs,
             (2.0, 2.0, 2.0, 2.0),
         )
+        if p.points:
+            await _read_e(client, report, p, result.run_pathspecs, result.points_sequence)
+        await bench_as_of(client, report, p)
         if p.scale_runs <= 0:
             return
         _say(f"reads: writing {p.scale_runs:,} runs with pipelined appends")

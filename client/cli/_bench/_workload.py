@@ -28,10 +28,17 @@ from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._states import TaskState
 from runstate.engine._worker import Writer
 
-NOTE_METRICS = (
-    "metric points (3 `loss` points per successful train task) are not implemented in "
-    "runstate yet: the write phase skips them"
-)
+
+def note_points(points: int) -> str:
+    """What the report says of the workload's metric points."""
+    if points <= 0:
+        return "metric points: none (--points 0)"
+    return (
+        f"with points: each train task's successful attempt runs as a block "
+        f"(task.attempting) that logs {points} `loss` points (steps 0..{points - 1}) through "
+        "the task handle; they are flushed (one acknowledged batch) at the block's exit, "
+        "before the task completes. Points are not counted as transitions"
+    )
 
 
 TRANSITIONS_PER_RUN_FIXED = 3 + 3 + 3 + 3  # run, start, join, end
@@ -59,23 +66,29 @@ class WriteResult:
     last_sequence: int
     run_pathspecs: list[str]
     task_run: str | None = None
+    #: the last points-stream sequence written (0 without points)
+    points_sequence: int = 0
 
     @property
     def rate(self) -> float:
         return self.transitions / self.elapsed if self.elapsed > 0 else math.nan
 
 
-async def write_workload(writer: Writer, runs: int, tasks: int, writers: int) -> WriteResult:
+async def write_workload(
+    writer: Writer, runs: int, tasks: int, writers: int, points: int = 0
+) -> WriteResult:
     """The standard workload's write phase through the worker API, ``writers`` at once.
 
-    Each transition is its own acknowledged append. Work is shared through a
+    Each transition is its own acknowledged append. With ``points``, each train
+    task's successful attempt logs that many ``loss`` points as a user's block
+    would, flushed at the block's exit. Work is shared through a
     queue of whole units (a run's opening, one train task, a run's closing),
     so a task's transitions stay in order and a run closes after its train
     tasks. Task ids are given (an orchestrator's numbering); run ids are
     allocated by runstate's counter.
     """
     count = 0
-    last = 0
+    last = last_points = 0
     pathspecs: list[str] = []
     remaining = runs
     send, receive = anyio.create_memory_object_stream[Callable[[], Awaitable[None]]](math.inf)
@@ -100,6 +113,7 @@ async def write_workload(writer: Writer, runs: int, tasks: int, writers: int) ->
             send.send_nowait(functools.partial(train_task, progress, k))
 
     async def train_task(progress: _RunProgress, k: int) -> None:
+        nonlocal last_points
         task = await progress.run.create_task(
             "train", str(k + 1), index=k - 1, parents=[progress.start.pathspec]
         )
@@ -109,7 +123,16 @@ async def write_workload(writer: Writer, runs: int, tasks: int, writers: int) ->
             seen(await task.fail("RuntimeError: injected failure"))
             seen(await task.retry())
             seen(await task.start())
-        seen(await task.complete())
+        if points:
+            async with task.attempting(heartbeat=False):
+                for step in range(points):
+                    await task.log({"loss": 1.0 / (k + step)})
+            seen(task.receipt)  # completed at the block's exit, after the points' flush
+            points_receipt = await task.flush()  # the exit's flush: nothing is left to send
+            assert points_receipt is not None
+            last_points = max(last_points, points_receipt.sequence)
+        else:
+            seen(await task.complete())
         progress.train.append(task.pathspec)
         progress.pending -= 1
         if progress.pending == 0:
@@ -150,7 +173,7 @@ async def write_workload(writer: Writer, runs: int, tasks: int, writers: int) ->
     expected = runs * transitions_per_run(tasks)
     if count != expected:
         raise RuntimeError(f"wrote {count} transitions, expected {expected}")
-    return WriteResult(count, elapsed, last, pathspecs)
+    return WriteResult(count, elapsed, last, pathspecs, points_sequence=last_points)
 
 
 async def _raw_acked(
@@ -179,18 +202,26 @@ async def _write_only(place: _Place, p: BenchParams, report: Report) -> None:
     """The write phase at W=64 with no projector running: the engine's own rate.
 
     What the engine's figure asks for (the standard workload's write phase,
-    projector not required); the figures with a replica beside follow.
+    projector not required), without and with the metric points, the two
+    alternating so that both meet the same load; the figures with a replica
+    beside follow.
     """
     async with _client(place) as client:
         writer = client.writer
-        await write_workload(writer, 1, min(p.tasks, 10), 1)  # warm-up
+        await write_workload(writer, 1, min(p.tasks, 10), 1, p.points)  # warm-up
         rates: list[float] = []
+        with_points: list[float] = []
         for rep in range(p.repeat):
             result = await write_workload(writer, p.runs, p.tasks, 64)
             rates.append(result.rate)
+            if p.points:
+                with_points.append(
+                    (await write_workload(writer, p.runs, p.tasks, 64, p.points)).rate
+                )
             _say(
                 f"workload W=64, no projector: repetition {rep + 1}/{p.repeat}: "
                 f"{result.rate:,.0f} transitions/s"
+                + (f", {with_points[-1]:,.0f} with points" if with_points else "")
             )
     report.add(
         Figure(
@@ -202,11 +233,23 @@ async def _write_only(place: _Place, p: BenchParams, report: Report) -> None:
             Target("median", ">=", 10_000),
         )
     )
+    if with_points:
+        report.add(
+            Figure(
+                "transitions_per_s_w64_points_no_projector",
+                f"state transitions/s with {p.points} loss points per train task, W=64 writers, "
+                "no projector running",
+                "transitions/s",
+                with_points,
+                True,
+                Target("median", ">=", 10_000),
+            )
+        )
 
 
 async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
     """The write phase, per W, with a projector replica running beside the writers."""
-    report.notes.append(NOTE_METRICS)
+    report.notes.append(note_points(p.points))
     report.notes.append(
         f"{transitions_per_run(p.tasks)} transitions per run; each is an acknowledged append "
         f"through the worker API; projector: {p.projector}. raw_acked: the same number of "
@@ -233,12 +276,13 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
         )
         writer = client.writer
         # warm-up: one small run
-        await write_workload(writer, 1, min(p.tasks, 10), 1)
+        await write_workload(writer, 1, min(p.tasks, 10), 1, p.points)
         total = p.runs * transitions_per_run(p.tasks)
         for w in p.writers:
             rates: list[float] = []
             raw: list[float] = []
             drains: list[float] = []
+            with_points: list[float] = []
             for rep in range(p.repeat):
                 raw.append(await _raw_acked(client.nc, raw_subjects, total, w, payload))
                 result = await write_workload(writer, p.runs, p.tasks, w)
@@ -246,9 +290,14 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
                 started = time.perf_counter()
                 await _read_after(client, result.run_pathspecs[-1], result.last_sequence)
                 drains.append(time.perf_counter() - started)
+                if p.points and w == 64:
+                    pointed = await write_workload(writer, p.runs, p.tasks, w, p.points)
+                    with_points.append(pointed.rate)
+                    await _read_after(client, pointed.run_pathspecs[-1], pointed.last_sequence)
                 _say(
                     f"workload W={w}: repetition {rep + 1}/{p.repeat}: "
                     f"{result.rate:,.0f} transitions/s (raw {raw[-1]:,.0f} msgs/s)"
+                    + (f", {with_points[-1]:,.0f} with points" if with_points else "")
                 )
             report.add(
                 Figure(
@@ -259,6 +308,17 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
                     True,
                 )
             )
+            if with_points:
+                report.add(
+                    Figure(
+                        f"transitions_per_s_w{w}_points",
+                        f"state transitions/s with {p.points} loss points per train task, "
+                        f"W={w} writers",
+                        "transitions/s",
+                        with_points,
+                        True,
+                    )
+                )
             report.add(
                 Figure(
                     f"raw_acked_per_s_w{w}",

@@ -1,4 +1,4 @@
-"""The metric points stream in this process's memory, for ``MemoryEventLog``."""
+"""A side stream (metric points, log lines) in this process's memory, for ``MemoryEventLog``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import anyio.lowlevel
 
+from runstate.engine._batches import BatchReceipt, SideStream
 from runstate.engine._commits import Delivery
 from runstate.engine._names import subject_matches
-from runstate.engine._points import PointReceipt, all_points
 
-__all__ = ["MemoryPointLog"]
+__all__ = ["MemoryBatchLog"]
 
 
-class _MemoryPointFollow:
-    """A follow of a ``MemoryPointLog``."""
+class _MemoryBatchFollow:
+    """A follow of a ``MemoryBatchLog``."""
 
-    def __init__(self, log: MemoryPointLog, pattern: str, start: int) -> None:
+    def __init__(self, log: MemoryBatchLog, pattern: str, start: int) -> None:
         self._log = log
         self._pattern = pattern
         self._start = start
@@ -25,7 +25,7 @@ class _MemoryPointFollow:
         self._arrived = anyio.Event()
         self.delivered = start - 1
 
-    async def __aenter__(self) -> _MemoryPointFollow:
+    async def __aenter__(self) -> _MemoryBatchFollow:
         for delivery in self._log.messages[max(0, self._start - 1) :]:
             self.offer(delivery)
         self._log.follows.add(self)
@@ -53,27 +53,28 @@ class _MemoryPointFollow:
             yield batch
 
 
-class MemoryPointLog:
-    """The points stream in memory: commit ids stored once, follows in order."""
+class MemoryBatchLog:
+    """A side stream in memory: commit ids stored once, follows in order."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    def __init__(self, side: SideStream) -> None:
+        self._side = side
+        self.stream = side.name
         self.messages: list[Delivery] = []
-        self.follows: set[_MemoryPointFollow] = set()
-        self._receipts: dict[str, PointReceipt] = {}
+        self.follows: set[_MemoryBatchFollow] = set()
+        self._receipts: dict[str, BatchReceipt] = {}
         #: when set, called before each append (tests use it to inject faults)
         self.before_append: Callable[[], None] | None = None
 
-    async def append(self, subject: str, data: bytes, commit_id: str) -> PointReceipt:
+    async def append(self, subject: str, data: bytes, commit_id: str) -> BatchReceipt:
         await anyio.lowlevel.checkpoint()
         if self.before_append is not None:
             self.before_append()
         earlier = self._receipts.get(commit_id)
         if earlier is not None:
-            return PointReceipt(earlier.sequence, earlier.subject, commit_id, True)
+            return BatchReceipt(earlier.sequence, earlier.subject, commit_id, True)
         delivery = (len(self.messages) + 1, subject, bytes(data))
         self.messages.append(delivery)
-        receipt = PointReceipt(delivery[0], subject, commit_id)
+        receipt = BatchReceipt(delivery[0], subject, commit_id)
         self._receipts[commit_id] = receipt
         for follow in list(self.follows):
             follow.offer(delivery)
@@ -85,11 +86,11 @@ class MemoryPointLog:
     async def read(
         self, subject_filter: str | None = None, *, start: int = 1
     ) -> AsyncIterator[Delivery]:
-        pattern = subject_filter or all_points(self.prefix)
+        pattern = subject_filter or self._side.subjects
         for delivery in self.messages[max(0, start - 1) :]:
             if subject_matches(pattern, delivery[1]):
                 yield delivery
                 await anyio.lowlevel.checkpoint()
 
-    def follow(self, subject_filter: str | None = None, *, start: int = 1) -> _MemoryPointFollow:
-        return _MemoryPointFollow(self, subject_filter or all_points(self.prefix), start)
+    def follow(self, subject_filter: str | None = None, *, start: int = 1) -> _MemoryBatchFollow:
+        return _MemoryBatchFollow(self, subject_filter or self._side.subjects, start)
