@@ -22,7 +22,7 @@ from runstate.projections._protocol import RunsFrameRequest
 if TYPE_CHECKING:
     from runstate.client._client import Client
 
-__all__ = ["runs_frame"]
+__all__ = ["frame_columns", "runs_frame"]
 
 _TAG = b'{"$f":'
 
@@ -87,6 +87,15 @@ async def runs_frame(client: Client, query: RunsFrameRequest) -> Any:
     columns.
     """
     pd = _pandas("runs_frame")  # before the first request: say what is missing
+    return (await frame_columns(client, query)).frame(pd)
+
+
+async def frame_columns(
+    client: Client, query: RunsFrameRequest, *, untagged: bool = True
+) -> _Columns:
+    """The columns of every run ``query`` selects (``runs_frame`` makes its frame of them;
+    the HTTP gateway sends them as JSON, with ``untagged`` False so that a NaN or an
+    infinity stays tagged, as JSON has no such numbers)."""
     columns = _Columns()
     async with anyio.create_task_group() as tg:
         reply = _Reply(client, query, tg)
@@ -107,10 +116,11 @@ async def runs_frame(client: Client, query: RunsFrameRequest) -> Any:
                     }
                 )
                 next_reply = _Reply(client, query, tg)
-            columns.add(orjson.loads(raw)["result"], _TAG in raw)
+            columns.add(orjson.loads(raw)["result"], untagged and _TAG in raw)
             if cursor is None:
-                return columns.frame(pd)
+                break
             reply = next_reply
+    return columns
 
 
 class _Reply:

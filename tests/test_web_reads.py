@@ -50,6 +50,9 @@ ROUTES = {
     "DataArtifact.load": (
         "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/artifacts/{name}/value"
     ),
+    "Client.runs_frame": "GET /api/v1/runs-frame",
+    "Task.logs": "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/logs",
+    "Task.log_lines": "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/log-lines",
     "Client.history": "GET /api/v1/history/{pathspec}",
     "Client.status": "GET /api/v1/status",
     "Run.history": "GET /api/v1/metrics/{pathspec}/history",
@@ -69,13 +72,27 @@ ROUTES = {
     "Run.watch": "GET /api/v1/watch/{pathspec}",
     "Task.watch": "GET /api/v1/watch/{pathspec}",
     "Client.events": "GET /api/v1/events/{pathspec}",
+    "Task.follow_logs": (
+        "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/log-lines/follow"
+    ),
+    "Run.follow_history": "GET /api/v1/metrics/{pathspec}/follow",
+    "Task.follow_history": "GET /api/v1/metrics/{pathspec}/follow",
+    # a write among the reads (tests/test_web_tails.py)
+    "Client.update_run": "PATCH /api/v1/runs/{flow}/{run_id}",
     # properties of the snapshot, not coroutines, that have routes of their own
     "Task.artifacts": "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/artifacts",
     "Task.metadata": "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/metadata",
 }
 
 #: the routes of server-sent events, checked over a real socket in tests/test_web_live.py
-LIVE = {"GET /api/v1/watch/{pathspec}", "GET /api/v1/events/{pathspec}"}
+#: and tests/test_web_tails.py (as is the write)
+LIVE = {
+    "GET /api/v1/watch/{pathspec}",
+    "GET /api/v1/events/{pathspec}",
+    "GET /api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/log-lines/follow",
+    "GET /api/v1/metrics/{pathspec}/follow",
+    "PATCH /api/v1/runs/{flow}/{run_id}",
+}
 
 #: public coroutines of the client with no read route of their own, and why
 EXCLUDED = {
@@ -176,6 +193,8 @@ async def _populate(client: Client) -> int:
     await task.retry()
     await task.start()
     await task.record_metadata(host="node-1", cores=8)
+    await task.write_log("hello\nworld\n")
+    await task.write_log("careful\n", stream="stderr")
     await task.save(accuracy=0.93, labels=["a", "b"], shape={1, 2}, big="x" * 40_000)
     for step in range(20):
         await task.log({"loss": 1 / (step + 1), "acc": step / 20})
@@ -383,6 +402,31 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         assert _json(await http.get("/api/v1/metrics/Train/1/keys"))["summary"] == (
             await run.summary()
         )
+
+        check(ROUTES["Task.logs"], (await http.get(base + "/logs")).text, await task.logs())
+        assert (await http.get(base + "/logs?stream=stderr")).text == "careful\n"
+        lines = [line async for line in task.log_lines()]
+        check(
+            ROUTES["Task.log_lines"],
+            [
+                (line["position"], line["stream"], line["text"], line["time"])
+                for line in _json(await http.get(base + "/log-lines"))["items"]
+            ],
+            [(f"{x.sequence}:{x.index}", x.stream, x.text, x.time) for x in lines],
+        )
+
+        frame = await client.runs_frame(sort="run_number")
+        got = _json(await http.get("/api/v1/runs-frame?sort=run_number"))
+        assert got["columns"] == list(frame.columns)
+        check(
+            ROUTES["Client.runs_frame"],
+            {name: got["data"][name] for name in ("pathspec", "state", "tags", "config.lr")},
+            {
+                name: [None if v != v else v for v in frame[name].tolist()]
+                for name in ("pathspec", "state", "tags", "config.lr")
+            },
+        )
+        assert got["data"]["created_at"] == [t.isoformat() for t in frame["created_at"]]
 
     assert checked == set(ROUTES.values()) - LIVE
 

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from runstate.client._client import Client
-from runstate.client.web import _live, _reads, _writes
+from runstate.client.web import _live, _reads, _tails, _writes
 from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
 from runstate.engine.errors import RunstateError
@@ -76,6 +76,7 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     app.include_router(_reads.router)
     app.include_router(_writes.router)
     app.include_router(_live.router)
+    app.include_router(_tails.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_files())), name="docs-assets")
     app.add_api_route("/docs", _docs_page, include_in_schema=False)
     app.add_api_route("/", _home, include_in_schema=False)

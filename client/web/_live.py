@@ -56,9 +56,10 @@ Frames = MemoryObjectSendStream[bytes]
 _KEEPALIVE = b": keep-alive\n\n"
 
 
-def sse_frame(event: str, data: bytes, id: int | None = None) -> bytes:
-    """One SSE message (``data`` is one line of JSON)."""
-    head = b"" if id is None else b"id: %d\n" % id
+def sse_frame(event: str, data: bytes, id: int | str | None = None) -> bytes:
+    """One SSE message (``data`` is one line of JSON; ``id`` a sequence, or a position's
+    ``"sequence:index"``)."""
+    head = b"" if id is None else b"id: %s\n" % str(id).encode()
     return head + b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 

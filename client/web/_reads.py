@@ -5,7 +5,10 @@ log for ETags and history), so it answers what ``client.<read>`` answers.
 Bodies are the query service's own view models (``RunView``, ``TaskView``,
 ...), serialised once from the model. Every read takes ``after`` (a write's
 receipt sequence: the read waits until a replica has applied it) and
-``namespace`` (a tag runs must carry; absent: every run).
+``namespace`` (a tag runs must carry; absent: every run). The run, step and
+task reads (and their steps, tasks, metadata and artifacts) take ``as_of``
+instead: a sequence of the events stream or an aware ISO time, to read
+them as they were then (``client.run(p, as_of=...)``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from runstate.client._client import Client
+from runstate.client._as_of import AsOf, check_as_of
+from runstate.client._client import Client, ListAfter
 from runstate.client._data import DataArtifact, _record
 from runstate.client._history import History
-from runstate.client._objects import Task
+from runstate.client._objects import Run, Step, Task
 from runstate.engine._names import parse_pathspec
+from runstate.engine._points import PointReceipt
 from runstate.engine.errors import BadFilter, NotFound
 from runstate.projections._protocol import (
     HistoryRequest,
@@ -43,6 +48,55 @@ After = Annotated[
 Attempt = Annotated[
     int | None, Query(ge=0, description="The task's attempt (default: the latest).")
 ]
+AsOfQuery = Annotated[
+    str | None,
+    Query(
+        description="Read it as it was at this sequence of the events stream (e.g. a write's "
+        "receipt sequence) or this time (ISO 8601 with a timezone, e.g. "
+        "2026-12-06T09:30:00Z). Not with after.",
+    ),
+]
+AfterPoints = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        description="A metrics flush's points receipt sequence: answer once a replica has "
+        "applied those points (summaries include them). Not with after.",
+    ),
+]
+
+
+def as_of_value(text: str | None, after: int | None = None) -> AsOf | None:
+    """The ``as_of`` query parameter as the client takes it: a sequence or an aware time.
+
+    ``BadFilter`` for anything else, or with ``after`` (as the client refuses both).
+    """
+    if text is None:
+        return None
+    value: object = text
+    if text.strip().isdigit():
+        value = int(text)
+    else:
+        try:
+            value = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise BadFilter(
+                f"as_of is a sequence of the events stream (such as 42) or an ISO 8601 time "
+                f"with a timezone (such as 2026-12-06T09:30:00Z), not {text!r}"
+            ) from None
+    return check_as_of(value, after)
+
+
+def list_after(after: int | None, after_points: int | None) -> ListAfter:
+    """A list's ``after``: a write's sequence, or a points receipt's (``BadFilter`` for both)."""
+    if after_points is None:
+        return after
+    if after is not None:
+        raise BadFilter(
+            "after waits for a write and after_points for a metrics flush: pass one of them "
+            "(a points receipt comes after the writes before it)"
+        )
+    return PointReceipt(after_points, "", "")  # only its sequence is read
 
 
 def client_of(request: Request) -> Client:
@@ -146,6 +200,23 @@ async def latest_run(
 # -- runs -------------------------------------------------------------------------
 
 
+Where = Annotated[
+    list[str],
+    Query(
+        description="Conditions on summary and config values, all of which must hold, as the "
+        "client writes them: summary.acc > 0.9, config.lr <= 0.01 (operators = != < <= > >=, "
+        "values JSON literals).",
+    ),
+]
+Sort = Annotated[
+    str,
+    Query(
+        description="created_at, finished_at, duration, run_number, summary.<key> or "
+        "config.<key> (runs without that value last); - descends.",
+    ),
+]
+
+
 @router.get("/runs", response_model=Page[RunView], summary="A page of runs, filtered and sorted")
 async def list_runs(
     client: Reader,
@@ -161,12 +232,12 @@ async def list_runs(
     parameters: Annotated[
         str | None, Query(description='A JSON object the parameters match, e.g. {"lr": 0.1}.')
     ] = None,
-    sort: Annotated[
-        str, Query(description="created_at, finished_at, duration or run_number; - descends.")
-    ] = "-created_at",
+    where: Where = [],  # noqa: B006
+    sort: Sort = "-created_at",
     page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the page before.")] = None,
     after: After = None,
+    after_points: AfterPoints = None,
 ) -> Response:
     page = await client.runs(
         flow,
@@ -178,18 +249,19 @@ async def list_runs(
         created_before=created_before,
         finished_after=finished_after,
         finished_before=finished_before,
-        parameters=_parameters(parameters),
+        parameters=parameters_filter(parameters),
+        where=where,
         sort=sort,
         page_size=page_size,
         cursor=cursor,
-        after=after,
+        after=list_after(after, after_points),
     )
     return json_response(
         Page[RunView](items=[r.view for r in page.items], next_cursor=page.next_cursor)
     )
 
 
-def _parameters(text: str | None) -> dict[str, Any] | None:
+def parameters_filter(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
@@ -202,29 +274,48 @@ def _parameters(text: str | None) -> dict[str, Any] | None:
 
 
 @router.get("/runs/{flow}/{run_id}", response_model=RunView, summary="One run (ETag: its version)")
-async def get_run(flow: str, run_id: str, client: Reader, after: After = None) -> Response:
-    run = await client.run(f"{flow}/{run_id}", after=after)
+async def get_run(
+    flow: str, run_id: str, client: Reader, after: After = None, as_of: AsOfQuery = None
+) -> Response:
+    run = await _run(client, flow, run_id, after, as_of)
+    if as_of is not None:
+        return json_response(run.view)  # no ETag: a past version is not one to write after
     version = await client.log.last_sequence(client.subjects.run(flow, run_id))
     return json_response(run.view, headers=etag(version))
 
 
 @router.get("/runs/{flow}/{run_id}/steps", response_model=list[StepView], summary="A run's steps")
-async def list_steps(flow: str, run_id: str, client: Reader, after: After = None) -> Response:
-    run = await client.run(f"{flow}/{run_id}", after=after)
+async def list_steps(
+    flow: str, run_id: str, client: Reader, after: After = None, as_of: AsOfQuery = None
+) -> Response:
+    run = await _run(client, flow, run_id, after, as_of)
     return json_response([step.view for step in await run.steps()])
 
 
 @router.get("/runs/{flow}/{run_id}/steps/{step}", response_model=StepView, summary="One step")
 async def get_step(
-    flow: str, run_id: str, step: str, client: Reader, after: After = None
+    flow: str, run_id: str, step: str, client: Reader, after: After = None, as_of: AsOfQuery = None
 ) -> Response:
-    return json_response((await client.step(f"{flow}/{run_id}/{step}", after=after)).view)
+    return json_response((await _step(client, flow, run_id, step, after, as_of)).view)
+
+
+async def _run(client: Client, flow: str, run_id: str, after: int | None, as_of: str | None) -> Run:
+    moment = as_of_value(as_of, after)
+    return await client.run(f"{flow}/{run_id}", after=after, as_of=moment)
+
+
+async def _step(
+    client: Client, flow: str, run_id: str, step: str, after: int | None, as_of: str | None
+) -> Step:
+    moment = as_of_value(as_of, after)
+    return await client.step(f"{flow}/{run_id}/{step}", after=after, as_of=moment)
 
 
 @router.get(
     "/runs/{flow}/{run_id}/steps/{step}/tasks",
     response_model=Page[TaskView],
     summary="A page of a step's tasks, in task order",
+    description="With as_of, every task of the step as it was then, in one page.",
 )
 async def list_tasks(
     flow: str,
@@ -235,7 +326,15 @@ async def list_tasks(
     page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
     after: After = None,
+    as_of: AsOfQuery = None,
 ) -> Response:
+    if as_of is not None:
+        past = await _step(client, flow, run_id, step, after, as_of)
+        wanted = set(state)
+        for name in wanted:
+            await past.tasks(name)  # BadFilter for a state that is not one
+        views = [t.view for t in await past.tasks() if not wanted or t.view.state in wanted]
+        return json_response(Page[TaskView](items=views, next_cursor=None))
     page = await client.tasks(
         f"{flow}/{run_id}",
         step,
@@ -260,8 +359,11 @@ async def _task(
     task_id: str,
     attempt: int | None,
     after: int | None,
+    as_of: str | None = None,
 ) -> Task:
-    return await client.task(f"{flow}/{run_id}/{step}/{task_id}", attempt=attempt, after=after)
+    moment = as_of_value(as_of, after)
+    pathspec = f"{flow}/{run_id}/{step}/{task_id}"
+    return await client.task(pathspec, attempt=attempt, after=after, as_of=moment)
 
 
 @router.get(
@@ -278,8 +380,11 @@ async def get_task(
     client: Reader,
     attempt: Attempt = None,
     after: After = None,
+    as_of: AsOfQuery = None,
 ) -> Response:
-    task = await _task(client, flow, run_id, step, task_id, attempt, after)
+    task = await _task(client, flow, run_id, step, task_id, attempt, after, as_of)
+    if as_of is not None:
+        return json_response(task.view)
     version = await client.log.last_sequence(client.subjects.task(flow, run_id, step, task_id))
     return json_response(task.view, headers=etag(version))
 
@@ -293,8 +398,9 @@ async def get_metadata(
     client: Reader,
     attempt: Attempt = None,
     after: After = None,
+    as_of: AsOfQuery = None,
 ) -> Response:
-    task = await _task(client, flow, run_id, step, task_id, attempt, after)
+    task = await _task(client, flow, run_id, step, task_id, attempt, after, as_of)
     return json_response(
         TaskMetadata(attempt=task.attempt, entries=task.metadata, by_name=task.metadata_dict)
     )
@@ -313,8 +419,9 @@ async def list_artifacts(
     client: Reader,
     attempt: Attempt = None,
     after: After = None,
+    as_of: AsOfQuery = None,
 ) -> Response:
-    task = await _task(client, flow, run_id, step, task_id, attempt, after)
+    task = await _task(client, flow, run_id, step, task_id, attempt, after, as_of)
     return json_response([artifact.view for artifact in task.artifacts])
 
 

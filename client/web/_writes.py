@@ -41,6 +41,7 @@ __all__ = [
     "RunTransition",
     "TagChange",
     "TaskTransition",
+    "UpdateRun",
     "Written",
     "router",
 ]
@@ -84,6 +85,20 @@ class TagChange(_Body):
     add: list[str] = Field(default_factory=list)
     remove: list[str] = Field(default_factory=list)
     replace: list[str] | None = None
+
+
+class UpdateRun(_Body):
+    """Edits of a run, in any state: a field left out stays as it is.
+
+    ``name`` and ``notes``: its display name and notes (null clears them);
+    ``config`` and ``summary``: values to add or change (a summary value
+    overrides the latest logged value of its key).
+    """
+
+    name: str | None = None
+    notes: str | None = None
+    config: dict[str, JsonValue] | None = None
+    summary: dict[str, JsonValue] | None = None
 
 
 class CreateTask(_Body):
@@ -358,6 +373,21 @@ async def change_tags(flow: str, run_id: str, body: TagChange, request: Request)
     else:
         raise InvalidEvent("a tag change needs add, remove or replace")
     return _written(handle, receipt.sequence)
+
+
+@router.patch(
+    "/runs/{flow}/{run_id}",
+    response_model=Written,
+    summary="Edit a run's name, notes, config or summary (edits commute: no If-Match)",
+)
+async def update_run(flow: str, run_id: str, body: UpdateRun, request: Request) -> Response:
+    # As client.update_run, through the run's handle so that the answer has its version.
+    edits: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set}
+    if not edits:
+        raise InvalidEvent("an edit of a run needs one of name, notes, config or summary")
+    handle = await client_of(request).run_handle(_run_pathspec(flow, run_id))
+    receipt = await handle.update(**edits)
+    return _written(_keep(request, handle), receipt.sequence)
 
 
 @router.post(
