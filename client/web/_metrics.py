@@ -67,7 +67,7 @@ class GatewayMetrics:
         )
         self.streams = Gauge(
             "runstate_sse_clients",
-            "Open server-sent event streams, by kind (watch, events).",
+            "Open server-sent event streams, by kind (watch, events, logs, history).",
             ["kind"],
             registry=registry,
         )
