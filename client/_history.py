@@ -106,9 +106,7 @@ class History:
         *,
         after: int | PointReceipt | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        async for page in self.scan_pages(
-            keys, page_size, min_step, max_step, stream, after=after
-        ):
+        async for page in self.scan_pages(keys, page_size, min_step, max_step, stream, after=after):
             for row in page:
                 yield row
 
