@@ -398,4 +398,5 @@ class EventLogContract:
                     if seen[-1] >= 5:
                         break
                     await stream.append(*self._batch(log, side, seen[-1] + 1), f"f-{seen[-1]}x")
-        assert seen == [2, 3, 4, 5]
+        # each batch appended once a batch arrives: the last delivery may hold more than 5
+        assert seen == list(range(2, seen[-1] + 1)) and seen[-1] >= 5
