@@ -1,7 +1,7 @@
 """``create_app``: the gateway's ASGI application, around one ``Client``.
 
-Besides the API: ``/healthz`` and ``/readyz`` (probes) and ``/metrics``
-(Prometheus, ``_metrics``).
+Besides the API: the web view's pages (``_pages``, from ``/``), ``/healthz``
+and ``/readyz`` (probes) and ``/metrics`` (Prometheus, ``_metrics``).
 
 FastAPI on Starlette: its OpenAPI comes from the same pydantic models the
 query service answers with, and it runs on anyio, as runstate does. The
@@ -20,11 +20,12 @@ from importlib.resources import files
 import anyio
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from runstate.client._client import Client
-from runstate.client.web import _live, _reads, _tails, _writes
+from runstate.client.web import _live, _pages, _reads, _tails, _writes
+from runstate.client.web._html import ASSETS
 from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
 from runstate.engine.errors import RunstateError
@@ -79,7 +80,8 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     app.include_router(_tails.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_files())), name="docs-assets")
     app.add_api_route("/docs", _docs_page, include_in_schema=False)
-    app.add_api_route("/", _home, include_in_schema=False)
+    app.mount(ASSETS, StaticFiles(directory=str(files("runstate.client.web") / "static")))
+    app.include_router(_pages.router)
     app.add_api_route(
         "/metrics",
         metrics_page,
@@ -121,10 +123,6 @@ async def _docs_page() -> HTMLResponse:
         # Swagger UI's default asks an online validator for a badge: nothing leaves here.
         swagger_ui_parameters={"validatorUrl": None},
     )
-
-
-async def _home() -> RedirectResponse:
-    return RedirectResponse("/docs")
 
 
 async def _healthz() -> dict[str, str]:
