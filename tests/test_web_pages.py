@@ -207,3 +207,20 @@ async def test_a_dropped_connection_resumes_without_losing_a_change(
                 partial(browser.execute_script, "return document.body.dataset.marker")
             )
             assert marker == "same page"
+
+
+async def test_the_runs_page_follows_its_flow(browser: Any, tmp_path: Path) -> None:
+    """On the newest-first runs page, a run's new state shows in its row and a run created
+    while the page is open joins the top, with no reload."""
+    async with in_memory() as client:
+        first = await client.create_run("Train")
+        async with gateway(client, 0) as url:
+            await _in_browser(partial(_open, browser, url + "/flows/Train"))
+            row = '[data-run="Train/1"]'
+            await _in_browser(partial(_wait_text, browser, row, "pending"))
+            await first.start()
+            await _in_browser(partial(_wait_text, browser, row, "running"))
+            await client.create_run("Train", tags=["<new>"])
+            await _in_browser(partial(_wait_text, browser, "#runs tbody tr", "<new>"))
+            await _in_browser(partial(_wait_text, browser, '[data-run="Train/2"]', "pending"))
+            await _in_browser(partial(browser.save_screenshot, str(tmp_path / "runs.png")))

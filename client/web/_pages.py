@@ -96,6 +96,7 @@ async def runs_page(
     cursor: str | None = None,
 ) -> HTMLResponse:
     client = client_of(request)
+    tag = [word for text in tag for word in text.split()]  # the form's box: space-separated
     page = await client.runs(
         flow, tags=tag, state=state or None, sort=sort, page_size=page_size, cursor=cursor
     )
@@ -115,15 +116,21 @@ async def runs_page(
         + more
         + f"<p>{link(events_url(flow), 'event history of the flow')}</p>"
     )
-    return _page(f"Runs of {flow}", [(path_url("/flows/", flow), flow)], body)
+    page_html = layout(f"Runs of {flow}", [(path_url("/flows/", flow), flow)], body, watch=flow)
+    if cursor is None and not state and not tag and sort == "-created_at":
+        # the newest runs, unfiltered: a run created while the page is open joins the top
+        page_html = page_html.replace("<body ", "<body data-prepend ", 1)
+    return HTMLResponse(page_html)
 
 
 def _run_row(view: RunView) -> str:
+    """A run's row; the live script builds the same markup for a run that appears."""
     tags = " ".join(f'<span class="tag">{esc(t)}</span>' for t in sorted(view.tags))
     return (
         f'<tr data-run="{esc(view.pathspec)}"><td>{link(run_url(view.pathspec), view.run_id)}</td>'
         f"<td>{state_badge(view.state)}</td><td>{ago(view.created_at)}</td>"
-        f"<td>{ago(view.started_at)}</td><td>{ago(view.finished_at)}</td>"
+        f'<td data-field="started_at">{ago(view.started_at)}</td>'
+        f'<td data-field="finished_at">{ago(view.finished_at)}</td>'
         f"<td>{duration(view.started_at, view.finished_at)}</td><td>{esc(view.user)}</td>"
         f"<td>{tags}</td></tr>"
     )
@@ -163,10 +170,11 @@ async def run_page(
     head = (
         f'<section class="run" data-run="{esc(view.pathspec)}"><dl class="facts">'
         f"<dt>state</dt><dd>{state_badge(view.state, id='run-state')}</dd>"
-        f"<dt>label</dt><dd>{esc(view.label)}</dd><dt>message</dt><dd>{esc(view.message)}</dd>"
+        f'<dt>label</dt><dd data-field="label">{esc(view.label)}</dd>'
+        f'<dt>message</dt><dd data-field="message">{esc(view.message)}</dd>'
         f"<dt>created</dt><dd>{ago(view.created_at)}</dd>"
-        f"<dt>started</dt><dd>{ago(view.started_at)}</dd>"
-        f"<dt>finished</dt><dd>{ago(view.finished_at)}</dd>"
+        f'<dt>started</dt><dd data-field="started_at">{ago(view.started_at)}</dd>'
+        f'<dt>finished</dt><dd data-field="finished_at">{ago(view.finished_at)}</dd>'
         f"<dt>user</dt><dd>{esc(view.user)}</dd>"
         f"<dt>tags</dt><dd>{esc(', '.join(sorted(view.tags)))}</dd>"
         f"<dt>system tags</dt><dd>{esc(', '.join(sorted(view.system_tags)))}</dd>"

@@ -62,21 +62,80 @@
     return tr;
   }
 
-  function applyRun(run) {
-    document.querySelectorAll('[data-run="' + CSS.escape(run.pathspec) + '"] .state')
-      .forEach(function (el) { if (!el.closest("#steps")) setState(el, run.state); });
-    var table = document.getElementById("steps");
-    if (!table || !document.querySelector('section[data-run="' + CSS.escape(run.pathspec) + '"]')) return;
-    if (table.tagName !== "TABLE") {
+  // A time as the server shows it: "2026-12-06 14:31:58" (UTC).
+  function when(iso) {
+    return iso ? iso.slice(0, 19).replace("T", " ") : "";
+  }
+
+  function fields(scope, view) {
+    scope.querySelectorAll("[data-field]").forEach(function (el) {
+      var name = el.getAttribute("data-field");
+      var value = view[name];
+      el.textContent = /_at$/.test(name) ? when(value) : (value == null ? "" : value);
+    });
+  }
+
+  // The same row as the server's _run_row (client/web/_pages.py), for a new run.
+  function runRow(run) {
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-run", run.pathspec);
+    var a = document.createElement("a");
+    a.href = "/runs/" + run.pathspec.split("/").map(encodeURIComponent).join("/");
+    a.textContent = run.run_id;
+    cell(tr, a);
+    cell(tr, badge(run.state));
+    cell(tr, when(run.created_at));
+    cell(tr, "").setAttribute("data-field", "started_at");
+    cell(tr, "").setAttribute("data-field", "finished_at");
+    cell(tr, "");
+    cell(tr, run.user || "");
+    var tags = document.createElement("span");
+    (run.tags || []).slice().sort().forEach(function (t) {
+      var tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = t;
+      tags.appendChild(tag);
+      tags.appendChild(document.createTextNode(" "));
+    });
+    cell(tr, tags);
+    return tr;
+  }
+
+  // The table with this id, made from its empty-page placeholder if need be.
+  function ensureTable(id, headers) {
+    var table = document.getElementById(id);
+    if (table && table.tagName !== "TABLE") {
       var fresh = document.createElement("table");
-      fresh.id = "steps";
-      fresh.innerHTML = "<thead><tr><th>step</th><th>status</th><th>progress</th>" +
-        "<th>tasks by state</th></tr></thead><tbody></tbody>";
+      fresh.id = id;
+      var row = fresh.createTHead().insertRow();
+      headers.forEach(function (h) {
+        var th = document.createElement("th");
+        th.textContent = h;
+        row.appendChild(th);
+      });
+      fresh.appendChild(document.createElement("tbody"));
       table.replaceWith(fresh);
       table = fresh;
     }
-    var tbody = table.querySelector("tbody");
-    tbody.replaceChildren.apply(tbody, run.steps.map(stepRow));
+    return table;
+  }
+
+  function applyRun(run, created) {
+    var selector = '[data-run="' + CSS.escape(run.pathspec) + '"]';
+    if (created && body.hasAttribute("data-prepend") && !document.querySelector(selector)) {
+      var runs = ensureTable("runs", ["run", "state", "created", "started", "finished",
+        "duration", "user", "tags"]);
+      var tbody = runs && runs.querySelector("tbody");
+      if (tbody) tbody.insertBefore(runRow(run), tbody.firstChild);
+    }
+    document.querySelectorAll(selector).forEach(function (scope) { fields(scope, run); });
+    document.querySelectorAll(selector + " .state")
+      .forEach(function (el) { if (!el.closest("#steps")) setState(el, run.state); });
+    if (!document.querySelector("section" + selector)) return;
+    var table = ensureTable("steps", ["step", "status", "progress", "tasks by state"]);
+    if (!table) return;
+    var steps = table.querySelector("tbody");
+    steps.replaceChildren.apply(steps, run.steps.map(stepRow));
   }
 
   function applyTask(task) {
@@ -90,8 +149,10 @@
     if (page && el) setState(el, task.state);
   }
 
-  function apply(views) {
-    (views.runs || []).forEach(applyRun);
+  // views: a snapshot's or one change's; created: the change is a run.created (a run
+  // the page may not list yet; a snapshot's runs beyond this page are not added).
+  function apply(views, created) {
+    (views.runs || []).forEach(function (run) { applyRun(run, created); });
     (views.tasks || []).forEach(applyTask);
   }
 
@@ -99,12 +160,14 @@
   var source = new EventSource("/api/v1/watch/" + path);
   source.addEventListener("snapshot", function (e) {
     var data = JSON.parse(e.data);
-    apply(data);
+    apply(data, false);
     body.setAttribute("data-sequence", data.sequence);
   });
   source.addEventListener("change", function (e) {
     var data = JSON.parse(e.data);
-    data.changes.forEach(apply);
+    data.changes.forEach(function (change) {
+      apply(change, change.event.type === "run.created");
+    });
     body.setAttribute("data-sequence", data.sequence);
   });
   source.addEventListener("error", function (e) {
