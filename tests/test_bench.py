@@ -117,6 +117,8 @@ FIGURES: dict[str, set[str]] = {
     "http": {
         "get_run_ms",
         "runs_by_tag_ms",
+        "page_runs_ms",
+        "page_run_ms",
         "sse_append_ms",
         "sse_fanout_ms",
         "http_transitions_per_s",

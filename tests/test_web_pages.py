@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from runstate.client import Client
+from runstate.client import Client, connect
 from runstate.client.testing import in_memory
 from runstate.client.web import create_app, serve
 
@@ -122,6 +122,7 @@ async def _in_browser(function: Callable[[], Any]) -> Any:
 
 def _wait_text(driver: Any, css: str, expected: str) -> None:
     """Wait until the element at ``css`` says ``expected`` (fails after ``WAIT`` seconds)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -129,7 +130,9 @@ def _wait_text(driver: Any, css: str, expected: str) -> None:
         found = d.find_elements(By.CSS_SELECTOR, css)
         return bool(found) and expected in found[0].text
 
-    WebDriverWait(driver, WAIT).until(shows, f"{css} never showed {expected!r}")
+    # the live script replaces rows: an element found may be gone when read
+    wait = WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,))
+    wait.until(shows, f"{css} never showed {expected!r}")
 
 
 def _open(driver: Any, url: str) -> None:
@@ -224,3 +227,19 @@ async def test_the_runs_page_follows_its_flow(browser: Any, tmp_path: Path) -> N
             await _in_browser(partial(_wait_text, browser, "#runs tbody tr", "<new>"))
             await _in_browser(partial(_wait_text, browser, '[data-run="Train/2"]', "pending"))
             await _in_browser(partial(browser.save_screenshot, str(tmp_path / "runs.png")))
+
+
+async def test_a_run_page_over_a_real_nats(browser: Any, nats_url: str, tmp_path: Path) -> None:
+    """Over a real nats-server with a replica: the run page loads and follows a task from
+    creation to failure."""
+    async with connect(nats_url, projector=True, data_dir=tmp_path) as client:
+        run = await client.create_run("Train")
+        receipt = await run.start()
+        async with gateway(client.with_namespace(None), 0) as url:
+            page = f"{url}/runs/Train/1?after={receipt.sequence}"
+            await _in_browser(partial(_open, browser, page))
+            await _in_browser(partial(_wait_text, browser, "#run-state", "running"))
+            task = await run.create_task("train", start=True)
+            await _in_browser(partial(_wait_text, browser, '[data-step="train"]', "running 1"))
+            await task.fail("out of memory")
+            await _in_browser(partial(_wait_text, browser, '[data-step="train"]', "failed 1"))

@@ -2,7 +2,8 @@
 
 The gateway runs in this process on a loopback port, over the benchmark's
 client; requests go through httpx with keep-alive connections. Figures: one
-run read, the first page of runs by tag at scale, an append until one SSE
+run read, the first page of runs by tag at scale, the web view's runs and
+run pages, an append until one SSE
 client has it, the same for every one of many SSE clients on one run, and
 transitions per second from writers that speak only HTTP.
 """
@@ -92,6 +93,23 @@ async def _reads(http: Any, p: BenchParams, report: Report, runs: list[str], tot
         await _time_calls(p.calls, by_tag),
         3.0,
     )
+
+    # The web view's pages: HTML rendered from the same reads (no target of the issue's).
+    async def runs_page(i: int) -> None:
+        response = await http.get(f"/flows/{FLOW}", params={"tag": "production"})
+        assert response.status_code == 200 and "data-run=" in response.text, response.text
+
+    async def run_page(i: int) -> None:
+        response = await http.get(f"/runs/{runs[i % len(runs)]}")
+        assert response.status_code == 200, response.text
+
+    for key, label, call in [
+        ("page_runs_ms", f"GET the runs page of a tag, 50 rows (R={total:,})", runs_page),
+        ("page_run_ms", f"GET a run's page (R={total:,})", run_page),
+    ]:
+        samples = await _time_calls(p.calls, call)
+        report.add(Figure(key, label, "ms", _ms(samples)))
+        _say(f"http: {label}: p50 {quantile(_ms(samples), 0.5):.2f} ms")
 
 
 async def _messages(response: Any, arrived: Any) -> None:
