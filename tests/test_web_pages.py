@@ -74,7 +74,11 @@ async def test_pages_hold_their_data_escaped_without_javascript() -> None:
             css = await http.get("/ui-assets/runstate.css")
             assert css.status_code == 200 and "text/css" in css.headers["content-type"]
             missing = await http.get("/runs/Train/99")
-            assert missing.status_code == 404
+            assert missing.status_code == 404 and "text/html" in missing.headers["content-type"]
+            assert "run Train/99 does not exist" in missing.text
+            bad = await http.get("/flows/Train", params={"sort": "<nope>"})
+            assert bad.status_code == 422 and "unknown sort key" in bad.text
+            assert "<nope>" not in bad.text
 
 
 # -- in a browser --------------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute
+from starlette.responses import Response
 
 from runstate.client._client import Client
 from runstate.client._objects import Run, Task
@@ -34,13 +36,37 @@ from runstate.client.web._html import (
     state_badge,
     table,
 )
+from runstate.client.web._problems import status_of
 from runstate.client.web._reads import client_of
 from runstate.engine._names import parse_pathspec
+from runstate.engine.errors import RunstateError
 from runstate.projections._views import RunView, StepSummary, TaskView
 
 __all__ = ["router"]
 
-router = APIRouter(include_in_schema=False, default_response_class=HTMLResponse)
+
+class _PageRoute(APIRoute):
+    """A page route: runstate's errors as an HTML page (the API's are problem JSON), with
+    the same status, so a person who follows a stale link reads what went wrong."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def page(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except RunstateError as exc:
+                status = status_of(exc)
+                body = f'<p class="error">{esc(exc.message)}</p><p>{link("/", "all flows")}</p>'
+                return HTMLResponse(layout(f"{status}: {exc.code}", [], body), status_code=status)
+            return response
+
+        return page
+
+
+router = APIRouter(
+    include_in_schema=False, default_response_class=HTMLResponse, route_class=_PageRoute
+)
 
 #: the sorts the runs page offers (any sort of ``client.runs`` works in the URL)
 SORTS = ("-created_at", "created_at", "-finished_at", "finished_at")
