@@ -175,9 +175,15 @@ async def test_a_change_appears_on_an_open_run_page(browser: Any, tmp_path: Path
             await _in_browser(partial(_wait_text, browser, "#run-state", "running"))
             task = await run.create_task("train", start=True)
             await _in_browser(partial(_wait_text, browser, '[data-step="train"]', "running 1"))
+            await _in_browser(partial(_wait_text, browser, "#timeline", "train/1"))  # its lane
             await task.complete()
             await _in_browser(partial(_wait_text, browser, '[data-step="train"]', "1/1"))
             await _in_browser(partial(browser.save_screenshot, str(tmp_path / "live.png")))
+            bar = '[data-task="Train/1/train/1"]'
+            classes = await _in_browser(
+                partial(browser.execute_script, f"return document.querySelector('{bar}').className")
+            )
+            assert classes == "bar state-completed"
             marker = await _in_browser(
                 partial(browser.execute_script, "return document.body.dataset.marker")
             )

@@ -135,6 +135,7 @@ def layout(
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)} · runstate</title>"
+        '<link rel="icon" href="data:,">'  # no favicon request
         f'<link rel="stylesheet" href="{ASSETS}/runstate.css">'
         f'<script src="{ASSETS}/runstate.js" defer></script>'
         f"</head><body{live}>"

@@ -238,14 +238,15 @@ def step_row(step: StepSummary) -> str:
 
 
 async def _timeline(client: Client, run: Run) -> str:
-    """Each step's first tasks as bars along the run's time (a task not started: a tick)."""
+    """Each step's first tasks as bars along the run's time (a task not started: a tick).
+
+    The bars carry their times (``data-from``, ``data-to``) so the live script can add
+    the tasks that come later and lay every bar out again as time passes."""
     view = run.view
     tasks: list[TaskView] = []
     for step in view.steps:
         page = await client.tasks(view.pathspec, step.name, page_size=TIMELINE_TASKS)
         tasks.extend(task.view for task in page.items)
-    if not tasks:
-        return '<p class="empty">No tasks yet.</p>'
     start = view.started_at or view.created_at
     ends = [t.finished_at or t.started_at or t.created_at for t in tasks]
     # a run still going: up to now, so a running task's bar reaches the present
@@ -259,7 +260,8 @@ async def _timeline(client: Client, run: Run) -> str:
 
     rows = []
     for task in tasks:
-        left = at(task.started_at or task.created_at)
+        began = task.started_at or task.created_at
+        left = at(began)
         width = max(at(task.finished_at or end) - left, 0.5) if task.started_at else 0.5
         title = f"{task.pathspec}: {task.state} {duration(task.started_at, task.finished_at)}"
         rows.append(
@@ -267,10 +269,21 @@ async def _timeline(client: Client, run: Run) -> str:
             f"{esc(task.step)}/{esc(task.task_id)}</a>"
             f'<div class="track"><div class="bar state-{esc(task.state)}" '
             f'data-task="{esc(task.pathspec)}" title="{esc(title)}" '
+            f'data-from="{began.isoformat()}" data-to="{_iso(task.finished_at)}" '
+            f'data-started="{"1" if task.started_at else ""}" '
             f'style="left:{left:.2f}%;width:{min(width, 100 - left):.2f}%"></div></div></div>'
         )
-    scale = f'<div class="scale"><span>{ago(start)}</span><span>{ago(end)}</span></div>'
-    return f'<div class="timeline">{"".join(rows)}{scale}</div>'
+    if not rows:
+        rows.append('<p class="empty">No tasks yet.</p>')
+    scale = f'<div class="scale"><span>{ago(start)}</span><span class="end">{ago(end)}</span></div>'
+    return (
+        f'<div class="timeline" id="timeline" data-start="{start.isoformat()}" '
+        f'data-end="{_iso(view.finished_at)}">{"".join(rows)}{scale}</div>'
+    )
+
+
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.isoformat()
 
 
 # -- a task ------------------------------------------------------------------------

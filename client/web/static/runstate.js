@@ -132,21 +132,116 @@
     document.querySelectorAll(selector + " .state")
       .forEach(function (el) { if (!el.closest("#steps")) setState(el, run.state); });
     if (!document.querySelector("section" + selector)) return;
+    var timeline = document.getElementById("timeline");
+    if (timeline) {
+      timeline.setAttribute("data-start", run.started_at || run.created_at);
+      timeline.setAttribute("data-end", run.finished_at || "");
+      relayout(timeline);
+    }
     var table = ensureTable("steps", ["step", "status", "progress", "tasks by state"]);
     if (!table) return;
     var steps = table.querySelector("tbody");
     steps.replaceChildren.apply(steps, run.steps.map(stepRow));
   }
 
+  // Lays the timeline's bars out along the run's time, from their data-from/data-to
+  // (the same rule as the server's _timeline: running tasks reach the present).
+  function relayout(timeline) {
+    var now = Date.now();
+    var start = Date.parse(timeline.getAttribute("data-start"));
+    var runEnd = timeline.getAttribute("data-end");
+    var end = runEnd ? Date.parse(runEnd) : now;
+    var bars = Array.prototype.slice.call(timeline.querySelectorAll(".bar"));
+    function times(bar) {
+      var from = Date.parse(bar.getAttribute("data-from"));
+      var to = bar.getAttribute("data-to");
+      return [from, to ? Date.parse(to) : (bar.getAttribute("data-started") ? end : from)];
+    }
+    bars.forEach(function (bar) { end = Math.max(end, times(bar)[1]); });
+    var span = Math.max(end - start, 1);
+    function at(t) { return Math.min(Math.max((t - start) / span * 100, 0), 100); }
+    bars.forEach(function (bar) {
+      var t = times(bar);
+      var left = at(t[0]);
+      var width = bar.getAttribute("data-started") ? Math.max(at(t[1]) - left, 0.5) : 0.5;
+      bar.style.left = left.toFixed(2) + "%";
+      bar.style.width = Math.min(width, 100 - left).toFixed(2) + "%";
+    });
+    var labels = timeline.querySelectorAll(".scale span");
+    if (labels.length === 2) {
+      labels[0].textContent = when(new Date(start).toISOString());
+      labels[1].textContent = when(new Date(end).toISOString());
+    }
+  }
+
+  // The bar of a task, with a new lane if the timeline has none yet (at most LANES).
+  var LANES = 1000;
+  function taskBar(timeline, pathspec) {
+    var bar = timeline.querySelector('[data-task="' + CSS.escape(pathspec) + '"]');
+    if (bar || timeline.querySelectorAll(".lane").length >= LANES) return bar;
+    var empty = timeline.querySelector(".empty");
+    if (empty) empty.remove();
+    var parts = pathspec.split("/");
+    var div = document.createElement("div");
+    div.className = "lane";
+    var a = document.createElement("a");
+    a.className = "who";
+    a.href = "/tasks/" + parts.map(encodeURIComponent).join("/");
+    a.textContent = parts[2] + "/" + parts[3];
+    var track = document.createElement("div");
+    track.className = "track";
+    bar = document.createElement("div");
+    bar.setAttribute("data-task", pathspec);
+    track.appendChild(bar);
+    div.appendChild(a);
+    div.appendChild(track);
+    timeline.insertBefore(div, timeline.querySelector(".scale"));
+    return bar;
+  }
+
+  function paint(bar, pathspec, state) {
+    bar.className = "bar state-" + state;
+    bar.title = pathspec + ": " + state;
+  }
+
+  // A task's view (a task page's watch): its bar and the task page's state.
   function applyTask(task) {
-    document.querySelectorAll('[data-task="' + CSS.escape(task.pathspec) + '"]')
-      .forEach(function (bar) {
-        bar.className = "bar state-" + task.state;
-        bar.title = task.pathspec + ": " + task.state;
-      });
+    var timeline = document.getElementById("timeline");
+    var bar = timeline && taskBar(timeline, task.pathspec);
+    if (bar) {
+      paint(bar, task.pathspec, task.state);
+      bar.setAttribute("data-from", task.started_at || task.created_at);
+      bar.setAttribute("data-to", task.finished_at || "");
+      bar.setAttribute("data-started", task.started_at ? "1" : "");
+      relayout(timeline);
+    }
     var page = document.querySelector('[data-task-page="' + CSS.escape(task.pathspec) + '"]');
     var el = document.getElementById("task-state");
     if (page && el) setState(el, task.state);
+  }
+
+  // A task's event in a run's watch (which sends the run's view, not the task's): the
+  // timeline's bar from the event's time and state.
+  var TERMINAL = ["completed", "failed", "cancelled", "crashed"];
+  function applyEvent(event) {
+    var timeline = document.getElementById("timeline");
+    if (!timeline || !/^task\.(created|state_changed)$/.test(event.type)) return;
+    var bar = taskBar(timeline, event.pathspec);
+    if (!bar) return;
+    var state = event.type === "task.created" ? "pending" : event.payload.state;
+    paint(bar, event.pathspec, state);
+    if (state === "pending") {
+      bar.setAttribute("data-from", event.occurred_at);
+      bar.setAttribute("data-started", "");
+      bar.setAttribute("data-to", "");
+    } else if (state === "running") {
+      bar.setAttribute("data-from", event.occurred_at);
+      bar.setAttribute("data-started", "1");
+      bar.setAttribute("data-to", "");
+    } else if (TERMINAL.indexOf(state) >= 0) {
+      bar.setAttribute("data-to", event.occurred_at);
+    }
+    relayout(timeline);
   }
 
   // views: a snapshot's or one change's; created: the change is a run.created (a run
@@ -155,6 +250,12 @@
     (views.runs || []).forEach(function (run) { applyRun(run, created); });
     (views.tasks || []).forEach(applyTask);
   }
+
+  // While the run goes on, its running tasks' bars grow with the present.
+  setInterval(function () {
+    var timeline = document.getElementById("timeline");
+    if (timeline && !timeline.getAttribute("data-end")) relayout(timeline);
+  }, 2000);
 
   var path = watched.split("/").map(encodeURIComponent).join("/");
   var source = new EventSource("/api/v1/watch/" + path);
@@ -167,6 +268,7 @@
     var data = JSON.parse(e.data);
     data.changes.forEach(function (change) {
       apply(change, change.event.type === "run.created");
+      applyEvent(change.event);
     });
     body.setAttribute("data-sequence", data.sequence);
   });
