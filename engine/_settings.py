@@ -48,8 +48,10 @@ class Settings:
     duplicate_window: float = 120.0
     #: artifacts larger than this many bytes go to the object store
     inline_artifact_limit: int = 16 * 1024
-    #: load pickled artifacts (only for stores you trust)
-    trust_pickles: bool = True
+    #: load pickled artifacts (unpickling runs code the writer chose). None: decided on
+    #: connecting, True on the embedded server of your own data directory, False on a
+    #: server at a URL (anyone allowed to write there could plant a pickle)
+    trust_pickles: bool | None = None
     #: who is writing (the ``actor`` of events and Metaflow's ``user:`` namespace)
     user: str = field(default_factory=_default_user)
     #: seconds between heartbeats while a task runs
@@ -136,3 +138,13 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def trusting_pickles_if(self, local: bool) -> Settings:
+        """These settings with ``trust_pickles`` decided: kept when set, else ``local``.
+
+        ``local`` says whether the log is this user's own (the embedded server of their
+        data directory, or a log in memory): only then are pickles trusted by default.
+        """
+        if self.trust_pickles is not None:
+            return self
+        return dataclasses.replace(self, trust_pickles=local)

@@ -197,7 +197,11 @@ class Replica:
                     pid=handle.pid,
                 )
             self.embedded = handle
-            self.settings = settings = settings.replace(nats_url=handle.url)
+            # the owner's own server: its pickles are trusted unless the settings say not
+            settings = settings.replace(nats_url=handle.url).trusting_pickles_if(True)
+        else:
+            settings = settings.trusting_pickles_if(False)
+        self.settings = settings
         nc = await open_nats(settings, name=self._connection_name)
         stack.push_async_callback(_close_connection, nc)
         self._nc = nc
