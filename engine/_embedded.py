@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from runstate.engine._logging import get_logger
+from runstate.engine._private import PRIVATE_FILE, private_dir, private_file
 from runstate.engine._server import NatsServer, _answers_nats, _pid_alive
 
 __all__ = ["EmbeddedHandle", "ensure_embedded"]
@@ -141,8 +142,7 @@ def ensure_embedded(
     Raises ``Unavailable`` if the server does not start, ``ConfigurationError``
     without a nats-server binary.
     """
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(Path(data_dir))  # 0700: the log and the server are the owner's
     with _locked(data_dir):
         recorded = _read_server_json(data_dir)
         if recorded is not None:
@@ -181,7 +181,7 @@ def ensure_embedded(
 
 @contextlib.contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    with open(data_dir / _SERVER_LOCK, "a+b") as lock:
+    with open(private_file(data_dir / _SERVER_LOCK), "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -200,7 +200,8 @@ def _read_server_json(data_dir: Path) -> dict[str, Any] | None:
 def _write_server_json(data_dir: Path, record: dict[str, Any]) -> None:
     target = data_dir / _SERVER_JSON
     temporary = target.with_name(f".{_SERVER_JSON}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(record, f)
         f.flush()
         os.fsync(f.fileno())

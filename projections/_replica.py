@@ -39,6 +39,7 @@ from nats.aio.client import Client as NATS
 from runstate.engine._connection import open_nats, provision
 from runstate.engine._embedded import EmbeddedHandle, ensure_embedded
 from runstate.engine._names import Subjects
+from runstate.engine._private import private_dir
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
@@ -183,7 +184,7 @@ class Replica:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.settings
         if settings.nats_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir)  # 0700, and tightened if it was wider
             with anyio.CancelScope(shield=True):  # a server started must be known, to stop it
                 handle = await anyio.to_thread.run_sync(
                     functools.partial(ensure_embedded, settings.data_dir, port=self._port)
