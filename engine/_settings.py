@@ -37,6 +37,9 @@ class Settings:
 
     nats_url: str | None = None
     credentials: Path | None = None
+    #: the token NATS asks for; set by itself when joining the embedded server of
+    #: ``data_dir`` (its ``server.token``), so rarely given
+    token: str | None = field(default=None, repr=False)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -100,7 +103,7 @@ class Settings:
 
         Variables: RUNSTATE_NATS_URL, RUNSTATE_CREDENTIALS, RUNSTATE_TLS_CA,
         RUNSTATE_TLS_CERT, RUNSTATE_TLS_KEY, RUNSTATE_PREFIX, RUNSTATE_DATA_DIR,
-        RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER,
+        RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER, RUNSTATE_TOKEN,
         RUNSTATE_HEARTBEAT_TIMEOUT.
         """
         env = dict(os.environ if env is None else env)
@@ -119,6 +122,8 @@ class Settings:
             values["nats_url"] = env["RUNSTATE_NATS_URL"]
         if env.get("RUNSTATE_PREFIX"):
             values["prefix"] = env["RUNSTATE_PREFIX"]
+        if env.get("RUNSTATE_TOKEN"):
+            values["token"] = env["RUNSTATE_TOKEN"]
         if env.get("RUNSTATE_USER"):
             values["user"] = env["RUNSTATE_USER"]
         try:

@@ -37,7 +37,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._embedded import EmbeddedHandle, ensure_embedded
+from runstate.engine._embedded import (
+    EmbeddedHandle,
+    _read_server_json,
+    ensure_embedded,
+    read_token,
+)
 from runstate.engine._names import Subjects
 from runstate.engine._private import private_dir
 from runstate.engine._settings import Settings
@@ -199,9 +204,10 @@ class Replica:
                 )
             self.embedded = handle
             # the owner's own server: its pickles are trusted unless the settings say not
-            settings = settings.replace(nats_url=handle.url).trusting_pickles_if(True)
+            settings = settings.replace(nats_url=handle.url, token=handle.token)
+            settings = settings.trusting_pickles_if(True)
         else:
-            settings = settings.trusting_pickles_if(False)
+            settings = _with_embedded_token(settings).trusting_pickles_if(False)
         self.settings = settings
         nc = await open_nats(settings, name=self._connection_name)
         stack.push_async_callback(_close_connection, nc)
@@ -244,6 +250,22 @@ class Replica:
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
         self.metrics = parts.metrics
+
+
+def _with_embedded_token(settings: Settings) -> Settings:
+    """With a URL that is the embedded server of ``settings.data_dir``: its token too.
+
+    So ``--nats URL`` of the owner's own ``runstate server`` works as without
+    the URL (that server asks for no other token); any other server's
+    settings are kept as they are.
+    """
+    if settings.credentials is not None:
+        return settings
+    recorded = _read_server_json(settings.data_dir)
+    if recorded is None or recorded.get("url") != settings.nats_url:
+        return settings
+    token = read_token(settings.data_dir)
+    return settings if token is None else settings.replace(token=token)
 
 
 async def default_store_path(nc: NATS, settings: Settings, name: str, *, owner: bool) -> Path:

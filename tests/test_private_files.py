@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import nats
+import nats.errors
 import pytest
+from nats.aio.client import Client as NATS
 
 from runstate.client import connect
+from runstate.engine._embedded import ensure_embedded
 from runstate.engine._private import private_dir, private_file
 
 
@@ -51,6 +55,44 @@ def test_private_dir_and_file(tmp_path: Path, open_umask: None) -> None:
     assert _mode(private_file(old)) == 0o600 and old.read_bytes() == b"kept"
 
 
+@pytest.mark.anyio
+async def test_the_embedded_server_refuses_a_client_without_its_token(
+    tmp_path: Path, open_umask: None
+) -> None:
+    """A raw connection without the token is refused; with it (read from the file) it works."""
+    errors: list[Exception] = []
+
+    async def record(exc: Exception) -> None:
+        errors.append(exc)
+
+    with ensure_embedded(tmp_path) as handle:
+        assert handle.token is not None
+        token_file = tmp_path / "server.token"
+        assert _mode(token_file) == 0o600
+        assert token_file.read_text().strip() == handle.token
+        assert handle.token not in (tmp_path / "server.json").read_text()
+        refused = NATS()
+        try:
+            with pytest.raises((nats.errors.Error, OSError)):
+                await refused.connect(
+                    handle.url, allow_reconnect=False, connect_timeout=2, error_cb=record
+                )
+        finally:
+            await refused.close()  # nats-py keeps the socket of a refused connect open
+        assert any("authorization violation" in str(exc).lower() for exc in errors), errors
+        nc = await nats.connect(handle.url, token=handle.token, allow_reconnect=False)
+        try:
+            await nc.jetstream().add_stream(name="OWNER", subjects=["owner.>"])
+        finally:
+            await nc.close()
+        # a second process of the same user joining the server reads the same token
+        attached = ensure_embedded(tmp_path)
+        assert not attached.owned and attached.token == handle.token
+    # the token is kept: a server started again on the directory asks for the same one
+    with ensure_embedded(tmp_path) as again:
+        assert again.token == handle.token
+
+
 def test_the_embedded_data_directory_is_private(tmp_path: Path, open_umask: None) -> None:
     """After a session on the embedded server, nothing in the data directory is open to others."""
     data_dir = tmp_path / "data"
@@ -70,6 +112,8 @@ def test_the_embedded_data_directory_is_private(tmp_path: Path, open_umask: None
     for expected in (
         "server.json",
         "server.lock",
+        "server.token",
+        "nats-server.conf",
         "nats-server.log",
         "views.sqlite3",
         "views.sqlite3-wal",
