@@ -541,6 +541,7 @@ async def connect(
     prefix: str | None = None,
     namespace: Any = _namespace.DEFAULT,
     projector: bool | None = None,
+    trust_pickles: bool | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to runstate and yield a ``Client``.
 
@@ -552,6 +553,12 @@ async def connect(
     ``runstate.projections.Replica`` named ``client``) keeps its read store
     under ``data_dir`` and holds its lock: ``StoreInUse`` when another
     replica holds it.
+
+    ``trust_pickles``: load pickled artifacts. By default they are loaded from
+    the embedded server of your own data directory only; from a server at a
+    URL a pickle raises ``UnsafeArtifact`` unless this (or ``Settings``, or
+    ``RUNSTATE_TRUST_PICKLES=1``) says to trust it, since unpickling runs code
+    chosen by whoever wrote the artifact.
     """
     base = settings or Settings.from_env(
         nats_url=url,
@@ -564,6 +571,8 @@ async def connect(
     )
     if url is not None:
         base = base.replace(nats_url=url)
+    if trust_pickles is not None:
+        base = base.replace(trust_pickles=trust_pickles)
     _namespace.set_default_user(base.user)
     async with _open(base, projector) as client:
         if namespace is not _namespace.DEFAULT:

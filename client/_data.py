@@ -87,13 +87,16 @@ class DataArtifact(_Object):
         return self._value
 
 
-def _decode_inline(view: ArtifactView, trust_pickles: bool) -> Any:
+def _decode_inline(view: ArtifactView, trust_pickles: bool | None) -> Any:
     if view.codec == "json":
         return view.inline
     if not trust_pickles:
         raise UnsafeArtifact(
-            f"artifact {view.name} is a pickle and this client does not trust pickles; "
-            "set trust_pickles=True only for stores you trust"
+            f"artifact {view.name} is a pickle and this client does not trust pickles "
+            "(by default only the embedded server of your own data directory is trusted: "
+            "unpickling runs code chosen by whoever wrote it); pass trust_pickles=True to "
+            "connect() or Settings, or set RUNSTATE_TRUST_PICKLES=1, only for a server "
+            "whose writers you trust"
         )
     return pickle.loads(base64.b64decode(str(view.inline)))  # gated by trust_pickles above
 

@@ -29,7 +29,8 @@ __all__ = ["in_memory"]
 @asynccontextmanager
 async def in_memory(settings: Settings | None = None) -> AsyncIterator[Client]:
     """A client of a runstate held in memory: a log, a replica and its query service."""
-    settings = settings or Settings()
+    # a log in this process holds only what this process wrote: its pickles are trusted
+    settings = (settings or Settings()).trusting_pickles_if(True)
     log = MemoryEventLog(settings)
     store = SQLiteReadStore(":memory:")
     metrics_store = MetricsStore(":memory:")

@@ -84,8 +84,11 @@ class ArtifactStore:
             return orjson.loads(await self.load_bytes(record))
         if not self._settings.trust_pickles:
             raise UnsafeArtifact(
-                f"artifact {record.name} is a pickle and this client does not trust pickles; "
-                "set trust_pickles=True (RUNSTATE_TRUST_PICKLES=1) only for stores you trust"
+                f"artifact {record.name} is a pickle and this client does not trust pickles "
+                "(by default only the embedded server of your own data directory is trusted: "
+                "unpickling runs code chosen by whoever wrote it); pass trust_pickles=True to "
+                "connect() or Settings, or set RUNSTATE_TRUST_PICKLES=1, only for a server "
+                "whose writers you trust"
             )
         data = await self.load_bytes(record)
         try:

@@ -119,6 +119,8 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     }
     if settings.credentials is not None:
         options["user_credentials"] = str(settings.credentials)
+    if settings.token is not None:
+        options["token"] = settings.token
     tls = _tls_context(settings)
     if tls is not None:
         options["tls"] = tls

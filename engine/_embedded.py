@@ -1,4 +1,12 @@
-"""The embedded nats-server of a data directory, recorded in its ``server.json``."""
+"""The embedded nats-server of a data directory, recorded in its ``server.json``.
+
+The server asks every client for a token (issue 17): generated at its first
+start, kept in ``server.token`` (0600, in a 0700 directory), so only the
+account that owns the data directory can read it, and its clients pick it up
+from there when they join the server (``read_token``). The token reaches
+nats-server through ``nats-server.conf`` (0600), never its command line,
+which any local user can read.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,12 +23,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from runstate.engine._logging import get_logger
+from runstate.engine._private import PRIVATE_FILE, private_dir, private_file
 from runstate.engine._server import NatsServer, _answers_nats, _pid_alive
 
-__all__ = ["EmbeddedHandle", "ensure_embedded"]
+__all__ = ["EmbeddedHandle", "ensure_embedded", "read_token"]
 
 _SERVER_JSON = "server.json"
 _SERVER_LOCK = "server.lock"
+_SERVER_TOKEN = "server.token"
+_SERVER_CONF = "nats-server.conf"
 
 log = get_logger("runstate.server")
 
@@ -87,10 +99,13 @@ class EmbeddedHandle:
         data_dir: Path,
         server: NatsServer | None,
         watchdog: _Watchdog | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url
         self.pid = pid
         self.data_dir = data_dir
+        #: what a client must present (None: a server started without one, by an older version)
+        self.token = token
         self._server = server
         self._watchdog = watchdog
 
@@ -141,8 +156,7 @@ def ensure_embedded(
     Raises ``Unavailable`` if the server does not start, ``ConfigurationError``
     without a nats-server binary.
     """
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = private_dir(Path(data_dir))  # 0700: the log and the server are the owner's
     with _locked(data_dir):
         recorded = _read_server_json(data_dir)
         if recorded is not None:
@@ -156,11 +170,14 @@ def ensure_embedded(
                 log.info(
                     "attached to embedded nats-server", url=url, pid=pid, data_dir=str(data_dir)
                 )
-                return EmbeddedHandle(url, pid, data_dir=data_dir, server=None)
+                return EmbeddedHandle(
+                    url, pid, data_dir=data_dir, server=None, token=read_token(data_dir)
+                )
             log.info(
                 "replacing stale embedded server record", recorded=recorded, data_dir=str(data_dir)
             )
-        server = NatsServer(data_dir, port=port)
+        token = _ensure_token(data_dir)
+        server = NatsServer(data_dir, port=port, config_file=_write_config(data_dir, token))
         server.start(timeout)
         watchdog = None
         try:
@@ -176,12 +193,14 @@ def ensure_embedded(
                 watchdog.dismiss()
             server.stop()
             raise
-        return EmbeddedHandle(server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog)
+        return EmbeddedHandle(
+            server.url, pid, data_dir=data_dir, server=server, watchdog=watchdog, token=token
+        )
 
 
 @contextlib.contextmanager
 def _locked(data_dir: Path) -> Iterator[None]:
-    with open(data_dir / _SERVER_LOCK, "a+b") as lock:
+    with open(private_file(data_dir / _SERVER_LOCK), "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -200,8 +219,47 @@ def _read_server_json(data_dir: Path) -> dict[str, Any] | None:
 def _write_server_json(data_dir: Path, record: dict[str, Any]) -> None:
     target = data_dir / _SERVER_JSON
     temporary = target.with_name(f".{_SERVER_JSON}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(record, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, target)
+
+
+def read_token(data_dir: Path) -> str | None:
+    """The token the embedded server of ``data_dir`` asks for, or None when there is none."""
+    try:
+        token = (data_dir / _SERVER_TOKEN).read_text(encoding="ascii").strip()
+    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+        return None
+    return token or None
+
+
+def _ensure_token(data_dir: Path) -> str:
+    """The data directory's token, generated (0600) the first time a server starts on it."""
+    token = read_token(data_dir)
+    if token is not None:
+        return token
+    token = secrets.token_urlsafe(32)
+    target = data_dir / _SERVER_TOKEN
+    temporary = target.with_name(f".{_SERVER_TOKEN}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)
+    return token
+
+
+def _write_config(data_dir: Path, token: str) -> Path:
+    """``nats-server.conf`` (0600): JetStream's store where it always was, and the token."""
+    target = private_file(data_dir / _SERVER_CONF)
+    # nats-server keeps its streams in <store_dir>/jetstream, as with --store_dir
+    text = (
+        f"jetstream {{\n  store_dir: {json.dumps(str(data_dir))}\n}}\n"
+        f"authorization {{\n  token: {json.dumps(token)}\n}}\n"
+    )
+    target.write_text(text, encoding="utf-8")
+    return target

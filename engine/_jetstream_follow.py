@@ -10,6 +10,7 @@ ordered consumer otherwise or when the socket fails, from where it got.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -233,7 +234,9 @@ async def drain(
         return deliver(sequence, subject, data)
 
     plain = settings.credentials is None and settings.tls_ca is None and settings.tls_cert is None
-    if plain and await _drain_off_the_wire(nc, subjects, subject, position, hand_on):
+    if plain and await _drain_off_the_wire(
+        nc, subjects, subject, position, hand_on, token=settings.token
+    ):
         return
     await _drain_through_nats_py(nc, subjects, subject, position, hand_on)
 
@@ -244,15 +247,23 @@ async def _drain_off_the_wire(
     subject: str,
     position: list[int],
     hand_on: Callable[[int, str, bytes], bool],
+    *,
+    token: str | None = None,
 ) -> bool:
-    """Drain from a push consumer read off a socket of our own; False if it failed first."""
+    """Drain from a push consumer read off a socket of our own; False if it failed first.
+
+    ``token``: the settings' token (the embedded server's), which the URL does not carry.
+    """
     if nc.connected_url is None:
         return False
+    endpoint = Endpoint.of(nc.connected_url)
+    if token is not None and endpoint.token is None and endpoint.user is None:
+        endpoint = dataclasses.replace(endpoint, token=token)
     inbox = new_inbox()
     js = nc.jetstream()
     consumer: str | None = None
     try:
-        with WireConsumer(Endpoint.of(nc.connected_url), inbox) as wire:
+        with WireConsumer(endpoint, inbox) as wire:
             await anyio.to_thread.run_sync(wire.open)
             info = await js.add_consumer(
                 subjects.events_stream,

@@ -27,6 +27,7 @@ from typing import Self
 from urllib.parse import urlsplit
 
 from runstate.engine._logging import get_logger
+from runstate.engine._private import PRIVATE_UMASK, private_dir, private_file
 from runstate.engine.errors import ConfigurationError, Unavailable
 
 __all__ = [
@@ -283,10 +284,10 @@ class NatsServer:
     def _launch(self) -> int:
         """Spawn the process without waiting; return the log offset its output starts at."""
         command = self._command()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir, tighten=False)
         # stderr goes to the log too: it holds what nats-server prints before
         # the log file is open (bad flags, config errors) and Go panics.
-        with open(self.log_file, "ab") as out:
+        with open(private_file(self.log_file), "ab") as out:
             offset = out.tell()
             self._process = subprocess.Popen(
                 command,
@@ -294,6 +295,7 @@ class NatsServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=PRIVATE_UMASK,  # JetStream's store: directories 0700, files 0600
             )
         return offset
 

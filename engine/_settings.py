@@ -37,6 +37,9 @@ class Settings:
 
     nats_url: str | None = None
     credentials: Path | None = None
+    #: the token NATS asks for; set by itself when joining the embedded server of
+    #: ``data_dir`` (its ``server.token``), so rarely given
+    token: str | None = field(default=None, repr=False)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -48,8 +51,10 @@ class Settings:
     duplicate_window: float = 120.0
     #: artifacts larger than this many bytes go to the object store
     inline_artifact_limit: int = 16 * 1024
-    #: load pickled artifacts (only for stores you trust)
-    trust_pickles: bool = True
+    #: load pickled artifacts (unpickling runs code the writer chose). None: decided on
+    #: connecting, True on the embedded server of your own data directory, False on a
+    #: server at a URL (anyone allowed to write there could plant a pickle)
+    trust_pickles: bool | None = None
     #: who is writing (the ``actor`` of events and Metaflow's ``user:`` namespace)
     user: str = field(default_factory=_default_user)
     #: seconds between heartbeats while a task runs
@@ -98,7 +103,7 @@ class Settings:
 
         Variables: RUNSTATE_NATS_URL, RUNSTATE_CREDENTIALS, RUNSTATE_TLS_CA,
         RUNSTATE_TLS_CERT, RUNSTATE_TLS_KEY, RUNSTATE_PREFIX, RUNSTATE_DATA_DIR,
-        RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER,
+        RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER, RUNSTATE_TOKEN,
         RUNSTATE_HEARTBEAT_TIMEOUT.
         """
         env = dict(os.environ if env is None else env)
@@ -117,6 +122,8 @@ class Settings:
             values["nats_url"] = env["RUNSTATE_NATS_URL"]
         if env.get("RUNSTATE_PREFIX"):
             values["prefix"] = env["RUNSTATE_PREFIX"]
+        if env.get("RUNSTATE_TOKEN"):
+            values["token"] = env["RUNSTATE_TOKEN"]
         if env.get("RUNSTATE_USER"):
             values["user"] = env["RUNSTATE_USER"]
         try:
@@ -136,3 +143,13 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def trusting_pickles_if(self, local: bool) -> Settings:
+        """These settings with ``trust_pickles`` decided: kept when set, else ``local``.
+
+        ``local`` says whether the log is this user's own (the embedded server of their
+        data directory, or a log in memory): only then are pickles trusted by default.
+        """
+        if self.trust_pickles is not None:
+            return self
+        return dataclasses.replace(self, trust_pickles=local)

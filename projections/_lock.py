@@ -7,6 +7,7 @@ import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
+from runstate.engine._private import private_dir, private_file
 from runstate.engine.errors import StoreInUse
 
 __all__ = ["store_lock"]
@@ -19,8 +20,8 @@ def store_lock(store: Path) -> Iterator[None]:
     Creates the store's directory. Raises ``StoreInUse`` at once, without
     waiting, when another process (or another replica of this one) holds it.
     """
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with open(store.with_name(store.name + ".lock"), "a+b") as lock:
+    private_dir(store.parent, tighten=False)
+    with open(private_file(store.with_name(store.name + ".lock")), "a+b") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 
 from runstate.engine._points import STEP, PointBatch, wire_value
+from runstate.engine._private import private_file
 from runstate.projections._sampling import BLOCK, bucket_width, orderable, sample_steps
 
 __all__ = ["MetricsStore", "SeriesInfo"]
@@ -181,6 +182,7 @@ class MetricsStore:
             self.uri = target
         else:
             target = self.path
+            private_file(Path(self.path))  # 0600; SQLite gives its -wal and -shm the same mode
             self.uri = Path(self.path).resolve().as_uri() + "?mode=ro"
         self._db = sqlite3.connect(
             target,

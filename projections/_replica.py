@@ -37,8 +37,14 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from runstate.engine._connection import open_nats, provision
-from runstate.engine._embedded import EmbeddedHandle, ensure_embedded
+from runstate.engine._embedded import (
+    EmbeddedHandle,
+    _read_server_json,
+    ensure_embedded,
+    read_token,
+)
 from runstate.engine._names import Subjects
+from runstate.engine._private import private_dir
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
@@ -183,7 +189,7 @@ class Replica:
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.settings
         if settings.nats_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir)  # 0700, and tightened if it was wider
             with anyio.CancelScope(shield=True):  # a server started must be known, to stop it
                 handle = await anyio.to_thread.run_sync(
                     functools.partial(ensure_embedded, settings.data_dir, port=self._port)
@@ -197,7 +203,12 @@ class Replica:
                     pid=handle.pid,
                 )
             self.embedded = handle
-            self.settings = settings = settings.replace(nats_url=handle.url)
+            # the owner's own server: its pickles are trusted unless the settings say not
+            settings = settings.replace(nats_url=handle.url, token=handle.token)
+            settings = settings.trusting_pickles_if(True)
+        else:
+            settings = _with_embedded_token(settings).trusting_pickles_if(False)
+        self.settings = settings
         nc = await open_nats(settings, name=self._connection_name)
         stack.push_async_callback(_close_connection, nc)
         self._nc = nc
@@ -239,6 +250,22 @@ class Replica:
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
         self.metrics = parts.metrics
+
+
+def _with_embedded_token(settings: Settings) -> Settings:
+    """With a URL that is the embedded server of ``settings.data_dir``: its token too.
+
+    So ``--nats URL`` of the owner's own ``runstate server`` works as without
+    the URL (that server asks for no other token); any other server's
+    settings are kept as they are.
+    """
+    if settings.credentials is not None:
+        return settings
+    recorded = _read_server_json(settings.data_dir)
+    if recorded is None or recorded.get("url") != settings.nats_url:
+        return settings
+    token = read_token(settings.data_dir)
+    return settings if token is None else settings.replace(token=token)
 
 
 async def default_store_path(nc: NATS, settings: Settings, name: str, *, owner: bool) -> Path:

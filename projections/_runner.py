@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import get_logger
+from runstate.engine._private import private_dir
 from runstate.engine._settings import Settings
 from runstate.engine._worker import Writer
 from runstate.projections._feeder import feeder_command
@@ -67,7 +68,7 @@ async def serve_replica(
     if dedicated:
         tune_gc_for_projection()
     if isinstance(store_path, Path):
-        store_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(store_path.parent, tighten=False)
     store: ReadStore = SQLiteReadStore(store_path)
     metrics_store = MetricsStore(metrics_store_path(store_path))
     try:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Self
 
+from runstate.engine._private import private_file
 from runstate.projections._frame import frame_page
 from runstate.projections._queries import RunQuery
 from runstate.projections._schema import ensure_schema
@@ -37,6 +38,8 @@ class SQLiteReadStore(StoreWriter, StoreQueries):
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         memory = self.path == ":memory:"
+        if not memory:
+            private_file(Path(self.path))  # 0600; SQLite gives its -wal and -shm the same mode
         writer = self._connect()
         writer.execute("PRAGMA journal_mode = WAL")
         writer.execute("PRAGMA synchronous = NORMAL")

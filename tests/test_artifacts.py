@@ -38,8 +38,13 @@ class Model:
 
 @pytest.fixture
 def settings(nats_url: str, tmp_path: Path) -> Settings:
+    # these tests write and read their own pickles: trusted (a URL is not, by default)
     return Settings(
-        nats_url=nats_url, data_dir=tmp_path / "data", user="tester", inline_artifact_limit=1024
+        nats_url=nats_url,
+        data_dir=tmp_path / "data",
+        user="tester",
+        inline_artifact_limit=1024,
+        trust_pickles=True,
     )
 
 
@@ -60,7 +65,9 @@ def js_store(nc: NATS, settings: Settings) -> ArtifactStore:
 
 @pytest.fixture
 def memory_settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", user="tester", inline_artifact_limit=1024)
+    return Settings(
+        data_dir=tmp_path / "data", user="tester", inline_artifact_limit=1024, trust_pickles=True
+    )
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ RUNSTATE = [sys.executable, "-m", "runstate.client.cli"]
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTATE_")}
+    if "RUNSTATE_TOKEN" in os.environ:  # the token of the `written` server (issue 17)
+        env["RUNSTATE_TOKEN"] = os.environ["RUNSTATE_TOKEN"]
     env.update(COLUMNS="200", RUNSTATE_LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
     return env
 
@@ -162,8 +164,11 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
     server = Running("server", "--data-dir", str(data_dir))
     try:
         url = server.wait_for(r"ready: (nats://\S+)").group(1)
-        flaky, end = anyio.run(_write_runs, url)
-        yield Written(url, flaky, end)
+        # the server asks for its token: the commands given --nats URL take it from here
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("RUNSTATE_TOKEN", (data_dir / "server.token").read_text().strip())
+            flaky, end = anyio.run(_write_runs, url)
+            yield Written(url, flaky, end)
     finally:
         server.stop()
 
@@ -371,7 +376,10 @@ def test_show_task_has_attempts_exception_metadata_and_artifacts(written: Writte
     assert "Traceback (most recent call last)" in failed.stdout
     latest = runstate("show", written.end_task, "--nats", written.url)
     assert "model  json" in latest.stdout and "{'layers': [4, 2]}" in latest.stdout
-    assert "weights  pickle" in latest.stdout and "(1+2j)" in latest.stdout
+    # a pickle is never unpickled to display (issue 17): its type and size only
+    assert "weights  pickle" in latest.stdout and "not unpickled" in latest.stdout
+    assert "builtins.complex" in latest.stdout
+    assert "(1+2j)" not in latest.stdout
     assert "parents: Cli/1/train/" in latest.stdout
 
 
@@ -545,7 +553,7 @@ async def test_a_follower_says_it_lost_its_embedded_server_and_gives_up(
     server = Running("server", "--data-dir", str(tmp_path))
     try:
         url = (await anyio.to_thread.run_sync(server.wait_for, r"ready: (nats://\S+)")).group(1)
-        async with connect(url, projector=False) as client:
+        async with connect(url, projector=False, data_dir=tmp_path) as client:
             run = await client.create_run("Gone")
         args = ("watch", run.pathspec) if command == "watch" else ("events", run.pathspec, "-f")
         follower = Running(*args, "--data-dir", str(tmp_path))
@@ -682,7 +690,7 @@ async def test_server_answers_queries_and_stops_cleanly_on_sigterm(tmp_path: Pat
         ready = await anyio.to_thread.run_sync(server.wait_for, r"ready: (nats://\S+)")
         url = ready.group(1)
         assert (tmp_path / "server.json").exists()
-        async with connect(url, projector=False) as client:
+        async with connect(url, projector=False, data_dir=tmp_path) as client:
             run = await client.create_run("Served", tags=["x"])
             read = await client.run(run.pathspec, after=run.receipt)
             assert (read.pathspec, read.state) == ("Served/1", RunState.PENDING)

@@ -30,10 +30,11 @@ from runstate.engine.errors import ConfigurationError, Unavailable
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-async def connect(servers: str | Sequence[str]) -> Client:
+async def connect(servers: str | Sequence[str], token: str | None = None) -> Client:
     """A nats-py connection that fails fast and reconnects quickly."""
     return await nats.connect(
         servers=servers if isinstance(servers, str) else list(servers),
+        token=token,
         connect_timeout=2,
         reconnect_time_wait=0.1,
         max_reconnect_attempts=-1,
@@ -48,9 +49,11 @@ async def add_stream_patiently(nc: Client, name: str, replicas: int) -> None:
     await _patiently(30, f"stream {name}", lambda: _ensure_stream(nc, config))
 
 
-async def publish_numbers(url: str, stream: str, numbers: range, *, replicas: int = 1) -> None:
+async def publish_numbers(
+    url: str, stream: str, numbers: range, *, replicas: int = 1, token: str | None = None
+) -> None:
     """Create ``stream`` on ``<stream>.>`` if needed and publish each number with an ack."""
-    nc = await connect(url)
+    nc = await connect(url, token)
     try:
         js = nc.jetstream()
         await add_stream_patiently(nc, stream, replicas)
@@ -61,9 +64,9 @@ async def publish_numbers(url: str, stream: str, numbers: range, *, replicas: in
         await nc.close()
 
 
-async def read_numbers(url: str, stream: str) -> list[int]:
+async def read_numbers(url: str, stream: str, token: str | None = None) -> list[int]:
     """Every message of ``stream``, in order, as ints."""
-    nc = await connect(url)
+    nc = await connect(url, token)
     try:
         js = nc.jetstream()
         info = await js.stream_info(stream)
@@ -249,10 +252,10 @@ def test_stale_server_json_is_replaced(tmp_path: Path, pid_state: str) -> None:
 async def test_embedded_data_survives_a_new_server(tmp_path: Path) -> None:
     """A server ensure_embedded starts on a used data dir sees the streams stored before."""
     with ensure_embedded(tmp_path) as handle:
-        await publish_numbers(handle.url, "EMB", range(1, 4))
+        await publish_numbers(handle.url, "EMB", range(1, 4), token=handle.token)
     with ensure_embedded(tmp_path) as handle:
         assert handle.owned
-        assert await read_numbers(handle.url, "EMB") == [1, 2, 3]
+        assert await read_numbers(handle.url, "EMB", handle.token) == [1, 2, 3]
 
 
 def test_deploy_cluster_configs_are_renderings_of_the_template() -> None:

@@ -67,7 +67,9 @@ def test_the_server_serves_the_gateway_and_a_second_runs_alone(
     assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
     created = httpx.post(f"{url}/api/v1/runs", json={"flow": "Cli"}, timeout=20)
     assert created.status_code == 201, created.text
-    alone = Printing(tmp_path / "web.out", "web", "--nats", nats, "--port", "0")
+    # the same data directory: the command reads the embedded server's token there
+    data = str(tmp_path / "data")
+    alone = Printing(tmp_path / "web.out", "web", "--nats", nats, "--data-dir", data, "--port", "0")
     try:
         other = alone.wait_for(r"gateway ready: (http://\S+)").group(1)
         assert httpx.get(f"{other}/readyz", timeout=20).status_code == 200

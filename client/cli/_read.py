@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import time
@@ -21,6 +22,7 @@ from rich.text import Text
 
 from runstate.client._client import Client, connect
 from runstate.client._data import DataArtifact
+from runstate.client._data import _record as artifact_record
 from runstate.client._objects import Flow, Run, Step, Task
 from runstate.client.cli._app import (
     configure_logs,
@@ -39,6 +41,7 @@ from runstate.client.cli._render import (
     counts_text,
     event_line,
     format_duration,
+    pickled_preview,
     preview_text,
     state_text,
     value_preview,
@@ -207,7 +210,10 @@ def show(pathspec: str, attempt: int | None, as_of: int | datetime | None, as_js
             console.print(task_tree(obj.view, obj.attempt, previews))
         elif isinstance(obj, DataArtifact):
             console.print(artifact_header(obj.view))
-            console.print(value_preview(await _load(obj)))
+            if obj.codec == "json":
+                console.print(value_preview(await _load(obj)))
+            else:
+                console.print(pickled_preview(obj.size, await _load_bytes(client, obj)))
 
     anyio.run(functools.partial(read_caught_up, settings, body))
 
@@ -261,12 +267,20 @@ async def _run_tree(client: Client, run: Run, after: int | None) -> Any:
 
 
 def _artifact_preview(artifact: DataArtifact) -> str:
+    if artifact.codec != "json":  # never unpickled to display: see pickled_preview
+        inline = base64.b64decode(str(artifact.view.inline)) if artifact.is_inline else None
+        return pickled_preview(artifact.size, inline)
     if not artifact.is_inline:
         return f"(in the object store: runstate show {artifact.pathspec})"
     try:
         return preview_text(artifact.data)
     except Exception as exc:  # an unpicklable value must not hide the rest of the task
         return f"(cannot load: {type(exc).__name__}: {exc})"
+
+
+async def _load_bytes(client: Client, artifact: DataArtifact) -> bytes:
+    """A pickled artifact's bytes (from the event or the object store), not unpickled."""
+    return await client.writer.artifacts.load_bytes(artifact_record(artifact.view))
 
 
 async def _load(artifact: DataArtifact) -> Any:

@@ -8,6 +8,7 @@ the same thing. Run tables and trees are in ``_trees``, the live board in
 
 from __future__ import annotations
 
+import pickletools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +39,8 @@ __all__ = [
     "format_age",
     "format_duration",
     "format_size",
+    "pickle_names",
+    "pickled_preview",
     "preview_text",
     "state_text",
     "value_preview",
@@ -145,6 +148,45 @@ def preview_text(value: Any, limit: int = 60) -> str:
 def value_preview(value: Any) -> RenderableType:
     """A value in full, pretty-printed (an artifact's, on its own)."""
     return Pretty(value, max_length=50, max_string=2000)
+
+
+#: the opcodes that push a string (the module and name a STACK_GLOBAL takes)
+_PICKLE_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def pickle_names(data: bytes, limit: int = 3) -> list[str]:
+    """The globals a pickle would import (``posix.system``), read from its opcodes, none run.
+
+    Best effort (a name taken from the memo is missed): it says what a pickle
+    refers to without unpickling it, which would run whatever it names.
+    """
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in _PICKLE_STRINGS:
+                strings.append(str(arg))
+            elif opcode.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a truncated or corrupt pickle: say what was read before it
+        pass
+    unique = list(dict.fromkeys(names))
+    return unique[:limit] + (["..."] if len(unique) > limit else [])
+
+
+def pickled_preview(size: int, data: bytes | None) -> str:
+    """What the command line shows of a pickled artifact: its type and size, never its value.
+
+    Unpickling runs code chosen by whoever wrote the artifact, so the command
+    line never does it to display one, whatever ``trust_pickles`` says.
+    """
+    text = f"(a pickle of {format_size(size)}, not unpickled"
+    names = pickle_names(data) if data is not None else []
+    if names:
+        text += "; it names " + ", ".join(names)
+    return text + ")"
 
 
 # -- events ------------------------------------------------------------------
