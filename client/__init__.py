@@ -1,6 +1,8 @@
 """runstate.client: what users import.
 
-``connect()`` gives a ``Client`` with Metaflow-style snapshot reads
+``connect()`` (or, opened and closed in different places such as notebook
+cells, ``open_client()`` and ``Client.aclose()``) gives a ``Client`` with
+Metaflow-style snapshot reads
 (Flow, Run, Step, Task, DataArtifact), ZenML/W&B-style filtered and
 paginated lists, live subscriptions (``watch``, ``events``) and the
 worker API (``create_run``). ``runstate.client.compat`` is the blocking,
@@ -21,6 +23,7 @@ from runstate.client._objects import Flow as Flow
 from runstate.client._objects import Run as Run
 from runstate.client._objects import Step as Step
 from runstate.client._objects import Task as Task
+from runstate.client._open import open_client as open_client
 from runstate.client._pages import Page as Page
 from runstate.client._tails import MetricRow as MetricRow
 from runstate.client._watch import Change as Change
@@ -96,4 +99,5 @@ __all__ = [
     "default_namespace",
     "get_namespace",
     "namespace",
+    "open_client",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
 from runstate.client._watch import Change, EventRecord, Subscription, events, watch
 from runstate.engine._commits import Receipt
+from runstate.engine._connection import require_asyncio
 from runstate.engine._handles import RunHandle
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import get_logger
@@ -108,6 +109,8 @@ class Client:
         self.last_write: int = 0
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
         self.read_wait: float = self.settings.request_timeout
+        #: what ``aclose`` calls: set by ``open_client``
+        self._closer: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def over_nats(
@@ -120,6 +123,16 @@ class Client:
             nc=nc,
             namespace=namespace,
         )
+
+    async def aclose(self) -> None:
+        """Close a client ``open_client()`` opened, from any task of its event loop.
+
+        Idempotent. A client of ``async with connect()`` closes at the end of
+        its block: for it this does nothing.
+        """
+        closer, self._closer = self._closer, None
+        if closer is not None:
+            await closer()
 
     # -- namespace -------------------------------------------------------------
 
@@ -560,6 +573,7 @@ async def connect(
     ``RUNSTATE_TRUST_PICKLES=1``) says to trust it, since unpickling runs code
     chosen by whoever wrote the artifact.
     """
+    require_asyncio("runstate's async client")
     base = settings or Settings.from_env(
         nats_url=url,
         data_dir=data_dir,

@@ -16,7 +16,9 @@ metadata-provider functions choose which runstate the facade reads:
 ``metadata("nats://host:4222")``, ``metadata("local")``, ``get_metadata()``,
 ``default_metadata()`` (``compat.connect(url, **options)`` does too, with
 ``connect()``'s options). ``compat.close()`` stops early (it is also done
-at exit).
+at exit). A child forked from a process that used the facade (a
+multiprocessing pool with the fork start method) connects anew on its first
+call. The facade works from any thread, under any event loop or none.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import atexit
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 
 from runstate.client import _data
 from runstate.client import _objects as aio
@@ -63,6 +67,48 @@ __all__ = [
 T = TypeVar("T")
 
 
+@contextmanager
+def _background_portal() -> Iterator[BlockingPortal]:
+    """An event loop in a daemon thread of its own, reached through a blocking portal.
+
+    As anyio's ``start_blocking_portal``, but its thread is a daemon on every
+    anyio version: anyio before 4.5 ran it in a thread pool, which the
+    interpreter joins at exit *before* the ``atexit`` hook that stops the
+    loop, so a script that used the facade never exited.
+    """
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            started.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def run() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+
+    started: Future[BlockingPortal] = Future()
+    thread = threading.Thread(target=run, name="runstate-facade", daemon=True)
+    thread.start()
+    try:
+        portal = started.result()
+        cancel_remaining = False
+        try:
+            yield portal
+        except BaseException:
+            cancel_remaining = True
+            raise
+        finally:
+            try:
+                portal.call(portal.stop, cancel_remaining)
+            except RuntimeError:
+                pass  # the loop has stopped already
+    finally:
+        thread.join()
+
+
 class _Session:
     """One background event loop and one async client, shared by the whole process."""
 
@@ -80,7 +126,7 @@ class _Session:
             url, options = _provider if _provider is not None else (None, {})
             stack = ExitStack()
             try:
-                portal = stack.enter_context(start_blocking_portal())
+                portal = stack.enter_context(_background_portal())
                 client = stack.enter_context(
                     portal.wrap_async_context_manager(_connect(url, **options))
                 )
@@ -89,6 +135,19 @@ class _Session:
                 raise
             self._stack, self.portal, self.client = stack, portal, client
             return client
+
+    def forget_in_child(self) -> None:
+        """In a child forked from this process: start afresh, leaving the parent's alone.
+
+        The parent's background loop ran in a thread the child does not have,
+        and its connection's socket is the parent's: a call through them would
+        wait for ever. So the child drops them (held, never closed: closing
+        would act on the parent's connection and server) and its next call
+        connects anew to what ``metadata()`` chose.
+        """
+        _inherited.append((self._stack, self.portal, self.client))
+        self._lock = threading.Lock()  # another thread of the parent may have held it
+        self._stack, self.portal, self.client = None, None, None
 
     def close(self) -> None:
         with self._lock:
@@ -106,8 +165,12 @@ class _Session:
         return self.open()
 
 
+#: what a forked child inherited of its parent's session, kept from the garbage collector
+_inherited: list[tuple[Any, ...]] = []
+
 _session = _Session()
 atexit.register(_session.close)
+os.register_at_fork(after_in_child=_session.forget_in_child)
 
 #: what ``metadata()`` or ``connect()`` chose: ``runstate.client.connect``'s URL and
 #: options; None: the default (``RUNSTATE_NATS_URL``, else the embedded server)

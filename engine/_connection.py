@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +32,7 @@ from runstate.engine.errors import (
     Unavailable,
 )
 
-__all__ = ["MIN_SERVER_VERSION", "open_nats", "provision"]
+__all__ = ["MIN_SERVER_VERSION", "on_disconnect", "open_nats", "provision", "require_asyncio"]
 
 log = get_logger("runstate.connection")
 
@@ -44,6 +47,52 @@ _AUTHORIZATION_VIOLATION = "authorization violation"
 #: "no suitable peers for placement": while a cluster starts, a node that has not joined
 #: yet cannot hold a replica, so provisioning asks again within the retry budget
 _NO_PEERS_YET = 10005
+
+
+#: what to call when a connection made by ``open_nats`` loses its server (``on_disconnect``)
+_disconnect_listeners: weakref.WeakKeyDictionary[NATS, set[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def on_disconnect(nc: NATS, listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` when ``nc`` next loses its server; return what stops listening.
+
+    A request in flight then has no answer coming (its reply went to the lost
+    node): a read asks again once the connection is back (``NatsQueries``).
+    Only connections made by ``open_nats`` tell; on others it is never called.
+    """
+    listeners = _disconnect_listeners.setdefault(nc, set())
+    listeners.add(listener)
+    return lambda: listeners.discard(listener)
+
+
+def require_asyncio(what: str) -> None:
+    """Raise ``ConfigurationError`` unless this runs on an asyncio event loop.
+
+    nats-py, under every connection, runs on asyncio only: under trio it
+    would fail deep inside with "no running event loop". Checked before
+    anything starts, so nothing is left half-made (no coroutine never awaited).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    runtime = "no asyncio event loop"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+            runtime = "trio"
+        except RuntimeError:
+            pass
+    raise ConfigurationError(
+        f"{what} needs asyncio (nats-py runs on asyncio only), and this is {runtime}: "
+        "run it with anyio.run(main) or asyncio.run(main()), or use the blocking facade "
+        "runstate.client.compat, which works from any thread and any runtime"
+    )
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -67,6 +116,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     ``ConfigurationError`` (not a NATS URL, a missing TLS or credentials file, credentials
     the server refuses: final, not retried).
     """
+    require_asyncio("runstate's NATS connection")
     target = url or settings.nats_url
     if not target:
         raise ConfigurationError("no NATS URL: pass url= or set RUNSTATE_NATS_URL")
@@ -102,6 +152,8 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
 
     async def _on_disconnect() -> None:
         log.debug("nats.disconnected")
+        for listener in list(_disconnect_listeners.get(nc, ())):
+            listener()
 
     async def _on_reconnect() -> None:
         log.info("nats.reconnected")
