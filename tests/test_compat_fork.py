@@ -1,0 +1,57 @@
+"""The blocking facade in a process forked after its parent used it (a multiprocessing
+pool with the fork start method): the child connects anew instead of waiting for ever on
+its parent's background loop, which it does not have."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from _query_service import query_service
+
+from runstate.client import compat, connect
+
+
+async def _write_run(url: str, data_dir: Path) -> str:
+    async with connect(url, data_dir=data_dir, projector=False) as client:
+        run = await client.create_run("Forked")
+        async with run.running():
+            async with run.task("start") as task:
+                await task.save(accuracy=0.5)
+        await client.run(run.pathspec, after=client.last_write)
+        return run.pathspec
+
+
+def _child_reads(pathspec: str) -> tuple[str, str, float]:
+    """What a pool worker reads through the facade it inherited."""
+    run = compat.Run(pathspec)
+    return run.pathspec, str(run.state), run["start"].task.data.accuracy
+
+
+@pytest.fixture
+def facade() -> Iterator[None]:
+    yield
+    compat.close()
+    compat.default_metadata()
+    compat.default_namespace()
+
+
+def test_a_pool_forked_after_the_facade_was_used_reads_through_it(
+    nats_url: str, tmp_path: Path, facade: None
+) -> None:
+    """The parent reads through the facade, then forks a pool: every child's facade calls
+    succeed (each child connects on its first call), and the parent's still work."""
+    with query_service(nats_url, tmp_path / "store" / "views.sqlite3"):
+        pathspec = anyio.run(_write_run, nats_url, tmp_path / "writer")
+        compat.connect(nats_url, data_dir=tmp_path / "facade")
+        compat.namespace(None)
+        expected = (pathspec, "completed", 0.5)
+        assert _child_reads(pathspec) == expected  # the parent has a client and a loop now
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            # a child that waited on its parent's loop would never answer: bounded here
+            results = pool.map_async(_child_reads, [pathspec] * 6).get(timeout=60)
+        assert results == [expected] * 6
+        assert _child_reads(pathspec) == expected
