@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import importlib.resources
+import importlib.util
 import io
 import json
 import os
@@ -485,8 +485,14 @@ def test_kubernetes_nats_pods_form_a_cluster_and_answer_their_probes(
 
 
 def compose_schema() -> dict[str, Any]:
-    """The Compose specification's JSON schema, as check-jsonschema vendors it."""
-    vendor = importlib.resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
+    """The Compose specification's JSON schema, as check-jsonschema vendors it.
+
+    Found without importing check_jsonschema, whose command line needs a newer click than
+    runstate's floor (CI's second run pins click to it).
+    """
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None and spec.submodule_search_locations
+    vendor = Path(spec.submodule_search_locations[0]) / "builtin_schemas" / "vendor"
     schema: dict[str, Any] = json.loads((vendor / "compose-spec.json").read_text())
     return schema
 

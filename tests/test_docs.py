@@ -3,7 +3,10 @@
 A document's blocks run in order in one subprocess, on a data directory of
 their own (``RUNSTATE_DATA_DIR``, so the embedded server is the test's):
 python blocks share one module namespace, as parts of one program do, and
-sh blocks run in bash with the venv's ``runstate`` on ``PATH``. A block the
+sh blocks run in bash with the venv's ``runstate`` on ``PATH``. A python
+block with top-level ``await`` is a notebook cell: it runs as a Jupyter
+kernel runs one, as a task of its own on one event loop kept from block to
+block. A block the
 tests cannot run says so, visibly, on the line before it: ``Not run by the
 doc tests: <reason>``.
 """
@@ -27,8 +30,9 @@ _NOT_RUN = re.compile(r"^Not run by the doc tests: \S")
 
 #: runs the blocks given as JSON in order; says which one failed
 _RUNNER = """
-import json, subprocess, sys, traceback
+import ast, asyncio, json, subprocess, sys, traceback
 namespace = {"__name__": "__main__"}
+kernel = asyncio.new_event_loop()  # the notebook cells' loop, as a Jupyter kernel's
 for block in json.load(open(sys.argv[1])):
     where = f"{block['document']}:{block['line']}"
     print(f"-- {where}", flush=True)
@@ -36,7 +40,10 @@ for block in json.load(open(sys.argv[1])):
         if block["language"] == "sh":
             subprocess.run(["bash", "-e", "-c", block["code"]], check=True)
         else:
-            exec(compile(block["code"], where, "exec"), namespace)
+            code = compile(block["code"], where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+            cell = eval(code, namespace)  # a coroutine when the block awaits at top level
+            if cell is not None:
+                kernel.run_until_complete(cell)
     except BaseException:
         traceback.print_exc()
         sys.exit(f"the {block['language']} block at {where} failed")

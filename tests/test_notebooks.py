@@ -105,3 +105,22 @@ def test_the_async_client_and_the_facade_interleave_in_one_kernel(
             tmp_path,
         )
     assert printed[1:] == ["1000 0.75\n", "True\n"]
+
+
+def test_the_readmes_examples_run_in_a_kernel_with_await_main(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's python blocks, pasted into cells with ``await main()`` for ``anyio.run(main)``
+    as README says, run in a kernel on the local runstate of a data directory."""
+    from test_docs import ROOT, blocks
+
+    cells = [
+        block.code.replace("anyio.run(main)", "await main()")
+        for block in blocks(ROOT / "README.md")
+        if block.language == "python" and not block.not_run
+    ]
+    assert sum("await main()" in cell for cell in cells) == 2
+    monkeypatch.setenv("RUNSTATE_DATA_DIR", str(tmp_path / "data"))
+    printed = _execute(cells, tmp_path)
+    assert printed[1].startswith("completed {'completed': 4}\n")
+    assert printed[2] == "0.95\n"
