@@ -1,10 +1,15 @@
-"""The blocking facade in a process forked after its parent used it (a multiprocessing
-pool with the fork start method): the child connects anew instead of waiting for ever on
-its parent's background loop, which it does not have."""
+"""The blocking facade's background loop and the life of its process: a child forked after
+its parent used the facade (a multiprocessing pool with the fork start method) connects
+anew instead of waiting for ever on its parent's loop, which it does not have; and a script
+that used the facade exits (with anyio before 4.5 it never did: CI's run on the dependency
+floors checks that)."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +60,25 @@ def test_a_pool_forked_after_the_facade_was_used_reads_through_it(
             results = pool.map_async(_child_reads, [pathspec] * 6).get(timeout=60)
         assert results == [expected] * 6
         assert _child_reads(pathspec) == expected
+
+
+def test_a_script_that_used_the_facade_exits_and_stops_its_server(tmp_path: Path) -> None:
+    """A script that read through the facade, on the embedded server it started, ends by
+    itself with its server stopped (no ``server.json`` left)."""
+    script = (
+        "from runstate.client import compat\n"
+        "compat.namespace(None)\n"
+        "print(len(compat.Metaflow().flows))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNSTATE_")}
+    env["RUNSTATE_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,  # a script that never exits fails here
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "0\n"
+    assert not (tmp_path / "data" / "server.json").exists()
