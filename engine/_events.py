@@ -411,7 +411,7 @@ Upcaster: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 _COMMIT = TypeAdapter(list[Event])
-_ONE = TypeAdapter(Event)
+_ONE: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def register_upcaster(event_type: str, from_version: int, upcaster: Upcaster) -> None:
