@@ -82,7 +82,8 @@ async def local_replica(
 
     Joins the server that runs there, or starts one and waits until it
     answers. ``projector=True`` also runs a projector replica in this
-    process (its store under ``data_dir/replicas``). Raises
+    process (its store under ``data_dir/replicas``), as does a client of
+    another prefix than the server folds, unless ``projector=False``. Raises
     ``LocalServerOutdated`` when the server runs an older runstate than this
     one, unless ``restart`` (it is then stopped and this version started),
     ``Unavailable`` when a server does not start (its log says why).
@@ -124,6 +125,9 @@ async def _join(
         if record is None:
             record = await anyio.to_thread.run_sync(_start, settings)
             started = True
+        if projector is None and record.get("prefix", settings.prefix) != settings.prefix:
+            # the server folds another prefix: this client folds its own, as with a URL
+            projector = True
         attempt = contextlib.AsyncExitStack()
         try:
             replica = await attempt.enter_async_context(
@@ -284,11 +288,10 @@ def _start(settings: Settings) -> dict[str, Any]:
         for k, v in os.environ.items()
         if k not in ("RUNSTATE_NATS_URL", "RUNSTATE_TOKEN", "RUNSTATE_DATA_DIR", "RUNSTATE_PREFIX")
     }
-    env["RUNSTATE_HEARTBEAT_TIMEOUT"] = str(settings.heartbeat_timeout)
     env["RUNSTATE_LOCAL_IDLE_TIMEOUT"] = str(settings.local_idle_timeout)
     env.setdefault("RUNSTATE_LOG_LEVEL", "info")
     env["PYTHONUNBUFFERED"] = "1"  # its log says what it did up to the moment it stopped
-    command = [sys.executable, "-m", "runstate.client.cli", "server", "--detached"]
+    command = [sys.executable, "-m", "runstate.client.cli._serve", "--detached"]
     command += ["--data-dir", str(data_dir), "--prefix", settings.prefix]
     with open(private_file(log_path), "ab") as out:
         process = subprocess.Popen(

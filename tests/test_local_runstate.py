@@ -354,6 +354,21 @@ def test_an_older_local_runstate_says_so_and_restarts_when_asked(tmp_path: Path)
     assert _record(data_dir)["version"] != "0.0.9"
 
 
+def test_a_client_of_another_prefix_reads_its_own_runs(tmp_path: Path) -> None:
+    """A client whose prefix the local runstate does not fold joins it all the same and
+    folds its prefix itself, so its reads answer."""
+    data_dir = tmp_path / "data"
+
+    async def use(prefix: str) -> str | None:
+        async with connect(data_dir=data_dir, prefix=prefix) as client:
+            run = await client.create_run("Prefixed")
+            assert (await client.run(run.pathspec, after=run.receipt)).pathspec == run.pathspec
+            return client.settings.nats_url
+
+    first = anyio.run(use, "rs")
+    assert anyio.run(use, "other") == first == _record(data_dir)["url"]
+
+
 async def _stop(data_dir: Path) -> None:
     from runstate.client._local import stop_local
 

@@ -83,6 +83,7 @@ class LocalControl:
             ready=True,
             detached=self.detached,
             projector=self.replica.projector is not None,
+            prefix=self.replica.settings.prefix,
             http=None,
         )
         log.info("server.ready", data_dir=str(self._data_dir), detached=self.detached)

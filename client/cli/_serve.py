@@ -337,3 +337,7 @@ def projector(rebuild: bool, store: Path | None, name: str) -> None:
             own_server=False,
         ),
     )
+
+
+if __name__ == "__main__":  # the local runstate a client starts, without the other commands
+    server.main(prog_name="runstate server")
