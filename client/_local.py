@@ -139,8 +139,12 @@ async def _join(
                 stack.push_async_exit(attempt)
                 return replica
         except Unavailable:
+            await attempt.aclose()
             if started:
                 raise
+        except BaseException:
+            await attempt.aclose()
+            raise
         await attempt.aclose()
         log.warning("local.not_answering", data_dir=str(data_dir), record=record)
         await anyio.to_thread.run_sync(_clear_stale, data_dir, record, True)
