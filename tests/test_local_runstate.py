@@ -229,7 +229,8 @@ def test_the_local_runstate_stops_when_idle_and_not_before(tmp_path: Path) -> No
 
 def test_status_shows_the_server_and_stop_stops_it(tmp_path: Path) -> None:
     """``server status`` shows pid, URLs, data directory, version, uptime and applied
-    sequence; ``server stop`` stops it; then status says none runs (exit 1)."""
+    sequence; ``server stop`` stops it; then status says none runs (exit 1). Its log is
+    0600, and the token is on no command line."""
     data_dir = tmp_path / "data"
 
     async def write() -> int:
@@ -241,6 +242,11 @@ def test_status_shows_the_server_and_stop_stops_it(tmp_path: Path) -> None:
 
     sequence = anyio.run(write)
     record = _record(data_dir)
+    token = (data_dir / "server.token").read_text().strip()
+    for pid in (record["owner_pid"], record["pid"]):  # the token is on no command line
+        assert token not in Path(f"/proc/{pid}/cmdline").read_text()
+    log = data_dir / "runstate-server.log"
+    assert log.stat().st_mode & 0o777 == 0o600 and "runstate server ready" in log.read_text()
     args = ["--data-dir", str(data_dir)]
     shown = subprocess.run(
         [*RUNSTATE, "server", "status", "--json", *args], capture_output=True, text=True, env=_env()
