@@ -43,6 +43,7 @@ from runstate.engine.errors import IllegalTransition as IllegalTransition
 from runstate.engine.errors import InvalidEvent as InvalidEvent
 from runstate.engine.errors import InvalidName as InvalidName
 from runstate.engine.errors import JetStreamDisabled as JetStreamDisabled
+from runstate.engine.errors import LocalServerOutdated as LocalServerOutdated
 from runstate.engine.errors import NotFound as NotFound
 from runstate.engine.errors import NotInNamespace as NotInNamespace
 from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
@@ -71,6 +72,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "JetStreamDisabled",
+    "LocalServerOutdated",
     "LogLine",
     "MetricRow",
     "NotFound",

@@ -18,6 +18,7 @@ from runstate.client import _namespace
 from runstate.client._as_of import AsOf, check_as_of, run_at, step_at, task_at
 from runstate.client._data import DataArtifact
 from runstate.client._frame import runs_frame
+from runstate.client._local import local_replica
 from runstate.client._objects import Flow, FlowInfo, Run, Step, Task, object_from_reply
 from runstate.client._pages import Page
 from runstate.client._queries import NatsQueries, Queries
@@ -555,17 +556,23 @@ async def connect(
     namespace: Any = _namespace.DEFAULT,
     projector: bool | None = None,
     trust_pickles: bool | None = None,
+    restart_local: bool = False,
 ) -> AsyncIterator[Client]:
     """Connect to runstate and yield a ``Client``.
 
     With a URL (or ``RUNSTATE_NATS_URL``) it connects to that NATS. With
-    neither it starts (or joins) the embedded nats-server on ``data_dir``
-    and, when it started the server, runs a projector replica in-process,
-    so a script or notebook works with no set-up. ``projector=True`` forces
-    an in-process replica, ``False`` forbids one. The replica (a
-    ``runstate.projections.Replica`` named ``client``) keeps its read store
-    under ``data_dir`` and holds its lock: ``StoreInUse`` when another
-    replica holds it.
+    neither it joins the local runstate of ``data_dir``: a server in the
+    background (nats-server, a projector replica, the HTTP gateway) that
+    the first client starts when none runs, and that no client stops (it
+    stops after ``Settings.local_idle_timeout`` seconds with no client
+    connected, or on ``runstate server stop``), so a script or notebook
+    works with no set-up. ``LocalServerOutdated``: it runs an older
+    runstate; ``restart_local=True`` stops it and starts this one instead.
+
+    ``projector=True`` also runs a projector replica in this process (a
+    ``runstate.projections.Replica`` named ``client``, its read store under
+    ``data_dir``, holding its lock: ``StoreInUse`` when another replica
+    holds it); by default none runs here.
 
     ``trust_pickles``: load pickled artifacts. By default they are loaded from
     the embedded server of your own data directory only; from a server at a
@@ -588,22 +595,39 @@ async def connect(
     if trust_pickles is not None:
         base = base.replace(trust_pickles=trust_pickles)
     _namespace.set_default_user(base.user)
-    async with _open(base, projector) as client:
+    async with _open(base, projector, restart_local) as client:
         if namespace is not _namespace.DEFAULT:
             client._namespace = namespace
         yield client
 
 
 @asynccontextmanager
-async def _open(settings: Settings, projector: bool | None) -> AsyncIterator[Client]:
-    async with Replica(settings, projector=projector, name="client") as replica:
+async def _open(
+    settings: Settings, projector: bool | None, restart_local: bool = False
+) -> AsyncIterator[Client]:
+    local = settings.nats_url is None
+    async with (
+        local_replica(settings, projector=projector, restart=restart_local)
+        if local
+        else Replica(settings, projector=projector, name="client")
+    ) as replica:
         client = Client.over_nats(replica.nc, replica.settings)
+        # Let the first reads of this process see what earlier ones wrote.
         if replica.projector is not None:
-            # Let the first reads of this process see what earlier ones wrote.
             caught_up = await client.log.stream_last_sequence()
             with anyio.move_on_after(max(replica.settings.request_timeout, 30.0)):
                 await replica.projector.wait_for(caught_up, timeout=math.inf)
+        elif local:
+            await _local_caught_up(client)
         yield client
+
+
+async def _local_caught_up(client: Client) -> None:
+    """Wait (a few seconds at most) until the local runstate has applied the log's end."""
+    caught_up = await client.log.stream_last_sequence()
+    with anyio.move_on_after(client.settings.request_timeout):
+        while caught_up and (await client.status())["applied"] < caught_up:  # noqa: ASYNC110 - another process's progress
+            await anyio.sleep(0.01)
 
 
 _V = TypeVar("_V", RunView, TaskView)

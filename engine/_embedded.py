@@ -6,16 +6,26 @@ account that owns the data directory can read it, and its clients pick it up
 from there when they join the server (``read_token``). The token reaches
 nats-server through ``nats-server.conf`` (0600), never its command line,
 which any local user can read.
+
+``server.json`` names the server (its URL and pid), the process that owns
+it (``owner_pid``: ``runstate server``, the local runstate in the
+background, or a process running its own ``Replica``) and the runstate
+version that process runs; ``runstate server`` adds what it serves
+(``update_record``). ``local.lock`` is the lock clients hold while they
+decide to join or start the local runstate (``runstate.client._local``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import importlib.metadata
 import json
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +36,19 @@ from runstate.engine._logging import get_logger
 from runstate.engine._private import PRIVATE_FILE, private_dir, private_file
 from runstate.engine._server import NatsServer, _answers_nats, _pid_alive
 
-__all__ = ["EmbeddedHandle", "ensure_embedded", "read_token"]
+__all__ = [
+    "EmbeddedHandle",
+    "ensure_embedded",
+    "local_lock",
+    "read_record",
+    "read_token",
+    "runstate_version",
+    "update_record",
+]
 
 _SERVER_JSON = "server.json"
 _SERVER_LOCK = "server.lock"
+_LOCAL_LOCK = "local.lock"
 _SERVER_TOKEN = "server.token"
 _SERVER_CONF = "nats-server.conf"
 
@@ -186,7 +205,13 @@ def ensure_embedded(
             watchdog = _Watchdog(pid)
             _write_server_json(
                 data_dir,
-                {"url": server.url, "pid": pid, "started_at": datetime.now(UTC).isoformat()},
+                {
+                    "url": server.url,
+                    "pid": pid,
+                    "owner_pid": os.getpid(),
+                    "version": runstate_version(),
+                    "started_at": datetime.now(UTC).isoformat(),
+                },
             )
         except BaseException:
             if watchdog is not None:
@@ -199,13 +224,62 @@ def ensure_embedded(
 
 
 @contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    with open(private_file(data_dir / _SERVER_LOCK), "a+b") as lock:
+def _locked(data_dir: Path, name: str = _SERVER_LOCK) -> Iterator[None]:
+    with open(private_file(data_dir / name), "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def local_lock(data_dir: Path, *, timeout: float | None = None) -> Iterator[bool]:
+    """Hold ``data_dir/local.lock``: one process at a time joins, starts or stops the local
+    runstate. Blocks until it is free; with ``timeout``, gives up after that many seconds
+    and yields False (the lock not held) instead."""
+    with open(private_file(private_dir(Path(data_dir)) / _LOCAL_LOCK), "a+b") as lock:
+        if timeout is None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        yield False
+                        return
+                    time.sleep(0.01)
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@functools.cache
+def runstate_version() -> str:
+    """The version of the runstate package this process runs (recorded in ``server.json``)."""
+    try:
+        return importlib.metadata.version("runstate")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def read_record(data_dir: Path) -> dict[str, Any] | None:
+    """``data_dir/server.json``: the embedded server running there, or None."""
+    return _read_server_json(Path(data_dir))
+
+
+def update_record(data_dir: Path, pid: int, **fields: Any) -> bool:
+    """Add ``fields`` to ``server.json`` if it still names the server ``pid``; whether it did."""
+    with _locked(data_dir):
+        recorded = _read_server_json(data_dir)
+        if recorded is None or recorded.get("pid") != pid:
+            return False
+        _write_server_json(data_dir, {**recorded, **fields})
+        return True
 
 
 def _read_server_json(data_dir: Path) -> dict[str, Any] | None:

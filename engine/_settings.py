@@ -32,7 +32,8 @@ def _default_user() -> str:
 class Settings:
     """Where NATS is, how to reach it, and the knobs every part shares.
 
-    ``nats_url=None`` means the embedded server on ``data_dir``.
+    ``nats_url=None`` means the local runstate of ``data_dir`` (a client starts it when
+    none runs).
     """
 
     nats_url: str | None = None
@@ -80,6 +81,9 @@ class Settings:
     #: seconds between samples of the worker process's CPU and memory into the ``system``
     #: metric stream while a task or run block runs (0: none; needs ``runstate[system]``)
     system_metrics_interval: float = 0.0
+    #: seconds the local runstate (the background server a client starts when given no
+    #: URL) runs on with no client connected before it stops by itself (0: never)
+    local_idle_timeout: float = 900.0
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -91,6 +95,8 @@ class Settings:
             raise ConfigurationError("metrics_max_age is seconds (0 keeps points for ever)")
         if self.logs_max_age < 0:
             raise ConfigurationError("logs_max_age is seconds (0 keeps log lines for ever)")
+        if self.local_idle_timeout < 0:
+            raise ConfigurationError("local_idle_timeout is seconds (0 keeps it running)")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "heartbeat_timeout must be longer than heartbeat_interval "
@@ -104,7 +110,7 @@ class Settings:
         Variables: RUNSTATE_NATS_URL, RUNSTATE_CREDENTIALS, RUNSTATE_TLS_CA,
         RUNSTATE_TLS_CERT, RUNSTATE_TLS_KEY, RUNSTATE_PREFIX, RUNSTATE_DATA_DIR,
         RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER, RUNSTATE_TOKEN,
-        RUNSTATE_HEARTBEAT_TIMEOUT.
+        RUNSTATE_HEARTBEAT_TIMEOUT, RUNSTATE_LOCAL_IDLE_TIMEOUT.
         """
         env = dict(os.environ if env is None else env)
         values: dict[str, Any] = {}
@@ -131,6 +137,8 @@ class Settings:
                 values["replicas"] = int(env["RUNSTATE_REPLICAS"])
             if env.get("RUNSTATE_HEARTBEAT_TIMEOUT"):
                 values["heartbeat_timeout"] = float(env["RUNSTATE_HEARTBEAT_TIMEOUT"])
+            if env.get("RUNSTATE_LOCAL_IDLE_TIMEOUT"):
+                values["local_idle_timeout"] = float(env["RUNSTATE_LOCAL_IDLE_TIMEOUT"])
         except ValueError as exc:
             raise ConfigurationError(f"bad number in the environment: {exc}") from None
         if env.get("RUNSTATE_TRUST_PICKLES"):

@@ -20,6 +20,7 @@
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
     ├── StoreInUse             another replica holds the read store file
     ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
+    ├── LocalServerOutdated    the local runstate runs an older version than this client
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidName",
     "JetStreamDisabled",
+    "LocalServerOutdated",
     "NotFound",
     "NotInNamespace",
     "PayloadTooLarge",
@@ -205,6 +207,17 @@ class ServerAlreadyRunning(RunstateError):
     code = "server_already_running"
 
 
+class LocalServerOutdated(RunstateError):
+    """The local runstate of the data directory runs an older runstate than this client.
+
+    It keeps running for the clients that use it; stop it with ``runstate
+    server stop`` (the next client starts this version), or connect with
+    ``restart_local=True``.
+    """
+
+    code = "local_server_outdated"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -228,6 +241,7 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         UnsafeArtifact,
         StoreInUse,
         ServerAlreadyRunning,
+        LocalServerOutdated,
         ConfigurationError,
         IdempotencyKeyReused,
         StepWentBack,

@@ -198,7 +198,8 @@ class Replica:
             if self._own_server and not handle.owned:
                 raise ServerAlreadyRunning(
                     f"a runstate server already runs on {settings.data_dir} at {handle.url} "
-                    f"(pid {handle.pid}); use it, or stop it first",
+                    f"(pid {handle.pid}); use it, or stop it first "
+                    f"(runstate server stop --data-dir {settings.data_dir})",
                     url=handle.url,
                     pid=handle.pid,
                 )

@@ -13,11 +13,15 @@ Markers:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
+from runstate.client._local import stop_local
 from runstate.engine._cluster import NatsCluster
 from runstate.engine._server import NatsServer
 
@@ -72,3 +76,37 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- the local runstate ------------------------------------------------------------------
+
+#: a test's local runstate (what a client with no URL starts) stops soon once its
+#: clients are gone; the fixtures below stop every one a test left running anyway
+os.environ.setdefault("RUNSTATE_LOCAL_IDLE_TIMEOUT", "30")
+
+
+def _stop_local_runstates(under: Path) -> None:
+    """Stop every local runstate running in the background on a data directory under ``under``."""
+    for record_file in under.rglob("server.json"):
+        try:
+            record = json.loads(record_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("detached"):
+            anyio.run(stop_local, record_file.parent)
+
+
+@pytest.fixture(autouse=True)
+def _no_local_runstate_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test with a ``tmp_path``, no local runstate it started runs on."""
+    tmp_path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp_path is not None:
+        _stop_local_runstates(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_local_runstate_left_at_all(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session, none runs under the session's temporary directory either."""
+    yield
+    _stop_local_runstates(tmp_path_factory.getbasetemp())

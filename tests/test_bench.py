@@ -79,6 +79,7 @@ TINY: dict[str, list[str]] = {
     ],
     "logs": ["--log-lines", "300", "--log-reads", "1", "--changes", "5"],
     "frame": ["--frame-runs", "200", "--frame-repeat", "2", "--calls", "5"],
+    "local": ["--repeat", "2", "--calls", "3"],
 }
 
 READS = {"get_run", "latest_successful", "runs_by_tag", "tasks_of_step"}
@@ -133,6 +134,7 @@ FIGURES: dict[str, set[str]] = {
     },
     "logs": {"ingest_lines_per_s", "read_mb_per_s", "tail_ms"},
     "frame": {"runs_frame_s", "runs_by_summary_ms"},
+    "local": {"local_start_ms", "local_join_ms", "facade_first_call_ms", "facade_import_ms"},
 }
 # differences of two timings may be zero or negative on a single call
 SIGNED = {"facade_added_ms", "projector_drain_ms_w1", "projector_drain_ms_w64"}

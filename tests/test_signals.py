@@ -1,11 +1,12 @@
-"""Whoever starts the embedded nats-server stops it, however it is stopped itself.
+"""A process that started the local runstate leaves it serving, however it is stopped.
 
 Each test runs a real process on a data directory of its own with no NATS
-URL, so it starts the embedded server: ``runstate watch --wait``,
-``runstate events --follow --wait`` or a script using ``connect()``. It is
-stopped with SIGTERM or SIGINT (or SIGKILL, which no handler can see), and
-afterwards the server is gone and ``runstate runs`` and ``runstate server``
-work on the same directory.
+URL, so it starts the local runstate in the background: ``runstate watch
+--wait``, ``runstate events --follow --wait`` or a script using
+``connect()``. It is stopped with SIGTERM or SIGINT (or SIGKILL, which no
+handler can see); the command exits cleanly, the local runstate keeps
+running, ``runstate runs`` works on it at once, and after ``runstate server
+stop`` a ``runstate server`` in the foreground starts on the same directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from runstate.client._local import _running
 
 RUNSTATE = [sys.executable, "-m", "runstate.client.cli"]
 
@@ -48,11 +51,8 @@ def _env() -> dict[str, str]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether ``pid`` runs (an orphan that exited may wait a while for init to reap it)."""
+    return _running(pid)
 
 
 def _until(condition: object, timeout: float, what: str) -> None:
@@ -65,7 +65,8 @@ def _until(condition: object, timeout: float, what: str) -> None:
 
 
 def _start(name: str, data_dir: Path) -> tuple[subprocess.Popen[str], int]:
-    """Start the command ``name`` on ``data_dir``; once it waits, return it and the server pid."""
+    """Start the command ``name`` on ``data_dir``; once it waits, return it and the pid of
+    the local runstate it started."""
     command = list(_COMMANDS[name])
     command += [str(data_dir)] if name == "script" else ["--data-dir", str(data_dir)]
     process = subprocess.Popen(
@@ -75,11 +76,11 @@ def _start(name: str, data_dir: Path) -> tuple[subprocess.Popen[str], int]:
     line = process.stderr.readline()  # the command's first words: it is waiting now
     assert "waiting for it" in line or "connected" in line, line
     server = json.loads((data_dir / "server.json").read_text())
-    assert _alive(server["pid"])
-    return process, int(server["pid"])
+    assert _alive(server["owner_pid"]) and server["owner_pid"] != process.pid
+    return process, int(server["owner_pid"])
 
 
-#: SIGKILL reaches no handler: the script's case shows that the watchdog suffices
+#: SIGKILL reaches no handler: the script's case shows that none is needed
 _CASES = [
     *((name, sig) for name in _COMMANDS for sig in (signal.SIGTERM, signal.SIGINT)),
     ("script", signal.SIGKILL),
@@ -87,10 +88,12 @@ _CASES = [
 
 
 @pytest.mark.parametrize(("name", "sig"), _CASES, ids=[f"{n}-{s.name}" for n, s in _CASES])
-def test_a_stopped_process_leaves_no_server_behind(
+def test_a_stopped_process_leaves_the_local_runstate_serving(
     tmp_path: Path, name: str, sig: signal.Signals
 ) -> None:
-    """A command or script stopped by a signal stops its server; ``runs`` and ``server`` work."""
+    """A command or script stopped by a signal leaves the local runstate it started running:
+    ``runs`` works on it; once stopped, ``server`` starts on the directory in the foreground
+    (tried after SIGKILL)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()  # the reading commands create none
     process, server_pid = _start(name, data_dir)
@@ -107,7 +110,7 @@ def test_a_stopped_process_leaves_no_server_behind(
     if name != "script":
         assert status == 0, stderr
         assert "Traceback" not in stderr, stderr
-    _until(lambda: not _alive(server_pid), 15, f"the embedded server {server_pid} stops")
+    assert _alive(server_pid)
 
     listed = subprocess.run(
         [*RUNSTATE, "runs", "--data-dir", str(data_dir)],
@@ -118,6 +121,18 @@ def test_a_stopped_process_leaves_no_server_behind(
     )
     assert listed.returncode == 0, listed.stderr
     assert "no runs yet" in listed.stdout
+    assert json.loads((data_dir / "server.json").read_text())["owner_pid"] == server_pid
+    if sig is not signal.SIGKILL:
+        return  # the teardown stops it; one case is enough to try the foreground after
+    stopped = subprocess.run(
+        [*RUNSTATE, "server", "stop", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    _until(lambda: not _alive(server_pid), 15, f"the local runstate {server_pid} stops")
     server = subprocess.Popen(
         [*RUNSTATE, "server", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE,

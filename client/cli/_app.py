@@ -9,8 +9,8 @@ The connection options ``--nats``, ``--data-dir``, ``--prefix`` and
 ``--user`` may come before or after the command name (``runstate --nats URL
 runs`` and ``runstate runs --nats URL`` are the same); ``runs`` keeps
 ``--user`` for its own filter. Without ``--nats`` or ``RUNSTATE_NATS_URL``
-a command uses the embedded server of the data directory, starting it (and
-an in-process projector) when none runs.
+a command uses the local runstate of the data directory (``runstate server``
+in the background), starting it when none runs.
 
 Errors print one line, ``error: <message>``, on stderr and exit with 2 for
 bad input (a malformed pathspec, an object that does not exist, a bad
@@ -410,7 +410,8 @@ def cli(ctx: click.Context) -> None:
       runstate runs Train
       runstate show Train/1
 
-    Without --nats (or RUNSTATE_NATS_URL) every command uses the embedded
-    server of --data-dir, starting it when none runs.
+    Without --nats (or RUNSTATE_NATS_URL) every command uses the local runstate
+    of --data-dir (a runstate server in the background), starting it when none
+    runs; see runstate server status and runstate server stop.
     """
     ctx.ensure_object(GlobalOptions)

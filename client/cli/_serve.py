@@ -1,9 +1,17 @@
-"""``runstate server`` and ``runstate projector``: a NATS server and a replica, until stopped."""
+"""``runstate server`` and ``runstate projector``: a NATS server and a replica, until stopped.
+
+``runstate server`` runs in the foreground; a client given no URL starts the
+same server in the background (``--detached``, the local runstate of its data
+directory), which ``runstate server status`` and ``runstate server stop``
+report on and stop.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,13 +19,16 @@ import anyio.abc
 import click
 
 from runstate.client._client import Client
+from runstate.client._local import LOG_FILE, local_status, stop_local
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
+    echo_json,
     global_options,
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._local_server import LocalControl
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError
 from runstate.projections._replica import Replica
@@ -39,31 +50,47 @@ async def _serve(
     rebuild: bool,
     own_server: bool,
     http: tuple[str, int | None] | None = None,
+    detached: bool = False,
 ) -> None:
     """Run the embedded server (without a URL), a replica and the gateway (``http``:
-    host and port, None for the default one), until cancelled."""
-    async with Replica(
-        settings,
-        projector=replica,
-        store=store,
-        name=name,
-        rebuild=rebuild,
-        dedicated=True,  # this process exists for the replica
-        port=port,
-        own_server=own_server,
-        connection_name=f"runstate-{name}",
-    ) as running:
-        _announce(running)
-        if http is not None:
-            await _serve_http(running, *http)
-        await anyio.sleep_forever()
+    host and port, None for the default one), until cancelled or, as the local
+    runstate (``detached``), stopped or idle. A server of its own data directory
+    answers ``runstate server status`` and ``stop`` (``LocalControl``)."""
+    with contextlib.ExitStack() as shutdown:  # outlives the replica: the lock it stops under
+        async with (
+            Replica(
+                settings,
+                projector=replica,
+                store=store,
+                name=name,
+                rebuild=rebuild,
+                dedicated=True,  # this process exists for the replica
+                port=port,
+                own_server=own_server,
+                connection_name=f"runstate-{name}",
+            ) as running,
+            anyio.create_task_group() as tg,
+        ):
+            control = None
+            if running.owns_server:
+                control = LocalControl(
+                    running, detached=detached, stop=tg.cancel_scope.cancel, shutdown=shutdown
+                )
+                await tg.start(control.run)
+            _announce(running)
+            if http is not None:
+                await _serve_http(running, *http, control=control)
+            await anyio.sleep_forever()
 
 
-async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
+async def _serve_http(
+    replica: Replica, host: str, port: int | None, *, control: LocalControl | None = None
+) -> None:
     """Serve the HTTP gateway over the replica's connection until cancelled.
 
     Without a port given, a default port another process holds leaves the
-    server without a gateway (it says so) rather than stopping it.
+    server without a gateway (it says so) rather than stopping it; the local
+    runstate in the background (``control.detached``) takes a free port then.
     """
     from runstate.client.web import serve  # the web extra, loaded only to serve it
 
@@ -71,14 +98,20 @@ async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
     async with anyio.create_task_group() as tg:
         try:
             url = await tg.start(
-                functools.partial(serve, client, host=host, port=port or DEFAULT_HTTP_PORT)
+                functools.partial(
+                    serve, client, host=host, port=DEFAULT_HTTP_PORT if port is None else port
+                )
             )
         except ConfigurationError as exc:
             if port is not None:
                 raise
-            click.echo(f"  HTTP gateway off: {exc.message}")
-            return
+            if control is None or not control.detached:
+                click.echo(f"  HTTP gateway off: {exc.message}")
+                return
+            url = await tg.start(functools.partial(serve, client, host=host, port=0))
         click.echo(f"  HTTP gateway: {url}  (API docs: {url}/docs)")
+        if control is not None:
+            control.serving_http(url)
         await anyio.sleep_forever()
 
 
@@ -103,7 +136,7 @@ def _announce(replica: Replica) -> None:
     click.echo("  stop with Ctrl-C")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @global_options()
 @click.option(
     "--port",
@@ -126,9 +159,22 @@ def _announce(replica: Replica) -> None:
     "when another process has it (the server then says so and runs without the gateway).",
 )
 @click.option("--no-http", is_flag=True, help="Do not serve the HTTP gateway.")
+@click.option(
+    "--detached",
+    is_flag=True,
+    hidden=True,
+    help="Run as the local runstate a client starts: stop when idle (clients pass it).",
+)
+@click.pass_context
 @reporting_errors
 def server(
-    port: int | None, no_projector: bool, http_host: str, http_port: int | None, no_http: bool
+    ctx: click.Context,
+    port: int | None,
+    no_projector: bool,
+    http_host: str,
+    http_port: int | None,
+    no_http: bool,
+    detached: bool,
 ) -> None:
     """Run the embedded NATS JetStream server and a projector replica, in the foreground.
 
@@ -143,12 +189,21 @@ def server(
     checkpoint. With --nats URL it runs only the replica, against that NATS
     (its store: as `runstate projector --name server` would have it).
 
+    A client given no URL starts this server in the background itself (the
+    local runstate of its data directory), which stops after
+    RUNSTATE_LOCAL_IDLE_TIMEOUT seconds with no client connected: see
+    `runstate server status` and `runstate server stop`.
+
     \b
     Example:
       runstate server --data-dir /var/lib/runstate --port 4222
     """
+    if ctx.invoked_subcommand is not None:
+        return
     configure_logs("info")
     settings = current_options().settings()
+    if detached and settings.nats_url is not None:
+        raise click.UsageError("--detached runs the local runstate of --data-dir, not --nats")
     if settings.nats_url is not None:
         if port is not None:
             raise click.UsageError(
@@ -176,8 +231,68 @@ def server(
             rebuild=False,
             own_server=True,
             http=http,
+            detached=detached,
         ),
     )
+
+
+@server.command("status")
+@global_options(exclude=("nats", "user"))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@reporting_errors
+def server_status(as_json: bool) -> None:
+    """Show the server of --data-dir: pid, URLs, data directory, version, uptime, applied sequence.
+
+    Exits with 1 when no server runs there, or one is recorded but does not answer.
+    """
+    settings = current_options().settings()
+    status = anyio.run(local_status, settings.data_dir)
+    if as_json:
+        echo_json(status)
+    elif status is None:
+        click.echo(f"no runstate server runs on {settings.data_dir}")
+    elif not status["answering"]:
+        click.echo(f"the runstate server recorded on {settings.data_dir} does not answer")
+        click.echo(f"  pid:       {status.get('owner_pid', status.get('pid'))}")
+        click.echo(f"  NATS:      {status.get('url')}")
+    else:
+        kind = "in the background" if status["detached"] else "in the foreground"
+        click.echo(f"runstate server {status['version']} running {kind}")
+        click.echo(f"  pid:       {status['pid']} (nats-server {status['nats_pid']})")
+        click.echo(f"  NATS:      {status['url']}")
+        click.echo(f"  HTTP:      {status['http'] or 'off'}")
+        click.echo(f"  data dir:  {status['data_dir']}")
+        click.echo(f"  uptime:    {_duration(status['uptime'])}")
+        click.echo(f"  applied:   {status['applied']}")
+        if status.get("idle_timeout"):
+            click.echo(f"  idle stop: after {_duration(status['idle_timeout'])} with no client")
+        click.echo(f"  log:       {Path(status['data_dir']) / LOG_FILE}")
+    if status is None or not status["answering"]:
+        sys.exit(1)
+
+
+@server.command("stop")
+@global_options(exclude=("nats", "user"))
+@reporting_errors
+def server_stop() -> None:
+    """Stop the server of --data-dir (in the background or the foreground), and wait until
+    it is gone. Its clients lose their connection; the next client starts it again."""
+    settings = current_options().settings()
+    record = anyio.run(stop_local, settings.data_dir)
+    if record is None:
+        click.echo(f"no runstate server runs on {settings.data_dir}")
+        return
+    pid = record.get("owner_pid", record.get("pid"))
+    click.echo(f"stopped the runstate server of {settings.data_dir} (pid {pid})")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 @click.command()
@@ -222,3 +337,7 @@ def projector(rebuild: bool, store: Path | None, name: str) -> None:
             own_server=False,
         ),
     )
+
+
+if __name__ == "__main__":  # the local runstate a client starts, without the other commands
+    server.main(prog_name="runstate server")

@@ -22,6 +22,8 @@ Benchmarks:
   events, and append-to-queryable lag at a steady 5,000 events/s.
 - ``metrics``: metric ingest, sampled history, full scans, read (e).
 - ``logs``: a task's captured output: ingest, read-back, live tail latency.
+- ``local``: the local runstate a client given no URL starts (first
+  ``connect()``), joins, and a fresh process's first facade call.
 
 For a rate ("higher is better") the p95 column is the rate that 95% of the
 samples reach (the 5th percentile): the slow tail, like a latency's p95.

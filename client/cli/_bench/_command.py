@@ -16,6 +16,7 @@ from runstate.client.cli._bench._frame import bench_frame
 from runstate.client.cli._bench._harness import _Place, _place
 from runstate.client.cli._bench._http import bench_http
 from runstate.client.cli._bench._live import bench_live
+from runstate.client.cli._bench._local import bench_local
 from runstate.client.cli._bench._logs import bench_logs
 from runstate.client.cli._bench._metrics import bench_metrics
 from runstate.client.cli._bench._params import BenchParams
@@ -43,6 +44,7 @@ BENCHMARKS = (
     "logs",
     "frame",
     "http",
+    "local",
 )
 
 
@@ -85,6 +87,7 @@ _PARAMETERS = {
     ),
     "logs": ("log_lines", "log_reads", "changes"),
     "frame": ("frame_runs", "frame_repeat", "calls", "projector"),
+    "local": ("repeat", "calls"),
 }
 
 
@@ -108,6 +111,11 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
     report.load_before = _load()
     click.echo(f"{name}: starting (load {report.load_before[0]})", err=True)
     started = time.perf_counter()
+    if name == "local":  # the local runstate of fresh data directories: no server to share
+        bench_local(params, report)
+        report.duration_s = time.perf_counter() - started
+        report.load_after = _load()
+        return report
     with _place(params.nats) as place:
         if name == "facade":
             bench_facade(place, params, report)
@@ -203,7 +211,7 @@ _QUICK = {
     type=click.IntRange(0),
     help="workload/reads: loss points per successful train task, 0 for none [3].",
 )
-@click.option("--calls", type=click.IntRange(1), help="reads/facade: calls per figure [200].")
+@click.option("--calls", type=click.IntRange(1), help="reads/facade/local: calls per figure [200].")
 @click.option(
     "--scale-runs",
     type=click.IntRange(0),
@@ -273,7 +281,8 @@ def bench(
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
     BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
-    http (needs the web extra and httpx), or all (the default).
+    http (needs the web extra and httpx), local (the local runstate: start, join, a fresh
+    process's first facade call), or all (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
