@@ -35,6 +35,7 @@ async def open_client(
     namespace: Any = _namespace.DEFAULT,
     projector: bool | None = None,
     trust_pickles: bool | None = None,
+    restart_local: bool = False,
 ) -> Client:
     """Connect as ``connect()`` does (same options) and return the client, open until
     ``await client.aclose()``, which any task of this event loop may call.
@@ -63,6 +64,7 @@ async def open_client(
                 namespace=namespace,
                 projector=projector,
                 trust_pickles=trust_pickles,
+                restart_local=restart_local,
             ) as client:
                 if opened.cancelled():
                     return  # the caller gave up while it connected
