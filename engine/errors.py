@@ -20,6 +20,8 @@
     ├── UnsafeArtifact         a pickled artifact was refused by the trust setting
     ├── StoreInUse             another replica holds the read store file
     ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
+    ├── PermissionDenied       the NATS server refused this user an operation (its role)
+    ├── StreamsMissing         runstate's streams are not provisioned on the server
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -45,11 +47,13 @@ __all__ = [
     "NotFound",
     "NotInNamespace",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RunstateError",
     "ServerAlreadyRunning",
     "ServerTooOld",
     "StepWentBack",
     "StoreInUse",
+    "StreamsMissing",
     "Timeout",
     "Unavailable",
     "UnsafeArtifact",
@@ -205,6 +209,26 @@ class ServerAlreadyRunning(RunstateError):
     code = "server_already_running"
 
 
+class PermissionDenied(RunstateError, PermissionError):
+    """The NATS server refused this user an operation: its role does not allow it.
+
+    ``details`` name the ``operation`` and the ``subject`` the server refused.
+    Nothing was changed; connect with the credentials of a role that may do it.
+    """
+
+    code = "permission_denied"
+
+
+class StreamsMissing(RunstateError):
+    """runstate's streams are not on the server: an admin provisions them first.
+
+    ``details["streams"]`` names the missing streams and buckets; ``runstate
+    provision`` (with admin credentials) or ``runstate server`` creates them.
+    """
+
+    code = "streams_missing"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -228,6 +252,8 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         UnsafeArtifact,
         StoreInUse,
         ServerAlreadyRunning,
+        PermissionDenied,
+        StreamsMissing,
         ConfigurationError,
         IdempotencyKeyReused,
         StepWentBack,

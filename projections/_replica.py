@@ -6,7 +6,12 @@ runstate.projections``. In order, entering a ``Replica``:
 
 1. starts (or attaches to) the embedded nats-server of ``settings.data_dir``
    when ``settings.nats_url`` is None;
-2. connects and provisions the streams;
+2. connects and provisions the streams: on the embedded server, or when
+   asked (``provision=True``: ``runstate server``, ``runstate provision``);
+   on a server at a URL otherwise it only checks that they exist
+   (``StreamsMissing``), since provisioning is an admin action (issue 17).
+   With a credentials file, the user the server authenticated becomes the
+   writer's ``user`` (the ``actor`` of its events);
 3. when it runs a projector: names its read store (``store_path``, below),
    takes the store's lock, and starts the projector (with its feeder
    command when dedicated), the query service and the heartbeat reaper.
@@ -36,7 +41,12 @@ import anyio.abc
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from runstate.engine._connection import open_nats, provision
+from runstate.engine._connection import (
+    authenticated_user,
+    check_provisioned,
+    open_nats,
+    provision,
+)
 from runstate.engine._embedded import (
     EmbeddedHandle,
     _read_server_json,
@@ -79,12 +89,14 @@ class Replica:
     reaper. ``dedicated``: this process exists for the replica (it may tune
     the garbage collector and start a feeder process). ``port``: the
     embedded server's port. ``own_server``: refuse to attach to an embedded
-    server another process started (``ServerAlreadyRunning``).
+    server another process started (``ServerAlreadyRunning``). ``provision``:
+    create or update the streams on a server at a URL (admin credentials);
+    the embedded server's are always provisioned.
 
     Raises ``StoreInUse`` when another replica holds the store, plus what
     starting the server (``Unavailable``, ``ConfigurationError``) and
-    connecting (``Unavailable``, ``ServerTooOld``, ``JetStreamDisabled``)
-    raise.
+    connecting (``Unavailable``, ``ServerTooOld``, ``JetStreamDisabled``,
+    ``PermissionDenied``, ``StreamsMissing``) raise.
     """
 
     def __init__(
@@ -101,6 +113,7 @@ class Replica:
         port: int | None = None,
         own_server: bool = False,
         connection_name: str = "runstate",
+        provision: bool = False,
     ) -> None:
         if port is not None and settings.nats_url is not None:
             raise ConfigurationError(
@@ -124,6 +137,7 @@ class Replica:
         self._port = port
         self._own_server = own_server
         self._connection_name = connection_name
+        self._provision = provision
         self._nc: NATS | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -212,7 +226,15 @@ class Replica:
         nc = await open_nats(settings, name=self._connection_name)
         stack.push_async_callback(_close_connection, nc)
         self._nc = nc
-        await provision(nc, settings)
+        if self.embedded is not None or self._provision:
+            await provision(nc, settings)
+        else:
+            await check_provisioned(nc, settings)
+        if settings.credentials is not None:
+            # the actor of this client's events: who the server says it is, not a claim
+            user = await authenticated_user(nc)
+            if user is not None and user != settings.user:
+                self.settings = settings = settings.replace(user=user)
         want = self._want_projector
         if want or (want is None and self.owns_server):
             await self.start_projector()

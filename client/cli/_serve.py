@@ -39,9 +39,11 @@ async def _serve(
     rebuild: bool,
     own_server: bool,
     http: tuple[str, int | None] | None = None,
+    provision: bool = False,
 ) -> None:
     """Run the embedded server (without a URL), a replica and the gateway (``http``:
-    host and port, None for the default one), until cancelled."""
+    host and port, None for the default one), until cancelled. ``provision``: create
+    the streams on a server at a URL (``runstate server``, an admin's command)."""
     async with Replica(
         settings,
         projector=replica,
@@ -52,6 +54,7 @@ async def _serve(
         port=port,
         own_server=own_server,
         connection_name=f"runstate-{name}",
+        provision=provision,
     ) as running:
         _announce(running)
         if http is not None:
@@ -71,7 +74,9 @@ async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
     async with anyio.create_task_group() as tg:
         try:
             url = await tg.start(
-                functools.partial(serve, client, host=host, port=port or DEFAULT_HTTP_PORT)
+                functools.partial(
+                    serve, client, host=host, port=DEFAULT_HTTP_PORT if port is None else port
+                )
             )
         except ConfigurationError as exc:
             if port is not None:
@@ -141,7 +146,9 @@ def server(
     extra is not installed. The data directory
     survives restarts: events are kept and the replica resumes from its
     checkpoint. With --nats URL it runs only the replica, against that NATS
-    (its store: as `runstate projector --name server` would have it).
+    (its store: as `runstate projector --name server` would have it), after
+    creating the streams there like `runstate provision` (an admin action:
+    give the admin role's credentials).
 
     \b
     Example:
@@ -176,6 +183,7 @@ def server(
             rebuild=False,
             own_server=True,
             http=http,
+            provision=True,
         ),
     )
 
@@ -202,6 +210,7 @@ def projector(rebuild: bool, store: Path | None, name: str) -> None:
     --data-dir, starting it if none runs), folds the events stream into its
     store from its checkpoint, and serves the query service and the
     heartbeat reaper. Run several for availability: they share the queries.
+    On a server at a URL the streams must exist (`runstate provision`).
 
     \b
     Example:
