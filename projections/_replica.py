@@ -55,6 +55,7 @@ from runstate.engine._embedded import (
 )
 from runstate.engine._names import Subjects
 from runstate.engine._private import private_dir
+from runstate.engine._refusals import refusable
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
@@ -256,19 +257,26 @@ class Replica:
         self._stack.enter_context(store_lock(self.store_path))
         # inside the connection and the lock: the replica stops before either goes
         self._tasks = await self._stack.enter_async_context(anyio.create_task_group())
-        parts: ReplicaParts = await self._tasks.start(
-            functools.partial(
-                serve_replica,
-                self.nc,
-                self.settings,
-                self.store_path,
-                name=self.name,
-                rebuild=self._rebuild,
-                reaper=self._run_reaper,
-                dedicated=self._dedicated,
-                feed_from=self._feed_from,
+        # a role that may not answer queries (not the projector's) is refused the service's
+        # subscriptions: say so now, rather than serve nothing (the flush brings the refusal)
+        subjects = Subjects(self.settings.prefix)
+        with refusable(
+            self.nc, "serve queries (the projector role's)", f"{subjects.query_prefix}.>", "$SRV.>"
+        ):
+            parts: ReplicaParts = await self._tasks.start(
+                functools.partial(
+                    serve_replica,
+                    self.nc,
+                    self.settings,
+                    self.store_path,
+                    name=self.name,
+                    rebuild=self._rebuild,
+                    reaper=self._run_reaper,
+                    dedicated=self._dedicated,
+                    feed_from=self._feed_from,
+                )
             )
-        )
+            await self.nc.flush()
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
         self.metrics = parts.metrics

@@ -464,3 +464,10 @@ def test_no_role_but_admin_may_administer_streams() -> None:
         for api in ("CREATE", "UPDATE", "DELETE", "PURGE"):
             subject = f"$JS.API.STREAM.{api}.RS_EVENTS"
             assert not any(subject_matches(p, subject) for p in publish), (role, api)
+
+
+async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles: Roles) -> None:
+    """A writer running a replica is refused the query subjects: PermissionDenied, at once."""
+    with anyio.fail_after(10), pytest.raises(PermissionDenied, match="serve queries"):
+        async with connect(settings=roles.settings("writer"), projector=True):
+            pass
