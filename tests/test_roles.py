@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 
 from runstate.client import (
     ConfigurationError,
+    ConflictError,
     PermissionDenied,
     RunState,
     StreamsMissing,
@@ -471,3 +472,34 @@ async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles:
     with anyio.fail_after(10), pytest.raises(PermissionDenied, match="serve queries"):
         async with connect(settings=roles.settings("writer"), projector=True):
             pass
+
+
+async def test_a_jetstream_reply_into_the_log_is_dead_lettered(roles: Roles) -> None:
+    """What the roles cannot stop (docs/roles.md): NATS does not check a request's reply
+    subject, so JetStream's answer to a reader lands on the subject it named. It is no
+    event: the projector dead-letters it and goes on, and the run's next append expecting
+    the old version meets a conflict."""
+    async with Replica(roles.settings("projector"), name="p") as replica:
+        assert replica.projector is not None
+        async with connect(settings=roles.settings("writer"), projector=False) as writer:
+            run = await writer.create_run("Train")
+            assert run.receipt is not None
+            subject = Subjects().run("Train", run.id)
+            raw = await _Raw().open(roles.url, roles.credentials("reader"))
+            try:
+                assert raw.nc is not None
+                await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=subject)
+                await raw.nc.flush()
+            finally:
+                await raw.nc.close()  # type: ignore[union-attr]
+            for _ in range(200):  # JetStream answers on its own time
+                stored = await writer.log.last_sequence(subject)
+                if stored != run.receipt.sequence:
+                    break
+                await anyio.sleep(0.05)
+            assert stored == run.receipt.sequence + 1  # the answer, stored on the run's subject
+            last = await writer.log.stream_last_sequence()
+            await replica.projector.wait_for(last, timeout=10)
+            assert replica.projector.deadlettered == 1
+            with pytest.raises(ConflictError):
+                await run.start()
