@@ -47,11 +47,13 @@ from runstate.engine.errors import LocalServerOutdated as LocalServerOutdated
 from runstate.engine.errors import NotFound as NotFound
 from runstate.engine.errors import NotInNamespace as NotInNamespace
 from runstate.engine.errors import PayloadTooLarge as PayloadTooLarge
+from runstate.engine.errors import PermissionDenied as PermissionDenied
 from runstate.engine.errors import RunstateError as RunstateError
 from runstate.engine.errors import ServerAlreadyRunning as ServerAlreadyRunning
 from runstate.engine.errors import ServerTooOld as ServerTooOld
 from runstate.engine.errors import StepWentBack as StepWentBack
 from runstate.engine.errors import StoreInUse as StoreInUse
+from runstate.engine.errors import StreamsMissing as StreamsMissing
 from runstate.engine.errors import Timeout as Timeout
 from runstate.engine.errors import Unavailable as Unavailable
 from runstate.engine.errors import UnsafeArtifact as UnsafeArtifact
@@ -79,6 +81,7 @@ __all__ = [
     "NotInNamespace",
     "Page",
     "PayloadTooLarge",
+    "PermissionDenied",
     "PointReceipt",
     "Receipt",
     "Run",
@@ -90,6 +93,7 @@ __all__ = [
     "Step",
     "StepWentBack",
     "StoreInUse",
+    "StreamsMissing",
     "Subscription",
     "Task",
     "TaskHandle",

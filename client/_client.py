@@ -594,8 +594,9 @@ async def connect(
         base = base.replace(nats_url=url)
     if trust_pickles is not None:
         base = base.replace(trust_pickles=trust_pickles)
-    _namespace.set_default_user(base.user)
     async with _open(base, projector, restart_local) as client:
+        # the user the server authenticated, with credentials (see Replica)
+        _namespace.set_default_user(client.settings.user)
         if namespace is not _namespace.DEFAULT:
             client._namespace = namespace
         yield client

@@ -55,13 +55,16 @@ def render_cluster_config(
     route_ports: Sequence[int],
     cluster_name: str = "runstate",
     host: str = "127.0.0.1",
+    authorization: str | None = None,
 ) -> str:
     """Return ``CLUSTER_CONF_TEMPLATE`` filled in for one node.
 
     ``route_ports`` are the cluster ports of every node (this one included), all on ``host``.
+    ``authorization``: the path (relative to the config) of the block ``runstate auth
+    init`` writes, included at the end so that clients sign in as runstate's roles.
     """
     routes = "\n".join(f"    nats-route://{host}:{port}" for port in route_ports)
-    return string.Template(CLUSTER_CONF_TEMPLATE).substitute(
+    rendered = string.Template(CLUSTER_CONF_TEMPLATE).substitute(
         server_name=server_name,
         size=len(route_ports),
         host=host,
@@ -72,6 +75,16 @@ def render_cluster_config(
         store_dir=str(store_dir),
         routes=routes,
     )
+    if authorization is None:
+        return rendered
+    return rendered + _INCLUDE_AUTHORIZATION.format(path=authorization)
+
+
+#: the end of a node's config that includes runstate's roles
+_INCLUDE_AUTHORIZATION = """
+# runstate's roles: runstate auth init --out auth (beside this file) writes the block
+include "{path}"
+"""
 
 
 @dataclass(frozen=True, slots=True)

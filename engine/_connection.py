@@ -18,21 +18,35 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 
 from runstate.engine._batches import SideStream
+from runstate.engine._credentials import connection_options
 from runstate.engine._lines import lines_side
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._points import points_side
+from runstate.engine._refusals import refusable, refusals_of
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
+from runstate.engine._roles import USER_INFO, stream_names
 from runstate.engine._settings import Settings
 from runstate.engine.errors import (
     ConfigurationError,
     JetStreamDisabled,
+    PermissionDenied,
     RunstateError,
     ServerTooOld,
+    StreamsMissing,
     Unavailable,
 )
 
-__all__ = ["MIN_SERVER_VERSION", "on_disconnect", "open_nats", "provision", "require_asyncio"]
+__all__ = [
+    "MIN_SERVER_VERSION",
+    "authenticated_user",
+    "check_provisioned",
+    "on_disconnect",
+    "open_nats",
+    "provision",
+    "provision_server",
+    "require_asyncio",
+]
 
 log = get_logger("runstate.connection")
 
@@ -139,8 +153,14 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
 
     errors: list[Exception] = []  # the last one explains a failed first connect
     connecting = True
+    nc = NATS()
+    refusals = refusals_of(nc)
 
     async def _on_error(exc: Exception) -> None:
+        if refusals.report(str(exc)):
+            # not fatal: the operation that waits on it raises PermissionDenied
+            log.info("nats.permission_violation", error=str(exc))
+            return
         errors[:] = [exc]
         log.debug("nats.error", error=str(exc))
         if connecting and _AUTHORIZATION_VIOLATION in str(exc).lower():
@@ -170,13 +190,12 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         "reconnected_cb": _on_reconnect,
     }
     if settings.credentials is not None:
-        options["user_credentials"] = str(settings.credentials)
+        options.update(connection_options(settings.credentials))
     if settings.token is not None:
         options["token"] = settings.token
     tls = _tls_context(settings)
     if tls is not None:
         options["tls"] = tls
-    nc = NATS()
     try:
         # With max_reconnect_attempts=-1 nats-py retries the first connect forever
         # too; bound it by the retry budget so a wrong URL fails instead of hanging.
@@ -224,7 +243,8 @@ async def _check_server(nc: NATS, budget: float) -> None:
 
 async def _jetstream_info(nc: NATS) -> None:
     try:
-        reply = await nc.request("$JS.API.INFO", b"", timeout=2)
+        with refusable(nc, "ask JetStream whether it is ready", "$JS.API.INFO"):
+            reply = await nc.request("$JS.API.INFO", b"", timeout=2)
     except nats.errors.NoRespondersError:
         raise JetStreamDisabled(
             "JetStream is not enabled on this NATS server; start it with -js "
@@ -386,17 +406,97 @@ async def _ensure_buckets(nc: NATS, settings: Settings) -> None:
 async def provision(nc: NATS, settings: Settings) -> None:
     """Create the streams, key-value and object buckets runstate uses; idempotent.
 
-    A cluster that is still electing its leaders (it times out, or says
-    JetStream is temporarily unavailable) is asked again for up to
+    An admin action (issue 17): only the admin role may create or update
+    streams, so another role gets ``PermissionDenied`` at once. A cluster
+    that is still electing its leaders (it times out, or says JetStream is
+    temporarily unavailable) is asked again for up to
     ``settings.retry_budget`` seconds; then ``Unavailable``.
     """
 
     async def attempt() -> None:
-        for config in stream_configs(settings):
-            await _ensure_stream(nc, config)
-        await _ensure_buckets(nc, settings)
+        with refusable(nc, "provision runstate's streams (an admin action)", "$JS.API.STREAM.>"):
+            for config in stream_configs(settings):
+                await _ensure_stream(nc, config)
+            await _ensure_buckets(nc, settings)
 
     await _patiently(
         settings.retry_budget, "JetStream is not ready for runstate's streams", attempt
     )
     log.debug("provisioned", prefix=settings.prefix, replicas=settings.replicas)
+
+
+async def provision_server(settings: Settings) -> None:
+    """Connect to ``settings.nats_url``, provision, and disconnect (``runstate provision``)."""
+    nc = await open_nats(settings, name="runstate-provision")
+    try:
+        await provision(nc, settings)
+    finally:
+        await nc.close()
+
+
+#: "stream not found"
+_STREAM_NOT_FOUND = 10059
+
+
+async def check_provisioned(nc: NATS, settings: Settings) -> None:
+    """Check that every stream and bucket runstate uses exists; ``StreamsMissing`` if not.
+
+    What a client that is not the admin does instead of provisioning: it
+    needs only the right to read the streams' info, and it says which are
+    missing and how to create them rather than creating them.
+    """
+    names = list(stream_names(settings.prefix).values())
+
+    async def attempt() -> list[str]:
+        missing = []
+        with refusable(nc, "check that runstate's streams exist", "$JS.API.STREAM.INFO.>"):
+            for name in names:
+                reply = await jetstream_api(nc, f"$JS.API.STREAM.INFO.{name}")
+                error = reply.get("error")
+                if error is None:
+                    continue
+                if error.get("err_code") == _STREAM_NOT_FOUND:
+                    missing.append(name)
+                elif transient_api_error(error):
+                    raise TransientRefusal(str(error.get("description")))
+                else:
+                    raise RunstateError(
+                        f"cannot read the stream {name}: {error.get('description')} "
+                        f"(code {error.get('err_code')})"
+                    )
+        return missing
+
+    missing: list[str] = []
+
+    async def checked() -> None:
+        missing[:] = await attempt()
+
+    await _patiently(settings.retry_budget, "JetStream is not ready for runstate", checked)
+    if missing:
+        prefix = "" if settings.prefix == "rs" else f" --prefix {settings.prefix}"
+        raise StreamsMissing(
+            f"runstate's streams are not on the NATS server: {', '.join(missing)} missing; "
+            f"an admin creates them with `runstate provision --nats URL{prefix}` (admin "
+            "credentials) or by running `runstate server` there",
+            streams=missing,
+        )
+
+
+async def authenticated_user(nc: NATS, timeout: float = 2.0) -> str | None:  # noqa: ASYNC109
+    """The user the server authenticated this connection as, or None if it does not say.
+
+    Asked of the server (``$SYS.REQ.USER.INFO``), not taken from the client's
+    settings: the name of a password user, the public key of an nkey user.
+    None without authentication, on a server that does not answer, or for a
+    user not allowed to ask.
+    """
+    try:
+        with refusable(nc, "ask who this user is", USER_INFO):
+            reply = await nc.request(USER_INFO, b"", timeout=timeout)
+    except (nats.errors.Error, PermissionDenied, TimeoutError):
+        return None
+    try:
+        user = orjson.loads(reply.data).get("data", {}).get("user")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return user if isinstance(user, str) and user else None

@@ -46,6 +46,7 @@ from runstate.engine._jetstream_read import read_stream
 from runstate.engine._lines import lines_side
 from runstate.engine._names import Subjects
 from runstate.engine._points import points_side
+from runstate.engine._refusals import refusable
 from runstate.engine._replies import Replies
 from runstate.engine._retry import TRANSIENT, TransientRefusal, retry, transient_api_error
 from runstate.engine._settings import Settings
@@ -154,7 +155,11 @@ class JetStreamEventLog:
         async def attempt() -> Receipt:
             try:
                 msg = await self._replies.request(
-                    encoded.subject, encoded.data, headers, timeout=self.settings.request_timeout
+                    encoded.subject,
+                    encoded.data,
+                    headers,
+                    timeout=self.settings.request_timeout,
+                    operation=f"append to {encoded.entity}",
                 )
             except nats.errors.ConnectionClosedError:
                 # the request may have reached the server before the close
@@ -299,9 +304,11 @@ class JetStreamEventLog:
                 f"({exc or type(exc).__name__}); retry with the same commits (commit ids)"
             )
 
-        return await retry(
-            attempt, budget=self.settings.retry_budget, give_up=give_up, what="append_atomic"
-        )
+        subjects = [enc.subject for enc in encoded]
+        with refusable(self._nc, f"append an atomic batch to {encoded[0].entity}", *subjects):
+            return await retry(
+                attempt, budget=self.settings.retry_budget, give_up=give_up, what="append_atomic"
+            )
 
     async def _publish_batch(self, batch_id: str, encoded: list[EncodedCommit]) -> bytes:
         last = len(encoded)
@@ -370,14 +377,15 @@ class JetStreamEventLog:
                 return int(orjson.loads(stored.data or b"{}")["val"])
             return int(reply["val"])
 
-        return await retry(
-            attempt,
-            budget=self.settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not increment {subject} within the retry budget ({exc})"
-            ),
-            what="increment",
-        )
+        with refusable(self._nc, f"increment the counter {subject}", subject):
+            return await retry(
+                attempt,
+                budget=self.settings.retry_budget,
+                give_up=lambda exc: Unavailable(
+                    f"could not increment {subject} within the retry budget ({exc})"
+                ),
+                what="increment",
+            )
 
     async def _key_value(self) -> Any:
         if self._kv is None:
@@ -427,15 +435,17 @@ class JetStreamEventLog:
                 raise TransientRefusal(f"key {key!r} was claimed and is not readable yet")
             return held
 
-        return await retry(
-            attempt,
-            budget=self.settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not claim key {key!r} within {self.settings.retry_budget:.0f}s "
-                f"({type(exc).__name__}); retry with the same key"
-            ),
-            what="claim_key",
-        )
+        keys = f"$KV.{self.subjects.idempotency_bucket}.>"
+        with refusable(self._nc, f"claim the idempotency key {key!r}", keys, "$JS.API.>"):
+            return await retry(
+                attempt,
+                budget=self.settings.retry_budget,
+                give_up=lambda exc: Unavailable(
+                    f"could not claim key {key!r} within {self.settings.retry_budget:.0f}s "
+                    f"({type(exc).__name__}); retry with the same key"
+                ),
+                what="claim_key",
+            )
 
     async def beat(self, subject: str, data: bytes) -> None:
         try:

@@ -51,7 +51,11 @@ class JetStreamBatchLog:
         async def attempt() -> BatchReceipt:
             try:
                 msg = await self._replies.request(
-                    subject, data, headers, timeout=self._settings.request_timeout
+                    subject,
+                    data,
+                    headers,
+                    timeout=self._settings.request_timeout,
+                    operation=f"store {what} on {subject}",
                 )
             except nats.errors.ConnectionClosedError:
                 raise Unavailable(

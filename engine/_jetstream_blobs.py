@@ -8,6 +8,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from runstate.engine._names import Subjects
+from runstate.engine._refusals import refusable
 from runstate.engine._retry import retry
 from runstate.engine._settings import Settings
 from runstate.engine.errors import NotFound, Unavailable
@@ -37,14 +38,15 @@ class JetStreamBlobStore:
             except nats.js.errors.ObjectNotFoundError:
                 await store.put(name, data)
 
-        await retry(
-            attempt,
-            budget=self._settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not store blob {name} in {self._bucket} ({type(exc).__name__})"
-            ),
-            what="blob.put",
-        )
+        with refusable(self._nc, f"store blob {name}", "$JS.API.>", f"$O.{self._bucket}.>"):
+            await retry(
+                attempt,
+                budget=self._settings.retry_budget,
+                give_up=lambda exc: Unavailable(
+                    f"could not store blob {name} in {self._bucket} ({type(exc).__name__})"
+                ),
+                what="blob.put",
+            )
 
     async def get(self, name: str) -> bytes:
         async def attempt() -> bytes:
@@ -56,11 +58,12 @@ class JetStreamBlobStore:
             data: bytes = result.data
             return data
 
-        return await retry(
-            attempt,
-            budget=self._settings.retry_budget,
-            give_up=lambda exc: Unavailable(
-                f"could not read blob {name} from {self._bucket} ({type(exc).__name__})"
-            ),
-            what="blob.get",
-        )
+        with refusable(self._nc, f"read blob {name}", "$JS.API.>", f"$O.{self._bucket}.>"):
+            return await retry(
+                attempt,
+                budget=self._settings.retry_budget,
+                give_up=lambda exc: Unavailable(
+                    f"could not read blob {name} from {self._bucket} ({type(exc).__name__})"
+                ),
+                what="blob.get",
+            )

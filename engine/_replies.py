@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from runstate.engine._acks import header
+from runstate.engine._refusals import denied, refusals_of
 
 __all__ = ["Replies"]
 
@@ -30,6 +31,8 @@ class Replies:
         self._sub: Any = None
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        #: token -> (subject, operation) of each request waiting, for the server's refusals
+        self._sent: dict[str, tuple[str, str | None]] = {}
         self._lock = anyio.Lock()
 
     async def _start(self) -> None:
@@ -37,6 +40,14 @@ class Replies:
             if self._sub is None:
                 self._prefix = self._nc.new_inbox()
                 self._sub = await self._nc.subscribe(self._prefix + ".*", cb=self._on_reply)
+                refusals_of(self._nc).listen(self._on_refused)
+
+    def _on_refused(self, kind: str, subject: str) -> None:
+        """The server refused a publish: fail the requests sent there now, not at timeout."""
+        for token, (sent_to, operation) in list(self._sent.items()):
+            future = self._waiting.get(token)
+            if future is not None and not future.done() and sent_to.lower() == subject:
+                future.set_exception(denied(operation or f"publish to {sent_to}", kind, subject))
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix) + 1 :], None)
@@ -49,14 +60,20 @@ class Replies:
         data: bytes,
         headers: dict[str, str],
         timeout: float,  # noqa: ASYNC109
+        operation: str | None = None,
     ) -> Msg:
-        """Send and wait for the reply; nats-py's errors for no responders and timeouts."""
+        """Send and wait for the reply; nats-py's errors for no responders and timeouts.
+
+        ``PermissionDenied`` (naming ``operation``) as soon as the server refuses
+        this user permission to publish on ``subject``.
+        """
         if self._sub is None:
             await self._start()
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
+        self._sent[token] = (subject, operation)
         # A timer that fails the future: an anyio cancel scope per request cost
         # a tenth of a writer's CPU. Cancelling the caller still cancels the wait.
         timer = loop.call_later(timeout, _expire, future)
@@ -66,6 +83,7 @@ class Replies:
         finally:
             timer.cancel()
             self._waiting.pop(token, None)
+            self._sent.pop(token, None)
         if not msg.data and header(msg, "Status") == "503":
             raise nats.errors.NoRespondersError
         return msg

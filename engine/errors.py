@@ -21,6 +21,8 @@
     ├── StoreInUse             another replica holds the read store file
     ├── ServerAlreadyRunning   the data directory's embedded server runs in another process
     ├── LocalServerOutdated    the local runstate runs an older version than this client
+    ├── PermissionDenied       the NATS server refused this user an operation (its role)
+    ├── StreamsMissing         runstate's streams are not provisioned on the server
     └── ConfigurationError     settings that cannot work together
 
 Errors caused by the caller's input (``InvalidName``, ``InvalidEvent``,
@@ -47,11 +49,13 @@ __all__ = [
     "NotFound",
     "NotInNamespace",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RunstateError",
     "ServerAlreadyRunning",
     "ServerTooOld",
     "StepWentBack",
     "StoreInUse",
+    "StreamsMissing",
     "Timeout",
     "Unavailable",
     "UnsafeArtifact",
@@ -218,6 +222,26 @@ class LocalServerOutdated(RunstateError):
     code = "local_server_outdated"
 
 
+class PermissionDenied(RunstateError, PermissionError):
+    """The NATS server refused this user an operation: its role does not allow it.
+
+    ``details`` name the ``operation`` and the ``subject`` the server refused.
+    Nothing was changed; connect with the credentials of a role that may do it.
+    """
+
+    code = "permission_denied"
+
+
+class StreamsMissing(RunstateError):
+    """runstate's streams are not on the server: an admin provisions them first.
+
+    ``details["streams"]`` names the missing streams and buckets; ``runstate
+    provision`` (with admin credentials) or ``runstate server`` creates them.
+    """
+
+    code = "streams_missing"
+
+
 class ConfigurationError(RunstateError, ValueError):
     """Settings that cannot work together."""
 
@@ -242,6 +266,8 @@ _BY_CODE: dict[str, type[RunstateError]] = {
         StoreInUse,
         ServerAlreadyRunning,
         LocalServerOutdated,
+        PermissionDenied,
+        StreamsMissing,
         ConfigurationError,
         IdempotencyKeyReused,
         StepWentBack,

@@ -6,7 +6,12 @@ runstate.projections``. In order, entering a ``Replica``:
 
 1. starts (or attaches to) the embedded nats-server of ``settings.data_dir``
    when ``settings.nats_url`` is None;
-2. connects and provisions the streams;
+2. connects and provisions the streams: on the embedded server, or when
+   asked (``provision=True``: ``runstate server``, ``runstate provision``);
+   on a server at a URL otherwise it only checks that they exist
+   (``StreamsMissing``), since provisioning is an admin action (issue 17).
+   With a credentials file, the user the server authenticated becomes the
+   writer's ``user`` (the ``actor`` of its events);
 3. when it runs a projector: names its read store (``store_path``, below),
    takes the store's lock, and starts the projector (with its feeder
    command when dedicated), the query service and the heartbeat reaper.
@@ -36,7 +41,12 @@ import anyio.abc
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from runstate.engine._connection import open_nats, provision
+from runstate.engine._connection import (
+    authenticated_user,
+    check_provisioned,
+    open_nats,
+    provision,
+)
 from runstate.engine._embedded import (
     EmbeddedHandle,
     _read_server_json,
@@ -45,6 +55,7 @@ from runstate.engine._embedded import (
 )
 from runstate.engine._names import Subjects
 from runstate.engine._private import private_dir
+from runstate.engine._refusals import refusable
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError, ServerAlreadyRunning
 from runstate.projections._lock import store_lock
@@ -79,12 +90,14 @@ class Replica:
     reaper. ``dedicated``: this process exists for the replica (it may tune
     the garbage collector and start a feeder process). ``port``: the
     embedded server's port. ``own_server``: refuse to attach to an embedded
-    server another process started (``ServerAlreadyRunning``).
+    server another process started (``ServerAlreadyRunning``). ``provision``:
+    create or update the streams on a server at a URL (admin credentials);
+    the embedded server's are always provisioned.
 
     Raises ``StoreInUse`` when another replica holds the store, plus what
     starting the server (``Unavailable``, ``ConfigurationError``) and
-    connecting (``Unavailable``, ``ServerTooOld``, ``JetStreamDisabled``)
-    raise.
+    connecting (``Unavailable``, ``ServerTooOld``, ``JetStreamDisabled``,
+    ``PermissionDenied``, ``StreamsMissing``) raise.
     """
 
     def __init__(
@@ -101,6 +114,7 @@ class Replica:
         port: int | None = None,
         own_server: bool = False,
         connection_name: str = "runstate",
+        provision: bool = False,
     ) -> None:
         if port is not None and settings.nats_url is not None:
             raise ConfigurationError(
@@ -124,6 +138,7 @@ class Replica:
         self._port = port
         self._own_server = own_server
         self._connection_name = connection_name
+        self._provision = provision
         self._nc: NATS | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: anyio.abc.TaskGroup | None = None
@@ -213,7 +228,15 @@ class Replica:
         nc = await open_nats(settings, name=self._connection_name)
         stack.push_async_callback(_close_connection, nc)
         self._nc = nc
-        await provision(nc, settings)
+        if self.embedded is not None or self._provision:
+            await provision(nc, settings)
+        else:
+            await check_provisioned(nc, settings)
+        if settings.credentials is not None:
+            # the actor of this client's events: who the server says it is, not a claim
+            user = await authenticated_user(nc)
+            if user is not None and user != settings.user:
+                self.settings = settings = settings.replace(user=user)
         want = self._want_projector
         if want or (want is None and self.owns_server):
             await self.start_projector()
@@ -235,19 +258,26 @@ class Replica:
         self._stack.enter_context(store_lock(self.store_path))
         # inside the connection and the lock: the replica stops before either goes
         self._tasks = await self._stack.enter_async_context(anyio.create_task_group())
-        parts: ReplicaParts = await self._tasks.start(
-            functools.partial(
-                serve_replica,
-                self.nc,
-                self.settings,
-                self.store_path,
-                name=self.name,
-                rebuild=self._rebuild,
-                reaper=self._run_reaper,
-                dedicated=self._dedicated,
-                feed_from=self._feed_from,
+        # a role that may not answer queries (not the projector's) is refused the service's
+        # subscriptions: say so now, rather than serve nothing (the flush brings the refusal)
+        subjects = Subjects(self.settings.prefix)
+        with refusable(
+            self.nc, "serve queries (the projector role's)", f"{subjects.query_prefix}.>", "$SRV.>"
+        ):
+            parts: ReplicaParts = await self._tasks.start(
+                functools.partial(
+                    serve_replica,
+                    self.nc,
+                    self.settings,
+                    self.store_path,
+                    name=self.name,
+                    rebuild=self._rebuild,
+                    reaper=self._run_reaper,
+                    dedicated=self._dedicated,
+                    feed_from=self._feed_from,
+                )
             )
-        )
+            await self.nc.flush()
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
         self.metrics = parts.metrics

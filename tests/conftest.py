@@ -23,7 +23,9 @@ import pytest
 
 from runstate.client._local import stop_local
 from runstate.engine._cluster import NatsCluster
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,10 +51,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A started nats-server with JetStream on a free port, storing in ``tmp_path/nats``."""
+    """A started nats-server with JetStream on a free port, storing in ``tmp_path/nats``.
+
+    Its streams are provisioned for the default prefix, as an admin would
+    (``runstate provision``): clients on a URL only check that they exist.
+    """
     server = NatsServer(tmp_path / "nats")
     try:
         server.start()
+        anyio.run(provision_server, Settings(nats_url=server.url, data_dir=tmp_path / "admin"))
         yield server
     finally:
         server.stop()

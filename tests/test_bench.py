@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,8 @@ def test_bench_on_a_given_server_leaves_no_streams(nats_server: NatsServer) -> N
     import anyio
     import nats
 
+    from runstate.engine._roles import stream_names
+
     report = run_bench("append", "--nats", nats_server.url, *TINY["append"])
     check_figures("append", report)
 
@@ -187,7 +190,8 @@ def test_bench_on_a_given_server_leaves_no_streams(nats_server: NatsServer) -> N
         finally:
             await nc.close()
 
-    assert anyio.run(streams) == []
+    # what is left is the fixture's own provisioning (prefix rs), none of the benchmark's
+    assert sorted(anyio.run(streams)) == sorted(stream_names().values())
 
 
 def test_workload_run_has_the_standard_transitions() -> None:
@@ -271,3 +275,15 @@ def test_lag_load_and_probe_write_runs_of_their_own() -> None:
     assert min(map(int, load)) == _LOAD_FIRST_RUN
     assert not log & load and not log & probe and not load & probe
     assert max(map(int, log)) < _PROBE_FIRST_RUN < _LOAD_FIRST_RUN
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_bench_runs_with_the_roles(name: str, tmp_path: Path) -> None:
+    """With --auth the benchmark's server runs the roles' block and each client signs in
+    as its role (a role short of a permission would fail the run): every figure is there."""
+    from runstate.engine._credentials import write_authorization
+
+    write_authorization(tmp_path / "auth")
+    report = run_bench(name, "--auth", str(tmp_path / "auth"), *TINY[name])
+    check_figures(name, report)
+    assert any("roles" in note for note in report["benchmarks"][name]["notes"])

@@ -32,7 +32,9 @@ from runstate.client import (
     get_namespace,
     namespace,
 )
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 from runstate.engine.errors import (
     BadFilter,
     InvalidName,
@@ -95,6 +97,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = NatsServer(base / "nats")
     server.start()
     try:
+        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
         yield anyio.run(_write_world, server.url, base / "writer")
     finally:
         server.stop()

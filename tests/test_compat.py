@@ -28,7 +28,9 @@ from runstate.client.compat import (
     get_namespace,
     namespace,
 )
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 from runstate.engine.errors import NotFound, NotInNamespace
 
 
@@ -58,6 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = NatsServer(base / "nats")
     server.start()
     try:
+        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
         written = anyio.run(_write_world, server.url, base / "writer")
         compat.connect(server.url, projector=True, data_dir=base / "replica")
         try:

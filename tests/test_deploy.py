@@ -49,6 +49,7 @@ import pytest
 import yaml
 
 from runstate.engine import Settings
+from runstate.engine._credentials import write_authorization
 from runstate.engine._server import NATS_SERVER_VERSION, _free_ports, find_nats_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +160,7 @@ def _kubernetes_invocations() -> list[Invocation]:
     found = []
     for path in KUBERNETES:
         for owner, pod in _pod_specs(path):
-            for container in pod["containers"]:
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
                 if _is_runstate_image(container["image"]):
                     # the image's ENTRYPOINT is runstate; args are its arguments
                     assert "command" not in container, "the runstate image's entrypoint is kept"
@@ -310,7 +311,20 @@ def remap_confs(confs: Sequence[Path], directory: Path) -> tuple[list[Path], dic
         copy = directory / conf.name
         copy.write_text(text)
         copies.append(copy)
+    roles_beside(directory)
     return copies, mapping
+
+
+def roles_beside(directory: Path) -> Path:
+    """``runstate auth init``'s block and credentials in ``directory/auth`` (where the
+    configs include it from), also reached as ``directory/etc/runstate/auth``, the units'
+    path (``run_until_ready`` moves /etc/ paths under the test's directory)."""
+    auth = directory / "auth"
+    if not auth.is_dir():
+        write_authorization(auth)
+        (directory / "etc" / "runstate").mkdir(parents=True)
+        (directory / "etc" / "runstate" / "auth").symlink_to(auth)
+    return auth
 
 
 def port_of(conf: Path, key: str) -> int:
@@ -442,7 +456,7 @@ def test_kubernetes_manifests_fit_together() -> None:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert nats[probe]["httpGet"]["port"] in container_ports
     projectors = [inv for inv in INVOCATIONS if inv.source.startswith("kubernetes/")]
-    assert projectors
+    assert [inv.argv[0] for inv in projectors] == ["provision", "projector"]
     for invocation in projectors:
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         host, port = url.removeprefix("nats://").split(":")
@@ -519,11 +533,20 @@ def test_compose_services_fit_together() -> None:
         args = dict(a.partition("=")[::2] for a in services[name]["command"])
         assert args["--name"] == name
         assert set(re.findall(r"nats://([^:,]+):", args["--routes"])) == nats_services
+    provisioners = {n for n, s in services.items() if s.get("command", [""])[0] == "provision"}
+    assert len(provisioners) == 1
     for invocation in _compose_invocations():
-        service = services[invocation.source.split(":", 1)[1]]
+        name = invocation.source.split(":", 1)[1]
+        service = services[name]
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         assert url.removeprefix("nats://").split(":")[0] in nats_services
-        assert set(service["depends_on"]) == nats_services
+        # every runstate service waits for the streams to be provisioned
+        wanted = nats_services if name in provisioners else nats_services | provisioners
+        assert set(service["depends_on"]) == wanted
+        if name not in provisioners:
+            (provisioner,) = provisioners
+            condition = service["depends_on"][provisioner]["condition"]
+            assert condition == "service_completed_successfully"
         build = service["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
@@ -561,10 +584,15 @@ def test_images_pin_the_tested_versions() -> None:
 
 
 @pytest.mark.parametrize("conf", CONFS, ids=rel)
-def test_nats_config_is_accepted_by_nats_server(conf: Path) -> None:
-    """nats-server -t accepts the config."""
+def test_nats_config_is_accepted_by_nats_server(conf: Path, tmp_path: Path) -> None:
+    """nats-server -t accepts the config, with the roles' block beside it."""
+    shutil.copy(conf, tmp_path / conf.name)
+    roles_beside(tmp_path)
     done = subprocess.run(
-        [find_nats_server(), "-t", "-c", conf], capture_output=True, text=True, timeout=30
+        [find_nats_server(), "-t", "-c", tmp_path / conf.name],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -579,8 +607,11 @@ def test_single_node_config_starts_with_jetstream(processes: Processes, tmp_path
     await_healthy(processes, monitor, "/healthz?js-enabled-only=true")
     _, jsz = http_get(monitor, "/jsz")
     assert jsz is not None and jsz["config"]["store_dir"].startswith(str(tmp_path))
-    (invocation,) = [inv for inv in INVOCATIONS if inv.source == "runstate-projector.service"]
     url = f"nats://{LOOPBACK}:{port_of(conf, 'listen')}"
+    # the admin's unit creates the streams; the projector's signs in as the projector role
+    (provisioning,) = [inv for inv in INVOCATIONS if inv.source == "runstate-provision.service"]
+    run_to_completion(provisioning, tmp_path, nats=url)
+    (invocation,) = [inv for inv in INVOCATIONS if inv.source == "runstate-projector.service"]
     run_until_ready(processes, invocation, tmp_path, nats=url, ready=f"replica ready on {url}")
     data_dir = tmp_path / invocation.env["RUNSTATE_DATA_DIR"].removeprefix("/")
     # a replica that does not own the server folds into a store named after the stream
@@ -598,32 +629,54 @@ def test_cluster_configs_form_a_jetstream_cluster(processes: Processes, tmp_path
     await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
     urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
     others = [inv for inv in INVOCATIONS if not inv.source.endswith(".service")]
+    # compose.yaml and kubernetes/ sign in as no role (their NATS runs from flags, without
+    # the roles' block): here each signs in as the role it plays
+    auth = tmp_path / "auth"
+    provisioners = [inv for inv in others if inv.argv[0] == "provision"]
+    assert len(provisioners) == 2
+    for invocation in provisioners:
+        assert invocation.env.get("RUNSTATE_REPLICAS") == "3", invocation.source
+        as_admin = as_role(invocation, auth / "admin.nk")
+        run_to_completion(as_admin, tmp_path, nats=urls)
     projectors = [inv for inv in others if inv.argv[0] == "projector"]
     assert len(projectors) == 2
     for invocation in projectors:
         assert invocation.env.get("RUNSTATE_REPLICAS") == "3", invocation.source
+        as_projector = as_role(invocation, auth / "projector.nk")
         run_until_ready(
-            processes, invocation, tmp_path, nats=urls, ready=f"replica ready on {urls}"
+            processes, as_projector, tmp_path, nats=urls, ready=f"replica ready on {urls}"
         )
     # the HTTP gateway of compose.yaml, on a free loopback port
     (gateway,) = [inv for inv in others if inv.argv[0] == "web"]
     run_until_ready(
-        processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port="0", ready="gateway ready"
+        processes,
+        as_role(gateway, auth / "writer.nk"),
+        tmp_path,
+        nats=urls,
+        host=LOOPBACK,
+        port="0",
+        ready="gateway ready",
     )
+
+
+def as_role(invocation: Invocation, credentials: Path) -> Invocation:
+    """The invocation with a role's credentials file in its environment."""
+    env = invocation.env | {"RUNSTATE_CREDENTIALS": str(credentials)}
+    return Invocation(invocation.source, invocation.argv, env)
 
 
 # -- runstate command lines ---------------------------------------------------------------------
 
 
-def run_until_ready(
-    processes: Processes, invocation: Invocation, tmp_path: Path, *, ready: str, **values: str
-) -> str:
-    """Run a deploy file's runstate command line with its environment, /var/lib paths moved
-    under ``tmp_path`` and the flags in ``values`` replaced; wait for its ``ready`` line,
-    then stop it with SIGTERM, expect a clean exit, and return what it printed until ready."""
+def localized(
+    invocation: Invocation, tmp_path: Path, values: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """A deploy file's runstate command line and environment, /var/ and /etc/ paths moved
+    under ``tmp_path`` and the flags in ``values`` replaced."""
 
     def local(value: str) -> str:
-        return str(tmp_path / value.removeprefix("/")) if value.startswith("/var/") else value
+        moved = value.startswith(("/var/", "/etc/"))
+        return str(tmp_path / value.removeprefix("/")) if moved else value
 
     argv = [local(a) for a in invocation.argv]
     for name, value in values.items():
@@ -633,6 +686,26 @@ def run_until_ready(
     env.setdefault("RUNSTATE_DATA_DIR", str(tmp_path / "default"))
     # nothing may land in the real home's data directory
     env |= {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "home" / "data")}
+    return argv, env
+
+
+def run_to_completion(invocation: Invocation, tmp_path: Path, **values: str) -> str:
+    """Run a deploy file's one-shot runstate command line (``localized``); it must succeed."""
+    argv, env = localized(invocation, tmp_path, values)
+    done = subprocess.run(
+        [RUNSTATE, *argv], capture_output=True, text=True, env=env, timeout=READY_TIMEOUT * 3
+    )
+    assert done.returncode == 0, f"{invocation.source}: {done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def run_until_ready(
+    processes: Processes, invocation: Invocation, tmp_path: Path, *, ready: str, **values: str
+) -> str:
+    """Run a deploy file's runstate command line (``localized``); wait for its ``ready``
+    line, then stop it with SIGTERM, expect a clean exit, and return what it printed until
+    ready."""
+    argv, env = localized(invocation, tmp_path, values)
     name = invocation.source.replace("/", "_").replace(":", "_")
     process = processes.start([RUNSTATE, *argv], name, env)
     deadline = time.monotonic() + READY_TIMEOUT

@@ -23,7 +23,9 @@ from runstate.client.compat import (
     get_metadata,
     metadata,
 )
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 from runstate.engine._states import TaskState
 from runstate.engine.errors import ConfigurationError
 from runstate.engine.testing import EventFactory
@@ -116,6 +118,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Written]:
     server = NatsServer(base / "nats")
     server.start()
     try:
+        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
         task = anyio.run(_write, server.url, base / "writer")
         with start_blocking_portal() as portal:
             replica = connect_async(server.url, projector=True, data_dir=base / "replica")

@@ -16,7 +16,9 @@ import pytest
 
 from runstate.client import Timeout, Unavailable, connect
 from runstate.client._client import Client
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +76,7 @@ _OPERATIONS: dict[str, Operation] = {
 
 
 async def _prepared(url: str) -> None:
+    await provision_server(Settings(nats_url=url))  # as an admin would
     async with connect(url, projector=False) as client:
         await client.create_run("Outage")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from runstate.client import Client, RunState, ServerAlreadyRunning, StoreInUse
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
 from runstate.projections import Replica
@@ -76,6 +77,7 @@ async def test_an_error_in_the_block_passes_through_as_raised(tmp_path: Path) ->
 async def test_default_store_is_per_name_and_per_stream(nats_url: str, tmp_path: Path) -> None:
     """Given no store, a replica on a URL gets <data>/replicas/<name>-<prefix>-<digest>.sqlite3."""
     settings = Settings(nats_url=nats_url, data_dir=tmp_path)
+    await provision_server(settings.replace(prefix="other"))  # as an admin would
     async with (
         Replica(settings, name="a") as a,
         Replica(settings, name="b") as b,

@@ -23,6 +23,7 @@ from nats.js.api import StreamInfo
 from runstate.engine import _server
 from runstate.engine._cluster import CLUSTER_CONF_TEMPLATE, NatsCluster, render_cluster_config
 from runstate.engine._connection import _ensure_stream, _patiently
+from runstate.engine._credentials import write_authorization
 from runstate.engine._embedded import ensure_embedded
 from runstate.engine._server import NatsServer, find_nats_server
 from runstate.engine.errors import ConfigurationError, Unavailable
@@ -268,6 +269,7 @@ def test_deploy_cluster_configs_are_renderings_of_the_template() -> None:
             cluster_port=6222 + i,
             monitor_port=8222 + i,
             route_ports=[6222, 6223, 6224],
+            authorization="auth/auth.conf",
         )
         assert (DEPLOY / f"nats-cluster-n{i + 1}.conf").read_text() == expected
     assert "$" not in render_cluster_config(
@@ -282,10 +284,12 @@ def test_deploy_cluster_configs_are_renderings_of_the_template() -> None:
 
 
 @pytest.mark.parametrize("name", ["nats-single.conf", "nats-cluster-n1.conf"])
-def test_deploy_configs_are_valid(name: str) -> None:
-    """nats-server -t accepts the shipped configs."""
+def test_deploy_configs_are_valid(name: str, tmp_path: Path) -> None:
+    """nats-server -t accepts the shipped configs, with the roles' block beside them."""
+    shutil.copy(DEPLOY / name, tmp_path / name)
+    write_authorization(tmp_path / "auth")
     done = subprocess.run(
-        [find_nats_server(), "-t", "-c", DEPLOY / name], capture_output=True, text=True
+        [find_nats_server(), "-t", "-c", tmp_path / name], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
 

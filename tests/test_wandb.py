@@ -22,7 +22,9 @@ from hypothesis import strategies as st
 from runstate.client import RunState, compat
 from runstate.client import connect as connect_async
 from runstate.client.wandb import STATES, Api, filters_to_query, order_to_sort
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 from runstate.engine.errors import BadFilter, ConfigurationError, InvalidName, NotFound
 
 #: run id -> (lr, final state, accuracies logged per step)
@@ -72,6 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     server = NatsServer(base / "nats")
     server.start()
     try:
+        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
         written = anyio.run(_write_world, server.url, base / "writer")
         compat.connect(server.url, projector=True, data_dir=base / "replica")
         try:

@@ -51,11 +51,13 @@ async def _serve(
     own_server: bool,
     http: tuple[str, int | None] | None = None,
     detached: bool = False,
+    provision: bool = False,
 ) -> None:
     """Run the embedded server (without a URL), a replica and the gateway (``http``:
     host and port, None for the default one), until cancelled or, as the local
     runstate (``detached``), stopped or idle. A server of its own data directory
-    answers ``runstate server status`` and ``stop`` (``LocalControl``)."""
+    answers ``runstate server status`` and ``stop`` (``LocalControl``). ``provision``:
+    create the streams on a server at a URL (``runstate server``, an admin's command)."""
     with contextlib.ExitStack() as shutdown:  # outlives the replica: the lock it stops under
         async with (
             Replica(
@@ -68,6 +70,7 @@ async def _serve(
                 port=port,
                 own_server=own_server,
                 connection_name=f"runstate-{name}",
+                provision=provision,
             ) as running,
             anyio.create_task_group() as tg,
         ):
@@ -187,7 +190,9 @@ def server(
     extra is not installed. The data directory
     survives restarts: events are kept and the replica resumes from its
     checkpoint. With --nats URL it runs only the replica, against that NATS
-    (its store: as `runstate projector --name server` would have it).
+    (its store: as `runstate projector --name server` would have it), after
+    creating the streams there like `runstate provision` (an admin action:
+    give the admin role's credentials).
 
     A client given no URL starts this server in the background itself (the
     local runstate of its data directory), which stops after
@@ -232,6 +237,7 @@ def server(
             own_server=True,
             http=http,
             detached=detached,
+            provision=True,
         ),
     )
 
@@ -317,6 +323,7 @@ def projector(rebuild: bool, store: Path | None, name: str) -> None:
     --data-dir, starting it if none runs), folds the events stream into its
     store from its checkpoint, and serves the query service and the
     heartbeat reaper. Run several for availability: they share the queries.
+    On a server at a URL the streams must exist (`runstate provision`).
 
     \b
     Example:

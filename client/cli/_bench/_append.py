@@ -23,9 +23,9 @@ async def _purge(nc: NATS, stream: str) -> None:
 
 async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
     """Raw nats-py against runstate's pipelined, batched and atomic appends."""
-    settings = place.settings()
+    settings = place.settings("admin")
     n, k = p.messages, max(1, p.batch_events)
-    async with _connection(place) as nc:
+    async with _connection(place, "admin") as nc:  # it purges the stream between figures
         report.server_version = _server_version(nc)
         log = JetStreamEventLog(nc, settings)
         stream = log.subjects.events_stream

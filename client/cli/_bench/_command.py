@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -116,7 +117,12 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
         report.duration_s = time.perf_counter() - started
         report.load_after = _load()
         return report
-    with _place(params.nats) as place:
+    if params.auth is not None:
+        report.notes.append(
+            f"the roles' authorization of {params.auth}: admin provisions, the replica signs in "
+            "as the projector, the benchmark's clients as the writer"
+        )
+    with _place(params.nats, params.auth) as place:
         if name == "facade":
             bench_facade(place, params, report)
         else:
@@ -173,6 +179,12 @@ _QUICK = {
     "nats_url",
     metavar="URL",
     help="Use this NATS server (a fresh prefix) instead of starting one.",
+)
+@click.option(
+    "--auth",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="A `runstate auth init` directory: the server runs its authorization block and each "
+    "client signs in as its role (to compare with a run without it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(

@@ -24,7 +24,11 @@ def bench_facade(place: _Place, p: BenchParams, report: Report) -> None:
 
     result = anyio.run(write)
     pathspec = result.run_pathspecs[0]
-    compat.connect(place.url, settings=place.settings(), projector=True)
+    # it runs the replica: the projector's role
+    compat.connect(place.url, settings=place.settings("projector"), projector=True)
+    if place.auth is not None:
+        # the runs are the writer's (user:<its key>), the session the projector's: read all
+        compat.namespace(None)
     try:
         session = compat._session
         client, portal = session.async_client, session.portal
@@ -53,6 +57,8 @@ def bench_facade(place: _Place, p: BenchParams, report: Report) -> None:
             added.append(b - a)
     finally:
         compat.close()
+        if place.auth is not None:
+            compat.default_namespace()
     report.add(
         Figure(
             "async_get_run_ms", "(a) one run, async client (timed in its loop)", "ms", _ms(inner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,8 @@ from nats.aio.client import Client as NATS
 from runstate.client._client import connect
 from runstate.client.cli._bench._params import ProjectorMode
 from runstate.engine._commits import new_commit_id
-from runstate.engine._connection import open_nats, provision
+from runstate.engine._connection import open_nats, provision_server
+from runstate.engine._credentials import AUTH_CONF
 from runstate.engine._lines import lines_stream
 from runstate.engine._logging import configure_logging
 from runstate.engine._names import Subjects
@@ -44,39 +46,72 @@ def _say(message: str) -> None:
 
 @dataclass
 class _Place:
-    """Where a benchmark runs: a NATS URL, a subject prefix, a scratch directory."""
+    """Where a benchmark runs: a NATS URL, a subject prefix, a scratch directory, and the
+    roles' credentials (``runstate auth init``'s directory) when the server asks for them."""
 
     url: str
     prefix: str
     tmp: Path
     owned: bool
+    auth: Path | None = None
 
-    def settings(self) -> Settings:
-        return Settings(nats_url=self.url, prefix=self.prefix, data_dir=self.tmp / "data")
+    def settings(self, role: str = "writer") -> Settings:
+        """Settings of a client playing ``role`` (admin: provisions, purges; projector: the
+        replica; writer: writes and reads), with that role's credentials if there are any."""
+        return Settings(
+            nats_url=self.url,
+            prefix=self.prefix,
+            data_dir=self.tmp / "data",
+            credentials=role_credentials(self.auth, role) if self.auth is not None else None,
+        )
+
+
+def role_credentials(auth: Path, role: str) -> Path:
+    """The credentials file of ``role`` in a ``runstate auth init`` directory."""
+    for suffix in (".nk", ".pass"):
+        if (auth / f"{role}{suffix}").is_file():
+            return auth / f"{role}{suffix}"
+    raise click.UsageError(f"{auth} has no credentials of the {role} role (runstate auth init)")
 
 
 @contextlib.contextmanager
-def _place(url: str | None) -> Iterator[_Place]:
-    """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``."""
+def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
+    """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``.
+
+    ``auth``: a ``runstate auth init`` directory; the server started here runs its
+    authorization block, and each client signs in as the role it plays.
+    """
     with tempfile.TemporaryDirectory(prefix="runstate-bench-") as scratch:
         tmp = Path(scratch)
         if url is not None:
-            place = _Place(url, f"bench{new_commit_id()[:8]}", tmp, owned=False)
+            place = _Place(url, f"bench{new_commit_id()[:8]}", tmp, owned=False, auth=auth)
             try:
+                # the benchmark is the admin of its place: clients only check the streams
+                anyio.run(provision_server, place.settings("admin"))
                 yield place
             finally:
                 anyio.run(_delete_streams, place)
             return
-        server = NatsServer(tmp / "nats")
+        config = None
+        if auth is not None:
+            # nats-server includes files relative to the config: a copy of the block beside it
+            shutil.copy(auth / AUTH_CONF, tmp / AUTH_CONF)
+            config = tmp / "nats.conf"
+            config.write_text(
+                f'jetstream {{ store_dir: "{tmp / "nats"}" }}\ninclude "{AUTH_CONF}"\n'
+            )
+        server = NatsServer(tmp / "nats", config_file=config)
         server.start()
         try:
-            yield _Place(server.url, "rs", tmp, owned=True)
+            place = _Place(server.url, "rs", tmp, owned=True, auth=auth)
+            anyio.run(provision_server, place.settings("admin"))
+            yield place
         finally:
             server.stop()
 
 
 async def _delete_streams(place: _Place) -> None:
-    settings = place.settings()
+    settings = place.settings("admin")
     subjects = Subjects(settings.prefix)
     nc = await open_nats(settings)
     try:
@@ -98,11 +133,10 @@ async def _delete_streams(place: _Place) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _connection(place: _Place) -> AsyncIterator[NATS]:
-    settings = place.settings()
-    nc = await open_nats(settings)
+async def _connection(place: _Place, role: str = "writer") -> AsyncIterator[NATS]:
+    """A plain NATS connection to the place (provisioned), as ``role``."""
+    nc = await open_nats(place.settings(role))
     try:
-        await provision(nc, settings)
         yield nc
     finally:
         with anyio.CancelScope(shield=True):
@@ -118,11 +152,13 @@ async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> A
     """
     store = place.tmp / f"{name}.sqlite3"
     if mode == "inprocess":
-        async with Replica(place.settings(), store=store, reaper=False):
+        async with Replica(place.settings("projector"), store=store, reaper=False):
             yield
         return
     # the replica exits when its stdin closes
-    async with _child(place, "_replica", [place.url, place.prefix, str(store)], name, 60, 10):
+    credentials = place.settings("projector").credentials
+    args = [place.url, place.prefix, str(store), *([str(credentials)] if credentials else [])]
+    async with _child(place, "_replica", args, name, 60, 10):
         yield
 
 
@@ -174,18 +210,24 @@ async def _child(
             await process.aclose()
 
 
-async def _serve_replica(url: str, prefix: str, store: str) -> None:
-    settings = Settings(nats_url=url, prefix=prefix, data_dir=Path(store).parent)
+async def _serve_replica(url: str, prefix: str, store: str, credentials: str | None) -> None:
+    settings = Settings(
+        nats_url=url,
+        prefix=prefix,
+        data_dir=Path(store).parent,
+        credentials=Path(credentials) if credentials else None,
+    )
     async with Replica(settings, store=store, reaper=False, dedicated=True):
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.buffer.read)
 
 
 def _replica_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client.cli._bench _replica URL PREFIX STORE``: serve; stop at EOF."""
+    """``python -m runstate.client.cli._bench _replica URL PREFIX STORE [CREDENTIALS]``:
+    serve; stop at EOF."""
     configure_logging("warning", force=True)
-    url, prefix, store = argv
-    anyio.run(_serve_replica, url, prefix, store)
+    url, prefix, store, *credentials = argv
+    anyio.run(_serve_replica, url, prefix, store, credentials[0] if credentials else None)
 
 
 @contextlib.asynccontextmanager

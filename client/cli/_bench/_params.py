@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 FLOW = "Train"
@@ -16,6 +17,8 @@ class BenchParams:
     """Every parameter of every benchmark, with the standard workload's defaults."""
 
     nats: str | None = None
+    #: a ``runstate auth init`` directory: the server runs its roles, clients sign in by role
+    auth: Path | None = None
     repeat: int = 20
     projector: ProjectorMode = "process"
     # append

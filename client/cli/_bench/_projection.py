@@ -52,9 +52,9 @@ async def _catch_up(
     tune_gc_for_projection()
     store = SQLiteReadStore(store_path)
     try:
-        async with _connection(place) as nc, anyio.create_task_group() as tg:
+        async with _connection(place, "projector") as nc, anyio.create_task_group() as tg:
             projector = Projector(
-                JetStreamEventLog(nc, place.settings()), store, feeder=feeder_command()
+                JetStreamEventLog(nc, place.settings("projector")), store, feeder=feeder_command()
             )
             started = time.perf_counter()
             tg.start_soon(keep_heap_frozen)
@@ -117,8 +117,12 @@ async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds:
     return sent
 
 
-async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: int) -> None:
-    settings = Settings(nats_url=url, prefix=prefix)
+async def _serve_load(
+    url: str, prefix: str, rate: int, seconds: float, tasks: int, credentials: str | None
+) -> None:
+    settings = Settings(
+        nats_url=url, prefix=prefix, credentials=Path(credentials) if credentials else None
+    )
     # Writers are other machines' processes: on this machine the load yields the CPU to
     # the system under test (nats-server, the replica, the probe) when both want it.
     os.nice(10)
@@ -142,14 +146,28 @@ async def _serve_load(url: str, prefix: str, rate: int, seconds: float, tasks: i
 
 
 def _load_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client.cli._bench _load URL PREFIX RATE SECONDS TASKS``.
+    """``python -m runstate.client.cli._bench _load URL PREFIX RATE SECONDS TASKS [CREDS]``.
 
     Prints ``ready`` once connected with its commits built, starts on a line on
     stdin, and prints ``sent <events> <seconds>`` when done.
     """
     configure_logging("warning", force=True)
-    url, prefix, rate, seconds, tasks = argv
-    anyio.run(_serve_load, url, prefix, int(rate), float(seconds), int(tasks))
+    url, prefix, rate, seconds, tasks, *credentials = argv
+    anyio.run(
+        _serve_load,
+        url,
+        prefix,
+        int(rate),
+        float(seconds),
+        int(tasks),
+        credentials[0] if credentials else None,
+    )
+
+
+def _credentials_of(place: _Place, role: str) -> list[str]:
+    """The credentials argument of a child process playing ``role``: none without roles."""
+    credentials = place.settings(role).credentials
+    return [str(credentials)] if credentials is not None else []
 
 
 async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
@@ -159,7 +177,14 @@ async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
         _child(
             place,
             "_load",
-            [place.url, place.prefix, str(p.lag_rate), str(p.lag_seconds), str(p.tasks)],
+            [
+                place.url,
+                place.prefix,
+                str(p.lag_rate),
+                str(p.lag_seconds),
+                str(p.tasks),
+                *_credentials_of(place, "writer"),
+            ],
             "load",
             ready_within=120,
             stop_within=p.lag_seconds + 30,

@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from runstate.client.cli._bench._harness import (
     _client,
+    _connection,
     _Place,
     _read_after,
     _replica,
@@ -261,9 +262,14 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
     raw_subjects = f"{place.prefix}.benchraw"
     if 64 in p.writers:
         await _write_only(place, p, report)
-    async with _replica(place, p.projector), _client(place) as client:
+    # the raw figure's stream of its own: made, written and deleted as the admin role
+    async with (
+        _replica(place, p.projector),
+        _client(place) as client,
+        _connection(place, "admin") as admin,
+    ):
         report.server_version = _server_version(client.nc)
-        js = client.nc.jetstream()
+        js = admin.jetstream()
         await js.add_stream(
             name=raw_stream, subjects=[f"{raw_subjects}.>"], storage="file", duplicate_window=120
         )
@@ -284,7 +290,7 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
             drains: list[float] = []
             with_points: list[float] = []
             for rep in range(p.repeat):
-                raw.append(await _raw_acked(client.nc, raw_subjects, total, w, payload))
+                raw.append(await _raw_acked(admin, raw_subjects, total, w, payload))
                 result = await write_workload(writer, p.runs, p.tasks, w)
                 rates.append(result.rate)
                 started = time.perf_counter()

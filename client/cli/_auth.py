@@ -1,0 +1,122 @@
+"""``runstate auth``: the roles' credentials; ``runstate provision``: the admin's set-up.
+
+``auth init`` writes a nats-server authorization block with one user per
+role (admin, projector, writer, reader; ``runstate.engine._roles`` has their
+permissions) and one credentials file per role, for
+``RUNSTATE_CREDENTIALS`` or ``connect(credentials=...)``. ``provision``
+creates runstate's streams on a server at a URL: the one thing only the
+admin role may do, which every other client checks was done.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import anyio
+import click
+
+from runstate.client.cli._app import (
+    BadInputError,
+    configure_logs,
+    current_options,
+    global_options,
+    reporting_errors,
+)
+from runstate.engine._connection import provision_server
+from runstate.engine._credentials import AUTH_CONF, write_authorization
+from runstate.engine._names import Subjects
+from runstate.engine._roles import ROLES
+
+__all__ = ["auth", "provision"]
+
+
+@click.group()
+def auth() -> None:
+    """Who may do what: credentials for runstate's four roles on NATS.
+
+    \b
+      admin      provision, update, delete and purge the streams
+      projector  consume, dead-letter, serve queries, reap
+      writer     append, heartbeat, counters, idempotency keys, blobs (maybe some flows only)
+      reader     queries, watches, history, metric and log reads; nothing that changes state
+    """
+
+
+def _flows(values: tuple[str, ...]) -> list[str] | None:
+    flows = [flow.strip() for value in values for flow in value.split(",") if flow.strip()]
+    return flows or None
+
+
+@auth.command("init")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runstate-auth"),
+    show_default=True,
+    help="The directory to write to (created 0700; every file in it 0600).",
+)
+@click.option(
+    "--writer-flows",
+    multiple=True,
+    metavar="FLOW[,FLOW...]",
+    help="Limit the writer role to these flows (repeat or separate by commas). "
+    "Default: every flow.",
+)
+@click.option(
+    "--passwords",
+    is_flag=True,
+    help="Users with random passwords instead of nkeys (the server then holds the secrets).",
+)
+@click.option("--prefix", help="Subject and stream prefix. Default: $RUNSTATE_PREFIX, else rs.")
+@reporting_errors
+def init(out: Path, writer_flows: tuple[str, ...], passwords: bool, prefix: str | None) -> None:
+    """Write a nats-server authorization block and a credentials file per role.
+
+    OUT/auth.conf holds one user per role with its exact permissions;
+    include it from the server's config (``include auth.conf``) and restart
+    or reload the server. OUT/<role>.nk (an nkey seed; with --passwords
+    OUT/<role>.pass) is what a client of that role connects with:
+    RUNSTATE_CREDENTIALS=OUT/writer.nk, or connect(credentials=...). Running
+    it again makes new users: the old credentials stop working once the
+    server loads the new block.
+
+    \b
+    Example:
+      runstate auth init --out /etc/runstate/auth --writer-flows Train,Eval
+    """
+    prefix = prefix or current_options().settings().prefix
+    Subjects(prefix)  # checks the prefix
+    written = write_authorization(
+        out, prefix, writer_flows=_flows(writer_flows), passwords=passwords
+    )
+    click.echo(f"wrote {out / AUTH_CONF} (include it from nats-server's config)")
+    for role, path in zip(ROLES, written[1:], strict=True):
+        click.echo(f"  {role:<9} RUNSTATE_CREDENTIALS={path}")
+
+
+@click.command()
+@global_options(exclude=("user",))
+@reporting_errors
+def provision() -> None:
+    """Create (or update) runstate's streams and buckets on the NATS server at --nats.
+
+    An admin action: run it once with the admin role's credentials
+    (RUNSTATE_CREDENTIALS=.../admin.nk) before any other client connects;
+    those only check that the streams exist. Idempotent: run again after
+    changing RUNSTATE_REPLICAS to update the streams. The embedded server
+    (no --nats) provisions its own streams.
+
+    \b
+    Example:
+      RUNSTATE_CREDENTIALS=auth/admin.nk runstate provision --nats nats://nats:4222
+    """
+    configure_logs("warning")
+    settings = current_options().settings()
+    if settings.nats_url is None:
+        raise BadInputError(
+            "give --nats URL (or RUNSTATE_NATS_URL): the embedded server provisions its own "
+            "streams when it starts"
+        )
+    anyio.run(functools.partial(provision_server, settings))
+    click.echo(f"provisioned runstate's streams (prefix {settings.prefix}) at {settings.nats_url}")

@@ -1,0 +1,176 @@
+"""Credentials for the roles: generated (``runstate auth init``) and read back to connect.
+
+``write_authorization`` makes one NATS user per role, with an nkey (the
+default: the server keeps only the public key) or a password, and writes:
+
+- ``auth.conf``: a nats-server ``authorization`` block with every user and
+  its permissions (``runstate.engine._roles``), for a server config to
+  ``include``;
+- ``<role>.nk`` (an nkey seed, nats-py's ``nkeys_seed``) or ``<role>.pass``
+  (``user:`` and ``password:`` lines): one credentials file per role.
+
+All are 0600 in a 0700 directory: each holds a secret. ``connection_options``
+turns any credentials file runstate accepts (those two, or a NATS ``.creds``
+file with a user JWT) into nats-py's ``connect`` options.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys  # type: ignore[import-untyped]
+
+from runstate.engine._private import PRIVATE_FILE, private_dir
+from runstate.engine._roles import ROLES, Permissions, role_permissions
+from runstate.engine.errors import ConfigurationError
+
+__all__ = [
+    "AUTH_CONF",
+    "RoleCredential",
+    "connection_options",
+    "new_credentials",
+    "render_authorization",
+    "write_authorization",
+]
+
+#: the authorization block's file name in the output directory
+AUTH_CONF = "auth.conf"
+
+_SEED = re.compile(r"SU[A-Z2-7]{56}")
+_JWT_MARK = "-----BEGIN NATS USER JWT-----"
+
+
+@dataclass(frozen=True, slots=True)
+class RoleCredential:
+    """One role's user: its name, its nkey (seed and public key) or its password."""
+
+    role: str
+    permissions: Permissions
+    seed: str | None = None
+    public_key: str | None = None
+    password: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The role's credentials file: ``<role>.nk`` or ``<role>.pass``."""
+        return f"{self.role}.nk" if self.seed is not None else f"{self.role}.pass"
+
+    def file_text(self) -> str:
+        if self.seed is not None:
+            return self.seed + "\n"
+        return (
+            f"# runstate credentials of the {self.role} role\n"
+            f"user: {self.role}\npassword: {self.password}\n"
+        )
+
+
+def new_credentials(
+    prefix: str = "rs",
+    *,
+    writer_flows: Sequence[str] | None = None,
+    passwords: bool = False,
+) -> list[RoleCredential]:
+    """A fresh user for every role (new nkeys, or new random passwords)."""
+    made = []
+    for role in ROLES:
+        permissions = role_permissions(role, prefix, writer_flows=writer_flows)
+        if passwords:
+            made.append(RoleCredential(role, permissions, password=secrets.token_urlsafe(24)))
+            continue
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+        made.append(RoleCredential(role, permissions, seed=seed.decode(), public_key=public))
+    return made
+
+
+def _quoted(items: Sequence[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def render_authorization(credentials: Sequence[RoleCredential]) -> str:
+    """The nats-server ``authorization { users = [...] }`` block of these users."""
+    lines = [
+        "# runstate roles (runstate auth init): one user per role, with exact permissions.",
+        "# Generated; include it from the server's config: include auth.conf",
+        "authorization {",
+        "  users = [",
+    ]
+    for credential in credentials:
+        who = (
+            f'nkey: "{credential.public_key}"'
+            if credential.public_key is not None
+            else f'user: "{credential.role}", password: "{credential.password}"'
+        )
+        lines += [
+            f"    # {credential.role}",
+            f"    {{{who}, permissions: {{",
+            f"      publish: {{allow: {_quoted(credential.permissions.publish)}}}",
+            f"      subscribe: {{allow: {_quoted(credential.permissions.subscribe)}}}",
+            "    }}",
+        ]
+    lines += ["  ]", "}", ""]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.chmod(path, PRIVATE_FILE)  # an existing file keeps its mode through O_CREAT
+
+
+def write_authorization(
+    out: Path,
+    prefix: str = "rs",
+    *,
+    writer_flows: Sequence[str] | None = None,
+    passwords: bool = False,
+) -> list[Path]:
+    """Make a user per role and write ``auth.conf`` and a credentials file per role to ``out``.
+
+    ``out`` is created 0700 and every file 0600. Returns the paths written,
+    ``auth.conf`` first. Files already there are replaced: the old users are
+    gone once the server loads the new block.
+    """
+    private_dir(out)
+    credentials = new_credentials(prefix, writer_flows=writer_flows, passwords=passwords)
+    written = [out / AUTH_CONF]
+    _write_private(written[0], render_authorization(credentials))
+    for credential in credentials:
+        path = out / credential.file_name
+        _write_private(path, credential.file_text())
+        written.append(path)
+    return written
+
+
+def connection_options(path: Path) -> dict[str, Any]:
+    """nats-py's ``connect`` options for a credentials file runstate accepts.
+
+    An nkey seed file (``<role>.nk``), a ``user:``/``password:`` file
+    (``<role>.pass``), or a NATS ``.creds`` file (a user JWT and its seed).
+    Raises ``ConfigurationError`` for anything else, before connecting.
+    """
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the credentials file {path}: {exc}") from None
+    if _JWT_MARK in text:
+        return {"user_credentials": str(path)}
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if len(lines) == 1 and _SEED.fullmatch(lines[0]):
+        return {"nkeys_seed": str(path)}
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    user, password = fields.get("user", "").strip(), fields.get("password", "").strip()
+    if user and password and set(fields) == {"user", "password"}:
+        return {"user": user, "password": password}
+    raise ConfigurationError(
+        f"{path} is not a credentials file runstate knows: give an nkey seed file (one SU... "
+        "line), a user:/password: file (both from runstate auth init) or a NATS .creds file"
+    )

@@ -1,0 +1,505 @@
+"""Who may do what (issue 17): the four roles on a real nats-server running the generated
+authorization block.
+
+Each role does everything it must through runstate; what it must not do is
+tried with a plain nats-py connection too, so the refusal is the server's,
+not runstate's own code. Holes 1, 2 and 5 of the issue are reproduced here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import nats
+import nkeys  # type: ignore[import-untyped]
+import orjson
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from nats.aio.client import Client as NATS
+
+from runstate.client import (
+    ConfigurationError,
+    ConflictError,
+    PermissionDenied,
+    RunState,
+    StreamsMissing,
+    TaskState,
+    connect,
+)
+from runstate.client.cli import cli
+from runstate.engine._connection import open_nats, provision, provision_server
+from runstate.engine._credentials import connection_options, write_authorization
+from runstate.engine._names import Subjects, subject_matches
+from runstate.engine._roles import ROLES, permissions_table, role_permissions
+from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
+from runstate.projections._replica import Replica
+
+pytestmark = pytest.mark.anyio
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "roles.md"
+
+
+@dataclass
+class Roles:
+    """A started nats-server with the generated authorization, and where its credentials are."""
+
+    server: NatsServer
+    auth: Path
+    base: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def credentials(self, role: str) -> Path:
+        found = sorted(self.auth.glob(f"{role}.*"))
+        assert len(found) == 1, found
+        return found[0]
+
+    def settings(self, role: str, **changes: object) -> Settings:
+        return Settings(
+            nats_url=self.url,
+            credentials=self.credentials(role),
+            data_dir=self.base / role,
+            **changes,  # type: ignore[arg-type]
+        )
+
+
+def _start(base: Path, *, writer_flows: list[str] | None = None, passwords: bool = False) -> Roles:
+    auth = base / "auth"
+    write_authorization(auth, writer_flows=writer_flows, passwords=passwords)
+    config = base / "server.conf"
+    config.write_text(f'jetstream {{ store_dir: "{base / "nats"}" }}\ninclude "auth/auth.conf"\n')
+    server = NatsServer(base / "nats", config_file=config)
+    server.start()
+    return Roles(server, auth, base)
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Iterator[Roles]:
+    """The generated authorization on a server whose streams nobody provisioned yet."""
+    roles = _start(tmp_path)
+    try:
+        yield roles
+    finally:
+        roles.server.stop()
+
+
+@pytest.fixture
+def roles(bare: Roles) -> Roles:
+    """The generated authorization, the streams provisioned by the admin role."""
+    anyio.run(provision_server, bare.settings("admin"))
+    return bare
+
+
+@pytest.fixture
+def flow_a(tmp_path: Path) -> Iterator[Roles]:
+    """The writer role limited to flow ``A``; the streams provisioned."""
+    roles = _start(tmp_path, writer_flows=["A"])
+    try:
+        anyio.run(provision_server, roles.settings("admin"))
+        yield roles
+    finally:
+        roles.server.stop()
+
+
+def _violations(roles: Roles) -> list[str]:
+    return [line for line in roles.server.log_file.read_text().splitlines() if "Violation" in line]
+
+
+# -- what each role may do ------------------------------------------------------------
+
+
+async def test_each_role_does_all_it_must_with_no_refusal(roles: Roles) -> None:
+    """Projector, writer and reader do their whole part; the server refuses nothing."""
+    fast = {"heartbeat_interval": 0.2, "heartbeat_timeout": 1.0}
+    async with Replica(roles.settings("projector", **fast), name="p"):
+        async with connect(settings=roles.settings("writer", **fast), projector=False) as writer:
+            run = await writer.create_run("Train", parameters={"lr": 0.1}, idempotency_key="k")
+            async with run.running():
+                async with run.task("start") as task:
+                    await task.save(small={"e": 3}, big="x" * 40_000)  # inline, and a blob
+                    await task.record_metadata(host="gpu-7")
+                    await task.log({"loss": 0.5}, step=0)
+                    await task.flush()
+                    await task.write_log("hello\n")
+                    await task.flush_logs()
+                shards = await run.foreach("train", 3, parents=[task])  # an atomic batch
+                for shard in shards:
+                    async with shard.attempting():
+                        await shard.save(accuracy=0.9)
+                silent = await run.create_task("silent")
+                await silent.start()
+                await silent.heartbeat()  # then nothing: the projector's reaper crashes it
+            again = await writer.create_run("Train", parameters={"lr": 0.1}, idempotency_key="k")
+            assert again.pathspec == run.pathspec
+        reader_settings = roles.settings("reader", trust_pickles=True)
+        async with connect(settings=reader_settings, projector=False, namespace=None) as reader:
+            last = await reader.log.stream_last_sequence()
+            read = await reader.run(run.pathspec, after=last)
+            assert read.state is RunState.COMPLETED
+            start = await reader.task(task.pathspec, after=last)
+            assert await start.data.load("big") == "x" * 40_000
+            assert [row["loss"] for row in await start.history()] == [0.5]
+            assert await start.logs() == "hello\n"
+            assert [r.pathspec for r in await reader.runs("Train")] == [run.pathspec]
+            events = [e async for e in reader.events(run.pathspec, follow=False)]
+            assert events and events[0].event.type == "run.created"
+            async with reader.watch(run.pathspec) as changes:
+                async for change in changes:
+                    assert any(key for key in change.views)  # the snapshot
+                    break
+            for _ in range(150):  # the reaper's sweep, 1 s after the beat
+                crashed = (await reader.task(silent.pathspec)).state is TaskState.CRASHED
+                if crashed:
+                    break
+                await anyio.sleep(0.2)
+            assert crashed
+    assert _violations(roles) == []
+
+
+async def test_the_actor_is_who_the_server_authenticated_not_who_the_writer_claims(
+    roles: Roles,
+) -> None:
+    """Hole 5: a writer that says it is someone else is recorded as who it signed in as."""
+    seed = roles.credentials("writer").read_text().strip()
+    public_key = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    claimed = roles.settings("writer", user="mallory")
+    async with Replica(roles.settings("projector"), name="p"):
+        async with connect(settings=claimed, projector=False) as writer:
+            assert writer.settings.user == public_key
+            run = await writer.create_run("Train")
+        async with connect(settings=roles.settings("reader"), namespace=None) as reader:
+            events = [e async for e in reader.events(run.pathspec, follow=False)]
+            assert [record.event.actor for record in events] == [public_key]
+            seen = await reader.run(run.pathspec, after=run.receipt)
+            assert f"user:{public_key}" in seen.system_tags
+
+
+async def test_a_password_user_connects_with_its_credentials_file(tmp_path: Path) -> None:
+    """``--passwords`` users work as nkey ones: the reader reads, and is who it says."""
+    roles = _start(tmp_path, passwords=True)
+    try:
+        await provision_server(roles.settings("admin"))
+        async with connect(settings=roles.settings("reader"), projector=False) as reader:
+            assert reader.settings.user == "reader"
+            assert await reader.log.stream_last_sequence() == 0
+    finally:
+        roles.server.stop()
+
+
+# -- what each role may not do: refused by the server ---------------------------------
+
+
+class _Raw:
+    """A plain nats-py connection as one role, collecting the server's refusals."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: NATS | None = None
+        self._arrived = anyio.Event()
+
+    async def open(self, url: str, credentials: Path) -> _Raw:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+            self._arrived.set()
+
+        self.nc = await nats.connect(
+            url, error_cb=on_error, allow_reconnect=False, **connection_options(credentials)
+        )
+        return self
+
+    async def refused(self, attempt: str, publish: bool = True) -> bool:
+        """Whether the server refuses ``attempt`` (a publish, else a subscription)."""
+        assert self.nc is not None
+        before = len(self.errors)
+        self._arrived = anyio.Event()
+        if publish:
+            await self.nc.publish(attempt, b"{}", reply=self.nc.new_inbox())
+        else:
+            await self.nc.subscribe(attempt)
+        await self.nc.flush()
+        with anyio.move_on_after(2):  # an allowed one has no answer: this bounds the wait
+            await self._arrived.wait()
+        return any("permissions violation" in error.lower() for error in self.errors[before:])
+
+
+#: what no role but admin may publish (the streams' administration, and the internals)
+_ADMIN_ONLY = [
+    "$JS.API.STREAM.CREATE.RS_EVIL",
+    "$JS.API.STREAM.UPDATE.RS_EVENTS",
+    "$JS.API.STREAM.DELETE.RS_EVENTS",
+    "$JS.API.STREAM.PURGE.RS_EVENTS",
+    "$JS.API.STREAM.MSG.DELETE.RS_EVENTS",
+    "$JS.API.STREAM.DELETE.KV_rs_idempotency",
+    "$JS.API.STREAM.PURGE.OBJ_rs_blobs",
+    "$JS.API.CONSUMER.DURABLE.CREATE.RS_EVENTS.mine",
+    "$JS.API.ACCOUNT.PURGE",
+]
+
+
+@pytest.mark.parametrize("role", ["projector", "writer", "reader"])
+async def test_stream_administration_is_refused_to_every_role_but_admin(
+    roles: Roles, role: str
+) -> None:
+    """Update, delete, purge, create: the server refuses them to every role but admin."""
+    raw = await _Raw().open(roles.url, roles.credentials(role))
+    try:
+        refused = {subject: await raw.refused(subject) for subject in _ADMIN_ONLY}
+        assert refused == dict.fromkeys(_ADMIN_ONLY, True)
+    finally:
+        assert raw.nc is not None
+        await raw.nc.close()
+    admin = await _Raw().open(roles.url, roles.credentials("admin"))
+    try:
+        assert not await admin.refused("$JS.API.STREAM.INFO.RS_EVENTS")
+    finally:
+        assert admin.nc is not None
+        await admin.nc.close()
+
+
+#: (role, subject, publish?) -> refused?; what each role may and may not touch
+_MATRIX = [
+    ("reader", "rs.ev.Train.1.r", True, True),
+    ("reader", "rs.hb.Train.1.r", True, True),
+    ("reader", "rs.mt.Train.1.r", True, True),
+    ("reader", "rs.ctr.runid.Train", True, True),
+    ("reader", "$KV.rs_idempotency.abc", True, True),
+    ("reader", "$O.rs_blobs.C.abc", True, True),
+    ("reader", "rs.dlq.1", True, True),
+    ("reader", "rs.q.get", True, False),
+    ("reader", "rs.q.>", False, True),  # answering queries (replying into the log)
+    ("reader", "rs.ev.>", False, True),
+    ("writer", "rs.ev.Train.1.r", True, False),
+    ("writer", "rs.dlq.1", True, True),
+    ("writer", "rs.q.>", False, True),
+    ("writer", "$SRV.PING", True, True),
+    ("projector", "rs.ev.Train.1.r", True, False),
+    ("projector", "rs.hb.Train.1.r", True, True),
+    ("projector", "rs.mt.Train.1.r", True, True),
+    ("projector", "$KV.rs_idempotency.abc", True, True),
+    ("projector", "rs.q.>", False, False),
+]
+
+
+@pytest.mark.parametrize(("role", "subject", "publish", "refused"), _MATRIX)
+async def test_the_server_allows_and_refuses_as_the_roles_say(
+    roles: Roles, role: str, subject: str, publish: bool, refused: bool
+) -> None:
+    raw = await _Raw().open(roles.url, roles.credentials(role))
+    try:
+        assert await raw.refused(subject, publish) is refused
+    finally:
+        assert raw.nc is not None
+        await raw.nc.close()
+
+
+async def test_a_writer_of_flow_a_cannot_append_to_flow_b(flow_a: Roles) -> None:
+    """Hole 5: a writer limited to A writes A; B is refused by the server, at once."""
+    async with Replica(flow_a.settings("projector"), name="p"):
+        async with connect(settings=flow_a.settings("writer"), projector=False) as writer:
+            run = await writer.create_run("A")
+            async with run.running():
+                pass
+            with anyio.fail_after(10):  # the retry budget is 30 s: no retry loop here
+                with pytest.raises(PermissionDenied, match=r"rs\.ctr\.runid\.b"):
+                    await writer.create_run("B")
+                with pytest.raises(PermissionDenied, match=r"append to B/1") as raised:
+                    await writer.create_run("B", run_id="1")
+            assert raised.value.details["subject"] == "rs.ev.b.1.r"
+            assert await writer.log.last_sequence(Subjects().run_all("B", "1")) == 0
+    raw = await _Raw().open(flow_a.url, flow_a.credentials("writer"))
+    try:
+        assert await raw.refused("rs.ev.B.1.r")
+        assert await raw.refused("rs.hb.B.1.r")
+        assert not await raw.refused("rs.ev.A.9.r")
+    finally:
+        assert raw.nc is not None
+        await raw.nc.close()
+
+
+# -- hole 2: connecting needs no right to change the streams ---------------------------
+
+
+async def test_a_reader_connects_at_once_and_cannot_shorten_the_log(roles: Roles) -> None:
+    """Hole 2: a reader connects without provisioning, and may not set max_age."""
+    with anyio.fail_after(10):
+        async with connect(settings=roles.settings("reader"), projector=False) as reader:
+            assert await reader.log.stream_last_sequence() == 0
+            with pytest.raises(PermissionDenied, match="provision"):
+                await provision(reader.nc, reader.settings)  # type: ignore[arg-type]
+    raw = await _Raw().open(roles.url, roles.credentials("reader"))
+    try:
+        assert raw.nc is not None
+        update = {"name": "RS_EVENTS", "subjects": ["rs.ev.>"], "max_age": 1_000_000_000}
+        await raw.nc.publish("$JS.API.STREAM.UPDATE.RS_EVENTS", orjson.dumps(update))
+        assert await raw.refused("$JS.API.STREAM.UPDATE.RS_EVENTS")
+    finally:
+        assert raw.nc is not None
+        await raw.nc.close()
+    admin = await open_nats(roles.settings("admin"))
+    try:
+        info = await admin.jetstream().stream_info("RS_EVENTS")
+        assert not info.config.max_age
+    finally:
+        await admin.close()
+
+
+async def test_a_client_on_a_server_not_provisioned_says_what_is_missing(bare: Roles) -> None:
+    """Hole 2: not provisioned, a client names the missing streams and how to make them."""
+    for role in ("reader", "writer", "projector"):
+        with anyio.fail_after(10), pytest.raises(StreamsMissing, match="runstate provision"):
+            async with connect(settings=bare.settings(role), projector=role == "projector"):
+                pass
+    with pytest.raises(StreamsMissing) as raised:
+        async with connect(settings=bare.settings("reader"), projector=False):
+            pass
+    assert "RS_EVENTS" in raised.value.details["streams"]
+    result = await anyio.to_thread.run_sync(
+        functools.partial(
+            CliRunner().invoke,
+            cli,
+            ["provision", "--nats", bare.url],
+            env={"RUNSTATE_CREDENTIALS": str(bare.credentials("admin"))},
+        )
+    )
+    assert result.exit_code == 0, result.output
+    async with connect(settings=bare.settings("reader"), projector=False) as reader:
+        assert await reader.log.stream_last_sequence() == 0
+
+
+# -- hole 1: answers go to inboxes only -----------------------------------------------
+
+
+async def test_a_query_with_a_reply_into_the_log_stores_nothing(roles: Roles) -> None:
+    """Hole 1: a reader's query asking for its answer on an event subject gets none there."""
+    async with Replica(roles.settings("projector"), name="p") as replica:
+        assert replica.service is not None
+        raw = await _Raw().open(roles.url, roles.credentials("reader"))
+        try:
+            assert raw.nc is not None
+            body = orjson.dumps({"pathspec": "Train/1"})
+            for reply in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc"):
+                await raw.nc.publish("rs.q.get", body, reply=reply)
+            await raw.nc.flush()
+            answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
+            assert b"result" in answer.data  # the service works, and has seen the two
+        finally:
+            await raw.nc.close()  # type: ignore[union-attr]
+        async with connect(settings=roles.settings("reader"), projector=False) as reader:
+            assert await reader.log.stream_last_sequence() == 0
+
+
+# -- credentials ------------------------------------------------------------------------
+
+
+async def test_wrong_credentials_are_refused_at_once(roles: Roles, tmp_path: Path) -> None:
+    """An nkey the server does not know: ConfigurationError at once, no retries."""
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    with anyio.fail_after(10), pytest.raises(ConfigurationError, match="refused the credentials"):
+        async with connect(roles.url, credentials=stranger, projector=False):
+            pass
+
+
+def test_auth_init_writes_private_files_for_every_role(tmp_path: Path) -> None:
+    out = tmp_path / "auth"
+    result = CliRunner().invoke(
+        cli, ["auth", "init", "--out", str(out), "--writer-flows", "A,B", "--passwords"]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_mode & 0o777 == 0o700
+    files = sorted(path.name for path in out.iterdir())
+    assert files == sorted(["auth.conf", *(f"{role}.pass" for role in ROLES)])
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in out.iterdir())
+    assert connection_options(out / "reader.pass")["user"] == "reader"
+    block = (out / "auth.conf").read_text()
+    assert '"rs.ev.A.>"' in block and '"rs.ev.B.>"' in block and '"rs.ev.>"' in block
+
+
+def test_a_file_that_is_no_credentials_is_refused_before_connecting(tmp_path: Path) -> None:
+    junk = tmp_path / "junk"
+    junk.write_text("hello\n")
+    with pytest.raises(ConfigurationError, match="not a credentials file"):
+        connection_options(junk)
+
+
+# -- the permissions themselves -----------------------------------------------------------
+
+
+def test_the_docs_table_is_the_generated_permissions() -> None:
+    assert permissions_table() in DOCS.read_text()
+
+
+_FLOW = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+
+
+@given(st.lists(_FLOW, min_size=1, max_size=4, unique=True), _FLOW)
+def test_a_flow_limited_writer_may_write_its_flows_only(flows: list[str], other: str) -> None:
+    """Every subject of a listed flow is allowed; no event subject of another flow is."""
+    publish = role_permissions("writer", writer_flows=flows).publish
+    subjects = Subjects()
+
+    def allowed(subject: str) -> bool:
+        return any(subject_matches(pattern, subject) for pattern in publish)
+
+    for flow in flows:
+        assert allowed(subjects.run(flow, "1")) and allowed(subjects.task(flow, "1", "s", "2"))
+        assert allowed(subjects.run_counter(flow)) and allowed(subjects.task_counter(flow, "1"))
+    if other not in flows:
+        assert not allowed(subjects.run(other, "1"))
+        assert not allowed(subjects.run_counter(other))
+
+
+def test_no_role_but_admin_may_administer_streams() -> None:
+    for role in ("projector", "writer", "reader"):
+        publish = role_permissions(role).publish
+        for api in ("CREATE", "UPDATE", "DELETE", "PURGE"):
+            subject = f"$JS.API.STREAM.{api}.RS_EVENTS"
+            assert not any(subject_matches(p, subject) for p in publish), (role, api)
+
+
+async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles: Roles) -> None:
+    """A writer running a replica is refused the query subjects: PermissionDenied, at once."""
+    with anyio.fail_after(10), pytest.raises(PermissionDenied, match="serve queries"):
+        async with connect(settings=roles.settings("writer"), projector=True):
+            pass
+
+
+async def test_a_jetstream_reply_into_the_log_is_dead_lettered(roles: Roles) -> None:
+    """What the roles cannot stop (docs/roles.md): NATS does not check a request's reply
+    subject, so JetStream's answer to a reader lands on the subject it named. It is no
+    event: the projector dead-letters it and goes on, and the run's next append expecting
+    the old version meets a conflict."""
+    async with Replica(roles.settings("projector"), name="p") as replica:
+        assert replica.projector is not None
+        async with connect(settings=roles.settings("writer"), projector=False) as writer:
+            run = await writer.create_run("Train")
+            assert run.receipt is not None
+            subject = Subjects().run("Train", run.id)
+            raw = await _Raw().open(roles.url, roles.credentials("reader"))
+            try:
+                assert raw.nc is not None
+                await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=subject)
+                await raw.nc.flush()
+            finally:
+                await raw.nc.close()  # type: ignore[union-attr]
+            for _ in range(200):  # JetStream answers on its own time
+                stored = await writer.log.last_sequence(subject)
+                if stored != run.receipt.sequence:
+                    break
+                await anyio.sleep(0.05)
+            assert stored == run.receipt.sequence + 1  # the answer, stored on the run's subject
+            last = await writer.log.stream_last_sequence()
+            await replica.projector.wait_for(last, timeout=10)
+            assert replica.projector.deadlettered == 1
+            with pytest.raises(ConflictError):
+                await run.start()
