@@ -125,13 +125,21 @@ async def _join(
         if record is None:
             record = await anyio.to_thread.run_sync(_start, settings)
             started = True
-        if projector is None and record.get("prefix", settings.prefix) != settings.prefix:
+        foreign = record.get("prefix", settings.prefix) != settings.prefix
+        if projector is None and foreign:
             # the server folds another prefix: this client folds its own, as with a URL
             projector = True
         attempt = contextlib.AsyncExitStack()
         try:
             replica = await attempt.enter_async_context(
-                Replica(_joining(settings, record), projector=projector, name="client")
+                Replica(
+                    _joining(settings, record),
+                    projector=projector,
+                    name="client",
+                    # the owner's token makes this client the local server's admin: the
+                    # streams of a prefix the server does not fold are its to create
+                    provision=foreign,
+                )
             )
             if started or not record.get("ready") or await _answers_status(replica.nc):
                 await replica.nc.subscribe(PRESENCE_SUBJECT, cb=_present)
