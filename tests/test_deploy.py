@@ -45,6 +45,7 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import prometheus_client.parser
 import pytest
 import yaml
 
@@ -64,6 +65,7 @@ CLUSTER_CONFS = sorted(DEPLOY.glob("nats-cluster-n*.conf"))
 UNITS = sorted(DEPLOY.glob("*.service"))
 DOCKERFILE = DEPLOY / "Dockerfile"
 README = DEPLOY / "README.md"
+PROMETHEUS = DEPLOY / "prometheus.yml"
 
 #: how long a server or cluster started from deploy/ may take to be ready
 READY_TIMEOUT = 20.0
@@ -368,7 +370,7 @@ def run_flag_cluster(processes: Processes, nodes: Sequence[FlagNode], directory:
 
 def test_every_deploy_file_is_checked_and_listed_in_the_readme() -> None:
     """Every file under deploy/ is of a kind this module checks, and README.md lists it."""
-    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README}
+    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README, PROMETHEUS}
     files = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     unchecked = [rel(p) for p in files if p not in checked]
     assert not unchecked, f"no test checks {unchecked}: add one to tests/test_deploy.py"
@@ -447,6 +449,28 @@ def test_kubernetes_manifests_fit_together() -> None:
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         host, port = url.removeprefix("nats://").split(":")
         assert any(p["port"] == int(port) for p in objects["Service", host]["spec"]["ports"])
+
+
+def test_kubernetes_gateway_fits_together() -> None:
+    """The gateway's Services select its pods and serve its named port, which is the port it
+    listens on; its probes ask /healthz (alive) and /readyz (ready) there, and its NATS URL
+    is the client Service."""
+    objects = kubernetes_objects()
+    deployment = objects["Deployment", "runstate-web"]
+    pod = deployment["spec"]["template"]
+    (web,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in web["ports"]}
+    args = web["args"]
+    assert args[0] == "web" and int(args[args.index("--port") + 1]) == ports["http"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"  # reachable from the Service
+    for name in ("runstate-web", "runstate-web-pods"):
+        service = objects["Service", name]["spec"]
+        assert service["selector"].items() <= pod["metadata"]["labels"].items()
+        (port,) = service["ports"]
+        assert port["targetPort"] in ports
+    assert objects["Service", "runstate-web-pods"]["spec"]["clusterIP"] == "None"
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
 def pod_name(pod: str, field_env: dict[str, str]) -> Callable[[re.Match[str]], str]:
@@ -551,6 +575,47 @@ def test_images_pin_the_tested_versions() -> None:
             assert _is_runstate_image(image) and tag == version, image
 
 
+# -- Prometheus ------------------------------------------------------------------------------
+
+
+def prometheus_jobs() -> list[dict[str, Any]]:
+    """The scrape jobs of prometheus.yml."""
+    jobs: list[dict[str, Any]] = yaml_documents(PROMETHEUS)[0]["scrape_configs"]
+    return jobs
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    """promtool (Prometheus' own checker) accepts prometheus.yml."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    done = subprocess.run(
+        [promtool, "check", "config", PROMETHEUS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_jobs_scrape_the_gateways() -> None:
+    """The compose job's target is the compose gateway's service and port; the Kubernetes
+    job resolves the gateway's headless Service and scrapes its container port; both ask
+    /metrics (which test_kubernetes_gateway_answers_its_probes_and_prometheus scrapes)."""
+    compose_job, kubernetes_job = prometheus_jobs()
+    services = yaml_documents(COMPOSE)[0]["services"]
+    (web,) = [inv for inv in _compose_invocations() if inv.argv[0] == "web"]
+    name = web.source.split(":", 1)[1]
+    port = web.argv[web.argv.index("--port") + 1]
+    (static,) = compose_job["static_configs"]
+    assert static["targets"] == [f"{name}:{port}"]
+    assert any(p.split(":")[-1] == port for p in services[name]["ports"])
+    objects = kubernetes_objects()
+    (container,) = objects["Deployment", "runstate-web"]["spec"]["template"]["spec"]["containers"]
+    (dns,) = kubernetes_job["dns_sd_configs"]
+    (service_name,) = dns["names"]
+    assert objects["Service", service_name]["spec"]["clusterIP"] == "None"
+    assert dns["port"] == {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    for job in (compose_job, kubernetes_job):
+        assert job["metrics_path"] == "/metrics"
+
+
 # -- nats-server configs ----------------------------------------------------------------------
 
 
@@ -599,11 +664,53 @@ def test_cluster_configs_form_a_jetstream_cluster(processes: Processes, tmp_path
         run_until_ready(
             processes, invocation, tmp_path, nats=urls, ready=f"replica ready on {urls}"
         )
-    # the HTTP gateway of compose.yaml, on a free loopback port
-    (gateway,) = [inv for inv in others if inv.argv[0] == "web"]
-    run_until_ready(
-        processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port="0", ready="gateway ready"
+    # the HTTP gateways of compose.yaml and kubernetes/gateway.yaml, on a free loopback port
+    gateways = [inv for inv in others if inv.argv[0] == "web"]
+    assert len(gateways) == 2
+    for gateway in gateways:
+        run_until_ready(
+            processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port="0", ready="gateway ready"
+        )
+
+
+def test_kubernetes_gateway_answers_its_probes_and_prometheus(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """On the cluster of nats-cluster-n*.conf, with the projector of kubernetes/projector.yaml
+    running, the gateway of kubernetes/gateway.yaml answers 200 on its liveness and readiness
+    probes' paths, and /metrics, scraped as deploy/prometheus.yml's Kubernetes job does,
+    parses as Prometheus' text format and holds the replica's lag in events and in
+    milliseconds."""
+    confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
+    for conf in confs:
+        processes.start([find_nats_server(), "-c", conf], conf.stem)
+    await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
+    urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
+    (projector,) = [i for i in INVOCATIONS if i.source.startswith("kubernetes/projector.yaml")]
+    process = start_invocation(processes, projector, tmp_path, nats=urls)
+    await_output(processes, process, projector.source, f"replica ready on {urls}")
+    (gateway,) = [i for i in INVOCATIONS if i.source.startswith("kubernetes/gateway.yaml")]
+    (port,) = _free_ports(LOOPBACK, 1)
+    process = start_invocation(
+        processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port=str(port)
     )
+    await_output(processes, process, gateway.source, "gateway ready")
+    (web,) = kubernetes_objects()["Deployment", "runstate-web"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    for probe in ("livenessProbe", "readinessProbe"):
+        await_healthy(processes, port, web[probe]["httpGet"]["path"])
+    (job,) = [j for j in prometheus_jobs() if "dns_sd_configs" in j]
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{job['metrics_path']}") as response:
+        text = response.read().decode()
+    samples = {
+        sample.name: sample.value
+        for family in prometheus_client.parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples["runstate_query_service_up"] == 1
+    assert samples["runstate_projector_lag_events"] >= 0
+    assert samples["runstate_projector_lag_milliseconds"] >= 0
 
 
 # -- runstate command lines ---------------------------------------------------------------------
@@ -615,6 +722,32 @@ def run_until_ready(
     """Run a deploy file's runstate command line with its environment, /var/lib paths moved
     under ``tmp_path`` and the flags in ``values`` replaced; wait for its ``ready`` line,
     then stop it with SIGTERM, expect a clean exit, and return what it printed until ready."""
+    process = start_invocation(processes, invocation, tmp_path, **values)
+    output = await_output(processes, process, invocation.source, ready)
+    for line in output.splitlines():
+        if re.match(r"\s+(data dir|projector store):", line):
+            assert str(tmp_path) in line, line
+    assert processes.finish(process) == 0, processes.logs() + output
+    return output
+
+
+def await_output(
+    processes: Processes, process: subprocess.Popen[bytes], source: str, ready: str
+) -> str:
+    """What ``process`` printed, once it has printed ``ready``."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while ready not in processes.log_of(process):
+        processes.check_running()
+        if time.monotonic() > deadline:
+            pytest.fail(f"{source} was not ready:\n{processes.logs()}")
+        time.sleep(0.1)
+    return processes.log_of(process)
+
+
+def start_invocation(
+    processes: Processes, invocation: Invocation, tmp_path: Path, **values: str
+) -> subprocess.Popen[bytes]:
+    """Start a deploy file's runstate command line as ``run_until_ready`` runs it."""
 
     def local(value: str) -> str:
         return str(tmp_path / value.removeprefix("/")) if value.startswith("/var/") else value
@@ -628,19 +761,7 @@ def run_until_ready(
     # nothing may land in the real home's data directory
     env |= {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "home" / "data")}
     name = invocation.source.replace("/", "_").replace(":", "_")
-    process = processes.start([RUNSTATE, *argv], name, env)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while ready not in processes.log_of(process):
-        processes.check_running()
-        if time.monotonic() > deadline:
-            pytest.fail(f"{invocation.source} was not ready:\n{processes.logs()}")
-        time.sleep(0.1)
-    output = processes.log_of(process)
-    for line in output.splitlines():
-        if re.match(r"\s+(data dir|projector store):", line):
-            assert str(tmp_path) in line, line
-    assert processes.finish(process) == 0, processes.logs() + output
-    return output
+    return processes.start([RUNSTATE, *argv], name, env)
 
 
 def test_server_unit_command_runs(processes: Processes, tmp_path: Path) -> None:
