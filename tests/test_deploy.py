@@ -453,8 +453,8 @@ def test_kubernetes_manifests_fit_together() -> None:
 
 def test_kubernetes_gateway_fits_together() -> None:
     """The gateway's Services select its pods and serve its named port, which is the port it
-    listens on; its probes ask /healthz (alive) and /readyz (ready) there, and its NATS URL
-    is the client Service."""
+    listens on; its probes ask /healthz (alive) and /readyz (ready) there; its token
+    registry is a file of a Secret mounted read-only."""
     objects = kubernetes_objects()
     deployment = objects["Deployment", "runstate-web"]
     pod = deployment["spec"]["template"]
@@ -471,6 +471,12 @@ def test_kubernetes_gateway_fits_together() -> None:
     assert objects["Service", "runstate-web-pods"]["spec"]["clusterIP"] == "None"
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # the token registry is the file of the Secret's volume
+    registry = Path(args[args.index("--tokens") + 1])
+    (mount,) = [m for m in web["volumeMounts"] if registry.parent == Path(m["mountPath"])]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] and "secretName" in volume["secret"]
+    assert "--no-auth" not in args
 
 
 def pod_name(pod: str, field_env: dict[str, str]) -> Callable[[re.Match[str]], str]:
@@ -584,12 +590,18 @@ def prometheus_jobs() -> list[dict[str, Any]]:
     return jobs
 
 
-def test_prometheus_config_passes_promtool() -> None:
-    """promtool (Prometheus' own checker) accepts prometheus.yml."""
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool (Prometheus' own checker) accepts prometheus.yml, with the token file its
+    jobs name (which promtool wants to exist) moved to a temporary one."""
     promtool = shutil.which("promtool")
     assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    (credentials,) = {job["authorization"]["credentials_file"] for job in prometheus_jobs()}
+    token = tmp_path / "runstate-token"
+    token.write_text("rs_example\n")
+    copy = tmp_path / PROMETHEUS.name
+    copy.write_text(PROMETHEUS.read_text().replace(credentials, str(token)))
     done = subprocess.run(
-        [promtool, "check", "config", PROMETHEUS], capture_output=True, text=True, timeout=60
+        [promtool, "check", "config", copy], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -597,7 +609,8 @@ def test_prometheus_config_passes_promtool() -> None:
 def test_prometheus_jobs_scrape_the_gateways() -> None:
     """The compose job's target is the compose gateway's service and port; the Kubernetes
     job resolves the gateway's headless Service and scrapes its container port; both ask
-    /metrics (which test_kubernetes_gateway_answers_its_probes_and_prometheus scrapes)."""
+    /metrics (which test_kubernetes_gateway_answers_its_probes_and_prometheus scrapes) with
+    a bearer token from a file."""
     compose_job, kubernetes_job = prometheus_jobs()
     services = yaml_documents(COMPOSE)[0]["services"]
     (web,) = [inv for inv in _compose_invocations() if inv.argv[0] == "web"]
@@ -614,6 +627,7 @@ def test_prometheus_jobs_scrape_the_gateways() -> None:
     assert dns["port"] == {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
     for job in (compose_job, kubernetes_job):
         assert job["metrics_path"] == "/metrics"
+        assert set(job["authorization"]) == {"credentials_file"}  # a bearer token, from a file
 
 
 # -- nats-server configs ----------------------------------------------------------------------
@@ -677,10 +691,11 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
     processes: Processes, tmp_path: Path
 ) -> None:
     """On the cluster of nats-cluster-n*.conf, with the projector of kubernetes/projector.yaml
-    running, the gateway of kubernetes/gateway.yaml answers 200 on its liveness and readiness
-    probes' paths, and /metrics, scraped as deploy/prometheus.yml's Kubernetes job does,
-    parses as Prometheus' text format and holds the replica's lag in events and in
-    milliseconds."""
+    running, the gateway of kubernetes/gateway.yaml (its token registry made with runstate
+    auth token create) answers 200 on its liveness and readiness probes' paths with no token,
+    refuses /metrics without one, and with a reader's token, as deploy/prometheus.yml's
+    Kubernetes job scrapes it, answers in Prometheus' text format with the replica's lag
+    in events and in milliseconds."""
     confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
     for conf in confs:
         processes.start([find_nats_server(), "-c", conf], conf.stem)
@@ -690,6 +705,15 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
     process = start_invocation(processes, projector, tmp_path, nats=urls)
     await_output(processes, process, projector.source, f"replica ready on {urls}")
     (gateway,) = [i for i in INVOCATIONS if i.source.startswith("kubernetes/gateway.yaml")]
+    # the Secret's registry, with a reader's token for Prometheus made as README.md says
+    registry = local_path(gateway.argv[gateway.argv.index("--tokens") + 1], tmp_path)
+    created = subprocess.run(
+        [RUNSTATE, "auth", "token", "create", "--tokens", registry, "--role", "reader"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
     (port,) = _free_ports(LOOPBACK, 1)
     process = start_invocation(
         processes, gateway, tmp_path, nats=urls, host=LOOPBACK, port=str(port)
@@ -698,10 +722,16 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
     (web,) = kubernetes_objects()["Deployment", "runstate-web"]["spec"]["template"]["spec"][
         "containers"
     ]
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe in ("livenessProbe", "readinessProbe"):  # no token: the kubelet has none
         await_healthy(processes, port, web[probe]["httpGet"]["path"])
     (job,) = [j for j in prometheus_jobs() if "dns_sd_configs" in j]
-    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{job['metrics_path']}") as response:
+    metrics = f"http://{LOOPBACK}:{port}{job['metrics_path']}"
+    status, _ = http_get(port, job["metrics_path"])
+    assert status == 401  # no token, no metrics
+    scrape = urllib.request.Request(
+        metrics, headers={"Authorization": f"Bearer {created.stdout.strip()}"}
+    )
+    with urllib.request.urlopen(scrape) as response:
         text = response.read().decode()
     samples = {
         sample.name: sample.value
@@ -744,13 +774,20 @@ def await_output(
     return processes.log_of(process)
 
 
+def local_path(value: str, tmp_path: Path) -> str:
+    """A deploy file's /var or /etc path moved under ``tmp_path``; other values as they are."""
+    if value.startswith(("/var/", "/etc/")):
+        return str(tmp_path / value.removeprefix("/"))
+    return value
+
+
 def start_invocation(
     processes: Processes, invocation: Invocation, tmp_path: Path, **values: str
 ) -> subprocess.Popen[bytes]:
     """Start a deploy file's runstate command line as ``run_until_ready`` runs it."""
 
     def local(value: str) -> str:
-        return str(tmp_path / value.removeprefix("/")) if value.startswith("/var/") else value
+        return local_path(value, tmp_path)
 
     argv = [local(a) for a in invocation.argv]
     for name, value in values.items():

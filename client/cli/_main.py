@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from runstate.client.cli._app import cli
+from runstate.client.cli._auth_tokens import auth
 from runstate.client.cli._bench import bench
 from runstate.client.cli._demo_command import demo
 from runstate.client.cli._logs_command import logs
@@ -16,7 +17,7 @@ from runstate.client.cli._web import web
 
 __all__ = ["cli", "main"]
 
-for _command in (server, projector, web, demo, runs, show, watch, events, logs, bench):
+for _command in (server, projector, web, demo, runs, show, watch, events, logs, bench, auth):
     cli.add_command(_command)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -11,12 +12,19 @@ import anyio.abc
 import click
 
 from runstate.client._client import Client
+from runstate.client._gateway_tokens import GatewayTokens
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
     global_options,
     reporting_errors,
     stoppable,
+)
+from runstate.client.cli._auth_tokens import (
+    announce_access,
+    gateway_tokens,
+    owner_token,
+    tokens_option,
 )
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError
@@ -38,10 +46,10 @@ async def _serve(
     name: str,
     rebuild: bool,
     own_server: bool,
-    http: tuple[str, int | None] | None = None,
+    http: _Http | None = None,
 ) -> None:
-    """Run the embedded server (without a URL), a replica and the gateway (``http``:
-    host and port, None for the default one), until cancelled."""
+    """Run the embedded server (without a URL), a replica and the gateway (``http``),
+    until cancelled."""
     async with Replica(
         settings,
         projector=replica,
@@ -55,11 +63,24 @@ async def _serve(
     ) as running:
         _announce(running)
         if http is not None:
-            await _serve_http(running, *http)
+            await _serve_http(running, http)
         await anyio.sleep_forever()
 
 
-async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
+@dataclass(frozen=True)
+class _Http:
+    """The gateway ``runstate server`` serves: where, and the tokens it asks for."""
+
+    host: str
+    #: None: the default port, or none when another process has it
+    port: int | None
+    #: None: no tokens (--no-http-auth, loopback only)
+    tokens: GatewayTokens | None
+    #: the registry given with --http-tokens (None: the data directory's)
+    tokens_path: Path | None
+
+
+async def _serve_http(replica: Replica, http: _Http) -> None:
     """Serve the HTTP gateway over the replica's connection until cancelled.
 
     Without a port given, a default port another process holds leaves the
@@ -68,17 +89,21 @@ async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
     from runstate.client.web import serve  # the web extra, loaded only to serve it
 
     client = Client.over_nats(replica.nc, replica.settings)
+    data_dir = replica.settings.data_dir
+    owner = owner_token(http.tokens, data_dir, http.tokens_path)
+    port = DEFAULT_HTTP_PORT if http.port is None else http.port  # 0: a free one
     async with anyio.create_task_group() as tg:
         try:
             url = await tg.start(
-                functools.partial(serve, client, host=host, port=port or DEFAULT_HTTP_PORT)
+                functools.partial(serve, client, host=http.host, port=port, tokens=http.tokens)
             )
         except ConfigurationError as exc:
-            if port is not None:
+            if http.port is not None:
                 raise
             click.echo(f"  HTTP gateway off: {exc.message}")
             return
         click.echo(f"  HTTP gateway: {url}  (API docs: {url}/docs)")
+        announce_access(http.tokens, owner, data_dir, http.tokens_path, url)
         await anyio.sleep_forever()
 
 
@@ -126,9 +151,21 @@ def _announce(replica: Replica) -> None:
     "when another process has it (the server then says so and runs without the gateway).",
 )
 @click.option("--no-http", is_flag=True, help="Do not serve the HTTP gateway.")
+@tokens_option("--http-tokens", "http_tokens")
+@click.option(
+    "--no-http-auth",
+    is_flag=True,
+    help="Let every HTTP request in, with no token (a loopback --http-host only).",
+)
 @reporting_errors
 def server(
-    port: int | None, no_projector: bool, http_host: str, http_port: int | None, no_http: bool
+    port: int | None,
+    no_projector: bool,
+    http_host: str,
+    http_port: int | None,
+    no_http: bool,
+    http_tokens: Path | None,
+    no_http_auth: bool,
 ) -> None:
     """Run the embedded NATS JetStream server and a projector replica, in the foreground.
 
@@ -138,8 +175,11 @@ def server(
     runs until Ctrl-C or SIGTERM, then stops the server. It also serves the
     HTTP gateway (REST, server-sent events, API docs at /docs) on
     --http-host:--http-port and prints its URL, unless --no-http or the web
-    extra is not installed. The data directory
-    survives restarts: events are kept and the replica resumes from its
+    extra is not installed. Every HTTP request needs a bearer token
+    (--http-tokens, default <data-dir>/gateway-tokens.json; the owner's is
+    made in <data-dir>/gateway-token and the server prints how to sign in
+    with it); --no-http-auth turns tokens off, on loopback only. The data
+    directory survives restarts: events are kept and the replica resumes from its
     checkpoint. With --nats URL it runs only the replica, against that NATS
     (its store: as `runstate projector --name server` would have it).
 
@@ -158,10 +198,17 @@ def server(
             raise click.UsageError(
                 "with --nats the server command runs only a replica; --no-projector leaves nothing"
             )
-    http: tuple[str, int | None] | None = None
+    http: _Http | None = None
     if not no_http:
         if _web_available():
-            http = (http_host, http_port)
+            tokens = gateway_tokens(
+                settings.data_dir,
+                http_tokens,
+                no_auth=no_http_auth,
+                host=http_host,
+                flag="--no-http-auth",
+            )
+            http = _Http(http_host, http_port, tokens, http_tokens)
         else:
             click.echo("HTTP gateway off: install it with pip install 'runstate[web]'")
     anyio.run(
