@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.resources
 import io
@@ -43,14 +44,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jsonschema
 import kubernetes_validate
 import prometheus_client.parser
 import pytest
 import yaml
+from _pki import make_pki
 
+from runstate.client import connect
 from runstate.engine import Settings
 from runstate.engine._server import NATS_SERVER_VERSION, _free_ports, find_nats_server
+from runstate.engine.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -60,7 +65,9 @@ LOOPBACK = "127.0.0.1"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 COMPOSE = DEPLOY / "compose.yaml"
-CONFS = sorted(DEPLOY.glob("*.conf"))
+#: the TLS fragment the cluster's node configs include (tested with certificates of its own)
+TLS_CONF = DEPLOY / "nats-tls.conf"
+CONFS = sorted(conf for conf in DEPLOY.glob("*.conf") if conf != TLS_CONF)
 CLUSTER_CONFS = sorted(DEPLOY.glob("nats-cluster-n*.conf"))
 UNITS = sorted(DEPLOY.glob("*.service"))
 DOCKERFILE = DEPLOY / "Dockerfile"
@@ -370,7 +377,7 @@ def run_flag_cluster(processes: Processes, nodes: Sequence[FlagNode], directory:
 
 def test_every_deploy_file_is_checked_and_listed_in_the_readme() -> None:
     """Every file under deploy/ is of a kind this module checks, and README.md lists it."""
-    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README, PROMETHEUS}
+    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README, PROMETHEUS, TLS_CONF}
     files = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     unchecked = [rel(p) for p in files if p not in checked]
     assert not unchecked, f"no test checks {unchecked}: add one to tests/test_deploy.py"
@@ -741,6 +748,60 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
     assert samples["runstate_query_service_up"] == 1
     assert samples["runstate_projector_lag_events"] >= 0
     assert samples["runstate_projector_lag_milliseconds"] >= 0
+
+
+def test_tls_fragment_makes_the_cluster_verify_certificates(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """nats-tls.conf, its certificate paths moved to a CA made for the test and included in
+    nats-cluster-n*.conf as its comment says (top level and cluster block), passes
+    nats-server -t and forms the cluster over verified TLS routes; the nodes require TLS
+    and verify clients, and a runstate client with a certificate of the CA writes to it
+    while one without is refused."""
+    pki = make_pki(tmp_path / "pki")
+    names = {
+        "server.pem": pki.server_cert,
+        "server-key.pem": pki.server_key,
+        "ca.pem": pki.ca,
+    }
+    text = TLS_CONF.read_text()
+    for path in re.findall(r'"(/etc/runstate/tls/[^"]+)"', text):
+        text = text.replace(path, str(names[Path(path).name]))
+    assert "/etc/" not in text
+    fragment = tmp_path / TLS_CONF.name
+    fragment.write_text(text)
+    checked = subprocess.run(
+        [find_nats_server(), "-t", "-c", fragment], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
+    include = f"include ./{fragment.name}"  # as its comment says: relative to the node's config
+    assert include in TLS_CONF.read_text()
+    for conf in confs:
+        node = conf.read_text()
+        assert node.count("cluster {\n") == 1
+        node = node.replace("cluster {\n", f"cluster {{\n  {include}\n", 1)
+        conf.write_text(f"{include}\n{node}")
+        processes.start([find_nats_server(), "-c", conf], conf.stem)
+    monitors = [port_of(conf, "http") for conf in confs]
+    await_meta_leader(processes, monitors)
+    for port in monitors:
+        _, varz = http_get(port, "/varz")
+        assert varz is not None and varz["tls_required"] and varz["tls_verify"]
+        _, routez = http_get(port, "/routez")
+        assert routez is not None and routez["num_routes"] >= 2
+    url = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
+
+    async def use(**tls: Path) -> str:
+        settings = Settings(nats_url=url, replicas=3, data_dir=tmp_path / "client", **tls)
+        async with connect(settings=settings, projector=False) as client:
+            run = await client.create_run("Secure")
+            return run.pathspec
+
+    certificate = {"tls_cert": pki.client_cert, "tls_key": pki.client_key}
+    assert anyio.run(functools.partial(use, tls_ca=pki.ca, **certificate)) == "Secure/1"
+    with pytest.raises(ConfigurationError, match="asks for a client certificate"):
+        anyio.run(functools.partial(use, tls_ca=pki.ca))
 
 
 # -- runstate command lines ---------------------------------------------------------------------
