@@ -58,6 +58,19 @@ _NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
 #: what a server answers to a wrong user, password, token or credentials, lower-cased
 _AUTHORIZATION_VIOLATION = "authorization violation"
 
+#: TLS handshake failures that trying again cannot mend, by OpenSSL's reason, with what to do
+_TLS_REFUSALS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server asks for a client certificate: give "
+    "tls_cert and tls_key (RUNSTATE_TLS_CERT, RUNSTATE_TLS_KEY)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the client certificate's CA: use a "
+    "certificate signed by the CA in its tls block",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused the client certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server refused the client certificate as expired",
+    "TLSV1_ALERT_ACCESS_DENIED": "the server refused the client certificate",
+    "CERTIFICATE_VERIFY_FAILED": "the server's certificate is not one this client trusts: "
+    "give the CA that signed it as tls_ca (RUNSTATE_TLS_CA)",
+}
+
 #: "no suitable peers for placement": while a cluster starts, a node that has not joined
 #: yet cannot hold a replica, so provisioning asks again within the retry budget
 _NO_PEERS_YET = 10005
@@ -169,6 +182,10 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
                 f"NATS at {target} refused the credentials (authorization violation); "
                 "check the user and password, token or credentials file"
             )
+        refusal = _TLS_REFUSALS.get(getattr(exc, "reason", None) or "")
+        if connecting and isinstance(exc, ssl.SSLError) and refusal is not None:
+            # final too: the same certificates fail the same way however often they try
+            raise ConfigurationError(f"TLS with NATS at {target} failed: {refusal} ({exc})")
 
     async def _on_disconnect() -> None:
         log.debug("nats.disconnected")
@@ -203,7 +220,8 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
             await nc.connect(**options)
         connecting = False
     except ConfigurationError:
-        await nc.close()
+        with anyio.move_on_after(2):  # a TLS handshake refused mid-way can leave close() waiting
+            await nc.close()
         raise
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
         await nc.close()

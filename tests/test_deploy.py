@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import io
@@ -43,14 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jsonschema
 import kubernetes_validate
+import prometheus_client.parser
 import pytest
 import yaml
+from _pki import make_pki
 
+from runstate.client import connect
 from runstate.engine import Settings
 from runstate.engine._credentials import write_authorization
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NATS_SERVER_VERSION, _free_ports, find_nats_server
+from runstate.engine.errors import ConfigurationError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -60,11 +67,14 @@ LOOPBACK = "127.0.0.1"
 YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 COMPOSE = DEPLOY / "compose.yaml"
-CONFS = sorted(DEPLOY.glob("*.conf"))
+#: the TLS fragment the cluster's node configs include (tested with certificates of its own)
+TLS_CONF = DEPLOY / "nats-tls.conf"
+CONFS = sorted(conf for conf in DEPLOY.glob("*.conf") if conf != TLS_CONF)
 CLUSTER_CONFS = sorted(DEPLOY.glob("nats-cluster-n*.conf"))
 UNITS = sorted(DEPLOY.glob("*.service"))
 DOCKERFILE = DEPLOY / "Dockerfile"
 README = DEPLOY / "README.md"
+PROMETHEUS = DEPLOY / "prometheus.yml"
 
 #: how long a server or cluster started from deploy/ may take to be ready
 READY_TIMEOUT = 20.0
@@ -382,7 +392,7 @@ def run_flag_cluster(processes: Processes, nodes: Sequence[FlagNode], directory:
 
 def test_every_deploy_file_is_checked_and_listed_in_the_readme() -> None:
     """Every file under deploy/ is of a kind this module checks, and README.md lists it."""
-    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README}
+    checked = {*YAML_FILES, *CONFS, *UNITS, DOCKERFILE, README, PROMETHEUS, TLS_CONF}
     files = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
     unchecked = [rel(p) for p in files if p not in checked]
     assert not unchecked, f"no test checks {unchecked}: add one to tests/test_deploy.py"
@@ -461,6 +471,34 @@ def test_kubernetes_manifests_fit_together() -> None:
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         host, port = url.removeprefix("nats://").split(":")
         assert any(p["port"] == int(port) for p in objects["Service", host]["spec"]["ports"])
+
+
+def test_kubernetes_gateway_fits_together() -> None:
+    """The gateway's Services select its pods and serve its named port, which is the port it
+    listens on; its probes ask /healthz (alive) and /readyz (ready) there; its token
+    registry is a file of a Secret mounted read-only."""
+    objects = kubernetes_objects()
+    deployment = objects["Deployment", "runstate-web"]
+    pod = deployment["spec"]["template"]
+    (web,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in web["ports"]}
+    args = web["args"]
+    assert args[0] == "web" and int(args[args.index("--port") + 1]) == ports["http"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"  # reachable from the Service
+    for name in ("runstate-web", "runstate-web-pods"):
+        service = objects["Service", name]["spec"]
+        assert service["selector"].items() <= pod["metadata"]["labels"].items()
+        (port,) = service["ports"]
+        assert port["targetPort"] in ports
+    assert objects["Service", "runstate-web-pods"]["spec"]["clusterIP"] == "None"
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # the token registry is the file of the Secret's volume
+    registry = Path(args[args.index("--tokens") + 1])
+    (mount,) = [m for m in web["volumeMounts"] if registry.parent == Path(m["mountPath"])]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert mount["readOnly"] and "secretName" in volume["secret"]
+    assert "--no-auth" not in args
 
 
 def pod_name(pod: str, field_env: dict[str, str]) -> Callable[[re.Match[str]], str]:
@@ -580,6 +618,55 @@ def test_images_pin_the_tested_versions() -> None:
             assert _is_runstate_image(image) and tag == version, image
 
 
+# -- Prometheus ------------------------------------------------------------------------------
+
+
+def prometheus_jobs() -> list[dict[str, Any]]:
+    """The scrape jobs of prometheus.yml."""
+    jobs: list[dict[str, Any]] = yaml_documents(PROMETHEUS)[0]["scrape_configs"]
+    return jobs
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool (Prometheus' own checker) accepts prometheus.yml, with the token file its
+    jobs name (which promtool wants to exist) moved to a temporary one."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (.ci/run does)"
+    (credentials,) = {job["authorization"]["credentials_file"] for job in prometheus_jobs()}
+    token = tmp_path / "runstate-token"
+    token.write_text("rs_example\n")
+    copy = tmp_path / PROMETHEUS.name
+    copy.write_text(PROMETHEUS.read_text().replace(credentials, str(token)))
+    done = subprocess.run(
+        [promtool, "check", "config", copy], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_prometheus_jobs_scrape_the_gateways() -> None:
+    """The compose job's target is the compose gateway's service and port; the Kubernetes
+    job resolves the gateway's headless Service and scrapes its container port; both ask
+    /metrics (which test_kubernetes_gateway_answers_its_probes_and_prometheus scrapes) with
+    a bearer token from a file."""
+    compose_job, kubernetes_job = prometheus_jobs()
+    services = yaml_documents(COMPOSE)[0]["services"]
+    (web,) = [inv for inv in _compose_invocations() if inv.argv[0] == "web"]
+    name = web.source.split(":", 1)[1]
+    port = web.argv[web.argv.index("--port") + 1]
+    (static,) = compose_job["static_configs"]
+    assert static["targets"] == [f"{name}:{port}"]
+    assert any(p.split(":")[-1] == port for p in services[name]["ports"])
+    objects = kubernetes_objects()
+    (container,) = objects["Deployment", "runstate-web"]["spec"]["template"]["spec"]["containers"]
+    (dns,) = kubernetes_job["dns_sd_configs"]
+    (service_name,) = dns["names"]
+    assert objects["Service", service_name]["spec"]["clusterIP"] == "None"
+    assert dns["port"] == {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    for job in (compose_job, kubernetes_job):
+        assert job["metrics_path"] == "/metrics"
+        assert set(job["authorization"]) == {"credentials_file"}  # a bearer token, from a file
+
+
 # -- nats-server configs ----------------------------------------------------------------------
 
 
@@ -646,17 +733,151 @@ def test_cluster_configs_form_a_jetstream_cluster(processes: Processes, tmp_path
         run_until_ready(
             processes, as_projector, tmp_path, nats=urls, ready=f"replica ready on {urls}"
         )
-    # the HTTP gateway of compose.yaml, on a free loopback port
-    (gateway,) = [inv for inv in others if inv.argv[0] == "web"]
-    run_until_ready(
+    # the HTTP gateways of compose.yaml and kubernetes/gateway.yaml, on a free loopback port
+    gateways = [inv for inv in others if inv.argv[0] == "web"]
+    assert len(gateways) == 2
+    for gateway in gateways:
+        run_until_ready(
+            processes,
+            as_role(gateway, auth / "writer.nk"),
+            tmp_path,
+            nats=urls,
+            host=LOOPBACK,
+            port="0",
+            ready="gateway ready",
+        )
+
+
+def test_kubernetes_gateway_answers_its_probes_and_prometheus(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """On the cluster of nats-cluster-n*.conf, with the projector of kubernetes/projector.yaml
+    running, the gateway of kubernetes/gateway.yaml (its token registry made with runstate
+    auth token create) answers 200 on its liveness and readiness probes' paths with no token,
+    refuses /metrics without one, and with a reader's token, as deploy/prometheus.yml's
+    Kubernetes job scrapes it, answers in Prometheus' text format with the replica's lag
+    in events and in milliseconds."""
+    confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
+    for conf in confs:
+        processes.start([find_nats_server(), "-c", conf], conf.stem)
+    await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
+    urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
+    auth = tmp_path / "auth"  # the roles' block the node configs include (remap_confs)
+    kubernetes = [i for i in INVOCATIONS if i.source.startswith("kubernetes/")]
+    (provisioner,) = [i for i in kubernetes if i.argv[0] == "provision"]
+    run_to_completion(as_role(provisioner, auth / "admin.nk"), tmp_path, nats=urls)
+    (projector,) = [i for i in kubernetes if i.argv[0] == "projector"]
+    projector = as_role(projector, auth / "projector.nk")
+    process = start_invocation(processes, projector, tmp_path, nats=urls)
+    await_output(processes, process, projector.source, f"replica ready on {urls}")
+    (gateway,) = [i for i in INVOCATIONS if i.source.startswith("kubernetes/gateway.yaml")]
+    # the Secret's registry, with a reader's token for Prometheus made as README.md says
+    registry = local_path(gateway.argv[gateway.argv.index("--tokens") + 1], tmp_path)
+    created = subprocess.run(
+        [RUNSTATE, "auth", "token", "create", "--tokens", registry, "--role", "reader"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    (port,) = _free_ports(LOOPBACK, 1)
+    process = start_invocation(
         processes,
         as_role(gateway, auth / "writer.nk"),
         tmp_path,
         nats=urls,
         host=LOOPBACK,
-        port="0",
-        ready="gateway ready",
+        port=str(port),
     )
+    await_output(processes, process, gateway.source, "gateway ready")
+    (web,) = kubernetes_objects()["Deployment", "runstate-web"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    for probe in ("livenessProbe", "readinessProbe"):  # no token: the kubelet has none
+        await_healthy(processes, port, web[probe]["httpGet"]["path"])
+    (job,) = [j for j in prometheus_jobs() if "dns_sd_configs" in j]
+    metrics = f"http://{LOOPBACK}:{port}{job['metrics_path']}"
+    status, _ = http_get(port, job["metrics_path"])
+    assert status == 401  # no token, no metrics
+    scrape = urllib.request.Request(
+        metrics, headers={"Authorization": f"Bearer {created.stdout.strip()}"}
+    )
+    with urllib.request.urlopen(scrape) as response:
+        text = response.read().decode()
+    samples = {
+        sample.name: sample.value
+        for family in prometheus_client.parser.text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples["runstate_query_service_up"] == 1
+    assert samples["runstate_projector_lag_events"] >= 0
+    assert samples["runstate_projector_lag_milliseconds"] >= 0
+
+
+def test_tls_fragment_makes_the_cluster_verify_certificates(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """nats-tls.conf, its certificate paths moved to a CA made for the test and included in
+    nats-cluster-n*.conf as its comment says (top level and cluster block), passes
+    nats-server -t and forms the cluster over verified TLS routes; the nodes require TLS
+    and verify clients, and a runstate client with a certificate of the CA writes to it
+    while one without is refused."""
+    pki = make_pki(tmp_path / "pki")
+    names = {
+        "server.pem": pki.server_cert,
+        "server-key.pem": pki.server_key,
+        "ca.pem": pki.ca,
+    }
+    text = TLS_CONF.read_text()
+    for path in re.findall(r'"(/etc/runstate/tls/[^"]+)"', text):
+        text = text.replace(path, str(names[Path(path).name]))
+    assert "/etc/" not in text
+    fragment = tmp_path / TLS_CONF.name
+    fragment.write_text(text)
+    checked = subprocess.run(
+        [find_nats_server(), "-t", "-c", fragment], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    confs, _ = remap_confs(CLUSTER_CONFS, tmp_path)
+    include = f"include ./{fragment.name}"  # as its comment says: relative to the node's config
+    assert include in TLS_CONF.read_text()
+    for conf in confs:
+        node = conf.read_text()
+        assert node.count("cluster {\n") == 1
+        node = node.replace("cluster {\n", f"cluster {{\n  {include}\n", 1)
+        conf.write_text(f"{include}\n{node}")
+        processes.start([find_nats_server(), "-c", conf], conf.stem)
+    monitors = [port_of(conf, "http") for conf in confs]
+    await_meta_leader(processes, monitors)
+    for port in monitors:
+        _, varz = http_get(port, "/varz")
+        assert varz is not None and varz["tls_required"] and varz["tls_verify"]
+        _, routez = http_get(port, "/routez")
+        assert routez is not None and routez["num_routes"] >= 2
+    url = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
+
+    auth = tmp_path / "auth"  # the roles' block the node configs include (remap_confs)
+    certificate = {"tls_cert": pki.client_cert, "tls_key": pki.client_key}
+    admin = Settings(
+        nats_url=url, replicas=3, data_dir=tmp_path / "admin", credentials=auth / "admin.nk"
+    )
+    anyio.run(provision_server, admin.replace(tls_ca=pki.ca, **certificate))
+
+    async def use(**tls: Path) -> str:
+        settings = Settings(
+            nats_url=url,
+            replicas=3,
+            data_dir=tmp_path / "client",
+            credentials=auth / "writer.nk",
+            **tls,
+        )
+        async with connect(settings=settings, projector=False) as client:
+            run = await client.create_run("Secure")
+            return run.pathspec
+
+    assert anyio.run(functools.partial(use, tls_ca=pki.ca, **certificate)) == "Secure/1"
+    with pytest.raises(ConfigurationError, match="asks for a client certificate"):
+        anyio.run(functools.partial(use, tls_ca=pki.ca))
 
 
 def as_role(invocation: Invocation, credentials: Path) -> Invocation:
@@ -675,8 +896,7 @@ def localized(
     under ``tmp_path`` and the flags in ``values`` replaced."""
 
     def local(value: str) -> str:
-        moved = value.startswith(("/var/", "/etc/"))
-        return str(tmp_path / value.removeprefix("/")) if moved else value
+        return local_path(value, tmp_path)
 
     argv = [local(a) for a in invocation.argv]
     for name, value in values.items():
@@ -699,22 +919,44 @@ def run_to_completion(invocation: Invocation, tmp_path: Path, **values: str) -> 
     return done.stdout
 
 
+def await_output(
+    processes: Processes, process: subprocess.Popen[bytes], source: str, ready: str
+) -> str:
+    """What ``process`` printed, once it has printed ``ready``."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while ready not in processes.log_of(process):
+        processes.check_running()
+        if time.monotonic() > deadline:
+            pytest.fail(f"{source} was not ready:\n{processes.logs()}")
+        time.sleep(0.1)
+    return processes.log_of(process)
+
+
+def local_path(value: str, tmp_path: Path) -> str:
+    """A deploy file's /var or /etc path moved under ``tmp_path``; other values as they are."""
+    if value.startswith(("/var/", "/etc/")):
+        return str(tmp_path / value.removeprefix("/"))
+    return value
+
+
+def start_invocation(
+    processes: Processes, invocation: Invocation, tmp_path: Path, **values: str
+) -> subprocess.Popen[bytes]:
+    """Start a deploy file's runstate command line (``localized``), as ``run_until_ready``
+    runs it."""
+    argv, env = localized(invocation, tmp_path, values)
+    name = invocation.source.replace("/", "_").replace(":", "_")
+    return processes.start([RUNSTATE, *argv], name, env)
+
+
 def run_until_ready(
     processes: Processes, invocation: Invocation, tmp_path: Path, *, ready: str, **values: str
 ) -> str:
     """Run a deploy file's runstate command line (``localized``); wait for its ``ready``
     line, then stop it with SIGTERM, expect a clean exit, and return what it printed until
     ready."""
-    argv, env = localized(invocation, tmp_path, values)
-    name = invocation.source.replace("/", "_").replace(":", "_")
-    process = processes.start([RUNSTATE, *argv], name, env)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while ready not in processes.log_of(process):
-        processes.check_running()
-        if time.monotonic() > deadline:
-            pytest.fail(f"{invocation.source} was not ready:\n{processes.logs()}")
-        time.sleep(0.1)
-    output = processes.log_of(process)
+    process = start_invocation(processes, invocation, tmp_path, **values)
+    output = await_output(processes, process, invocation.source, ready)
     for line in output.splitlines():
         if re.match(r"\s+(data dir|projector store):", line):
             assert str(tmp_path) in line, line

@@ -60,12 +60,19 @@ def server(tmp_path: Path) -> Iterator[Printing]:
 def test_the_server_serves_the_gateway_and_a_second_runs_alone(
     server: Printing, tmp_path: Path
 ) -> None:
-    """``runstate server`` prints its gateway's URL, which answers; ``runstate web`` on the
-    same NATS serves the same runs; each stops with exit status 0 on SIGTERM."""
+    """``runstate server`` prints its gateway's URL, which answers its owner (the token it
+    made in the data directory, named in its output) and no one else; ``runstate web`` on
+    the same NATS and data directory serves the same runs to the same token; each stops
+    with exit status 0 on SIGTERM."""
     url = server.wait_for(r"HTTP gateway: (http://\S+)").group(1)
     nats = server.wait_for(r"ready: (nats://\S+)").group(1)
     assert url.startswith("http://127.0.0.1:")  # loopback unless told otherwise
-    created = httpx.post(f"{url}/api/v1/runs", json={"flow": "Cli"}, timeout=20)
+    token_file = server.wait_for(r"sign in with the token in (\S+)").group(1)
+    assert token_file == str(tmp_path / "data" / "gateway-token")
+    owner = {"Authorization": f"Bearer {Path(token_file).read_text().strip()}"}
+    refused = httpx.post(f"{url}/api/v1/runs", json={"flow": "Cli"}, timeout=20)
+    assert refused.status_code == 401, refused.text
+    created = httpx.post(f"{url}/api/v1/runs", json={"flow": "Cli"}, headers=owner, timeout=20)
     assert created.status_code == 201, created.text
     # the same data directory: the command reads the embedded server's token there
     data = str(tmp_path / "data")
@@ -74,11 +81,35 @@ def test_the_server_serves_the_gateway_and_a_second_runs_alone(
         other = alone.wait_for(r"gateway ready: (http://\S+)").group(1)
         assert httpx.get(f"{other}/readyz", timeout=20).status_code == 200
         sequence = created.json()["sequence"]
-        runs = httpx.get(f"{other}/api/v1/runs", params={"after": sequence}, timeout=20).json()
+        runs = httpx.get(
+            f"{other}/api/v1/runs", params={"after": sequence}, headers=owner, timeout=20
+        ).json()
         assert [run["pathspec"] for run in runs["items"]] == ["Cli/1"]
     finally:
         assert alone.stop() == 0
     assert server.stop() == 0
+
+
+def test_no_http_auth_opens_the_loopback_gateway(tmp_path: Path) -> None:
+    """``runstate server --no-http-auth`` serves its loopback gateway to requests without a
+    token, and says so."""
+    running = Printing(
+        tmp_path / "out",
+        "server",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--http-port",
+        "0",
+        "--no-http-auth",
+    )
+    try:
+        url = running.wait_for(r"HTTP gateway: (http://\S+)").group(1)
+        running.wait_for(r"no authentication \(--no-auth\)")
+        created = httpx.post(f"{url}/api/v1/runs", json={"flow": "Open"}, timeout=20)
+        assert created.status_code == 201, created.text
+    finally:
+        assert running.stop() == 0
+    assert not (tmp_path / "data" / "gateway-token").exists()
 
 
 def test_no_http_runs_the_server_without_the_gateway(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ def auth() -> None:
       projector  consume, dead-letter, serve queries, reap
       writer     append, heartbeat, counters, idempotency keys, blobs (maybe some flows only)
       reader     queries, watches, history, metric and log reads; nothing that changes state
+
+    The HTTP gateway's bearer tokens map to the same roles: `runstate auth token`.
     """
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from runstate.client.cli._app import cli
 from runstate.client.cli._auth import auth, provision
+from runstate.client.cli._auth_tokens import token
 from runstate.client.cli._bench import bench
 from runstate.client.cli._demo_command import demo
 from runstate.client.cli._logs_command import logs
@@ -32,6 +33,7 @@ for _command in (
     bench,
 ):
     cli.add_command(_command)
+auth.add_command(token)  # runstate auth token: the gateway's bearer tokens
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -19,6 +20,7 @@ import anyio.abc
 import click
 
 from runstate.client._client import Client
+from runstate.client._gateway_tokens import GatewayTokens
 from runstate.client._local import LOG_FILE, local_status, stop_local
 from runstate.client.cli._app import (
     configure_logs,
@@ -27,6 +29,12 @@ from runstate.client.cli._app import (
     global_options,
     reporting_errors,
     stoppable,
+)
+from runstate.client.cli._auth_tokens import (
+    announce_access,
+    gateway_tokens,
+    owner_token,
+    tokens_option,
 )
 from runstate.client.cli._local_server import LocalControl
 from runstate.engine._settings import Settings
@@ -49,12 +57,12 @@ async def _serve(
     name: str,
     rebuild: bool,
     own_server: bool,
-    http: tuple[str, int | None] | None = None,
+    http: _Http | None = None,
     detached: bool = False,
     provision: bool = False,
 ) -> None:
-    """Run the embedded server (without a URL), a replica and the gateway (``http``:
-    host and port, None for the default one), until cancelled or, as the local
+    """Run the embedded server (without a URL), a replica and the gateway (``http``),
+    until cancelled or, as the local
     runstate (``detached``), stopped or idle. A server of its own data directory
     answers ``runstate server status`` and ``stop`` (``LocalControl``). ``provision``:
     create the streams on a server at a URL (``runstate server``, an admin's command)."""
@@ -82,12 +90,25 @@ async def _serve(
                 await tg.start(control.run)
             _announce(running)
             if http is not None:
-                await _serve_http(running, *http, control=control)
+                await _serve_http(running, http, control=control)
             await anyio.sleep_forever()
 
 
+@dataclass(frozen=True)
+class _Http:
+    """The gateway ``runstate server`` serves: where, and the tokens it asks for."""
+
+    host: str
+    #: None: the default port, or none when another process has it
+    port: int | None
+    #: None: no tokens (--no-http-auth, loopback only)
+    tokens: GatewayTokens | None
+    #: the registry given with --http-tokens (None: the data directory's)
+    tokens_path: Path | None
+
+
 async def _serve_http(
-    replica: Replica, host: str, port: int | None, *, control: LocalControl | None = None
+    replica: Replica, http: _Http, *, control: LocalControl | None = None
 ) -> None:
     """Serve the HTTP gateway over the replica's connection until cancelled.
 
@@ -98,21 +119,26 @@ async def _serve_http(
     from runstate.client.web import serve  # the web extra, loaded only to serve it
 
     client = Client.over_nats(replica.nc, replica.settings)
+    data_dir = replica.settings.data_dir
+    owner = owner_token(http.tokens, data_dir, http.tokens_path)
+    port = DEFAULT_HTTP_PORT if http.port is None else http.port  # 0: a free one
+    detached = control is not None and control.detached
     async with anyio.create_task_group() as tg:
         try:
             url = await tg.start(
-                functools.partial(
-                    serve, client, host=host, port=DEFAULT_HTTP_PORT if port is None else port
-                )
+                functools.partial(serve, client, host=http.host, port=port, tokens=http.tokens)
             )
         except ConfigurationError as exc:
-            if port is not None:
+            if http.port is not None:
                 raise
-            if control is None or not control.detached:
+            if not detached:
                 click.echo(f"  HTTP gateway off: {exc.message}")
                 return
-            url = await tg.start(functools.partial(serve, client, host=host, port=0))
+            url = await tg.start(
+                functools.partial(serve, client, host=http.host, port=0, tokens=http.tokens)
+            )
         click.echo(f"  HTTP gateway: {url}  (API docs: {url}/docs)")
+        announce_access(http.tokens, owner, data_dir, http.tokens_path, url)
         if control is not None:
             control.serving_http(url)
         await anyio.sleep_forever()
@@ -162,6 +188,12 @@ def _announce(replica: Replica) -> None:
     "when another process has it (the server then says so and runs without the gateway).",
 )
 @click.option("--no-http", is_flag=True, help="Do not serve the HTTP gateway.")
+@tokens_option("--http-tokens", "http_tokens")
+@click.option(
+    "--no-http-auth",
+    is_flag=True,
+    help="Let every HTTP request in, with no token (a loopback --http-host only).",
+)
 @click.option(
     "--detached",
     is_flag=True,
@@ -177,6 +209,8 @@ def server(
     http_host: str,
     http_port: int | None,
     no_http: bool,
+    http_tokens: Path | None,
+    no_http_auth: bool,
     detached: bool,
 ) -> None:
     """Run the embedded NATS JetStream server and a projector replica, in the foreground.
@@ -187,7 +221,10 @@ def server(
     runs until Ctrl-C or SIGTERM, then stops the server. It also serves the
     HTTP gateway (REST, server-sent events, API docs at /docs) on
     --http-host:--http-port and prints its URL, unless --no-http or the web
-    extra is not installed. The data directory
+    extra is not installed. Every HTTP request needs a bearer token
+    (--http-tokens, default <data-dir>/gateway-tokens.json; the owner's is
+    made in <data-dir>/gateway-token and the server prints how to sign in
+    with it); --no-http-auth turns tokens off, on loopback only. The data directory
     survives restarts: events are kept and the replica resumes from its
     checkpoint. With --nats URL it runs only the replica, against that NATS
     (its store: as `runstate projector --name server` would have it), after
@@ -218,10 +255,17 @@ def server(
             raise click.UsageError(
                 "with --nats the server command runs only a replica; --no-projector leaves nothing"
             )
-    http: tuple[str, int | None] | None = None
+    http: _Http | None = None
     if not no_http:
         if _web_available():
-            http = (http_host, http_port)
+            tokens = gateway_tokens(
+                settings.data_dir,
+                http_tokens,
+                no_auth=no_http_auth,
+                host=http_host,
+                flag="--no-http-auth",
+            )
+            http = _Http(http_host, http_port, tokens, http_tokens)
         else:
             click.echo("HTTP gateway off: install it with pip install 'runstate[web]'")
     anyio.run(

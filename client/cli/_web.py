@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import anyio
 import click
 
 from runstate.client._client import connect
+from runstate.client._gateway_tokens import GatewayTokens
 from runstate.client.cli._app import (
     configure_logs,
     current_options,
@@ -15,24 +17,36 @@ from runstate.client.cli._app import (
     reporting_errors,
     stoppable,
 )
+from runstate.client.cli._auth_tokens import (
+    announce_access,
+    gateway_tokens,
+    owner_token,
+    tokens_option,
+)
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError
 
 __all__ = ["web"]
 
 
-async def _gateway(settings: Settings, host: str, port: int) -> None:
+async def _gateway(
+    settings: Settings, host: str, port: int, tokens: GatewayTokens | None, path: Path | None
+) -> None:
     try:
         from runstate.client.web import serve
     except ImportError:
         raise ConfigurationError(
             "the HTTP gateway needs the web extra: pip install 'runstate[web]'"
         ) from None
+    owner = owner_token(tokens, settings.data_dir, path)
     async with connect(settings=settings, projector=False) as client:
         async with anyio.create_task_group() as tg:
-            url = await tg.start(functools.partial(serve, client, host=host, port=port))
+            url = await tg.start(
+                functools.partial(serve, client, host=host, port=port, tokens=tokens)
+            )
             click.echo(f"runstate HTTP gateway ready: {url}")
             click.echo(f"  API docs: {url}/docs   NATS: {client.settings.nats_url}")
+            announce_access(tokens, owner, settings.data_dir, path, url)
             click.echo("  stop with Ctrl-C")
             await anyio.sleep_forever()
 
@@ -52,18 +66,33 @@ async def _gateway(settings: Settings, host: str, port: int) -> None:
     show_default=True,
     help="The port (0: a free one).",
 )
+@tokens_option("--tokens", "path")
+@click.option(
+    "--no-auth",
+    is_flag=True,
+    help="Let every request in, with no token (loopback hosts only).",
+)
 @reporting_errors
-def web(host: str, port: int) -> None:
+def web(host: str, port: int, path: Path | None, no_auth: bool) -> None:
     """Run the HTTP gateway alone: REST with OpenAPI, server-sent events, API docs.
 
     It is a client like any other: reads go to the query service of the
     replicas on --nats (run `runstate server` or `runstate projector`),
-    writes to the log. Run several side by side, behind a load balancer.
+    writes to the log. Run several side by side, behind a load balancer
+    (give them one --tokens file).
+
+    Every request needs a bearer token of the registry (--tokens, default
+    <data-dir>/gateway-tokens.json; `runstate auth token create`). With the
+    default registry it makes the owner's token (<data-dir>/gateway-token)
+    and prints how to sign in with it. --no-auth turns tokens off, on a
+    loopback --host only.
 
     \b
     Example:
-      runstate web --nats nats://nats:4222 --host 0.0.0.0 --port 8480
+      runstate web --nats nats://nats:4222 --host 0.0.0.0 --port 8480 \\
+          --tokens /etc/runstate/gateway-tokens.json
     """
     configure_logs("info")
     settings = current_options().settings()
-    anyio.run(stoppable, functools.partial(_gateway, settings, host, port))
+    tokens = gateway_tokens(settings.data_dir, path, no_auth=no_auth, host=host)
+    anyio.run(stoppable, functools.partial(_gateway, settings, host, port, tokens, path))

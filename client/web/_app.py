@@ -24,7 +24,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
 from runstate.client._client import Client
-from runstate.client.web import _live, _pages, _reads, _tails, _writes
+from runstate.client._gateway_tokens import GatewayTokens
+from runstate.client.web import _auth, _live, _pages, _reads, _tails, _writes
+from runstate.client.web._auth import BearerAuth, document_bearer
 from runstate.client.web._html import ASSETS
 from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
@@ -39,14 +41,18 @@ DOCS_ASSETS = "/docs-assets"
 _READY_WAIT = 2.0
 
 
-def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
+def create_app(
+    client: Client, *, keepalive: float = 15.0, tokens: GatewayTokens | None = None
+) -> FastAPI:
     """The HTTP gateway over ``client``: REST under ``/api/v1``, SSE, ``/docs``, probes
     and ``/metrics``.
 
     Reads see every namespace unless a request names one (``?namespace=``).
     ``keepalive``: seconds an idle event stream waits before sending a
-    comment, so proxies keep it open. The caller owns ``client`` (connects
-    and closes it); the app only uses it.
+    comment, so proxies keep it open. ``tokens``: the registry of bearer
+    tokens every request must show one of (``_auth``); None lets every
+    request in (``serve`` allows that on loopback only). The caller owns
+    ``client`` (connects and closes it); the app only uses it.
     """
     app = FastAPI(
         lifespan=_lifespan,
@@ -72,7 +78,12 @@ def create_app(client: Client, *, keepalive: float = 15.0) -> FastAPI:
     app.state.channels = {}
     #: the writers' handles the gateway keeps (``_writes._kept``)
     app.state.handles = OrderedDict()
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    if tokens is not None:
+        app.state.tokens = tokens
+        app.add_middleware(BearerAuth, tokens=tokens)
+        app.include_router(_auth.router)
+        document_bearer(app)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refusals count too
     install_problem_handlers(app)
     app.include_router(_reads.router)
     app.include_router(_writes.router)

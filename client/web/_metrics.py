@@ -6,13 +6,15 @@ happens: HTTP requests by route, method and status, with their durations;
 query service latencies by endpoint; open event streams by kind and the
 feeds (log follows) behind them. What the answering replica knows is asked
 at each scrape (``client.status()``): its applied sequence, events applied,
-dead letters, and its lag behind the end of the log.
+dead letters, and its lag behind the end of the log, in events and in
+milliseconds (the age of the oldest event it has not applied).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from fastapi import Request, Response
@@ -28,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runstate.engine.errors import RunstateError
+from runstate.engine.errors import InvalidEvent, RunstateError
 
 if TYPE_CHECKING:
     from runstate.client._client import Client
@@ -82,7 +84,7 @@ class GatewayMetrics:
             registry=registry,
         )
         #: what the answering replica said at the last scrape (None: no answer)
-        self.replica: dict[str, int] | None = None
+        self.replica: dict[str, float] | None = None
         registry.register(_ReplicaCollector(self))
 
 
@@ -110,6 +112,12 @@ class _ReplicaCollector(Collector):
             "runstate_projector_lag_events",
             "Stream sequences between the end of the log and what the replica has applied.",
             value=replica["lag"],
+        )
+        yield GaugeMetricFamily(
+            "runstate_projector_lag_milliseconds",
+            "How long the oldest event the replica has not applied has waited (by its "
+            "writer's clock; 0 when it has applied the whole log).",
+            value=replica["lag_ms"],
         )
         yield CounterMetricFamily(
             "runstate_projector_events_applied",
@@ -193,7 +201,27 @@ async def metrics_page(request: Request) -> Response:
         metrics.replica = {
             "applied": applied,
             "lag": max(0, end - applied),
+            "lag_ms": await _lag_millis(client, applied, end),
             "events_applied": int(status["events_applied"]),
             "deadlettered": int(status["deadlettered"]),
         }
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _lag_millis(client: Client, applied: int, end: int) -> float:
+    """Milliseconds since the first commit after ``applied`` was written (0 when there is
+    none): how far behind the present the replica's view is, which events alone do not
+    say (a thousand events behind is a millisecond in a burst, a minute when idle).
+
+    The commit's time is its first event's ``occurred_at``, the writer's clock; one
+    that does not decode (it will be a dead letter) counts as written now."""
+    if end <= applied:
+        return 0.0
+    try:
+        async for commit in client.log.read(start=applied + 1, limit=1):
+            if commit.events:
+                written = commit.events[0].occurred_at
+                return max(0.0, (datetime.now(UTC) - written).total_seconds() * 1000)
+    except InvalidEvent:
+        pass
+    return 0.0

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from runstate.client._client import Client
 from runstate.client._objects import Run, Task
+from runstate.client.web._charts import LOG_TAIL, charts_section, log_section
 from runstate.client.web._html import (
     STATES,
     ago,
@@ -73,9 +74,6 @@ SORTS = ("-created_at", "created_at", "-finished_at", "finished_at")
 
 #: tasks per step the run page's timeline shows
 TIMELINE_TASKS = 200
-
-#: lines of each log stream the task page shows
-LOG_TAIL = 100
 
 
 def _page(
@@ -320,12 +318,8 @@ async def task_page(
         empty="No metadata.",
     )
     body += "<h2>Artifacts</h2>" + _artifacts(task)
-    metrics = await task.summary()
-    body += "<h2>Metrics</h2>" + pairs_table(metrics, empty="No metrics logged.")
-    for stream in ("stdout", "stderr"):
-        text = await task.logs(stream)
-        tail = "\n".join(text.splitlines()[-LOG_TAIL:])
-        body += f'<h2>{stream} (last {LOG_TAIL} lines)</h2><pre class="log">{esc(tail)}</pre>'
+    body += "<h2>Metrics</h2>" + await charts_section(task)
+    body += f"<h2>Log (last {LOG_TAIL} lines, then live)</h2>" + await log_section(task)
     body += f"<p>{link(events_url(view.pathspec), 'event history of the task')}</p>"
     run_path = f"{view.flow}/{view.run_id}"
     crumbs = [

@@ -12,6 +12,7 @@ import anyio.abc
 import uvicorn
 
 from runstate.client._client import Client
+from runstate.client._gateway_tokens import GatewayTokens, is_loopback
 from runstate.client.web._app import create_app
 from runstate.engine.errors import ConfigurationError
 
@@ -54,19 +55,28 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_HTTP_PORT,
     keepalive: float = 15.0,
+    tokens: GatewayTokens | None = None,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway over ``client`` on ``host:port`` until cancelled.
 
     Reports its URL through ``task_status`` once it accepts connections
-    (``port=0``: a free port, named in the URL). Raises
-    ``ConfigurationError`` when it cannot listen there. Open event streams
-    are closed a second after a stop.
+    (``port=0``: a free port, named in the URL). ``tokens``: the bearer
+    tokens requests must show (``create_app``); without them the gateway is
+    open to whoever reaches it, which it allows only on a loopback address
+    (``ConfigurationError`` otherwise). Raises ``ConfigurationError`` when it
+    cannot listen there. Open event streams are closed a second after a stop.
     """
+    if tokens is None and not is_loopback(host):
+        raise ConfigurationError(
+            f"the HTTP gateway refuses to serve {host} without tokens: anyone who reaches it "
+            "could read and write every run. Give it a token registry (runstate web and "
+            "runstate server do unless --no-auth), or listen on 127.0.0.1"
+        )
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(client, keepalive=keepalive),
+        create_app(client, keepalive=keepalive, tokens=tokens),
         lifespan="on",
         log_config=None,
         access_log=False,
