@@ -54,8 +54,8 @@ from _pki import make_pki
 
 from runstate.client import connect
 from runstate.engine import Settings
-from runstate.engine._credentials import write_authorization
 from runstate.engine._connection import provision_server
+from runstate.engine._credentials import write_authorization
 from runstate.engine._server import NATS_SERVER_VERSION, _free_ports, find_nats_server
 from runstate.engine.errors import ConfigurationError
 
