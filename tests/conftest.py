@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from runstate.client import _namespace
 from runstate.client._local import stop_local
 from runstate.engine._cluster import NatsCluster
 from runstate.engine._connection import provision_server
@@ -110,6 +111,15 @@ def _no_local_runstate_left(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if tmp_path is not None:
         _stop_local_runstates(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _default_user_of_the_process() -> Iterator[None]:
+    """Every test starts with the process's default user: ``connect()`` sets it to the
+    user the server authenticated (tests/test_roles.py signs in with nkeys), and a test
+    that reads without connecting (a gateway's client) would see another test's user."""
+    yield
+    _namespace._default_user = None
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -16,6 +16,7 @@ from _pki import Pki, make_pki
 from runstate.client import connect
 from runstate.engine import Settings
 from runstate.engine._cluster import NatsCluster
+from runstate.engine._connection import provision_server
 from runstate.engine.errors import ConfigurationError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -82,8 +83,8 @@ def _settings(cluster: NatsCluster, tmp_path: Path, **tls: Path) -> Settings:
 async def test_a_client_certificate_writes_reads_and_watches(
     tls_cluster: TlsCluster, pki: Pki, tmp_path: Path
 ) -> None:
-    """With the CA and a client certificate, a client provisions the replicated streams,
-    writes a run and its task, reads them back through a replica over TLS, and a watch
+    """With the CA and a client certificate, an admin provisions the replicated streams
+    and a client writes a run and its task, reads them back through a replica over TLS, and a watch
     sees a change made after it began."""
     config = tls_cluster.nodes[0].config_file
     assert config is not None and "verify: true" in config.read_text()
@@ -91,6 +92,7 @@ async def test_a_client_certificate_writes_reads_and_watches(
         tls_cluster, tmp_path, tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key
     )
     with anyio.fail_after(90):
+        await provision_server(settings)  # the admin's step (no roles on this cluster)
         async with connect(settings=settings, projector=True, namespace=None) as client:
             run = await client.create_run("Secure", tags=["tls"])
             await run.start()

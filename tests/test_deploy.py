@@ -465,9 +465,9 @@ def test_kubernetes_manifests_fit_together() -> None:
     assert args["--store_dir"] == mounts[sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert nats[probe]["httpGet"]["port"] in container_ports
-    projectors = [inv for inv in INVOCATIONS if inv.source.startswith("kubernetes/")]
-    assert [inv.argv[0] for inv in projectors] == ["provision", "projector"]
-    for invocation in projectors:
+    clients = [inv for inv in INVOCATIONS if inv.source.startswith("kubernetes/")]
+    assert sorted(inv.argv[0] for inv in clients) == ["projector", "provision", "web"]
+    for invocation in clients:  # the gateway's NATS URL too
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         host, port = url.removeprefix("nats://").split(":")
         assert any(p["port"] == int(port) for p in objects["Service", host]["spec"]["ports"])
