@@ -113,6 +113,10 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
     click.echo(f"{name}: starting (load {report.load_before[0]})", err=True)
     started = time.perf_counter()
     if name == "local":  # the local runstate of fresh data directories: no server to share
+        if params.auth is not None:
+            report.notes.append(
+                "--auth does not apply: a local runstate asks for its data directory's token"
+            )
         bench_local(params, report)
         report.duration_s = time.perf_counter() - started
         report.load_after = _load()
