@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 
 import anyio
 import click
@@ -18,10 +20,12 @@ from runstate.client.cli._app import (
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError
 
-__all__ = ["web"]
+__all__ = ["run_gateway", "web"]
 
 
-async def _gateway(settings: Settings, host: str, port: int) -> None:
+async def _gateway(
+    settings: Settings, host: str, port: int, ready: Callable[[str, str], None], until_eof: bool
+) -> None:
     try:
         from runstate.client.web import serve
     except ImportError:
@@ -31,10 +35,31 @@ async def _gateway(settings: Settings, host: str, port: int) -> None:
     async with connect(settings=settings, projector=False) as client:
         async with anyio.create_task_group() as tg:
             url = await tg.start(functools.partial(serve, client, host=host, port=port))
-            click.echo(f"runstate HTTP gateway ready: {url}")
-            click.echo(f"  API docs: {url}/docs   NATS: {client.settings.nats_url}")
-            click.echo("  stop with Ctrl-C")
-            await anyio.sleep_forever()
+            ready(url, client.settings.nats_url)
+            if until_eof:
+                await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+                tg.cancel_scope.cancel()
+            else:
+                await anyio.sleep_forever()
+
+
+def run_gateway(
+    settings: Settings,
+    host: str,
+    port: int,
+    ready: Callable[[str, str], None],
+    *,
+    until_eof: bool = False,
+) -> None:
+    """Serve the gateway alone over NATS until SIGINT/SIGTERM (or, ``until_eof``, the end
+    of stdin): what ``runstate web`` does. ``ready(url, nats_url)`` once it listens."""
+    anyio.run(stoppable, functools.partial(_gateway, settings, host, port, ready, until_eof))
+
+
+def _announce(url: str, nats_url: str) -> None:
+    click.echo(f"runstate HTTP gateway ready: {url}")
+    click.echo(f"  API docs: {url}/docs   NATS: {nats_url}")
+    click.echo("  stop with Ctrl-C")
 
 
 @click.command()
@@ -66,4 +91,4 @@ def web(host: str, port: int) -> None:
     """
     configure_logs("info")
     settings = current_options().settings()
-    anyio.run(stoppable, functools.partial(_gateway, settings, host, port))
+    run_gateway(settings, host, port, _announce)
