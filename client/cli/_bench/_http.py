@@ -211,21 +211,12 @@ async def _sse_fanout(client: Any, place: _Place, url: str, p: BenchParams, repo
 
 async def _writes(place: _Place, url: str, p: BenchParams, report: Report) -> None:
     """``http_writers`` connections drive tasks running then completed, over HTTP only;
-    in each of three rounds every writer moves ``calls`` tasks."""
-    http = await Connection.open(url)
-    try:
-        created = await http.request("POST", "/api/v1/runs", {"flow": FLOW, "tags": ["writers"]})
-        run = created.json()["pathspec"]  # type: ignore[index]
-        await http.request(
-            "POST", f"/api/v1/runs/{run}/transitions", {"state": "running"}, {"If-Match": "*"}
-        )
-    finally:
-        await http.aclose()
+    in each of three rounds every writer moves ``calls`` tasks, in runs of ``tasks``."""
     samples: list[float] = []
     async with contextlib.AsyncExitStack() as stack:
         children: list[_Child] = []
         for i, share in enumerate(_shares(p.http_writers, _WRITERS_PER_PROCESS)):
-            args = [url, run, str(share), str(p.calls)]
+            args = [url, str(share), str(p.calls), str(p.tasks)]
             child = _child(place, "_writers", args, f"writers-{i}", 60, 10)
             children.append(await stack.enter_async_context(child))
         for round_ in range(3):

@@ -19,12 +19,12 @@ when stdin closes.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -131,14 +131,13 @@ class _Stream(asyncio.Protocol):
         self._request = request
         self._arrived = arrived
         self._tail = b""
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self.opened = False
         self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        transport.write(self._request)
+        transport.write(self._request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         at = time.monotonic()
@@ -158,6 +157,17 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a client process's ``main`` on uvloop when it is installed (the ``web`` extra
+    installs it): the clients' own cost, kept small beside the gateway they measure."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 def _say(line: str) -> None:
@@ -218,29 +228,41 @@ async def _sse(url: str, pathspec: str, count: int) -> None:
 def sse_main(argv: Sequence[str]) -> None:
     """``python -m runstate.client.cli._bench _sse URL PATHSPEC COUNT``."""
     url, pathspec, count = argv
-    asyncio.run(_sse(url, pathspec, int(count)))
+    _run(_sse(url, pathspec, int(count)))
 
 
 # -- writers -------------------------------------------------------------------------
 
 
-async def _writers(url: str, run: str, connections: int, per_connection: int) -> None:
-    """Writers that speak only HTTP, one per connection.
+async def _writers(url: str, connections: int, per_connection: int, per_run: int) -> None:
+    """Writers that speak only HTTP, one per connection, each as a worker of its own runs.
 
-    ``round NAME``: create ``per_connection`` tasks of step NAME on each
-    connection (not timed), then ``prepared``; ``go``: each writer moves its
-    tasks running then completed (``If-Match``: the ETag of the answer
-    before), then ``done T0 T1 N`` (monotonic times and transitions).
+    ``round NAME``: on each connection, create ``per_connection`` tasks of
+    step NAME in running runs of ``per_run`` tasks each, created for them
+    (not timed), then ``prepared``; ``go``: each writer moves its tasks
+    running then completed (``If-Match``: the ETag of the answer before),
+    then ``done T0 T1 N`` (monotonic times and transitions).
     """
     conns = [await Connection.open(url) for _ in range(connections)]
-    me = os.getpid()
     tasks: list[list[tuple[str, str]]] = []
 
-    async def create(conn: Connection, c: int, step: str) -> list[tuple[str, str]]:
+    async def new_run(conn: Connection) -> str:
+        answer = await conn.request("POST", "/api/v1/runs", {"flow": "Train", "tags": ["http"]})
+        assert answer.status == 201, answer.body
+        run = str(answer.json()["pathspec"])  # type: ignore[index]
+        await conn.request(
+            "POST", f"/api/v1/runs/{run}/transitions", {"state": "running"}, {"If-Match": "*"}
+        )
+        return run
+
+    async def create(conn: Connection, step: str) -> list[tuple[str, str]]:
         mine = []
+        run = ""
         for i in range(per_connection):
+            if i % per_run == 0:
+                run = await new_run(conn)
             answer = await conn.request(
-                "POST", f"/api/v1/runs/{run}/tasks", {"step": step, "task_id": f"{me}-{c}-{i}"}
+                "POST", f"/api/v1/runs/{run}/tasks", {"step": step, "task_id": str(i)}
             )
             assert answer.status == 201, answer.body
             flow, run_id, step_name, task_id = answer.json()["pathspec"].split("/")  # type: ignore[index]
@@ -263,9 +285,7 @@ async def _writers(url: str, run: str, connections: int, per_connection: int) ->
     while line := await commands.readline():
         command, _, arg = line.decode().strip().partition(" ")
         if command == "round":
-            tasks = list(
-                await asyncio.gather(*(create(conn, c, arg) for c, conn in enumerate(conns)))
-            )
+            tasks = list(await asyncio.gather(*(create(conn, arg) for conn in conns)))
             _say("prepared")
         elif command == "go":
             started = time.monotonic()
@@ -278,9 +298,9 @@ async def _writers(url: str, run: str, connections: int, per_connection: int) ->
 
 
 def writers_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client.cli._bench _writers URL RUN CONNECTIONS PER_CONNECTION``."""
-    url, run, connections, per_connection = argv
-    asyncio.run(_writers(url, run, int(connections), int(per_connection)))
+    """``python -m runstate.client.cli._bench _writers URL CONNECTIONS PER_CONNECTION PER_RUN``."""
+    url, connections, per_connection, per_run = argv
+    _run(_writers(url, int(connections), int(per_connection), int(per_run)))
 
 
 # -- the gateway ---------------------------------------------------------------------
