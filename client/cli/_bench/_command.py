@@ -203,7 +203,11 @@ _QUICK = {
     type=click.IntRange(0),
     help="workload/reads: loss points per successful train task, 0 for none [3].",
 )
-@click.option("--calls", type=click.IntRange(1), help="reads/facade: calls per figure [200].")
+@click.option(
+    "--calls",
+    type=click.IntRange(1),
+    help="reads/facade/http: calls per figure; http writers: tasks per round [200].",
+)
 @click.option(
     "--scale-runs",
     type=click.IntRange(0),
@@ -273,7 +277,7 @@ def bench(
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
     BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
-    http (needs the web extra and httpx), or all (the default).
+    http (needs the web extra), or all (the default).
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
