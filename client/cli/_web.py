@@ -36,7 +36,7 @@ async def _gateway(
     async with connect(settings=settings, projector=False) as client:
         async with anyio.create_task_group() as tg:
             url = await tg.start(functools.partial(serve, client, host=host, port=port))
-            ready(url, client.settings.nats_url)
+            ready(url, str(client.settings.nats_url))
             if until_eof:
                 await anyio.to_thread.run_sync(sys.stdin.buffer.read)
                 tg.cancel_scope.cancel()
