@@ -16,6 +16,7 @@ from runstate.client.testing import in_memory
 from runstate.client.web import create_app, serve
 from runstate.client.web._live import Channel, Outbox
 from runstate.client.web._passthrough import result_bytes, view_bytes
+from runstate.client.web._writes import Written
 from runstate.engine._names import parse_pathspec
 from runstate.projections._views import RunView, TaskView
 
@@ -143,3 +144,18 @@ async def test_many_streams_of_one_run_each_get_every_change_once_in_order() -> 
     assert len(got) == 20
     for ids in got.values():
         assert ids[1:] == sequences and ids[0] < sequences[0]
+
+
+async def test_a_write_answers_its_written_model_as_pydantic_would_encode_it() -> None:
+    async with in_memory() as client:
+        transport = httpx.ASGITransport(app=create_app(client))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            created = await http.post("/api/v1/runs", json={"flow": "Train"})
+            run = created.json()["pathspec"]
+            task = await http.post(f"/api/v1/runs/{run}/tasks", json={"step": "start"})
+    for answer in (created, task):
+        assert answer.status_code == 201, answer.text
+        assert (
+            answer.content == Written.model_validate_json(answer.content).model_dump_json().encode()
+        )
+    assert task.json()["attempt"] == 0 and created.json()["attempt"] is None
