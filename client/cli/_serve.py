@@ -70,9 +70,9 @@ async def _serve_http(replica: Replica, host: str, port: int | None) -> None:
     client = Client.over_nats(replica.nc, replica.settings)
     async with anyio.create_task_group() as tg:
         try:
-            url = await tg.start(
-                functools.partial(serve, client, host=host, port=port or DEFAULT_HTTP_PORT)
-            )
+            # 0 is a port too (a free one), not "the default"
+            chosen = DEFAULT_HTTP_PORT if port is None else port
+            url = await tg.start(functools.partial(serve, client, host=host, port=chosen))
         except ConfigurationError as exc:
             if port is not None:
                 raise
