@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -26,11 +29,16 @@ from runstate.client.cli._auth_tokens import (
 from runstate.engine._settings import Settings
 from runstate.engine.errors import ConfigurationError
 
-__all__ = ["web"]
+__all__ = ["loop_options", "run_gateway", "web"]
 
 
 async def _gateway(
-    settings: Settings, host: str, port: int, tokens: GatewayTokens | None, path: Path | None
+    settings: Settings,
+    host: str,
+    port: int,
+    ready: Callable[[str, str], None],
+    tokens: GatewayTokens | None,
+    until_eof: bool,
 ) -> None:
     try:
         from runstate.client.web import serve
@@ -38,17 +46,44 @@ async def _gateway(
         raise ConfigurationError(
             "the HTTP gateway needs the web extra: pip install 'runstate[web]'"
         ) from None
-    owner = owner_token(tokens, settings.data_dir, path)
     async with connect(settings=settings, projector=False) as client:
         async with anyio.create_task_group() as tg:
             url = await tg.start(
                 functools.partial(serve, client, host=host, port=port, tokens=tokens)
             )
-            click.echo(f"runstate HTTP gateway ready: {url}")
-            click.echo(f"  API docs: {url}/docs   NATS: {client.settings.nats_url}")
-            announce_access(tokens, owner, settings.data_dir, path, url)
-            click.echo("  stop with Ctrl-C")
-            await anyio.sleep_forever()
+            ready(url, str(client.settings.nats_url))
+            if until_eof:
+                await anyio.to_thread.run_sync(sys.stdin.buffer.read)
+                tg.cancel_scope.cancel()
+            else:
+                await anyio.sleep_forever()
+
+
+def run_gateway(
+    settings: Settings,
+    host: str,
+    port: int,
+    ready: Callable[[str, str], None],
+    *,
+    tokens: GatewayTokens | None = None,
+    until_eof: bool = False,
+) -> None:
+    """Serve the gateway alone over NATS until SIGINT/SIGTERM (or, ``until_eof``, the end
+    of stdin): what ``runstate web`` does. ``ready(url, nats_url)`` once it listens.
+    ``tokens``: the registry every request's bearer token is checked against (None: no
+    tokens, which ``serve`` allows on loopback only)."""
+    anyio.run(
+        stoppable,
+        functools.partial(_gateway, settings, host, port, ready, tokens, until_eof),
+        backend_options=loop_options(),
+    )
+
+
+def loop_options() -> dict[str, bool]:
+    """anyio's options for the gateway's process: uvloop when it is installed (the web
+    extra installs it), whose event loop and sockets cost each request and each event
+    stream's write less than asyncio's own."""
+    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
 @click.command()
@@ -95,4 +130,12 @@ def web(host: str, port: int, path: Path | None, no_auth: bool) -> None:
     configure_logs("info")
     settings = current_options().settings()
     tokens = gateway_tokens(settings.data_dir, path, no_auth=no_auth, host=host)
-    anyio.run(stoppable, functools.partial(_gateway, settings, host, port, tokens, path))
+    owner = owner_token(tokens, settings.data_dir, path)
+
+    def announce(url: str, nats_url: str) -> None:
+        click.echo(f"runstate HTTP gateway ready: {url}")
+        click.echo(f"  API docs: {url}/docs   NATS: {nats_url}")
+        announce_access(tokens, owner, settings.data_dir, path, url)
+        click.echo("  stop with Ctrl-C")
+
+    run_gateway(settings, host, port, announce, tokens=tokens)

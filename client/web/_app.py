@@ -85,8 +85,10 @@ def create_app(
         document_bearer(app)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refusals count too
     install_problem_handlers(app)
-    app.include_router(_reads.router)
+    # Writes first: FastAPI matches routes in order, so a write does not try every read's
+    # route (twice, for an included router) before its own; a read tries the dozen writes.
     app.include_router(_writes.router)
+    app.include_router(_reads.router)
     app.include_router(_live.router)
     app.include_router(_tails.router)
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(_swagger_files())), name="docs-assets")

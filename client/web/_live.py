@@ -18,13 +18,19 @@ Fan-out: every watch stream of one pathspec shares one ``Channel``, which
 folds each commit once and encodes its message once for all of them; the
 channels and the event streams join the gateway client's feed of their
 subject (one log follow per subject, ``runstate.client._watch``). So a
-thousand browsers on one run cost one consumer and one fold per commit.
-Idle streams get a comment every ``keepalive`` seconds so proxies keep them
-open; a client that goes leaves at once.
+thousand browsers on one run cost one consumer and one fold per commit. The
+channel hands each message's bytes straight to every stream's ``Outbox``,
+and each connection's own task writes what its outbox holds (all of it in
+one write when it has fallen behind): delivering a message costs a stream
+one wake-up and one write, no queue between tasks. Idle streams get a
+comment every ``keepalive`` seconds so proxies keep them open; a client
+that goes leaves at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any
@@ -37,7 +43,7 @@ from fastapi import APIRouter, Header, Query, Request
 from prometheus_client import Gauge
 from pydantic import BaseModel
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runstate.client._client import Client
 from runstate.client._watch import _fold_into, _join, _leave, _new_commits, _snapshot
@@ -47,13 +53,42 @@ from runstate.engine._names import Pathspec, parse_pathspec
 from runstate.engine.errors import RunstateError
 from runstate.projections._views import RunView, TaskView
 
-__all__ = ["Channel", "EventStream", "router", "sse_frame"]
+__all__ = [
+    "SERVER_SEND",
+    "Channel",
+    "EventStream",
+    "Outbox",
+    "WatchStream",
+    "router",
+    "sse_frame",
+    "with_server_send",
+]
 
 router = APIRouter(prefix="/api/v1", tags=["live"])
 
 Frames = MemoryObjectSendStream[bytes]
 
 _KEEPALIVE = b": keep-alive\n\n"
+
+#: the scope key under which ``serve`` leaves the server's own ``send`` (``with_server_send``)
+SERVER_SEND = "runstate.server_send"
+
+
+def with_server_send(app: ASGIApp) -> ASGIApp:
+    """``app``, with each HTTP request's scope holding the server's ``send`` (SERVER_SEND).
+
+    A watch stream writes its messages' bodies there, past the middleware
+    between the server and the route (error handling, request metrics), none
+    of which looks at a body once the response has started: a thousand
+    streams of one run then cost the gateway a third less per message.
+    """
+
+    async def app_with_send(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await app(scope, receive, send)
+
+    return app_with_send
 
 
 def sse_frame(event: str, data: bytes, id: int | str | None = None) -> bytes:
@@ -169,10 +204,119 @@ def _views_json(views: list[RunView | TaskView]) -> dict[str, list[Any]]:
     }
 
 
+class Outbox:
+    """The messages waiting for one SSE connection, written by that connection's task.
+
+    ``put`` (from the channel's task) appends and wakes the connection if it
+    waits; ``wait`` returns once there is something to write or the outbox is
+    closed. Plain asyncio, as the gateway's server runs on it: a message
+    costs its connection one wake-up. ``sent`` says a frame was put since
+    the channel's keep-alive last looked.
+    """
+
+    __slots__ = ("_limit", "_waiter", "closed", "frames", "sent")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: deque[bytes] = deque()
+        self.closed = False
+        self.sent = False
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; False (and nothing queued) when ``limit`` frames already wait."""
+        if len(self.frames) >= self._limit:
+            return False
+        self.frames.append(frame)
+        self.sent = True
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        """No more frames: the connection writes what is queued, then ends."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self.frames or self.closed:
+            return
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def take(self) -> bytes:
+        """Every queued frame, as one body (one write for a connection that fell behind)."""
+        body = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames.clear()
+        return body
+
+
+class WatchStream(EventStream):
+    """A watch's ``text/event-stream``: its channel's messages, from an ``Outbox``.
+
+    ``channel(tasks)`` gives the channel to subscribe to (``tasks``: this
+    connection's task group, for a channel of its own). As ``EventStream``:
+    keep-alive comments while idle (the channel's), an ``error`` message for
+    a ``RunstateError``, and the end when the client goes.
+    """
+
+    def __init__(
+        self,
+        channel: Callable[[anyio.abc.TaskGroup], Channel],
+        last: int | None,
+        keepalive: float,
+        open_streams: Gauge | None = None,
+    ) -> None:
+        super().__init__(_no_producer, keepalive, open_streams)
+        self._channel = channel
+        self._last = last
+        self._send_body: Send | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The messages' bodies go to the server's own send when ``serve`` gave it
+        # (SERVER_SEND): past the middleware, which only looks at a response's start.
+        self._send_body = scope.get(SERVER_SEND, send)
+        await super().__call__(scope, receive, send)
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        send_body = self._send_body or send
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+        outbox = Outbox(_STREAM_BUFFER)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            channel = self._channel(tg)
+            try:
+                await channel.subscribe(self._last, outbox)
+                while True:
+                    await outbox.wait()
+                    if not outbox.frames:
+                        break  # closed, and all written
+                    body = outbox.take()
+                    await send_body({"type": "http.response.body", "body": body, "more_body": True})
+            finally:
+                channel.unsubscribe(outbox)
+            tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _no_producer(frames: Frames) -> None:
+    raise AssertionError("a WatchStream is fed by its channel")
+
+
 @router.get(
     "/watch/{pathspec:path}",
     summary="Server-sent events: the live state of a flow, run, step or task",
-    response_class=EventStream,
+    response_class=WatchStream,
     status_code=200,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
@@ -187,24 +331,23 @@ async def watch(
     last = _last_event_id(last_event_id)
     channels: dict[tuple[str, str | None], Channel] = request.app.state.channels
     tasks: anyio.abc.TaskGroup | None = getattr(request.app.state, "tasks", None)
+    keepalive: float = request.app.state.keepalive
 
-    async def produce(frames: Frames) -> None:
+    def channel(own: anyio.abc.TaskGroup) -> Channel:
         if tasks is None:
             # No lifespan ran (an app driven without a server): a channel of its own.
-            async with anyio.create_task_group() as tg:
-                own = Channel(client, path, {})
-                tg.start_soon(own.run)
-                await own.relay(last, frames)
-                tg.cancel_scope.cancel()
-            return
+            mine = Channel(client, path, {}, keepalive)
+            own.start_soon(mine.run)
+            return mine
         key = (str(path), client.namespace)
-        channel = channels.get(key)
-        if channel is None or channel.closed:
-            channel = channels[key] = Channel(client, path, channels)
-            tasks.start_soon(channel.run)
-        await channel.relay(last, frames)
+        shared = channels.get(key)
+        if shared is None or shared.closed:
+            shared = channels[key] = Channel(client, path, channels, keepalive)
+            tasks.start_soon(shared.run)
+        return shared
 
-    return _stream(request, "watch", produce)
+    streams = request.app.state.metrics.streams.labels("watch")
+    return WatchStream(channel, last, keepalive, streams)
 
 
 #: messages a stream may fall behind its channel before it is closed (it then resumes)
@@ -217,18 +360,24 @@ class Channel:
     ``run`` does what ``client.watch`` does (join the client's feed, cut,
     read the snapshot after the cut, fold each later commit) and turns each
     commit that changed a view into one ``change`` message, encoded once for
-    all. A client joining takes the views as they are (a ``snapshot`` as of
-    ``sequence``) unless its ``Last-Event-ID`` is at or past them, and every
-    later message; none with an id it has. A client that falls
-    ``_STREAM_BUFFER`` messages behind is disconnected, to resume with its
-    ``Last-Event-ID``. The last client to leave stops the channel.
+    all, put in every subscriber's ``Outbox``. A client joining takes the
+    views as they are (a ``snapshot`` as of ``sequence``) unless its
+    ``Last-Event-ID`` is at or past them, and every later message; none with
+    an id it has. A client that falls ``_STREAM_BUFFER`` messages behind is
+    disconnected, to resume with its ``Last-Event-ID``. The last client to
+    leave stops the channel.
     """
 
     def __init__(
-        self, client: Client, path: Pathspec, registry: dict[tuple[str, str | None], Channel]
+        self,
+        client: Client,
+        path: Pathspec,
+        registry: dict[tuple[str, str | None], Channel],
+        keepalive: float = 15.0,
     ) -> None:
         self.client = client
         self.path = path
+        self.keepalive = keepalive
         self.views: dict[tuple[str, str], RunView | TaskView] = {}
         #: the sequence the views are as of
         self.sequence = -1
@@ -236,7 +385,8 @@ class Channel:
         self._registry = registry
         self._key = (str(path), client.namespace)
         self._started = anyio.Event()
-        self._subscribers: dict[MemoryObjectSendStream[bytes], int] = {}
+        #: each client's outbox, and the last id it has
+        self._subscribers: dict[Outbox, int] = {}
         self._error: bytes | None = None
         self._snapshot: tuple[int, bytes] | None = None
         self._scope = anyio.CancelScope()
@@ -244,11 +394,15 @@ class Channel:
     async def run(self) -> None:
         with self._scope:
             try:
-                await self._fold()
-            except RunstateError as exc:
-                self._error = sse_frame(
-                    "error", orjson.dumps({"code": exc.code, "detail": exc.message})
-                )
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_alive)
+                    try:
+                        await self._fold()
+                    except RunstateError as exc:  # caught here: not in a group
+                        self._error = sse_frame(
+                            "error", orjson.dumps({"code": exc.code, "detail": exc.message})
+                        )
+                    tg.cancel_scope.cancel()
             finally:
                 self._close()
 
@@ -280,17 +434,24 @@ class Channel:
             receive.close()
             await _leave(client, feed, send)
 
+    async def _keep_alive(self) -> None:
+        """Every half ``keepalive``, a comment to each client sent nothing since the last
+        time: no stream stays silent longer than ``keepalive``, and no timer per stream."""
+        while True:
+            await anyio.sleep(self.keepalive / 2)
+            for outbox in self._subscribers:
+                if not outbox.sent:
+                    outbox.put(_KEEPALIVE)
+                outbox.sent = False
+
     def _broadcast(self, seq: int, frame: bytes) -> None:
-        for stream, seen in list(self._subscribers.items()):
-            if seq <= seen:
-                continue
-            try:
-                stream.send_nowait(frame)
-            except anyio.WouldBlock:
-                del self._subscribers[stream]
-                stream.close()  # its client reconnects and resumes after what it got
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._subscribers.pop(stream, None)
+        behind = []
+        for outbox, seen in self._subscribers.items():
+            if seq > seen and not outbox.put(frame):
+                behind.append(outbox)
+        for outbox in behind:
+            del self._subscribers[outbox]
+            outbox.close()  # its client reconnects and resumes after what it got
 
     def _snapshot_frame(self) -> bytes:
         if self._snapshot is None or self._snapshot[0] != self.sequence:
@@ -301,38 +462,38 @@ class Channel:
             )
         return self._snapshot[1]
 
-    async def relay(self, last: int | None, frames: Frames) -> None:
-        """Send this channel's messages for a client that has everything up to ``last``."""
+    async def subscribe(self, last: int | None, outbox: Outbox) -> None:
+        """Send this channel's messages to ``outbox``, for a client that has everything up to
+        ``last``, until ``unsubscribe``."""
         await self._started.wait()
-        if self._error is not None:
-            await frames.send(self._error)
+        if self.closed:
+            if self._error is not None:
+                outbox.put(self._error)
+            outbox.close()
             return
-        send, receive = anyio.create_memory_object_stream[bytes](_STREAM_BUFFER)
-        with send, receive:
-            # No await from here to the registration: no commit can come in between.
-            if last is None or self.sequence > last:
-                send.send_nowait(self._snapshot_frame())
-                last = self.sequence
-            self._subscribers[send] = last
-            try:
-                async for frame in receive:
-                    await frames.send(frame)
-                if self._error is not None:
-                    await frames.send(self._error)
-            finally:
-                self._subscribers.pop(send, None)
-                if not self._subscribers:
-                    # at once, so a client arriving now starts a new channel
-                    self._close()
-                    self._scope.cancel()
+        # No await from here to the registration: no commit can come in between.
+        if last is None or self.sequence > last:
+            outbox.put(self._snapshot_frame())
+            last = self.sequence
+        self._subscribers[outbox] = last
+
+    def unsubscribe(self, outbox: Outbox) -> None:
+        """``outbox``'s client has gone; the last one to go stops the channel."""
+        self._subscribers.pop(outbox, None)
+        if not self._subscribers:
+            # at once, so a client arriving now starts a new channel
+            self._close()
+            self._scope.cancel()
 
     def _close(self) -> None:
         self.closed = True
         self._started.set()
         if self._registry.get(self._key) is self:
             del self._registry[self._key]
-        for stream in self._subscribers:
-            stream.close()
+        for outbox in self._subscribers:
+            if self._error is not None:
+                outbox.put(self._error)
+            outbox.close()  # its client resumes with Last-Event-ID
 
 
 def _fold_commit(

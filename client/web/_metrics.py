@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request, Response
 from prometheus_client import (
@@ -152,6 +152,9 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Each labelled child once: labels() takes a lock and checks its values every call.
+        self._seconds: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -164,16 +167,24 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route = _route_of(scope)
-                self.metrics.request_seconds.labels(route, scope["method"]).observe(
-                    time.perf_counter() - started
-                )
+                key = (_route_of(scope), scope["method"])
+                seconds = self._seconds.get(key)
+                if seconds is None:
+                    seconds = self._seconds[key] = self.metrics.request_seconds.labels(*key)
+                seconds.observe(time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.metrics.requests.labels(_route_of(scope), scope["method"], str(status)).inc()
+            counted = (_route_of(scope), scope["method"], status)
+            count = self._counts.get(counted)
+            if count is None:
+                route, method, _ = counted
+                count = self._counts[counted] = self.metrics.requests.labels(
+                    route, method, str(status)
+                )
+            count.inc()
 
 
 def _route_of(scope: Scope) -> str:

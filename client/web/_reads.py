@@ -3,9 +3,11 @@
 Every route goes through the gateway's ``Client`` (the query service, or the
 log for ETags and history), so it answers what ``client.<read>`` answers.
 Bodies are the query service's own view models (``RunView``, ``TaskView``,
-...), serialised once from the model. Every read takes ``after`` (a write's
-receipt sequence: the read waits until a replica has applied it) and
-``namespace`` (a tag runs must carry; absent: every run). The run, step and
+...), serialised once from the model; the hottest reads (a run, a task, a
+page of runs) pass the query service's bytes through (``_passthrough``).
+Every read takes ``after`` (a write's receipt sequence: the read waits
+until a replica has applied it) and ``namespace`` (a tag runs must carry;
+absent: every run). The run, step and
 task reads (and their steps, tasks, metadata and artifacts) take ``as_of``
 instead: a sequence of the events stream or an aware ISO time, to read
 them as they were then (``client.run(p, as_of=...)``).
@@ -25,6 +27,7 @@ from runstate.client._client import Client, ListAfter
 from runstate.client._data import DataArtifact, _record
 from runstate.client._history import History
 from runstate.client._objects import Run, Step, Task
+from runstate.client.web._passthrough import get_view, result_bytes, runs_request, versioned
 from runstate.engine._names import parse_pathspec
 from runstate.engine._points import PointReceipt
 from runstate.engine.errors import BadFilter, NotFound
@@ -105,18 +108,23 @@ def client_of(request: Request) -> Client:
     return client
 
 
-def reader(
-    request: Request,
-    namespace: Annotated[
-        str | None, Query(description="Only runs carrying this tag, e.g. user:alice.")
-    ] = None,
-) -> Client:
+def reader(request: Request, namespace: str | None = None) -> Client:
     """The gateway's client, reading in ``namespace`` (every namespace when absent)."""
     client = client_of(request)
     return client if namespace is None else client.with_namespace(namespace)
 
 
-Reader = Annotated[Client, Depends(reader)]
+async def _reader(
+    request: Request,
+    namespace: Annotated[
+        str | None, Query(description="Only runs carrying this tag, e.g. user:alice.")
+    ] = None,
+) -> Client:
+    # A coroutine: FastAPI runs a plain function dependency in a worker thread.
+    return reader(request, namespace)
+
+
+Reader = Annotated[Client, Depends(_reader)]
 
 
 def json_response(value: BaseModel | Any, *, headers: dict[str, str] | None = None) -> Response:
@@ -239,11 +247,13 @@ async def list_runs(
     after: After = None,
     after_points: AfterPoints = None,
 ) -> Response:
-    page = await client.runs(
-        flow,
-        tags=tag,
-        any_tags=any_tag,
-        state=state or None,
+    list_after(after, after_points)  # BadFilter for both
+    query = runs_request(
+        client,
+        flow=flow,
+        tag=tag,
+        any_tag=any_tag,
+        state=state,
         user=user,
         created_after=created_after,
         created_before=created_before,
@@ -254,11 +264,11 @@ async def list_runs(
         sort=sort,
         page_size=page_size,
         cursor=cursor,
-        after=list_after(after, after_points),
+        after=after,
+        after_points=after_points,
     )
-    return json_response(
-        Page[RunView](items=[r.view for r in page.items], next_cursor=page.next_cursor)
-    )
+    # The query service's page ({"items": [...], "next_cursor": ...}) is a Page[RunView].
+    return _raw_json(result_bytes(await client._request(query, None)))
 
 
 def parameters_filter(text: str | None) -> dict[str, Any] | None:
@@ -277,11 +287,16 @@ def parameters_filter(text: str | None) -> dict[str, Any] | None:
 async def get_run(
     flow: str, run_id: str, client: Reader, after: After = None, as_of: AsOfQuery = None
 ) -> Response:
-    run = await _run(client, flow, run_id, after, as_of)
     if as_of is not None:
+        run = await _run(client, flow, run_id, after, as_of)
         return json_response(run.view)  # no ETag: a past version is not one to write after
-    version = await client.log.last_sequence(client.subjects.run(flow, run_id))
-    return json_response(run.view, headers=etag(version))
+    pathspec = str(parse_pathspec(f"{flow}/{run_id}", min_depth=2, max_depth=2))
+    body, version = await versioned(
+        client,
+        client.subjects.run(flow, run_id),
+        lambda: get_view(client, pathspec, "run", attempt=None, after=after),
+    )
+    return _raw_json(body, headers=etag(version))
 
 
 @router.get("/runs/{flow}/{run_id}/steps", response_model=list[StepView], summary="A run's steps")
@@ -382,11 +397,16 @@ async def get_task(
     after: After = None,
     as_of: AsOfQuery = None,
 ) -> Response:
-    task = await _task(client, flow, run_id, step, task_id, attempt, after, as_of)
     if as_of is not None:
+        task = await _task(client, flow, run_id, step, task_id, attempt, after, as_of)
         return json_response(task.view)
-    version = await client.log.last_sequence(client.subjects.task(flow, run_id, step, task_id))
-    return json_response(task.view, headers=etag(version))
+    path = parse_pathspec(f"{flow}/{run_id}/{step}/{task_id}", min_depth=4, max_depth=4)
+    body, version = await versioned(
+        client,
+        client.subjects.task(flow, run_id, step, task_id),
+        lambda: get_view(client, str(path), "task", attempt=attempt, after=after),
+    )
+    return _raw_json(body, headers=etag(version))
 
 
 @router.get(_TASK + "/metadata", response_model=TaskMetadata, summary="A task's metadata")
@@ -512,9 +532,12 @@ async def get_status(client: Reader) -> dict[str, Any]:
     return await client.status()
 
 
-def _result(raw: bytes) -> bytes:
-    """The ``result`` of a query service reply, as JSON bytes."""
-    return orjson.dumps(orjson.loads(raw)["result"])
+_result = result_bytes
+
+
+def _raw_json(body: bytes, headers: dict[str, str] | None = None) -> Response:
+    """A JSON body already encoded (the query service's bytes)."""
+    return Response(body, media_type="application/json", headers=headers)
 
 
 # -- metrics ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import uvicorn
 from runstate.client._client import Client
 from runstate.client._gateway_tokens import GatewayTokens, is_loopback
 from runstate.client.web._app import create_app
+from runstate.client.web._live import with_server_send
 from runstate.engine.errors import ConfigurationError
 
 __all__ = ["DEFAULT_HTTP_PORT", "serve"]
@@ -76,7 +77,7 @@ async def serve(
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(client, keepalive=keepalive, tokens=tokens),
+        with_server_send(create_app(client, keepalive=keepalive, tokens=tokens)),
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -150,13 +150,14 @@ class Written(BaseModel):
 def _written(
     handle: RunHandle | TaskHandle, sequence: int, status: int = 200, **headers: str
 ) -> Response:
-    body = Written(
-        pathspec=handle.pathspec,
-        state=handle.state.value,
-        attempt=handle.attempt if isinstance(handle, TaskHandle) else None,
-        version=handle.version,
-        sequence=sequence,
-    )
+    # ``Written``'s fields, in its order, encoded directly: every write answers this.
+    body = {
+        "pathspec": handle.pathspec,
+        "state": handle.state.value,
+        "attempt": handle.attempt if isinstance(handle, TaskHandle) else None,
+        "version": handle.version,
+        "sequence": sequence,
+    }
     response = json_response(
         body,
         headers={"ETag": f'"{handle.version}"', "X-Runstate-Sequence": str(sequence), **headers},

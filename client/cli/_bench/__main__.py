@@ -1,4 +1,5 @@
-"""``python -m runstate.client.cli._bench``: the command standalone, a replica, or a load."""
+"""``python -m runstate.client.cli._bench``: the command standalone, a replica, a load, or the
+http benchmark's gateway and client processes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 
 from runstate.client.cli._bench._command import bench
 from runstate.client.cli._bench._harness import _replica_main
+from runstate.client.cli._bench._http_load import gateway_main, sse_main, writers_main
 from runstate.client.cli._bench._projection import _load_main
 
 if __name__ == "__main__":
@@ -13,5 +15,11 @@ if __name__ == "__main__":
         _replica_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_load":
         _load_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_gateway":
+        gateway_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_sse":
+        sse_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_writers":
+        writers_main(sys.argv[2:])
     else:
         bench(prog_name="runstate bench")

@@ -227,7 +227,11 @@ _QUICK = {
     type=click.IntRange(0),
     help="workload/reads: loss points per successful train task, 0 for none [3].",
 )
-@click.option("--calls", type=click.IntRange(1), help="reads/facade/local: calls per figure [200].")
+@click.option(
+    "--calls",
+    type=click.IntRange(1),
+    help="reads/facade/http/local: calls per figure; http writers: tasks per round [200].",
+)
 @click.option(
     "--scale-runs",
     type=click.IntRange(0),
@@ -297,7 +301,7 @@ def bench(
     """Measure runstate on the standard workload (see docs/benchmarks.md).
 
     BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
-    http (needs the web extra and httpx), local (the local runstate: start, join, a fresh
+    http (needs the web extra), local (the local runstate: start, join, a fresh
     process's first facade call), or all (the default).
     """
     configure_logging("warning", force=True)
