@@ -18,6 +18,7 @@ import pytest
 from runstate.client import Client, Run, Unavailable, connect
 from runstate.engine import Settings, open_nats, provision
 from runstate.engine._cluster import NatsCluster
+from runstate.engine._connection import provision_server
 from runstate.engine._server import NatsServer
 from runstate.projections import serve_replica
 
@@ -63,6 +64,7 @@ async def test_a_read_in_flight_when_its_node_dies_is_asked_again(
     """The client's node dies under a read: the read is sent again through the node the
     connection moves to, and answered, instead of raising ``Timeout``."""
     settings = Settings(nats_url=nats_cluster.url, replicas=3, data_dir=tmp_path)
+    await provision_server(settings)  # the admin's step: clients only check the streams
     async with connect(settings=settings, projector=False, namespace=None) as client:
         node = _node_of(client, nats_cluster)
         # the replica on another node, and only there: it stays up

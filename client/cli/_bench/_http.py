@@ -96,9 +96,9 @@ async def bench_http(place: _Place, p: BenchParams, report: Report) -> None:
 async def _gateway(place: _Place) -> AsyncIterator[str]:
     """The gateway in a process of its own; its URL."""
     data = place.tmp / "gateway"
-    async with _child(
-        place, "_gateway", [place.url, place.prefix, str(data)], "gateway", 60, 10
-    ) as (_, lines):
+    credentials = place.settings().credentials  # the writer's, on a server with the roles
+    args = [place.url, place.prefix, str(data), str(credentials or "")]
+    async with _child(place, "_gateway", args, "gateway", 60, 10) as (_, lines):
         with anyio.fail_after(10):
             url = (await lines.receive_until(b"\n", 1000)).decode().strip()
         _say(f"http: the gateway listens on {url}")

@@ -307,9 +307,10 @@ def writers_main(argv: Sequence[str]) -> None:
 
 
 def gateway_main(argv: Sequence[str]) -> None:
-    """``python -m runstate.client.cli._bench _gateway URL PREFIX DATA_DIR``: the gateway
-    alone, as ``runstate web --nats URL`` runs it; prints ``ready`` and its URL; stops at
-    the end of stdin."""
+    """``python -m runstate.client.cli._bench _gateway URL PREFIX DATA_DIR CREDENTIALS``:
+    the gateway alone, as ``runstate web --nats URL --no-auth`` runs it (with the writer's
+    NATS credentials, or none: an empty CREDENTIALS); prints ``ready`` and its URL; stops
+    at the end of stdin."""
     from pathlib import Path
 
     from runstate.client.cli._web import run_gateway
@@ -317,8 +318,13 @@ def gateway_main(argv: Sequence[str]) -> None:
     from runstate.engine._settings import Settings
 
     configure_logging("info", force=True)  # as runstate web; its stderr goes to a file
-    url, prefix, data_dir = argv
-    settings = Settings(nats_url=url, prefix=prefix, data_dir=Path(data_dir))
+    url, prefix, data_dir, credentials = argv
+    settings = Settings(
+        nats_url=url,
+        prefix=prefix,
+        data_dir=Path(data_dir),
+        credentials=Path(credentials) if credentials else None,
+    )
 
     def ready(address: str) -> None:
         _say("ready")
