@@ -70,9 +70,37 @@ def _flows(values: tuple[str, ...]) -> list[str] | None:
     is_flag=True,
     help="Users with random passwords instead of nkeys (the server then holds the secrets).",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Also a CA, the server's certificate and a client certificate per role, and the "
+    "server's tls block (verify: true), which auth.conf includes. Needs runstate[tls].",
+)
+@click.option(
+    "--tls-host",
+    "tls_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="With --tls: a host name or address the server is reached by, besides localhost and "
+    "127.0.0.1 (repeat or separate by commas).",
+)
+@click.option(
+    "--tls-dir",
+    metavar="DIR",
+    help="With --tls: where the server will find these files, for tls.conf's paths (the "
+    "server reads them from its working directory). Default: OUT, made absolute.",
+)
 @click.option("--prefix", help="Subject and stream prefix. Default: $RUNSTATE_PREFIX, else rs.")
 @reporting_errors
-def init(out: Path, writer_flows: tuple[str, ...], passwords: bool, prefix: str | None) -> None:
+def init(
+    out: Path,
+    writer_flows: tuple[str, ...],
+    passwords: bool,
+    tls: bool,
+    tls_hosts: tuple[str, ...],
+    tls_dir: str | None,
+    prefix: str | None,
+) -> None:
     """Write a nats-server authorization block and a credentials file per role.
 
     OUT/auth.conf holds one user per role with its exact permissions;
@@ -83,18 +111,47 @@ def init(out: Path, writer_flows: tuple[str, ...], passwords: bool, prefix: str 
     it again makes new users: the old credentials stop working once the
     server loads the new block.
 
+    With --tls it also writes OUT/ca.pem (a new CA), OUT/server.pem and
+    OUT/server-key.pem (the server's pair) and OUT/<role>.pem and
+    OUT/<role>-key.pem (each role's client certificate), and OUT/tls.conf,
+    the server's tls block, which auth.conf includes: every client must then
+    show a certificate of that CA. A cluster's nodes include tls.conf inside
+    their cluster block too, for the routes (deploy/README.md).
+
     \b
     Example:
       runstate auth init --out /etc/runstate/auth --writer-flows Train,Eval
+      runstate auth init --out auth --tls --tls-host nats.example.com
     """
+    if (tls_hosts or tls_dir) and not tls:
+        raise BadInputError("--tls-host and --tls-dir go with --tls")
+    if tls:
+        try:
+            import cryptography  # noqa: F401  (the tls extra)
+        except ImportError:
+            raise click.ClickException(
+                "--tls makes certificates with the cryptography package: "
+                "pip install 'runstate[tls]'"
+            ) from None
     prefix = prefix or current_options().settings().prefix
     Subjects(prefix)  # checks the prefix
     written = write_authorization(
         out, prefix, writer_flows=_flows(writer_flows), passwords=passwords
     )
     click.echo(f"wrote {out / AUTH_CONF} (include it from nats-server's config)")
+    if tls:
+        from runstate.engine._certificates import CA_FILE, TLS_CONF, write_certificates
+
+        write_certificates(out, ROLES, hosts=_flows(tls_hosts) or (), server_dir=tls_dir)
+        click.echo(f"wrote {out / TLS_CONF} (auth.conf includes it) and the certificates")
     for role, path in zip(ROLES, written[1:], strict=True):
-        click.echo(f"  {role:<9} RUNSTATE_CREDENTIALS={path}")
+        line = f"  {role:<9} RUNSTATE_CREDENTIALS={path}"
+        if tls:
+            line += (
+                f" RUNSTATE_TLS_CA={out / CA_FILE} RUNSTATE_TLS_CERT={out / role}.pem"
+                f" RUNSTATE_TLS_KEY={out / role}-key.pem"
+            )
+        click.echo(line)
 
 
 @click.command()
