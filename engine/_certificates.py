@@ -33,22 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from runstate.engine._credentials import AUTH_CONF
 from runstate.engine._private import PRIVATE_FILE, private_dir
+from runstate.engine._tls_files import CA_FILE, SERVER_NAME, TLS_CONF, render_tls_block
 
-__all__ = [
-    "CA_FILE",
-    "TLS_CONF",
-    "Issuer",
-    "issue",
-    "new_ca",
-    "render_tls_block",
-    "write_certificates",
-    "write_pair",
-]
-
-#: the CA's certificate, the server's pair and the tls block's file names
-CA_FILE = "ca.pem"
-SERVER_NAME = "server"
-TLS_CONF = "tls.conf"
+__all__ = ["Issuer", "issue", "new_ca", "write_certificates", "write_pair"]
 
 #: how long what ``write_certificates`` makes is valid, in days
 CA_DAYS = 3650
@@ -172,29 +159,6 @@ def write_pair(
     )
     _write_private(key_path, key_bytes)
     return cert_path, key_path
-
-
-def render_tls_block(directory: Path | str) -> str:
-    """The nats-server ``tls {}`` block of the files in ``directory`` (as the server sees it).
-
-    nats-server reads certificate paths from its working directory, not the
-    config's, hence a full path.
-    """
-    return "\n".join(
-        [
-            "# runstate's TLS (runstate auth init --tls): every client and route must show a",
-            "# certificate signed by ca.pem. auth.conf includes this file (the clients' port);",
-            "# a cluster node also includes it inside its cluster block (the routes).",
-            "tls {",
-            f'  cert_file: "{directory}/{SERVER_NAME}.pem"',
-            f'  key_file: "{directory}/{SERVER_NAME}-key.pem"',
-            f'  ca_file: "{directory}/{CA_FILE}"',
-            "  verify: true",
-            "  timeout: 2",
-            "}",
-            "",
-        ]
-    )
 
 
 def write_certificates(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from runstate.engine._certificates import CA_FILE, issue, new_ca, write_pair
+from runstate.engine._certificates import issue, new_ca, write_pair
+from runstate.engine._tls_files import CA_FILE
 
 __all__ = ["Pki", "make_pki"]
 

@@ -27,6 +27,7 @@ from runstate.engine._connection import provision_server
 from runstate.engine._credentials import AUTH_CONF, write_authorization
 from runstate.engine._names import Subjects
 from runstate.engine._roles import ROLES
+from runstate.engine._tls_files import CA_FILE, TLS_CONF
 
 __all__ = ["auth", "provision"]
 
@@ -140,7 +141,7 @@ def init(
     )
     click.echo(f"wrote {out / AUTH_CONF} (include it from nats-server's config)")
     if tls:
-        from runstate.engine._certificates import CA_FILE, TLS_CONF, write_certificates
+        from runstate.engine._certificates import write_certificates
 
         write_certificates(out, ROLES, hosts=_flows(tls_hosts) or (), server_dir=tls_dir)
         click.echo(f"wrote {out / TLS_CONF} (auth.conf includes it) and the certificates")

@@ -14,12 +14,18 @@ import click
 from runstate.client.cli._bench._append import bench_append
 from runstate.client.cli._bench._facade import bench_facade
 from runstate.client.cli._bench._frame import bench_frame
-from runstate.client.cli._bench._harness import _Place, _place
+from runstate.client.cli._bench._harness import _Place, _place, has_tls
 from runstate.client.cli._bench._http import bench_http
 from runstate.client.cli._bench._live import bench_live
 from runstate.client.cli._bench._local import bench_local
 from runstate.client.cli._bench._logs import bench_logs
 from runstate.client.cli._bench._metrics import bench_metrics
+from runstate.client.cli._bench._paired import (
+    paired_json,
+    paired_markdown,
+    print_paired,
+    run_paired,
+)
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._projection import bench_projection
 from runstate.client.cli._bench._reads import bench_reads
@@ -125,8 +131,10 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
         report.notes.append(
             f"the roles' authorization of {params.auth}: admin provisions, the replica signs in "
             "as the projector, the benchmark's clients as the writer"
+            + (", each with its client certificate" if has_tls(params.auth) else "")
         )
     with _place(params.nats, params.auth) as place:
+        report.notes.append(f"server: {place.security}")
         if name == "facade":
             bench_facade(place, params, report)
         else:
@@ -189,6 +197,13 @@ _QUICK = {
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="A `runstate auth init` directory: the server runs its authorization block and each "
     "client signs in as its role (to compare with a run without it).",
+)
+@click.option(
+    "--paired",
+    is_flag=True,
+    help="With --auth: run each benchmark twice in this one invocation, plain and with "
+    "DIR's authorization (and TLS if DIR has certificates), the order alternating, and "
+    "report each figure's cost of the roles (local is skipped).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -293,6 +308,7 @@ _QUICK = {
 def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
+    paired: bool,
     as_json: bool,
     as_markdown: bool,
     quick: bool,
@@ -303,6 +319,11 @@ def bench(
     BENCHMARKS: append, workload, reads, facade, live, projection, metrics, logs, frame,
     http (needs the web extra), local (the local runstate: start, join, a fresh
     process's first facade call), or all (the default).
+
+    \b
+    The roles' cost (issue 17), both runs in one invocation:
+      runstate auth init --out auth --tls
+      runstate bench workload reads --quick --auth auth --paired
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
@@ -317,6 +338,17 @@ def bench(
         if not benchmarks or "all" in benchmarks
         else list(dict.fromkeys(benchmarks))
     )
+    if paired:
+        if params.auth is None:
+            raise click.UsageError("--paired compares runs with and without --auth DIR: give it")
+        both = run_paired(names, params, run_benchmark)
+        if as_json:
+            click.echo(paired_json(both))
+        elif as_markdown:
+            click.echo(paired_markdown(both))
+        else:
+            print_paired(both)
+        return
     result = run_benchmarks(names, params)
     if as_json:
         click.echo(_as_json(result))

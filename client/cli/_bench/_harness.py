@@ -31,6 +31,7 @@ from runstate.engine._names import Subjects
 from runstate.engine._points import points_stream
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
+from runstate.engine._tls_files import TLS_CONF, render_tls_block, tls_beside
 from runstate.engine.errors import Timeout
 from runstate.projections._replica import Replica
 
@@ -54,15 +55,19 @@ class _Place:
     tmp: Path
     owned: bool
     auth: Path | None = None
+    #: what the server asked of the admin's connection (``server_security``)
+    security: str = ""
 
     def settings(self, role: str = "writer") -> Settings:
         """Settings of a client playing ``role`` (admin: provisions, purges; projector: the
         replica; writer: writes and reads), with that role's credentials if there are any."""
+        credentials = role_credentials(self.auth, role) if self.auth is not None else None
         return Settings(
             nats_url=self.url,
             prefix=self.prefix,
             data_dir=self.tmp / "data",
-            credentials=role_credentials(self.auth, role) if self.auth is not None else None,
+            credentials=credentials,
+            **tls_beside(credentials),
         )
 
 
@@ -74,12 +79,18 @@ def role_credentials(auth: Path, role: str) -> Path:
     raise click.UsageError(f"{auth} has no credentials of the {role} role (runstate auth init)")
 
 
+def has_tls(auth: Path) -> bool:
+    """Whether a ``runstate auth init`` directory has TLS files (``--tls``)."""
+    return (auth / TLS_CONF).is_file()
+
+
 @contextlib.contextmanager
 def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
     """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``.
 
     ``auth``: a ``runstate auth init`` directory; the server started here runs its
-    authorization block, and each client signs in as the role it plays.
+    authorization block (and its TLS, verifying client certificates, when the directory
+    has them: ``--tls``), and each client signs in as the role it plays.
     """
     with tempfile.TemporaryDirectory(prefix="runstate-bench-") as scratch:
         tmp = Path(scratch)
@@ -88,6 +99,7 @@ def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
             try:
                 # the benchmark is the admin of its place: clients only check the streams
                 anyio.run(provision_server, place.settings("admin"))
+                place.security = anyio.run(server_security, place.settings("admin"))
                 yield place
             finally:
                 anyio.run(_delete_streams, place)
@@ -96,6 +108,8 @@ def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
         if auth is not None:
             # nats-server includes files relative to the config: a copy of the block beside it
             shutil.copy(auth / AUTH_CONF, tmp / AUTH_CONF)
+            if has_tls(auth):  # auth.conf includes it: the copy names its files
+                (tmp / TLS_CONF).write_text(render_tls_block(auth.resolve()))
             config = tmp / "nats.conf"
             config.write_text(
                 f'jetstream {{ store_dir: "{tmp / "nats"}" }}\ninclude "{AUTH_CONF}"\n'
@@ -105,9 +119,26 @@ def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
         try:
             place = _Place(server.url, "rs", tmp, owned=True, auth=auth)
             anyio.run(provision_server, place.settings("admin"))
+            place.security = anyio.run(server_security, place.settings("admin"))
             yield place
         finally:
             server.stop()
+
+
+async def server_security(settings: Settings) -> str:
+    """What the server asks of a client, as its ``INFO`` says and this connection found it:
+    authentication, TLS, and whether it verifies client certificates (a report's note, so
+    that a run says which server it measured)."""
+    nc = await open_nats(settings)
+    try:
+        info = nc._server_info  # nats-py keeps the server's INFO only here
+        return (
+            f"auth_required={bool(info.get('auth_required'))}, "
+            f"tls_required={bool(info.get('tls_required'))}, "
+            f"tls_verify={bool(info.get('tls_verify'))}"
+        )
+    finally:
+        await nc.close()
 
 
 async def _delete_streams(place: _Place) -> None:
@@ -211,11 +242,13 @@ async def _child(
 
 
 async def _serve_replica(url: str, prefix: str, store: str, credentials: str | None) -> None:
+    path = Path(credentials) if credentials else None
     settings = Settings(
         nats_url=url,
         prefix=prefix,
         data_dir=Path(store).parent,
-        credentials=Path(credentials) if credentials else None,
+        credentials=path,
+        **tls_beside(path),
     )
     async with Replica(settings, store=store, reaper=False, dedicated=True):
         print("ready", flush=True)

@@ -316,14 +316,13 @@ def gateway_main(argv: Sequence[str]) -> None:
     from runstate.client.cli._web import run_gateway
     from runstate.engine._logging import configure_logging
     from runstate.engine._settings import Settings
+    from runstate.engine._tls_files import tls_beside
 
     configure_logging("info", force=True)  # as runstate web; its stderr goes to a file
     url, prefix, data_dir, credentials = argv
+    path = Path(credentials) if credentials else None
     settings = Settings(
-        nats_url=url,
-        prefix=prefix,
-        data_dir=Path(data_dir),
-        credentials=Path(credentials) if credentials else None,
+        nats_url=url, prefix=prefix, data_dir=Path(data_dir), credentials=path, **tls_beside(path)
     )
 
     def ready(address: str) -> None:

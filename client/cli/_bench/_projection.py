@@ -33,6 +33,7 @@ from runstate.engine._event_factory import EventFactory
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
+from runstate.engine._tls_files import tls_beside
 from runstate.engine._typing import EventLog
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
@@ -120,9 +121,8 @@ async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds:
 async def _serve_load(
     url: str, prefix: str, rate: int, seconds: float, tasks: int, credentials: str | None
 ) -> None:
-    settings = Settings(
-        nats_url=url, prefix=prefix, credentials=Path(credentials) if credentials else None
-    )
+    path = Path(credentials) if credentials else None
+    settings = Settings(nats_url=url, prefix=prefix, credentials=path, **tls_beside(path))
     # Writers are other machines' processes: on this machine the load yields the CPU to
     # the system under test (nats-server, the replica, the probe) when both want it.
     os.nice(10)

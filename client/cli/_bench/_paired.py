@@ -1,0 +1,259 @@
+"""``runstate bench --auth DIR --paired``: each benchmark plain and secured, side by side.
+
+Issue 17 asks that the roles cost nothing measurable: a benchmark against a
+server running the roles' authorization (and TLS with client certificates,
+when ``DIR`` has them) within 10% of the same benchmark without it, measured
+in one run. Two separate runs cannot tell that apart from the machine's
+drift, so each benchmark runs twice in one invocation, once plain and once
+secured, the order alternating from one benchmark to the next (the first
+plain then secured, the second secured then plain, ...), and the report
+puts each figure's two medians side by side.
+
+The cost of a figure is how much worse the secured run is, in percent of the
+plain one: ``secured / plain - 1`` for a time, ``plain / secured - 1`` for a
+rate. Positive: the secured run is slower; negative: it happened to be
+faster (noise). A figure whose cost is beyond ``LIMIT_PERCENT`` either way
+is flagged: over it, the roles cost too much, or the noise is as large as
+the limit and the figure says nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from runstate.client.cli._bench._params import BenchParams
+from runstate.client.cli._bench._report import Figure, Report, _machine_line, _number, machine_info
+
+__all__ = [
+    "LIMIT_PERCENT",
+    "PairedFigure",
+    "PairedReport",
+    "cost_percent",
+    "pair_figures",
+    "paired_json",
+    "paired_markdown",
+    "print_paired",
+    "run_paired",
+    "secured_first",
+]
+
+#: the cost beyond which a figure is flagged (issue 17: within 10%)
+LIMIT_PERCENT = 10.0
+
+#: benchmarks that cannot run secured: a local runstate asks for its own token
+UNPAIRED = {"local": "a local runstate has its own token: it cannot run the roles' authorization"}
+
+
+def cost_percent(plain: float, secured: float, higher_is_better: bool) -> float:
+    """How much worse ``secured`` is than ``plain``, in percent (negative: better).
+
+    A time (lower is better): ``secured / plain - 1``; a rate: ``plain / secured - 1``.
+    NaN when either is not a positive finite number (nothing to compare).
+    """
+    if not (0 < plain < math.inf and 0 < secured < math.inf):
+        return math.nan
+    ratio = plain / secured if higher_is_better else secured / plain
+    return (ratio - 1.0) * 100.0
+
+
+def secured_first(index: int) -> bool:
+    """Whether the benchmark at ``index`` runs secured first: every other one, so that a
+    drift of the machine during the run weighs on each side alike."""
+    return index % 2 == 1
+
+
+@dataclass(frozen=True)
+class PairedFigure:
+    """One figure's median plain and secured, and the cost of the secured run."""
+
+    key: str
+    label: str
+    unit: str
+    plain: float
+    secured: float
+    higher_is_better: bool
+
+    @property
+    def cost(self) -> float:
+        return cost_percent(self.plain, self.secured, self.higher_is_better)
+
+    @property
+    def beyond(self) -> bool:
+        """Whether the cost is beyond ``LIMIT_PERCENT`` either way (NaN is not)."""
+        return abs(self.cost) > LIMIT_PERCENT
+
+    def to_dict(self) -> dict[str, Any]:
+        cost = self.cost
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "plain": self.plain,
+            "secured": self.secured,
+            "higher_is_better": self.higher_is_better,
+            "cost_percent": None if math.isnan(cost) else round(cost, 2),
+            "beyond_limit": self.beyond,
+        }
+
+
+def pair_figures(plain: Sequence[Figure], secured: Sequence[Figure]) -> list[PairedFigure]:
+    """The figures both runs have, in the plain run's order, each with both medians."""
+    by_key = {figure.key: figure for figure in secured}
+    return [
+        PairedFigure(
+            figure.key,
+            figure.label,
+            figure.unit,
+            figure.median,
+            by_key[figure.key].median,
+            figure.higher_is_better,
+        )
+        for figure in plain
+        if figure.key in by_key
+    ]
+
+
+@dataclass
+class PairedReport:
+    """A benchmark's two runs: plain and secured, and which ran first."""
+
+    benchmark: str
+    plain: Report
+    secured: Report
+    secured_first: bool
+
+    @property
+    def figures(self) -> list[PairedFigure]:
+        return pair_figures(self.plain.figures, self.secured.figures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "order": "secured, plain" if self.secured_first else "plain, secured",
+            "figures": {figure.key: figure.to_dict() for figure in self.figures},
+            "plain": self.plain.to_dict(),
+            "secured": self.secured.to_dict(),
+        }
+
+
+def run_paired(
+    names: Sequence[str], params: BenchParams, run: Callable[[str, BenchParams], Report]
+) -> dict[str, Any]:
+    """Run each benchmark plain and secured (``params.auth``), alternating the order.
+
+    ``run``: runs one benchmark (``run_benchmark``). Returns the JSON-ready
+    result: the machine, the paired reports, and the benchmarks skipped with why.
+    """
+    assert params.auth is not None
+    machine = machine_info()
+    plain_params = dataclasses.replace(params, auth=None)
+    paired, skipped = [], {}
+    for name in names:
+        if name in UNPAIRED:
+            skipped[name] = UNPAIRED[name]
+            continue
+        first = secured_first(len(paired))
+        order = [params, plain_params] if first else [plain_params, params]
+        reports = [run(name, half) for half in order]
+        secured, plain = reports if first else reversed(reports)
+        paired.append(PairedReport(name, plain, secured, first))
+    version = paired[0].secured.server_version if paired else "?"
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine, "nats_server": version},
+        "auth": str(params.auth),
+        "paired": paired,
+        "skipped": skipped,
+    }
+
+
+def paired_json(result: dict[str, Any]) -> str:
+    body = {**result, "benchmarks": {p.benchmark: p.to_dict() for p in result["paired"]}}
+    del body["paired"]
+    return json.dumps(body, indent=2, default=str)
+
+
+_HEADER = ["figure", "what", "unit", "plain p50", "secured p50", "cost %", "beyond 10%"]
+
+
+def _cost(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:+.1f}"
+
+
+def _rows(paired: PairedReport) -> list[list[str]]:
+    return [
+        [
+            figure.key,
+            figure.label,
+            figure.unit,
+            _number(figure.plain),
+            _number(figure.secured),
+            _cost(figure.cost),
+            "BEYOND" if figure.beyond else "",
+        ]
+        for figure in paired.figures
+    ]
+
+
+def _explanation(result: dict[str, Any]) -> str:
+    return (
+        f"Each benchmark ran plain and secured (the roles of {result['auth']}), the order "
+        "alternating. cost % is how much worse the secured median is: secured/plain - 1 for "
+        "times, plain/secured - 1 for rates; positive is slower. BEYOND: more than "
+        f"{LIMIT_PERCENT:.0f}% either way."
+    )
+
+
+def _notes(paired: PairedReport) -> list[str]:
+    return [f"plain: {note}" for note in paired.plain.notes] + [
+        f"secured: {note}" for note in paired.secured.notes
+    ]
+
+
+def print_paired(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console() if sys.stdout.isatty() else Console(width=220)
+    console.print(f"[bold]runstate bench --paired[/bold]  {_machine_line(result)}")
+    console.print(_explanation(result))
+    for paired in result["paired"]:
+        table = Table(
+            title=f"{paired.benchmark}  ({paired.to_dict()['order']}; "
+            f"{paired.plain.duration_s:.0f}s + {paired.secured.duration_s:.0f}s)",
+            title_justify="left",
+        )
+        for column in _HEADER:
+            table.add_column(column, justify="left" if column in _HEADER[:3] else "right")
+        for row in _rows(paired):
+            table.add_row(*row, style="red" if row[-1] else None)
+        console.print(table)
+        for note in _notes(paired):
+            console.print(f"  note: {note}")
+    for name, why in result["skipped"].items():
+        console.print(f"{name}: skipped ({why})")
+
+
+def paired_markdown(result: dict[str, Any]) -> str:
+    """The paired report as Markdown tables, for docs/benchmarks.md."""
+    lines = [f"Machine: {_machine_line(result)}", "", _explanation(result), ""]
+    for paired in result["paired"]:
+        params = ", ".join(f"{k}={v}" for k, v in paired.plain.parameters.items())
+        lines += [
+            f"### {paired.benchmark}, plain and secured",
+            "",
+            f"Parameters: {params}. Order: {paired.to_dict()['order']}; "
+            f"{paired.plain.duration_s:.0f}s plain, {paired.secured.duration_s:.0f}s secured.",
+            "",
+            "| " + " | ".join(_HEADER) + " |",
+            "|" + "|".join("---" for _ in _HEADER) + "|",
+        ]
+        lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in _rows(paired)]
+        lines += [""] + [f"- {note}" for note in _notes(paired)] + [""]
+    lines += [f"- {name}: skipped ({why})" for name, why in result["skipped"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Where ``runstate auth init --tls`` puts its TLS files, and the server's tls block of them.
+
+Kept apart from ``runstate.engine._certificates`` (which makes them, with the
+``cryptography`` package of the ``tls`` extra) so that a client finds a role's
+files, and a server's config names them, without that package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["CA_FILE", "SERVER_NAME", "TLS_CONF", "render_tls_block", "tls_beside"]
+
+#: the CA's certificate
+CA_FILE = "ca.pem"
+#: the server's pair: ``server.pem`` and ``server-key.pem``
+SERVER_NAME = "server"
+#: the server's ``tls {}`` block, which ``auth.conf`` includes
+TLS_CONF = "tls.conf"
+
+
+def render_tls_block(directory: Path | str) -> str:
+    """The nats-server ``tls {}`` block of the files in ``directory`` (as the server sees it).
+
+    nats-server reads certificate paths from its working directory, not the
+    config's, hence a full path.
+    """
+    return "\n".join(
+        [
+            "# runstate's TLS (runstate auth init --tls): every client and route must show a",
+            "# certificate signed by ca.pem. auth.conf includes this file (the clients' port);",
+            "# a cluster node also includes it inside its cluster block (the routes).",
+            "tls {",
+            f'  cert_file: "{directory}/{SERVER_NAME}.pem"',
+            f'  key_file: "{directory}/{SERVER_NAME}-key.pem"',
+            f'  ca_file: "{directory}/{CA_FILE}"',
+            "  verify: true",
+            "  timeout: 2",
+            "}",
+            "",
+        ]
+    )
+
+
+def tls_beside(credentials: Path | None) -> dict[str, Path]:
+    """Settings' ``tls_ca``, ``tls_cert`` and ``tls_key`` for the role whose credentials file
+    (``<role>.nk`` or ``<role>.pass``) this is, when ``runstate auth init --tls`` wrote them
+    beside it; else nothing."""
+    if credentials is None:
+        return {}
+    directory, role = credentials.parent, credentials.stem
+    files = {
+        "tls_ca": directory / CA_FILE,
+        "tls_cert": directory / f"{role}.pem",
+        "tls_key": directory / f"{role}-key.pem",
+    }
+    return files if all(path.is_file() for path in files.values()) else {}

@@ -1,0 +1,141 @@
+"""``runstate bench --auth DIR --paired``: each benchmark plain and secured in one invocation.
+
+The pairing and cost arithmetic are tested directly (and as properties); one tiny paired
+``append`` runs end to end on real servers, checking that both halves ran and that the secured
+one measured a server with the roles and TLS (its notes), not the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runstate.client.cli._bench import BenchParams, Figure, Report, bench
+from runstate.client.cli._bench._paired import (
+    LIMIT_PERCENT,
+    PairedFigure,
+    cost_percent,
+    pair_figures,
+    paired_markdown,
+    run_paired,
+    secured_first,
+)
+
+positive = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False)
+
+
+def test_cost_is_the_secured_runs_loss_for_times_and_rates() -> None:
+    """A time 10% longer and a rate 10% lower both cost +10%; faster costs a negative."""
+    assert cost_percent(100.0, 110.0, higher_is_better=False) == pytest.approx(10.0)
+    assert cost_percent(110.0, 100.0, higher_is_better=True) == pytest.approx(10.0)
+    assert cost_percent(100.0, 90.0, higher_is_better=False) == pytest.approx(-10.0)
+    assert math.isnan(cost_percent(0.0, 1.0, higher_is_better=False))
+    assert math.isnan(cost_percent(1.0, math.nan, higher_is_better=True))
+
+
+@given(plain=positive, secured=positive, higher=st.booleans())
+def test_cost_sign_says_which_run_was_worse(plain: float, secured: float, higher: bool) -> None:
+    """Positive exactly when the secured figure is worse (longer time, lower rate); a time
+    and the rate that is its inverse cost the same."""
+    cost = cost_percent(plain, secured, higher)
+    worse = secured < plain if higher else secured > plain
+    assert (cost > 0) == worse
+    assert cost_percent(1 / plain, 1 / secured, not higher) == pytest.approx(cost, rel=1e-9)
+
+
+@given(plain=positive, secured=positive, higher=st.booleans())
+def test_a_figure_is_flagged_beyond_the_limit_either_way(
+    plain: float, secured: float, higher: bool
+) -> None:
+    figure = PairedFigure("k", "label", "ms", plain, secured, higher)
+    assert figure.beyond == (abs(figure.cost) > LIMIT_PERCENT)
+    assert figure.to_dict()["beyond_limit"] == figure.beyond
+
+
+@given(st.integers(min_value=0, max_value=1000))
+def test_the_order_alternates(index: int) -> None:
+    assert secured_first(index) != secured_first(index + 1)
+    assert not secured_first(0)
+
+
+def _figure(key: str, samples: list[float], higher: bool = False) -> Figure:
+    return Figure(key, key.upper(), "ms", samples, higher_is_better=higher)
+
+
+def test_figures_pair_by_key_in_the_plain_order() -> None:
+    """Medians pair by key; a figure only one run has is left out."""
+    plain = [_figure("a", [1, 2, 3]), _figure("b", [10.0], True), _figure("only_plain", [1])]
+    secured = [_figure("b", [8.0], True), _figure("a", [2, 4, 6]), _figure("only_secured", [1])]
+    pairs = pair_figures(plain, secured)
+    assert [(p.key, p.plain, p.secured) for p in pairs] == [("a", 2, 4), ("b", 10.0, 8.0)]
+    assert pairs[0].cost == pytest.approx(100.0) and pairs[0].beyond
+    assert pairs[1].cost == pytest.approx(25.0) and pairs[1].higher_is_better
+
+
+def test_run_paired_alternates_skips_local_and_gives_each_half_its_params(
+    tmp_path: Path,
+) -> None:
+    """Each benchmark runs twice, plain (no auth) and secured (DIR), the first plain first,
+    the next secured first; local is skipped with its reason."""
+    calls: list[tuple[str, Path | None]] = []
+
+    def run(name: str, params: BenchParams) -> Report:
+        calls.append((name, params.auth))
+        report = Report(name, {})
+        report.add(_figure("t", [2.0 if params.auth else 1.0]))
+        return report
+
+    result = run_paired(["append", "local", "reads"], BenchParams(auth=tmp_path), run)
+    assert calls == [("append", None), ("append", tmp_path), ("reads", tmp_path), ("reads", None)]
+    assert list(result["skipped"]) == ["local"]
+    first, second = result["paired"]
+    assert not first.secured_first and second.secured_first
+    assert [(f.plain, f.secured) for f in first.figures] == [(1.0, 2.0)]
+    text = paired_markdown(result)
+    assert "| `t` | T | ms | 1.00 | 2.00 | +100.0 | BEYOND |" in text
+    assert "local: skipped" in text
+
+
+def test_paired_without_auth_is_a_usage_error() -> None:
+    result = CliRunner().invoke(bench, ["append", "--paired"])
+    assert result.exit_code == 2 and "--auth" in result.output
+
+
+def _run(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(bench, [*args, "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body: dict[str, Any] = json.loads(result.stdout)
+    return body
+
+
+def test_a_tiny_paired_append_runs_both_halves_the_secured_one_with_roles_and_tls(
+    tmp_path: Path,
+) -> None:
+    """``bench append --paired`` with an ``auth init --tls`` directory: both halves report
+    every figure; the plain server asked for nothing, the secured one for credentials and
+    verified client certificates."""
+    from runstate.client.cli import cli
+
+    auth = tmp_path / "auth"
+    made = CliRunner().invoke(cli, ["auth", "init", "--out", str(auth), "--tls"])
+    assert made.exit_code == 0, made.output
+    tiny = ["--quick", "--repeat", "2", "--messages", "300", "--atomic-batch", "100"]
+    body = _run("append", "local", *tiny, "--auth", str(auth), "--paired")
+    assert set(body["benchmarks"]) == {"append"} and "local" in body["skipped"]
+    append = body["benchmarks"]["append"]
+    assert append["order"] == "plain, secured"
+    plain, secured = append["plain"], append["secured"]
+    assert set(append["figures"]) == set(plain["figures"]) == set(secured["figures"])
+    for figure in append["figures"].values():
+        assert figure["plain"] > 0 and figure["secured"] > 0
+        assert figure["cost_percent"] is not None
+    assert "server: auth_required=False, tls_required=False, tls_verify=False" in plain["notes"]
+    assert "server: auth_required=True, tls_required=True, tls_verify=True" in secured["notes"]
+    assert any("client certificate" in note for note in secured["notes"])
