@@ -155,3 +155,17 @@ async def test_each_role_connects_with_its_certificate_and_none_without(
         with pytest.raises(ConfigurationError, match="asks for a client certificate"):
             async with connect(settings=bare, projector=False):
                 pass
+
+
+def test_keep_existing_keeps_the_first_credentials(tmp_path: Path) -> None:
+    """--keep-existing writes the directory the first time and leaves it alone after."""
+    out = tmp_path / "auth"
+    runner = CliRunner()
+    first = runner.invoke(cli, ["auth", "init", "--out", str(out), "--keep-existing"])
+    assert first.exit_code == 0, first.output
+    seed = (out / "writer.nk").read_text()
+    again = runner.invoke(cli, ["auth", "init", "--out", str(out), "--keep-existing"])
+    assert again.exit_code == 0 and "kept" in again.output
+    assert (out / "writer.nk").read_text() == seed
+    fresh = runner.invoke(cli, ["auth", "init", "--out", str(out)])
+    assert fresh.exit_code == 0 and (out / "writer.nk").read_text() != seed

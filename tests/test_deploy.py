@@ -355,7 +355,8 @@ class FlagNode:
 def run_flag_cluster(processes: Processes, nodes: Sequence[FlagNode], directory: Path) -> list[int]:
     """Start the manifests' nats-server command lines on loopback, every node on its own
     client, cluster and monitoring ports, with routes to the other nodes' host names
-    remapped; returns the monitoring ports once the cluster has one meta leader."""
+    remapped and a /etc/ config file moved under ``directory`` (``local_path``); returns the
+    monitoring ports once the cluster has one meta leader."""
     ports = _free_ports(LOOPBACK, 3 * len(nodes))
     client, cluster, monitor = ports[0::3], ports[1::3], ports[2::3]
     index = {node.host: i for i, node in enumerate(nodes)}
@@ -377,6 +378,9 @@ def run_flag_cluster(processes: Processes, nodes: Sequence[FlagNode], directory:
                 value = str(monitor[i])
             elif name in ("--store_dir", "--sd"):
                 value = str(directory / "store" / node.host)
+            elif name in ("--config", "-c"):  # the roles' block, under the test's directory
+                value = local_path(value, directory)
+                assert Path(value).is_file(), f"{arg}: make it first (runstate auth init)"
             elif name in ("--addr", "-a", "--port", "-p", "--http", "-m", "--cluster_listen"):
                 pytest.fail(f"{arg}: add its remapping to run_flag_cluster")
             args.append(f"{name}={value}" if value else name)
@@ -501,6 +505,36 @@ def test_kubernetes_gateway_fits_together() -> None:
     assert "--no-auth" not in args
 
 
+def test_kubernetes_pods_get_their_roles_credentials() -> None:
+    """The NATS pods load auth.conf, the only file of the Secret runstate-auth they mount; each
+    runstate container signs in with its role's credentials file (provision: admin, projector:
+    projector, the gateway: writer), the only file of that Secret it mounts, read-only."""
+    roles = {"provision": "admin", "projector": "projector", "web": "writer"}
+    secrets = set()
+    seen = []
+    for path in KUBERNETES:
+        for owner, pod in _pod_specs(path):
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                if _is_runstate_image(container["image"]):
+                    wanted = Path(env["RUNSTATE_CREDENTIALS"])
+                    assert wanted.name == f"{roles[container['args'][0]]}.nk", owner
+                    seen.append(container["args"][0])
+                else:
+                    (config,) = [a for a in container["args"] if a.startswith("--config=")]
+                    wanted = Path(config.removeprefix("--config="))
+                    assert wanted.name == "auth.conf"
+                (mount,) = [
+                    m for m in container["volumeMounts"] if Path(m["mountPath"]) == wanted.parent
+                ]
+                assert mount["readOnly"], owner
+                secret = volumes[mount["name"]]["secret"]
+                assert secret["items"] == [{"key": wanted.name, "path": wanted.name}], owner
+                secrets.add(secret["secretName"])
+    assert sorted(seen) == ["projector", "provision", "web"] and secrets == {"runstate-auth"}
+
+
 def pod_name(pod: str, field_env: dict[str, str]) -> Callable[[re.Match[str]], str]:
     """A substitution for ``$(VAR)`` giving ``pod`` for the variables set from the pod name."""
     return lambda match: pod if match.group(1) in field_env else match.group(0)
@@ -526,11 +560,13 @@ def test_kubernetes_nats_pods_form_a_cluster_and_answer_their_probes(
         args = [re.sub(r"\$\((\w+)\)", pod_name(pod, field_env), a) for a in nats["args"]]
         assert not any("$(" in a for a in args), args
         nodes.append(FlagNode(f"{pod}.{sts['spec']['serviceName']}", args))
+    roles_beside(tmp_path)  # the Secret runstate-auth: runstate auth init's directory
     monitors = run_flag_cluster(processes, nodes, tmp_path)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         path = nats[probe]["httpGet"]["path"]
         for port in monitors:
             await_healthy(processes, port, path)
+    assert_roles_required(monitors, tmp_path / "auth")
 
 
 # -- compose --------------------------------------------------------------------------------
@@ -575,6 +611,11 @@ def test_compose_services_fit_together() -> None:
     assert len(provisioners) == 1
     for invocation in _compose_invocations():
         name = invocation.source.split(":", 1)[1]
+        build = services[name]["build"]
+        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+        if invocation.argv[:2] == ["auth", "init"]:  # before NATS (its nodes load auth.conf)
+            assert "depends_on" not in services[name]
+            continue
         service = services[name]
         url = invocation.argv[invocation.argv.index("--nats") + 1]
         assert url.removeprefix("nats://").split(":")[0] in nats_services
@@ -585,20 +626,67 @@ def test_compose_services_fit_together() -> None:
             (provisioner,) = provisioners
             condition = service["depends_on"][provisioner]["condition"]
             assert condition == "service_completed_successfully"
-        build = service["build"]
-        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
 
 def test_compose_nats_services_form_a_cluster(processes: Processes, tmp_path: Path) -> None:
-    """The compose file's three nats-server command lines, run on loopback, form a JetStream
-    cluster."""
+    """The compose file's auth service writes the roles' authorization; its three nats-server
+    command lines, run on loopback with it, form a JetStream cluster that asks every client
+    for a role's credentials."""
     services = yaml_documents(COMPOSE)[0]["services"]
+    (auth,) = [inv for inv in _compose_invocations() if inv.argv[:2] == ["auth", "init"]]
+    run_to_completion(auth, tmp_path)
+    out = Path(local_path(auth.argv[auth.argv.index("--out") + 1], tmp_path))
     nodes = [
         FlagNode(name, list(service["command"]))
         for name, service in services.items()
         if service["image"].startswith("nats:")
     ]
-    run_flag_cluster(processes, nodes, tmp_path)
+    assert_roles_required(run_flag_cluster(processes, nodes, tmp_path), out)
+    # run again (every `docker compose up`), it keeps the credentials the nodes loaded
+    seed = (out / "admin.nk").read_text()
+    assert "kept" in run_to_completion(auth, tmp_path)
+    assert (out / "admin.nk").read_text() == seed
+
+
+def assert_roles_required(monitors: Sequence[int], auth: Path) -> None:
+    """Every node of the cluster runs the roles' authorization of ``auth`` (its varz says it
+    asks for authentication); a client without credentials is refused at once, the admin's
+    credentials provision the streams."""
+    for port in monitors:
+        _, varz = http_get(port, "/varz")
+        assert varz is not None and varz["auth_required"], port
+        url = f"nats://{LOOPBACK}:{varz['port']}"
+    settings = Settings(nats_url=url, data_dir=auth.parent / "client", retry_budget=600)
+    with pytest.raises(ConfigurationError):
+        anyio.run(provision_server, settings)
+    anyio.run(provision_server, settings.replace(credentials=auth / "admin.nk"))
+
+
+def test_compose_services_sign_in_as_their_roles() -> None:
+    """The auth service writes runstate auth init's directory to a volume (keeping what is
+    there); the NATS nodes load its auth.conf, mounted read-only, after it ran; every other
+    runstate service signs in with the credentials file of its role from that volume."""
+    services = yaml_documents(COMPOSE)[0]["services"]
+    (auth,) = [inv for inv in _compose_invocations() if inv.argv[:2] == ["auth", "init"]]
+    out = auth.argv[auth.argv.index("--out") + 1]
+    assert "--keep-existing" in auth.argv
+    auth_name = auth.source.split(":", 1)[1]
+    (volume,) = [v.split(":")[0] for v in services[auth_name]["volumes"] if v.endswith(f":{out}")]
+    read_only = f"{volume}:{out}:ro"
+    for name, service in services.items():
+        if service["image"].startswith("nats:"):
+            assert f"--config={out}/auth.conf" in service["command"], name
+            assert read_only in service["volumes"], name
+            condition = service["depends_on"][auth_name]["condition"]
+            assert condition == "service_completed_successfully", name
+    roles = {"provision": "admin", "projector": "projector", "web": "writer"}
+    for invocation in _compose_invocations():
+        if invocation is auth or invocation.argv[:2] == ["auth", "init"]:
+            continue
+        name = invocation.source.split(":", 1)[1]
+        role = roles[invocation.argv[0]]
+        assert invocation.env["RUNSTATE_CREDENTIALS"] == f"{out}/{role}.nk", name
+        assert read_only in services[name]["volumes"], name
 
 
 def test_images_pin_the_tested_versions() -> None:
@@ -715,31 +803,35 @@ def test_cluster_configs_form_a_jetstream_cluster(processes: Processes, tmp_path
         processes.start([find_nats_server(), "-c", conf], conf.stem)
     await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
     urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
-    others = [inv for inv in INVOCATIONS if not inv.source.endswith(".service")]
-    # compose.yaml and kubernetes/ sign in as no role (their NATS runs from flags, without
-    # the roles' block): here each signs in as the role it plays
-    auth = tmp_path / "auth"
+    others = [
+        inv
+        for inv in INVOCATIONS
+        if not inv.source.endswith(".service") and inv.argv[:2] != ["auth", "init"]
+    ]
+    # compose.yaml and kubernetes/ give each its role's credentials, at /etc/runstate/auth/
+    # (moved under tmp_path, where remap_confs put the roles' block the nodes include)
     provisioners = [inv for inv in others if inv.argv[0] == "provision"]
     assert len(provisioners) == 2
     for invocation in provisioners:
         assert invocation.env.get("RUNSTATE_REPLICAS") == "3", invocation.source
-        as_admin = as_role(invocation, auth / "admin.nk")
-        run_to_completion(as_admin, tmp_path, nats=urls)
+        assert invocation.env["RUNSTATE_CREDENTIALS"].endswith("/admin.nk")
+        run_to_completion(invocation, tmp_path, nats=urls)
     projectors = [inv for inv in others if inv.argv[0] == "projector"]
     assert len(projectors) == 2
     for invocation in projectors:
         assert invocation.env.get("RUNSTATE_REPLICAS") == "3", invocation.source
-        as_projector = as_role(invocation, auth / "projector.nk")
+        assert invocation.env["RUNSTATE_CREDENTIALS"].endswith("/projector.nk")
         run_until_ready(
-            processes, as_projector, tmp_path, nats=urls, ready=f"replica ready on {urls}"
+            processes, invocation, tmp_path, nats=urls, ready=f"replica ready on {urls}"
         )
     # the HTTP gateways of compose.yaml and kubernetes/gateway.yaml, on a free loopback port
     gateways = [inv for inv in others if inv.argv[0] == "web"]
     assert len(gateways) == 2
     for gateway in gateways:
+        assert gateway.env["RUNSTATE_CREDENTIALS"].endswith("/writer.nk")
         run_until_ready(
             processes,
-            as_role(gateway, auth / "writer.nk"),
+            gateway,
             tmp_path,
             nats=urls,
             host=LOOPBACK,
@@ -762,12 +854,10 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
         processes.start([find_nats_server(), "-c", conf], conf.stem)
     await_meta_leader(processes, [port_of(conf, "http") for conf in confs])
     urls = ",".join(f"nats://{LOOPBACK}:{port_of(conf, 'listen')}" for conf in confs)
-    auth = tmp_path / "auth"  # the roles' block the node configs include (remap_confs)
     kubernetes = [i for i in INVOCATIONS if i.source.startswith("kubernetes/")]
     (provisioner,) = [i for i in kubernetes if i.argv[0] == "provision"]
-    run_to_completion(as_role(provisioner, auth / "admin.nk"), tmp_path, nats=urls)
+    run_to_completion(provisioner, tmp_path, nats=urls)  # as the admin: its credentials
     (projector,) = [i for i in kubernetes if i.argv[0] == "projector"]
-    projector = as_role(projector, auth / "projector.nk")
     process = start_invocation(processes, projector, tmp_path, nats=urls)
     await_output(processes, process, projector.source, f"replica ready on {urls}")
     (gateway,) = [i for i in INVOCATIONS if i.source.startswith("kubernetes/gateway.yaml")]
@@ -783,7 +873,7 @@ def test_kubernetes_gateway_answers_its_probes_and_prometheus(
     (port,) = _free_ports(LOOPBACK, 1)
     process = start_invocation(
         processes,
-        as_role(gateway, auth / "writer.nk"),
+        gateway,
         tmp_path,
         nats=urls,
         host=LOOPBACK,
@@ -878,12 +968,6 @@ def test_tls_fragment_makes_the_cluster_verify_certificates(
     assert anyio.run(functools.partial(use, tls_ca=pki.ca, **certificate)) == "Secure/1"
     with pytest.raises(ConfigurationError, match="asks for a client certificate"):
         anyio.run(functools.partial(use, tls_ca=pki.ca))
-
-
-def as_role(invocation: Invocation, credentials: Path) -> Invocation:
-    """The invocation with a role's credentials file in its environment."""
-    env = invocation.env | {"RUNSTATE_CREDENTIALS": str(credentials)}
-    return Invocation(invocation.source, invocation.argv, env)
 
 
 # -- runstate command lines ---------------------------------------------------------------------

@@ -91,6 +91,12 @@ def _flows(values: tuple[str, ...]) -> list[str] | None:
     help="With --tls: where the server will find these files, for tls.conf's paths (the "
     "server reads them from its working directory). Default: OUT, made absolute.",
 )
+@click.option(
+    "--keep-existing",
+    is_flag=True,
+    help="Write nothing if OUT already has an auth.conf: for a container that runs this at "
+    "every start (deploy/compose.yaml) and must keep the credentials it made the first time.",
+)
 @click.option("--prefix", help="Subject and stream prefix. Default: $RUNSTATE_PREFIX, else rs.")
 @reporting_errors
 def init(
@@ -100,6 +106,7 @@ def init(
     tls: bool,
     tls_hosts: tuple[str, ...],
     tls_dir: str | None,
+    keep_existing: bool,
     prefix: str | None,
 ) -> None:
     """Write a nats-server authorization block and a credentials file per role.
@@ -136,6 +143,9 @@ def init(
             ) from None
     prefix = prefix or current_options().settings().prefix
     Subjects(prefix)  # checks the prefix
+    if keep_existing and (out / AUTH_CONF).is_file():
+        click.echo(f"kept {out / AUTH_CONF} and the credentials beside it (--keep-existing)")
+        return
     written = write_authorization(
         out, prefix, writer_flows=_flows(writer_flows), passwords=passwords
     )
