@@ -23,7 +23,9 @@ from runstate.client.cli._bench._paired import (
     PairedFigure,
     cost_percent,
     pair_figures,
+    paired_json,
     paired_markdown,
+    print_paired,
     run_paired,
     secured_first,
 )
@@ -80,7 +82,7 @@ def test_figures_pair_by_key_in_the_plain_order() -> None:
 
 
 def test_run_paired_alternates_skips_local_and_gives_each_half_its_params(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Each benchmark runs twice, plain (no auth) and secured (DIR), the first plain first,
     the next secured first; local is skipped with its reason."""
@@ -101,6 +103,11 @@ def test_run_paired_alternates_skips_local_and_gives_each_half_its_params(
     text = paired_markdown(result)
     assert "| `t` | T | ms | 1.00 | 2.00 | +100.0 | BEYOND |" in text
     assert "local: skipped" in text
+    print_paired(result)
+    printed = capsys.readouterr().out
+    assert "+100.0" in printed and "BEYOND" in printed and "secured, plain" in printed
+    body = json.loads(paired_json(result))
+    assert body["benchmarks"]["append"]["figures"]["t"]["cost_percent"] == 100.0
 
 
 def test_paired_without_auth_is_a_usage_error() -> None:
