@@ -8,8 +8,9 @@ files, and a server's config names them, without that package.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
-__all__ = ["CA_FILE", "SERVER_NAME", "TLS_CONF", "render_tls_block", "tls_beside"]
+__all__ = ["CA_FILE", "SERVER_NAME", "TLS_CONF", "TlsFiles", "render_tls_block", "tls_beside"]
 
 #: the CA's certificate
 CA_FILE = "ca.pem"
@@ -17,6 +18,14 @@ CA_FILE = "ca.pem"
 SERVER_NAME = "server"
 #: the server's ``tls {}`` block, which ``auth.conf`` includes
 TLS_CONF = "tls.conf"
+
+
+class TlsFiles(TypedDict, total=False):
+    """Settings' TLS fields, all three or none (``tls_beside``)."""
+
+    tls_ca: Path
+    tls_cert: Path
+    tls_key: Path
 
 
 def render_tls_block(directory: Path | str) -> str:
@@ -42,16 +51,14 @@ def render_tls_block(directory: Path | str) -> str:
     )
 
 
-def tls_beside(credentials: Path | None) -> dict[str, Path]:
+def tls_beside(credentials: Path | None) -> TlsFiles:
     """Settings' ``tls_ca``, ``tls_cert`` and ``tls_key`` for the role whose credentials file
     (``<role>.nk`` or ``<role>.pass``) this is, when ``runstate auth init --tls`` wrote them
     beside it; else nothing."""
     if credentials is None:
         return {}
     directory, role = credentials.parent, credentials.stem
-    files = {
-        "tls_ca": directory / CA_FILE,
-        "tls_cert": directory / f"{role}.pem",
-        "tls_key": directory / f"{role}-key.pem",
-    }
-    return files if all(path.is_file() for path in files.values()) else {}
+    ca, cert, key = directory / CA_FILE, directory / f"{role}.pem", directory / f"{role}-key.pem"
+    if not (ca.is_file() and cert.is_file() and key.is_file()):
+        return {}
+    return TlsFiles(tls_ca=ca, tls_cert=cert, tls_key=key)

@@ -152,7 +152,8 @@ def run_paired(
     assert params.auth is not None
     machine = machine_info()
     plain_params = dataclasses.replace(params, auth=None)
-    paired, skipped = [], {}
+    paired: list[PairedReport] = []
+    skipped: dict[str, str] = {}
     for name in names:
         if name in UNPAIRED:
             skipped[name] = UNPAIRED[name]
