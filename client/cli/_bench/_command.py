@@ -195,8 +195,9 @@ _QUICK = {
 @click.option(
     "--auth",
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="A `runstate auth init` directory: the server runs its authorization block and each "
-    "client signs in as its role (to compare with a run without it).",
+    help="A `runstate auth init` directory: the server runs its authorization block (and TLS "
+    "verifying client certificates, if made with --tls) and each client signs in as its role "
+    "(to compare with a run without it: --paired).",
 )
 @click.option(
     "--paired",
