@@ -9,6 +9,7 @@ not runstate's own code. Holes 1, 2 and 5 of the issue are reproduced here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from nats.aio.client import Client as NATS
 
 from runstate.client import (
     ConfigurationError,
-    ConflictError,
     PermissionDenied,
     RunState,
     StreamsMissing,
@@ -290,6 +290,9 @@ _MATRIX = [
     ("projector", "rs.mt.Train.1.r", True, True),
     ("projector", "$KV.rs_idempotency.abc", True, True),
     ("projector", "rs.q.>", False, False),
+    ("projector", "rs.admin.x", True, True),  # the admin's own streams
+    ("writer", "rs.admin.x", True, True),
+    ("reader", "rs.admin.x", True, True),
 ]
 
 
@@ -477,32 +480,35 @@ async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles:
             pass
 
 
-async def test_a_jetstream_reply_into_the_log_is_dead_lettered(roles: Roles) -> None:
-    """What the roles cannot stop (docs/roles.md): NATS does not check a request's reply
-    subject, so JetStream's answer to a reader lands on the subject it named. It is no
-    event: the projector dead-letters it and goes on, and the run's next append expecting
-    the old version meets a conflict."""
-    async with Replica(roles.settings("projector"), name="p") as replica:
-        assert replica.projector is not None
-        async with connect(settings=roles.settings("writer"), projector=False) as writer:
-            run = await writer.create_run("Train")
-            assert run.receipt is not None
-            subject = Subjects().run("Train", run.id)
-            raw = await _Raw().open(roles.url, roles.credentials("reader"))
-            try:
-                assert raw.nc is not None
-                await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=subject)
-                await raw.nc.flush()
-            finally:
-                await raw.nc.close()  # type: ignore[union-attr]
-            for _ in range(200):  # JetStream answers on its own time
-                stored = await writer.log.last_sequence(subject)
-                if stored != run.receipt.sequence:
-                    break
-                await anyio.sleep(0.05)
-            assert stored == run.receipt.sequence + 1  # the answer, stored on the run's subject
-            last = await writer.log.stream_last_sequence()
-            await replica.projector.wait_for(last, timeout=10)
-            assert replica.projector.deadlettered == 1
-            with pytest.raises(ConflictError):
-                await run.start()
+async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Roles) -> None:
+    """JetStream lives in an account of its own: its answer to a reader that names an event
+    subject or an idempotency key as the reply comes back to the clients' account on that
+    subject (a subscriber there sees it) and is not passed on into the stream."""
+    subjects = Subjects()
+    async with connect(settings=roles.settings("writer"), projector=False) as writer:
+        run = await writer.create_run("Train")
+        assert run.receipt is not None
+        subject = subjects.run("Train", run.id)
+        key = hashlib.sha256(b"Train\0k").hexdigest()
+        replies = [subject, f"$KV.{subjects.idempotency_bucket}.{key}"]
+        admin = await open_nats(roles.settings("admin"))
+        raw = await _Raw().open(roles.url, roles.credentials("reader"))
+        try:
+            seen = [await admin.subscribe(reply) for reply in replies]
+            await admin.flush()
+            assert raw.nc is not None
+            for reply in replies:
+                await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+            await raw.nc.flush()
+            for sub in seen:  # JetStream did answer, to the clients' account
+                assert b"RS_EVENTS" in (await sub.next_msg(timeout=30)).data
+        finally:
+            await raw.nc.close()  # type: ignore[union-attr]
+            await admin.close()
+        assert await writer.log.last_sequence(subject) == run.receipt.sequence
+        await run.start()  # expects the version it knows: nothing came in between
+        again = await writer.create_run("Train", idempotency_key="k")
+        assert (await writer.create_run("Train", idempotency_key="k")).pathspec == again.pathspec
+        assert writer.nc is not None
+        info = await writer.nc.jetstream().stream_info(f"KV_{subjects.idempotency_bucket}")
+        assert info.state.messages == 1
