@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 import nats
+import nats.js.errors
 import nkeys  # type: ignore[import-untyped]
 import orjson
 import pytest
@@ -512,3 +513,59 @@ async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Role
         assert writer.nc is not None
         info = await writer.nc.jetstream().stream_info(f"KV_{subjects.idempotency_bucket}")
         assert info.state.messages == 1
+
+
+async def test_a_jetstream_answer_stored_on_a_run_or_a_key_breaks_nothing(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """With JetStream in the clients' own account (a server with no authorization, or with
+    a block of its own) the answer to a request naming a run's subject or a key as its
+    reply is stored there. runstate steps over it: the run's next transition works, from
+    the handle it holds and from one loaded again; the key creates its run; the projector
+    dead-letters the junk and shows the run as it is."""
+    settings = Settings(nats_url=nats_url, data_dir=tmp_path / "d")
+    subjects = Subjects()
+    async with Replica(settings, name="p") as replica:
+        assert replica.projector is not None
+        async with connect(settings=settings, projector=False) as writer:
+            run = await writer.create_run("Train")
+            assert run.receipt is not None
+            subject = subjects.run("Train", run.id)
+            key = hashlib.sha256(b"Train\0k").hexdigest()
+            nc = await nats.connect(nats_url)
+            try:
+                for reply in (subject, f"$KV.{subjects.idempotency_bucket}.{key}"):
+                    await nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+                await nc.flush()
+                keys = await nc.jetstream().key_value(subjects.idempotency_bucket)
+                for _ in range(200):  # JetStream answers on its own time
+                    stored = await writer.log.last_sequence(subject)
+                    junk_key = await _entry_or_none(keys, key)
+                    if stored != run.receipt.sequence and junk_key is not None:
+                        break
+                    await anyio.sleep(0.05)
+            finally:
+                await nc.close()
+            assert stored == run.receipt.sequence + 1  # the answer, on the run's subject
+            assert junk_key is not None and b"stream_info_response" in junk_key
+            started = await run.start()  # expects the version before the junk
+            assert started.sequence == stored + 1
+            again = await writer.run_handle(run.pathspec)  # the junk is no part of its history
+            await again.complete()
+            created = await writer.create_run("Train", idempotency_key="k")
+            repeated = await writer.create_run("Train", idempotency_key="k")
+            assert repeated.pathspec == created.pathspec
+            last = await writer.log.stream_last_sequence()
+            await replica.projector.wait_for(last, timeout=10)
+            assert replica.projector.deadlettered == 1
+            seen = await writer.run(run.pathspec, after=last)
+            assert seen.state is RunState.COMPLETED
+            assert (await writer.run(created.pathspec, after=last)).state is RunState.PENDING
+
+
+async def _entry_or_none(kv: object, key: str) -> bytes | None:
+    try:
+        entry = await kv.get(key)  # type: ignore[attr-defined]
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return bytes(entry.value or b"")
