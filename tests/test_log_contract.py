@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runstate.engine import JetStreamEventLog, MemoryEventLog, Settings, open_nats, provision
 from runstate.engine._commits import Commit
 from runstate.engine._events import encode_commit
+from runstate.engine._foreign import FOREIGN_LOOKAHEAD
 from runstate.engine.errors import ConflictError
 from runstate.engine.testing import EventFactory, EventLogContract
 
@@ -150,3 +154,31 @@ class TestJetStreamForeignMessages(ForeignMessagesContract):
     async def put_foreign_key(self, log: Any, key: str, data: bytes) -> None:
         kv = await log.nc.jetstream().key_value(log.subjects.idempotency_bucket)
         await kv.put(JetStreamEventLog._key(key), data)
+
+
+@given(st.lists(st.booleans(), max_size=FOREIGN_LOOKAHEAD + 4))
+def test_an_append_conflicts_exactly_when_a_commit_came_after_its_version(
+    after: list[bool],
+) -> None:
+    """Whatever came after the version an append expects (True: another writer's commit,
+    False: junk), it is stored unless a commit is among them or the junk is too long."""
+
+    async def check() -> None:
+        log = MemoryEventLog(Settings(prefix="rs"))
+        task = "Foreign/1/train/1"
+        subject = log.subjects.task("Foreign", "1", "train", "1")
+        first = await log.append(_factory.note(task), expected_version=0)
+        for commit in after:
+            if commit:
+                await log.append(_factory.note(task))
+            else:
+                log.put_raw(subject, _JUNK)
+        stored = not any(after) and len(after) <= FOREIGN_LOOKAHEAD
+        try:
+            receipt = await log.append(_factory.note(task), expected_version=first.sequence)
+        except ConflictError:
+            assert not stored
+        else:
+            assert stored and receipt.sequence == first.sequence + len(after) + 1
+
+    anyio.run(check)
