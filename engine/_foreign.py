@@ -30,7 +30,14 @@ from runstate.engine._names import Subjects
 from runstate.engine._retry import TransientRefusal
 from runstate.engine.errors import InvalidEvent, InvalidName
 
-__all__ = ["FOREIGN_LOOKAHEAD", "KeyCheck", "held_or_replaced", "is_commit_of", "past_foreign"]
+__all__ = [
+    "FOREIGN_LOOKAHEAD",
+    "Found",
+    "KeyCheck",
+    "held_or_replaced",
+    "is_commit_of",
+    "past_foreign",
+]
 
 #: how many messages after the version an append expects it looks at, on a conflict,
 #: before calling it a real conflict: junk comes one message at a time
@@ -39,8 +46,12 @@ FOREIGN_LOOKAHEAD = 16
 #: what a key's claimer says is a value of its own (not junk)
 KeyCheck = Callable[[bytes], bool]
 
-#: (sequence, subject, data) of the first message on a subject (filter) after a sequence
-NextAfter = Callable[[str, int], Awaitable[tuple[int, str, bytes] | None]]
+#: (sequence, subject, data) of a message, or None
+Found = tuple[int, str, bytes] | None
+
+#: the first message on a subject (filter) after a sequence, read for the commit of an id
+#: (which an error names)
+NextAfter = Callable[[str, str, int], Awaitable[Found]]
 
 
 def is_commit_of(subjects: Subjects, subject: str, data: bytes) -> bool:
@@ -64,9 +75,10 @@ async def past_foreign(
     """``encoded`` expecting another version, if every message after the one it expects is
     foreign: the last of them; else None (a real conflict).
 
-    ``next_after(where, sequence)`` gives the first message on ``where`` (the entity's
-    subject, or the run's subjects for an across-run check) after ``sequence``. None
-    too if there is none after the expected version, or more than ``FOREIGN_LOOKAHEAD``.
+    ``next_after(commit_id, where, sequence)`` gives the first message on ``where``
+    (the entity's subject, or the run's subjects for an across-run check) after
+    ``sequence``. None too if there is none after the expected version, or more than
+    ``FOREIGN_LOOKAHEAD``.
     """
     commit, path = encoded.commit, encoded.path
     if commit.expected_version is None or path.run is None:
@@ -75,7 +87,7 @@ async def past_foreign(
     last = None
     after = commit.expected_version
     for _ in range(FOREIGN_LOOKAHEAD):
-        found = await next_after(where, after)
+        found = await next_after(commit.commit_id, where, after)
         if found is None:
             break
         sequence, subject, data = found

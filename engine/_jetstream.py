@@ -38,7 +38,7 @@ from runstate.engine._commits import (
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._foreign import KeyCheck, held_or_replaced, is_commit_of, past_foreign
+from runstate.engine._foreign import Found, KeyCheck, held_or_replaced, is_commit_of, past_foreign
 from runstate.engine._jetstream_batches import JetStreamBatchLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
@@ -223,8 +223,8 @@ class JetStreamEventLog:
             return await self.send(moved)
         raise ConflictError(encoded.entity, commit.expected_version or 0, current)
 
-    async def _next_after(self, where: str, sequence: int) -> tuple[int, str, bytes] | None:
-        msg = await self._leader_get(where, after=sequence, subject=where)
+    async def _next_after(self, commit_id: str, where: str, seq: int) -> Found:
+        msg = await self._leader_get(commit_id, after=seq, subject=where)
         return None if msg is None else (int(msg.seq or 0), msg.subject or "", msg.data or b"")
 
     async def _leader_get(self, commit_id: str, **where: Any) -> RawStreamMsg | None:

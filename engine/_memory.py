@@ -32,7 +32,7 @@ from runstate.engine._commits import (
     check_read_time,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._foreign import is_commit_of, past_foreign
+from runstate.engine._foreign import Found, is_commit_of, past_foreign
 from runstate.engine._lines import lines_side
 from runstate.engine._memory_batches import MemoryBatchLog
 from runstate.engine._names import Subjects, subject_matches
@@ -286,7 +286,7 @@ class MemoryEventLog:
                 raise
             return self._store(moved)
 
-    async def _next_after(self, where: str, sequence: int) -> tuple[int, str, bytes] | None:
+    async def _next_after(self, commit_id: str, where: str, sequence: int) -> Found:
         for stored in self._messages[max(0, sequence) :]:
             if subject_matches(where, stored.subject):
                 return stored.sequence, stored.subject, stored.data
