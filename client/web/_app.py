@@ -27,6 +27,7 @@ from runstate.client._client import Client
 from runstate.client._gateway_tokens import GatewayTokens
 from runstate.client.web import _auth, _live, _pages, _reads, _tails, _writes
 from runstate.client.web._auth import BearerAuth, document_bearer
+from runstate.client.web._direct import DirectWrites
 from runstate.client.web._html import ASSETS
 from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
@@ -78,6 +79,9 @@ def create_app(
     app.state.channels = {}
     #: the writers' handles the gateway keeps (``_writes._kept``)
     app.state.handles = OrderedDict()
+    # Innermost of the middleware (added first): the bearer check and the metrics see
+    # the transitions it answers as they see any route.
+    app.add_middleware(DirectWrites, fastapi=app)
     if tokens is not None:
         app.state.tokens = tokens
         app.add_middleware(BearerAuth, tokens=tokens)

@@ -1,0 +1,171 @@
+"""The transition routes answered past FastAPI's routing: the writers' hot path.
+
+A worker that speaks HTTP moves each task running, then completed, and
+each move is one request. FastAPI spends more on such a request than the
+write itself (matching every route in turn, solving the dependencies,
+building the response and passing it through its exception layer): about
+half the gateway's CPU per transition. ``DirectWrites``, a middleware
+inside the request metrics and the bearer check, answers the two
+transition routes itself with the functions their FastAPI routes call
+(``_writes.move_run``, ``_writes.move_task``), so the same request gets the
+same answer either way, errors included: a runstate error or a ``Problem``
+is answered by the problem handlers of ``_problems``.
+
+What it does not handle it leaves to FastAPI untouched, so FastAPI stays
+the reference: any other path or method, and a body that is not JSON or
+does not validate (FastAPI answers those with its validation problems;
+the body already read is given back to it). The routes stay declared in
+FastAPI for OpenAPI, and ``scope["route"]`` is set to the route answered,
+so the request metrics count it under its template.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runstate.client.web._problems import Problem, problem_of
+from runstate.client.web._writes import (
+    RunTransition,
+    TaskTransition,
+    WrittenParts,
+    move_run,
+    move_task,
+    router,
+)
+from runstate.engine.errors import RunstateError
+
+__all__ = ["DirectWrites"]
+
+_Move = Callable[[State, tuple[str, ...], Any, str | None], Awaitable[WrittenParts]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """One route answered directly: its template, body model and move."""
+
+    template: str
+    model: type[BaseModel]
+    move: _Move
+
+    def pattern(self) -> re.Pattern[str]:
+        """Starlette's own pattern for the template: each {name} one non-empty segment."""
+        return re.compile("^" + re.sub(r"\{[^}]+\}", "([^/]+)", self.template) + "$")
+
+
+_ROUTES = (
+    _Direct(
+        "/api/v1/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}/transitions",
+        TaskTransition,
+        move_task,
+    ),
+    _Direct("/api/v1/runs/{flow}/{run_id}/transitions", RunTransition, move_run),
+)
+
+
+class DirectWrites:
+    """ASGI middleware answering the transition routes without FastAPI's routing."""
+
+    def __init__(self, app: ASGIApp, fastapi: FastAPI) -> None:
+        self.app = app
+        self.state = fastapi.state
+        self.routes = [(direct, direct.pattern(), _route(direct.template)) for direct in _ROUTES]
+
+    def _match(self, path: str) -> tuple[_Direct, APIRoute, tuple[str, ...]] | None:
+        for direct, pattern, route in self.routes:
+            match = pattern.match(path)
+            if match is not None:
+                return direct, route, match.groups()
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not path.endswith("/transitions"):
+            await self.app(scope, receive, send)
+            return
+        found = self._match(path)
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        direct, route, parts = found
+        body = await _body(receive)
+        model = _parse(scope, direct.model, body)
+        if model is None:  # FastAPI answers it, as it would have
+            await self.app(scope, _replay(body, receive), send)
+            return
+        scope["route"] = route
+        try:
+            status, content, headers = await direct.move(
+                self.state, parts, model, _header(scope, b"if-match")
+            )
+        except (RunstateError, Problem) as exc:
+            response = problem_of(Request(scope), exc)
+            await response(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _route(template: str) -> APIRoute:
+    """The writes router's route of ``template``, which FastAPI puts in ``scope["route"]``
+    (or, before 0.16x, a copy with the same path)."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.path == template:
+            return route
+    raise LookupError(f"the writes router has no POST route {template}")  # pragma: no cover
+
+
+def _parse(scope: Scope, model: type[BaseModel], body: bytes) -> BaseModel | None:
+    """The body, or None when FastAPI should answer the request (not JSON, not valid)."""
+    content_type = _header(scope, b"content-type")
+    if content_type is None or content_type.split(";", 1)[0].strip() != "application/json":
+        return None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    """The first value of a header, as Starlette's ``Headers.get`` gives it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _body(receive: Receive) -> bytes:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` giving ``body`` again, then what ``receive`` gives (a disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
