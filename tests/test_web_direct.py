@@ -36,7 +36,7 @@ async def _gateway(direct: bool) -> AsyncIterator[httpx.AsyncClient]:
     async with in_memory() as client:
         app = create_app(client)
         if not direct:
-            app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectWrites]
+            app.direct = None
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
             created = await http.post("/api/v1/runs", json={"flow": "Train"})
@@ -159,7 +159,7 @@ async def test_the_direct_path_answers_without_fastapi_and_gives_back_what_it_le
             transport=httpx.ASGITransport(app=app), base_url="http://gateway"
         ) as http:
             assert (await http.post("/api/v1/runs", json={"flow": "Train"})).status_code == 201
-        direct = DirectWrites(behind, fastapi=app)
+        direct = DirectWrites(app, behind=behind)
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=direct), base_url="http://gateway"
         ) as http:

@@ -4,12 +4,14 @@ A worker that speaks HTTP moves each task running, then completed, and
 each move is one request. FastAPI spends more on such a request than the
 write itself (matching every route in turn, solving the dependencies,
 building the response and passing it through its exception layer): about
-half the gateway's CPU per transition. ``DirectWrites``, a middleware
-inside the request metrics and the bearer check, answers the two
+half the gateway's CPU per transition. ``DirectWrites`` answers the two
 transition routes itself with the functions their FastAPI routes call
 (``_writes.move_run``, ``_writes.move_task``), so the same request gets the
 same answer either way, errors included: a runstate error or a ``Problem``
-is answered by the problem handlers of ``_problems``.
+is answered by the problem handlers of ``_problems``. It runs ahead of
+FastAPI (``_app.Gateway``), not as a middleware inside it, because the
+layers FastAPI puts around every request (its error and telemetry
+middleware, the body limit, then ours) cost as much again.
 
 What it does not handle it leaves to FastAPI untouched, so FastAPI stays
 the reference: any other path or method, and a body that is not JSON or
@@ -22,6 +24,7 @@ so the request metrics count it under its template.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runstate.client.web._auth import refusal
+from runstate.client.web._metrics import GatewayMetrics
 from runstate.client.web._problems import Problem, problem_of
 from runstate.client.web._writes import (
     RunTransition,
@@ -72,11 +77,17 @@ _ROUTES = (
 
 
 class DirectWrites:
-    """ASGI middleware answering the transition routes without FastAPI's routing."""
+    """The transition routes answered ahead of FastAPI; everything else goes ``behind``.
 
-    def __init__(self, app: ASGIApp, fastapi: FastAPI) -> None:
-        self.app = app
-        self.state = fastapi.state
+    ``Gateway`` (``_app``) calls it for every request. It does what the
+    middleware around the routes would have done for a request it answers:
+    a request the bearer check refuses goes behind, to be refused there; the
+    request metrics are recorded as ``RequestMetrics`` records them.
+    """
+
+    def __init__(self, app: FastAPI, behind: ASGIApp) -> None:
+        self.behind = behind
+        self.state = app.state
         self.routes = [(direct, direct.pattern(), _route(direct.template)) for direct in _ROUTES]
 
     def _match(self, path: str) -> tuple[_Direct, APIRoute, tuple[str, ...]] | None:
@@ -88,33 +99,40 @@ class DirectWrites:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
-            await self.app(scope, receive, send)
+            await self.behind(scope, receive, send)
             return
         path: str = scope["path"]
-        if not path.endswith("/transitions"):
-            await self.app(scope, receive, send)
+        found = self._match(path) if path.endswith("/transitions") else None
+        tokens = getattr(self.state, "tokens", None)
+        if found is None or (tokens is not None and refusal(tokens, scope) is not None):
+            await self.behind(scope, receive, send)
             return
-        found = self._match(path)
-        if found is None:
-            await self.app(scope, receive, send)
-            return
+        started = time.perf_counter()
         direct, route, parts = found
         body = await _body(receive)
         model = _parse(scope, direct.model, body)
         if model is None:  # FastAPI answers it, as it would have
-            await self.app(scope, _replay(body, receive), send)
+            await self.behind(scope, _replay(body, receive), send)
             return
         scope["route"] = route
+        metrics: GatewayMetrics = self.state.metrics
+        status = 500
         try:
-            status, content, headers = await direct.move(
-                self.state, parts, model, _header(scope, b"if-match")
-            )
-        except (RunstateError, Problem) as exc:
-            response = problem_of(Request(scope), exc)
-            await response(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+            try:
+                status, content, headers = await direct.move(
+                    self.state, parts, model, _header(scope, b"if-match")
+                )
+            except (RunstateError, Problem) as exc:
+                response = problem_of(Request(scope), exc)
+                status = response.status_code
+                metrics.answering(scope, time.perf_counter() - started)
+                await response(scope, receive, send)
+                return
+            metrics.answering(scope, time.perf_counter() - started)
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+        finally:
+            metrics.answered(scope, status)
 
 
 def _route(template: str) -> APIRoute:
