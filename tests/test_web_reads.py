@@ -517,6 +517,26 @@ async def test_openapi_is_built_from_the_view_models() -> None:
     }
 
 
+async def test_runs_and_runs_frame_take_the_same_filters() -> None:
+    """GET /runs and GET /runs-frame document the same filter parameters (names, types,
+    descriptions, defaults), in the same order; /runs adds only its page's."""
+    async with gateway() as (_, http):
+        schema = _json(await http.get("/openapi.json"))
+    runs = schema["paths"]["/api/v1/runs"]["get"]["parameters"]
+    frame = schema["paths"]["/api/v1/runs-frame"]["get"]["parameters"]
+    page = {"page_size", "cursor"}
+    assert [p for p in runs if p["name"] not in page] == frame
+    assert {p["name"] for p in runs} - {p["name"] for p in frame} == page
+    names = [p["name"] for p in frame]
+    assert names[:3] == ["flow", "tag", "any_tag"] and names[-3:] == [
+        "after",
+        "after_points",
+        "namespace",
+    ]
+    where = next(p for p in frame if p["name"] == "where")
+    assert where["schema"]["default"] == [] and "summary.acc > 0.9" in where["description"]
+
+
 async def test_metrics_count_requests_queries_and_the_replica() -> None:
     """/metrics counts requests by route template and status, times queries by endpoint, and
     reports the replica's applied sequence, lag and events applied."""
