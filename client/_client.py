@@ -81,6 +81,15 @@ def _list_after(after: ListAfter) -> dict[str, int | None]:
     return {"after": _after(after)}
 
 
+class _Writes:
+    """Where a client and its copies record their latest write."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
 class Client:
     """A connection to runstate: snapshot reads, live subscriptions, and writes.
 
@@ -106,8 +115,8 @@ class Client:
         self.writer = Writer(self.log)
         self.subjects = self.log.subjects
         self._namespace = namespace
-        #: sequence of the latest write made through this client (read-your-writes)
-        self.last_write: int = 0
+        # the latest write's sequence, shared with the copies ``with_namespace`` makes
+        self._writes = _Writes()
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
         self.read_wait: float = self.settings.request_timeout
         #: what ``aclose`` calls: set by ``open_client``
@@ -144,6 +153,16 @@ class Client:
             return _namespace.get_namespace()
         result: str | None = self._namespace
         return result
+
+    @property
+    def last_write(self) -> int:
+        """Sequence of the latest write made through this client or a copy of it
+        (``with_namespace``): pass it as a read's ``after=`` to read your writes."""
+        return self._writes.last
+
+    @last_write.setter
+    def last_write(self, sequence: int) -> None:
+        self._writes.last = sequence
 
     def with_namespace(self, ns: str | None) -> Client:
         """A client sharing this connection that reads in namespace ``ns``."""
