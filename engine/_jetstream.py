@@ -76,7 +76,7 @@ class JetStreamEventLog:
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
         self._stream = self.subjects.events_stream
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=settings.request_timeout)
         self._encoder = CommitEncoder(self.subjects)
         self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,24 +76,28 @@ class Roles:
         )
 
 
-def _start(base: Path, *, writer_flows: list[str] | None = None, passwords: bool = False) -> Roles:
+@contextmanager
+def _started(
+    base: Path, *, writer_flows: list[str] | None = None, passwords: bool = False
+) -> Iterator[Roles]:
+    """A nats-server running the generated authorization, stopped after the block."""
     auth = base / "auth"
     write_authorization(auth, writer_flows=writer_flows, passwords=passwords)
     config = base / "server.conf"
     config.write_text(f'jetstream {{ store_dir: "{base / "nats"}" }}\ninclude "auth/auth.conf"\n')
     server = NatsServer(base / "nats", config_file=config)
     server.start()
-    return Roles(server, auth, base)
+    try:
+        yield Roles(server, auth, base)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def bare(tmp_path: Path) -> Iterator[Roles]:
     """The generated authorization on a server whose streams nobody provisioned yet."""
-    roles = _start(tmp_path)
-    try:
+    with _started(tmp_path) as roles:
         yield roles
-    finally:
-        roles.server.stop()
 
 
 @pytest.fixture
@@ -105,12 +110,9 @@ def roles(bare: Roles) -> Roles:
 @pytest.fixture
 def flow_a(tmp_path: Path) -> Iterator[Roles]:
     """The writer role limited to flow ``A``; the streams provisioned."""
-    roles = _start(tmp_path, writer_flows=["A"])
-    try:
+    with _started(tmp_path, writer_flows=["A"]) as roles:
         anyio.run(provision_server, roles.settings("admin"))
         yield roles
-    finally:
-        roles.server.stop()
 
 
 def _violations(roles: Roles) -> list[str]:
@@ -188,40 +190,45 @@ async def test_the_actor_is_who_the_server_authenticated_not_who_the_writer_clai
 
 async def test_a_password_user_connects_with_its_credentials_file(tmp_path: Path) -> None:
     """``--passwords`` users work as nkey ones: the reader reads, and is who it says."""
-    roles = _start(tmp_path, passwords=True)
-    try:
+    with _started(tmp_path, passwords=True) as roles:
         await provision_server(roles.settings("admin"))
         async with connect(settings=roles.settings("reader"), projector=False) as reader:
             assert reader.settings.user == "reader"
             assert await reader.log.stream_last_sequence() == 0
-    finally:
-        roles.server.stop()
 
 
 # -- what each role may not do: refused by the server ---------------------------------
 
 
 class _Raw:
-    """A plain nats-py connection as one role, collecting the server's refusals."""
+    """A plain nats-py connection as one role, collecting the server's refusals: ``async
+    with _Raw(url, credentials) as raw:``, closed after the block."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str, credentials: Path) -> None:
         self.errors: list[str] = []
-        self.nc: NATS | None = None
+        self.nc: NATS
+        self._url = url
+        self._credentials = credentials
         self._arrived = anyio.Event()
 
-    async def open(self, url: str, credentials: Path) -> _Raw:
+    async def __aenter__(self) -> _Raw:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
             self._arrived.set()
 
         self.nc = await nats.connect(
-            url, error_cb=on_error, allow_reconnect=False, **connection_options(credentials)
+            self._url,
+            error_cb=on_error,
+            allow_reconnect=False,
+            **connection_options(self._credentials),
         )
         return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.nc.close()
+
     async def refused(self, attempt: str, publish: bool = True) -> bool:
         """Whether the server refuses ``attempt`` (a publish, else a subscription)."""
-        assert self.nc is not None
         before = len(self.errors)
         self._arrived = anyio.Event()
         if publish:
@@ -256,19 +263,11 @@ async def test_stream_administration_is_refused_to_every_role_but_admin(
     roles: Roles, role: str
 ) -> None:
     """Update, delete, purge, create: the server refuses them to every role but admin."""
-    raw = await _Raw().open(roles.url, roles.credentials(role))
-    try:
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
         refused = {subject: await raw.refused(subject) for subject in _ADMIN_ONLY}
         assert refused == dict.fromkeys(_ADMIN_ONLY, True)
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
-    admin = await _Raw().open(roles.url, roles.credentials("admin"))
-    try:
+    async with _Raw(roles.url, roles.credentials("admin")) as admin:
         assert not await admin.refused("$JS.API.STREAM.INFO.RS_EVENTS")
-    finally:
-        assert admin.nc is not None
-        await admin.nc.close()
 
 
 #: (role, subject, publish?) -> refused?; what each role may and may not touch
@@ -302,12 +301,8 @@ _MATRIX = [
 async def test_the_server_allows_and_refuses_as_the_roles_say(
     roles: Roles, role: str, subject: str, publish: bool, refused: bool
 ) -> None:
-    raw = await _Raw().open(roles.url, roles.credentials(role))
-    try:
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
         assert await raw.refused(subject, publish) is refused
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
 
 
 async def test_a_writer_of_flow_a_cannot_append_to_flow_b(flow_a: Roles) -> None:
@@ -324,14 +319,10 @@ async def test_a_writer_of_flow_a_cannot_append_to_flow_b(flow_a: Roles) -> None
                     await writer.create_run("B", run_id="1")
             assert raised.value.details["subject"] == "rs.ev.b.1.r"
             assert await writer.log.last_sequence(Subjects().run_all("B", "1")) == 0
-    raw = await _Raw().open(flow_a.url, flow_a.credentials("writer"))
-    try:
+    async with _Raw(flow_a.url, flow_a.credentials("writer")) as raw:
         assert await raw.refused("rs.ev.B.1.r")
         assert await raw.refused("rs.hb.B.1.r")
         assert not await raw.refused("rs.ev.A.9.r")
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
 
 
 # -- hole 2: connecting needs no right to change the streams ---------------------------
@@ -344,15 +335,10 @@ async def test_a_reader_connects_at_once_and_cannot_shorten_the_log(roles: Roles
             assert await reader.log.stream_last_sequence() == 0
             with pytest.raises(PermissionDenied, match="provision"):
                 await provision(reader.nc, reader.settings)  # type: ignore[arg-type]
-    raw = await _Raw().open(roles.url, roles.credentials("reader"))
-    try:
-        assert raw.nc is not None
+    async with _Raw(roles.url, roles.credentials("reader")) as raw:
         update = {"name": "RS_EVENTS", "subjects": ["rs.ev.>"], "max_age": 1_000_000_000}
         await raw.nc.publish("$JS.API.STREAM.UPDATE.RS_EVENTS", orjson.dumps(update))
         assert await raw.refused("$JS.API.STREAM.UPDATE.RS_EVENTS")
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
     admin = await open_nats(roles.settings("admin"))
     try:
         info = await admin.jetstream().stream_info("RS_EVENTS")
@@ -391,17 +377,13 @@ async def test_a_query_with_a_reply_into_the_log_stores_nothing(roles: Roles) ->
     """Hole 1: a reader's query asking for its answer on an event subject gets none there."""
     async with Replica(roles.settings("projector"), name="p") as replica:
         assert replica.service is not None
-        raw = await _Raw().open(roles.url, roles.credentials("reader"))
-        try:
-            assert raw.nc is not None
+        async with _Raw(roles.url, roles.credentials("reader")) as raw:
             body = orjson.dumps({"pathspec": "Train/1"})
             for reply in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc"):
                 await raw.nc.publish("rs.q.get", body, reply=reply)
             await raw.nc.flush()
             answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
             assert b"result" in answer.data  # the service works, and has seen the two
-        finally:
-            await raw.nc.close()  # type: ignore[union-attr]
         async with connect(settings=roles.settings("reader"), projector=False) as reader:
             assert await reader.log.stream_last_sequence() == 0
 
@@ -494,22 +476,20 @@ async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Role
         key = hashlib.sha256(b"Train\0k").hexdigest()
         replies = [subject, f"$KV.{subjects.idempotency_bucket}.{key}"]
         admin = await open_nats(roles.settings("admin"))
-        raw = await _Raw().open(roles.url, roles.credentials("reader"))
         try:
-            assert raw.nc is not None
-            for reply in replies:
-                seen = await admin.subscribe(reply)
-                await admin.flush()
-                answer = None
-                for _ in range(5):  # JetStream does answer, to the clients' account
-                    await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
-                    await raw.nc.flush()
-                    with contextlib.suppress(nats.errors.TimeoutError):
-                        answer = await seen.next_msg(timeout=5)
-                        break
-                assert answer is not None and b"RS_EVENTS" in answer.data
+            async with _Raw(roles.url, roles.credentials("reader")) as raw:
+                for reply in replies:
+                    seen = await admin.subscribe(reply)
+                    await admin.flush()
+                    answer = None
+                    for _ in range(5):  # JetStream does answer, to the clients' account
+                        await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+                        await raw.nc.flush()
+                        with contextlib.suppress(nats.errors.TimeoutError):
+                            answer = await seen.next_msg(timeout=5)
+                            break
+                    assert answer is not None and b"RS_EVENTS" in answer.data
         finally:
-            await raw.nc.close()  # type: ignore[union-attr]
             await admin.close()
         assert await writer.log.last_sequence(subject) == run.receipt.sequence
         await run.start()  # expects the version it knows: nothing came in between
