@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -67,11 +68,7 @@ Where = str | tuple[Any, ...] | Condition
 
 
 def _after(after: After) -> int | None:
-    if after is None:
-        return None
-    if isinstance(after, Receipt):
-        return after.sequence
-    return int(after)
+    return after.sequence if isinstance(after, Receipt) else None if after is None else int(after)
 
 
 def _list_after(after: ListAfter) -> dict[str, int | None]:
@@ -81,13 +78,11 @@ def _list_after(after: ListAfter) -> dict[str, int | None]:
     return {"after": _after(after)}
 
 
+@dataclass(slots=True)
 class _Writes:
     """Where a client and its copies record their latest write."""
 
-    __slots__ = ("last",)
-
-    def __init__(self) -> None:
-        self.last = 0
+    last: int = 0
 
 
 class Client:
@@ -156,8 +151,7 @@ class Client:
 
     @property
     def last_write(self) -> int:
-        """Sequence of the latest write made through this client or a copy of it
-        (``with_namespace``): pass it as a read's ``after=`` to read your writes."""
+        """The latest write's sequence (this client's or a copy's): a read's ``after=``."""
         return self._writes.last
 
     @last_write.setter
