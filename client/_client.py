@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -67,11 +68,7 @@ Where = str | tuple[Any, ...] | Condition
 
 
 def _after(after: After) -> int | None:
-    if after is None:
-        return None
-    if isinstance(after, Receipt):
-        return after.sequence
-    return int(after)
+    return after.sequence if isinstance(after, Receipt) else None if after is None else int(after)
 
 
 def _list_after(after: ListAfter) -> dict[str, int | None]:
@@ -79,6 +76,13 @@ def _list_after(after: ListAfter) -> dict[str, int | None]:
     if isinstance(after, PointReceipt):
         return {"after_points": after.sequence}
     return {"after": _after(after)}
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Where a client and its copies record their latest write."""
+
+    last: int = 0
 
 
 class Client:
@@ -106,8 +110,8 @@ class Client:
         self.writer = Writer(self.log)
         self.subjects = self.log.subjects
         self._namespace = namespace
-        #: sequence of the latest write made through this client (read-your-writes)
-        self.last_write: int = 0
+        # the latest write's sequence, shared with the copies ``with_namespace`` makes
+        self._writes = _Writes()
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
         self.read_wait: float = self.settings.request_timeout
         #: what ``aclose`` calls: set by ``open_client``
@@ -144,6 +148,15 @@ class Client:
             return _namespace.get_namespace()
         result: str | None = self._namespace
         return result
+
+    @property
+    def last_write(self) -> int:
+        """The latest write's sequence (this client's or a copy's): a read's ``after=``."""
+        return self._writes.last
+
+    @last_write.setter
+    def last_write(self, sequence: int) -> None:
+        self._writes.last = sequence
 
     def with_namespace(self, ns: str | None) -> Client:
         """A client sharing this connection that reads in namespace ``ns``."""
@@ -341,17 +354,12 @@ class Client:
         Raises ``BadFilter`` for an unknown sort key, state or condition, a bad
         ``page_size`` or a cursor from another query.
         """
-
-        # Materialised once: the next pages repeat exactly this query.
-        tags, any_tags = list(tags), list(any_tags)
-        conditions = [parse_condition(condition) for condition in where]
         states = [state] if isinstance(state, str | RunState) else list(state or [])
-        namespace = self.namespace
         query = self.query(
             RunsRequest,
             flow=flow,
-            tags_all=tags,
-            tags_any=any_tags,
+            tags_all=list(tags),
+            tags_any=list(any_tags),
             state=[str(s) for s in states],
             user=user,
             created_after=created_after,
@@ -359,33 +367,26 @@ class Client:
             finished_after=finished_after,
             finished_before=finished_before,
             parameters=dict(parameters or {}),
-            where=conditions,
-            namespace=namespace,
+            where=[parse_condition(condition) for condition in where],
+            namespace=self.namespace,
             sort=sort,
             limit=page_size,
             cursor=cursor,
             **_list_after(after),
         )
+        return await self._runs_page(query)
+
+    async def _runs_page(self, query: RunsRequest) -> Page[Run]:
+        """A page of runs; the next pages ask ``query`` again from their cursor, in its
+        namespace, with no ``after`` (the first page waited for it)."""
         result = await self._request_page(query, _RUNS_REPLY)
         items = [Run(self, view) for view in result.items]
 
         async def fetch_next(next_cursor: str) -> Page[Run]:
-            return await self.with_namespace(namespace).runs(
-                flow,
-                tags=tags,
-                any_tags=any_tags,
-                state=states,
-                user=user,
-                created_after=created_after,
-                created_before=created_before,
-                finished_after=finished_after,
-                finished_before=finished_before,
-                parameters=parameters,
-                where=conditions,
-                sort=sort,
-                page_size=page_size,
-                cursor=next_cursor,
+            again = query.model_copy(
+                update={"cursor": next_cursor, "after": None, "after_points": None}
             )
+            return await self.with_namespace(query.namespace)._runs_page(again)
 
         return Page(items, result.next_cursor, fetch_next)
 

@@ -27,6 +27,8 @@ from runstate.projections._protocol import (
 )
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from runstate.client._client import Client
 
 __all__ = [
@@ -63,7 +65,8 @@ def _pandas(what: str = "pandas=True") -> Any:
 
 
 class History:
-    """The metric reads of one run, or of one attempt of a task (``attempt`` None: a run)."""
+    """The requests behind the metric reads of one run, or of one attempt of a task
+    (``attempt`` None: a run)."""
 
     def __init__(self, client: Client, pathspec: str, attempt: int | None) -> None:
         self._client = client
@@ -79,36 +82,9 @@ class History:
             "after": after.sequence if isinstance(after, PointReceipt) else after,
         }
 
-    async def history(
-        self,
-        samples: int = 500,
-        keys: Sequence[str] | None = None,
-        x_axis: str = "_step",
-        pandas: bool = False,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> Any:
-        body = self._body(stream, after)
-        body.update(samples=samples, keys=list(keys) if keys is not None else None, x_axis=x_axis)
-        module = _pandas() if pandas else None  # before the request: say what is missing
-        raw = await self._client._request(self._client.query(MetricHistoryRequest, **body), None)
-        rows: _History = _rows(orjson.loads(raw)["result"], raw)
-        return rows if module is None else module.DataFrame.from_records(rows)
-
-    async def scan_history(
-        self,
-        keys: Sequence[str] | None = None,
-        page_size: int = 1000,
-        min_step: int | None = None,
-        max_step: int | None = None,
-        stream: str = "default",
-        *,
-        after: int | PointReceipt | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        async for page in self.scan_pages(keys, page_size, min_step, max_step, stream, after=after):
-            for row in page:
-                yield row
+    async def _reply(self, request: type[BaseModel], body: dict[str, Any]) -> bytes:
+        """The query service's reply to ``request`` with the fields ``body``, as bytes."""
+        return await self._client._request(self._client.query(request, **body), None)
 
     async def scan_pages(
         self,
@@ -129,7 +105,7 @@ class History:
             max_step=max_step,
         )
         while True:
-            raw = await self._client._request(self._client.query(MetricScanRequest, **body), None)
+            raw = await self._reply(MetricScanRequest, body)
             page = orjson.loads(raw)["result"]
             yield _rows(page["rows"], raw)
             if page["next_start"] is None:
@@ -174,9 +150,15 @@ class MetricReads:
         """Sampled metric rows (first, last, and each bucket's minimum, maximum and last
         kept; at most ``samples`` rows), a list of dicts or with ``pandas=True`` a
         DataFrame (``ConfigurationError`` naming the extra when pandas is missing)."""
-        return await self._history().history(samples, keys, x_axis, pandas, stream, after=after)
+        history = self._history()
+        body = history._body(stream, after)
+        body.update(samples=samples, keys=list(keys) if keys is not None else None, x_axis=x_axis)
+        module = _pandas() if pandas else None  # before the request: say what is missing
+        raw = await history._reply(MetricHistoryRequest, body)
+        rows: _History = _rows(orjson.loads(raw)["result"], raw)
+        return rows if module is None else module.DataFrame.from_records(rows)
 
-    def scan_history(
+    async def scan_history(
         self,
         keys: Sequence[str] | None = None,
         page_size: int = 1000,
@@ -188,9 +170,10 @@ class MetricReads:
     ) -> AsyncIterator[dict[str, Any]]:
         """Every metric row from ``min_step`` to ``max_step`` (both included), ``page_size``
         rows a request; with ``keys``, only rows that have all of them."""
-        return self._history().scan_history(
-            keys, page_size, min_step, max_step, stream, after=after
-        )
+        pages = self._history().scan_pages(keys, page_size, min_step, max_step, stream, after=after)
+        async for page in pages:
+            for row in page:
+                yield row
 
     async def history_keys(
         self, stream: str = "default", *, after: int | PointReceipt | None = None

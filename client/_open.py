@@ -11,32 +11,37 @@ its own instead, which ``Client.aclose`` asks to leave it and waits for.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Any
+import inspect
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ParamSpec
 
-from runstate.client import _namespace
 from runstate.client._client import Client, connect
 from runstate.engine._connection import require_asyncio
-from runstate.engine._settings import Settings
 
 __all__ = ["open_client"]
 
 
-async def open_client(
-    url: str | None = None,
-    *,
-    settings: Settings | None = None,
-    data_dir: Path | str | None = None,
-    credentials: Path | str | None = None,
-    tls_ca: Path | str | None = None,
-    tls_cert: Path | str | None = None,
-    tls_key: Path | str | None = None,
-    prefix: str | None = None,
-    namespace: Any = _namespace.DEFAULT,
-    projector: bool | None = None,
-    trust_pickles: bool | None = None,
-    restart_local: bool = False,
-) -> Client:
+_P = ParamSpec("_P")
+
+
+def _options_of(
+    opener: Callable[_P, AbstractAsyncContextManager[Client]],
+) -> Callable[[Callable[..., Awaitable[Client]]], Callable[_P, Awaitable[Client]]]:
+    """Give a coroutine function that forwards its arguments to ``opener`` the parameters
+    of ``opener``: for type checkers (the ParamSpec) and for help() (``__signature__``), so
+    they are written once, in ``opener``."""
+
+    def take(function: Callable[..., Awaitable[Client]]) -> Callable[_P, Awaitable[Client]]:
+        signature = inspect.signature(opener).replace(return_annotation="Client")
+        function.__signature__ = signature  # type: ignore[attr-defined]
+        return function
+
+    return take
+
+
+@_options_of(connect)
+async def open_client(*args: Any, **kwargs: Any) -> Client:
     """Connect as ``connect()`` does (same options) and return the client, open until
     ``await client.aclose()``, which any task of this event loop may call.
 
@@ -52,20 +57,7 @@ async def open_client(
 
     async def hold() -> None:
         try:
-            async with connect(
-                url,
-                settings=settings,
-                data_dir=data_dir,
-                credentials=credentials,
-                tls_ca=tls_ca,
-                tls_cert=tls_cert,
-                tls_key=tls_key,
-                prefix=prefix,
-                namespace=namespace,
-                projector=projector,
-                trust_pickles=trust_pickles,
-                restart_local=restart_local,
-            ) as client:
+            async with connect(*args, **kwargs) as client:
                 if opened.cancelled():
                     return  # the caller gave up while it connected
                 opened.set_result(client)

@@ -347,8 +347,13 @@ class Runs:
 
         async def page() -> Any:
             client = _client()
+            after = client.last_write or None if self._cursor is None else None
             return await client.runs(
-                self.project, page_size=self._per_page, cursor=self._cursor, **self._query
+                self.project,
+                page_size=self._per_page,
+                cursor=self._cursor,
+                after=after,
+                **self._query,
             )
 
         result = _call(page)
@@ -408,7 +413,8 @@ class Api:
             project, run_id = self.default_project, project
 
         async def read() -> aio.Run:
-            return await _client().run(f"{project}/{run_id}")
+            client = _client()  # read this process's writes, as W&B's API does
+            return await client.run(f"{project}/{run_id}", after=client.last_write or None)
 
         return Run(_call(read), entity)
 

@@ -27,7 +27,16 @@ from typing import Any
 import nkeys  # type: ignore[import-untyped]
 
 from runstate.engine._private import PRIVATE_FILE, private_dir
-from runstate.engine._roles import ROLES, Permissions, role_permissions
+from runstate.engine._roles import (
+    INBOX,
+    JETSTREAM_SERVICES,
+    ROLES,
+    Permissions,
+    accounts,
+    admin_subjects,
+    role_permissions,
+    stored_subjects,
+)
 from runstate.engine.errors import ConfigurationError
 
 __all__ = [
@@ -93,13 +102,38 @@ def _quoted(items: Sequence[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def render_authorization(credentials: Sequence[RoleCredential]) -> str:
-    """The nats-server ``authorization { users = [...] }`` block of these users."""
+def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "rs") -> str:
+    """The nats-server ``accounts`` block of these users: JetStream in an account of its own.
+
+    The streams live in an account no user signs in to; the users are in the
+    clients' account, which imports JetStream's API, acks and flow control and
+    every stored subject as services, and the push consumers' deliveries (to
+    inboxes) as a stream. An answer of JetStream comes back to the clients'
+    account on the reply subject the requester gave and goes no further, so a
+    reader naming an event subject or a key as its reply stores nothing
+    (``runstate.engine._roles.accounts``).
+    """
+    streams, clients = accounts(prefix)
+    services = [*JETSTREAM_SERVICES, *stored_subjects(prefix), admin_subjects(prefix)]
     lines = [
         "# runstate roles (runstate auth init): one user per role, with exact permissions.",
         "# Generated; include it from the server's config: include auth.conf",
-        "authorization {",
-        "  users = [",
+        "accounts {",
+        "  # JetStream and every stream and bucket of runstate; no user signs in here",
+        f"  {streams} {{",
+        "    jetstream: enabled",
+        "    exports = [",
+    ]
+    for subject in services:
+        streamed = ", response_type: stream" if subject == "$JS.API.>" else ""
+        lines.append(f'      {{service: "{subject}"{streamed}}}')
+    lines += [f'      {{stream: "{INBOX}"}}', "    ]", "  }", f"  {clients} {{", "    imports = ["]
+    for subject in services:
+        lines.append(f'      {{service: {{account: {streams}, subject: "{subject}"}}}}')
+    lines += [
+        f'      {{stream: {{account: {streams}, subject: "{INBOX}"}}}}',
+        "    ]",
+        "    users = [",
     ]
     for credential in credentials:
         who = (
@@ -108,13 +142,13 @@ def render_authorization(credentials: Sequence[RoleCredential]) -> str:
             else f'user: "{credential.role}", password: "{credential.password}"'
         )
         lines += [
-            f"    # {credential.role}",
-            f"    {{{who}, permissions: {{",
-            f"      publish: {{allow: {_quoted(credential.permissions.publish)}}}",
-            f"      subscribe: {{allow: {_quoted(credential.permissions.subscribe)}}}",
-            "    }}",
+            f"      # {credential.role}",
+            f"      {{{who}, permissions: {{",
+            f"        publish: {{allow: {_quoted(credential.permissions.publish)}}}",
+            f"        subscribe: {{allow: {_quoted(credential.permissions.subscribe)}}}",
+            "      }}",
         ]
-    lines += ["  ]", "}", ""]
+    lines += ["    ]", "  }", "}", ""]
     return "\n".join(lines)
 
 
@@ -141,7 +175,7 @@ def write_authorization(
     private_dir(out)
     credentials = new_credentials(prefix, writer_flows=writer_flows, passwords=passwords)
     written = [out / AUTH_CONF]
-    _write_private(written[0], render_authorization(credentials))
+    _write_private(written[0], render_authorization(credentials, prefix))
     for credential in credentials:
         path = out / credential.file_name
         _write_private(path, credential.file_text())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import nats.errors
@@ -38,11 +38,12 @@ from runstate.engine._commits import (
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._foreign import Found, KeyCheck, held_or_replaced, is_commit_of, past_foreign
 from runstate.engine._jetstream_batches import JetStreamBatchLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
-from runstate.engine._jetstream_read import read_stream
+from runstate.engine._jetstream_read import read_stream, rfc3339_ns
 from runstate.engine._lines import lines_side
 from runstate.engine._names import Subjects
 from runstate.engine._points import points_side
@@ -75,7 +76,7 @@ class JetStreamEventLog:
         self.settings = settings
         self.subjects = Subjects(settings.prefix)
         self._stream = self.subjects.events_stream
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=settings.request_timeout)
         self._encoder = CommitEncoder(self.subjects)
         self._replies = Replies(nc)
         self._blobs = JetStreamBlobStore(nc, settings)
@@ -217,7 +218,14 @@ class JetStreamEventLog:
             ours = await self._holds_commit(current, commit.commit_id)
         if ours:
             return Receipt(current, encoded.subject, commit.commit_id, len(commit.events), True)
+        moved = await past_foreign(self.subjects, encoded, self._next_after)
+        if moved is not None:  # only junk came after the version it expected: step over it
+            return await self.send(moved)
         raise ConflictError(encoded.entity, commit.expected_version or 0, current)
+
+    async def _next_after(self, commit_id: str, where: str, seq: int) -> Found:
+        msg = await self._leader_get(commit_id, after=seq, subject=where)
+        return None if msg is None else (int(msg.seq or 0), msg.subject or "", msg.data or b"")
 
     async def _leader_get(self, commit_id: str, **where: Any) -> RawStreamMsg | None:
         """A message from the stream leader (a direct get may be answered by a replica
@@ -225,6 +233,9 @@ class JetStreamEventLog:
 
         async def attempt() -> RawStreamMsg | None:
             try:
+                if "after" in where:  # the first message on the subject after a sequence
+                    seq, subject = where["after"] + 1, where["subject"]
+                    return await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True)
                 if "subject" in where:
                     return await self._js.get_last_msg(self._stream, where["subject"])
                 return await self._js.get_msg(self._stream, seq=where["seq"])
@@ -396,14 +407,15 @@ class JetStreamEventLog:
     def _key(key: str) -> str:
         return hashlib.sha256(key.encode()).hexdigest()
 
-    async def read_key(self, key: str) -> bytes | None:
+    async def read_key(self, key: str, *, valid: KeyCheck | None = None) -> bytes | None:
         async def attempt() -> bytes | None:
             kv = await self._key_value()
             try:
                 entry = await kv.get(self._key(key))
             except nats.js.errors.KeyNotFoundError:
                 return None
-            return bytes(entry.value) if entry.value else None
+            ok = entry.value and (valid is None or valid(entry.value))
+            return bytes(entry.value) if ok else None  # not valid: junk, claim_key replaces it
 
         return await retry(
             attempt,
@@ -415,7 +427,7 @@ class JetStreamEventLog:
             what="read_key",
         )
 
-    async def claim_key(self, key: str, value: bytes) -> bytes:
+    async def claim_key(self, key: str, value: bytes, *, valid: KeyCheck | None = None) -> bytes:
         async def attempt() -> bytes:
             kv = await self._key_value()
             try:
@@ -430,10 +442,7 @@ class JetStreamEventLog:
                     ):
                         raise TransientRefusal(str(exc.description)) from None
                     raise RunstateError(f"key {key!r} refused: {exc.description}") from None
-            held = await self.read_key(key)
-            if held is None:
-                raise TransientRefusal(f"key {key!r} was claimed and is not readable yet")
-            return held
+            return await held_or_replaced(kv, self._key(key), value, valid)
 
         keys = f"$KV.{self.subjects.idempotency_bucket}.>"
         with refusable(self._nc, f"claim the idempotency key {key!r}", keys, "$JS.API.>"):
@@ -506,7 +515,7 @@ class JetStreamEventLog:
         later than ``when`` if ``when`` is past.
         """
         last = await self.stream_last_sequence()
-        after = _rfc3339_ns(check_read_time(when), plus_ns=1)
+        after = rfc3339_ns(check_read_time(when), plus_ns=1)
         request = orjson.dumps({"start_time": after})
         subject = f"{self._js._prefix}.STREAM.MSG.GET.{self._stream}"
 
@@ -597,7 +606,13 @@ class JetStreamEventLog:
         """All commits of one entity subject (a run header or a task), oldest first."""
         if await self.last_sequence(subject) == 0:
             return []
-        return [commit async for commit in self.read(subject)]
+        msgs = read_stream(
+            self._js, self.settings, self._stream, subject, start=1, limit=None, give_up=_lost
+        )
+        # a message that is no commit of the entity is someone else's junk, not its history
+        return [
+            self._stored(m) async for m in msgs if is_commit_of(self.subjects, m.subject, m.data)
+        ]
 
     def follow(
         self,
@@ -630,8 +645,5 @@ class JetStreamEventLog:
         )
 
 
-def _rfc3339_ns(when: datetime, *, plus_ns: int = 0) -> str:
-    """``when`` plus ``plus_ns`` nanoseconds in UTC, as RFC 3339 with nanoseconds (JetStream's)."""
-    utc = when.astimezone(UTC)
-    nanoseconds = utc.microsecond * 1000 + plus_ns
-    return utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds:09d}Z"
+def _lost(exc: BaseException) -> Unavailable:
+    return Unavailable(f"could not read an entity's commits ({type(exc).__name__})")

@@ -37,7 +37,7 @@ class JetStreamBatchLog:
         self._nc = nc
         self._settings = settings
         self._replies = replies
-        self._js = nc.jetstream()
+        self._js = nc.jetstream(timeout=settings.request_timeout)
         self._side = side
         self.prefix = settings.prefix
         self.stream = side.name

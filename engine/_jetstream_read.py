@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -16,7 +17,7 @@ from runstate.engine._retry import retry
 from runstate.engine._settings import Settings
 from runstate.engine.errors import Unavailable
 
-__all__ = ["read_stream"]
+__all__ = ["read_stream", "rfc3339_ns"]
 
 
 async def read_stream(
@@ -81,3 +82,10 @@ async def read_stream(
                     await js.delete_consumer(stream, consumer_name)
             except (nats.errors.Error, nats.js.errors.Error):
                 pass
+
+
+def rfc3339_ns(when: datetime, *, plus_ns: int = 0) -> str:
+    """``when`` plus ``plus_ns`` nanoseconds in UTC, as RFC 3339 with nanoseconds (JetStream's)."""
+    utc = when.astimezone(UTC)
+    nanoseconds = utc.microsecond * 1000 + plus_ns
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanoseconds:09d}Z"

@@ -58,7 +58,7 @@ class LogBuffer:
         self._partial: dict[int, tuple[float, str]] = {}
         # batches encoded and not yet acknowledged, oldest first: (commit id, data, lines)
         self._unacknowledged: list[tuple[str, bytes, int]] = []
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no checkpoint when uncontended
         #: the receipt of the last batch stored (a position in the lines stream)
         self.receipt: BatchReceipt | None = None
         #: called (from any thread) when lines start waiting in an empty buffer: the
@@ -143,6 +143,8 @@ class LogBuffer:
         the retry budget; the lines stay buffered and the next flush sends
         them again with the same commit ids.
         """
+        if not self._lines and not self._unacknowledged and not self._lock.locked():
+            return self.receipt  # nothing to send, and no flush under way to wait for
         async with self._lock:
             with self._guard:
                 lines, self._lines = self._lines, []

@@ -32,12 +32,19 @@ from runstate.engine._commits import (
     check_read_time,
 )
 from runstate.engine._events import Event, decode_commit
+from runstate.engine._foreign import Found, is_commit_of, past_foreign
 from runstate.engine._lines import lines_side
 from runstate.engine._memory_batches import MemoryBatchLog
 from runstate.engine._names import Subjects, subject_matches
 from runstate.engine._points import points_side
 from runstate.engine._settings import Settings
-from runstate.engine.errors import ConflictError, InvalidEvent, NotFound, RunstateError
+from runstate.engine.errors import (
+    ConflictError,
+    InvalidEvent,
+    InvalidName,
+    NotFound,
+    RunstateError,
+)
 
 __all__ = ["MemoryBlobStore", "MemoryEventLog"]
 
@@ -163,7 +170,7 @@ class _MemoryPipeline:
             raise RuntimeError("use the pipeline as 'async with log.pipeline() as p:'")
         encoded = self._log.encode(commit)  # bad input raises here, as JetStream's does
         try:
-            self._outcomes.append(self._log._store(encoded))
+            self._outcomes.append(await self._log._store_past_foreign(encoded))
         except ConflictError as exc:
             self._outcomes.append(exc)
 
@@ -268,6 +275,23 @@ class MemoryEventLog:
             follow.offer(stored)
         return receipt
 
+    async def _store_past_foreign(self, encoded: EncodedCommit) -> Receipt:
+        """``_store``; a conflict with nothing but junk after the expected version steps
+        over it, as JetStream's log does (``runstate.engine._foreign``)."""
+        try:
+            return self._store(encoded)
+        except ConflictError:
+            moved = await past_foreign(self.subjects, encoded, self._next_after)
+            if moved is None:
+                raise
+            return self._store(moved)
+
+    async def _next_after(self, commit_id: str, where: str, sequence: int) -> Found:
+        for stored in self._messages[max(0, sequence) :]:
+            if subject_matches(where, stored.subject):
+                return stored.sequence, stored.subject, stored.data
+        return None
+
     def _store_time(self) -> int:
         """Now, in ns since the epoch, and never before the last commit's time."""
         now = time.time_ns()
@@ -288,7 +312,7 @@ class MemoryEventLog:
     async def append_commit(self, commit: Commit) -> Receipt:
         encoded = self.encode(commit)
         await anyio.lowlevel.checkpoint()
-        return self._store(encoded)
+        return await self._store_past_foreign(encoded)
 
     async def append_atomic(self, commits: Sequence[Commit]) -> list[Receipt]:
         if not commits:
@@ -329,13 +353,23 @@ class MemoryEventLog:
         self._counters[subject] = value
         return value
 
-    async def read_key(self, key: str) -> bytes | None:
+    async def read_key(
+        self, key: str, *, valid: Callable[[bytes], bool] | None = None
+    ) -> bytes | None:
         await anyio.lowlevel.checkpoint()
-        return self._keys.get(key)
+        held = self._keys.get(key)
+        if not held or (valid is not None and not valid(held)):
+            return None  # junk: as if absent
+        return held
 
-    async def claim_key(self, key: str, value: bytes) -> bytes:
+    async def claim_key(
+        self, key: str, value: bytes, *, valid: Callable[[bytes], bool] | None = None
+    ) -> bytes:
         await anyio.lowlevel.checkpoint()
-        return self._keys.setdefault(key, bytes(value))
+        held = self._keys.get(key)
+        if not held or (valid is not None and not valid(held)):  # junk: replaced
+            self._keys[key] = held = bytes(value)
+        return held
 
     async def beat(self, subject: str, data: bytes) -> None:
         self.heartbeats[subject] = bytes(data)
@@ -390,7 +424,12 @@ class MemoryEventLog:
             await anyio.lowlevel.checkpoint()
 
     async def read_entity(self, subject: str) -> list[StoredCommit]:
-        return [commit async for commit in self.read(subject)]
+        await anyio.lowlevel.checkpoint()
+        return [  # what is no commit of the entity is someone else's junk, not its history
+            StoredCommit(m.sequence, m.subject, decode_commit(m.data), m.commit_id)
+            for m in self._messages
+            if m.subject == subject and is_commit_of(self.subjects, m.subject, m.data)
+        ]
 
     def follow(
         self,
@@ -428,6 +467,17 @@ class MemoryEventLog:
         )
         self._messages.append(stored)
         self._last_by_subject[subject] = stored.sequence
+        try:  # on an entity's subject it moves the run's version too, as on JetStream
+            path = self.subjects.pathspec_of(subject)
+        except InvalidName:
+            pass
+        else:
+            assert path.run is not None
+            self._last_by_run[(path.flow, path.run)] = stored.sequence
         for follow in list(self._follows):
             follow.offer(stored)
         return stored.sequence
+
+    def put_raw_key(self, key: str, data: bytes) -> None:
+        """Put bytes under a key as a foreign writer might (no claim)."""
+        self._keys[key] = bytes(data)

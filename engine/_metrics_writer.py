@@ -73,7 +73,7 @@ class MetricsBuffer:
         self._rows: list[dict[str, Any]] = []
         # batches encoded and not yet acknowledged, oldest first: (commit id, data, rows)
         self._unacknowledged: list[tuple[str, bytes, int]] = []
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # no checkpoint when uncontended
         #: the step of the last row logged (-1 before the first)
         self.step = -1
         #: the receipt of the last batch stored (pass its sequence as ``after=``)

@@ -31,10 +31,14 @@ from runstate.engine._points import all_points, points_stream
 from runstate.engine.errors import ConfigurationError
 
 __all__ = [
+    "JETSTREAM_SERVICES",
     "ROLES",
     "Permissions",
+    "accounts",
+    "admin_subjects",
     "permissions_table",
     "role_permissions",
+    "stored_subjects",
     "stream_names",
 ]
 
@@ -70,6 +74,52 @@ def stream_names(prefix: str = "rs") -> dict[str, str]:
         "keys": f"KV_{subjects.idempotency_bucket}",
         "blobs": f"OBJ_{subjects.blobs_bucket}",
     }
+
+
+def stored_subjects(prefix: str = "rs") -> tuple[str, ...]:
+    """Every subject a stream or bucket of ``prefix`` stores.
+
+    The clients' account imports each as a service from the account that holds
+    JetStream, so a publish on it reaches its stream and gets its ack.
+    """
+    subjects = Subjects(prefix)
+    return (
+        subjects.all_events,
+        all_points(prefix),
+        all_lines(prefix),
+        subjects.all_heartbeats,
+        subjects.all_counters,
+        subjects.all_deadletters,
+        f"$KV.{subjects.idempotency_bucket}.>",
+        f"$O.{subjects.blobs_bucket}.>",
+    )
+
+
+def admin_subjects(prefix: str = "rs") -> str:
+    """Where an admin keeps streams of its own beside runstate's (``runstate bench``'s raw
+    figure writes there): the clients' account imports it as a service too, and no role
+    but admin may publish on it."""
+    return f"{prefix}.admin.>"
+
+
+#: what the JetStream account exports beside the stored subjects: its API (a pull
+#: request has many answers, so it is a stream of responses), consumers' acks and their
+#: flow control replies
+JETSTREAM_SERVICES = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
+
+
+def accounts(prefix: str = "rs") -> tuple[str, str]:
+    """The two NATS accounts of ``prefix``: the one holding JetStream, and the clients'.
+
+    JetStream lives in an account no user signs in to; every role is a user of
+    the clients' account, which imports JetStream's API and the stored subjects
+    as services. A service's answer comes back to the requester's reply subject
+    in the clients' account and is not passed on through another service import,
+    so an answer whose reply names an event subject or a key is not stored: the
+    server itself keeps a reader from replying into the log (docs/roles.md).
+    """
+    upper = prefix.upper()
+    return f"{upper}_STREAMS", f"{upper}_CLIENTS"
 
 
 #: the JetStream API a client reading a stream uses beside its info: message gets (by the

@@ -153,7 +153,12 @@ class EventLog(Protocol):
         commit_id: str | None = None,
     ) -> Receipt:
         """Append one commit; ``ConflictError``, ``PayloadTooLarge``, ``InvalidEvent``,
-        ``Unavailable``."""
+        ``Unavailable``.
+
+        A conflict with nothing after the expected version but messages that are no
+        commit of the entity (someone else's junk, which the projector dead-letters)
+        is not one: the commit is appended after them (``runstate.engine._foreign``).
+        """
 
     async def append_commit(self, commit: Commit) -> Receipt:
         """Append a prepared ``Commit``; see ``append``."""
@@ -188,7 +193,7 @@ class EventLog(Protocol):
         reading began; ``InvalidEvent`` names a commit that does not decode."""
 
     async def read_entity(self, subject: str) -> list[StoredCommit]:
-        """Every commit of one entity subject, oldest first."""
+        """Every commit of one entity subject, oldest first (junk on it left out)."""
 
     def follow(
         self,
@@ -222,11 +227,19 @@ class EventLog(Protocol):
     async def increment(self, subject: str, by: int = 1) -> int:
         """Add ``by`` to a counter atomically and return its new value."""
 
-    async def read_key(self, key: str) -> bytes | None:
-        """The value a create-once key holds, or None."""
+    async def read_key(
+        self, key: str, *, valid: Callable[[bytes], bool] | None = None
+    ) -> bytes | None:
+        """The value a create-once key holds, or None (also when it is not ``valid``)."""
 
-    async def claim_key(self, key: str, value: bytes) -> bytes:
-        """Store ``value`` under ``key`` unless it holds one; return what it holds."""
+    async def claim_key(
+        self, key: str, value: bytes, *, valid: Callable[[bytes], bool] | None = None
+    ) -> bytes:
+        """Store ``value`` under ``key`` unless it holds one; return what it holds.
+
+        A value held that is not ``valid`` (someone else's junk) is replaced by
+        ``value``, with a compare-and-set on its revision.
+        """
 
     async def beat(self, subject: str, data: bytes) -> None:
         """Publish a heartbeat (only the latest per subject is kept); never waits for it."""

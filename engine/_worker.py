@@ -142,11 +142,13 @@ class Writer:
         # The key is claimed with the creation event before the run is appended, so a
         # writer that dies in between leaves the event for the next one to append.
         claim = f"{flow}\0{key}"
-        stored = await self.log.read_key(claim)
+        # a key holding anything but a run's creation (someone else's junk) is as if
+        # absent: the claim replaces it
+        stored = await self.log.read_key(claim, valid=_is_creation)
         if stored is None:
             rid = given or str(await self.log.increment(self.subjects.run_counter(flow)))
             stored = await self.log.claim_key(
-                claim, encode_commit([self._run_created(flow, rid, payload)])
+                claim, encode_commit([self._run_created(flow, rid, payload)]), valid=_is_creation
             )
         event = decode_commit(stored)[0]
         assert isinstance(event, RunCreated)
@@ -186,6 +188,15 @@ class Writer:
         path = parse_pathspec(pathspec, min_depth=2, max_depth=4)
         event = Heartbeat(pathspec=str(path), actor=self.user)
         await self.log.beat(self.subjects.heartbeat(path), encode_event(event))
+
+
+def _is_creation(data: bytes) -> bool:
+    """Whether an idempotency key holds what ``create_run`` claims it with: a run's creation."""
+    try:
+        events = decode_commit(data)
+    except InvalidEvent:
+        return False
+    return len(events) == 1 and isinstance(events[0], RunCreated)
 
 
 def _check_same_request(

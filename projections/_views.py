@@ -8,9 +8,9 @@ makes folding idempotent and what a live subscription resumes from.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
 from runstate.engine._events import ExceptionInfo, ForeachFrame
 from runstate.engine._states import RunState, TaskState
@@ -31,6 +31,11 @@ __all__ = [
 Position = tuple[int, int]
 
 ZERO: Position = (0, 0)
+
+
+#: a set of tags, written sorted: a set's order changes with the process's string hashes,
+#: and two answers about one run should be the same bytes
+Tags = Annotated[frozenset[str], PlainSerializer(sorted, return_type=list[str])]
 
 
 class _View(BaseModel):
@@ -224,8 +229,8 @@ class RunView(_View):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     user: str | None = None
-    tags: frozenset[str] = frozenset()
-    system_tags: frozenset[str] = frozenset()
+    tags: Tags = frozenset()
+    system_tags: Tags = frozenset()
     parameters: dict[str, JsonValue] = Field(default_factory=dict)
     #: the display name and notes (``run.updated``), None until set
     display_name: str | None = None

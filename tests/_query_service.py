@@ -2,7 +2,8 @@
 query service outside their client (a Jupyter kernel, a forked pool).
 
 ``query_service(url, store)`` starts ``python -m runstate.projections`` on ``url`` and
-returns once it answers a query; leaving it stops the process.
+returns once it answers a query; leaving it stops the process. ``write_run`` writes a
+run for those tests to read, and returns once the query service has it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,18 @@ from runstate.client import Unavailable, connect
 async def _answers(url: str, data_dir: Path) -> None:
     async with connect(url, data_dir=data_dir, projector=False) as client:
         await client.status()
+
+
+async def write_run(url: str, data_dir: Path, flow: str, accuracy: float) -> str:
+    """A completed run of ``flow`` whose ``start`` task saved ``accuracy``, written with no
+    projector of its own; its pathspec, once the query service has applied it."""
+    async with connect(url, data_dir=data_dir, projector=False) as client:
+        run = await client.create_run(flow)
+        async with run.running():
+            async with run.task("start") as task:
+                await task.save(accuracy=accuracy)
+        await client.run(run.pathspec, after=client.last_write)
+        return run.pathspec
 
 
 @contextmanager

@@ -4,20 +4,24 @@
 ``start`` -> a ``train`` foreach (one branch fails its first attempt and is
 retried) -> ``join`` -> ``end``, with artifacts, metadata, lineage, and a
 large artifact in the object store when asked. ``drive_tasks`` is one of the
-concurrent writers of the watch tests.
+concurrent writers of the watch tests. ``facade_world`` is the world the blocking
+facades' tests (Metaflow's, W&B's) read through ``runstate.client.compat``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
-from runstate.client import Client, Receipt, RunHandle, RunState, connect
+from runstate.client import Client, Receipt, RunHandle, RunState, compat, connect
+from runstate.engine._connection import provision_server
+from runstate.engine._server import NatsServer
+from runstate.engine._settings import Settings
 from runstate.engine.errors import Unavailable
 from runstate.projections._protocol import StatusRequest
 
@@ -26,6 +30,7 @@ __all__ = [
     "WrittenRun",
     "caught_up",
     "drive_tasks",
+    "facade_world",
     "replica_client",
     "write_training_run",
 ]
@@ -201,3 +206,32 @@ async def caught_up(client: Client) -> int:
 def replica_client(url: str, data_dir: Path, **options: Any) -> AbstractAsyncContextManager[Client]:
     """``connect(url, projector=True)`` with the replica's store under ``data_dir``."""
     return connect(url, projector=True, data_dir=data_dir, **options)
+
+
+_Written = TypeVar("_Written")
+
+
+@contextmanager
+def facade_world(
+    base: Path,
+    write: Callable[[str, Path], Awaitable[_Written]],
+    settle: Callable[[Client], Awaitable[object]] = caught_up,
+) -> Iterator[_Written]:
+    """What ``write(url, data_dir)`` wrote on a nats-server under ``base`` (its streams
+    provisioned, as an admin would), behind the blocking facade: ``compat`` connected to it
+    with a projector replica of its own, settled (``settle``) before the block starts."""
+    server = NatsServer(base / "nats")
+    server.start()
+    try:
+        anyio.run(provision_server, Settings(nats_url=server.url))
+        written = anyio.run(write, server.url, base / "writer")
+        compat.connect(server.url, projector=True, data_dir=base / "replica")
+        try:
+            session = compat._session
+            assert session.portal is not None and session.client is not None
+            session.portal.call(settle, session.client)
+            yield written
+        finally:
+            compat.close()
+    finally:
+        server.stop()

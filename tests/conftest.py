@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
+from nats.aio.client import Client as NATS
 
 from runstate.client import _namespace
 from runstate.client._local import stop_local
 from runstate.engine._cluster import NatsCluster
-from runstate.engine._connection import provision_server
+from runstate.engine._connection import open_nats, provision, provision_server
+from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
+from runstate.engine._typing import EventLog
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,6 +73,24 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 def nats_url(nats_server: NatsServer) -> str:
     """The client URL of ``nats_server``."""
     return nats_server.url
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[NATS]:
+    """A NATS connection for the test module's ``settings`` fixture, its streams provisioned
+    (for the modules that test the engine below the client on a real server)."""
+    connection = await open_nats(settings)
+    await provision(connection, settings)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def log(nc: NATS, settings: Settings) -> EventLog:
+    """The JetStream event log over ``nc``."""
+    return JetStreamEventLog(nc, settings)
 
 
 @pytest.fixture

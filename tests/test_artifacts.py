@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from runstate.engine import (
     Writer,
 )
 from runstate.engine._artifacts import encode_value
-from runstate.engine._connection import open_nats, provision
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
 from runstate.engine._memory import MemoryBlobStore, MemoryEventLog
 from runstate.engine.errors import InvalidName, NotFound, UnsafeArtifact
@@ -46,16 +44,6 @@ def settings(nats_url: str, tmp_path: Path) -> Settings:
         inline_artifact_limit=1024,
         trust_pickles=True,
     )
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    connection = await open_nats(settings)
-    await provision(connection, settings)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture

@@ -404,6 +404,16 @@ async def test_runs_pages_and_cursor(client: Client) -> None:
     assert [t.index async for t in tasks.all()] == [0, 1, 2]
 
 
+async def test_the_next_pages_of_runs_keep_the_first_pages_namespace(client: Client) -> None:
+    """Pages after the first read in the namespace the first was read in, whatever the
+    client's is by then."""
+    namespace(None)
+    first = await client.runs(FLOW, page_size=2)
+    namespace("user:nobody")
+    assert (await client.runs(FLOW)).items == []
+    assert ids([run async for run in first.all()]) == ["6", "5", "4", "3", "2", "1"]
+
+
 # -- namespaces ----------------------------------------------------------------------
 
 

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import pytest
-from _workload import BIG, WrittenRun, caught_up, write_training_run
+from _workload import BIG, WrittenRun, facade_world, write_training_run
 
-from runstate.client import RunState, compat
+from runstate.client import RunState
 from runstate.client import connect as connect_async
 from runstate.client.compat import (
     DataArtifact,
@@ -28,9 +27,6 @@ from runstate.client.compat import (
     get_namespace,
     namespace,
 )
-from runstate.engine._connection import provision_server
-from runstate.engine._server import NatsServer
-from runstate.engine._settings import Settings
 from runstate.engine.errors import NotFound, NotInNamespace
 
 
@@ -56,22 +52,8 @@ async def _write_world(url: str, data_dir: Path) -> World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """MyFlow runs 1-5 (3 failed, 5 by other_user, 1 and 4 tagged production) behind the facade."""
-    base = tmp_path_factory.mktemp("compat")
-    server = NatsServer(base / "nats")
-    server.start()
-    try:
-        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
-        written = anyio.run(_write_world, server.url, base / "writer")
-        compat.connect(server.url, projector=True, data_dir=base / "replica")
-        try:
-            session = compat._session
-            assert session.portal is not None and session.client is not None
-            session.portal.call(caught_up, session.client)
-            yield written
-        finally:
-            compat.close()
-    finally:
-        server.stop()
+    with facade_world(tmp_path_factory.mktemp("compat"), _write_world) as written:
+        yield written
 
 
 @pytest.fixture(autouse=True)

@@ -15,20 +15,10 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _query_service import query_service
+from _query_service import query_service, write_run
 
-from runstate.client import compat, connect
+from runstate.client import compat
 from runstate.client._local import local_status, stop_local
-
-
-async def _write_run(url: str, data_dir: Path) -> str:
-    async with connect(url, data_dir=data_dir, projector=False) as client:
-        run = await client.create_run("Forked")
-        async with run.running():
-            async with run.task("start") as task:
-                await task.save(accuracy=0.5)
-        await client.run(run.pathspec, after=client.last_write)
-        return run.pathspec
 
 
 def _child_reads(pathspec: str) -> tuple[str, str, float]:
@@ -51,7 +41,7 @@ def test_a_pool_forked_after_the_facade_was_used_reads_through_it(
     """The parent reads through the facade, then forks a pool: every child's facade calls
     succeed (each child connects on its first call), and the parent's still work."""
     with query_service(nats_url, tmp_path / "store" / "views.sqlite3"):
-        pathspec = anyio.run(_write_run, nats_url, tmp_path / "writer")
+        pathspec = anyio.run(write_run, nats_url, tmp_path / "writer", "Forked", 0.5)
         compat.connect(nats_url, data_dir=tmp_path / "facade")
         compat.namespace(None)
         expected = (pathspec, "completed", 0.5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -18,7 +18,6 @@ from nats.aio.client import Client as NATS
 from runstate.engine import (
     Commit,
     EventLog,
-    JetStreamEventLog,
     MetadataRecorded,
     Settings,
 )
@@ -48,21 +47,6 @@ def text_of(event: object) -> str:
 @pytest.fixture
 def settings(nats_url: str, tmp_path: Path) -> Settings:
     return Settings(nats_url=nats_url, data_dir=tmp_path / "data", user="tester", retry_budget=5.0)
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    connection = await open_nats(settings)
-    await provision(connection, settings)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-def log(nc: NATS, settings: Settings) -> EventLog:
-    return JetStreamEventLog(nc, settings)
 
 
 async def message_count(log: EventLog) -> int:

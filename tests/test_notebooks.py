@@ -16,9 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _query_service import query_service
-
-from runstate.client import connect
+from _query_service import query_service, write_run
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -44,16 +42,6 @@ def _execute(cells: list[str], tmp_path: Path) -> list[str]:
         outputs: list[dict[str, Any]] = cell.outputs
         printed.append("".join(o.get("text", "") for o in outputs if o["output_type"] == "stream"))
     return printed
-
-
-async def _write_run(url: str, data_dir: Path) -> str:
-    async with connect(url, data_dir=data_dir, projector=False) as client:
-        run = await client.create_run("Kernel")
-        async with run.running():
-            async with run.task("start") as task:
-                await task.save(accuracy=0.75)
-        await client.run(run.pathspec, after=client.last_write)
-        return run.pathspec
 
 
 def test_a_client_opened_in_one_cell_is_closed_in_a_later_one(
@@ -86,7 +74,7 @@ def test_the_async_client_and_the_facade_interleave_in_one_kernel(
     stall would raise ``Timeout`` in the cell, failing the notebook)."""
     monkeypatch.setenv("RUNSTATE_DATA_DIR", str(tmp_path / "kernel"))
     with query_service(nats_url, tmp_path / "store" / "views.sqlite3"):
-        pathspec = anyio.run(_write_run, nats_url, tmp_path / "writer")
+        pathspec = anyio.run(write_run, nats_url, tmp_path / "writer", "Kernel", 0.75)
         printed = _execute(
             [
                 "from runstate.client import compat, open_client\n"

@@ -22,8 +22,23 @@ from runstate.engine._settings import Settings
 
 pytestmark = pytest.mark.anyio
 
-#: seconds of retries: long enough to ride out a 1 s outage, short enough for a test
+#: seconds of retries: long enough to ride out a short outage (the server restarted
+#: _RESTART seconds after it stopped), short enough for a test
 _BUDGET = 4.0
+_RESTART = 0.5
+#: seconds of retries where the server stays down: the error after they are spent is
+#: the point, not how long they last
+_SHORT_BUDGET = 2.0
+#: seconds one request waits for its reply: several tries fit in a budget, so a request
+#: lost with the connection is asked again
+_REQUEST_TIMEOUT = 1.0
+
+
+def _outage_client(plain: Client, budget: float) -> Client:
+    """A client on ``plain``'s connection with a ``budget`` of retries and short requests."""
+    settings = plain.settings.replace(retry_budget=budget, request_timeout=_REQUEST_TIMEOUT)
+    return Client.over_nats(plain.nc, settings)  # type: ignore[arg-type]
+
 
 Operation = Callable[[Client, int], Awaitable[object]]
 
@@ -88,12 +103,12 @@ async def test_an_operation_rides_out_a_short_outage(tmp_path: Path, name: str) 
     with NatsServer(tmp_path / "nats") as server:
         await _prepared(server.url)
         async with connect(server.url, projector=False) as plain:
-            client = Client.over_nats(plain.nc, plain.settings.replace(retry_budget=_BUDGET))  # type: ignore[arg-type]
+            client = _outage_client(plain, _BUDGET)
             await anyio.to_thread.run_sync(server.stop)
             async with anyio.create_task_group() as tg:
 
                 async def restart_soon() -> None:
-                    await anyio.sleep(1.0)
+                    await anyio.sleep(_RESTART)
                     await anyio.to_thread.run_sync(server.start)
 
                 tg.start_soon(restart_soon)
@@ -110,7 +125,7 @@ async def test_an_operation_during_a_long_outage_raises_unavailable(
     with NatsServer(tmp_path / "nats") as server:
         await _prepared(server.url)
         async with connect(server.url, projector=False) as plain:
-            client = Client.over_nats(plain.nc, plain.settings.replace(retry_budget=_BUDGET))  # type: ignore[arg-type]
+            client = _outage_client(plain, _SHORT_BUDGET)
             await anyio.to_thread.run_sync(server.stop)
             with anyio.fail_after(60), pytest.raises((Unavailable, Timeout)):
                 await operation(client, 2)
@@ -123,7 +138,7 @@ async def test_writes_and_reads_cut_off_mid_way_raise_only_unavailable_or_timeou
     with NatsServer(tmp_path / "nats") as server:
         await _prepared(server.url)
         async with connect(server.url, projector=False) as plain:
-            client = Client.over_nats(plain.nc, plain.settings.replace(retry_budget=_BUDGET))  # type: ignore[arg-type]
+            client = _outage_client(plain, _SHORT_BUDGET)
             outcomes: list[BaseException | None] = []
             killed = anyio.Event()
 

@@ -8,14 +8,18 @@ not runstate's own code. Holes 1, 2 and 5 of the issue are reproduced here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import nats
+import nats.js.errors
 import nkeys  # type: ignore[import-untyped]
 import orjson
 import pytest
@@ -26,7 +30,6 @@ from nats.aio.client import Client as NATS
 
 from runstate.client import (
     ConfigurationError,
-    ConflictError,
     PermissionDenied,
     RunState,
     StreamsMissing,
@@ -73,24 +76,28 @@ class Roles:
         )
 
 
-def _start(base: Path, *, writer_flows: list[str] | None = None, passwords: bool = False) -> Roles:
+@contextmanager
+def _started(
+    base: Path, *, writer_flows: list[str] | None = None, passwords: bool = False
+) -> Iterator[Roles]:
+    """A nats-server running the generated authorization, stopped after the block."""
     auth = base / "auth"
     write_authorization(auth, writer_flows=writer_flows, passwords=passwords)
     config = base / "server.conf"
     config.write_text(f'jetstream {{ store_dir: "{base / "nats"}" }}\ninclude "auth/auth.conf"\n')
     server = NatsServer(base / "nats", config_file=config)
     server.start()
-    return Roles(server, auth, base)
+    try:
+        yield Roles(server, auth, base)
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def bare(tmp_path: Path) -> Iterator[Roles]:
     """The generated authorization on a server whose streams nobody provisioned yet."""
-    roles = _start(tmp_path)
-    try:
+    with _started(tmp_path) as roles:
         yield roles
-    finally:
-        roles.server.stop()
 
 
 @pytest.fixture
@@ -103,12 +110,9 @@ def roles(bare: Roles) -> Roles:
 @pytest.fixture
 def flow_a(tmp_path: Path) -> Iterator[Roles]:
     """The writer role limited to flow ``A``; the streams provisioned."""
-    roles = _start(tmp_path, writer_flows=["A"])
-    try:
+    with _started(tmp_path, writer_flows=["A"]) as roles:
         anyio.run(provision_server, roles.settings("admin"))
         yield roles
-    finally:
-        roles.server.stop()
 
 
 def _violations(roles: Roles) -> list[str]:
@@ -186,40 +190,45 @@ async def test_the_actor_is_who_the_server_authenticated_not_who_the_writer_clai
 
 async def test_a_password_user_connects_with_its_credentials_file(tmp_path: Path) -> None:
     """``--passwords`` users work as nkey ones: the reader reads, and is who it says."""
-    roles = _start(tmp_path, passwords=True)
-    try:
+    with _started(tmp_path, passwords=True) as roles:
         await provision_server(roles.settings("admin"))
         async with connect(settings=roles.settings("reader"), projector=False) as reader:
             assert reader.settings.user == "reader"
             assert await reader.log.stream_last_sequence() == 0
-    finally:
-        roles.server.stop()
 
 
 # -- what each role may not do: refused by the server ---------------------------------
 
 
 class _Raw:
-    """A plain nats-py connection as one role, collecting the server's refusals."""
+    """A plain nats-py connection as one role, collecting the server's refusals: ``async
+    with _Raw(url, credentials) as raw:``, closed after the block."""
 
-    def __init__(self) -> None:
+    def __init__(self, url: str, credentials: Path) -> None:
         self.errors: list[str] = []
-        self.nc: NATS | None = None
+        self.nc: NATS
+        self._url = url
+        self._credentials = credentials
         self._arrived = anyio.Event()
 
-    async def open(self, url: str, credentials: Path) -> _Raw:
+    async def __aenter__(self) -> _Raw:
         async def on_error(exc: Exception) -> None:
             self.errors.append(str(exc))
             self._arrived.set()
 
         self.nc = await nats.connect(
-            url, error_cb=on_error, allow_reconnect=False, **connection_options(credentials)
+            self._url,
+            error_cb=on_error,
+            allow_reconnect=False,
+            **connection_options(self._credentials),
         )
         return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.nc.close()
+
     async def refused(self, attempt: str, publish: bool = True) -> bool:
         """Whether the server refuses ``attempt`` (a publish, else a subscription)."""
-        assert self.nc is not None
         before = len(self.errors)
         self._arrived = anyio.Event()
         if publish:
@@ -254,19 +263,11 @@ async def test_stream_administration_is_refused_to_every_role_but_admin(
     roles: Roles, role: str
 ) -> None:
     """Update, delete, purge, create: the server refuses them to every role but admin."""
-    raw = await _Raw().open(roles.url, roles.credentials(role))
-    try:
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
         refused = {subject: await raw.refused(subject) for subject in _ADMIN_ONLY}
         assert refused == dict.fromkeys(_ADMIN_ONLY, True)
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
-    admin = await _Raw().open(roles.url, roles.credentials("admin"))
-    try:
+    async with _Raw(roles.url, roles.credentials("admin")) as admin:
         assert not await admin.refused("$JS.API.STREAM.INFO.RS_EVENTS")
-    finally:
-        assert admin.nc is not None
-        await admin.nc.close()
 
 
 #: (role, subject, publish?) -> refused?; what each role may and may not touch
@@ -290,6 +291,9 @@ _MATRIX = [
     ("projector", "rs.mt.Train.1.r", True, True),
     ("projector", "$KV.rs_idempotency.abc", True, True),
     ("projector", "rs.q.>", False, False),
+    ("projector", "rs.admin.x", True, True),  # the admin's own streams
+    ("writer", "rs.admin.x", True, True),
+    ("reader", "rs.admin.x", True, True),
 ]
 
 
@@ -297,12 +301,8 @@ _MATRIX = [
 async def test_the_server_allows_and_refuses_as_the_roles_say(
     roles: Roles, role: str, subject: str, publish: bool, refused: bool
 ) -> None:
-    raw = await _Raw().open(roles.url, roles.credentials(role))
-    try:
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
         assert await raw.refused(subject, publish) is refused
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
 
 
 async def test_a_writer_of_flow_a_cannot_append_to_flow_b(flow_a: Roles) -> None:
@@ -319,14 +319,10 @@ async def test_a_writer_of_flow_a_cannot_append_to_flow_b(flow_a: Roles) -> None
                     await writer.create_run("B", run_id="1")
             assert raised.value.details["subject"] == "rs.ev.b.1.r"
             assert await writer.log.last_sequence(Subjects().run_all("B", "1")) == 0
-    raw = await _Raw().open(flow_a.url, flow_a.credentials("writer"))
-    try:
+    async with _Raw(flow_a.url, flow_a.credentials("writer")) as raw:
         assert await raw.refused("rs.ev.B.1.r")
         assert await raw.refused("rs.hb.B.1.r")
         assert not await raw.refused("rs.ev.A.9.r")
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
 
 
 # -- hole 2: connecting needs no right to change the streams ---------------------------
@@ -339,15 +335,10 @@ async def test_a_reader_connects_at_once_and_cannot_shorten_the_log(roles: Roles
             assert await reader.log.stream_last_sequence() == 0
             with pytest.raises(PermissionDenied, match="provision"):
                 await provision(reader.nc, reader.settings)  # type: ignore[arg-type]
-    raw = await _Raw().open(roles.url, roles.credentials("reader"))
-    try:
-        assert raw.nc is not None
+    async with _Raw(roles.url, roles.credentials("reader")) as raw:
         update = {"name": "RS_EVENTS", "subjects": ["rs.ev.>"], "max_age": 1_000_000_000}
         await raw.nc.publish("$JS.API.STREAM.UPDATE.RS_EVENTS", orjson.dumps(update))
         assert await raw.refused("$JS.API.STREAM.UPDATE.RS_EVENTS")
-    finally:
-        assert raw.nc is not None
-        await raw.nc.close()
     admin = await open_nats(roles.settings("admin"))
     try:
         info = await admin.jetstream().stream_info("RS_EVENTS")
@@ -386,17 +377,13 @@ async def test_a_query_with_a_reply_into_the_log_stores_nothing(roles: Roles) ->
     """Hole 1: a reader's query asking for its answer on an event subject gets none there."""
     async with Replica(roles.settings("projector"), name="p") as replica:
         assert replica.service is not None
-        raw = await _Raw().open(roles.url, roles.credentials("reader"))
-        try:
-            assert raw.nc is not None
+        async with _Raw(roles.url, roles.credentials("reader")) as raw:
             body = orjson.dumps({"pathspec": "Train/1"})
             for reply in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc"):
                 await raw.nc.publish("rs.q.get", body, reply=reply)
             await raw.nc.flush()
             answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
             assert b"result" in answer.data  # the service works, and has seen the two
-        finally:
-            await raw.nc.close()  # type: ignore[union-attr]
         async with connect(settings=roles.settings("reader"), projector=False) as reader:
             assert await reader.log.stream_last_sequence() == 0
 
@@ -477,32 +464,93 @@ async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles:
             pass
 
 
-async def test_a_jetstream_reply_into_the_log_is_dead_lettered(roles: Roles) -> None:
-    """What the roles cannot stop (docs/roles.md): NATS does not check a request's reply
-    subject, so JetStream's answer to a reader lands on the subject it named. It is no
-    event: the projector dead-letters it and goes on, and the run's next append expecting
-    the old version meets a conflict."""
-    async with Replica(roles.settings("projector"), name="p") as replica:
+async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Roles) -> None:
+    """JetStream lives in an account of its own: its answer to a reader that names an event
+    subject or an idempotency key as the reply comes back to the clients' account on that
+    subject (a subscriber there sees it) and is not passed on into the stream."""
+    subjects = Subjects()
+    async with connect(settings=roles.settings("writer"), projector=False) as writer:
+        run = await writer.create_run("Train")
+        assert run.receipt is not None
+        subject = subjects.run("Train", run.id)
+        key = hashlib.sha256(b"Train\0k").hexdigest()
+        replies = [subject, f"$KV.{subjects.idempotency_bucket}.{key}"]
+        admin = await open_nats(roles.settings("admin"))
+        try:
+            async with _Raw(roles.url, roles.credentials("reader")) as raw:
+                for reply in replies:
+                    seen = await admin.subscribe(reply)
+                    await admin.flush()
+                    answer = None
+                    for _ in range(5):  # JetStream does answer, to the clients' account
+                        await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+                        await raw.nc.flush()
+                        with contextlib.suppress(nats.errors.TimeoutError):
+                            answer = await seen.next_msg(timeout=5)
+                            break
+                    assert answer is not None and b"RS_EVENTS" in answer.data
+        finally:
+            await admin.close()
+        assert await writer.log.last_sequence(subject) == run.receipt.sequence
+        await run.start()  # expects the version it knows: nothing came in between
+        again = await writer.create_run("Train", idempotency_key="k")
+        assert (await writer.create_run("Train", idempotency_key="k")).pathspec == again.pathspec
+        assert writer.nc is not None
+        info = await writer.nc.jetstream().stream_info(f"KV_{subjects.idempotency_bucket}")
+        assert info.state.messages == 1
+
+
+async def test_a_jetstream_answer_stored_on_a_run_or_a_key_breaks_nothing(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """With JetStream in the clients' own account (a server with no authorization, or with
+    a block of its own) the answer to a request naming a run's subject or a key as its
+    reply is stored there. runstate steps over it: the run's next transition works, from
+    the handle it holds and from one loaded again; the key creates its run; the projector
+    dead-letters the junk and shows the run as it is."""
+    settings = Settings(nats_url=nats_url, data_dir=tmp_path / "d")
+    subjects = Subjects()
+    async with Replica(settings, name="p") as replica:
         assert replica.projector is not None
-        async with connect(settings=roles.settings("writer"), projector=False) as writer:
+        async with connect(settings=settings, projector=False) as writer:
             run = await writer.create_run("Train")
             assert run.receipt is not None
-            subject = Subjects().run("Train", run.id)
-            raw = await _Raw().open(roles.url, roles.credentials("reader"))
+            subject = subjects.run("Train", run.id)
+            key = hashlib.sha256(b"Train\0k").hexdigest()
+            nc = await nats.connect(nats_url)
             try:
-                assert raw.nc is not None
-                await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=subject)
-                await raw.nc.flush()
+                for reply in (subject, f"$KV.{subjects.idempotency_bucket}.{key}"):
+                    await nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+                await nc.flush()
+                keys = await nc.jetstream().key_value(subjects.idempotency_bucket)
+                for _ in range(200):  # JetStream answers on its own time
+                    stored = await writer.log.last_sequence(subject)
+                    junk_key = await _entry_or_none(keys, key)
+                    if stored != run.receipt.sequence and junk_key is not None:
+                        break
+                    await anyio.sleep(0.05)
             finally:
-                await raw.nc.close()  # type: ignore[union-attr]
-            for _ in range(200):  # JetStream answers on its own time
-                stored = await writer.log.last_sequence(subject)
-                if stored != run.receipt.sequence:
-                    break
-                await anyio.sleep(0.05)
-            assert stored == run.receipt.sequence + 1  # the answer, stored on the run's subject
+                await nc.close()
+            assert stored == run.receipt.sequence + 1  # the answer, on the run's subject
+            assert junk_key is not None and b"stream_info_response" in junk_key
+            started = await run.start()  # expects the version before the junk
+            assert started.sequence == stored + 1
+            again = await writer.run_handle(run.pathspec)  # the junk is no part of its history
+            await again.complete()
+            created = await writer.create_run("Train", idempotency_key="k")
+            repeated = await writer.create_run("Train", idempotency_key="k")
+            assert repeated.pathspec == created.pathspec
             last = await writer.log.stream_last_sequence()
             await replica.projector.wait_for(last, timeout=10)
             assert replica.projector.deadlettered == 1
-            with pytest.raises(ConflictError):
-                await run.start()
+            seen = await writer.run(run.pathspec, after=last)
+            assert seen.state is RunState.COMPLETED
+            assert (await writer.run(created.pathspec, after=last)).state is RunState.PENDING
+
+
+async def _entry_or_none(kv: object, key: str) -> bytes | None:
+    try:
+        entry = await kv.get(key)  # type: ignore[attr-defined]
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return bytes(entry.value or b"")

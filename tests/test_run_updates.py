@@ -163,6 +163,17 @@ async def test_updating_a_run_that_does_not_exist_is_not_found(client: Client) -
         await client.update_run("Train/99", name="x")
 
 
+async def test_a_write_through_a_copy_counts_as_the_clients_last_write(client: Client) -> None:
+    """``with_namespace`` copies share ``last_write``: a write through one is read back
+    with ``after=`` the other's (the W&B facade reads through a fresh copy each time)."""
+    writer, reader = client.with_namespace(None), client.with_namespace("user:else")
+    run = await writer.create_run("Shared")
+    receipt = await writer.update_run(run.pathspec, summary={"score": 7})
+    assert client.last_write == reader.last_write == receipt.sequence
+    seen = await reader.with_namespace(None).run(run.pathspec, after=reader.last_write)
+    assert seen.summary_overrides == {"score": 7}
+
+
 @pytest.mark.parametrize(
     ("condition", "problem"),
     [

@@ -13,18 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
-from _workload import caught_up
+from _workload import caught_up, facade_world
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runstate.client import RunState, compat
+from runstate.client import RunState
 from runstate.client import connect as connect_async
 from runstate.client.wandb import STATES, Api, filters_to_query, order_to_sort
-from runstate.engine._connection import provision_server
-from runstate.engine._server import NatsServer
-from runstate.engine._settings import Settings
 from runstate.engine.errors import BadFilter, ConfigurationError, InvalidName, NotFound
 
 #: run id -> (lr, final state, accuracies logged per step)
@@ -70,22 +66,10 @@ async def _caught_up_with_points(client: Any) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("wandb")
-    server = NatsServer(base / "nats")
-    server.start()
-    try:
-        anyio.run(provision_server, Settings(nats_url=server.url))  # as an admin would
-        written = anyio.run(_write_world, server.url, base / "writer")
-        compat.connect(server.url, projector=True, data_dir=base / "replica")
-        try:
-            session = compat._session
-            assert session.portal is not None and session.client is not None
-            session.portal.call(_caught_up_with_points, session.client)
-            yield written
-        finally:
-            compat.close()
-    finally:
-        server.stop()
+    with facade_world(
+        tmp_path_factory.mktemp("wandb"), _write_world, _caught_up_with_points
+    ) as written:
+        yield written
 
 
 def test_run_attributes(world: World) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _web import problem_of
 from test_web_pages import _in_browser, _wait_text, browser
 
 from runstate.client import Client
@@ -61,14 +62,6 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code and body["status"] == status
-    return body
-
-
 async def test_no_token_no_access(tmp_path: Path) -> None:
     """Without a token, reads, writes, event streams and /metrics are 401 problems with a
     Bearer challenge; a token the registry does not hold is an invalid_token 401."""
@@ -82,14 +75,14 @@ async def test_no_token_no_access(tmp_path: Path) -> None:
             ("GET", "/metrics"),
         ]:
             response = await http.request(method, path, json={"flow": "Train"})
-            body = _problem(response, 401, "unauthorized")
+            body = problem_of(response, 401, "unauthorized")
             assert "Authorization: Bearer" in body["detail"]
             assert response.headers["www-authenticate"] == 'Bearer realm="runstate"'
         wrong = await http.get("/api/v1/runs/Train/1", headers=_bearer("rs_not-a-token"))
-        _problem(wrong, 401, "unauthorized")
+        problem_of(wrong, 401, "unauthorized")
         assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
         basic = await http.get("/api/v1/runs/Train/1", headers={"Authorization": "Basic eDp5"})
-        _problem(basic, 401, "unauthorized")
+        problem_of(basic, 401, "unauthorized")
 
 
 async def test_a_reader_reads_and_follows_but_may_not_write(tmp_path: Path) -> None:
@@ -107,7 +100,7 @@ async def test_a_reader_reads_and_follows_but_may_not_write(tmp_path: Path) -> N
                 lines = [line async for line in _until(stream.aiter_lines(), "event: snapshot")]
                 assert f"id: {run.receipt.sequence}" in lines
         refused = await http.post("/api/v1/runs", json={"flow": "Train"}, headers=reader)
-        body = _problem(refused, 403, "forbidden")
+        body = problem_of(refused, 403, "forbidden")
         assert "a reader token may not POST /api/v1/runs" in body["detail"]
         assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
         page = await client.runs("Train")
@@ -164,7 +157,7 @@ async def test_the_browser_signs_in_and_the_cookie_only_reads(tmp_path: Path) ->
         assert (await http.get("/runs/Train/1")).status_code == 200  # the cookie jar sends it
         assert (await http.get("/api/v1/runs/Train/1")).status_code == 200
         write = await http.post("/api/v1/runs", json={"flow": "Train"})
-        _problem(write, 401, "unauthorized")
+        problem_of(write, 401, "unauthorized")
         away = await http.get(
             "/login", params={"token": tokens["reader"], "next": "//evil.example"}
         )

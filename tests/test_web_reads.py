@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from _web import ok
 
 from runstate.client import Client, DataArtifact, Flow, Run, Step, Task
 from runstate.client.testing import in_memory
@@ -212,11 +213,6 @@ async def _populate(client: Client) -> int:
     return max(receipt.sequence, points.sequence)
 
 
-def _json(response: httpx.Response) -> Any:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def _dump(model: Any) -> Any:
     return orjson.loads(model.model_dump_json())
 
@@ -237,19 +233,19 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         flows = await client.flows()
         check(
             ROUTES["Client.flows"],
-            _json(await http.get("/api/v1/flows")),
+            ok(await http.get("/api/v1/flows")),
             [_dump(f.info) for f in flows],
         )
         check(
             ROUTES["Client.flow"],
-            _json(await http.get("/api/v1/flows/Other")),
+            ok(await http.get("/api/v1/flows/Other")),
             _dump((await client.flow("Other")).info),
         )
         latest = await client.latest_run("Other", successful=True)
         assert latest is not None
         check(
             ROUTES["Client.latest_run"],
-            _json(await http.get("/api/v1/flows/Other/latest-run?successful=true")),
+            ok(await http.get("/api/v1/flows/Other/latest-run?successful=true")),
             _dump(latest.view),
         )
 
@@ -260,7 +256,7 @@ async def test_each_read_answers_what_the_client_reads() -> None:
             parameters={"i": 1},
             sort="run_number",
         )
-        got = _json(
+        got = ok(
             await http.get(
                 "/api/v1/runs",
                 params={
@@ -275,8 +271,8 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         check(ROUTES["Client.runs"], got["items"], [_dump(r.view) for r in page.items])
         assert [r["pathspec"] for r in got["items"]] == ["Other/2"]
         # the cursor walks the same pages
-        first = _json(await http.get("/api/v1/runs?flow=Other&page_size=2"))
-        second = _json(
+        first = ok(await http.get("/api/v1/runs?flow=Other&page_size=2"))
+        second = ok(
             await http.get(
                 "/api/v1/runs",
                 params={"flow": "Other", "page_size": 2, "cursor": first["next_cursor"]},
@@ -290,7 +286,7 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         ]
 
         response = await http.get("/api/v1/runs/Train/1")
-        check(ROUTES["Client.run"], _json(response), _dump((await client.run("Train/1")).view))
+        check(ROUTES["Client.run"], ok(response), _dump((await client.run("Train/1")).view))
         assert (
             response.headers["etag"]
             == f'"{await client.log.last_sequence(client.subjects.run("Train", "1"))}"'
@@ -298,58 +294,56 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         run = await client.run("Train/1")
         check(
             ROUTES["Run.steps"],
-            _json(await http.get("/api/v1/runs/Train/1/steps")),
+            ok(await http.get("/api/v1/runs/Train/1/steps")),
             [_dump(s.view) for s in await run.steps()],
         )
         check(
             ROUTES["Client.step"],
-            _json(await http.get("/api/v1/runs/Train/1/steps/start")),
+            ok(await http.get("/api/v1/runs/Train/1/steps/start")),
             _dump((await client.step("Train/1/start")).view),
         )
         tasks = await client.tasks("Train/1", "start", state="completed")
         check(
             ROUTES["Client.tasks"],
-            _json(await http.get("/api/v1/runs/Train/1/steps/start/tasks?state=completed"))[
-                "items"
-            ],
+            ok(await http.get("/api/v1/runs/Train/1/steps/start/tasks?state=completed"))["items"],
             [_dump(t.view) for t in tasks.items],
         )
 
         task = await client.task("Train/1/start/1")
-        check(ROUTES["Client.task"], _json(await http.get(base)), _dump(task.view))
+        check(ROUTES["Client.task"], ok(await http.get(base)), _dump(task.view))
         assert (await http.get(base + "?attempt=0")).status_code == 200
         assert (await http.get(base + "?attempt=7")).status_code == 404
 
         first_attempt = await client.task("Train/1/start/1", attempt=0)
         check(
             ROUTES["Task.metadata"],
-            _json(await http.get(base + "/metadata")),
+            ok(await http.get(base + "/metadata")),
             {
                 "attempt": 1,
                 "entries": [_dump(m) for m in task.metadata],
                 "by_name": task.metadata_dict,
             },
         )
-        assert _json(await http.get(base + "/metadata?attempt=0"))["by_name"] == (
+        assert ok(await http.get(base + "/metadata?attempt=0"))["by_name"] == (
             first_attempt.metadata_dict
         )
         check(
             ROUTES["Task.artifacts"],
-            _json(await http.get(base + "/artifacts")),
+            ok(await http.get(base + "/artifacts")),
             [_dump(a.view) for a in task.artifacts],
         )
-        assert _json(await http.get(base + "/artifacts?attempt=0")) == []
+        assert ok(await http.get(base + "/artifacts?attempt=0")) == []
         artifact = await client.artifact("Train/1/start/1/accuracy")
         check(
             ROUTES["Client.artifact"],
-            _json(await http.get(base + "/artifacts/accuracy")),
+            ok(await http.get(base + "/artifacts/accuracy")),
             _dump(artifact.view),
         )
 
         value_route = ROUTES["DataArtifact.load"]
         for name in ("accuracy", "labels", "big"):
             want = await (await client.artifact(f"Train/1/start/1/{name}")).load()
-            check(value_route, _json(await http.get(f"{base}/artifacts/{name}/value")), want)
+            check(value_route, ok(await http.get(f"{base}/artifacts/{name}/value")), want)
         # a pickle travels as its bytes, never unpickled by the gateway
         response = await http.get(f"{base}/artifacts/shape/value")
         assert response.headers["content-type"] == "application/octet-stream"
@@ -359,13 +353,13 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         obj = await client.get("Train/1/start/1/labels")
         check(
             ROUTES["Client.get"],
-            _json(await http.get("/api/v1/objects/Train/1/start/1/labels")),
+            ok(await http.get("/api/v1/objects/Train/1/start/1/labels")),
             {"kind": "artifact", "view": _dump(obj.view)},
         )  # type: ignore[union-attr]
-        assert _json(await http.get("/api/v1/objects/Other"))["kind"] == "flow"
+        assert ok(await http.get("/api/v1/objects/Other"))["kind"] == "flow"
 
         records, next_start = await client.history("Train/1", limit=3)
-        got = _json(await http.get("/api/v1/history/Train/1?limit=3"))
+        got = ok(await http.get("/api/v1/history/Train/1?limit=3"))
         check(
             ROUTES["Client.history"],
             [(r["sequence"], r["index"], r["event"]["type"]) for r in got["items"]],
@@ -374,14 +368,14 @@ async def test_each_read_answers_what_the_client_reads() -> None:
         assert got["next_start"] == next_start
         check(
             ROUTES["Client.status"],
-            _json(await http.get("/api/v1/status"))["applied"],
+            ok(await http.get("/api/v1/status"))["applied"],
             (await client.status())["applied"],
         )
 
         task_path = "/api/v1/metrics/Train/1/start/1"
         check(
             ROUTES["Task.history"],
-            _json(await http.get(f"{task_path}/history?samples=8")),
+            ok(await http.get(f"{task_path}/history?samples=8")),
             await task.history(samples=8),
         )
         rows = [row async for row in task.scan_history(page_size=5, min_step=3)]
@@ -391,17 +385,17 @@ async def test_each_read_answers_what_the_client_reads() -> None:
             params: dict[str, Any] = {"page_size": 5, "min_step": 3}
             if start is not None:
                 params["start"] = start
-            page_json = _json(await http.get(f"{task_path}/scan", params=params))
+            page_json = ok(await http.get(f"{task_path}/scan", params=params))
             scanned += page_json["rows"]
             start = page_json["next_start"]
             if start is None:
                 break
         check(ROUTES["Task.scan_history"], scanned, rows)
-        keys = _json(await http.get(f"{task_path}/keys"))
+        keys = ok(await http.get(f"{task_path}/keys"))
         check(ROUTES["Task.history_keys"], keys["keys"], await task.history_keys())
         assert keys["last_step"] == await task.last_history_step() == 19
         assert keys["summary"] == await task.summary()
-        assert _json(await http.get("/api/v1/metrics/Train/1/keys"))["summary"] == (
+        assert ok(await http.get("/api/v1/metrics/Train/1/keys"))["summary"] == (
             await run.summary()
         )
 
@@ -412,13 +406,13 @@ async def test_each_read_answers_what_the_client_reads() -> None:
             ROUTES["Task.log_lines"],
             [
                 (line["position"], line["stream"], line["text"], line["time"])
-                for line in _json(await http.get(base + "/log-lines"))["items"]
+                for line in ok(await http.get(base + "/log-lines"))["items"]
             ],
             [(f"{x.sequence}:{x.index}", x.stream, x.text, x.time) for x in lines],
         )
 
         frame = await client.runs_frame(sort="run_number")
-        got = _json(await http.get("/api/v1/runs-frame?sort=run_number"))
+        got = ok(await http.get("/api/v1/runs-frame?sort=run_number"))
         assert got["columns"] == list(frame.columns)
         check(
             ROUTES["Client.runs_frame"],
@@ -464,7 +458,7 @@ async def test_a_read_after_a_write_sees_it() -> None:
         created = await http.post("/api/v1/runs", json={"flow": "Train"})
         sequence = int(created.headers["x-runstate-sequence"])
         assert created.json()["sequence"] == sequence
-        run = _json(await http.get("/api/v1/runs/Train/1", params={"after": sequence}))
+        run = ok(await http.get("/api/v1/runs/Train/1", params={"after": sequence}))
         assert run["state"] == "pending"
 
 
@@ -475,10 +469,8 @@ async def test_namespace_limits_runs_to_a_tag() -> None:
         last = await client.create_run("Train", tags=["team:b"])
         assert last.receipt is not None
         after = last.receipt.sequence
-        everything = _json(await http.get("/api/v1/runs", params={"after": after}))
-        only_a = _json(
-            await http.get("/api/v1/runs", params={"after": after, "namespace": "team:a"})
-        )
+        everything = ok(await http.get("/api/v1/runs", params={"after": after}))
+        only_a = ok(await http.get("/api/v1/runs", params={"after": after, "namespace": "team:a"}))
     assert len(everything["items"]) == 2
     assert [r["tags"] for r in only_a["items"]] == [["team:a"]]
 
@@ -486,8 +478,8 @@ async def test_namespace_limits_runs_to_a_tag() -> None:
 async def test_probes_answer() -> None:
     """/healthz says the process is alive; /readyz that a query service answers."""
     async with gateway() as (_, http):
-        assert _json(await http.get("/healthz")) == {"status": "alive"}
-        assert _json(await http.get("/readyz"))["status"] == "ready"
+        assert ok(await http.get("/healthz")) == {"status": "alive"}
+        assert ok(await http.get("/readyz"))["status"] == "ready"
 
 
 async def test_the_docs_page_works_offline() -> None:
@@ -507,7 +499,7 @@ async def test_the_docs_page_works_offline() -> None:
 async def test_openapi_is_built_from_the_view_models() -> None:
     """/openapi.json describes the reads with the query service's view models."""
     async with gateway() as (_, http):
-        schema = _json(await http.get("/openapi.json"))
+        schema = ok(await http.get("/openapi.json"))
     schemas = schema["components"]["schemas"]
     for model in ("RunView", "TaskView", "StepView", "ArtifactView", "FlowSummary", "Written"):
         assert model in schemas
@@ -515,6 +507,26 @@ async def test_openapi_is_built_from_the_view_models() -> None:
     assert run["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/RunView"
     }
+
+
+async def test_runs_and_runs_frame_take_the_same_filters() -> None:
+    """GET /runs and GET /runs-frame document the same filter parameters (names, types,
+    descriptions, defaults), in the same order; /runs adds only its page's."""
+    async with gateway() as (_, http):
+        schema = ok(await http.get("/openapi.json"))
+    runs = schema["paths"]["/api/v1/runs"]["get"]["parameters"]
+    frame = schema["paths"]["/api/v1/runs-frame"]["get"]["parameters"]
+    page = {"page_size", "cursor"}
+    assert [p for p in runs if p["name"] not in page] == frame
+    assert {p["name"] for p in runs} - {p["name"] for p in frame} == page
+    names = [p["name"] for p in frame]
+    assert names[:3] == ["flow", "tag", "any_tag"] and names[-3:] == [
+        "after",
+        "after_points",
+        "namespace",
+    ]
+    where = next(p for p in frame if p["name"] == "where")
+    assert where["schema"]["default"] == [] and "summary.acc > 0.9" in where["description"]
 
 
 async def test_metrics_count_requests_queries_and_the_replica() -> None:

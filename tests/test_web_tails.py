@@ -13,6 +13,7 @@ import anyio
 import httpx
 import orjson
 import pytest
+from _web import ok, problem_of
 from test_web_live import real, served
 from test_web_reads import gateway
 
@@ -24,19 +25,6 @@ from runstate.engine.errors import BadFilter
 pytestmark = pytest.mark.anyio
 
 TASK = "/api/v1/runs/Train/1/steps/train/tasks/1"
-
-
-def _json(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["code"] == code and problem["detail"]
-    return problem
 
 
 def _dump(model: Any) -> Any:
@@ -67,21 +55,21 @@ async def test_runs_take_where_conditions_and_summary_sorts() -> None:
             "sort": "-summary.acc",
             "after": last,
         }
-        got = _json(await http.get("/api/v1/runs", params=params))
+        got = ok(await http.get("/api/v1/runs", params=params))
         page = await client.runs(
             where=["summary.acc > 0.9", "config.lr < 0.1"], sort="-summary.acc"
         )
         assert got["items"] == [_dump(run.view) for run in page.items]
         assert [r["pathspec"] for r in got["items"]] == ["Train/2", "Train/4"]
-        by_lr = _json(await http.get("/api/v1/runs", params={"sort": "config.lr"}))
+        by_lr = ok(await http.get("/api/v1/runs", params={"sort": "config.lr"}))
         assert [r["pathspec"] for r in by_lr["items"]] == [
             "Train/4",
             "Train/3",
             "Train/2",
             "Train/1",
         ]
-        _problem(await http.get("/api/v1/runs?where=summary.acc >> 1"), 422, "bad_filter")
-        _problem(await http.get("/api/v1/runs?sort=summary."), 422, "bad_filter")
+        problem_of(await http.get("/api/v1/runs?where=summary.acc >> 1"), 422, "bad_filter")
+        problem_of(await http.get("/api/v1/runs?sort=summary."), 422, "bad_filter")
 
 
 async def test_after_points_waits_for_a_flush_and_excludes_after() -> None:
@@ -92,15 +80,13 @@ async def test_after_points_waits_for_a_flush_and_excludes_after() -> None:
         await run.log({"loss": 0.25})
         points = await run.flush()
         assert points is not None
-        got = _json(await http.get("/api/v1/runs", params={"after_points": points.sequence}))
+        got = ok(await http.get("/api/v1/runs", params={"after_points": points.sequence}))
         page = await client.runs(after=points)
         assert got["items"] == [_dump(r.view) for r in page.items]
-        frame = _json(
-            await http.get("/api/v1/runs-frame", params={"after_points": points.sequence})
-        )
+        frame = ok(await http.get("/api/v1/runs-frame", params={"after_points": points.sequence}))
         assert frame["data"]["summary.loss"] == [0.25]
         both = {"after_points": points.sequence, "after": 1}
-        _problem(await http.get("/api/v1/runs", params=both), 422, "bad_filter")
+        problem_of(await http.get("/api/v1/runs", params=both), 422, "bad_filter")
 
 
 # -- as_of -----------------------------------------------------------------------------
@@ -122,15 +108,15 @@ async def test_reads_as_of_a_sequence_or_a_time() -> None:
 
         past = await client.run("Train/1", as_of=then)
         response = await http.get("/api/v1/runs/Train/1", params={"as_of": then})
-        assert _json(response) == _dump(past.view)
+        assert ok(response) == _dump(past.view)
         assert "etag" not in response.headers
         assert past.state is RunState.RUNNING
-        steps = _json(await http.get("/api/v1/runs/Train/1/steps", params={"as_of": then}))
+        steps = ok(await http.get("/api/v1/runs/Train/1/steps", params={"as_of": then}))
         assert steps == [_dump(s.view) for s in await past.steps()]
         step = await client.step("Train/1/train", as_of=then)
-        got = _json(await http.get("/api/v1/runs/Train/1/steps/train", params={"as_of": then}))
+        got = ok(await http.get("/api/v1/runs/Train/1/steps/train", params={"as_of": then}))
         assert got == _dump(step.view)
-        tasks = _json(
+        tasks = ok(
             await http.get(
                 "/api/v1/runs/Train/1/steps/train/tasks",
                 params={"as_of": then, "state": "running"},
@@ -138,26 +124,26 @@ async def test_reads_as_of_a_sequence_or_a_time() -> None:
         )
         assert tasks == {"items": [_dump(t.view) for t in await step.tasks()], "next_cursor": None}
         past_task = await client.task("Train/1/train/1", as_of=then)
-        assert _json(await http.get(TASK, params={"as_of": then})) == _dump(past_task.view)
-        metadata = _json(await http.get(TASK + "/metadata", params={"as_of": then}))
+        assert ok(await http.get(TASK, params={"as_of": then})) == _dump(past_task.view)
+        metadata = ok(await http.get(TASK + "/metadata", params={"as_of": then}))
         assert "host" not in metadata["by_name"]
-        assert _json(await http.get(TASK + "/metadata"))["by_name"]["host"] == "node-1"
-        artifacts = _json(await http.get(TASK + "/artifacts", params={"as_of": then}))
+        assert ok(await http.get(TASK + "/metadata"))["by_name"]["host"] == "node-1"
+        artifacts = ok(await http.get(TASK + "/artifacts", params={"as_of": then}))
         assert [a["name"] for a in artifacts] == ["accuracy"]
 
         # a time: now is after everything
         now = datetime.now(UTC).isoformat()
         assert (
-            _json(await http.get("/api/v1/runs/Train/1", params={"as_of": now}))["state"]
+            ok(await http.get("/api/v1/runs/Train/1", params={"as_of": now}))["state"]
             == "completed"
         )
         for bad in ("yesterday", "2026-12-06T09:30:00", "-3"):
-            _problem(
+            problem_of(
                 await http.get("/api/v1/runs/Train/1", params={"as_of": bad}), 422, "bad_filter"
             )
         both = {"as_of": then, "after": 1}
-        _problem(await http.get("/api/v1/runs/Train/1", params=both), 422, "bad_filter")
-        _problem(await http.get("/api/v1/runs/Train/1", params={"as_of": 0}), 404, "not_found")
+        problem_of(await http.get("/api/v1/runs/Train/1", params=both), 422, "bad_filter")
+        problem_of(await http.get("/api/v1/runs/Train/1", params={"as_of": 0}), 404, "not_found")
 
 
 # -- the runs table ----------------------------------------------------------------------
@@ -169,7 +155,7 @@ async def test_runs_frame_is_the_clients_frame_as_json_columns() -> None:
     async with gateway() as (client, http):
         last = await _scored(client)
         frame = await client.runs_frame(where=["summary.acc > 0.6"], sort="run_number", after=last)
-        got = _json(
+        got = ok(
             await http.get(
                 "/api/v1/runs-frame", params={"where": "summary.acc > 0.6", "sort": "run_number"}
             )
@@ -191,19 +177,19 @@ async def test_patch_edits_a_run_as_update_run_does() -> None:
     async with gateway() as (client, http):
         await client.create_run("Train", parameters={"lr": 0.1})
         edit = {"name": "baseline", "notes": "first", "config": {"lr": 0.2}, "summary": {"acc": 1}}
-        written = _json(await http.patch("/api/v1/runs/Train/1", json=edit))
+        written = ok(await http.patch("/api/v1/runs/Train/1", json=edit))
         assert written["pathspec"] == "Train/1" and written["sequence"] >= 1
         assert written["version"] == written["sequence"]
         run = await client.run("Train/1", after=written["sequence"])
         assert (run.view.display_name, run.view.notes) == ("baseline", "first")
         assert run.view.config["lr"] == 0.2
         assert await run.summary() == {"acc": 1}
-        cleared = _json(await http.patch("/api/v1/runs/Train/1", json={"notes": None}))
+        cleared = ok(await http.patch("/api/v1/runs/Train/1", json={"notes": None}))
         run = await client.run("Train/1", after=cleared["sequence"])
         assert (run.view.display_name, run.view.notes) == ("baseline", None)
-        _problem(await http.patch("/api/v1/runs/Train/1", json={}), 422, "invalid_event")
-        _problem(await http.patch("/api/v1/runs/Train/1", json={"color": 1}), 422, "bad_request")
-        _problem(await http.patch("/api/v1/runs/Train/9", json={"name": "x"}), 404, "not_found")
+        problem_of(await http.patch("/api/v1/runs/Train/1", json={}), 422, "invalid_event")
+        problem_of(await http.patch("/api/v1/runs/Train/1", json={"color": 1}), 422, "bad_request")
+        problem_of(await http.patch("/api/v1/runs/Train/9", json={"name": "x"}), 404, "not_found")
 
 
 # -- logs ----------------------------------------------------------------------------------
@@ -234,7 +220,7 @@ async def test_log_text_and_pages_of_lines() -> None:
         after = "0"
         pages = 0
         while after is not None:
-            page = _json(await http.get(TASK + "/log-lines", params={"after": after, "limit": 2}))
+            page = ok(await http.get(TASK + "/log-lines", params={"after": after, "limit": 2}))
             got += page["items"]
             after = page["next_after"]
             pages += 1
@@ -250,16 +236,16 @@ async def test_log_text_and_pages_of_lines() -> None:
             }
             for x in lines
         ]
-        only_err = _json(await http.get(TASK + "/log-lines", params={"stream": "stderr"}))
+        only_err = ok(await http.get(TASK + "/log-lines", params={"stream": "stderr"}))
         assert [line["text"] for line in only_err["items"]] == ["oops\n"]
-        after_second = _json(
-            await http.get(TASK + "/log-lines", params={"after": got[1]["position"]})
-        )
+        after_second = ok(await http.get(TASK + "/log-lines", params={"after": got[1]["position"]}))
         assert after_second["items"] == got[2:]
-        _problem(await http.get(TASK + "/logs?stream=stdin"), 422, "bad_filter")
-        _problem(await http.get(TASK + "/log-lines?after=1:x"), 422, "bad_filter")
-        _problem(await http.get(TASK + "/log-lines/follow?stream=both"), 422, "bad_filter")
-        _problem(await http.get("/api/v1/runs/Train/1/steps/train/tasks/7/logs"), 404, "not_found")
+        problem_of(await http.get(TASK + "/logs?stream=stdin"), 422, "bad_filter")
+        problem_of(await http.get(TASK + "/log-lines?after=1:x"), 422, "bad_filter")
+        problem_of(await http.get(TASK + "/log-lines/follow?stream=both"), 422, "bad_filter")
+        problem_of(
+            await http.get("/api/v1/runs/Train/1/steps/train/tasks/7/logs"), 404, "not_found"
+        )
 
 
 def test_positions_parse_back() -> None:
@@ -372,7 +358,7 @@ async def test_metric_tails_of_runs_and_tasks_resume() -> None:
         created = await client.create_run("Train")
         await client.run("Train/1", after=created.receipt)
         path = "/api/v1/metrics/Train/1/follow"
-        _problem(await http.get(path, params={"stream": "gpu"}), 422, "bad_filter")
-        _problem(await http.get(path, params={"resume": "x"}), 422, "bad_filter")
-        _problem(await http.get("/api/v1/metrics/Train/follow"), 422, "invalid_name")
-        _problem(await http.get("/api/v1/metrics/Train/1/train/follow"), 422, "bad_filter")
+        problem_of(await http.get(path, params={"stream": "gpu"}), 422, "bad_filter")
+        problem_of(await http.get(path, params={"resume": "x"}), 422, "bad_filter")
+        problem_of(await http.get("/api/v1/metrics/Train/follow"), 422, "invalid_name")
+        problem_of(await http.get("/api/v1/metrics/Train/1/train/follow"), 422, "bad_filter")

@@ -3,39 +3,15 @@ Idempotency-Key, tags, metadata, artifacts and heartbeats, each answering its re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import pytest
+from _web import ok, problem_of
+from test_web_reads import gateway
 
-from runstate.client import Client, RunState, TaskState
-from runstate.client.testing import in_memory
-from runstate.client.web import create_app
+from runstate.client import RunState, TaskState
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def gateway() -> AsyncIterator[tuple[Client, httpx.AsyncClient]]:
-    async with in_memory() as client:
-        transport = httpx.ASGITransport(app=create_app(client))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as http:
-            yield client.with_namespace(None), http
-
-
-def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
-
-
-def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert problem["code"] == code and problem["status"] == status and problem["detail"]
-    return problem
 
 
 async def test_a_run_created_over_http_is_read_by_the_client() -> None:
@@ -45,7 +21,7 @@ async def test_a_run_created_over_http_is_read_by_the_client() -> None:
             "/api/v1/runs",
             json={"flow": "Train", "parameters": {"lr": 0.1}, "tags": ["nightly"]},
         )
-        written = _ok(response, 201)
+        written = ok(response, 201)
         assert response.headers["location"] == "/api/v1/runs/Train/1"
         assert response.headers["etag"] == f'"{written["version"]}"'
         assert response.headers["x-runstate-sequence"] == str(written["sequence"])
@@ -58,21 +34,21 @@ async def test_a_transition_needs_if_match_and_refuses_a_stale_one() -> None:
     """Without If-Match: 428; with a stale version: 412 with the current one (and nothing
     appended); with the ETag of a read: applied; with *: applied."""
     async with gateway() as (client, http):
-        created = _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        created = ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
         url = "/api/v1/runs/Train/1/transitions"
-        _problem(await http.post(url, json={"state": "running"}), 428, "precondition_required")
+        problem_of(await http.post(url, json={"state": "running"}), 428, "precondition_required")
         # someone else moves the run on meanwhile
         handle = await client.run_handle("Train/1")
         await handle.start()
         stale = await http.post(
             url, json={"state": "completed"}, headers={"If-Match": f'"{created["version"]}"'}
         )
-        problem = _problem(stale, 412, "conflict")
+        problem = problem_of(stale, 412, "conflict")
         assert problem["current_version"] == handle.version
         assert stale.headers["etag"] == f'"{handle.version}"'
         read = await http.get("/api/v1/runs/Train/1", params={"after": handle.version})
         assert read.json()["state"] == "running"
-        done = _ok(
+        done = ok(
             await http.post(
                 url, json={"state": "completed"}, headers={"If-Match": read.headers["etag"]}
             )
@@ -83,18 +59,18 @@ async def test_a_transition_needs_if_match_and_refuses_a_stale_one() -> None:
         resumed = await http.post(
             url, json={"state": "running", "resume": True}, headers={"If-Match": "*"}
         )
-        _problem(resumed, 409, "illegal_transition")  # a completed run cannot resume
+        problem_of(resumed, 409, "illegal_transition")  # a completed run cannot resume
 
 
 async def test_an_illegal_transition_is_409_and_a_bad_state_422() -> None:
     """The state machine's refusal is 409; a state that does not exist is a 422 problem."""
     async with gateway() as (_, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
         url = "/api/v1/runs/Train/1/transitions"
         refused = await http.post(url, json={"state": "completed"}, headers={"If-Match": "*"})
-        _problem(refused, 409, "illegal_transition")
+        problem_of(refused, 409, "illegal_transition")
         bad = await http.post(url, json={"state": "asleep"}, headers={"If-Match": "*"})
-        problem = _problem(bad, 422, "bad_request")
+        problem = problem_of(bad, 422, "bad_request")
         assert problem["errors"][0]["loc"] == ["body", "state"]
 
 
@@ -103,17 +79,17 @@ async def test_idempotency_key_gives_one_run_and_refuses_another_body() -> None:
     async with gateway() as (client, http):
         body = {"flow": "Train", "parameters": {"lr": 0.1}, "tags": ["a"]}
         key = {"Idempotency-Key": "job-17"}
-        first = _ok(await http.post("/api/v1/runs", json=body, headers=key), 201)
-        again = _ok(await http.post("/api/v1/runs", json=body, headers=key), 201)
+        first = ok(await http.post("/api/v1/runs", json=body, headers=key), 201)
+        again = ok(await http.post("/api/v1/runs", json=body, headers=key), 201)
         assert again["pathspec"] == first["pathspec"] == "Train/1"
         other_params = {**body, "parameters": {"lr": 0.2}}
-        _problem(
+        problem_of(
             await http.post("/api/v1/runs", json=other_params, headers=key),
             422,
             "idempotency_key_reused",
         )
         other_tags = {**body, "tags": ["b"]}
-        problem = _problem(
+        problem = problem_of(
             await http.post("/api/v1/runs", json=other_tags, headers=key),
             422,
             "idempotency_key_reused",
@@ -127,8 +103,8 @@ async def test_a_worker_drives_a_task_over_http() -> None:
     """Create a task, start it, record metadata and JSON artifacts, fail it, retry and
     complete the next attempt: the client reads each write."""
     async with gateway() as (client, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
-        _ok(
+        ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        ok(
             await http.post(
                 "/api/v1/runs/Train/1/transitions",
                 json={"state": "running"},
@@ -136,22 +112,22 @@ async def test_a_worker_drives_a_task_over_http() -> None:
             )
         )
         created = await http.post("/api/v1/runs/Train/1/tasks", json={"step": "train"})
-        task = _ok(created, 201)
+        task = ok(created, 201)
         assert task["pathspec"] == "Train/1/train/1" and task["state"] == "pending"
         base = "/api/v1/runs/Train/1/steps/train/tasks/1"
         assert created.headers["location"] == base
         version = f'"{task["version"]}"'
-        started = _ok(
+        started = ok(
             await http.post(
                 base + "/transitions", json={"state": "running"}, headers={"If-Match": version}
             )
         )
-        _ok(await http.post(base + "/metadata", json={"entries": {"host": "n1", "cores": 8}}))
-        saved = _ok(
+        ok(await http.post(base + "/metadata", json={"entries": {"host": "n1", "cores": 8}}))
+        saved = ok(
             await http.post(base + "/artifacts", json={"artifacts": {"acc": 0.9, "xs": [1, 2]}})
         )
         assert saved["sequence"] > started["sequence"]
-        failed = _ok(
+        failed = ok(
             await http.post(
                 base + "/transitions",
                 json={
@@ -161,7 +137,7 @@ async def test_a_worker_drives_a_task_over_http() -> None:
                 headers={"If-Match": f'"{saved["version"]}"'},
             )
         )
-        retried = _ok(
+        retried = ok(
             await http.post(
                 base + "/transitions",
                 json={"state": "pending", "attempt": 1},
@@ -183,17 +159,17 @@ async def test_a_worker_drives_a_task_over_http() -> None:
 async def test_tags_are_added_removed_and_replaced() -> None:
     """POST /tags adds and removes, or replaces the user tags; system tags are refused."""
     async with gateway() as (client, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train", "tags": ["a"]}), 201)
+        ok(await http.post("/api/v1/runs", json={"flow": "Train", "tags": ["a"]}), 201)
         url = "/api/v1/runs/Train/1/tags"
-        changed = _ok(await http.post(url, json={"add": ["b", "c"], "remove": ["a"]}))
+        changed = ok(await http.post(url, json={"add": ["b", "c"], "remove": ["a"]}))
         run = await client.run("Train/1", after=changed["sequence"])
         assert run.user_tags == {"b", "c"}
-        replaced = _ok(await http.post(url, json={"replace": ["z"]}))
+        replaced = ok(await http.post(url, json={"replace": ["z"]}))
         run = await client.run("Train/1", after=replaced["sequence"])
         assert run.user_tags == {"z"}
         system = next(iter(run.system_tags))
-        _problem(await http.post(url, json={"remove": [system]}), 422, "invalid_name")
-        _problem(await http.post(url, json={}), 422, "invalid_event")
+        problem_of(await http.post(url, json={"remove": [system]}), 422, "invalid_name")
+        problem_of(await http.post(url, json={}), 422, "invalid_event")
 
 
 @pytest.mark.parametrize(
@@ -208,7 +184,7 @@ async def test_tags_are_added_removed_and_replaced() -> None:
 async def test_bad_writes_are_problem_details(body: dict[str, Any], status: int, code: str) -> None:
     """A write the engine refuses is a problem naming what was wrong, and nothing is created."""
     async with gateway() as (client, http):
-        _problem(await http.post("/api/v1/runs", json=body), status, code)
+        problem_of(await http.post("/api/v1/runs", json=body), status, code)
         assert (await client.runs()).items == []
 
 
@@ -222,27 +198,27 @@ async def test_writes_to_what_does_not_exist_are_404() -> None:
             ("/api/v1/runs/Train/9/tasks", {"step": "start"}, {}),
             ("/api/v1/runs/Train/9/steps/s/tasks/1/transitions", {"state": "running"}, star),
         ]:
-            _problem(await http.post(url, json=body, headers=headers), 404, "not_found")
+            problem_of(await http.post(url, json=body, headers=headers), 404, "not_found")
 
 
 async def test_a_conflict_on_an_explicit_run_id_is_409() -> None:
     """Creating a run whose id exists is a 409 conflict."""
     async with gateway() as (_, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train", "run_id": "x"}), 201)
+        ok(await http.post("/api/v1/runs", json={"flow": "Train", "run_id": "x"}), 201)
         again = await http.post("/api/v1/runs", json={"flow": "Train", "run_id": "x"})
-        _problem(again, 409, "conflict")
+        problem_of(again, 409, "conflict")
 
 
 async def test_a_too_large_write_is_413() -> None:
     """A commit over the log's limit is a 413 problem."""
     async with gateway() as (client, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
-        task = _ok(await http.post("/api/v1/runs/Train/1/tasks", json={"step": "s"}), 201)
+        ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        task = ok(await http.post("/api/v1/runs/Train/1/tasks", json={"step": "s"}), 201)
         big = "x" * (client.log.max_payload + 1)
         response = await http.post(
             "/api/v1/runs/Train/1/steps/s/tasks/1/metadata", json={"entries": {"blob": big}}
         )
-        _problem(response, 413, "payload_too_large")
+        problem_of(response, 413, "payload_too_large")
         assert task["version"] > 0
 
 
@@ -251,8 +227,8 @@ async def test_a_kept_handle_never_hides_another_writer() -> None:
     after another writer moved the task is still 412, and naming one version twice
     succeeds once."""
     async with gateway() as (client, http):
-        _ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
-        task = _ok(await http.post("/api/v1/runs/Train/1/tasks", json={"step": "s"}), 201)
+        ok(await http.post("/api/v1/runs", json={"flow": "Train"}), 201)
+        task = ok(await http.post("/api/v1/runs/Train/1/tasks", json={"step": "s"}), 201)
         url = "/api/v1/runs/Train/1/steps/s/tasks/1/transitions"
         version = f'"{task["version"]}"'
         running = {"state": "running"}
@@ -263,7 +239,7 @@ async def test_a_kept_handle_never_hides_another_writer() -> None:
         handle = await client.writer.task("Train/1/s/1")
         await handle.complete()  # another writer, behind the gateway's back
         stale = await http.post(url, json={"state": "failed"}, headers={"If-Match": kept})
-        problem = _problem(stale, 412, "conflict")
+        problem = problem_of(stale, 412, "conflict")
         assert problem["current_version"] == handle.version
         read = await client.task("Train/1/s/1", after=handle.version)
     assert read.state is TaskState.COMPLETED

@@ -3,7 +3,6 @@ heartbeat stream). The worker's logic is tested against the in-memory log in tes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,13 +12,10 @@ from nats.aio.client import Client as NATS
 from runstate.engine import (
     EventLog,
     Heartbeat,
-    JetStreamEventLog,
     RunCreated,
     RunState,
     Settings,
     Writer,
-    open_nats,
-    provision,
 )
 from runstate.engine._events import decode_event
 
@@ -36,21 +32,6 @@ def settings(nats_url: str, tmp_path: Path) -> Settings:
         retry_budget=5.0,
         duplicate_window=1.0,
     )
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[NATS]:
-    connection = await open_nats(settings)
-    await provision(connection, settings)
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@pytest.fixture
-def log(nc: NATS, settings: Settings) -> EventLog:
-    return JetStreamEventLog(nc, settings)
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """``runstate auth``: the roles' credentials; ``runstate provision``: the admin's set-up.
 
-``auth init`` writes a nats-server authorization block with one user per
-role (admin, projector, writer, reader; ``runstate.engine._roles`` has their
-permissions) and one credentials file per role, for
+``auth init`` writes a nats-server accounts block (JetStream in an account
+of its own) with one user per role (admin, projector, writer, reader;
+``runstate.engine._roles`` has their permissions) and one credentials file per role, for
 ``RUNSTATE_CREDENTIALS`` or ``connect(credentials=...)``. ``provision``
 creates runstate's streams on a server at a URL: the one thing only the
 admin role may do, which every other client checks was done.
@@ -109,9 +109,10 @@ def init(
     keep_existing: bool,
     prefix: str | None,
 ) -> None:
-    """Write a nats-server authorization block and a credentials file per role.
+    """Write a nats-server accounts block and a credentials file per role.
 
-    OUT/auth.conf holds one user per role with its exact permissions;
+    OUT/auth.conf holds JetStream's account and the clients' account, with
+    one user per role and its exact permissions;
     include it from the server's config (``include auth.conf``) and restart
     or reload the server. OUT/<role>.nk (an nkey seed; with --passwords
     OUT/<role>.pass) is what a client of that role connects with:

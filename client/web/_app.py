@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 
 import anyio
@@ -22,17 +23,19 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from runstate.client._client import Client
 from runstate.client._gateway_tokens import GatewayTokens
 from runstate.client.web import _auth, _live, _pages, _reads, _tails, _writes
 from runstate.client.web._auth import BearerAuth, document_bearer
+from runstate.client.web._direct import DirectWrites
 from runstate.client.web._html import ASSETS
 from runstate.client.web._metrics import GatewayMetrics, RequestMetrics, TimedQueries, metrics_page
 from runstate.client.web._problems import install_problem_handlers, problem_response
 from runstate.engine.errors import RunstateError
 
-__all__ = ["DOCS_ASSETS", "create_app"]
+__all__ = ["DOCS_ASSETS", "Gateway", "create_app"]
 
 #: where the docs page's scripts and styles are served from
 DOCS_ASSETS = "/docs-assets"
@@ -43,7 +46,7 @@ _READY_WAIT = 2.0
 
 def create_app(
     client: Client, *, keepalive: float = 15.0, tokens: GatewayTokens | None = None
-) -> FastAPI:
+) -> Gateway:
     """The HTTP gateway over ``client``: REST under ``/api/v1``, SSE, ``/docs``, probes
     and ``/metrics``.
 
@@ -54,7 +57,7 @@ def create_app(
     request in (``serve`` allows that on loopback only). The caller owns
     ``client`` (connects and closes it); the app only uses it.
     """
-    app = FastAPI(
+    app = Gateway(
         lifespan=_lifespan,
         title="runstate",
         summary="Run state of workflows and ML runs: reads, writes and live events.",
@@ -110,7 +113,21 @@ def create_app(
         tags=["probes"],
         responses={503: {"description": "Not ready: the problem says why."}},
     )
+    app.direct = DirectWrites(app, behind=partial(FastAPI.__call__, app))
     return app
+
+
+class Gateway(FastAPI):
+    """FastAPI, with the writers' transitions answered ahead of it (``_direct``)."""
+
+    #: what answers every request first (None: FastAPI alone)
+    direct: DirectWrites | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.direct is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.direct(scope, receive, send)
 
 
 @asynccontextmanager

@@ -33,7 +33,7 @@ from runstate.client._gateway_tokens import GatewayTokens, may
 from runstate.client.web._html import ASSETS, esc, layout
 from runstate.client.web._problems import problem_response
 
-__all__ = ["COOKIE", "BearerAuth", "document_bearer", "router"]
+__all__ = ["COOKIE", "BearerAuth", "document_bearer", "refusal", "router"]
 
 #: the cookie the sign-in page sets
 COOKIE = "runstate_token"
@@ -53,32 +53,35 @@ class BearerAuth:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        response = refusal(self.tokens, scope) if scope["type"] == "http" else None
+        if response is None:
             await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if path in _OPEN or path.startswith(_OPEN_PREFIXES):
-            await self.app(scope, receive, send)
-            return
-        safe = scope["method"] in _SAFE
-        token = _token(scope, cookie=safe)
-        role = None if token is None else self.tokens.role_of(token)
-        if role is None:
-            response = _unauthenticated(scope, safe, given=token is not None)
-        elif not may(role, "reader" if safe else "writer"):
-            response = problem_response(
-                Request(scope),
-                403,
-                "forbidden",
-                "Forbidden",
-                f"a {role} token may not {scope['method']} {path}: use a writer's token "
-                "(runstate auth token create --role writer)",
-                headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
-            )
         else:
-            await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+
+
+def refusal(tokens: GatewayTokens, scope: Scope) -> Response | None:
+    """The answer refusing an HTTP request (401, 403, or the sign-in page for a person),
+    or None when its token's role allows it."""
+    path: str = scope["path"]
+    if path in _OPEN or path.startswith(_OPEN_PREFIXES):
+        return None
+    safe = scope["method"] in _SAFE
+    token = _token(scope, cookie=safe)
+    role = None if token is None else tokens.role_of(token)
+    if role is None:
+        return _unauthenticated(scope, safe, given=token is not None)
+    if not may(role, "reader" if safe else "writer"):
+        return problem_response(
+            Request(scope),
+            403,
+            "forbidden",
+            "Forbidden",
+            f"a {role} token may not {scope['method']} {path}: use a writer's token "
+            "(runstate auth token create --role writer)",
+            headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'},
+        )
+    return None
 
 
 def _token(scope: Scope, *, cookie: bool) -> str | None:

@@ -86,6 +86,26 @@ class GatewayMetrics:
         #: what the answering replica said at the last scrape (None: no answer)
         self.replica: dict[str, float] | None = None
         registry.register(_ReplicaCollector(self))
+        # Each labelled child once: labels() takes a lock and checks its values every call.
+        self._seconds: dict[tuple[str, str], Any] = {}
+        self._counts: dict[tuple[str, str, int], Any] = {}
+
+    def answering(self, scope: Scope, seconds: float) -> None:
+        """An HTTP request's answer starts, ``seconds`` after the request came."""
+        key = (_route_of(scope), scope["method"])
+        child = self._seconds.get(key)
+        if child is None:
+            child = self._seconds[key] = self.request_seconds.labels(*key)
+        child.observe(seconds)
+
+    def answered(self, scope: Scope, status: int) -> None:
+        """An HTTP request was answered with ``status`` (500: it failed unanswered)."""
+        key = (_route_of(scope), scope["method"], status)
+        child = self._counts.get(key)
+        if child is None:
+            route, method, _ = key
+            child = self._counts[key] = self.requests.labels(route, method, str(status))
+        child.inc()
 
 
 class _ReplicaCollector(Collector):
@@ -152,9 +172,6 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        # Each labelled child once: labels() takes a lock and checks its values every call.
-        self._seconds: dict[tuple[str, str], Any] = {}
-        self._counts: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -167,24 +184,13 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                key = (_route_of(scope), scope["method"])
-                seconds = self._seconds.get(key)
-                if seconds is None:
-                    seconds = self._seconds[key] = self.metrics.request_seconds.labels(*key)
-                seconds.observe(time.perf_counter() - started)
+                self.metrics.answering(scope, time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            counted = (_route_of(scope), scope["method"], status)
-            count = self._counts.get(counted)
-            if count is None:
-                route, method, _ = counted
-                count = self._counts[counted] = self.metrics.requests.labels(
-                    route, method, str(status)
-                )
-            count.inc()
+            self.metrics.answered(scope, status)
 
 
 def _route_of(scope: Scope) -> str:

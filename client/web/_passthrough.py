@@ -13,17 +13,14 @@ re-encoded, never cut wrongly.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import Any
 
 import anyio
 import orjson
 
 from runstate.client._client import Client
-from runstate.projections._conditions import parse_condition
-from runstate.projections._protocol import GetRequest, RunsRequest
+from runstate.projections._protocol import GetRequest
 
-__all__ = ["get_view", "result_bytes", "runs_request", "versioned"]
+__all__ = ["get_view", "result_bytes", "versioned"]
 
 _RESULT = b'{"result":'
 
@@ -81,47 +78,3 @@ async def versioned(
     if isinstance(version, Exception):
         raise version
     return body, version
-
-
-def runs_request(
-    client: Client,
-    *,
-    flow: str | None,
-    tag: list[str],
-    any_tag: list[str],
-    state: list[str],
-    user: str | None,
-    created_after: datetime | None,
-    created_before: datetime | None,
-    finished_after: datetime | None,
-    finished_before: datetime | None,
-    parameters: dict[str, Any] | None,
-    where: list[str],
-    sort: str,
-    page_size: int,
-    cursor: str | None,
-    after: int | None,
-    after_points: int | None,
-) -> RunsRequest:
-    """The query ``client.runs`` sends for these filters (the caller has refused ``after``
-    with ``after_points``)."""
-    return client.query(
-        RunsRequest,
-        flow=flow,
-        tags_all=tag,
-        tags_any=any_tag,
-        state=state,
-        user=user,
-        created_after=created_after,
-        created_before=created_before,
-        finished_after=finished_after,
-        finished_before=finished_before,
-        parameters=parameters or {},
-        where=[parse_condition(condition) for condition in where],
-        namespace=client.namespace,
-        sort=sort,
-        limit=page_size,
-        cursor=cursor,
-        after=after,
-        after_points=after_points,
-    )

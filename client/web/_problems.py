@@ -36,7 +36,14 @@ from runstate.engine.errors import (
     Unavailable,
 )
 
-__all__ = ["PROBLEM_JSON", "Problem", "install_problem_handlers", "problem_response", "status_of"]
+__all__ = [
+    "PROBLEM_JSON",
+    "Problem",
+    "install_problem_handlers",
+    "problem_of",
+    "problem_response",
+    "status_of",
+]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -106,8 +113,19 @@ def _title(code: str) -> str:
     return code.replace("_", " ").capitalize()
 
 
+def problem_of(request: Request, exc: RunstateError | Problem) -> JSONResponse:
+    """The problem answering a runstate error or a ``Problem`` raised by a route."""
+    if isinstance(exc, Problem):
+        return _gateway_problem(request, exc)
+    return _runstate_problem(request, exc)
+
+
 async def _runstate_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RunstateError)
+    return _runstate_problem(request, exc)
+
+
+def _runstate_problem(request: Request, exc: RunstateError) -> JSONResponse:
     status = status_of(exc)
     headers = {"Retry-After": "1"} if status == 503 else None
     return problem_response(
@@ -123,6 +141,10 @@ async def _runstate_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Problem)
+    return _gateway_problem(request, exc)
+
+
+def _gateway_problem(request: Request, exc: Problem) -> JSONResponse:
     headers: dict[str, str] | None = None
     if "current_version" in exc.extra:
         headers = {"ETag": f'"{exc.extra["current_version"]}"'}

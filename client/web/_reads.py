@@ -27,7 +27,8 @@ from runstate.client._client import Client, ListAfter
 from runstate.client._data import DataArtifact, _record
 from runstate.client._history import History
 from runstate.client._objects import Run, Step, Task
-from runstate.client.web._passthrough import get_view, result_bytes, runs_request, versioned
+from runstate.client.web._filters import RunsFilters
+from runstate.client.web._passthrough import get_view, result_bytes, versioned
 from runstate.engine._names import parse_pathspec
 from runstate.engine._points import PointReceipt
 from runstate.engine.errors import BadFilter, NotFound
@@ -36,6 +37,7 @@ from runstate.projections._protocol import (
     MetricHistoryRequest,
     MetricKeysRequest,
     MetricScanRequest,
+    RunsRequest,
 )
 from runstate.projections._queries import FlowSummary, Page
 from runstate.projections._views import ArtifactView, MetadataView, RunView, StepView, TaskView
@@ -208,79 +210,21 @@ async def latest_run(
 # -- runs -------------------------------------------------------------------------
 
 
-Where = Annotated[
-    list[str],
-    Query(
-        description="Conditions on summary and config values, all of which must hold, as the "
-        "client writes them: summary.acc > 0.9, config.lr <= 0.01 (operators = != < <= > >=, "
-        "values JSON literals).",
-    ),
-]
-Sort = Annotated[
-    str,
-    Query(
-        description="created_at, finished_at, duration, run_number, summary.<key> or "
-        "config.<key> (runs without that value last); - descends.",
-    ),
-]
-
-
 @router.get("/runs", response_model=Page[RunView], summary="A page of runs, filtered and sorted")
 async def list_runs(
+    filters: RunsFilters,
     client: Reader,
-    flow: str | None = None,
-    tag: Annotated[list[str], Query(description="Runs carrying every one of these.")] = [],  # noqa: B006
-    any_tag: Annotated[list[str], Query(description="Runs carrying one of these.")] = [],  # noqa: B006
-    state: Annotated[list[str], Query(description="Runs in one of these states.")] = [],  # noqa: B006
-    user: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    finished_after: datetime | None = None,
-    finished_before: datetime | None = None,
-    parameters: Annotated[
-        str | None, Query(description='A JSON object the parameters match, e.g. {"lr": 0.1}.')
-    ] = None,
-    where: Where = [],  # noqa: B006
-    sort: Sort = "-created_at",
     page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the page before.")] = None,
     after: After = None,
     after_points: AfterPoints = None,
 ) -> Response:
     list_after(after, after_points)  # BadFilter for both
-    query = runs_request(
-        client,
-        flow=flow,
-        tag=tag,
-        any_tag=any_tag,
-        state=state,
-        user=user,
-        created_after=created_after,
-        created_before=created_before,
-        finished_after=finished_after,
-        finished_before=finished_before,
-        parameters=parameters_filter(parameters),
-        where=where,
-        sort=sort,
-        page_size=page_size,
-        cursor=cursor,
-        after=after,
-        after_points=after_points,
+    query = filters.request(
+        client, RunsRequest, limit=page_size, cursor=cursor, after=after, after_points=after_points
     )
     # The query service's page ({"items": [...], "next_cursor": ...}) is a Page[RunView].
     return _raw_json(result_bytes(await client._request(query, None)))
-
-
-def parameters_filter(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise BadFilter(f'parameters must be a JSON object such as {{"lr": 0.1}}, not {text!r}')
-    return value
 
 
 @router.get("/runs/{flow}/{run_id}", response_model=RunView, summary="One run (ETag: its version)")

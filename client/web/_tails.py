@@ -34,23 +34,13 @@ from runstate.client._frame import frame_columns
 from runstate.client._logs import LogLine
 from runstate.client._logs import _stream as stream_number
 from runstate.client._tails import MetricRow, Position
+from runstate.client.web._filters import RunsFilters
 from runstate.client.web._live import Frames, LastEventId, sse_frame
 from runstate.client.web._live import _stream as event_stream
-from runstate.client.web._reads import (
-    After,
-    AfterPoints,
-    Attempt,
-    Reader,
-    Sort,
-    Where,
-    list_after,
-    parameters_filter,
-    reader,
-)
+from runstate.client.web._reads import After, AfterPoints, Attempt, Reader, list_after, reader
 from runstate.engine._names import parse_pathspec
 from runstate.engine._points import wire_value
 from runstate.engine.errors import BadFilter
-from runstate.projections._conditions import parse_condition
 from runstate.projections._frame import BASE_COLUMNS
 from runstate.projections._protocol import RunsFrameRequest
 
@@ -294,43 +284,13 @@ class RunsFrame(BaseModel):
     summary="Every run a list selects, as JSON columns (client.runs_frame)",
 )
 async def runs_frame(
+    filters: RunsFilters,
     client: Reader,
-    flow: str | None = None,
-    tag: Annotated[list[str], Query(description="Runs carrying every one of these.")] = [],  # noqa: B006
-    any_tag: Annotated[list[str], Query(description="Runs carrying one of these.")] = [],  # noqa: B006
-    state: Annotated[list[str], Query(description="Runs in one of these states.")] = [],  # noqa: B006
-    user: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    finished_after: datetime | None = None,
-    finished_before: datetime | None = None,
-    parameters: Annotated[
-        str | None, Query(description='A JSON object the parameters match, e.g. {"lr": 0.1}.')
-    ] = None,
-    where: Where = [],  # noqa: B006
-    sort: Sort = "-created_at",
     after: After = None,
     after_points: AfterPoints = None,
 ) -> Response:
-    # The query runs_frame builds, from the same parameters as GET /runs.
-    since = list_after(after, after_points)
-    query = client.query(
-        RunsFrameRequest,
-        flow=flow,
-        tags_all=tag,
-        tags_any=any_tag,
-        state=state,
-        user=user,
-        created_after=created_after,
-        created_before=created_before,
-        finished_after=finished_after,
-        finished_before=finished_before,
-        parameters=parameters_filter(parameters) or {},
-        where=[parse_condition(text) for text in where],
-        namespace=client.namespace,
-        sort=sort,
-        **({"after": since} if isinstance(since, int | None) else {"after_points": since.sequence}),
-    )
+    list_after(after, after_points)  # BadFilter for both
+    query = filters.request(client, RunsFrameRequest, after=after, after_points=after_points)
     columns = await frame_columns(client, query, untagged=False)
     data: dict[str, list[Any]] = dict(columns.base)
     for name in ("created_at", "finished_at"):

@@ -21,12 +21,14 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Header, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from starlette.datastructures import State
 
 from runstate.client._client import Client
 from runstate.client.web._problems import Problem
-from runstate.client.web._reads import client_of, json_response
+from runstate.client.web._reads import client_of
 from runstate.engine._events import ExceptionInfo, RunCreated, decode_commit
 from runstate.engine._handles import RunHandle, TaskHandle
 from runstate.engine._names import parse_pathspec
@@ -43,7 +45,12 @@ __all__ = [
     "TaskTransition",
     "UpdateRun",
     "Written",
+    "WrittenParts",
+    "move_run",
+    "move_task",
     "router",
+    "written_parts",
+    "written_response",
 ]
 
 router = APIRouter(prefix="/api/v1", tags=["writes"])
@@ -147,23 +154,43 @@ class Written(BaseModel):
     sequence: int
 
 
-def _written(
-    handle: RunHandle | TaskHandle, sequence: int, status: int = 200, **headers: str
-) -> Response:
-    # ``Written``'s fields, in its order, encoded directly: every write answers this.
-    body = {
-        "pathspec": handle.pathspec,
-        "state": handle.state.value,
-        "attempt": handle.attempt if isinstance(handle, TaskHandle) else None,
-        "version": handle.version,
-        "sequence": sequence,
-    }
-    response = json_response(
-        body,
-        headers={"ETag": f'"{handle.version}"', "X-Runstate-Sequence": str(sequence), **headers},
+#: a write's answer: its status, its JSON body and its headers (names in lower case)
+WrittenParts = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
+
+def written_parts(
+    handle: RunHandle | TaskHandle, sequence: int, status: int = 200, location: str | None = None
+) -> WrittenParts:
+    """``Written``'s fields, in its order, encoded directly (every write answers this),
+    with the headers ``Response`` would send, in its order."""
+    body = orjson.dumps(
+        {
+            "pathspec": handle.pathspec,
+            "state": handle.state.value,
+            "attempt": handle.attempt if isinstance(handle, TaskHandle) else None,
+            "version": handle.version,
+            "sequence": sequence,
+        }
     )
-    response.status_code = status
+    headers = [(b"etag", b'"%d"' % handle.version), (b"x-runstate-sequence", b"%d" % sequence)]
+    if location is not None:
+        headers.append((b"location", location.encode("latin-1")))
+    headers += [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    return status, body, headers
+
+
+def written_response(parts: WrittenParts) -> Response:
+    status, body, headers = parts
+    response = Response(status_code=status)
+    response.body = body
+    response.raw_headers = headers
     return response
+
+
+def _written(
+    handle: RunHandle | TaskHandle, sequence: int, status: int = 200, location: str | None = None
+) -> Response:
+    return written_response(written_parts(handle, sequence, status, location))
 
 
 def _versions(if_match: str | None, *, required: bool, what: str) -> set[int] | None:
@@ -206,7 +233,7 @@ _HANDLES_KEPT = 10_000
 _H = TypeVar("_H", RunHandle, TaskHandle)
 
 
-def _kept(request: Request, pathspec: str, versions: set[int] | None) -> Any:
+def _kept(state: State, pathspec: str, versions: set[int] | None) -> Any:
     """A copy of the handle this gateway kept of ``pathspec``, if it is at one of
     ``versions``; else None (load it from the log).
 
@@ -218,15 +245,15 @@ def _kept(request: Request, pathspec: str, versions: set[int] | None) -> Any:
     """
     if versions is None:
         return None
-    handles: OrderedDict[str, RunHandle | TaskHandle] = request.app.state.handles
+    handles: OrderedDict[str, RunHandle | TaskHandle] = state.handles
     handle = handles.get(pathspec)
     if handle is None or handle.version not in versions:
         return None
     return copy.copy(handle)
 
 
-def _keep(request: Request, handle: _H) -> _H:
-    handles: OrderedDict[str, RunHandle | TaskHandle] = request.app.state.handles
+def _keep(state: State, handle: _H) -> _H:
+    handles: OrderedDict[str, RunHandle | TaskHandle] = state.handles
     handles[handle.pathspec] = handle
     handles.move_to_end(handle.pathspec)
     if len(handles) > _HANDLES_KEPT:
@@ -234,8 +261,8 @@ def _keep(request: Request, handle: _H) -> _H:
     return handle
 
 
-def _forget(request: Request, pathspec: str) -> None:
-    request.app.state.handles.pop(pathspec, None)
+def _forget(state: State, pathspec: str) -> None:
+    state.handles.pop(pathspec, None)
 
 
 def _stale(pathspec: str, current: int) -> Problem:
@@ -283,7 +310,7 @@ async def create_run(
     )
     sequence = handle.receipt.sequence if handle.receipt is not None else handle.version
     location = f"/api/v1/runs/{handle.pathspec}"
-    return _written(handle, sequence, 201, Location=location)
+    return _written(handle, sequence, 201, location)
 
 
 async def _check_same_body(client: Client, key: str, body: CreateRun) -> None:
@@ -337,20 +364,28 @@ def _run_pathspec(flow: str, run_id: str) -> str:
 async def transition_run(
     flow: str, run_id: str, body: RunTransition, request: Request, if_match: IfMatch = None
 ) -> Response:
+    return written_response(await move_run(request.app.state, (flow, run_id), body, if_match))
+
+
+async def move_run(
+    state: State, parts: tuple[str, ...], body: RunTransition, if_match: str | None
+) -> WrittenParts:
+    """The run transition of the route above, ``parts`` its path's flow and run id (also
+    answered by ``_direct``)."""
     versions = _versions(if_match, required=True, what="a transition")
-    pathspec = _run_pathspec(flow, run_id)
-    handle: RunHandle | None = _kept(request, pathspec, versions)
+    pathspec = _run_pathspec(*parts)
+    handle: RunHandle | None = _kept(state, pathspec, versions)
     if handle is None:
-        handle = await client_of(request).run_handle(pathspec)
+        handle = await state.client.run_handle(pathspec)
         _check_version(handle, versions)
     try:
         receipt = await handle.transition(
             body.state, label=body.label, message=body.message, resume=body.resume
         )
     except ConflictError as exc:
-        _forget(request, pathspec)
+        _forget(state, pathspec)
         raise _stale(handle.pathspec, exc.current_version) from None
-    return _written(_keep(request, handle), receipt.sequence)
+    return written_parts(_keep(state, handle), receipt.sequence)
 
 
 @router.post(
@@ -388,7 +423,7 @@ async def update_run(flow: str, run_id: str, body: UpdateRun, request: Request) 
         raise InvalidEvent("an edit of a run needs one of name, notes, config or summary")
     handle = await client_of(request).run_handle(_run_pathspec(flow, run_id))
     receipt = await handle.update(**edits)
-    return _written(_keep(request, handle), receipt.sequence)
+    return _written(_keep(request.app.state, handle), receipt.sequence)
 
 
 @router.post(
@@ -422,9 +457,9 @@ async def create_task(flow: str, run_id: str, body: CreateTask, request: Request
         start=body.start,
     )
     assert task.receipt is not None
-    _keep(request, task)
+    _keep(request.app.state, task)
     location = f"/api/v1/runs/{flow}/{run_id}/steps/{task.step}/tasks/{task.id}"
-    return _written(task, task.receipt.sequence, 201, Location=location)
+    return _written(task, task.receipt.sequence, 201, location)
 
 
 _TASK = "/runs/{flow}/{run_id}/steps/{step}/tasks/{task_id}"
@@ -456,11 +491,20 @@ async def transition_task(
     request: Request,
     if_match: IfMatch = None,
 ) -> Response:
+    parts = (flow, run_id, step, task_id)
+    return written_response(await move_task(request.app.state, parts, body, if_match))
+
+
+async def move_task(
+    state: State, parts: tuple[str, ...], body: TaskTransition, if_match: str | None
+) -> WrittenParts:
+    """The task transition of the route above, ``parts`` its path's flow, run id, step
+    and task id (also answered by ``_direct``)."""
     versions = _versions(if_match, required=True, what="a transition")
-    pathspec = str(parse_pathspec(f"{flow}/{run_id}/{step}/{task_id}", min_depth=4, max_depth=4))
-    handle: TaskHandle | None = _kept(request, pathspec, versions)
+    pathspec = str(parse_pathspec("/".join(parts), min_depth=4, max_depth=4))
+    handle: TaskHandle | None = _kept(state, pathspec, versions)
     if handle is None:
-        handle = await _task_handle(request, flow, run_id, step, task_id)
+        handle = await state.client.writer.task(pathspec)
         _check_version(handle, versions)
     try:
         receipt = await handle.transition(
@@ -471,9 +515,9 @@ async def transition_task(
             exception=body.exception,
         )
     except ConflictError as exc:
-        _forget(request, pathspec)
+        _forget(state, pathspec)
         raise _stale(handle.pathspec, exc.current_version) from None
-    return _written(_keep(request, handle), receipt.sequence)
+    return written_parts(_keep(state, handle), receipt.sequence)
 
 
 @router.post(

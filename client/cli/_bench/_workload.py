@@ -259,7 +259,7 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
         "acknowledged appends on this machine"
     )
     raw_stream = f"{place.prefix.upper()}_BENCH_RAW"
-    raw_subjects = f"{place.prefix}.benchraw"
+    raw_subjects = f"{place.prefix}.admin.benchraw"  # engine._roles.admin_subjects
     if 64 in p.writers:
         await _write_only(place, p, report)
     # the raw figure's stream of its own: made, written and deleted as the admin role
