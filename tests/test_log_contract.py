@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -29,19 +30,26 @@ class TestMemoryEventLog(EventLogContract):
         return MemoryEventLog(Settings(prefix="rs"))
 
 
+@asynccontextmanager
+async def _jetstream_log(nats_url: str) -> AsyncIterator[JetStreamEventLog]:
+    """A JetStream log on a fresh server with runstate's streams."""
+    settings = Settings(nats_url=nats_url, retry_budget=5.0)
+    nc = await open_nats(settings)
+    try:
+        await provision(nc, settings)
+        yield JetStreamEventLog(nc, settings)
+    finally:
+        await nc.close()
+
+
 class TestJetStreamEventLog(EventLogContract):
     """The JetStream log keeps the contract, against a real nats-server."""
 
     @pytest.fixture
     async def log(self, nats_url: str) -> AsyncIterator[JetStreamEventLog]:
         """A JetStream log on a fresh server with runstate's streams."""
-        settings = Settings(nats_url=nats_url, retry_budget=5.0)
-        nc = await open_nats(settings)
-        try:
-            await provision(nc, settings)
-            yield JetStreamEventLog(nc, settings)
-        finally:
-            await nc.close()
+        async with _jetstream_log(nats_url) as log:
+            yield log
 
 
 _factory = EventFactory()
@@ -140,13 +148,8 @@ class TestMemoryForeignMessages(ForeignMessagesContract):
 class TestJetStreamForeignMessages(ForeignMessagesContract):
     @pytest.fixture
     async def log(self, nats_url: str) -> AsyncIterator[JetStreamEventLog]:
-        settings = Settings(nats_url=nats_url, retry_budget=5.0)
-        nc = await open_nats(settings)
-        try:
-            await provision(nc, settings)
-            yield JetStreamEventLog(nc, settings)
-        finally:
-            await nc.close()
+        async with _jetstream_log(nats_url) as log:
+            yield log
 
     async def put_foreign(self, log: Any, subject: str, data: bytes) -> None:
         await log.nc.jetstream().publish(subject, data)  # no headers: as JetStream's answer
