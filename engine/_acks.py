@@ -15,6 +15,9 @@ __all__ = ["Ack", "conflict_sequence", "delivery_sequence", "header", "parse_ack
 
 # "wrong last sequence: <seq>", and the same without the sequence
 _CONFLICT_CODES = frozenset({10071, 10164})
+# the latter: a cluster's stream leader had another conditional write to the subject in
+# flight, so it compared nothing (it clears the mark only after acknowledging that write)
+_IN_FLIGHT_CODE = 10164
 
 
 def header(msg: Msg | RawStreamMsg, name: str) -> str | None:
@@ -39,6 +42,11 @@ class Ack:
     @property
     def conflict(self) -> bool:
         return self.error is not None and self.error.get("err_code") in _CONFLICT_CODES
+
+    @property
+    def in_flight(self) -> bool:
+        """A conflict that decided nothing: another write to the subject was in flight."""
+        return self.error is not None and self.error.get("err_code") == _IN_FLIGHT_CODE
 
     @property
     def transient(self) -> bool:

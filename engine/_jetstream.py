@@ -210,10 +210,20 @@ class JetStreamEventLog:
         commit = encoded.commit
         current = conflict_sequence(error)
         if current < 0:
-            # the form without the sequence (a stream leader, on a cluster):
-            # what matters is the entity's last commit, so read it
-            current, last_id = await self._last_commit(encoded.subject, commit.commit_id)
+            # The form without the sequence (10164, a stream leader on a cluster): another
+            # conditional write to the subject was in flight, so the leader compared
+            # nothing. What matters is the entity's last commit, so read it.
+            checked = encoded.subject
+            if commit.across_run and encoded.path.run is not None:
+                checked = self.subjects.run_all(encoded.path.flow, encoded.path.run)
+            current, last_id = await self._last_commit(checked, commit.commit_id)
             ours = last_id == commit.commit_id
+            if not ours and current <= (commit.expected_version or 0):
+                # Not past the version this commit expects: the write in flight was the
+                # one that made that version (often the caller's own, acknowledged a moment
+                # ago: the leader clears its mark after the ack) or one that has not landed
+                # yet. Nothing is decided: ask again.
+                raise TransientRefusal(f"another write to {encoded.entity} was in flight")
         else:
             ours = await self._holds_commit(current, commit.commit_id)
         if ours:
@@ -297,6 +307,8 @@ class JetStreamEventLog:
                 stored = await self._find_stored_batch(encoded)
                 if stored is not None:
                     return stored
+                if ack.in_flight:
+                    raise TransientRefusal(f"{ack.error.get('description')}")
                 if code == _BATCH_DUPLICATE_CODE:
                     raise RunstateError(
                         "JetStream refused the atomic batch: some of its commit ids are already "

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from runstate.engine._acks import Ack, parse_ack
 from runstate.engine._commits import Commit, EncodedCommit, Receipt
 from runstate.engine._events import Event
-from runstate.engine._retry import TRANSIENT
+from runstate.engine._retry import TRANSIENT, TransientRefusal
 from runstate.engine.errors import ConflictError, RunstateError, Unavailable
 
 if TYPE_CHECKING:
@@ -151,14 +151,16 @@ class JetStreamPipeline:
         """
         with anyio.move_on_after(self._log.settings.request_timeout):
             await self._all_done.wait()
-        await self._resend_unconfirmed()
         for entry in self._entries:
             if entry.ack is not None:
+                ack, entry.ack = entry.ack, None
                 try:
-                    entry.receipt = await self._log.receipt(entry.encoded, entry.ack)
+                    entry.receipt = await self._log.receipt(entry.encoded, ack)
                 except ConflictError as exc:
                     entry.error = exc
-                entry.ack = None
+                except TransientRefusal:  # undecided: sent again below
+                    entry.needs_resend = True
+        await self._resend_unconfirmed()
         entries, self._entries = self._entries, []
         self._flushed = entries
         for entry in entries:
