@@ -7,8 +7,9 @@ entity's last commit (0 for "no commit yet"); a mismatch is a
 
 nats-server checks the expected sequence *before* de-duplication, so a retry
 whose first try was stored (but whose ack was lost) comes back as a conflict
-at a sequence that holds our own commit; ``_settle_conflict`` recognises that
-case and returns the original receipt instead of a conflict.
+at a sequence that holds our own commit; ``ConflictSettler`` (``_jetstream_conflicts``)
+recognises that case, and the others that are not conflicts, and returns the
+original receipt instead of a conflict.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.api import RawStreamMsg
 
 from runstate.engine._acks import Ack, conflict_sequence, header, parse_ack
 from runstate.engine._commits import (
@@ -38,9 +38,10 @@ from runstate.engine._commits import (
     new_commit_id,
 )
 from runstate.engine._events import Event, decode_commit
-from runstate.engine._foreign import Found, KeyCheck, held_or_replaced, is_commit_of, past_foreign
+from runstate.engine._foreign import KeyCheck, held_or_replaced, is_commit_of
 from runstate.engine._jetstream_batches import JetStreamBatchLog
 from runstate.engine._jetstream_blobs import JetStreamBlobStore
+from runstate.engine._jetstream_conflicts import ConflictSettler
 from runstate.engine._jetstream_follow import BUFFER_LIMIT, JetStreamFollow, drain
 from runstate.engine._jetstream_pipeline import JetStreamPipeline
 from runstate.engine._jetstream_read import read_stream, rfc3339_ns
@@ -83,6 +84,7 @@ class JetStreamEventLog:
         self._points = JetStreamBatchLog(nc, settings, self._replies, points_side(settings.prefix))
         self._lines = JetStreamBatchLog(nc, settings, self._replies, lines_side(settings.prefix))
         self._kv: Any = None
+        self._conflicts = ConflictSettler(self._js, self._stream, settings, self.subjects)
 
     @property
     def nc(self) -> NATS:
@@ -191,90 +193,13 @@ class JetStreamEventLog:
                 ack.sequence, encoded.subject, commit.commit_id, len(commit.events), ack.duplicate
             )
         if ack.conflict:
-            return await self._settle_conflict(encoded, ack.error)
+            return await self._conflicts.settle(encoded, ack.error, self.send)
         if ack.transient:
             raise TransientRefusal(f"JetStream refused for now: {ack.error.get('description')}")
         raise RunstateError(
             f"JetStream refused the append to {encoded.entity}: {ack.error.get('description')} "
             f"(code {ack.error.get('err_code')})"
         )
-
-    async def _settle_conflict(self, encoded: EncodedCommit, error: dict[str, Any]) -> Receipt:
-        """The receipt of the commit if the entity's last commit is this very commit,
-        else ``ConflictError``.
-
-        The server checks the expected version before de-duplication, so a retry
-        (ours, or the caller's after ``Unavailable``) whose first try was stored
-        meets a conflict with itself.
-        """
-        commit = encoded.commit
-        current = conflict_sequence(error)
-        if current < 0:
-            # The form without the sequence (10164, a stream leader on a cluster): another
-            # conditional write to the subject was in flight, so the leader compared
-            # nothing. What matters is the entity's last commit, so read it.
-            checked = encoded.subject
-            if commit.across_run and encoded.path.run is not None:
-                checked = self.subjects.run_all(encoded.path.flow, encoded.path.run)
-            current, last_id = await self._last_commit(checked, commit.commit_id)
-            ours = last_id == commit.commit_id
-            if not ours and current <= (commit.expected_version or 0):
-                # Not past the version this commit expects: the write in flight was the
-                # one that made that version (often the caller's own, acknowledged a moment
-                # ago: the leader clears its mark after the ack) or one that has not landed
-                # yet. Nothing is decided: ask again.
-                raise TransientRefusal(f"another write to {encoded.entity} was in flight")
-        else:
-            ours = await self._holds_commit(current, commit.commit_id)
-        if ours:
-            return Receipt(current, encoded.subject, commit.commit_id, len(commit.events), True)
-        moved = await past_foreign(self.subjects, encoded, self._next_after)
-        if moved is not None:  # only junk came after the version it expected: step over it
-            return await self.send(moved)
-        raise ConflictError(encoded.entity, commit.expected_version or 0, current)
-
-    async def _next_after(self, commit_id: str, where: str, seq: int) -> Found:
-        msg = await self._leader_get(commit_id, after=seq, subject=where)
-        return None if msg is None else (int(msg.seq or 0), msg.subject or "", msg.data or b"")
-
-    async def _leader_get(self, commit_id: str, **where: Any) -> RawStreamMsg | None:
-        """A message from the stream leader (a direct get may be answered by a replica
-        that has not stored it yet); None if there is none; ``Unavailable`` if it cannot tell."""
-
-        async def attempt() -> RawStreamMsg | None:
-            try:
-                if "after" in where:  # the first message on the subject after a sequence
-                    seq, subject = where["after"] + 1, where["subject"]
-                    return await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True)
-                if "subject" in where:
-                    return await self._js.get_last_msg(self._stream, where["subject"])
-                return await self._js.get_msg(self._stream, seq=where["seq"])
-            except nats.js.errors.NotFoundError:
-                return None
-
-        def give_up(exc: BaseException) -> Unavailable:
-            return Unavailable(
-                f"could not check whether commit {commit_id} is stored "
-                f"({type(exc).__name__}); nothing is lost: retry with commit id {commit_id}",
-                commit_id=commit_id,
-            )
-
-        budget = min(self.settings.retry_budget, self.settings.request_timeout)
-        return await retry(attempt, budget=budget, give_up=give_up, what="leader_get")
-
-    async def _last_commit(self, subject: str, commit_id: str) -> tuple[int, str | None]:
-        """(sequence, commit id) of the last message on ``subject`` ((0, None): none)."""
-        msg = await self._leader_get(commit_id, subject=subject)
-        if msg is None:
-            return 0, None
-        return int(msg.seq or 0), header(msg, "Nats-Msg-Id")
-
-    async def _holds_commit(self, sequence: int, commit_id: str) -> bool:
-        """True if the message at ``sequence`` is the commit ``commit_id``."""
-        if sequence <= 0:
-            return False
-        msg = await self._leader_get(commit_id, seq=sequence)
-        return msg is not None and header(msg, "Nats-Msg-Id") == commit_id
 
     def pipeline(self, max_in_flight: int = 2048) -> JetStreamPipeline:
         """Many appends in flight, confirmed together by ``flush``."""
