@@ -27,6 +27,7 @@ from runstate.engine._refusals import refusable, refusals_of
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
 from runstate.engine._roles import USER_INFO, stream_names
 from runstate.engine._settings import Settings
+from runstate.engine._tls_files import client_tls_context
 from runstate.engine.errors import (
     ConfigurationError,
     JetStreamDisabled,
@@ -122,17 +123,6 @@ def require_asyncio(what: str) -> None:
     )
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    if settings.tls_ca is None and settings.tls_cert is None:
-        return None
-    context = ssl.create_default_context(
-        cafile=str(settings.tls_ca) if settings.tls_ca is not None else None
-    )
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-    return context
-
-
 async def open_nats(settings: Settings, url: str | None = None, *, name: str = "runstate") -> NATS:
     """Connect to NATS, check the server is 2.11+ with JetStream, and return the connection.
 
@@ -210,7 +200,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         options.update(connection_options(settings.credentials))
     if settings.token is not None:
         options["token"] = settings.token
-    tls = _tls_context(settings)
+    tls = client_tls_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
     if tls is not None:
         options["tls"] = tls
     try:

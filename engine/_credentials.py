@@ -16,6 +16,7 @@ file with a user JWT) into nats-py's ``connect`` options.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
@@ -26,11 +27,13 @@ from typing import Any
 
 import nkeys  # type: ignore[import-untyped]
 
+from runstate.engine._names import Subjects
 from runstate.engine._private import PRIVATE_FILE, private_dir
 from runstate.engine._roles import (
     INBOX,
     JETSTREAM_SERVICES,
     ROLES,
+    STREAMS_ROLES,
     Permissions,
     accounts,
     admin_subjects,
@@ -42,6 +45,7 @@ from runstate.engine.errors import ConfigurationError
 __all__ = [
     "AUTH_CONF",
     "RoleCredential",
+    "connect_fields",
     "connection_options",
     "new_credentials",
     "render_authorization",
@@ -102,39 +106,8 @@ def _quoted(items: Sequence[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "rs") -> str:
-    """The nats-server ``accounts`` block of these users: JetStream in an account of its own.
-
-    The streams live in an account no user signs in to; the users are in the
-    clients' account, which imports JetStream's API, acks and flow control and
-    every stored subject as services, and the push consumers' deliveries (to
-    inboxes) as a stream. An answer of JetStream comes back to the clients'
-    account on the reply subject the requester gave and goes no further, so a
-    reader naming an event subject or a key as its reply stores nothing
-    (``runstate.engine._roles.accounts``).
-    """
-    streams, clients = accounts(prefix)
-    services = [*JETSTREAM_SERVICES, *stored_subjects(prefix), admin_subjects(prefix)]
-    lines = [
-        "# runstate roles (runstate auth init): one user per role, with exact permissions.",
-        "# Generated; include it from the server's config: include auth.conf",
-        "accounts {",
-        "  # JetStream and every stream and bucket of runstate; no user signs in here",
-        f"  {streams} {{",
-        "    jetstream: enabled",
-        "    exports = [",
-    ]
-    for subject in services:
-        streamed = ", response_type: stream" if subject == "$JS.API.>" else ""
-        lines.append(f'      {{service: "{subject}"{streamed}}}')
-    lines += [f'      {{stream: "{INBOX}"}}', "    ]", "  }", f"  {clients} {{", "    imports = ["]
-    for subject in services:
-        lines.append(f'      {{service: {{account: {streams}, subject: "{subject}"}}}}')
-    lines += [
-        f'      {{stream: {{account: {streams}, subject: "{INBOX}"}}}}',
-        "    ]",
-        "    users = [",
-    ]
+def _users(credentials: Sequence[RoleCredential]) -> list[str]:
+    lines = ["    users = ["]
     for credential in credentials:
         who = (
             f'nkey: "{credential.public_key}"'
@@ -148,7 +121,45 @@ def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "r
             f"        subscribe: {{allow: {_quoted(credential.permissions.subscribe)}}}",
             "      }}",
         ]
-    lines += ["    ]", "  }", "}", ""]
+    return [*lines, "    ]"]
+
+
+def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "rs") -> str:
+    """The nats-server ``accounts`` block of these users: JetStream in an account of its own.
+
+    The streams live in an account only the projector signs in to; the other
+    users are in the clients' account, which imports JetStream's API, acks and
+    flow control, every stored subject and the query subjects as services, and
+    the push consumers' deliveries (to inboxes) as a stream. An answer (of
+    JetStream, or of a replica) comes back to the clients' account on the
+    reply subject the requester gave and goes no further, so a reader naming
+    an event subject or a key as its reply stores nothing
+    (``runstate.engine._roles.accounts``).
+    """
+    streams, clients = accounts(prefix)
+    queries = f"{Subjects(prefix).query_prefix}.>"
+    services = [*JETSTREAM_SERVICES, *stored_subjects(prefix), admin_subjects(prefix), queries]
+    lines = [
+        "# runstate roles (runstate auth init): one user per role, with exact permissions.",
+        "# Generated; include it from the server's config: include auth.conf",
+        "accounts {",
+        "  # JetStream and every stream and bucket of runstate, and the replicas serving",
+        "  # queries (the projector role): what they move crosses no import",
+        f"  {streams} {{",
+        "    jetstream: enabled",
+        "    exports = [",
+    ]
+    for subject in services:
+        streamed = ", response_type: stream" if subject == "$JS.API.>" else ""
+        lines.append(f'      {{service: "{subject}"{streamed}}}')
+    lines += [f'      {{stream: "{INBOX}"}}', "    ]"]
+    lines += _users([c for c in credentials if c.role in STREAMS_ROLES])
+    lines += ["  }", f"  {clients} {{", "    imports = ["]
+    for subject in services:
+        lines.append(f'      {{service: {{account: {streams}, subject: "{subject}"}}}}')
+    lines += [f'      {{stream: {{account: {streams}, subject: "{INBOX}"}}}}', "    ]"]
+    lines += _users([c for c in credentials if c.role not in STREAMS_ROLES])
+    lines += ["  }", "}", ""]
     return "\n".join(lines)
 
 
@@ -208,3 +219,37 @@ def connection_options(path: Path) -> dict[str, Any]:
         f"{path} is not a credentials file runstate knows: give an nkey seed file (one SU... "
         "line), a user:/password: file (both from runstate auth init) or a NATS .creds file"
     )
+
+
+def connect_fields(path: Path, nonce: str | None) -> dict[str, Any]:
+    """The fields of a NATS ``CONNECT`` that sign in with a credentials file runstate accepts,
+    for a server whose ``INFO`` gave ``nonce``: what nats-py sends for the same file, for a
+    client speaking the protocol itself (``runstate.engine._wire``).
+
+    ``ConfigurationError`` as ``connection_options``, or when an nkey needs a nonce the
+    server did not give.
+    """
+    options = connection_options(path)
+    if "user" in options:
+        return {"user": options["user"], "pass": options["password"]}
+    text = path.read_text()
+    fields: dict[str, Any] = {}
+    if "user_credentials" in options:
+        lines = [line.strip() for line in text.splitlines()]
+        fields["jwt"] = lines[lines.index(_JWT_MARK) + 1]
+        found = _SEED.search(text)
+        if found is None:
+            raise ConfigurationError(f"{path} has a user JWT but no nkey seed to sign with")
+        seed = found.group(0)
+    else:
+        seed = text.strip()
+    if nonce is None:
+        raise ConfigurationError(f"the server asked for no signature: {path} cannot sign in")
+    key = nkeys.from_seed(bytearray(seed.encode()))
+    try:
+        fields["sig"] = base64.b64encode(key.sign(nonce.encode())).decode()
+        if "jwt" not in fields:
+            fields["nkey"] = key.public_key.decode()
+    finally:
+        key.wipe()
+    return fields

@@ -28,6 +28,7 @@ from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
 from runstate.engine._retry import retry
 from runstate.engine._settings import Settings
+from runstate.engine._tls_files import client_tls_context
 from runstate.engine._wire import Endpoint, WireConsumer, WireError, new_inbox
 from runstate.engine.errors import Unavailable
 
@@ -233,10 +234,7 @@ async def drain(
         position[0] = sequence
         return deliver(sequence, subject, data)
 
-    plain = settings.credentials is None and settings.tls_ca is None and settings.tls_cert is None
-    if plain and await _drain_off_the_wire(
-        nc, subjects, subject, position, hand_on, token=settings.token
-    ):
+    if await _drain_off_the_wire(nc, subjects, subject, position, hand_on, settings):
         return
     await _drain_through_nats_py(nc, subjects, subject, position, hand_on)
 
@@ -247,18 +245,21 @@ async def _drain_off_the_wire(
     subject: str,
     position: list[int],
     hand_on: Callable[[int, str, bytes], bool],
-    *,
-    token: str | None = None,
+    settings: Settings,
 ) -> bool:
     """Drain from a push consumer read off a socket of our own; False if it failed first.
 
-    ``token``: the settings' token (the embedded server's), which the URL does not carry.
+    It signs in as ``settings`` do: their token (the embedded server's, which the URL
+    does not carry), credentials file and TLS files.
     """
     if nc.connected_url is None:
         return False
     endpoint = Endpoint.of(nc.connected_url)
+    token = settings.token
     if token is not None and endpoint.token is None and endpoint.user is None:
         endpoint = dataclasses.replace(endpoint, token=token)
+    tls = client_tls_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+    endpoint = dataclasses.replace(endpoint, credentials=settings.credentials, tls=tls)
     inbox = new_inbox()
     js = nc.jetstream()
     consumer: str | None = None

@@ -8,7 +8,9 @@ subject not listed is refused by the server, whatever the client's code does.
 - **admin**: everything (provisioning, stream updates, deletes, purges).
 - **projector**: consumes every stream, dead-letters, answers queries (on
   ``<prefix>.q.>`` and the micro service's ``$SRV.>``, replying to inboxes
-  only), and reaps (appends the ``crashed`` transitions of silent tasks).
+  and to the replies of requests from the clients' account only), and reaps
+  (appends the ``crashed`` transitions of silent tasks). It signs in to
+  JetStream's own account (``accounts``), so what it moves crosses no import.
 - **writer**: what a reader may do, plus appends, heartbeats, counters,
   idempotency keys and object store puts; optionally on some flows only, so
   a writer of flow ``A`` cannot append to flow ``B``.
@@ -31,8 +33,10 @@ from runstate.engine._points import all_points, points_stream
 from runstate.engine.errors import ConfigurationError
 
 __all__ = [
+    "IMPORTED_REPLIES",
     "JETSTREAM_SERVICES",
     "ROLES",
+    "STREAMS_ROLES",
     "Permissions",
     "accounts",
     "admin_subjects",
@@ -51,6 +55,13 @@ USER_INFO = "$SYS.REQ.USER.INFO"
 
 #: where replies come back: nats-py's inboxes (requests, JetStream acks, consumers)
 INBOX = "_INBOX.>"
+
+#: the replies nats-server gives a request that crossed into an account through a
+#: service import: the projector answers clients' queries there
+IMPORTED_REPLIES = "_R_.>"
+
+#: the roles whose users sign in to JetStream's own account; the others are clients
+STREAMS_ROLES = ("projector",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +122,15 @@ JETSTREAM_SERVICES = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
 def accounts(prefix: str = "rs") -> tuple[str, str]:
     """The two NATS accounts of ``prefix``: the one holding JetStream, and the clients'.
 
-    JetStream lives in an account no user signs in to; every role is a user of
-    the clients' account, which imports JetStream's API and the stored subjects
-    as services. A service's answer comes back to the requester's reply subject
-    in the clients' account and is not passed on through another service import,
-    so an answer whose reply names an event subject or a key is not stored: the
-    server itself keeps a reader from replying into the log (docs/roles.md).
+    JetStream lives in an account only the projector signs in to (``STREAMS_ROLES``):
+    a replica's catch-up, acks and reaping, most of the messages runstate moves,
+    cross nothing. The admin, writers and readers are users of the clients'
+    account, which imports JetStream's API, the stored subjects and the query
+    subjects as services. A service's answer comes back to the requester's reply
+    subject in the clients' account and is not passed on through another service
+    import, so an answer whose reply names an event subject or a key is not
+    stored: the server itself keeps a reader from replying into the log
+    (docs/roles.md).
     """
     upper = prefix.upper()
     return f"{upper}_STREAMS", f"{upper}_CLIENTS"
@@ -212,9 +226,9 @@ def role_permissions(
         publish = _common(prefix, role) + _writes(prefix, writer_flows)
         return Permissions(publish=_dedupe(publish), subscribe=(INBOX,))
     # the projector: dead-letters, reaps (appends crashed transitions), answers queries
-    # on the micro service's subjects, replying to inboxes only
+    # on the micro service's subjects, replying to inboxes and to the clients' requests
     publish = _common(prefix, role)
-    publish += [subjects.all_events, subjects.all_deadletters, INBOX, "$SRV.>"]
+    publish += [subjects.all_events, subjects.all_deadletters, INBOX, IMPORTED_REPLIES, "$SRV.>"]
     return Permissions(
         publish=_dedupe(publish),
         subscribe=(INBOX, f"{subjects.query_prefix}.>", "$SRV.>"),

@@ -7,10 +7,19 @@ files, and a server's config names them, without that package.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import TypedDict
 
-__all__ = ["CA_FILE", "SERVER_NAME", "TLS_CONF", "TlsFiles", "render_tls_block", "tls_beside"]
+__all__ = [
+    "CA_FILE",
+    "SERVER_NAME",
+    "TLS_CONF",
+    "TlsFiles",
+    "client_tls_context",
+    "render_tls_block",
+    "tls_beside",
+]
 
 #: the CA's certificate
 CA_FILE = "ca.pem"
@@ -62,3 +71,17 @@ def tls_beside(credentials: Path | None) -> TlsFiles:
     if not (ca.is_file() and cert.is_file() and key.is_file()):
         return {}
     return TlsFiles(tls_ca=ca, tls_cert=cert, tls_key=key)
+
+
+def client_tls_context(
+    ca: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext | None:
+    """A client's TLS context: verifying the server with ``ca`` (else the system's CAs),
+    presenting ``cert`` and ``key`` if given; None without a CA or a certificate (no TLS
+    asked for: a server that requires it then refuses the connection)."""
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context

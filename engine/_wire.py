@@ -8,9 +8,11 @@ socket: it subscribes to the consumer's deliver subject, answers the
 server's pings and flow-control requests (and a stalled consumer's
 heartbeat), and yields each delivery's stream sequence, subject and data.
 
-It connects in the clear, with a user and password or a token from the URL
-at most. For TLS or a credentials file the feeder keeps to nats-py, as it
-does for anything that goes wrong here.
+It signs in as the client's settings do: a user and password or a token
+from the URL, a credentials file (``connect_fields``: an nkey signs the
+server's nonce), and TLS with the client's certificate when the server
+requires it or the settings give one. For anything that goes wrong here the
+feeder keeps to nats-py.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runstate.engine._acks import delivery_sequence
+from runstate.engine._credentials import connect_fields
+from runstate.engine.errors import ConfigurationError
 
 __all__ = ["Endpoint", "WireConsumer", "WireError", "new_inbox"]
 
@@ -47,6 +53,10 @@ class Endpoint:
     user: str | None = None
     password: str | None = None
     token: str | None = None
+    #: a credentials file runstate accepts (``connect_fields``)
+    credentials: Path | None = None
+    #: TLS, verifying the server (and presenting a client certificate, if it has one)
+    tls: ssl.SSLContext | None = None
 
     @classmethod
     def of(cls, url: Any) -> Endpoint:
@@ -85,8 +95,9 @@ class WireConsumer:
         info = self._line()
         if not info.startswith(b"INFO "):
             raise WireError(f"the server did not introduce itself: {info[:80]!r}")
-        if json.loads(info[5:]).get("tls_required"):
-            raise WireError("the server requires TLS")
+        server = json.loads(info[5:])
+        if server.get("tls_required") or endpoint.tls is not None:
+            self._upgrade(server)
         options: dict[str, Any] = {
             "verbose": False,
             "pedantic": False,
@@ -102,6 +113,11 @@ class WireConsumer:
         elif endpoint.user is not None:
             options["user"] = endpoint.user
             options["pass"] = endpoint.password
+        if endpoint.credentials is not None:
+            try:
+                options.update(connect_fields(endpoint.credentials, server.get("nonce")))
+            except ConfigurationError as exc:
+                raise WireError(exc.message) from None
         self._send(
             b"CONNECT " + json.dumps(options).encode() + _CRLF
             + b"SUB " + self._subject + b" 1" + _CRLF
@@ -112,6 +128,19 @@ class WireConsumer:
                 raise WireError(
                     f"the server refused the connection: {line.decode(errors='replace')}"
                 )
+
+    def _upgrade(self, server: dict[str, Any]) -> None:
+        """Go on over TLS (the server sends its ``INFO`` in the clear, then waits for it)."""
+        endpoint, sock = self._endpoint, self._sock
+        assert sock is not None
+        if endpoint.tls is None:
+            raise WireError("the server requires TLS and the settings give no TLS files")
+        if not server.get("tls_available", server.get("tls_required")):
+            raise WireError("the settings ask for TLS and the server offers none")
+        try:
+            self._sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
+        except (OSError, ssl.SSLError) as exc:
+            raise WireError(f"the TLS handshake failed: {exc}") from None
 
     def close(self) -> None:
         if self._sock is not None:

@@ -20,9 +20,9 @@ event's run, so each view has one writer.
   yet to see; views not in its cache it reads from the store
   (``ViewLoader``).
 
-The feeder reads a push consumer off a socket of its own (``_wire``), and
-through nats-py's ordered consumer with TLS, a credentials file, or once
-that socket fails. While the pipe is full its writes block, and flow
+The feeder reads a push consumer off a socket of its own (``_wire``, signed
+in as the settings say: token, credentials file, TLS), and through nats-py's
+ordered consumer once that socket fails. While the pipe is full its writes block, and flow
 control holds the rest on the server. On any failure of the feeder the
 projector goes on with its own consumer from the last mark it committed.
 

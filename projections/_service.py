@@ -60,8 +60,12 @@ log = get_logger("runstate.query")
 
 VERSION = "0.1.0"
 
-#: the subjects the service answers on: clients' inboxes (nats-py's default prefix)
-INBOX_PREFIX = "_INBOX."
+#: the subjects the service answers on: clients' inboxes (nats-py's default prefix), and
+#: the replies nats-server maps a request crossing accounts to (a client in the roles'
+#: clients account asks a replica in JetStream's account, docs/roles.md): the server
+#: takes those back to the asker's own reply subject, in the asker's account, and passes
+#: them no further (not into a stream through another import)
+REPLY_PREFIXES = ("_INBOX.", "_R_.")
 
 Handler = Callable[[Any], Awaitable[bytes]]
 
@@ -180,7 +184,7 @@ class QueryService:
     def _endpoint(self, name: str) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
             reply = request._msg.reply
-            if not reply.startswith(INBOX_PREFIX):
+            if not reply.startswith(REPLY_PREFIXES):
                 # An answer goes to the asker's inbox only: a reply subject on the events
                 # stream or a key-value bucket would let a reader write there through us.
                 log.warning("query.reply_refused", endpoint=name, reply=reply[:200])

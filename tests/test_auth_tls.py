@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _drain import drained_off_the_wire
 from click.testing import CliRunner
 from cryptography import x509
 
@@ -155,6 +156,23 @@ async def test_each_role_connects_with_its_certificate_and_none_without(
         with pytest.raises(ConfigurationError, match="asks for a client certificate"):
             async with connect(settings=bare, projector=False):
                 pass
+
+
+async def test_the_feeder_reads_off_its_own_socket_over_tls_with_its_nkey(
+    tls_server: tuple[NatsServer, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's feeder signs in to its socket as the projector (its certificate, and its
+    nkey signing the server's nonce) instead of falling back to nats-py."""
+    server, out = tls_server
+    async with connect(settings=_settings(server, out, "writer", tmp_path), projector=False) as c:
+        run = await c.create_run("Secure")
+        async with run.running():
+            pass
+        last = run.receipt.sequence if run.receipt is not None else 0
+    projector = _settings(server, out, "projector", tmp_path)
+    received = await drained_off_the_wire(projector, monkeypatch)
+    assert len(received) >= 3 and last in received
+    assert received == list(range(1, len(received) + 1))
 
 
 def test_keep_existing_keeps_the_first_credentials(tmp_path: Path) -> None:

@@ -23,10 +23,12 @@ import nats.js.errors
 import nkeys  # type: ignore[import-untyped]
 import orjson
 import pytest
+from _drain import drained_off_the_wire
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from runstate.client import (
     ConfigurationError,
@@ -40,7 +42,7 @@ from runstate.client.cli import cli
 from runstate.engine._connection import open_nats, provision, provision_server
 from runstate.engine._credentials import connection_options, write_authorization
 from runstate.engine._names import Subjects, subject_matches
-from runstate.engine._roles import ROLES, permissions_table, role_permissions
+from runstate.engine._roles import ROLES, USER_INFO, accounts, permissions_table, role_permissions
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
 from runstate.projections._replica import Replica
@@ -374,18 +376,69 @@ async def test_a_client_on_a_server_not_provisioned_says_what_is_missing(bare: R
 
 
 async def test_a_query_with_a_reply_into_the_log_stores_nothing(roles: Roles) -> None:
-    """Hole 1: a reader's query asking for its answer on an event subject gets none there."""
-    async with Replica(roles.settings("projector"), name="p") as replica:
+    """Hole 1: a reader's query asking for its answer on an event subject or a key is answered
+    there, in the clients' account (the replica sees the server's reply for a request from
+    another account), and nothing is stored: the server passes an answer no further."""
+    replies = ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc")
+    async with (
+        Replica(roles.settings("projector"), name="p") as replica,
+        _Raw(roles.url, roles.credentials("admin")) as admin,
+        _Raw(roles.url, roles.credentials("reader")) as raw,
+    ):
         assert replica.service is not None
-        async with _Raw(roles.url, roles.credentials("reader")) as raw:
-            body = orjson.dumps({"pathspec": "Train/1"})
-            for reply in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc"):
-                await raw.nc.publish("rs.q.get", body, reply=reply)
-            await raw.nc.flush()
-            answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
-            assert b"result" in answer.data  # the service works, and has seen the two
-        async with connect(settings=roles.settings("reader"), projector=False) as reader:
-            assert await reader.log.stream_last_sequence() == 0
+        seen: list[str] = []
+        all_seen = anyio.Event()
+
+        async def answered(msg: Msg) -> None:
+            seen.append(msg.subject)
+            if len(seen) == len(replies):
+                all_seen.set()
+
+        for reply in replies:
+            await admin.nc.subscribe(reply, cb=answered)
+        await admin.nc.flush()
+        body = orjson.dumps({"pathspec": "Train/1"})
+        for reply in replies:
+            await raw.nc.publish("rs.q.get", body, reply=reply)
+        await raw.nc.flush()
+        answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
+        assert b"result" in answer.data  # the service works, and has seen the two
+        with anyio.fail_after(5):
+            await all_seen.wait()
+        assert sorted(seen) == sorted(replies)
+        for stream in ("RS_EVENTS", "KV_rs_idempotency"):
+            info = await admin.nc.jetstream().stream_info(stream)
+            assert info.state.messages == 0, stream
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_only_the_projector_signs_in_to_jetstreams_account(roles: Roles, role: str) -> None:
+    """The replicas move most messages, so they sign in where JetStream is (nothing they
+    move crosses an import); every other role is a client of it."""
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
+        info = orjson.loads((await raw.nc.request(USER_INFO, b"", timeout=5)).data)
+    streams, clients = accounts()
+    assert info["data"]["account"] == (streams if role == "projector" else clients)
+
+
+# -- the feeder's own socket ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("passwords", [False, True], ids=["nkey", "password"])
+async def test_the_feeder_reads_off_its_own_socket_as_the_projector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passwords: bool
+) -> None:
+    """A replica's feeder signs in to its socket with the projector's credentials (an nkey
+    signing the server's nonce, or a password) instead of falling back to nats-py."""
+    with _started(tmp_path, passwords=passwords) as roles:
+        await provision_server(roles.settings("admin"))
+        async with connect(settings=roles.settings("writer"), projector=False) as writer:
+            for _ in range(3):
+                async with (await writer.create_run("Train")).running():
+                    pass
+        received = await drained_off_the_wire(roles.settings("projector"), monkeypatch)
+        assert received == list(range(1, len(received) + 1)) and len(received) >= 6
+        assert not _violations(roles)
 
 
 # -- credentials ------------------------------------------------------------------------

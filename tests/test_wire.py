@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import os
+import tempfile
 from pathlib import Path
 
 import anyio
 import nats
+import nkeys  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
+from runstate.engine._credentials import connect_fields
 from runstate.engine._server import NatsServer
 from runstate.engine._wire import Endpoint, WireConsumer, WireError, new_inbox
+from runstate.engine.errors import ConfigurationError
 
 pytestmark = pytest.mark.anyio  # for the async tests; the others ignore it
 
@@ -98,3 +106,39 @@ def test_a_refused_sign_in_or_a_closed_port_is_a_wire_error(guarded_server: Nats
     nobody = WireConsumer(Endpoint("127.0.0.1", 1), new_inbox())
     with pytest.raises(WireError, match="cannot connect"), nobody:
         nobody.open()
+
+
+_CREDS = """-----BEGIN NATS USER JWT-----
+{jwt}
+------END NATS USER JWT------
+
+************************* IMPORTANT *************************
+NKEY Seed printed below can be used to sign and prove identity.
+
+-----BEGIN USER NKEY SEED-----
+{seed}
+------END USER NKEY SEED------
+"""
+
+
+@given(nonce=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40))
+def test_the_wire_signs_the_servers_nonce_as_nats_py_does(nonce: str) -> None:
+    """An nkey file signs in with its public key, a .creds file with its JWT; both sign the
+    nonce with the seed (ed25519: the very signature nats-py sends); a password file sends its
+    user and password."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    key = nkeys.from_seed(bytearray(seed))
+    signature = base64.b64encode(key.sign(nonce.encode())).decode()
+    with tempfile.TemporaryDirectory() as scratch:
+        nk, creds, password = (Path(scratch) / name for name in ("r.nk", "r.creds", "r.pass"))
+        nk.write_bytes(seed + b"\n")
+        creds.write_text(_CREDS.format(jwt="eyJ0eXAiOiJKV1QifQ.e30.c2ln", seed=seed.decode()))
+        password.write_text("user: reader\npassword: s3cret\n")
+        assert connect_fields(nk, nonce) == {"nkey": key.public_key.decode(), "sig": signature}
+        assert connect_fields(creds, nonce) == {
+            "jwt": "eyJ0eXAiOiJKV1QifQ.e30.c2ln",
+            "sig": signature,
+        }
+        assert connect_fields(password, nonce) == {"user": "reader", "pass": "s3cret"}
+        with pytest.raises(ConfigurationError, match="no signature"):
+            connect_fields(nk, None)
