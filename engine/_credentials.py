@@ -33,10 +33,10 @@ from runstate.engine._roles import (
     INBOX,
     JETSTREAM_SERVICES,
     ROLES,
-    STREAMS_ROLES,
     Permissions,
     accounts,
     admin_subjects,
+    in_streams_account,
     role_permissions,
     stored_subjects,
 )
@@ -68,6 +68,8 @@ class RoleCredential:
     seed: str | None = None
     public_key: str | None = None
     password: str | None = None
+    #: whether the user signs in to JetStream's own account (``in_streams_account``)
+    streams_account: bool = False
 
     @property
     def file_name(self) -> str:
@@ -93,12 +95,20 @@ def new_credentials(
     made = []
     for role in ROLES:
         permissions = role_permissions(role, prefix, writer_flows=writer_flows)
+        streams = in_streams_account(role, writer_flows)
         if passwords:
-            made.append(RoleCredential(role, permissions, password=secrets.token_urlsafe(24)))
+            password = secrets.token_urlsafe(24)
+            made.append(
+                RoleCredential(role, permissions, password=password, streams_account=streams)
+            )
             continue
         seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
         public = nkeys.from_seed(bytearray(seed)).public_key.decode()
-        made.append(RoleCredential(role, permissions, seed=seed.decode(), public_key=public))
+        made.append(
+            RoleCredential(
+                role, permissions, seed=seed.decode(), public_key=public, streams_account=streams
+            )
+        )
     return made
 
 
@@ -127,8 +137,9 @@ def _users(credentials: Sequence[RoleCredential]) -> list[str]:
 def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "rs") -> str:
     """The nats-server ``accounts`` block of these users: JetStream in an account of its own.
 
-    The streams live in an account only the projector signs in to; the other
-    users are in the clients' account, which imports JetStream's API, acks and
+    The streams live in an account the admin, the projector and a writer of every
+    flow sign in to (``in_streams_account``); readers and flow-limited writers are in
+    the clients' account, which imports JetStream's API, acks and
     flow control, every stored subject and the query subjects as services, and
     the push consumers' deliveries (to inboxes) as a stream. An answer (of
     JetStream, or of a replica) comes back to the clients' account on the
@@ -143,8 +154,8 @@ def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "r
         "# runstate roles (runstate auth init): one user per role, with exact permissions.",
         "# Generated; include it from the server's config: include auth.conf",
         "accounts {",
-        "  # JetStream and every stream and bucket of runstate, and the replicas serving",
-        "  # queries (the projector role): what they move crosses no import",
+        "  # JetStream and every stream and bucket of runstate; the admin, the projector",
+        "  # and a writer of every flow sign in here: what they move crosses no import",
         f"  {streams} {{",
         "    jetstream: enabled",
         "    exports = [",
@@ -153,12 +164,12 @@ def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "r
         streamed = ", response_type: stream" if subject == "$JS.API.>" else ""
         lines.append(f'      {{service: "{subject}"{streamed}}}')
     lines += [f'      {{stream: "{INBOX}"}}', "    ]"]
-    lines += _users([c for c in credentials if c.role in STREAMS_ROLES])
+    lines += _users([c for c in credentials if c.streams_account])
     lines += ["  }", f"  {clients} {{", "    imports = ["]
     for subject in services:
         lines.append(f'      {{service: {{account: {streams}, subject: "{subject}"}}}}')
     lines += [f'      {{stream: {{account: {streams}, subject: "{INBOX}"}}}}', "    ]"]
-    lines += _users([c for c in credentials if c.role not in STREAMS_ROLES])
+    lines += _users([c for c in credentials if not c.streams_account])
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 

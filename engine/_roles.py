@@ -9,13 +9,16 @@ subject not listed is refused by the server, whatever the client's code does.
 - **projector**: consumes every stream, dead-letters, answers queries (on
   ``<prefix>.q.>`` and the micro service's ``$SRV.>``, replying to inboxes
   and to the replies of requests from the clients' account only), and reaps
-  (appends the ``crashed`` transitions of silent tasks). It signs in to
-  JetStream's own account (``accounts``), so what it moves crosses no import.
+  (appends the ``crashed`` transitions of silent tasks).
 - **writer**: what a reader may do, plus appends, heartbeats, counters,
   idempotency keys and object store puts; optionally on some flows only, so
   a writer of flow ``A`` cannot append to flow ``B``.
 - **reader**: queries, watches, history, metric and log reads; nothing
   that changes state.
+
+The admin, the projector and a writer of every flow sign in to JetStream's
+own account; readers and flow-limited writers to the clients' account
+(``accounts``, ``in_streams_account``).
 
 No role but admin may call ``STREAM.CREATE``, ``UPDATE``, ``DELETE`` or
 ``PURGE``, so only an admin provisions (``runstate provision``,
@@ -36,10 +39,10 @@ __all__ = [
     "IMPORTED_REPLIES",
     "JETSTREAM_SERVICES",
     "ROLES",
-    "STREAMS_ROLES",
     "Permissions",
     "accounts",
     "admin_subjects",
+    "in_streams_account",
     "permissions_table",
     "role_permissions",
     "stored_subjects",
@@ -60,8 +63,22 @@ INBOX = "_INBOX.>"
 #: service import: the projector answers clients' queries there
 IMPORTED_REPLIES = "_R_.>"
 
-#: the roles whose users sign in to JetStream's own account; the others are clients
-STREAMS_ROLES = ("projector",)
+
+def in_streams_account(role: str, writer_flows: Sequence[str] | None = None) -> bool:
+    """Whether ``role``'s user signs in to JetStream's own account (``accounts``).
+
+    In that account JetStream's answer to a request lands on whatever subject the
+    request named as its reply, stored subjects included: junk (an answer, never a
+    commit) where the user may not publish. So it holds the roles whose publish
+    rights already cover (nearly) every stored subject: the admin, the projector,
+    and a writer of every flow (the dead letters are the one stored subject it may
+    not publish on and could put junk on). A reader, and a writer limited to some
+    flows, are clients in the other account: the server keeps their requests'
+    answers out of the streams. Whoever moves the most messages crosses no import.
+    """
+    if role == "writer":
+        return writer_flows is None
+    return role in ("admin", "projector")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,15 +139,15 @@ JETSTREAM_SERVICES = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
 def accounts(prefix: str = "rs") -> tuple[str, str]:
     """The two NATS accounts of ``prefix``: the one holding JetStream, and the clients'.
 
-    JetStream lives in an account only the projector signs in to (``STREAMS_ROLES``):
-    a replica's catch-up, acks and reaping, most of the messages runstate moves,
-    cross nothing. The admin, writers and readers are users of the clients'
-    account, which imports JetStream's API, the stored subjects and the query
-    subjects as services. A service's answer comes back to the requester's reply
-    subject in the clients' account and is not passed on through another service
-    import, so an answer whose reply names an event subject or a key is not
-    stored: the server itself keeps a reader from replying into the log
-    (docs/roles.md).
+    JetStream lives in an account the admin, the projector and a writer of every
+    flow sign in to (``in_streams_account``): what they move (appends and their
+    acks, a replica's catch-up and reaping) crosses nothing. Readers, and writers
+    limited to some flows, are users of the clients' account, which imports
+    JetStream's API, the stored subjects and the query subjects as services. A
+    service's answer comes back to the requester's reply subject in the clients'
+    account and is not passed on through another service import, so an answer
+    whose reply names an event subject or a key is not stored: the server itself
+    keeps a reader from replying into the log (docs/roles.md).
     """
     upper = prefix.upper()
     return f"{upper}_STREAMS", f"{upper}_CLIENTS"

@@ -8,7 +8,6 @@ not runstate's own code. Holes 1, 2 and 5 of the issue are reproduced here.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import nats
@@ -28,7 +28,6 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from runstate.client import (
     ConfigurationError,
@@ -42,10 +41,18 @@ from runstate.client.cli import cli
 from runstate.engine._connection import open_nats, provision, provision_server
 from runstate.engine._credentials import connection_options, write_authorization
 from runstate.engine._names import Subjects, subject_matches
-from runstate.engine._roles import ROLES, USER_INFO, accounts, permissions_table, role_permissions
+from runstate.engine._roles import (
+    ROLES,
+    USER_INFO,
+    accounts,
+    in_streams_account,
+    permissions_table,
+    role_permissions,
+)
 from runstate.engine._server import NatsServer
 from runstate.engine._settings import Settings
 from runstate.projections._replica import Replica
+from runstate.projections._service import QueryService
 
 pytestmark = pytest.mark.anyio
 
@@ -375,50 +382,73 @@ async def test_a_client_on_a_server_not_provisioned_says_what_is_missing(bare: R
 # -- hole 1: answers go to inboxes only -----------------------------------------------
 
 
-async def test_a_query_with_a_reply_into_the_log_stores_nothing(roles: Roles) -> None:
-    """Hole 1: a reader's query asking for its answer on an event subject or a key is answered
-    there, in the clients' account (the replica sees the server's reply for a request from
-    another account), and nothing is stored: the server passes an answer no further."""
-    replies = ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc")
+async def test_a_query_with_a_reply_into_the_log_stores_nothing(
+    roles: Roles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hole 1: a reader's query asking for its answer on an event subject or a key is
+    answered (the replica, in JetStream's account, sees the reply the server gave the
+    request on its way from the clients' account), and nothing is stored: the server takes
+    the answer back to the clients' account and no further."""
+    answered: list[str] = []
+    respond = QueryService._respond
+
+    async def spied(self: QueryService, request: Any, endpoint: str, parsed: Any) -> None:
+        answered.append(request._msg.reply)
+        await respond(self, request, endpoint, parsed)
+
+    monkeypatch.setattr(QueryService, "_respond", spied)
     async with (
         Replica(roles.settings("projector"), name="p") as replica,
-        _Raw(roles.url, roles.credentials("admin")) as admin,
         _Raw(roles.url, roles.credentials("reader")) as raw,
     ):
         assert replica.service is not None
-        seen: list[str] = []
-        all_seen = anyio.Event()
-
-        async def answered(msg: Msg) -> None:
-            seen.append(msg.subject)
-            if len(seen) == len(replies):
-                all_seen.set()
-
-        for reply in replies:
-            await admin.nc.subscribe(reply, cb=answered)
-        await admin.nc.flush()
         body = orjson.dumps({"pathspec": "Train/1"})
-        for reply in replies:
+        for reply in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc"):
             await raw.nc.publish("rs.q.get", body, reply=reply)
         await raw.nc.flush()
         answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
         assert b"result" in answer.data  # the service works, and has seen the two
-        with anyio.fail_after(5):
-            await all_seen.wait()
-        assert sorted(seen) == sorted(replies)
+        assert len(answered) == 3 and all(reply.startswith("_R_.") for reply in answered)
+    async with _Raw(roles.url, roles.credentials("admin")) as admin:
         for stream in ("RS_EVENTS", "KV_rs_idempotency"):
             info = await admin.nc.jetstream().stream_info(stream)
             assert info.state.messages == 0, stream
 
 
 @pytest.mark.parametrize("role", ROLES)
-async def test_only_the_projector_signs_in_to_jetstreams_account(roles: Roles, role: str) -> None:
-    """The replicas move most messages, so they sign in where JetStream is (nothing they
-    move crosses an import); every other role is a client of it."""
-    async with _Raw(roles.url, roles.credentials(role)) as raw:
-        info = orjson.loads((await raw.nc.request(USER_INFO, b"", timeout=5)).data)
+async def test_who_signs_in_to_jetstreams_account(tmp_path: Path, role: str) -> None:
+    """The admin, the projector and a writer of every flow sign in where JetStream is
+    (nothing they move crosses an import); a reader and a writer limited to flows are
+    clients of it, whose requests' answers the server keeps out of the streams."""
     streams, clients = accounts()
-    assert info["data"]["account"] == (streams if role == "projector" else clients)
+    for writer_flows in (None, ["A"]):
+        with _started(tmp_path / str(writer_flows), writer_flows=writer_flows) as place:
+            async with _Raw(place.url, place.credentials(role)) as raw:
+                info = orjson.loads((await raw.nc.request(USER_INFO, b"", timeout=5)).data)
+        expected = streams if in_streams_account(role, writer_flows) else clients
+        assert info["data"]["account"] == expected
+    assert in_streams_account(role) is (role != "reader")
+    assert not in_streams_account("writer", ["A"])
+
+
+@pytest.mark.parametrize("role", ROLES)
+async def test_a_jetstream_answer_sent_to_its_api_administers_nothing(
+    roles: Roles, role: str
+) -> None:
+    """In JetStream's own account an answer goes to whatever reply a request names; one
+    naming a purge or a delete of a stream is not taken as that request."""
+    async with connect(settings=roles.settings("writer"), projector=False) as writer:
+        await writer.create_run("Train")
+    async with _Raw(roles.url, roles.credentials(role)) as raw:
+        for reply in ("$JS.API.STREAM.PURGE.RS_EVENTS", "$JS.API.STREAM.DELETE.RS_DEADLETTER"):
+            await raw.nc.publish("$JS.API.INFO", b"", reply=reply)
+        await raw.nc.flush()
+        answer = await raw.nc.request("$JS.API.INFO", b"", timeout=5)
+        assert b"memory" in answer.data  # JetStream answers this role's requests
+    async with _Raw(roles.url, roles.credentials("admin")) as admin:
+        js = admin.nc.jetstream()
+        assert (await js.stream_info("RS_EVENTS")).state.messages > 0
+        assert (await js.stream_info("RS_DEADLETTER")).config.name == "RS_DEADLETTER"
 
 
 # -- the feeder's own socket ------------------------------------------------------------
@@ -520,7 +550,8 @@ async def test_a_replica_without_the_projector_role_says_it_may_not_serve(roles:
 async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Roles) -> None:
     """JetStream lives in an account of its own: its answer to a reader that names an event
     subject or an idempotency key as the reply comes back to the clients' account on that
-    subject (a subscriber there sees it) and is not passed on into the stream."""
+    subject and is not passed on into the stream. (No user of the clients' account may
+    subscribe there to see it; the same request with the reader's inbox is answered.)"""
     subjects = Subjects()
     async with connect(settings=roles.settings("writer"), projector=False) as writer:
         run = await writer.create_run("Train")
@@ -528,22 +559,13 @@ async def test_a_jetstream_reply_into_the_log_or_a_key_is_not_stored(roles: Role
         subject = subjects.run("Train", run.id)
         key = hashlib.sha256(b"Train\0k").hexdigest()
         replies = [subject, f"$KV.{subjects.idempotency_bucket}.{key}"]
-        admin = await open_nats(roles.settings("admin"))
-        try:
-            async with _Raw(roles.url, roles.credentials("reader")) as raw:
-                for reply in replies:
-                    seen = await admin.subscribe(reply)
-                    await admin.flush()
-                    answer = None
-                    for _ in range(5):  # JetStream does answer, to the clients' account
-                        await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
-                        await raw.nc.flush()
-                        with contextlib.suppress(nats.errors.TimeoutError):
-                            answer = await seen.next_msg(timeout=5)
-                            break
-                    assert answer is not None and b"RS_EVENTS" in answer.data
-        finally:
-            await admin.close()
+        async with _Raw(roles.url, roles.credentials("reader")) as raw:
+            for reply in replies:
+                for _ in range(5):
+                    await raw.nc.publish("$JS.API.STREAM.INFO.RS_EVENTS", b"", reply=reply)
+            await raw.nc.flush()
+            answer = await raw.nc.request("$JS.API.STREAM.INFO.RS_EVENTS", b"", timeout=5)
+            assert b"RS_EVENTS" in answer.data and not raw.errors
         assert await writer.log.last_sequence(subject) == run.receipt.sequence
         await run.start()  # expects the version it knows: nothing came in between
         again = await writer.create_run("Train", idempotency_key="k")
