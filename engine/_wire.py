@@ -77,7 +77,7 @@ class WireConsumer:
         self._endpoint = endpoint
         self._subject = subject.encode()
         self._quiet_limit = quiet_limit
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | _Tls | None = None
         self._buffer = b""
         #: flow-control requests answered
         self.flow_controls = 0
@@ -132,15 +132,17 @@ class WireConsumer:
     def _upgrade(self, server: dict[str, Any]) -> None:
         """Go on over TLS (the server sends its ``INFO`` in the clear, then waits for it)."""
         endpoint, sock = self._endpoint, self._sock
-        assert sock is not None
+        assert isinstance(sock, socket.socket)
         if endpoint.tls is None:
             raise WireError("the server requires TLS and the settings give no TLS files")
         if not server.get("tls_available", server.get("tls_required")):
             raise WireError("the settings ask for TLS and the server offers none")
+        tls = _Tls(sock, endpoint.tls, endpoint.host)
         try:
-            self._sock = endpoint.tls.wrap_socket(sock, server_hostname=endpoint.host)
-        except (OSError, ssl.SSLError) as exc:
+            tls.handshake()
+        except OSError as exc:  # ssl.SSLError included
             raise WireError(f"the TLS handshake failed: {exc}") from None
+        self._sock = tls
 
     def close(self) -> None:
         if self._sock is not None:
@@ -260,6 +262,75 @@ class WireConsumer:
             self._buffer += chunk
         line, self._buffer = self._buffer[:eol], self._buffer[eol + 2 :]
         return line
+
+
+class _Tls:
+    """TLS over a blocking socket through memory buffers, for reading many small records.
+
+    nats-server writes about one TLS record per delivery, and an ``ssl`` socket's
+    ``recv`` returns one record at a time: some 500 bytes, where a plain socket
+    gives a megabyte. ``recv`` here reads what the socket has (up to ``n`` bytes) into
+    the TLS object's buffer and returns every record whole in it at once, so the
+    reader parses a chunk of many deliveries, as it does in the clear.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, host: str) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=host)
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill(65536):
+                    raise WireError(
+                        "the server closed the connection during the TLS handshake"
+                    ) from None
+                continue
+            self._flush()
+            return
+
+    def recv(self, n: int) -> bytes:
+        """Plaintext: every whole record buffered, reading the socket (once) if there is none;
+        b"" once the server closed the connection."""
+        while True:
+            parts = []
+            try:
+                while part := self._tls.read(n):
+                    parts.append(part)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                return b""
+            self._flush()
+            if parts:
+                return b"".join(parts)
+            if not self._fill(n):
+                return b""
+
+    def sendall(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _fill(self, n: int) -> bool:
+        data = self._sock.recv(n)
+        if data:
+            self._incoming.write(data)
+        return bool(data)
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self._sock.sendall(self._outgoing.read())
 
 
 def new_inbox() -> str:

@@ -130,8 +130,8 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
     if params.auth is not None:
         report.notes.append(
             f"the roles' authorization of {params.auth}: admin provisions, the replica signs in "
-            "as the projector, the benchmark's clients as the writer"
-            + (", each with its client certificate" if has_tls(params.auth) else "")
+            "as the projector, the benchmark's clients as the writer (`reads` times its reads as "
+            "the reader)" + (", each with its client certificate" if has_tls(params.auth) else "")
         )
     with _place(params.nats, params.auth) as place:
         report.notes.append(f"server: {place.security}")

@@ -264,8 +264,8 @@ def _replica_main(argv: Sequence[str]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _client(place: _Place) -> AsyncIterator[Any]:
-    async with connect(place.url, settings=place.settings(), projector=False) as client:
+async def _client(place: _Place, role: str = "writer") -> AsyncIterator[Any]:
+    async with connect(place.url, settings=place.settings(role), projector=False) as client:
         yield client
 
 

@@ -171,13 +171,20 @@ async def _write_scale(
 async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
     """Reads (a)-(d) through the async client after the write phase, at R and at scale."""
     report.notes.append(NOTE_METRIC_READS)
-    async with _replica(place, p.projector), _client(place) as client:
+    async with (
+        _replica(place, p.projector),
+        _client(place) as writing,
+        _client(place, "reader") as reading,  # with --auth: a client of JetStream's account
+    ):
+        # the writer's runs, whoever connected last (it sets the process' default namespace)
+        namespace = f"user:{writing.settings.user}"
+        client, reader = writing.with_namespace(namespace), reading.with_namespace(namespace)
         report.server_version = _server_version(client.nc)
         _say(f"reads: writing {p.runs} workload runs")
         result = await write_workload(client.writer, p.runs, p.tasks, max(p.writers), p.points)
         await _wait_applied(client, result.last_sequence)
         await _read_figures(
-            client,
+            reader,
             report,
             p,
             "r",
@@ -187,7 +194,7 @@ async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
             (2.0, 2.0, 2.0, 2.0),
         )
         if p.points:
-            await _read_e(client, report, p, result.run_pathspecs, result.points_sequence)
+            await _read_e(reader, report, p, result.run_pathspecs, result.points_sequence)
         await bench_as_of(client, report, p)
         if p.scale_runs <= 0:
             return
@@ -206,5 +213,5 @@ async def bench_reads(place: _Place, p: BenchParams, report: Report) -> None:
         random.seed(7)
         sample = random.sample(runs, min(len(runs), 5000))
         await _read_figures(
-            client, report, p, "scale", label, sample, task_runs, (1.0, 2.0, 3.0, 3.0)
+            reader, report, p, "scale", label, sample, task_runs, (1.0, 2.0, 3.0, 3.0)
         )
