@@ -13,11 +13,12 @@ from runstate.engine._retry import transient_api_error
 
 __all__ = ["Ack", "conflict_sequence", "delivery_sequence", "header", "parse_ack"]
 
-# "wrong last sequence: <seq>", and the same without the sequence
-_CONFLICT_CODES = frozenset({10071, 10164})
-# the latter: a cluster's stream leader had another conditional write to the subject in
-# flight, so it compared nothing (it clears the mark only after acknowledging that write)
+# "wrong last sequence" without the sequence: a cluster's stream leader had another
+# conditional write to the subject in flight, so it compared nothing (it clears the mark
+# only after acknowledging that write)
 _IN_FLIGHT_CODE = 10164
+# "wrong last sequence: <seq>", and the same without the sequence
+_CONFLICT_CODES = frozenset({10071, _IN_FLIGHT_CODE})
 
 
 def header(msg: Msg | RawStreamMsg, name: str) -> str | None:
