@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -78,13 +77,6 @@ def _list_after(after: ListAfter) -> dict[str, int | None]:
     return {"after": _after(after)}
 
 
-@dataclass(slots=True)
-class _Writes:
-    """Where a client and its copies record their latest write."""
-
-    last: int = 0
-
-
 class Client:
     """A connection to runstate: snapshot reads, live subscriptions, and writes.
 
@@ -110,8 +102,6 @@ class Client:
         self.writer = Writer(self.log)
         self.subjects = self.log.subjects
         self._namespace = namespace
-        # the latest write's sequence, shared with the copies ``with_namespace`` makes
-        self._writes = _Writes()
         #: seconds a read with ``after=`` waits for the replica to apply it, then ``Timeout``
         self.read_wait: float = self.settings.request_timeout
         #: what ``aclose`` calls: set by ``open_client``
@@ -151,12 +141,13 @@ class Client:
 
     @property
     def last_write(self) -> int:
-        """The latest write's sequence (this client's or a copy's): a read's ``after=``."""
-        return self._writes.last
+        """The events stream's sequence of this client's latest write (its or its copies',
+        through any of its handles): a read's ``after=`` that sees all of them."""
+        return self.writer.last_sequence
 
     @last_write.setter
     def last_write(self, sequence: int) -> None:
-        self._writes.last = sequence
+        self.writer.last_sequence = sequence
 
     def with_namespace(self, ns: str | None) -> Client:
         """A client sharing this connection that reads in namespace ``ns``."""
@@ -511,10 +502,7 @@ class Client:
 
     async def create_run(self, flow: str, **kwargs: Any) -> RunHandle:
         """Create a run (see ``Writer.create_run``); its handle drives it through its states."""
-        handle = await self.writer.create_run(flow, **kwargs)
-        if handle.receipt is not None:
-            self.last_write = max(self.last_write, handle.receipt.sequence)
-        return handle
+        return await self.writer.create_run(flow, **kwargs)
 
     async def run_handle(self, pathspec: str) -> RunHandle:
         """The writer's handle of an existing run (for orchestrators: cancel, resume, tags)."""
@@ -538,9 +526,7 @@ class Client:
         """
         run_update(name=name, notes=notes, config=config, summary=summary)  # checked first
         handle = await self.writer.run(pathspec)
-        receipt = await handle.update(name=name, notes=notes, config=config, summary=summary)
-        self.last_write = max(self.last_write, receipt.sequence)
-        return receipt
+        return await handle.update(name=name, notes=notes, config=config, summary=summary)
 
 
 @asynccontextmanager

@@ -111,7 +111,7 @@ class RunHandle:
         self.state, self.tags, self.version = fresh.state, fresh.tags, fresh.version
 
     async def _append(self, event: Event) -> Receipt:
-        receipt = await self._writer.log.append(event, expected_version=self.version)
+        receipt = await self._writer.append(event, expected_version=self.version)
         self.version = receipt.sequence
         self.receipt = receipt
         return receipt
@@ -280,7 +280,7 @@ class RunHandle:
                 step, tid, index, foreach_stack, parent_specs, runtime_name, environment_info, start
             )
             try:
-                receipt = await self._writer.log.append(events, expected_version=0)
+                receipt = await self._writer.append(events, expected_version=0)
             except ConflictError:
                 if given is not None:
                     raise
@@ -384,7 +384,7 @@ class RunHandle:
                 step, str(first + i), i, [frame], parent_list, runtime_name, None, False
             )
             commits.append(Commit(events, expected_version=0))
-        receipts = await self._writer.log.append_atomic(commits)
+        receipts = await self._writer.append_atomic(commits)
         handles = []
         for i, receipt in enumerate(receipts):
             handle = TaskHandle(

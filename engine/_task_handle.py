@@ -107,7 +107,7 @@ class TaskHandle:
         self.attempt, self.state, self.version = fresh.attempt, fresh.state, fresh.version
 
     async def _append(self, events: Event | list[Event]) -> Receipt:
-        receipt = await self._writer.log.append(events, expected_version=self.version)
+        receipt = await self._writer.append(events, expected_version=self.version)
         self.version = receipt.sequence
         self.receipt = receipt
         return receipt

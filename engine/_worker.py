@@ -13,14 +13,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from runstate.engine._artifacts import ArtifactStore
+from runstate.engine._commits import Commit, Receipt
 from runstate.engine._events import (
+    Event,
     Heartbeat,
     RunCreated,
     RunCreatedPayload,
@@ -67,11 +69,36 @@ class Writer:
         self.log = log
         self.subjects = log.subjects
         self.artifacts = ArtifactStore(log.blobs, log.settings)
+        #: the events stream's sequence of the latest commit appended through this writer
+        #: or its handles: a read's ``after=`` that sees every one of them
+        self.last_sequence = 0
         check_sampler(log)
 
     @property
     def user(self) -> str:
         return self.log.settings.user
+
+    async def append(
+        self,
+        events: Event | Sequence[Event],
+        *,
+        expected_version: int | None = None,
+        across_run: bool = False,
+        commit_id: str | None = None,
+    ) -> Receipt:
+        """Append a commit to the log (see ``EventLog.append``) and note its sequence."""
+        receipt = await self.log.append(
+            events, expected_version=expected_version, across_run=across_run, commit_id=commit_id
+        )
+        self.last_sequence = max(self.last_sequence, receipt.sequence)
+        return receipt
+
+    async def append_atomic(self, commits: Sequence[Commit]) -> list[Receipt]:
+        """Append commits all or none (see ``EventLog.append_atomic``); note the last one."""
+        receipts = await self.log.append_atomic(commits)
+        if receipts:
+            self.last_sequence = max(self.last_sequence, receipts[-1].sequence)
+        return receipts
 
     async def create_run(
         self,
@@ -122,7 +149,7 @@ class Writer:
             rid = given or str(await self.log.increment(self.subjects.run_counter(flow)))
             event = self._run_created(flow, rid, payload)
             try:
-                receipt = await self.log.append(event, expected_version=0, across_run=True)
+                receipt = await self.append(event, expected_version=0, across_run=True)
             except ConflictError:
                 if given is not None:
                     raise ConflictError(f"{flow}/{given}", 0, -1) from None
@@ -157,7 +184,7 @@ class Writer:
         # the recorded creation again; the log keeps one.
         commit_id = hashlib.sha256(stored).hexdigest()[:32]
         try:
-            receipt = await self.log.append(
+            receipt = await self.append(
                 event, expected_version=0, across_run=True, commit_id=commit_id
             )
         except ConflictError:

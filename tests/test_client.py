@@ -507,6 +507,30 @@ async def test_read_after_write_sees_the_write(client: Client) -> None:
     }
 
 
+async def test_last_write_follows_every_write_through_the_clients_handles(client: Client) -> None:
+    """``client.last_write`` is the latest write's sequence whichever handle made it (a run's
+    transitions and tags, tasks created one by one or by a foreach, a task's transitions and
+    metadata, a copy's writes), so ``after=client.last_write`` reads every one of them."""
+    run = await client.create_run("LastWriteFlow")
+    assert client.last_write == run.receipt.sequence
+    receipts = [await run.start(), await run.add_tag("seen")]
+    task = await run.create_task("one", start=True)
+    receipts += [task.receipt, await task.record_metadata(k="v"), await task.complete()]
+    assert [r.sequence for r in receipts] == sorted({r.sequence for r in receipts})
+    assert client.last_write == receipts[-1].sequence
+    shards = await run.foreach("many", 3)
+    assert client.last_write == shards[-1].receipt.sequence
+    copy = client.with_namespace("user:else")
+    assert copy.last_write == client.last_write
+    receipt = await (await copy.run_handle(run.pathspec)).complete()
+    assert client.last_write == copy.last_write == receipt.sequence
+    read = await client.run(run.pathspec, after=client.last_write)
+    assert read.state is RunState.COMPLETED and "seen" in read.tags
+    assert (await client.step(f"{run.pathspec}/many", after=client.last_write)).counts == {
+        "pending": 3
+    }
+
+
 async def test_run_tag_methods_return_the_new_snapshot(client: Client) -> None:
     """Run.add_tag/remove_tag/replace_tag write and return a snapshot that shows the change."""
     handle = await client.create_run("TagFlow", tags=["a"])
