@@ -22,6 +22,7 @@ from runstate.engine._credentials import connection_options
 from runstate.engine._lines import lines_side
 from runstate.engine._logging import get_logger
 from runstate.engine._names import Subjects
+from runstate.engine._nats_transport import MemoryTlsTransport
 from runstate.engine._points import points_side
 from runstate.engine._refusals import refusable, refusals_of
 from runstate.engine._retry import TRANSIENT_CODES, TransientRefusal, retry, transient_api_error
@@ -55,6 +56,13 @@ MIN_SERVER_VERSION = (2, 11, 0)
 
 #: the URL schemes nats-py connects with
 _NATS_SCHEMES = frozenset({"nats", "tls", "ws", "wss"})
+#: the schemes of a TCP connection (``MemoryTlsTransport``); WebSocket ones are nats-py's
+_TCP_SCHEMES = frozenset({"nats", "tls"})
+
+
+def _scheme(server: str) -> str:
+    return urlsplit(server).scheme if "://" in server else "nats"
+
 
 #: what a server answers to a wrong user, password, token or credentials, lower-cased
 _AUTHORIZATION_VIOLATION = "authorization violation"
@@ -139,7 +147,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
         raise ConfigurationError("no NATS URL: pass url= or set RUNSTATE_NATS_URL")
     servers = [part.strip() for part in target.split(",") if part.strip()]
     for server in servers:
-        scheme = urlsplit(server).scheme if "://" in server else "nats"
+        scheme = _scheme(server)
         if scheme not in _NATS_SCHEMES:
             raise ConfigurationError(
                 f"{server} is not a NATS URL: the scheme {scheme}:// is not one NATS speaks; "
@@ -157,6 +165,9 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
     errors: list[Exception] = []  # the last one explains a failed first connect
     connecting = True
     nc = NATS()
+    if all(_scheme(server) in _TCP_SCHEMES for server in servers):
+        # nats-py connects through the transport it holds (its own when it holds none)
+        nc._transport = MemoryTlsTransport()
     refusals = refusals_of(nc)
 
     async def _on_error(exc: Exception) -> None:
