@@ -131,10 +131,14 @@ def require_asyncio(what: str) -> None:
     )
 
 
-async def open_nats(settings: Settings, url: str | None = None, *, name: str = "runstate") -> NATS:
+async def open_nats(
+    settings: Settings, url: str | None = None, *, name: str = "runstate", jetstream: bool = True
+) -> NATS:
     """Connect to NATS, check the server is 2.11+ with JetStream, and return the connection.
 
     ``url`` overrides ``settings.nats_url`` (one URL, or several separated by commas).
+    ``jetstream=False``: a connection that never calls JetStream (the query service's in
+    the clients' account, whose user may not) does not ask whether it is ready.
     The first connect keeps trying for ``settings.retry_budget`` seconds; once
     connected the connection reconnects forever and writes retry within the budget.
     Raises ``Unavailable`` (cannot connect), ``ServerTooOld``, ``JetStreamDisabled``, or
@@ -233,7 +237,7 @@ async def open_nats(settings: Settings, url: str | None = None, *, name: str = "
             "(runstate server starts one)"
         ) from None
     try:
-        await _check_server(nc, settings.retry_budget)
+        await _check_server(nc, settings.retry_budget, jetstream=jetstream)
     except BaseException:
         await nc.close()
         raise
@@ -248,7 +252,7 @@ def _parse_version(text: str) -> tuple[int, int, int]:
     return (parts[0], parts[1], parts[2])
 
 
-async def _check_server(nc: NATS, budget: float) -> None:
+async def _check_server(nc: NATS, budget: float, *, jetstream: bool = True) -> None:
     shown_version = repr(nc.connected_server_version)  # "<nats server v2.15.1>"
     version = _parse_version(shown_version.removeprefix("<nats server v").rstrip(">"))
     if version < MIN_SERVER_VERSION:
@@ -257,7 +261,8 @@ async def _check_server(nc: NATS, budget: float) -> None:
             f"NATS server {shown} is too old: runstate needs 2.11 or newer "
             "(for the wildcard expected-subject-sequence header); upgrade nats-server"
         )
-    await _patiently(budget, "JetStream is not ready", lambda: _jetstream_info(nc))
+    if jetstream:
+        await _patiently(budget, "JetStream is not ready", lambda: _jetstream_info(nc))
 
 
 async def _jetstream_info(nc: NATS) -> None:

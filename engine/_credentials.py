@@ -7,7 +7,9 @@ default: the server keeps only the public key) or a password, and writes:
   its permissions (``runstate.engine._roles``), for a server config to
   ``include``;
 - ``<role>.nk`` (an nkey seed, nats-py's ``nkeys_seed``) or ``<role>.pass``
-  (``user:`` and ``password:`` lines): one credentials file per role.
+  (``user:`` and ``password:`` lines): one credentials file per role, and
+  ``projector-queries.nk`` (or ``.pass``): the projector's second user, which
+  answers queries in the clients' account (``queries_beside`` finds it).
 
 All are 0600 in a 0700 directory: each holds a secret. ``connection_options``
 turns any credentials file runstate accepts (those two, or a NATS ``.creds``
@@ -27,16 +29,17 @@ from typing import Any
 
 import nkeys  # type: ignore[import-untyped]
 
-from runstate.engine._names import Subjects
 from runstate.engine._private import PRIVATE_FILE, private_dir
 from runstate.engine._roles import (
     INBOX,
     JETSTREAM_SERVICES,
+    QUERIES_USER,
     ROLES,
     Permissions,
     accounts,
     admin_subjects,
     in_streams_account,
+    query_permissions,
     role_permissions,
     stored_subjects,
 )
@@ -48,6 +51,7 @@ __all__ = [
     "connect_fields",
     "connection_options",
     "new_credentials",
+    "queries_beside",
     "render_authorization",
     "write_authorization",
 ]
@@ -61,7 +65,10 @@ _JWT_MARK = "-----BEGIN NATS USER JWT-----"
 
 @dataclass(frozen=True, slots=True)
 class RoleCredential:
-    """One role's user: its name, its nkey (seed and public key) or its password."""
+    """One role's user: its name, its nkey (seed and public key) or its password.
+
+    ``role`` names the user (and its file): a role, or ``projector-queries``.
+    """
 
     role: str
     permissions: Permissions
@@ -91,11 +98,15 @@ def new_credentials(
     writer_flows: Sequence[str] | None = None,
     passwords: bool = False,
 ) -> list[RoleCredential]:
-    """A fresh user for every role (new nkeys, or new random passwords)."""
+    """A fresh user for every role (new nkeys, or new random passwords), and the
+    projector's second one (``QUERIES_USER``), last."""
     made = []
-    for role in ROLES:
-        permissions = role_permissions(role, prefix, writer_flows=writer_flows)
-        streams = in_streams_account(role, writer_flows)
+    for role in (*ROLES, QUERIES_USER):
+        if role == QUERIES_USER:
+            permissions, streams = query_permissions(prefix), False
+        else:
+            permissions = role_permissions(role, prefix, writer_flows=writer_flows)
+            streams = in_streams_account(role, writer_flows)
         if passwords:
             password = secrets.token_urlsafe(24)
             made.append(
@@ -140,16 +151,15 @@ def render_authorization(credentials: Sequence[RoleCredential], prefix: str = "r
     The streams live in an account the admin, the projector and a writer of every
     flow sign in to (``in_streams_account``); readers and flow-limited writers are in
     the clients' account, which imports JetStream's API, acks and
-    flow control, every stored subject and the query subjects as services, and
-    the push consumers' deliveries (to inboxes) as a stream. An answer (of
-    JetStream, or of a replica) comes back to the clients' account on the
-    reply subject the requester gave and goes no further, so a reader naming
-    an event subject or a key as its reply stores nothing
-    (``runstate.engine._roles.accounts``).
+    flow control and every stored subject as services, and the push consumers'
+    deliveries (to inboxes) as a stream. A JetStream answer comes back to the
+    clients' account on the reply subject the requester gave and goes no further,
+    so a reader naming an event subject or a key as its reply stores nothing
+    (``runstate.engine._roles.accounts``). Queries cross nothing: each account has
+    a user of the projector's answering them (``projector`` and ``projector-queries``).
     """
     streams, clients = accounts(prefix)
-    queries = f"{Subjects(prefix).query_prefix}.>"
-    services = [*JETSTREAM_SERVICES, *stored_subjects(prefix), admin_subjects(prefix), queries]
+    services = [*JETSTREAM_SERVICES, *stored_subjects(prefix), admin_subjects(prefix)]
     lines = [
         "# runstate roles (runstate auth init): one user per role, with exact permissions.",
         "# Generated; include it from the server's config: include auth.conf",
@@ -203,6 +213,16 @@ def write_authorization(
         _write_private(path, credential.file_text())
         written.append(path)
     return written
+
+
+def queries_beside(credentials: Path | None) -> Path | None:
+    """The credentials of the projector's user in the clients' account, when
+    ``runstate auth init`` wrote them beside ``credentials`` (the projector's
+    ``projector.nk`` or ``.pass``): ``projector-queries.nk`` or ``.pass``; else None."""
+    if credentials is None or credentials.stem != "projector":
+        return None
+    found = credentials.with_name(f"{QUERIES_USER}{credentials.suffix}")
+    return found if found.is_file() else None
 
 
 def connection_options(path: Path) -> dict[str, Any]:

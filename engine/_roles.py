@@ -16,6 +16,10 @@ subject not listed is refused by the server, whatever the client's code does.
 - **reader**: queries, watches, history, metric and log reads; nothing
   that changes state.
 
+The projector has a second user, ``projector-queries`` (``QUERIES_USER``), in
+the clients' account: a replica answers the queries asked there on a
+connection of its own, so that no query crosses an import (``query_permissions``).
+
 The admin, the projector and a writer of every flow sign in to JetStream's
 own account; readers and flow-limited writers to the clients' account
 (``accounts``, ``in_streams_account``).
@@ -36,14 +40,15 @@ from runstate.engine._points import all_points, points_stream
 from runstate.engine.errors import ConfigurationError
 
 __all__ = [
-    "IMPORTED_REPLIES",
     "JETSTREAM_SERVICES",
+    "QUERIES_USER",
     "ROLES",
     "Permissions",
     "accounts",
     "admin_subjects",
     "in_streams_account",
     "permissions_table",
+    "query_permissions",
     "role_permissions",
     "stored_subjects",
     "stream_names",
@@ -52,16 +57,15 @@ __all__ = [
 #: the roles, from the most to the least trusted
 ROLES = ("admin", "projector", "writer", "reader")
 
+#: the projector's second user, in the clients' account: it answers the queries asked there
+QUERIES_USER = "projector-queries"
+
 #: the subject every role asks who it is on (the server answers with the
 #: authenticated user and its permissions): the actor of a writer's events
 USER_INFO = "$SYS.REQ.USER.INFO"
 
 #: where replies come back: nats-py's inboxes (requests, JetStream acks, consumers)
 INBOX = "_INBOX.>"
-
-#: the replies nats-server gives a request that crossed into an account through a
-#: service import: the projector answers clients' queries there
-IMPORTED_REPLIES = "_R_.>"
 
 
 def in_streams_account(role: str, writer_flows: Sequence[str] | None = None) -> bool:
@@ -143,7 +147,8 @@ def accounts(prefix: str = "rs") -> tuple[str, str]:
     flow sign in to (``in_streams_account``): what they move (appends and their
     acks, a replica's catch-up and reaping) crosses nothing. Readers, and writers
     limited to some flows, are users of the clients' account, which imports
-    JetStream's API, the stored subjects and the query subjects as services. A
+    JetStream's API and the stored subjects as services; their queries are answered
+    in their own account, by the projector's second user (``QUERIES_USER``). A
     service's answer comes back to the requester's reply subject in the clients'
     account and is not passed on through another service import, so an answer
     whose reply names an event subject or a key is not stored: the server itself
@@ -243,13 +248,25 @@ def role_permissions(
         publish = _common(prefix, role) + _writes(prefix, writer_flows)
         return Permissions(publish=_dedupe(publish), subscribe=(INBOX,))
     # the projector: dead-letters, reaps (appends crashed transitions), answers queries
-    # on the micro service's subjects, replying to inboxes and to the clients' requests
+    # on the micro service's subjects (those asked in its account), replying to inboxes
     publish = _common(prefix, role)
-    publish += [subjects.all_events, subjects.all_deadletters, INBOX, IMPORTED_REPLIES, "$SRV.>"]
+    publish += [subjects.all_events, subjects.all_deadletters, INBOX, "$SRV.>"]
     return Permissions(
         publish=_dedupe(publish),
         subscribe=(INBOX, f"{subjects.query_prefix}.>", "$SRV.>"),
     )
+
+
+def query_permissions(prefix: str = "rs") -> Permissions:
+    """The permissions of the projector's user in the clients' account (``QUERIES_USER``).
+
+    It takes the queries (and the micro service's ``$SRV`` requests) asked in that
+    account and publishes nothing but answers to inboxes: there an event subject, a key
+    or JetStream's API is a service import, so an answer sent on one would be stored or
+    obeyed in JetStream's account. The service sends answers to inboxes only; this makes
+    the server refuse any other, whatever the code does.
+    """
+    return Permissions(publish=(INBOX,), subscribe=(f"{Subjects(prefix).query_prefix}.>", "$SRV.>"))
 
 
 def _dedupe(subjects: Sequence[str]) -> tuple[str, ...]:
@@ -259,26 +276,29 @@ def _dedupe(subjects: Sequence[str]) -> tuple[str, ...]:
 def permissions_table(prefix: str = "rs") -> str:
     """The permissions of every role as Markdown tables (docs/roles.md shows them).
 
-    The first has a row per subject and a column per role (``pub``, ``sub``);
-    the JetStream reads of a stream (``READ_API``) make one row, "reads of
-    <stream>", spelled out by the second table. The writer column is the
-    writer of every flow.
+    The first has a row per subject and a column per role (``pub``, ``sub``),
+    and one for the projector's second user (``QUERIES_USER``); the JetStream
+    reads of a stream (``READ_API``) make one row, "reads of <stream>", spelled
+    out by the second table. The writer column is the writer of every flow.
     """
     read_rows = {
         subject: f"reads of `{name}`"
         for name in stream_names(prefix).values()
         for subject in _reads(name)
     }
+    users = (*ROLES, QUERIES_USER)
     rows: dict[str, dict[str, set[str]]] = {}
-    for role in ROLES:
-        permissions = role_permissions(role, prefix)
+    for user in users:
+        permissions = (
+            query_permissions(prefix) if user == QUERIES_USER else role_permissions(user, prefix)
+        )
         for kind, listed in (("pub", permissions.publish), ("sub", permissions.subscribe)):
             for subject in listed:
                 row = read_rows.get(subject, f"`{subject}`")
-                rows.setdefault(row, {}).setdefault(role, set()).add(kind)
-    lines = ["| subject | " + " | ".join(ROLES) + " |", "|---" * (len(ROLES) + 1) + "|"]
-    for row, by_role in rows.items():
-        cells = [", ".join(sorted(by_role.get(role, ()))) for role in ROLES]
+                rows.setdefault(row, {}).setdefault(user, set()).add(kind)
+    lines = ["| subject | " + " | ".join(users) + " |", "|---" * (len(users) + 1) + "|"]
+    for row, by_user in rows.items():
+        cells = [", ".join(sorted(by_user.get(user, ()))) for user in users]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "| reads of `<stream>`: publish on |", "|---|"]
     lines += [f"| `{template.replace('{stream}', '<stream>')}` |" for template in READ_API]

@@ -38,6 +38,10 @@ class Settings:
 
     nats_url: str | None = None
     credentials: Path | None = None
+    #: a replica's second user, which answers the queries asked in the clients' account
+    #: (``runstate auth init``'s ``projector-queries.nk``; found beside a ``projector.nk``
+    #: given as ``credentials`` when not given here)
+    query_credentials: Path | None = None
     #: the token NATS asks for; set by itself when joining the embedded server of
     #: ``data_dir`` (its ``server.token``), so rarely given
     token: str | None = field(default=None, repr=False)
@@ -107,7 +111,8 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``RUNSTATE_*`` variables, then ``overrides`` (None is ignored).
 
-        Variables: RUNSTATE_NATS_URL, RUNSTATE_CREDENTIALS, RUNSTATE_TLS_CA,
+        Variables: RUNSTATE_NATS_URL, RUNSTATE_CREDENTIALS, RUNSTATE_QUERY_CREDENTIALS,
+        RUNSTATE_TLS_CA,
         RUNSTATE_TLS_CERT, RUNSTATE_TLS_KEY, RUNSTATE_PREFIX, RUNSTATE_DATA_DIR,
         RUNSTATE_REPLICAS, RUNSTATE_TRUST_PICKLES, RUNSTATE_USER, RUNSTATE_TOKEN,
         RUNSTATE_HEARTBEAT_TIMEOUT, RUNSTATE_LOCAL_IDLE_TIMEOUT.
@@ -116,6 +121,7 @@ class Settings:
         values: dict[str, Any] = {}
         paths = {
             "RUNSTATE_CREDENTIALS": "credentials",
+            "RUNSTATE_QUERY_CREDENTIALS": "query_credentials",
             "RUNSTATE_TLS_CA": "tls_ca",
             "RUNSTATE_TLS_CERT": "tls_cert",
             "RUNSTATE_TLS_KEY": "tls_key",
@@ -144,7 +150,14 @@ class Settings:
         if env.get("RUNSTATE_TRUST_PICKLES"):
             values["trust_pickles"] = env["RUNSTATE_TRUST_PICKLES"].lower() in ("1", "true", "yes")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("credentials", "tls_ca", "tls_cert", "tls_key", "data_dir"):
+        for name in (
+            "credentials",
+            "query_credentials",
+            "tls_ca",
+            "tls_cert",
+            "tls_key",
+            "data_dir",
+        ):
             if isinstance(values.get(name), str):
                 values[name] = Path(values[name]).expanduser()
         return cls(**values)

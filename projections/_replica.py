@@ -15,6 +15,10 @@ runstate.projections``. In order, entering a ``Replica``:
 3. when it runs a projector: names its read store (``store_path``, below),
    takes the store's lock, and starts the projector (with its feeder
    command when dedicated), the query service and the heartbeat reaper.
+   With the projector's second user (``settings.query_credentials``, or
+   ``projector-queries.nk`` beside ``projector.nk``), the query service also
+   answers on a connection of its own in the clients' account of the roles'
+   authorization, so a reader's query crosses no import (docs/roles.md).
 
 Leaving it undoes each step in reverse; a server it started is stopped.
 
@@ -47,6 +51,7 @@ from runstate.engine._connection import (
     open_nats,
     provision,
 )
+from runstate.engine._credentials import queries_beside
 from runstate.engine._embedded import (
     EmbeddedHandle,
     _read_server_json,
@@ -256,14 +261,23 @@ class Replica:
                 self.nc, self.settings, self.name, owner=self.owns_server
             )
         self._stack.enter_context(store_lock(self.store_path))
-        # inside the connection and the lock: the replica stops before either goes
+        clients_nc = await self._clients_connection()
+        # inside the connections and the lock: the replica stops before any goes
         self._tasks = await self._stack.enter_async_context(anyio.create_task_group())
         # a role that may not answer queries (not the projector's) is refused the service's
         # subscriptions: say so now, rather than serve nothing (the flush brings the refusal)
         subjects = Subjects(self.settings.prefix)
-        with refusable(
-            self.nc, "serve queries (the projector role's)", f"{subjects.query_prefix}.>", "$SRV.>"
+        serving = (f"{subjects.query_prefix}.>", "$SRV.>")
+        with (
+            refusable(self.nc, "serve queries (the projector role's)", *serving),
+            contextlib.ExitStack() as refusals,
         ):
+            if clients_nc is not None:
+                refusals.enter_context(
+                    refusable(
+                        clients_nc, "serve the clients' queries (projector-queries)", *serving
+                    )
+                )
             parts: ReplicaParts = await self._tasks.start(
                 functools.partial(
                     serve_replica,
@@ -275,12 +289,30 @@ class Replica:
                     reaper=self._run_reaper,
                     dedicated=self._dedicated,
                     feed_from=self._feed_from,
+                    query_connections=() if clients_nc is None else (clients_nc,),
                 )
             )
             await self.nc.flush()
+            if clients_nc is not None:
+                await clients_nc.flush()
         self.projector, self.service = parts.projector, parts.service
         self.reaper, self.store = parts.reaper, parts.store
         self.metrics = parts.metrics
+
+    async def _clients_connection(self) -> NATS | None:
+        """The query service's connection as the projector's user in the clients' account,
+        when there are its credentials; closed with the replica."""
+        settings = self.settings
+        credentials = settings.query_credentials or queries_beside(settings.credentials)
+        if credentials is None or self._stack is None:
+            return None
+        nc = await open_nats(
+            settings.replace(credentials=credentials),
+            name=f"{self._connection_name}-queries",
+            jetstream=False,
+        )
+        self._stack.push_async_callback(_close_connection, nc)
+        return nc
 
 
 def _with_embedded_token(settings: Settings) -> Settings:

@@ -6,6 +6,7 @@ connection, store lock); ``serve_replica`` is the part that folds and answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,7 @@ async def serve_replica(
     reaper: bool = True,
     dedicated: bool = False,
     feed_from: int | None = None,
+    query_connections: Sequence[NATS] = (),
     task_status: anyio.abc.TaskStatus[ReplicaParts] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one replica until cancelled; ``task_status.started`` gets its parts.
@@ -63,7 +65,8 @@ async def serve_replica(
     set the process-wide garbage-collector policy (``tune_gc_for_projection``
     and ``keep_heap_frozen``); never in a user's process. A dedicated
     replica catches up through a feeder process from ``feed_from`` events
-    behind (50,000 unless given).
+    behind (50,000 unless given). ``query_connections``: more connections the query
+    service answers on (the projector's user in the clients' account).
     """
     if dedicated:
         tune_gc_for_projection()
@@ -81,7 +84,9 @@ async def serve_replica(
         if rebuild:
             await projector.rebuild()
             await metrics.rebuild()
-        service = QueryService(projector, event_log, nc=nc, metrics=metrics)
+        service = QueryService(
+            projector, event_log, nc=nc, metrics=metrics, also_on=query_connections
+        )
         the_reaper = (
             Reaper(nc, Writer(event_log), timeout=settings.heartbeat_timeout) if reaper else None
         )

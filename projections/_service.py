@@ -8,7 +8,7 @@ as a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -61,10 +61,10 @@ log = get_logger("runstate.query")
 VERSION = "0.1.0"
 
 #: the subjects the service answers on: clients' inboxes (nats-py's default prefix), and
-#: the replies nats-server maps a request crossing accounts to (a client in the roles'
-#: clients account asks a replica in JetStream's account, docs/roles.md): the server
-#: takes those back to the asker's own reply subject, in the asker's account, and passes
-#: them no further (not into a stream through another import)
+#: the replies nats-server maps a request crossing accounts to (a server still running the
+#: block of an earlier ``runstate auth init``, which imported the queries into the clients'
+#: account): the server takes those back to the asker's own reply subject, in the asker's
+#: account, and passes them no further (not into a stream through another import)
 REPLY_PREFIXES = ("_INBOX.", "_R_.")
 
 Handler = Callable[[Any], Awaitable[bytes]]
@@ -98,8 +98,11 @@ class QueryService:
         *,
         nc: NATS | None = None,
         metrics: MetricsProjector | None = None,
+        also_on: Sequence[NATS] = (),
     ) -> None:
         self._nc = nc
+        #: further connections it serves on: the projector's user in the clients' account
+        self._also_on = tuple(also_on)
         self._projector = projector
         self._metrics = metrics
         self._store = projector.store
@@ -107,7 +110,6 @@ class QueryService:
             # summary conditions, sorts and frames read the logged values there
             self._store.attach_metrics(metrics.store.uri)
         self._log = log
-        self._service: Service | None = None
         self._handlers: dict[str, Handler] = {
             "get": self._get,
             "flows": self._flows,
@@ -127,29 +129,37 @@ class QueryService:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve over NATS until cancelled."""
+        """Serve over NATS until cancelled: on its connection and on each of ``also_on``
+        (one micro service each, in the same queue group; a query is answered on the
+        connection it came in on, in the account it was asked in)."""
         if self._nc is None:
             raise RuntimeError("this query service has no NATS connection to serve on")
+        services: list[Service] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                for nc in (self._nc, *self._also_on):
+                    services.append(await self._add_service(nc))
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for service in services:
+                    await service.stop()
+
+    async def _add_service(self, nc: NATS) -> Service:
         subjects = self._log.subjects
         service = await add_service(
-            self._nc,
+            nc,
             name=subjects.service_name,
             version=VERSION,
             description="runstate queries over the projected views",
             queue_group=subjects.service_name,
         )
-        self._service = service
         group = service.add_group(name=subjects.query_prefix)
-        try:
-            async with anyio.create_task_group() as tg:
-                self._task_group = tg
-                for name in ENDPOINTS:
-                    await group.add_endpoint(name=name, handler=self._endpoint(name))
-                task_status.started()
-                await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await service.stop()
+        for name in ENDPOINTS:
+            await group.add_endpoint(name=name, handler=self._endpoint(name))
+        return service
 
     def _parse(self, endpoint: str, data: bytes) -> Any:
         """The request model of ``endpoint``; ``BadFilter`` when ``data`` is not one."""

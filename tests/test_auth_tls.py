@@ -19,7 +19,7 @@ from runstate.client import connect
 from runstate.client.cli import cli
 from runstate.engine import Settings
 from runstate.engine._connection import open_nats, provision_server
-from runstate.engine._roles import ROLES
+from runstate.engine._roles import QUERIES_USER, ROLES
 from runstate.engine._server import NatsServer
 from runstate.engine.errors import ConfigurationError
 
@@ -43,7 +43,8 @@ def test_auth_init_tls_writes_private_certificates_for_every_role(tmp_path: Path
     out = tmp_path / "auth"
     output = _init(out, "--tls-host", "n1,n2", "--tls-host", "10.0.0.7")
     names = sorted(path.name for path in out.iterdir())
-    assert names == sorted(["auth.conf", *(f"{role}.nk" for role in ROLES), *CERTIFICATES])
+    nkeys = [f"{role}.nk" for role in (*ROLES, QUERIES_USER)]
+    assert names == sorted(["auth.conf", *nkeys, *CERTIFICATES])
     assert out.stat().st_mode & 0o777 == 0o700
     assert {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()} == dict.fromkeys(
         names, 0o600

@@ -508,7 +508,8 @@ def test_kubernetes_gateway_fits_together() -> None:
 def test_kubernetes_pods_get_their_roles_credentials() -> None:
     """The NATS pods load auth.conf, the only file of the Secret runstate-auth they mount; each
     runstate container signs in with its role's credentials file (provision: admin, projector:
-    projector, the gateway: writer), the only file of that Secret it mounts, read-only."""
+    projector, the gateway: writer), the only file of that Secret it mounts, read-only (the
+    projector also mounts its user of the clients' account, projector-queries.nk)."""
     roles = {"provision": "admin", "projector": "projector", "web": "writer"}
     secrets = set()
     seen = []
@@ -530,7 +531,10 @@ def test_kubernetes_pods_get_their_roles_credentials() -> None:
                 ]
                 assert mount["readOnly"], owner
                 secret = volumes[mount["name"]]["secret"]
-                assert secret["items"] == [{"key": wanted.name, "path": wanted.name}], owner
+                names = [wanted.name]
+                if wanted.name == "projector.nk":
+                    names.append("projector-queries.nk")
+                assert secret["items"] == [{"key": n, "path": n} for n in names], owner
                 secrets.add(secret["secretName"])
     assert sorted(seen) == ["projector", "provision", "web"] and secrets == {"runstate-auth"}
 

@@ -39,14 +39,22 @@ from runstate.client import (
 )
 from runstate.client.cli import cli
 from runstate.engine._connection import open_nats, provision, provision_server
-from runstate.engine._credentials import connection_options, write_authorization
+from runstate.engine._credentials import (
+    connection_options,
+    new_credentials,
+    queries_beside,
+    render_authorization,
+    write_authorization,
+)
 from runstate.engine._names import Subjects, subject_matches
 from runstate.engine._roles import (
+    QUERIES_USER,
     ROLES,
     USER_INFO,
     accounts,
     in_streams_account,
     permissions_table,
+    query_permissions,
     role_permissions,
 )
 from runstate.engine._server import NatsServer
@@ -385,10 +393,11 @@ async def test_a_client_on_a_server_not_provisioned_says_what_is_missing(bare: R
 async def test_a_query_with_a_reply_into_the_log_stores_nothing(
     roles: Roles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Hole 1: a reader's query asking for its answer on an event subject or a key is
-    answered (the replica, in JetStream's account, sees the reply the server gave the
-    request on its way from the clients' account), and nothing is stored: the server takes
-    the answer back to the clients' account and no further."""
+    """Hole 1: a reader's query asking for its answer on an event subject or a key is not
+    answered, and nothing is stored. The replica takes the reader's queries in the reader's
+    own account (its reply is the reader's inbox, not the ``_R_.`` one an import gives), and
+    refuses a reply that is not an inbox; the server refuses the replica's user there any
+    publish that is not to an inbox, so the code's refusal is not the only one."""
     answered: list[str] = []
     respond = QueryService._respond
 
@@ -400,6 +409,7 @@ async def test_a_query_with_a_reply_into_the_log_stores_nothing(
     async with (
         Replica(roles.settings("projector"), name="p") as replica,
         _Raw(roles.url, roles.credentials("reader")) as raw,
+        _Raw(roles.url, roles.auth / f"{QUERIES_USER}.nk") as queries,
     ):
         assert replica.service is not None
         body = orjson.dumps({"pathspec": "Train/1"})
@@ -407,12 +417,82 @@ async def test_a_query_with_a_reply_into_the_log_stores_nothing(
             await raw.nc.publish("rs.q.get", body, reply=reply)
         await raw.nc.flush()
         answer = await raw.nc.request("rs.q.status", b"{}", timeout=5)
-        assert b"result" in answer.data  # the service works, and has seen the two
-        assert len(answered) == 3 and all(reply.startswith("_R_.") for reply in answered)
+        assert b"result" in answer.data  # the service works, and has refused the two
+        assert len(answered) == 1 and answered[0].startswith("_INBOX.")
+        for subject in ("rs.ev.Train.1.r", "$KV.rs_idempotency.abc", "$JS.API.STREAM.PURGE.x"):
+            assert await queries.refused(subject), subject
+        assert not await queries.refused(raw.nc.new_inbox())
     async with _Raw(roles.url, roles.credentials("admin")) as admin:
         for stream in ("RS_EVENTS", "KV_rs_idempotency"):
             info = await admin.nc.jetstream().stream_info(stream)
             assert info.state.messages == 0, stream
+
+
+async def test_queries_are_answered_in_the_account_they_are_asked_in(
+    roles: Roles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica answers on two connections: as the projector in JetStream's account (the
+    writer's queries) and as ``projector-queries`` in the clients' account (the reader's),
+    so no query crosses an import: each arrives with its asker's own inbox as its reply.
+    Without the second user the reader's queries find no replica: none is imported."""
+    replies: list[str] = []
+    respond = QueryService._respond
+
+    async def spied(self: QueryService, request: Any, endpoint: str, parsed: Any) -> None:
+        replies.append(request._msg.reply)
+        await respond(self, request, endpoint, parsed)
+
+    monkeypatch.setattr(QueryService, "_respond", spied)
+    async with Replica(roles.settings("projector"), name="p"):
+        async with (
+            connect(settings=roles.settings("writer"), projector=False) as writer,
+            connect(settings=roles.settings("reader"), projector=False) as reader,
+        ):
+            run = await writer.create_run("Train")
+            for client, account in zip((writer, reader), accounts(), strict=True):
+                found = await client.with_namespace(None).run(run.pathspec, after=writer.last_write)
+                assert found.pathspec == run.pathspec
+                info = orjson.loads((await client.nc.request(USER_INFO, b"", timeout=5)).data)
+                assert info["data"]["account"] == account
+    assert len(replies) == 2 and all(reply.startswith("_INBOX.") for reply in replies)
+    block = (roles.auth / "auth.conf").read_text()  # neither exported nor imported
+    assert 'service: "rs.q.>"' not in block and 'subject: "rs.q.>"' not in block
+    (roles.auth / f"{QUERIES_USER}.nk").unlink()
+    async with (
+        Replica(roles.settings("projector"), name="q"),
+        _Raw(roles.url, roles.credentials("reader")) as raw,
+    ):
+        with pytest.raises(nats.errors.NoRespondersError):
+            await raw.nc.request("rs.q.status", b"{}", timeout=5)
+
+
+def test_the_projectors_second_user_is_found_beside_its_credentials(tmp_path: Path) -> None:
+    """``projector-queries.nk`` (or ``.pass``) beside ``projector.nk`` (or ``.pass``); nothing
+    beside another role's file, or where ``runstate auth init`` wrote none."""
+    for passwords in (False, True):
+        out = tmp_path / str(passwords)
+        write_authorization(out, passwords=passwords)
+        suffix = ".pass" if passwords else ".nk"
+        assert queries_beside(out / f"projector{suffix}") == out / f"{QUERIES_USER}{suffix}"
+        assert queries_beside(out / f"reader{suffix}") is None
+        (out / f"{QUERIES_USER}{suffix}").unlink()
+        assert queries_beside(out / f"projector{suffix}") is None
+    assert queries_beside(None) is None
+    given_path = tmp_path / "q.nk"
+    env = {"RUNSTATE_QUERY_CREDENTIALS": str(given_path)}
+    assert Settings.from_env(env).query_credentials == given_path
+
+
+def test_the_second_users_permissions_are_answers_to_inboxes_only() -> None:
+    """It takes the queries and the micro service's requests, and publishes on inboxes
+    only: in the clients' account every stored subject is an import into the streams."""
+    permissions = query_permissions()
+    assert permissions.publish == ("_INBOX.>",)
+    assert set(permissions.subscribe) == {"rs.q.>", "$SRV.>"}
+    block = render_authorization(new_credentials())
+    clients_part = block[block.index("RS_CLIENTS {") :]
+    assert f"# {QUERIES_USER}" in clients_part  # a user of the clients' account
+    assert 'publish: {allow: ["_INBOX.>"]}' in clients_part
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -491,7 +571,9 @@ def test_auth_init_writes_private_files_for_every_role(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert out.stat().st_mode & 0o777 == 0o700
     files = sorted(path.name for path in out.iterdir())
-    assert files == sorted(["auth.conf", *(f"{role}.pass" for role in ROLES)])
+    assert files == sorted(
+        ["auth.conf", f"{QUERIES_USER}.pass", *(f"{role}.pass" for role in ROLES)]
+    )
     assert all(path.stat().st_mode & 0o777 == 0o600 for path in out.iterdir())
     assert connection_options(out / "reader.pass")["user"] == "reader"
     block = (out / "auth.conf").read_text()

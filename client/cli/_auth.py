@@ -116,7 +116,10 @@ def init(
     include it from the server's config (``include auth.conf``) and restart
     or reload the server. OUT/<role>.nk (an nkey seed; with --passwords
     OUT/<role>.pass) is what a client of that role connects with:
-    RUNSTATE_CREDENTIALS=OUT/writer.nk, or connect(credentials=...). Running
+    RUNSTATE_CREDENTIALS=OUT/writer.nk, or connect(credentials=...).
+    OUT/projector-queries.nk is the projector's second user, with which a
+    replica answers the queries of the clients' account (readers, writers
+    limited to flows); it finds it beside OUT/projector.nk. Running
     it again makes new users: the old credentials stop working once the
     server loads the new block.
 
@@ -156,7 +159,7 @@ def init(
 
         write_certificates(out, ROLES, hosts=_flows(tls_hosts) or (), server_dir=tls_dir)
         click.echo(f"wrote {out / TLS_CONF} (auth.conf includes it) and the certificates")
-    for role, path in zip(ROLES, written[1:], strict=True):
+    for role, path in zip(ROLES, written[1 : len(ROLES) + 1], strict=True):
         line = f"  {role:<9} RUNSTATE_CREDENTIALS={path}"
         if tls:
             line += (
@@ -164,6 +167,7 @@ def init(
                 f" RUNSTATE_TLS_KEY={out / role}-key.pem"
             )
         click.echo(line)
+    click.echo(f"  (the projector's replicas also sign in with {written[-1]}, found beside it)")
 
 
 @click.command()
