@@ -25,6 +25,7 @@ from runstate.client.cli._bench._paired import (
     pair_figures,
     paired_json,
     paired_markdown,
+    pool_reports,
     print_paired,
     run_paired,
     secured_first,
@@ -146,3 +147,62 @@ def test_a_tiny_paired_append_runs_both_halves_the_secured_one_with_roles_and_tl
     assert "server: auth_required=False, tls_required=False, tls_verify=False" in plain["notes"]
     assert "server: auth_required=True, tls_required=True, tls_verify=True" in secured["notes"]
     assert any("client certificate" in note for note in secured["notes"])
+
+
+def test_rounds_alternate_within_a_benchmark_and_pool_each_halfs_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With 3 rounds the first benchmark runs plain, secured, secured, plain, plain,
+    secured (the next the reverse); each half's figure is the median of all its rounds'
+    samples, and each round's own cost is reported beside it."""
+    calls: list[tuple[str, bool]] = []
+    plain_samples = iter([[1.0, 1.0], [3.0, 3.0], [2.0, 2.0], [1.0], [1.0], [1.0]])
+    secured_samples = iter([[2.0, 2.0], [3.0, 3.0], [2.0, 2.0], [1.0], [1.0], [1.0]])
+
+    def run(name: str, params: BenchParams) -> Report:
+        calls.append((name, params.auth is not None))
+        report = Report(name, {}, duration_s=1.0, notes=[f"note of {params.auth is not None}"])
+        samples = next(secured_samples if params.auth else plain_samples)
+        report.add(_figure("t", samples))
+        return report
+
+    result = run_paired(["append", "reads"], BenchParams(auth=tmp_path), run, rounds=3)
+    order = [secured for name, secured in calls if name == "append"]
+    assert order == [False, True, True, False, False, True]
+    assert [secured for name, secured in calls if name == "reads"] == [
+        True, False, False, True, True, False
+    ]  # fmt: skip
+    append, _ = result["paired"]
+    assert append.order == "plain, secured, secured, plain, plain, secured"
+    (figure,) = append.figures
+    assert (figure.plain, figure.secured) == (2.0, 2.0)  # medians of the pooled samples
+    assert figure.round_costs == pytest.approx((100.0, 0.0, 0.0))
+    assert append.plain.duration_s == 3.0 and append.plain.notes == ["note of False"]
+    assert len(append.plain.figures[0].samples) == 6
+    text = paired_markdown(result)
+    assert "each round's cost %" in text and "| +100.0 / +0.0 / +0.0 |" in text
+    assert "3 times each" in text
+    body = json.loads(paired_json(result))
+    assert body["benchmarks"]["append"]["rounds"] == 3
+    assert body["benchmarks"]["append"]["figures"]["t"]["round_costs_percent"] == [100, 0, 0]
+    print_paired(result)
+    assert "+100.0 / +0.0 / +0.0" in capsys.readouterr().out
+
+
+@given(st.lists(st.lists(positive, min_size=1, max_size=5), min_size=1, max_size=4))
+def test_pooling_keeps_every_sample_once(runs: list[list[float]]) -> None:
+    """A pooled report has each figure's samples of every run, in order, and sums the
+    durations."""
+    reports = []
+    for samples in runs:
+        report = Report("b", {}, duration_s=2.0)
+        report.add(_figure("t", samples))
+        reports.append(report)
+    pooled = pool_reports(reports)
+    assert pooled.figure("t").samples == [x for samples in runs for x in samples]
+    assert pooled.duration_s == 2.0 * len(runs)
+
+
+def test_rounds_without_paired_is_a_usage_error() -> None:
+    result = CliRunner().invoke(bench, ["append", "--rounds", "2"])
+    assert result.exit_code == 2 and "--paired" in result.output

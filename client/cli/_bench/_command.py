@@ -206,6 +206,14 @@ _QUICK = {
     "DIR's authorization (and TLS if DIR has certificates), the order alternating, and "
     "report each figure's cost of the roles (local is skipped).",
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="With --paired: run each half this many times, alternating (plain, secured, "
+    "secured, plain, ...), and pool each half's samples; the report shows each round's cost.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--markdown", "as_markdown", is_flag=True, help="Print the report as Markdown tables."
@@ -310,6 +318,7 @@ def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
     paired: bool,
+    rounds: int,
     as_json: bool,
     as_markdown: bool,
     quick: bool,
@@ -325,6 +334,7 @@ def bench(
     The roles' cost (issue 17), both runs in one invocation:
       runstate auth init --out auth --tls
       runstate bench workload reads --quick --auth auth --paired
+      runstate bench reads --auth auth --paired --rounds 3
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
@@ -339,10 +349,12 @@ def bench(
         if not benchmarks or "all" in benchmarks
         else list(dict.fromkeys(benchmarks))
     )
+    if rounds > 1 and not paired:
+        raise click.UsageError("--rounds goes with --paired")
     if paired:
         if params.auth is None:
             raise click.UsageError("--paired compares runs with and without --auth DIR: give it")
-        both = run_paired(names, params, run_benchmark)
+        both = run_paired(names, params, run_benchmark, rounds=rounds)
         if as_json:
             click.echo(paired_json(both))
         elif as_markdown:

@@ -9,6 +9,14 @@ secured, the order alternating from one benchmark to the next (the first
 plain then secured, the second secured then plain, ...), and the report
 puts each figure's two medians side by side.
 
+One run of each half moves by up to ±25% on a small VM, more than the 10%
+to be told apart. ``rounds`` runs each half that many times, alternating
+within the benchmark too (plain, secured, secured, plain, ... for the first
+benchmark; the reverse for the next), and pools each half's samples: each
+figure's medians are of all its rounds' samples, and the report shows the
+cost each round measured on its own beside the pooled one, so the spread
+between rounds is in sight.
+
 The cost of a figure is how much worse the secured run is, in percent of the
 plain one: ``secured / plain - 1`` for a time, ``plain / secured - 1`` for a
 rate. Positive: the secured run is slower; negative: it happened to be
@@ -39,6 +47,7 @@ __all__ = [
     "pair_figures",
     "paired_json",
     "paired_markdown",
+    "pool_reports",
     "print_paired",
     "run_paired",
     "secured_first",
@@ -79,6 +88,8 @@ class PairedFigure:
     plain: float
     secured: float
     higher_is_better: bool
+    #: the cost each round measured on its own (with ``rounds`` above 1)
+    round_costs: tuple[float, ...] = ()
 
     @property
     def cost(self) -> float:
@@ -99,6 +110,9 @@ class PairedFigure:
             "higher_is_better": self.higher_is_better,
             "cost_percent": None if math.isnan(cost) else round(cost, 2),
             "beyond_limit": self.beyond,
+            "round_costs_percent": [
+                None if math.isnan(value) else round(value, 2) for value in self.round_costs
+            ],
         }
 
 
@@ -119,22 +133,62 @@ def pair_figures(plain: Sequence[Figure], secured: Sequence[Figure]) -> list[Pai
     ]
 
 
+def pool_reports(reports: Sequence[Report]) -> Report:
+    """One report of several runs of a benchmark: each figure's samples pooled (in the
+    first run's order of figures), every note once, the durations summed."""
+    first = reports[0]
+    samples: dict[str, list[float]] = {}
+    for report in reports:
+        for figure in report.figures:
+            samples.setdefault(figure.key, []).extend(figure.samples)
+    return dataclasses.replace(
+        first,
+        figures=[dataclasses.replace(f, samples=samples[f.key]) for f in first.figures],
+        notes=list(dict.fromkeys(note for report in reports for note in report.notes)),
+        duration_s=sum(report.duration_s for report in reports),
+        load_after=reports[-1].load_after,
+    )
+
+
 @dataclass
 class PairedReport:
-    """A benchmark's two runs: plain and secured, and which ran first."""
+    """A benchmark's two halves: plain and secured (each pooled over its rounds), which ran
+    first, and each round's pair of reports."""
 
     benchmark: str
     plain: Report
     secured: Report
     secured_first: bool
+    #: (plain, secured) of each round, when there were several
+    rounds: list[tuple[Report, Report]] = dataclasses.field(default_factory=list)
+
+    @property
+    def order(self) -> str:
+        """The halves in the order they ran: ``plain, secured, secured, plain``..."""
+        first = ["secured", "plain"] if self.secured_first else ["plain", "secured"]
+        halves = [first if index % 2 == 0 else first[::-1] for index in range(len(self.rounds))]
+        return ", ".join(half for pair in (halves or [first]) for half in pair)
 
     @property
     def figures(self) -> list[PairedFigure]:
-        return pair_figures(self.plain.figures, self.secured.figures)
+        figures = pair_figures(self.plain.figures, self.secured.figures)
+        if len(self.rounds) < 2:
+            return figures
+        per_round = [
+            {f.key: f.cost for f in pair_figures(plain.figures, secured.figures)}
+            for plain, secured in self.rounds
+        ]
+        return [
+            dataclasses.replace(
+                figure, round_costs=tuple(costs.get(figure.key, math.nan) for costs in per_round)
+            )
+            for figure in figures
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "order": "secured, plain" if self.secured_first else "plain, secured",
+            "order": self.order,
+            "rounds": max(1, len(self.rounds)),
             "figures": {figure.key: figure.to_dict() for figure in self.figures},
             "plain": self.plain.to_dict(),
             "secured": self.secured.to_dict(),
@@ -142,14 +196,21 @@ class PairedReport:
 
 
 def run_paired(
-    names: Sequence[str], params: BenchParams, run: Callable[[str, BenchParams], Report]
+    names: Sequence[str],
+    params: BenchParams,
+    run: Callable[[str, BenchParams], Report],
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Run each benchmark plain and secured (``params.auth``), alternating the order.
 
-    ``run``: runs one benchmark (``run_benchmark``). Returns the JSON-ready
-    result: the machine, the paired reports, and the benchmarks skipped with why.
+    ``run``: runs one benchmark (``run_benchmark``). ``rounds``: how many times
+    each half runs, the order alternating from round to round as well (each
+    half's samples pooled). Returns the JSON-ready result: the machine, the
+    paired reports, and the benchmarks skipped with why.
     """
     assert params.auth is not None
+    if rounds < 1:
+        raise ValueError(f"rounds must be 1 or more, not {rounds}")
     machine = machine_info()
     plain_params = dataclasses.replace(params, auth=None)
     paired: list[PairedReport] = []
@@ -159,15 +220,28 @@ def run_paired(
             skipped[name] = UNPAIRED[name]
             continue
         first = secured_first(len(paired))
-        order = [params, plain_params] if first else [plain_params, params]
-        reports = [run(name, half) for half in order]
-        secured, plain = reports if first else reversed(reports)
-        paired.append(PairedReport(name, plain, secured, first))
+        pairs: list[tuple[Report, Report]] = []
+        for index in range(rounds):
+            secured_now = first != (index % 2 == 1)
+            order = [params, plain_params] if secured_now else [plain_params, params]
+            reports = [run(name, half) for half in order]
+            secured, plain = reports if secured_now else reversed(reports)
+            pairs.append((plain, secured))
+        paired.append(
+            PairedReport(
+                name,
+                pool_reports([plain for plain, _ in pairs]),
+                pool_reports([secured for _, secured in pairs]),
+                first,
+                pairs if rounds > 1 else [],
+            )
+        )
     version = paired[0].secured.server_version if paired else "?"
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {**machine, "nats_server": version},
         "auth": str(params.auth),
+        "rounds": rounds,
         "paired": paired,
         "skipped": skipped,
     }
@@ -186,25 +260,43 @@ def _cost(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:+.1f}"
 
 
+#: the column of each round's own cost, with several rounds
+_ROUNDS_COLUMN = "each round's cost %"
+
+
+def _header(result: dict[str, Any]) -> list[str]:
+    rounds = result.get("rounds", 1)
+    return _HEADER if rounds < 2 else [*_HEADER[:-1], _ROUNDS_COLUMN, _HEADER[-1]]
+
+
 def _rows(paired: PairedReport) -> list[list[str]]:
-    return [
-        [
+    rows = []
+    for figure in paired.figures:
+        row = [
             figure.key,
             figure.label,
             figure.unit,
             _number(figure.plain),
             _number(figure.secured),
             _cost(figure.cost),
-            "BEYOND" if figure.beyond else "",
         ]
-        for figure in paired.figures
-    ]
+        if paired.rounds:
+            row.append(" / ".join(_cost(cost) for cost in figure.round_costs))
+        rows.append([*row, "BEYOND" if figure.beyond else ""])
+    return rows
 
 
 def _explanation(result: dict[str, Any]) -> str:
+    rounds = result.get("rounds", 1)
+    how = (
+        "the order alternating"
+        if rounds < 2
+        else f"{rounds} times each, the order alternating from round to round and from one "
+        "benchmark to the next, each half's samples pooled"
+    )
     return (
-        f"Each benchmark ran plain and secured (the roles of {result['auth']}), the order "
-        "alternating. cost % is how much worse the secured median is: secured/plain - 1 for "
+        f"Each benchmark ran plain and secured (the roles of {result['auth']}), {how}. "
+        "cost % is how much worse the secured median is: secured/plain - 1 for "
         "times, plain/secured - 1 for rates; positive is slower. BEYOND: more than "
         f"{LIMIT_PERCENT:.0f}% either way."
     )
@@ -229,7 +321,7 @@ def print_paired(result: dict[str, Any]) -> None:
             f"{paired.plain.duration_s:.0f}s + {paired.secured.duration_s:.0f}s)",
             title_justify="left",
         )
-        for column in _HEADER:
+        for column in _header(result):
             table.add_column(column, justify="left" if column in _HEADER[:3] else "right")
         for row in _rows(paired):
             table.add_row(*row, style="red" if row[-1] else None)
@@ -251,8 +343,8 @@ def paired_markdown(result: dict[str, Any]) -> str:
             f"Parameters: {params}. Order: {paired.to_dict()['order']}; "
             f"{paired.plain.duration_s:.0f}s plain, {paired.secured.duration_s:.0f}s secured.",
             "",
-            "| " + " | ".join(_HEADER) + " |",
-            "|" + "|".join("---" for _ in _HEADER) + "|",
+            "| " + " | ".join(_header(result)) + " |",
+            "|" + "|".join("---" for _ in _header(result)) + "|",
         ]
         lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in _rows(paired)]
         lines += [""] + [f"- {note}" for note in _notes(paired)] + [""]
