@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
@@ -30,6 +31,7 @@ from runstate.client.cli._bench._paired import (
     run_paired,
     secured_first,
 )
+from runstate.client.cli._bench._turns import Turns, install, take_turn, take_turn_sync
 
 positive = st.floats(min_value=1e-6, max_value=1e9, allow_nan=False)
 
@@ -137,6 +139,7 @@ def test_a_tiny_paired_append_runs_both_halves_the_secured_one_with_roles_and_tl
     tiny = ["--quick", "--repeat", "2", "--messages", "300", "--atomic-batch", "100"]
     body = _run("append", "local", *tiny, "--auth", str(auth), "--paired")
     assert set(body["benchmarks"]) == {"append"} and "local" in body["skipped"]
+    assert body["interleaved"] is True  # the two halves at once, taking turns
     append = body["benchmarks"]["append"]
     assert append["order"] == "plain, secured"
     plain, secured = append["plain"], append["secured"]
@@ -206,3 +209,44 @@ def test_pooling_keeps_every_sample_once(runs: list[list[float]]) -> None:
 def test_rounds_without_paired_is_a_usage_error() -> None:
     result = CliRunner().invoke(bench, ["append", "--rounds", "2"])
     assert result.exit_code == 2 and "--paired" in result.output
+
+
+def test_two_halves_take_turns_and_one_runs_on_alone_when_the_other_ends() -> None:
+    """Over two pipes, each ``swap`` hands the turn over: the halves' steps alternate
+    strictly, the first half's first; once one half closes, the other no longer waits."""
+    import os
+    import threading
+
+    to_first, to_second = os.pipe(), os.pipe()
+    first = Turns(to_first[0], to_second[1])
+    second = Turns(to_second[0], to_first[1])
+    steps: list[str] = []
+
+    def half(name: str, turns: Turns, count: int, starts: bool) -> None:
+        if not starts:
+            turns.wait()
+        for i in range(count):
+            turns.swap()
+            steps.append(f"{name}{i}")
+        turns.close()
+
+    threads = [
+        threading.Thread(target=half, args=("a", first, 3, True)),
+        threading.Thread(target=half, args=("b", second, 5, False)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+    # as in a benchmark: a runs up to its first swap (its set-up), then b up to its own,
+    # then each step of a is followed by the same step of b, until a has ended and b runs
+    # on alone
+    assert steps == ["a0", "b0", "a1", "b1", "a2", "b2", "b3", "b4"]
+    assert first.alone and second.alone
+
+
+def test_take_turn_does_nothing_outside_a_paired_run() -> None:
+    install(None)
+    take_turn_sync()
+    anyio.run(take_turn)

@@ -1,5 +1,5 @@
-"""``python -m runstate.client.cli._bench``: the command standalone, a replica, a load, or the
-http benchmark's gateway and client processes."""
+"""``python -m runstate.client.cli._bench``: the command standalone, a replica, a load, the
+http benchmark's gateway and client processes, or one half of a paired benchmark."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from runstate.client.cli._bench._command import bench
 from runstate.client.cli._bench._harness import _replica_main
 from runstate.client.cli._bench._http_load import gateway_main, sse_main, writers_main
+from runstate.client.cli._bench._interleave import half_main
 from runstate.client.cli._bench._projection import _load_main
 
 if __name__ == "__main__":
@@ -21,5 +22,7 @@ if __name__ == "__main__":
         sse_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_writers":
         writers_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_half":
+        half_main(sys.argv[2:])
     else:
         bench(prog_name="runstate bench")

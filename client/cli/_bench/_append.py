@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 from runstate.client.cli._bench._harness import _connection, _Place, _say, _server_version
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._commits import Commit, new_commit_id
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event, encode_commit
@@ -78,10 +79,15 @@ async def bench_append(place: _Place, p: BenchParams, report: Report) -> None:
         batch_ratios: list[float] = []
         for rep in range(p.repeat):
             _say(f"append: repetition {rep + 1}/{p.repeat}")
+            await take_turn()
             rates["raw"].append(await raw(False))
+            await take_turn()
             rates["raw_ids"].append(await raw(True))
+            await take_turn()
             rates["single"].append(await pipelined(singles, n))
+            await take_turn()
             rates["batched"].append(await pipelined(batches, len(batches) * k))
+            await take_turn()
             rates["atomic"].append(await atomic())
             ratios.append(rates["single"][-1] / rates["raw"][-1])
             batch_ratios.append(rates["batched"][-1] / rates["raw"][-1])

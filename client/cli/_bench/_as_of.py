@@ -10,6 +10,7 @@ from runstate.client.cli._bench._events import _append_all, _commits
 from runstate.client.cli._bench._harness import _say
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._event_factory import EventFactory
 
 #: the id of the benchmark's long run (of flow Train)
@@ -39,6 +40,7 @@ async def bench_as_of(client: Any, report: Report, p: BenchParams) -> None:
     cold = []
     for _ in range(_COLD_READS):
         client.__dict__.pop("_timelines", None)  # a client that has not read the run yet
+        await take_turn()
         started = time.perf_counter()
         await client.run(pathspec, as_of=last)
         cold.append(time.perf_counter() - started)
@@ -46,6 +48,7 @@ async def bench_as_of(client: Any, report: Report, p: BenchParams) -> None:
     warm = []
     for _ in range(p.calls):
         sequence = rng.randint(first, last)
+        await take_turn()
         started = time.perf_counter()
         await client.run(pathspec, as_of=sequence)
         warm.append(time.perf_counter() - started)

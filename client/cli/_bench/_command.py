@@ -16,6 +16,7 @@ from runstate.client.cli._bench._facade import bench_facade
 from runstate.client.cli._bench._frame import bench_frame
 from runstate.client.cli._bench._harness import _Place, _place, has_tls
 from runstate.client.cli._bench._http import bench_http
+from runstate.client.cli._bench._interleave import run_interleaved
 from runstate.client.cli._bench._live import bench_live
 from runstate.client.cli._bench._local import bench_local
 from runstate.client.cli._bench._logs import bench_logs
@@ -203,8 +204,15 @@ _QUICK = {
     "--paired",
     is_flag=True,
     help="With --auth: run each benchmark twice in this one invocation, plain and with "
-    "DIR's authorization (and TLS if DIR has certificates), the order alternating, and "
-    "report each figure's cost of the roles (local is skipped).",
+    "DIR's authorization (and TLS if DIR has certificates), both at once on two servers "
+    "taking turns before each timed sample, and report each figure's cost of the roles "
+    "(local is skipped).",
+)
+@click.option(
+    "--sequential",
+    is_flag=True,
+    help="With --paired: run the halves one after the other instead of at once taking turns "
+    "before each timed sample.",
 )
 @click.option(
     "--rounds",
@@ -318,6 +326,7 @@ def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
     paired: bool,
+    sequential: bool,
     rounds: int,
     as_json: bool,
     as_markdown: bool,
@@ -349,12 +358,18 @@ def bench(
         if not benchmarks or "all" in benchmarks
         else list(dict.fromkeys(benchmarks))
     )
-    if rounds > 1 and not paired:
-        raise click.UsageError("--rounds goes with --paired")
+    if (rounds > 1 or sequential) and not paired:
+        raise click.UsageError("--rounds and --sequential go with --paired")
     if paired:
         if params.auth is None:
             raise click.UsageError("--paired compares runs with and without --auth DIR: give it")
-        both = run_paired(names, params, run_benchmark, rounds=rounds)
+        both = run_paired(
+            names,
+            params,
+            run_benchmark,
+            rounds=rounds,
+            run_both=None if sequential else run_interleaved,
+        )
         if as_json:
             click.echo(paired_json(both))
         elif as_markdown:

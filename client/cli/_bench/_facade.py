@@ -11,6 +11,7 @@ from runstate.client import compat
 from runstate.client.cli._bench._harness import _client, _Place, _read_after, _server_version
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._turns import take_turn_sync
 from runstate.client.cli._bench._workload import WriteResult, write_workload
 
 
@@ -50,6 +51,7 @@ def bench_facade(place: _Place, p: BenchParams, report: Report) -> None:
             timed_blocking()
         inner, outer, added = [], [], []
         for _ in range(p.calls):
+            take_turn_sync()
             a = portal.call(timed_async)
             b = timed_blocking()
             inner.append(a)

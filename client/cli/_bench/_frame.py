@@ -27,6 +27,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._commits import new_commit_id
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event
@@ -116,6 +117,7 @@ async def bench_frame(place: _Place, p: BenchParams, report: Report) -> None:
 
         frames = []
         for i in range(p.frame_repeat + 1):
+            await take_turn()
             started = time.perf_counter()
             frame = await client.runs_frame(FLOW)
             if i:
@@ -134,6 +136,7 @@ async def bench_frame(place: _Place, p: BenchParams, report: Report) -> None:
 
         samples = []
         for i in range(p.calls + 10):
+            await take_turn()
             started = time.perf_counter()
             page = await client.runs(FLOW, where=_WHERE, sort="-summary.acc")
             if i >= 10:

@@ -38,6 +38,7 @@ from runstate.client.cli._bench._http_load import Connection
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._reads import _time_calls, _write_scale
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 from runstate.client.cli._bench._workload import write_workload
 from runstate.engine.errors import ConfigurationError
 
@@ -175,6 +176,7 @@ async def _sse_samples(
             child = _child(place, "_sse", [url, run.pathspec, str(share)], name, 300, 10)
             children.append(await stack.enter_async_context(child))
         for i in range(changes):
+            await take_turn()
             at = time.monotonic()  # the clients' clock
             receipt = await run.add_tags(f"{tag}{i}")
             started[receipt.sequence] = at
@@ -225,6 +227,7 @@ async def _writes(place: _Place, url: str, p: BenchParams, report: Report) -> No
                 await process.stdin.send(f"round s{round_}\n".encode())
             for _, lines in children:
                 assert (await _line(lines)).strip() == "prepared"
+            await take_turn()
             for process, _ in children:
                 assert process.stdin is not None
                 await process.stdin.send(b"go\n")

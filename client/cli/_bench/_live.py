@@ -22,6 +22,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._connection import jetstream_api
 from runstate.engine._event_factory import EventFactory
@@ -107,6 +108,7 @@ async def _measure_changes(
     """Make ``count`` changes one at a time; each watcher's delay for each change."""
     samples: list[float] = []
     for _ in range(count):
+        await take_turn()
         started = time.perf_counter()
         receipt = await changes.next()
         await deliveries.wait(receipt.sequence, watchers)
@@ -137,6 +139,7 @@ async def _raw_ordered_latency(
     samples = []
     try:
         for i in range(changes + 20):
+            await take_turn()
             started = time.perf_counter()
             ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": new_commit_id()})
             with anyio.fail_after(10):
@@ -244,6 +247,7 @@ async def bench_live(place: _Place, p: BenchParams, report: Report) -> None:
                 samples: list[float] = []
                 for i in range(p.changes + 20):
                     index = rng.randrange(len(handles))
+                    await take_turn()
                     started = time.perf_counter()
                     receipt = await handles[index].add_tag(f"t{i}")
                     await deliveries.wait(receipt.sequence, [index])

@@ -24,6 +24,7 @@ from runstate.client._logs import follow_log_lines, read_log_text
 from runstate.client.cli._bench._harness import _client, _Place, _say, _server_version
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 
 __all__ = ["bench_logs"]
 
@@ -46,6 +47,7 @@ async def bench_logs(place: _Place, p: BenchParams, report: Report) -> None:
                 written = 0
                 while written < p.log_lines:
                     count = min(tenth, p.log_lines - written)
+                    await take_turn()
                     started = time.perf_counter()
                     for i in range(written, written + count):
                         print(f"step {i:>9} loss {1.0 / (i + 1):.12f}".ljust(LINE - 1))
@@ -71,6 +73,7 @@ async def bench_logs(place: _Place, p: BenchParams, report: Report) -> None:
 
         reads = []
         for _ in range(p.log_reads):
+            await take_turn()
             started = time.perf_counter()
             text = await read_log_text(client.log, task.pathspec, task.attempt, "stdout")
             elapsed = time.perf_counter() - started
@@ -124,6 +127,7 @@ async def _tail(client: Any, run: Any, changes: int) -> list[float]:
             tg.start_soon(follow)
             await anyio.sleep(0.5)  # the follower's consumer exists
             for i in range(changes + 10):
+                await take_turn()
                 arrived = anyio.Event()
                 started = time.perf_counter()
                 await task.write_log(f"tick {i}")

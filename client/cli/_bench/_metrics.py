@@ -27,6 +27,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine.errors import Timeout
 
 __all__ = ["bench_metrics"]
@@ -67,6 +68,9 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
         rates = []
         tenth = max(1, p.metric_rows // 10)
         step = 0
+        # one turn for the whole ingest and its projection (below): the replica projects
+        # each tenth while the next is logged, so no turn may pass in between
+        await take_turn()
         while step < p.metric_rows:
             count = min(tenth, p.metric_rows - step)
             started = time.perf_counter()
@@ -98,6 +102,7 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
 
         samples = []
         for i in range(p.calls + 10):
+            await take_turn()
             started = time.perf_counter()
             rows = await run.history(samples=500, keys=["loss"])
             if i >= 10:
@@ -116,6 +121,7 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
 
         scans = []
         for _ in range(p.metric_scans):
+            await take_turn()
             started = time.perf_counter()
             seen = width = 0
             async for row in run.scan_history(page_size=SCAN_PAGE):
@@ -141,6 +147,7 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
         else:
             frames = []
             for _ in range(p.metric_scans):
+                await take_turn()
                 started = time.perf_counter()
                 rows = [row async for row in run.scan_history(page_size=SCAN_PAGE)]
                 frame = pandas.DataFrame.from_records(rows)
@@ -174,6 +181,7 @@ async def bench_metrics(place: _Place, p: BenchParams, report: Report) -> None:
         await _projected(run, points.sequence)
         samples = []
         for i in range(p.calls + 20):
+            await take_turn()
             started = time.perf_counter()
             await read_e()
             if i >= 20:
@@ -226,6 +234,7 @@ async def _tail_latency(client: Any, handle: Any, calls: int) -> list[float]:
             group.start_soon(follow, ready)
             await ready.wait()
             for step in range(TAIL_WARMUP + calls):
+                await take_turn()
                 started = time.perf_counter()
                 await task.log({"loss": 1 / (step + 1)})
                 await task.flush()

@@ -200,13 +200,16 @@ def run_paired(
     params: BenchParams,
     run: Callable[[str, BenchParams], Report],
     rounds: int = 1,
+    run_both: Callable[[str, BenchParams, BenchParams], tuple[Report, Report]] | None = None,
 ) -> dict[str, Any]:
     """Run each benchmark plain and secured (``params.auth``), alternating the order.
 
-    ``run``: runs one benchmark (``run_benchmark``). ``rounds``: how many times
-    each half runs, the order alternating from round to round as well (each
-    half's samples pooled). Returns the JSON-ready result: the machine, the
-    paired reports, and the benchmarks skipped with why.
+    ``run``: runs one benchmark (``run_benchmark``), one half after the other.
+    ``run_both``: runs both halves at once, taking turns, the first given timing
+    the first sample (``run_interleaved``); used instead of ``run`` when given.
+    ``rounds``: how many times each half runs, the order alternating from round
+    to round as well (each half's samples pooled). Returns the JSON-ready
+    result: the machine, the paired reports, and the benchmarks skipped with why.
     """
     assert params.auth is not None
     if rounds < 1:
@@ -224,7 +227,10 @@ def run_paired(
         for index in range(rounds):
             secured_now = first != (index % 2 == 1)
             order = [params, plain_params] if secured_now else [plain_params, params]
-            reports = [run(name, half) for half in order]
+            if run_both is not None:
+                reports = list(run_both(name, order[0], order[1]))
+            else:
+                reports = [run(name, half) for half in order]
             secured, plain = reports if secured_now else reversed(reports)
             pairs.append((plain, secured))
         paired.append(
@@ -242,6 +248,7 @@ def run_paired(
         "machine": {**machine, "nats_server": version},
         "auth": str(params.auth),
         "rounds": rounds,
+        "interleaved": run_both is not None,
         "paired": paired,
         "skipped": skipped,
     }
@@ -294,6 +301,12 @@ def _explanation(result: dict[str, Any]) -> str:
         else f"{rounds} times each, the order alternating from round to round and from one "
         "benchmark to the next, each half's samples pooled"
     )
+    if result.get("interleaved"):
+        how += (
+            "; both halves at once, each on its own server in a process of its own, taking "
+            "turns: their timed samples alternate, one of one and one of the other (the order "
+            "says which timed first), and they never measure at the same time"
+        )
     return (
         f"Each benchmark ran plain and secured (the roles of {result['auth']}), {how}. "
         "cost % is how much worse the secured median is: secured/plain - 1 for "

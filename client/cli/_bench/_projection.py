@@ -28,6 +28,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._connection import open_nats
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._jetstream import JetStreamEventLog
@@ -265,6 +266,7 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
     rates: list[float] = []
     windows: list[float] = []
     for rep in range(p.catchup_repeat):
+        await take_turn()
         rate, window_rates = await _catch_up(
             place, place.tmp / f"catchup-{rep}.sqlite3", last, events
         )
@@ -295,4 +297,5 @@ async def bench_projection(place: _Place, p: BenchParams, report: Report) -> Non
     )
     if p.lag_seconds > 0:
         _say(f"projection: lag at {p.lag_rate:,} events/s for {p.lag_seconds:g}s")
+        await take_turn()
         await _lag(place, p, report)

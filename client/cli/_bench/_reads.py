@@ -24,6 +24,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms, quantile
+from runstate.client.cli._bench._turns import take_turn
 from runstate.client.cli._bench._workload import write_workload
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import Event
@@ -43,6 +44,7 @@ async def _time_calls(
         await call(i)
     samples = []
     for i in range(calls):
+        await take_turn()
         started = time.perf_counter()
         await call(i)
         samples.append(time.perf_counter() - started)

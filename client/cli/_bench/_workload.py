@@ -22,6 +22,7 @@ from runstate.client.cli._bench._harness import (
 )
 from runstate.client.cli._bench._params import FLOW, BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
+from runstate.client.cli._bench._turns import take_turn
 from runstate.engine._commits import Receipt, new_commit_id
 from runstate.engine._event_factory import EventFactory
 from runstate.engine._events import encode_commit
@@ -213,9 +214,11 @@ async def _write_only(place: _Place, p: BenchParams, report: Report) -> None:
         rates: list[float] = []
         with_points: list[float] = []
         for rep in range(p.repeat):
+            await take_turn()
             result = await write_workload(writer, p.runs, p.tasks, 64)
             rates.append(result.rate)
             if p.points:
+                await take_turn()
                 with_points.append(
                     (await write_workload(writer, p.runs, p.tasks, 64, p.points)).rate
                 )
@@ -290,13 +293,18 @@ async def bench_workload(place: _Place, p: BenchParams, report: Report) -> None:
             drains: list[float] = []
             with_points: list[float] = []
             for rep in range(p.repeat):
+                await take_turn()
                 raw.append(await _raw_acked(admin, raw_subjects, total, w, payload))
+                # a turn ends where this half's replica has caught up: nothing runs behind
+                # the other half's timing
+                await take_turn()
                 result = await write_workload(writer, p.runs, p.tasks, w)
                 rates.append(result.rate)
                 started = time.perf_counter()
                 await _read_after(client, result.run_pathspecs[-1], result.last_sequence)
                 drains.append(time.perf_counter() - started)
                 if p.points and w == 64:
+                    await take_turn()
                     pointed = await write_workload(writer, p.runs, p.tasks, w, p.points)
                     with_points.append(pointed.rate)
                     await _read_after(client, pointed.run_pathspecs[-1], pointed.last_sequence)
