@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from runstate.client.cli._bench._command import bench
+from runstate.client.cli._bench._command import bench, run_benchmark
 from runstate.client.cli._bench._harness import _replica_main
 from runstate.client.cli._bench._http_load import gateway_main, sse_main, writers_main
 from runstate.client.cli._bench._interleave import half_main
@@ -23,6 +23,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "_writers":
         writers_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_half":
-        half_main(sys.argv[2:])
+        half_main(sys.argv[2:], run_benchmark)
     else:
         bench(prog_name="runstate bench")

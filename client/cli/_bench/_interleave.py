@@ -15,7 +15,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
@@ -23,6 +23,7 @@ import click
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Report
 from runstate.client.cli._bench._turns import Turns, install
+from runstate.engine._logging import configure_logging
 
 __all__ = ["half_main", "run_interleaved"]
 
@@ -77,13 +78,10 @@ def run_interleaved(name: str, first: BenchParams, second: BenchParams) -> tuple
     return first_report, second_report
 
 
-def half_main(argv: Sequence[str]) -> None:
+def half_main(argv: Sequence[str], run_benchmark: Callable[[str, BenchParams], Report]) -> None:
     """``python -m runstate.client.cli._bench _half MINE THEIRS first|second OUTPUT``: run the
-    benchmark and parameters pickled on stdin, taking turns over the pipes ``MINE`` (read)
-    and ``THEIRS`` (write); the report pickled to ``OUTPUT``."""
-    from runstate.client.cli._bench._command import run_benchmark
-    from runstate.engine._logging import configure_logging
-
+    benchmark and parameters pickled on stdin (with ``run_benchmark``), taking turns over
+    the pipes ``MINE`` (read) and ``THEIRS`` (write); the report pickled to ``OUTPUT``."""
     configure_logging("warning", force=True)
     mine, theirs, which, output = argv
     name, params = pickle.loads(sys.stdin.buffer.read())
