@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import click
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
@@ -250,3 +251,28 @@ def test_take_turn_does_nothing_outside_a_paired_run() -> None:
     install(None)
     take_turn_sync()
     anyio.run(take_turn)
+
+
+def test_a_benchmark_that_fails_is_reported_and_the_others_still_are(tmp_path: Path) -> None:
+    """One benchmark's halves failing does not lose the others' figures: it is listed as
+    failed, with why, and the alternation of the order goes on as if it had run."""
+
+    def run_both(name: str, first: BenchParams, second: BenchParams) -> tuple[Report, Report]:
+        if name == "reads":
+            raise click.ClickException("the two halves of the paired reads benchmark exited")
+        reports = []
+        for params in (first, second):
+            report = Report(name, {})
+            report.add(_figure("t", [2.0 if params.auth else 1.0]))
+            reports.append(report)
+        return reports[0], reports[1]
+
+    def run(name: str, params: BenchParams) -> Report:
+        raise AssertionError("run_both runs both halves")
+
+    names = ["append", "reads", "live"]
+    result = run_paired(names, BenchParams(auth=tmp_path), run, run_both=run_both)
+    assert [p.benchmark for p in result["paired"]] == ["append", "live"]
+    assert "exited" in result["failed"]["reads"]
+    assert not result["paired"][0].secured_first and not result["paired"][1].secured_first
+    assert "- reads: FAILED (the two halves" in paired_markdown(result)

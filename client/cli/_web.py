@@ -39,6 +39,7 @@ async def _gateway(
     ready: Callable[[str, str], None],
     tokens: GatewayTokens | None,
     until_eof: bool,
+    idle_timeout: float,
 ) -> None:
     try:
         from runstate.client.web import serve
@@ -49,7 +50,9 @@ async def _gateway(
     async with connect(settings=settings, projector=False) as client:
         async with anyio.create_task_group() as tg:
             url = await tg.start(
-                functools.partial(serve, client, host=host, port=port, tokens=tokens)
+                functools.partial(
+                    serve, client, host=host, port=port, tokens=tokens, idle_timeout=idle_timeout
+                )
             )
             ready(url, str(client.settings.nats_url))
             if until_eof:
@@ -67,14 +70,15 @@ def run_gateway(
     *,
     tokens: GatewayTokens | None = None,
     until_eof: bool = False,
+    idle_timeout: float = 5.0,
 ) -> None:
     """Serve the gateway alone over NATS until SIGINT/SIGTERM (or, ``until_eof``, the end
     of stdin): what ``runstate web`` does. ``ready(url, nats_url)`` once it listens.
     ``tokens``: the registry every request's bearer token is checked against (None: no
-    tokens, which ``serve`` allows on loopback only)."""
+    tokens, which ``serve`` allows on loopback only). ``idle_timeout``: ``serve``'s."""
     anyio.run(
         stoppable,
-        functools.partial(_gateway, settings, host, port, ready, tokens, until_eof),
+        functools.partial(_gateway, settings, host, port, ready, tokens, until_eof, idle_timeout),
         backend_options=loop_options(),
     )
 

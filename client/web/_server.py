@@ -57,6 +57,7 @@ async def serve(
     port: int = DEFAULT_HTTP_PORT,
     keepalive: float = 15.0,
     tokens: GatewayTokens | None = None,
+    idle_timeout: float = 5.0,
     task_status: anyio.abc.TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the gateway over ``client`` on ``host:port`` until cancelled.
@@ -67,6 +68,8 @@ async def serve(
     open to whoever reaches it, which it allows only on a loopback address
     (``ConfigurationError`` otherwise). Raises ``ConfigurationError`` when it
     cannot listen there. Open event streams are closed a second after a stop.
+    ``idle_timeout``: seconds a keep-alive connection may wait for its next request
+    before the gateway closes it (uvicorn's default, 5).
     """
     if tokens is None and not is_loopback(host):
         raise ConfigurationError(
@@ -82,6 +85,7 @@ async def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=1,
+        timeout_keep_alive=idle_timeout,
     )
     server = _Server(config)
 

@@ -376,6 +376,8 @@ def bench(
             click.echo(paired_markdown(both))
         else:
             print_paired(both)
+        if both["failed"]:
+            raise click.ClickException(f"failed: {', '.join(both['failed'])} (above)")
         return
     result = run_benchmarks(names, params)
     if as_json:

@@ -329,4 +329,8 @@ def gateway_main(argv: Sequence[str]) -> None:
         _say("ready")
         _say(address)
 
-    run_gateway(settings, "127.0.0.1", 0, lambda url, _: ready(url), until_eof=True)
+    # its clients' keep-alive connections wait while the other half of a paired run takes
+    # its turns (the other's set-up alone takes half a minute): keep them open meanwhile
+    run_gateway(
+        settings, "127.0.0.1", 0, lambda url, _: ready(url), until_eof=True, idle_timeout=3600
+    )

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import click
+
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, _machine_line, _number, machine_info
 
@@ -218,21 +220,27 @@ def run_paired(
     plain_params = dataclasses.replace(params, auth=None)
     paired: list[PairedReport] = []
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for name in names:
         if name in UNPAIRED:
             skipped[name] = UNPAIRED[name]
             continue
-        first = secured_first(len(paired))
+        first = secured_first(len(paired) + len(failed))
         pairs: list[tuple[Report, Report]] = []
-        for index in range(rounds):
-            secured_now = first != (index % 2 == 1)
-            order = [params, plain_params] if secured_now else [plain_params, params]
-            if run_both is not None:
-                reports = list(run_both(name, order[0], order[1]))
-            else:
-                reports = [run(name, half) for half in order]
-            secured, plain = reports if secured_now else reversed(reports)
-            pairs.append((plain, secured))
+        try:
+            for index in range(rounds):
+                secured_now = first != (index % 2 == 1)
+                order = [params, plain_params] if secured_now else [plain_params, params]
+                if run_both is not None:
+                    reports = list(run_both(name, order[0], order[1]))
+                else:
+                    reports = [run(name, half) for half in order]
+                secured, plain = reports if secured_now else reversed(reports)
+                pairs.append((plain, secured))
+        except (click.ClickException, RuntimeError, OSError) as exc:
+            # the others' figures still count: report this one as failed, and go on
+            failed[name] = str(getattr(exc, "message", exc)) or type(exc).__name__
+            continue
         paired.append(
             PairedReport(
                 name,
@@ -251,6 +259,7 @@ def run_paired(
         "interleaved": run_both is not None,
         "paired": paired,
         "skipped": skipped,
+        "failed": failed,
     }
 
 
@@ -343,6 +352,8 @@ def print_paired(result: dict[str, Any]) -> None:
             console.print(f"  note: {note}")
     for name, why in result["skipped"].items():
         console.print(f"{name}: skipped ({why})")
+    for name, why in result.get("failed", {}).items():
+        console.print(f"[red]{name}: FAILED ({why})[/red]")
 
 
 def paired_markdown(result: dict[str, Any]) -> str:
@@ -362,4 +373,5 @@ def paired_markdown(result: dict[str, Any]) -> str:
         lines += ["| " + " | ".join([f"`{row[0]}`", *row[1:]]) + " |" for row in _rows(paired)]
         lines += [""] + [f"- {note}" for note in _notes(paired)] + [""]
     lines += [f"- {name}: skipped ({why})" for name, why in result["skipped"].items()]
+    lines += [f"- {name}: FAILED ({why})" for name, why in result.get("failed", {}).items()]
     return "\n".join(lines)
