@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -85,7 +86,7 @@ async def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=1,
-        timeout_keep_alive=idle_timeout,
+        timeout_keep_alive=math.ceil(idle_timeout),
     )
     server = _Server(config)
 
