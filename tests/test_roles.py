@@ -390,22 +390,28 @@ async def test_a_client_on_a_server_not_provisioned_says_what_is_missing(bare: R
 # -- hole 1: answers go to inboxes only -----------------------------------------------
 
 
+@pytest.fixture
+def answered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The reply subject of every query a replica answers in this test, in order."""
+    replies: list[str] = []
+    respond = QueryService._respond
+
+    async def spied(self: QueryService, request: Any, endpoint: str, parsed: Any) -> None:
+        replies.append(request._msg.reply)
+        await respond(self, request, endpoint, parsed)
+
+    monkeypatch.setattr(QueryService, "_respond", spied)
+    return replies
+
+
 async def test_a_query_with_a_reply_into_the_log_stores_nothing(
-    roles: Roles, monkeypatch: pytest.MonkeyPatch
+    roles: Roles, answered: list[str]
 ) -> None:
     """Hole 1: a reader's query asking for its answer on an event subject or a key is not
     answered, and nothing is stored. The replica takes the reader's queries in the reader's
     own account (its reply is the reader's inbox, not the ``_R_.`` one an import gives), and
     refuses a reply that is not an inbox; the server refuses the replica's user there any
     publish that is not to an inbox, so the code's refusal is not the only one."""
-    answered: list[str] = []
-    respond = QueryService._respond
-
-    async def spied(self: QueryService, request: Any, endpoint: str, parsed: Any) -> None:
-        answered.append(request._msg.reply)
-        await respond(self, request, endpoint, parsed)
-
-    monkeypatch.setattr(QueryService, "_respond", spied)
     async with (
         Replica(roles.settings("projector"), name="p") as replica,
         _Raw(roles.url, roles.credentials("reader")) as raw,
@@ -429,20 +435,12 @@ async def test_a_query_with_a_reply_into_the_log_stores_nothing(
 
 
 async def test_queries_are_answered_in_the_account_they_are_asked_in(
-    roles: Roles, monkeypatch: pytest.MonkeyPatch
+    roles: Roles, answered: list[str]
 ) -> None:
     """A replica answers on two connections: as the projector in JetStream's account (the
     writer's queries) and as ``projector-queries`` in the clients' account (the reader's),
     so no query crosses an import: each arrives with its asker's own inbox as its reply.
     Without the second user the reader's queries find no replica: none is imported."""
-    replies: list[str] = []
-    respond = QueryService._respond
-
-    async def spied(self: QueryService, request: Any, endpoint: str, parsed: Any) -> None:
-        replies.append(request._msg.reply)
-        await respond(self, request, endpoint, parsed)
-
-    monkeypatch.setattr(QueryService, "_respond", spied)
     async with Replica(roles.settings("projector"), name="p"):
         async with (
             connect(settings=roles.settings("writer"), projector=False) as writer,
@@ -454,7 +452,7 @@ async def test_queries_are_answered_in_the_account_they_are_asked_in(
                 assert found.pathspec == run.pathspec
                 info = orjson.loads((await client.nc.request(USER_INFO, b"", timeout=5)).data)
                 assert info["data"]["account"] == account
-    assert len(replies) == 2 and all(reply.startswith("_INBOX.") for reply in replies)
+    assert len(answered) == 2 and all(reply.startswith("_INBOX.") for reply in answered)
     block = (roles.auth / "auth.conf").read_text()  # neither exported nor imported
     assert 'service: "rs.q.>"' not in block and 'subject: "rs.q.>"' not in block
     (roles.auth / f"{QUERIES_USER}.nk").unlink()
