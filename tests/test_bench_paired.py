@@ -153,6 +153,28 @@ def test_a_tiny_paired_append_runs_both_halves_the_secured_one_with_roles_and_tl
     assert any("client certificate" in note for note in secured["notes"])
 
 
+def test_a_tiny_paired_append_against_tls_alone_measures_the_roles_under_tls(
+    tmp_path: Path,
+) -> None:
+    """``--baseline tls``: the plain half's server runs the directory's TLS alone (client
+    certificates verified, no credentials asked), the secured one its roles as well."""
+    from runstate.client.cli import cli
+
+    auth = tmp_path / "auth"
+    made = CliRunner().invoke(cli, ["auth", "init", "--out", str(auth), "--tls"])
+    assert made.exit_code == 0, made.output
+    tiny = ["--quick", "--repeat", "2", "--messages", "300", "--atomic-batch", "100"]
+    body = _run("append", *tiny, "--auth", str(auth), "--paired", "--baseline", "tls")
+    assert body["baseline"] == "tls"
+    append = body["benchmarks"]["append"]
+    plain, secured = append["plain"], append["secured"]
+    assert "server: auth_required=False, tls_required=True, tls_verify=True" in plain["notes"]
+    assert any("alone" in note and "anonymous" in note for note in plain["notes"])
+    assert "server: auth_required=True, tls_required=True, tls_verify=True" in secured["notes"]
+    for figure in append["figures"].values():
+        assert figure["plain"] > 0 and figure["secured"] > 0
+
+
 def test_rounds_alternate_within_a_benchmark_and_pool_each_halfs_samples(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -210,6 +232,43 @@ def test_pooling_keeps_every_sample_once(runs: list[list[float]]) -> None:
 def test_rounds_without_paired_is_a_usage_error() -> None:
     result = CliRunner().invoke(bench, ["append", "--rounds", "2"])
     assert result.exit_code == 2 and "--paired" in result.output
+
+
+def test_a_tls_baseline_runs_the_plain_half_on_the_same_directory_without_its_roles(
+    tmp_path: Path,
+) -> None:
+    """``baseline="tls"``: both halves have the directory; the plain one runs it without
+    the roles (its TLS alone), the secured one with them; the report says so."""
+    calls: list[tuple[Path | None, bool]] = []
+
+    def run(name: str, params: BenchParams) -> Report:
+        calls.append((params.auth, params.roles))
+        report = Report(name, {})
+        report.add(_figure("t", [2.0 if params.roles else 1.0]))
+        return report
+
+    result = run_paired(["append", "reads"], BenchParams(auth=tmp_path), run, baseline="tls")
+    assert calls == [(tmp_path, False), (tmp_path, True), (tmp_path, True), (tmp_path, False)]
+    assert result["baseline"] == "tls"
+    assert [(f.plain, f.secured) for f in result["paired"][0].figures] == [(1.0, 2.0)]
+    assert f"the TLS of {tmp_path} alone, no roles" in paired_markdown(result)
+    assert json.loads(paired_json(result))["baseline"] == "tls"
+    default = run_paired(["append"], BenchParams(auth=tmp_path), run)
+    assert default["baseline"] == "plain" and calls[-2:] == [(None, True), (tmp_path, True)]
+
+
+def test_a_tls_baseline_needs_paired_and_a_directory_with_tls(tmp_path: Path) -> None:
+    from runstate.client.cli import cli
+
+    alone = CliRunner().invoke(bench, ["append", "--baseline", "tls"])
+    assert alone.exit_code == 2 and "--paired" in alone.output
+    auth = tmp_path / "auth"
+    made = CliRunner().invoke(cli, ["auth", "init", "--out", str(auth)])  # no --tls
+    assert made.exit_code == 0, made.output
+    bare = CliRunner().invoke(
+        bench, ["append", "--auth", str(auth), "--paired", "--baseline", "tls"]
+    )
+    assert bare.exit_code == 2 and "has none" in bare.output and "--tls" in bare.output
 
 
 def test_two_halves_take_turns_and_one_runs_on_alone_when_the_other_ends() -> None:

@@ -128,13 +128,18 @@ def run_benchmark(name: str, params: BenchParams) -> Report:
         report.duration_s = time.perf_counter() - started
         report.load_after = _load()
         return report
-    if params.auth is not None:
+    if params.auth is not None and params.roles:
         report.notes.append(
             f"the roles' authorization of {params.auth}: admin provisions, the replica signs in "
             "as the projector, the benchmark's clients as the writer (`reads` times its reads as "
             "the reader)" + (", each with its client certificate" if has_tls(params.auth) else "")
         )
-    with _place(params.nats, params.auth) as place:
+    elif params.auth is not None:
+        report.notes.append(
+            f"the TLS of {params.auth} alone: no authorization block, every client anonymous, "
+            "each with its role's client certificate"
+        )
+    with _place(params.nats, params.auth, params.roles) as place:
         report.notes.append(f"server: {place.security}")
         if name == "facade":
             bench_facade(place, params, report)
@@ -207,6 +212,14 @@ _QUICK = {
     "DIR's authorization (and TLS if DIR has certificates), both at once on two servers "
     "taking turns before each timed sample, and report each figure's cost of the roles "
     "(local is skipped).",
+)
+@click.option(
+    "--baseline",
+    type=click.Choice(["plain", "tls"]),
+    default="plain",
+    show_default=True,
+    help="With --paired: what the secured run is compared with: a plain server, or (a --tls "
+    "DIR) a server running DIR's TLS alone, no roles: the cost of the roles under TLS.",
 )
 @click.option(
     "--sequential",
@@ -326,6 +339,7 @@ def bench(
     benchmarks: tuple[str, ...],
     nats_url: str | None,
     paired: bool,
+    baseline: str,
     sequential: bool,
     rounds: int,
     as_json: bool,
@@ -344,6 +358,7 @@ def bench(
       runstate auth init --out auth --tls
       runstate bench workload reads --quick --auth auth --paired
       runstate bench reads --auth auth --paired --rounds 3
+      runstate bench reads --auth auth --paired --baseline tls
     """
     configure_logging("warning", force=True)
     params = BenchParams(nats=nats_url)
@@ -358,17 +373,23 @@ def bench(
         if not benchmarks or "all" in benchmarks
         else list(dict.fromkeys(benchmarks))
     )
-    if (rounds > 1 or sequential) and not paired:
-        raise click.UsageError("--rounds and --sequential go with --paired")
+    if (rounds > 1 or sequential or baseline != "plain") and not paired:
+        raise click.UsageError("--rounds, --sequential and --baseline go with --paired")
     if paired:
         if params.auth is None:
             raise click.UsageError("--paired compares runs with and without --auth DIR: give it")
+        if baseline == "tls" and not has_tls(params.auth):
+            raise click.UsageError(
+                f"--baseline tls runs the TLS of {params.auth} alone: it has none "
+                "(runstate auth init --tls)"
+            )
         both = run_paired(
             names,
             params,
             run_benchmark,
             rounds=rounds,
             run_both=None if sequential else run_interleaved,
+            baseline="tls" if baseline == "tls" else "plain",
         )
         if as_json:
             click.echo(paired_json(both))

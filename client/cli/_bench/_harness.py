@@ -55,18 +55,21 @@ class _Place:
     tmp: Path
     owned: bool
     auth: Path | None = None
+    #: False: the server runs ``auth``'s TLS alone, and clients sign in with no credentials
+    roles: bool = True
     #: what the server asked of the admin's connection (``server_security``)
     security: str = ""
 
     def settings(self, role: str = "writer") -> Settings:
         """Settings of a client playing ``role`` (admin: provisions, purges; projector: the
-        replica; writer: writes and reads), with that role's credentials if there are any."""
+        replica; writer: writes and reads), with that role's credentials if there are any
+        (and its client certificate, which alone it shows a server running TLS alone)."""
         credentials = role_credentials(self.auth, role) if self.auth is not None else None
         return Settings(
             nats_url=self.url,
             prefix=self.prefix,
             data_dir=self.tmp / "data",
-            credentials=credentials,
+            credentials=credentials if self.roles else None,
             **tls_beside(credentials),
         )
 
@@ -85,17 +88,22 @@ def has_tls(auth: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
+def _place(url: str | None, auth: Path | None = None, roles: bool = True) -> Iterator[_Place]:
     """A fresh nats-server in a temporary directory, or a fresh prefix on ``url``.
 
     ``auth``: a ``runstate auth init`` directory; the server started here runs its
     authorization block (and its TLS, verifying client certificates, when the directory
-    has them: ``--tls``), and each client signs in as the role it plays.
+    has them: ``--tls``), and each client signs in as the role it plays. ``roles=False``
+    (a ``--tls`` directory): the server runs the TLS alone, no authorization block, and
+    each client connects with its role's certificate and no credentials.
     """
+    if auth is not None and not roles and not has_tls(auth):
+        raise click.UsageError(f"{auth} has no TLS files to run alone (runstate auth init --tls)")
     with tempfile.TemporaryDirectory(prefix="runstate-bench-") as scratch:
         tmp = Path(scratch)
         if url is not None:
-            place = _Place(url, f"bench{new_commit_id()[:8]}", tmp, owned=False, auth=auth)
+            prefix = f"bench{new_commit_id()[:8]}"
+            place = _Place(url, prefix, tmp, owned=False, auth=auth, roles=roles)
             try:
                 # the benchmark is the admin of its place: clients only check the streams
                 anyio.run(provision_server, place.settings("admin"))
@@ -106,18 +114,20 @@ def _place(url: str | None, auth: Path | None = None) -> Iterator[_Place]:
             return
         config = None
         if auth is not None:
-            # nats-server includes files relative to the config: a copy of the block beside it
-            shutil.copy(auth / AUTH_CONF, tmp / AUTH_CONF)
+            # nats-server includes files relative to the config: copies of the blocks beside it
             if has_tls(auth):  # auth.conf includes it: the copy names its files
                 (tmp / TLS_CONF).write_text(render_tls_block(auth.resolve()))
+            if roles:
+                shutil.copy(auth / AUTH_CONF, tmp / AUTH_CONF)
             config = tmp / "nats.conf"
             config.write_text(
-                f'jetstream {{ store_dir: "{tmp / "nats"}" }}\ninclude "{AUTH_CONF}"\n'
+                f'jetstream {{ store_dir: "{tmp / "nats"}" }}\n'
+                f'include "{AUTH_CONF if roles else TLS_CONF}"\n'
             )
         server = NatsServer(tmp / "nats", config_file=config)
         server.start()
         try:
-            place = _Place(server.url, "rs", tmp, owned=True, auth=auth)
+            place = _Place(server.url, "rs", tmp, owned=True, auth=auth, roles=roles)
             anyio.run(provision_server, place.settings("admin"))
             place.security = anyio.run(server_security, place.settings("admin"))
             yield place

@@ -17,6 +17,12 @@ figure's medians are of all its rounds' samples, and the report shows the
 cost each round measured on its own beside the pooled one, so the spread
 between rounds is in sight.
 
+With ``baseline="tls"`` (``--baseline tls``, a ``--tls`` directory) the plain
+half runs the directory's TLS alone: no authorization block, every client
+anonymous with its role's certificate. The cost is then the roles' own, with
+the encryption on both sides; the default baseline measures roles and TLS
+together.
+
 The cost of a figure is how much worse the secured run is, in percent of the
 plain one: ``secured / plain - 1`` for a time, ``plain / secured - 1`` for a
 rate. Positive: the secured run is slower; negative: it happened to be
@@ -34,7 +40,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -57,6 +63,9 @@ __all__ = [
 
 #: the cost beyond which a figure is flagged (issue 17: within 10%)
 LIMIT_PERCENT = 10.0
+
+#: what a paired run's plain half is: a server asking for nothing, or running TLS alone
+Baseline = Literal["plain", "tls"]
 
 #: benchmarks that cannot run secured: a local runstate asks for its own token
 UNPAIRED = {"local": "a local runstate has its own token: it cannot run the roles' authorization"}
@@ -203,8 +212,13 @@ def run_paired(
     run: Callable[[str, BenchParams], Report],
     rounds: int = 1,
     run_both: Callable[[str, BenchParams, BenchParams], tuple[Report, Report]] | None = None,
+    baseline: Baseline = "plain",
 ) -> dict[str, Any]:
     """Run each benchmark plain and secured (``params.auth``), alternating the order.
+
+    ``baseline``: what the plain half is: ``plain``, a server asking for nothing;
+    ``tls``, a server running the TLS of ``params.auth`` alone (no roles), so that
+    the cost measured is the roles' own under TLS.
 
     ``run``: runs one benchmark (``run_benchmark``), one half after the other.
     ``run_both``: runs both halves at once, taking turns, the first given timing
@@ -217,7 +231,11 @@ def run_paired(
     if rounds < 1:
         raise ValueError(f"rounds must be 1 or more, not {rounds}")
     machine = machine_info()
-    plain_params = dataclasses.replace(params, auth=None)
+    plain_params = (
+        dataclasses.replace(params, roles=False)
+        if baseline == "tls"
+        else dataclasses.replace(params, auth=None)
+    )
     paired: list[PairedReport] = []
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -255,6 +273,7 @@ def run_paired(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {**machine, "nats_server": version},
         "auth": str(params.auth),
+        "baseline": baseline,
         "rounds": rounds,
         "interleaved": run_both is not None,
         "paired": paired,
@@ -316,8 +335,14 @@ def _explanation(result: dict[str, Any]) -> str:
             "turns: their timed samples alternate, one of one and one of the other (the order "
             "says which timed first), and they never measure at the same time"
         )
+    ran = (
+        f"plain (here: the TLS of {result['auth']} alone, no roles) and secured (its roles "
+        "and its TLS)"
+        if result.get("baseline") == "tls"
+        else f"plain and secured (the roles of {result['auth']})"
+    )
     return (
-        f"Each benchmark ran plain and secured (the roles of {result['auth']}), {how}. "
+        f"Each benchmark ran {ran}, {how}. "
         "cost % is how much worse the secured median is: secured/plain - 1 for "
         "times, plain/secured - 1 for rates; positive is slower. BEYOND: more than "
         f"{LIMIT_PERCENT:.0f}% either way."

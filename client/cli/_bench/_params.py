@@ -19,6 +19,9 @@ class BenchParams:
     nats: str | None = None
     #: a ``runstate auth init`` directory: the server runs its roles, clients sign in by role
     auth: Path | None = None
+    #: with ``auth``: False runs its TLS alone (no authorization block, every client
+    #: anonymous with its role's certificate): the baseline of ``--paired --baseline tls``
+    roles: bool = True
     repeat: int = 20
     projector: ProjectorMode = "process"
     # append
