@@ -175,6 +175,42 @@ def test_a_tiny_paired_append_against_tls_alone_measures_the_roles_under_tls(
         assert figure["plain"] > 0 and figure["secured"] > 0
 
 
+def test_a_child_process_connects_as_the_parent_does_with_roles_and_with_tls_alone(
+    tmp_path: Path,
+) -> None:
+    """A benchmark's replica in a process of its own signs in as the projector on a server
+    with the roles, and on a server running the TLS alone shows its certificate and no
+    credentials; either way the benchmark's client reads from it."""
+    from runstate.client.cli import cli
+    from runstate.client.cli._bench._harness import (
+        _client,
+        _place,
+        _replica,
+        child_connection,
+        child_credentials,
+    )
+
+    auth = tmp_path / "auth"
+    made = CliRunner().invoke(cli, ["auth", "init", "--out", str(auth), "--tls"])
+    assert made.exit_code == 0, made.output
+
+    async def read_through_a_replica(place: Any) -> dict[str, Any]:
+        async with _replica(place, "process"), _client(place) as client:
+            with anyio.fail_after(30):
+                status: dict[str, Any] = await client.status()
+                return status
+
+    for roles in (True, False):
+        with _place(None, auth, roles=roles) as place:
+            argument = child_credentials(place, "projector")
+            connection = child_connection(argument)
+            assert connection["tls_cert"] == auth / "projector.pem"
+            assert ("credentials" in connection) is roles
+            assert place.security.startswith(f"auth_required={roles}, tls_required=True")
+            assert "applied" in anyio.run(read_through_a_replica, place)
+    assert child_connection(None) == {}
+
+
 def test_rounds_alternate_within_a_benchmark_and_pool_each_halfs_samples(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -82,6 +82,29 @@ def role_credentials(auth: Path, role: str) -> Path:
     raise click.UsageError(f"{auth} has no credentials of the {role} role (runstate auth init)")
 
 
+#: a child process's credentials argument when the server runs TLS alone: the path of the
+#: role's credentials, whose TLS files beside it the child shows, signing in with nothing
+_TLS_ALONE = "tls-alone:"
+
+
+def child_credentials(place: _Place, role: str) -> str | None:
+    """The credentials argument of a child process playing ``role`` (None: no auth directory),
+    read back by ``child_connection``."""
+    if place.auth is None:
+        return None
+    path = str(role_credentials(place.auth, role))
+    return path if place.roles else _TLS_ALONE + path
+
+
+def child_connection(argument: str | None) -> dict[str, Any]:
+    """``Settings``' credentials and TLS files from ``child_credentials``' argument."""
+    if not argument:
+        return {}
+    path = Path(argument.removeprefix(_TLS_ALONE))
+    signs_in = not argument.startswith(_TLS_ALONE)
+    return {**({"credentials": path} if signs_in else {}), **tls_beside(path)}
+
+
 def has_tls(auth: Path) -> bool:
     """Whether a ``runstate auth init`` directory has TLS files (``--tls``)."""
     return (auth / TLS_CONF).is_file()
@@ -197,8 +220,8 @@ async def _replica(place: _Place, mode: ProjectorMode, name: str = "views") -> A
             yield
         return
     # the replica exits when its stdin closes
-    credentials = place.settings("projector").credentials
-    args = [place.url, place.prefix, str(store), *([str(credentials)] if credentials else [])]
+    credentials = child_credentials(place, "projector")
+    args = [place.url, place.prefix, str(store), *([credentials] if credentials else [])]
     async with _child(place, "_replica", args, name, 60, 10):
         yield
 
@@ -252,13 +275,8 @@ async def _child(
 
 
 async def _serve_replica(url: str, prefix: str, store: str, credentials: str | None) -> None:
-    path = Path(credentials) if credentials else None
     settings = Settings(
-        nats_url=url,
-        prefix=prefix,
-        data_dir=Path(store).parent,
-        credentials=path,
-        **tls_beside(path),
+        nats_url=url, prefix=prefix, data_dir=Path(store).parent, **child_connection(credentials)
     )
     async with Replica(settings, store=store, reaper=False, dedicated=True):
         print("ready", flush=True)

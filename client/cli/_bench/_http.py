@@ -33,6 +33,7 @@ from runstate.client.cli._bench._harness import (
     _say,
     _server_version,
     _wait_applied,
+    child_credentials,
 )
 from runstate.client.cli._bench._http_load import Connection
 from runstate.client.cli._bench._params import FLOW, BenchParams
@@ -97,8 +98,8 @@ async def bench_http(place: _Place, p: BenchParams, report: Report) -> None:
 async def _gateway(place: _Place) -> AsyncIterator[str]:
     """The gateway in a process of its own; its URL."""
     data = place.tmp / "gateway"
-    credentials = place.settings().credentials  # the writer's, on a server with the roles
-    args = [place.url, place.prefix, str(data), str(credentials or "")]
+    credentials = child_credentials(place, "writer")  # the writer's, on a server with roles
+    args = [place.url, place.prefix, str(data), credentials or ""]
     async with _child(place, "_gateway", args, "gateway", 60, 10) as (_, lines):
         with anyio.fail_after(10):
             url = (await lines.receive_until(b"\n", 1000)).decode().strip()

@@ -313,16 +313,15 @@ def gateway_main(argv: Sequence[str]) -> None:
     at the end of stdin."""
     from pathlib import Path
 
+    from runstate.client.cli._bench._harness import child_connection
     from runstate.client.cli._web import run_gateway
     from runstate.engine._logging import configure_logging
     from runstate.engine._settings import Settings
-    from runstate.engine._tls_files import tls_beside
 
     configure_logging("info", force=True)  # as runstate web; its stderr goes to a file
     url, prefix, data_dir, credentials = argv
-    path = Path(credentials) if credentials else None
     settings = Settings(
-        nats_url=url, prefix=prefix, data_dir=Path(data_dir), credentials=path, **tls_beside(path)
+        nats_url=url, prefix=prefix, data_dir=Path(data_dir), **child_connection(credentials)
     )
 
     def ready(address: str) -> None:

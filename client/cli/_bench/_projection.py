@@ -25,6 +25,8 @@ from runstate.client.cli._bench._harness import (
     _say,
     _server_version,
     _wait_applied,
+    child_connection,
+    child_credentials,
 )
 from runstate.client.cli._bench._params import BenchParams
 from runstate.client.cli._bench._report import Figure, Report, Target, _ms
@@ -34,7 +36,6 @@ from runstate.engine._event_factory import EventFactory
 from runstate.engine._jetstream import JetStreamEventLog
 from runstate.engine._logging import configure_logging
 from runstate.engine._settings import Settings
-from runstate.engine._tls_files import tls_beside
 from runstate.engine._typing import EventLog
 from runstate.projections._feeder import feeder_command
 from runstate.projections._gc import keep_heap_frozen, tune_gc_for_projection
@@ -122,8 +123,7 @@ async def _run_load(log: EventLog, commits: list[list[Any]], rate: int, seconds:
 async def _serve_load(
     url: str, prefix: str, rate: int, seconds: float, tasks: int, credentials: str | None
 ) -> None:
-    path = Path(credentials) if credentials else None
-    settings = Settings(nats_url=url, prefix=prefix, credentials=path, **tls_beside(path))
+    settings = Settings(nats_url=url, prefix=prefix, **child_connection(credentials))
     # Writers are other machines' processes: on this machine the load yields the CPU to
     # the system under test (nats-server, the replica, the probe) when both want it.
     os.nice(10)
@@ -167,8 +167,8 @@ def _load_main(argv: Sequence[str]) -> None:
 
 def _credentials_of(place: _Place, role: str) -> list[str]:
     """The credentials argument of a child process playing ``role``: none without roles."""
-    credentials = place.settings(role).credentials
-    return [str(credentials)] if credentials is not None else []
+    credentials = child_credentials(place, role)
+    return [credentials] if credentials is not None else []
 
 
 async def _lag(place: _Place, p: BenchParams, report: Report) -> None:
